@@ -1,0 +1,257 @@
+#include "config.h"
+#include "buf.h"
+#include "err.h"
+#include "log.h"
+
+#include <errno.h>
+#include <lauxlib.h>
+#include <luajit.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern const char hd_lua_config[];
+extern const size_t hd_lua_config_len;
+extern const char hd_lua_defaults[];
+extern const size_t hd_lua_defaults_len;
+
+/* A config file that runs this many VM instructions is taken to be stuck. */
+#define CONFIG_INSN_LIMIT 50000000
+#define HOOK_EVERY 10000
+
+static void count_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    /* The budget counter sits in the registry under its own address. */
+    static const char key = 0;
+    lua_pushlightuserdata(L, (void *)&key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    long n = (long)lua_tointeger(L, -1) + 1;
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, (void *)&key);
+    lua_pushinteger(L, n);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    if (n * HOOK_EVERY > CONFIG_INSN_LIMIT)
+        luaL_error(L, "configuration did not finish within %d instructions", CONFIG_INSN_LIMIT);
+}
+
+/* Reads a whole file into *text (malloc'd, caller frees). */
+static int read_file(const char *path, char **text, size_t *len, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    hd_str s = HD_STR_INIT;
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) hd_str_add(&s, chunk, n);
+    int bad = ferror(f) || s.oom;
+    fclose(f);
+    if (bad) {
+        snprintf(err, errlen, "%s: cannot read", path);
+        hd_str_free(&s);
+        return -1;
+    }
+    *text = s.p;
+    *len = s.len;
+    return 0;
+}
+
+/* [-0, +1] Pushes the sandbox library table the config chunk may read. */
+static void push_sandbox_lib(lua_State *L)
+{
+    lua_newtable(L);
+    static const char *const globals[] = {"assert", "error", "ipairs", "next", "pairs",
+                                          "pcall", "select", "tonumber", "tostring", "type",
+                                          "unpack", "xpcall", "string", "table", "math", NULL};
+    for (int i = 0; globals[i]; i++) {
+        lua_getglobal(L, globals[i]);
+        lua_setfield(L, -2, globals[i]);
+    }
+    lua_newtable(L); /* os: only what a config needs */
+    lua_getglobal(L, "os");
+    lua_getfield(L, -1, "getenv");
+    lua_setfield(L, -3, "getenv");
+    lua_getfield(L, -1, "time");
+    lua_setfield(L, -3, "time");
+    lua_pop(L, 1);
+    lua_setfield(L, -2, "os");
+}
+
+static char *dup_field(lua_State *L, int idx, const char *k)
+{
+    lua_getfield(L, idx, k);
+    const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    char *r = s ? strdup(s) : NULL;
+    lua_pop(L, 1);
+    return r;
+}
+
+static double num_field(lua_State *L, int idx, const char *k)
+{
+    lua_getfield(L, idx, k);
+    double v = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+/* [-0, +0] Copies the normalized table at the top of the stack into c. */
+static int read_normalized(lua_State *L, hd_config *c)
+{
+    int t = lua_gettop(L);
+    lua_getfield(L, t, "listen");
+    c->host = dup_field(L, -1, "host");
+    c->port = (int)num_field(L, -1, "port");
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "api");
+    c->api_token = dup_field(L, -1, "token");
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "mounts");
+    size_t n = lua_objlen(L, -1);
+    c->ws_paths = calloc(n ? n : 1, sizeof *c->ws_paths);
+    if (!c->ws_paths) return HD_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        const char *m = lua_tostring(L, -1);
+        size_t ml = strlen(m);
+        if (ml == 1) ml = 0; /* mount "/" serves "/websocket" */
+        char *p = malloc(ml + sizeof "/websocket");
+        if (!p) return HD_ENOMEM;
+        memcpy(p, m, ml);
+        memcpy(p + ml, "/websocket", sizeof "/websocket");
+        c->ws_paths[c->nmounts++] = p;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "limits");
+    c->max_connections = (size_t)num_field(L, -1, "max_connections");
+    c->max_message_bytes = (size_t)num_field(L, -1, "max_message_bytes");
+    c->send_queue_bytes = (size_t)num_field(L, -1, "send_queue_bytes");
+    c->max_header_bytes = (size_t)num_field(L, -1, "max_header_bytes");
+    c->max_url_bytes = (size_t)num_field(L, -1, "max_url_bytes");
+    c->max_body_bytes = (size_t)num_field(L, -1, "max_body_bytes");
+    c->max_topics_per_socket = (size_t)num_field(L, -1, "max_topics_per_socket");
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "timeouts");
+    c->ws_idle_ms = (uint64_t)num_field(L, -1, "ws_idle_ms");
+    c->http_idle_ms = (uint64_t)num_field(L, -1, "http_idle_ms");
+    c->ws_close_ms = (uint64_t)num_field(L, -1, "ws_close_ms");
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "log");
+    char *lvl = dup_field(L, -1, "level");
+    c->log_level = lvl ? hd_log_parse_level(lvl) : HD_LOG_INFO;
+    free(lvl);
+    lua_pop(L, 1);
+    return c->host ? 0 : HD_ENOMEM;
+}
+
+int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen)
+{
+    memset(c, 0, sizeof *c);
+    int rc = HD_ECONFIG;
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        snprintf(err, errlen, "cannot create a Lua state");
+        return HD_ENOMEM;
+    }
+    luaL_openlibs(L);
+    c->source = strdup(path ? path : "(embedded default)");
+
+    /* The schema module. */
+    if (luaL_loadbuffer(L, hd_lua_config, hd_lua_config_len, "@lua/herald/config.lua") ||
+        lua_pcall(L, 0, 1, 0)) {
+        snprintf(err, errlen, "internal: %s", lua_tostring(L, -1));
+        goto out;
+    }
+    int schema = lua_gettop(L);
+    lua_getglobal(L, "os");
+    lua_getfield(L, -1, "getenv");
+    lua_setfield(L, schema, "getenv");
+    lua_pop(L, 1);
+
+    /* The operator's chunk, read as source text (bytecode is refused). */
+    int lrc;
+    if (path) {
+        char *text = NULL;
+        size_t len = 0;
+        if (read_file(path, &text, &len, err, errlen)) goto out;
+        if (len > 0 && text[0] == '\033') {
+            snprintf(err, errlen, "%s: precompiled bytecode is not accepted", path);
+            free(text);
+            goto out;
+        }
+        char name[4096];
+        snprintf(name, sizeof name, "@%s", path);
+        lrc = luaL_loadbuffer(L, text, len, name);
+        free(text);
+    } else {
+        lrc = luaL_loadbuffer(L, hd_lua_defaults, hd_lua_defaults_len, "=(embedded default)");
+    }
+    if (lrc) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto out;
+    }
+    /* JIT off for the chunk so that the instruction budget applies. */
+    luaJIT_setmode(L, -1, LUAJIT_MODE_ALLFUNC | LUAJIT_MODE_OFF);
+    int chunk = lua_gettop(L);
+    lua_newtable(L); /* env: the globals the file sets land here */
+    int env = lua_gettop(L);
+    lua_newtable(L); /* its metatable reads through to the allow-list */
+    push_sandbox_lib(L);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, env);
+    lua_pushvalue(L, env);
+    lua_setfenv(L, chunk);
+    lua_pushvalue(L, chunk);
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    if (lua_pcall(L, 0, 0, 0)) {
+        lua_sethook(L, NULL, 0, 0);
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto out;
+    }
+    lua_sethook(L, NULL, 0, 0);
+
+    /* settings table = raw contents of env (globals the file set). */
+    lua_getfield(L, schema, "normalize");
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, env)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, -4);
+    }
+    lua_pushstring(L, c->source);
+    if (lua_pcall(L, 2, 2, 0)) {
+        snprintf(err, errlen, "%s: %s", c->source, lua_tostring(L, -1));
+        goto out;
+    }
+    if (lua_isnil(L, -2)) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto out;
+    }
+    lua_pop(L, 1);
+    rc = read_normalized(L, c);
+    if (rc) snprintf(err, errlen, "%s: out of memory", c->source);
+out:
+    lua_close(L);
+    if (rc) hd_config_free(c);
+    return rc;
+}
+
+void hd_config_free(hd_config *c)
+{
+    free(c->source);
+    free(c->host);
+    free(c->api_token);
+    for (size_t i = 0; i < c->nmounts; i++) free(c->ws_paths[i]);
+    free(c->ws_paths);
+    memset(c, 0, sizeof *c);
+}

@@ -1,0 +1,38 @@
+/* Configuration: a Lua file evaluated in a sandbox, checked against the
+ * schema in lua/herald/config.lua (embedded in the binary), with every
+ * default filled in. */
+#ifndef HD_CONFIG_H
+#define HD_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct hd_config {
+    char *source;            /* the file name, or "(embedded default)" */
+    char *host;
+    int port;                /* 0 = ephemeral */
+    char *api_token;         /* NULL when none is set */
+    char **ws_paths;         /* "<mount>/websocket", nmounts entries */
+    size_t nmounts;
+    size_t max_connections;
+    size_t max_message_bytes;
+    size_t send_queue_bytes;
+    size_t max_header_bytes;
+    size_t max_url_bytes;
+    size_t max_body_bytes;
+    size_t max_topics_per_socket;
+    uint64_t ws_idle_ms;
+    uint64_t http_idle_ms;
+    uint64_t ws_close_ms;
+    int log_level;           /* hd_log_level */
+} hd_config;
+
+/* Loads the config file at path, or the embedded default when path is NULL.
+ * On success fills *c (free with hd_config_free) and returns 0. On failure
+ * returns HD_ECONFIG or HD_ENOMEM and writes a message naming the file and,
+ * where known, the line or the setting into err. */
+int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen);
+/* Frees what hd_config_load allocated; safe on a zeroed struct. */
+void hd_config_free(hd_config *c);
+
+#endif

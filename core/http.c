@@ -1,0 +1,320 @@
+#include "http.h"
+#include "api.h"
+#include "channel.h"
+#include "conn.h"
+#include "err.h"
+#include "log.h"
+#include "server.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Grace for a closing HTTP connection to read our response and FIN. */
+#define HTTP_CLOSE_GRACE_MS 2000
+
+static hd_conn *conn_of(llhttp_t *p) { return p->data; }
+static hd_http_req *req_of(llhttp_t *p) { return &conn_of(p)->http->req; }
+
+static void req_reset(hd_http_req *r)
+{
+    hd_str_reset(&r->url);
+    hd_str_reset(&r->hbuf);
+    hd_str_reset(&r->body);
+    r->nh = 0;
+    r->header_bytes = 0;
+    r->path = r->query = NULL;
+    r->path_len = r->query_len = 0;
+    r->keep_alive = 1;
+    r->err_status = 0;
+    r->in_field = r->in_value = 0;
+    r->method = 0;
+}
+
+static int fail(llhttp_t *p, int status)
+{
+    req_of(p)->err_status = status;
+    return HPE_USER;
+}
+
+static int count_header_bytes(llhttp_t *p, size_t len)
+{
+    hd_http_req *r = req_of(p);
+    r->header_bytes += len;
+    return r->header_bytes > conn_of(p)->srv->cfg->max_header_bytes;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    req_reset(req_of(p));
+    conn_of(p)->http->busy = 1;
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    hd_http_req *r = req_of(p);
+    if (r->url.len + len > conn_of(p)->srv->cfg->max_url_bytes) return fail(p, 414);
+    if (count_header_bytes(p, len)) return fail(p, 431);
+    return hd_str_add(&r->url, at, len) ? fail(p, 503) : 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    hd_http_req *r = req_of(p);
+    if (count_header_bytes(p, len)) return fail(p, 431);
+    if (!r->in_field) {
+        if (r->nh >= HD_HTTP_MAX_HEADERS) return fail(p, 431);
+        r->in_field = 1;
+        r->h[r->nh].name_off = (uint32_t)r->hbuf.len;
+    }
+    return hd_str_add(&r->hbuf, at, len) ? fail(p, 503) : 0;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    hd_http_req *r = req_of(p);
+    hd_http_hdr *h = &r->h[r->nh];
+    h->name_len = (uint32_t)r->hbuf.len - h->name_off;
+    r->in_field = 0;
+    if (hd_str_addc(&r->hbuf, 0)) return fail(p, 503);
+    h->val_off = (uint32_t)r->hbuf.len;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    hd_http_req *r = req_of(p);
+    if (count_header_bytes(p, len)) return fail(p, 431);
+    return hd_str_add(&r->hbuf, at, len) ? fail(p, 503) : 0;
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    hd_http_req *r = req_of(p);
+    hd_http_hdr *h = &r->h[r->nh];
+    h->val_len = (uint32_t)r->hbuf.len - h->val_off;
+    /* Trailing blanks are not part of a field value (RFC 9110 5.5). */
+    while (h->val_len > 0 && (r->hbuf.p[h->val_off + h->val_len - 1] == ' ' ||
+                              r->hbuf.p[h->val_off + h->val_len - 1] == '\t'))
+        h->val_len--;
+    r->nh++;
+    return hd_str_addc(&r->hbuf, 0) ? fail(p, 503) : 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    hd_http_req *r = req_of(p);
+    r->method = llhttp_get_method(p);
+    r->keep_alive = llhttp_should_keep_alive(p);
+    if (!r->url.p) hd_str_add(&r->url, "", 0);
+    char *q = memchr(r->url.p, '?', r->url.len);
+    r->path = r->url.p;
+    r->path_len = q ? (size_t)(q - r->url.p) : r->url.len;
+    if (q) {
+        r->query = q + 1;
+        r->query_len = r->url.len - r->path_len - 1;
+    }
+    if ((p->flags & F_CONTENT_LENGTH) &&
+        p->content_length > conn_of(p)->srv->cfg->max_body_bytes)
+        return fail(p, 413);
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    hd_http_req *r = req_of(p);
+    if (r->body.len + len > conn_of(p)->srv->cfg->max_body_bytes) return fail(p, 413);
+    return hd_str_add(&r->body, at, len) ? fail(p, 503) : 0;
+}
+
+static int is_ws_path(const hd_server *srv, const hd_http_req *r)
+{
+    for (size_t i = 0; i < srv->cfg->nmounts; i++) {
+        const char *m = srv->cfg->ws_paths[i];
+        if (strlen(m) == r->path_len && memcmp(m, r->path, r->path_len) == 0) return 1;
+    }
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    hd_conn *c = conn_of(p);
+    hd_http_req *r = req_of(p);
+    c->http->busy = 0;
+    if (!r->body.p) hd_str_add(&r->body, "", 0);
+    if (is_ws_path(c->srv, r)) hd_channel_handshake(c, r, llhttp_get_upgrade(p));
+    else hd_api_handle(c, r);
+    /* After a response that closes the connection, or an upgrade, stop
+     * parsing: what follows is not for the HTTP parser. */
+    if (!hd_conn_open(c) || c->kind != HD_CONN_HTTP) return HPE_PAUSED;
+    return 0;
+}
+
+static const llhttp_settings_t settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_field_complete = on_header_field_complete,
+    .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+hd_http_conn *hd_http_conn_new(struct hd_conn *c)
+{
+    hd_http_conn *h = calloc(1, sizeof *h);
+    if (!h) return NULL;
+    llhttp_init(&h->parser, HTTP_REQUEST, &settings);
+    h->parser.data = c;
+    req_reset(&h->req);
+    return h;
+}
+
+void hd_http_conn_free(hd_http_conn *h)
+{
+    if (!h) return;
+    hd_str_free(&h->req.url);
+    hd_str_free(&h->req.hbuf);
+    hd_str_free(&h->req.body);
+    free(h);
+}
+
+static const char *limit_message(int status)
+{
+    switch (status) {
+    case 413: return "request body too large";
+    case 414: return "URI too long";
+    case 431: return "request header fields too large";
+    case 503: return "out of memory";
+    default: return "bad request";
+    }
+}
+
+void hd_http_on_read(struct hd_conn *c, uint8_t *data, size_t len)
+{
+    hd_http_conn *h = c->http;
+    llhttp_errno_t e = llhttp_execute(&h->parser, (const char *)data, len);
+    if (e == HPE_OK || e == HPE_PAUSED) return;
+    if (e == HPE_PAUSED_UPGRADE) {
+        if (c->kind != HD_CONN_WS) return; /* refused: the answer closes */
+        size_t used = (size_t)((const uint8_t *)llhttp_get_error_pos(&h->parser) - data);
+        hd_http_conn_free(c->http);
+        c->http = NULL;
+        if (used < len) hd_channel_on_read(c, data + used, len - used);
+        return;
+    }
+    int status = h->req.err_status ? h->req.err_status : 400;
+    char msg[256];
+    if (status == 400)
+        snprintf(msg, sizeof msg, "bad request: %s", llhttp_get_error_reason(&h->parser));
+    else
+        snprintf(msg, sizeof msg, "%s", limit_message(status));
+    hd_debug("conn %llu: HTTP %d: %s", (unsigned long long)c->id, status, msg);
+    h->req.keep_alive = 0;
+    hd_http_error(c, &h->req, status, msg, NULL, 1);
+    c->flags |= HD_CF_NO_INPUT;
+}
+
+const char *hd_http_header(const hd_http_req *r, const char *name, size_t *len)
+{
+    for (uint32_t i = 0; i < r->nh; i++) {
+        const hd_http_hdr *h = &r->h[i];
+        if (hd_strieq(r->hbuf.p + h->name_off, h->name_len, name)) {
+            if (len) *len = h->val_len;
+            return r->hbuf.p + h->val_off;
+        }
+    }
+    return NULL;
+}
+
+int hd_http_query_param(const hd_http_req *r, const char *key, char *out, size_t outlen)
+{
+    size_t kl = strlen(key);
+    const char *q = r->query, *end = r->query ? r->query + r->query_len : NULL;
+    while (q && q < end) {
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *pe = amp ? amp : end;
+        const char *eq = memchr(q, '=', (size_t)(pe - q));
+        const char *ke = eq ? eq : pe;
+        char kbuf[256];
+        size_t klen = (size_t)(ke - q);
+        if (klen < sizeof kbuf) {
+            memcpy(kbuf, q, klen);
+            klen = hd_url_decode(kbuf, klen);
+            if (klen == kl && memcmp(kbuf, key, kl) == 0) {
+                size_t vl = eq ? (size_t)(pe - eq - 1) : 0;
+                if (vl >= outlen) vl = outlen - 1;
+                if (vl) memcpy(out, eq + 1, vl);
+                vl = hd_url_decode(out, vl);
+                out[vl] = 0;
+                return 1;
+            }
+        }
+        q = amp ? amp + 1 : NULL;
+    }
+    return 0;
+}
+
+const char *hd_http_reason(int status)
+{
+    switch (status) {
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Content";
+    case 426: return "Upgrade Required";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Unknown";
+    }
+}
+
+void hd_http_respond(struct hd_conn *c, const hd_http_req *r, int status,
+                     const char *content_type, const char *body, size_t len,
+                     const char *extra_headers, int close)
+{
+    hd_server *srv = c->srv;
+    if (!r->keep_alive || srv->state != HD_READY) close = 1;
+    hd_str s = HD_STR_INIT;
+    hd_str_printf(&s,
+                  "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                  "Cache-Control: no-store\r\nConnection: %s\r\n%s\r\n",
+                  status, hd_http_reason(status), content_type, len,
+                  close ? "close" : "keep-alive", extra_headers ? extra_headers : "");
+    if (len) hd_str_add(&s, body, len);
+    srv->m.http_requests++;
+    if (status >= 400 && status < 500) srv->m.http_errors_4xx++;
+    if (s.oom) {
+        hd_error("out of memory building a response");
+        hd_conn_close(c);
+    } else {
+        hd_conn_send_copy(c, s.p, s.len);
+        if (close) hd_conn_finish(c, HTTP_CLOSE_GRACE_MS);
+    }
+    hd_str_free(&s);
+}
+
+void hd_http_error(struct hd_conn *c, const hd_http_req *r, int status, const char *msg,
+                   const char *extra_headers, int close)
+{
+    hd_str b = HD_STR_INIT;
+    hd_str_adds(&b, "{\"error\":");
+    hd_str_add_json(&b, msg, strlen(msg));
+    hd_str_adds(&b, "}");
+    hd_http_respond(c, r, status, "application/json", b.p ? b.p : "", b.len, extra_headers,
+                    close);
+    hd_str_free(&b);
+}

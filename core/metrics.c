@@ -1,0 +1,59 @@
+#include "metrics.h"
+#include "server.h"
+
+#include <inttypes.h>
+
+static void counter(hd_str *o, const char *name, const char *help, uint64_t v)
+{
+    hd_str_printf(o, "# HELP %s %s\n# TYPE %s counter\n%s %" PRIu64 "\n", name, help, name,
+                  name, v);
+}
+
+static void gauge(hd_str *o, const char *name, const char *help, uint64_t v)
+{
+    hd_str_printf(o, "# HELP %s %s\n# TYPE %s gauge\n%s %" PRIu64 "\n", name, help, name, name,
+                  v);
+}
+
+void hd_metrics_render(hd_server *srv, hd_str *o)
+{
+    const hd_metrics *m = &srv->m;
+    gauge(o, "herald_connections", "Open WebSocket connections.", srv->nws);
+    gauge(o, "herald_tcp_connections", "Open TCP connections (HTTP and WebSocket).",
+          srv->nconns);
+    gauge(o, "herald_topics", "Topics with at least one subscriber on this node.",
+          srv->topics.count);
+    gauge(o, "herald_ready", "1 while the server is READY.", srv->state == HD_READY);
+    counter(o, "herald_tcp_accepted_total", "TCP connections accepted.", m->tcp_accepted);
+    counter(o, "herald_tcp_refused_total", "TCP connections refused at accept.", m->tcp_refused);
+    counter(o, "herald_http_requests_total", "HTTP requests answered.", m->http_requests);
+    counter(o, "herald_http_client_errors_total", "HTTP requests answered with a 4xx status.",
+            m->http_errors_4xx);
+    counter(o, "herald_ws_upgrades_total", "WebSocket handshakes accepted.", m->ws_upgrades);
+    counter(o, "herald_ws_rejected_total", "WebSocket handshakes refused.", m->ws_rejected);
+    counter(o, "herald_ws_messages_total", "Phoenix messages received.", m->ws_msgs_in);
+    counter(o, "herald_ws_bad_messages_total",
+            "Malformed WebSocket frames or Phoenix messages received.", m->ws_bad_msgs);
+    counter(o, "herald_joins_total", "Channel joins accepted.", m->joins);
+    counter(o, "herald_joins_refused_total", "Channel joins refused.", m->joins_refused);
+    counter(o, "herald_publishes_total", "Messages published (one per topic of a push).",
+            m->publishes);
+    counter(o, "herald_publishes_unheard_total",
+            "Publishes to a topic with no subscriber on this node.", m->publishes_no_subs);
+    counter(o, "herald_deliveries_total", "Frames queued to subscribers.", m->deliveries);
+    hd_str_printf(o,
+                  "# HELP herald_dropped_total Frames not delivered, by reason.\n"
+                  "# TYPE herald_dropped_total counter\n"
+                  "herald_dropped_total{reason=\"slow_consumer\"} %" PRIu64 "\n",
+                  m->dropped_slow);
+    counter(o, "herald_slow_consumer_closes_total",
+            "Connections closed with 1013 because their send queue was full.", m->slow_closes);
+    counter(o, "herald_idle_closes_total", "Connections closed for idleness.", m->idle_closes);
+    counter(o, "herald_bytes_out_total", "Bytes written to sockets.", m->bytes_out);
+    hd_str_adds(o, "# HELP herald_ws_closes_sent_total WebSocket close frames sent, by code.\n"
+                   "# TYPE herald_ws_closes_sent_total counter\n");
+    for (int i = 0; i < 16; i++)
+        if (m->ws_closes_sent[i])
+            hd_str_printf(o, "herald_ws_closes_sent_total{code=\"%d\"} %" PRIu64 "\n", 1000 + i,
+                          m->ws_closes_sent[i]);
+}

@@ -1,0 +1,35 @@
+/* Counters and gauges, exported as Prometheus text on GET /metrics. */
+#ifndef HD_METRICS_H
+#define HD_METRICS_H
+
+#include "buf.h"
+
+#include <stdint.h>
+
+typedef struct hd_metrics {
+    uint64_t tcp_accepted;        /* TCP connections accepted */
+    uint64_t tcp_refused;         /* refused at accept (capacity) */
+    uint64_t http_requests;       /* HTTP requests answered (any status) */
+    uint64_t http_errors_4xx;     /* ... of which 4xx */
+    uint64_t ws_upgrades;         /* successful WebSocket handshakes */
+    uint64_t ws_rejected;         /* handshakes refused */
+    uint64_t ws_closes_sent[16];  /* server-sent close codes 1000..1015 */
+    uint64_t ws_msgs_in;          /* Phoenix messages received */
+    uint64_t ws_bad_msgs;         /* malformed Phoenix messages */
+    uint64_t joins;               /* successful joins */
+    uint64_t joins_refused;       /* refused joins */
+    uint64_t publishes;           /* publish requests accepted (per topic) */
+    uint64_t publishes_no_subs;   /* ... to a topic with no subscriber here */
+    uint64_t deliveries;          /* frames queued to subscribers */
+    uint64_t dropped_slow;        /* frames dropped from closed slow consumers */
+    uint64_t slow_closes;         /* connections closed with 1013 */
+    uint64_t idle_closes;         /* connections closed for idleness */
+    uint64_t bytes_out;           /* bytes written to sockets */
+} hd_metrics;
+
+struct hd_server;
+
+/* Appends the Prometheus text exposition of srv's metrics to out. */
+void hd_metrics_render(struct hd_server *srv, hd_str *out);
+
+#endif

@@ -1,0 +1,177 @@
+#include "server.h"
+#include "conn.h"
+#include "err.h"
+#include "http.h"
+#include "log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static void on_flush(uv_check_t *h)
+{
+    hd_server *srv = h->data;
+    /* Take the whole list: connections that become pending while flushing
+     * (none should) go on a fresh list for the next turn. */
+    hd_conn *c = srv->pending;
+    srv->pending = NULL;
+    while (c) {
+        hd_conn *next = c->pend_next;
+        c->flags &= ~HD_CF_PENDING;
+        hd_conn_flush(c);
+        c = next;
+    }
+}
+
+void hd_server_reap(hd_server *srv)
+{
+    while (srv->reap) {
+        hd_conn *c = srv->reap;
+        srv->reap = c->reap_next;
+        c->flags &= ~HD_CF_REAP;
+        if (c->reap_code == 1013) {
+            srv->m.slow_closes++;
+            hd_info("conn %llu: send queue over %zu bytes: closing with 1013",
+                    (unsigned long long)c->id, srv->cfg->send_queue_bytes);
+        }
+        hd_conn_ws_close_now(c, c->reap_code, "slow consumer");
+    }
+}
+
+/* Once a tick: close connections that are idle or past their closing
+ * deadline. A linear walk; cheap next to the work each connection costs. */
+static void on_sweep(uv_timer_t *t)
+{
+    hd_server *srv = t->data;
+    uint64_t now = uv_now(srv->loop);
+    const hd_config *cfg = srv->cfg;
+    for (hd_conn *c = srv->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->flags & HD_CF_CLOSED) continue;
+        int closing = c->flags & (HD_CF_FINISH | HD_CF_SHUTDOWN | HD_CF_WS_CLOSE_SENT);
+        if (closing) {
+            if (c->deadline && now >= c->deadline) hd_conn_close(c);
+            continue;
+        }
+        if (c->kind == HD_CONN_WS) {
+            if (now - c->last_active >= cfg->ws_idle_ms) {
+                srv->m.idle_closes++;
+                hd_conn_ws_close(c, 1001, "idle timeout");
+            }
+        } else if (now - c->last_active >= cfg->http_idle_ms) {
+            srv->m.idle_closes++;
+            c->flags |= HD_CF_NO_INPUT;
+            hd_conn_finish(c, 1000);
+        }
+    }
+}
+
+int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
+{
+    memset(srv, 0, sizeof *srv);
+    srv->loop = loop;
+    srv->cfg = cfg;
+    srv->state = HD_STARTING;
+    int rc = hd_topics_init(&srv->topics);
+    if (rc) return rc;
+    uv_check_init(loop, &srv->flusher);
+    srv->flusher.data = srv;
+    uv_timer_init(loop, &srv->sweeper);
+    srv->sweeper.data = srv;
+    uv_tcp_init(loop, &srv->listener);
+    srv->listener.data = srv;
+    srv->handles_open = 3;
+    return 0;
+}
+
+static void on_connection(uv_stream_t *l, int status)
+{
+    hd_server *srv = l->data;
+    if (status < 0) {
+        hd_warn("accept: %s", uv_strerror(status));
+        return;
+    }
+    hd_conn_accept(srv);
+}
+
+static uint64_t sweep_interval(const hd_config *cfg)
+{
+    uint64_t t = cfg->ws_idle_ms;
+    if (cfg->http_idle_ms < t) t = cfg->http_idle_ms;
+    if (cfg->ws_close_ms < t) t = cfg->ws_close_ms;
+    t /= 4;
+    return t < 10 ? 10 : t > 1000 ? 1000 : t;
+}
+
+int hd_server_start(hd_server *srv)
+{
+    const hd_config *cfg = srv->cfg;
+    struct sockaddr_storage addr;
+    int rc = uv_ip4_addr(cfg->host, cfg->port, (struct sockaddr_in *)&addr);
+    if (rc) rc = uv_ip6_addr(cfg->host, cfg->port, (struct sockaddr_in6 *)&addr);
+    if (rc) {
+        hd_error("listen.host %s is not an IP address", cfg->host);
+        return rc;
+    }
+    rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
+    if (!rc) rc = uv_listen((uv_stream_t *)&srv->listener, 4096, on_connection);
+    if (rc) {
+        hd_error("cannot listen on %s:%d: %s", cfg->host, cfg->port, uv_strerror(rc));
+        return rc;
+    }
+    struct sockaddr_storage bound;
+    int len = sizeof bound;
+    uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &len);
+    srv->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+    uv_check_start(&srv->flusher, on_flush);
+    uint64_t iv = sweep_interval(cfg);
+    uv_timer_start(&srv->sweeper, on_sweep, iv, iv);
+    srv->state = HD_READY;
+    const char *shown = strchr(cfg->host, ':') ? "[%s]" : "%s";
+    char host[80];
+    snprintf(host, sizeof host, shown, cfg->host);
+    hd_info("listening on http://%s:%d (WebSocket at %s%s, API at /api/push)", host, srv->port,
+            cfg->ws_paths[0], cfg->nmounts > 1 ? " and more" : "");
+    return 0;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    hd_server *srv = h->data;
+    if (--srv->handles_open == 0) {
+        srv->state = HD_STOPPED;
+        if (srv->on_stopped) srv->on_stopped(srv);
+    }
+}
+
+void hd_server_stop(hd_server *srv)
+{
+    if (srv->state == HD_STOPPED) return;
+    if (srv->state != HD_DRAINING) {
+        srv->state = HD_DRAINING;
+        hd_info("stopping: closing the listener and %zu connections", srv->nconns);
+        uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
+        for (hd_conn *c = srv->conns; c; c = c->next) {
+            if (c->flags & HD_CF_CLOSED) continue;
+            if (c->kind == HD_CONN_WS) {
+                hd_conn_ws_close(c, 1001, "server shutting down");
+            } else if (!c->http || !c->http->busy) {
+                c->flags |= HD_CF_NO_INPUT;
+                hd_conn_finish(c, 1000);
+            }
+        }
+    }
+    if (srv->nconns > 0) return; /* called again by the last close */
+    if (uv_is_closing((uv_handle_t *)&srv->sweeper)) return;
+    uv_close((uv_handle_t *)&srv->flusher, on_handle_closed);
+    uv_close((uv_handle_t *)&srv->sweeper, on_handle_closed);
+}
+
+void hd_server_free(hd_server *srv)
+{
+    while (srv->wq_free) {
+        struct hd_wq_item *it = srv->wq_free;
+        srv->wq_free = it->next;
+        free(it);
+    }
+    hd_topics_free(&srv->topics);
+}

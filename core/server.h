@@ -1,0 +1,59 @@
+/* The server: one libuv loop, one listener, every connection and topic.
+ *
+ * Lifecycle: STARTING -> READY (listener open) -> DRAINING -> STOPPED.
+ * All mutable state hangs off hd_server, so several servers can run in one
+ * process (the unit tests do). */
+#ifndef HD_SERVER_H
+#define HD_SERVER_H
+
+#include "config.h"
+#include "metrics.h"
+#include "topic.h"
+
+#include <uv.h>
+
+typedef enum { HD_STARTING, HD_READY, HD_DRAINING, HD_STOPPED } hd_state;
+
+struct hd_conn;
+struct hd_wq_item;
+
+typedef struct hd_server {
+    uv_loop_t *loop;
+    const hd_config *cfg;          /* borrowed; outlives the server */
+    hd_state state;
+    uv_tcp_t listener;
+    uv_check_t flusher;            /* writes queued bytes once per loop turn */
+    uv_timer_t sweeper;            /* idle and close-deadline checks */
+    struct hd_conn *conns;         /* every connection (doubly linked) */
+    struct hd_conn *pending;       /* connections with bytes to write */
+    struct hd_conn *reap;          /* connections to close after a fan-out */
+    size_t nconns;                 /* TCP connections */
+    size_t nws;                    /* of which WebSocket */
+    hd_topics topics;
+    struct hd_wq_item *wq_free;    /* freelist of write-queue items */
+    size_t wq_nfree;
+    uint64_t next_conn_id;
+    int port;                      /* the bound port, once listening */
+    int handles_open;              /* server handles not yet closed */
+    void (*on_stopped)(struct hd_server *);
+    hd_metrics m;
+    uint8_t rbuf[65536];           /* shared read buffer: reads are consumed synchronously */
+} hd_server;
+
+/* Prepares srv on loop with cfg. Returns 0 or a negative error. */
+int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg);
+/* Opens the listener (last step of start-up) and turns READY. Logs the
+ * address. Returns 0 or a negative libuv error (e.g. UV_EADDRINUSE). */
+int hd_server_start(hd_server *srv);
+/* Begins shutdown: closes the listener, closes WebSockets with 1001 and
+ * HTTP connections after their current response; when every connection is
+ * gone, closes the server's handles and calls srv->on_stopped. */
+void hd_server_stop(hd_server *srv);
+/* Frees what hd_server_init allocated; call after the loop has run the
+ * close callbacks (on_stopped). */
+void hd_server_free(hd_server *srv);
+
+/* Closes the connections marked for closing during a fan-out. */
+void hd_server_reap(hd_server *srv);
+
+#endif

@@ -1,0 +1,40 @@
+/* Small pure helpers: SHA-1 (for the WebSocket accept key), base64,
+ * UTF-8 validation, URL decoding and header-token matching. None of them
+ * allocate unless stated; all are safe on any input bytes. */
+#ifndef HD_UTIL_H
+#define HD_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* out receives the 20-byte SHA-1 digest of len bytes at p. */
+void hd_sha1(const void *p, size_t len, uint8_t out[20]);
+
+/* Writes the padded standard base64 of len bytes into out (which must hold
+ * 4*((len+2)/3)+1 bytes) and NUL-terminates it. Returns the length. */
+size_t hd_base64_encode(const uint8_t *in, size_t len, char *out);
+/* Decodes standard or URL-safe base64, with or without padding, into out
+ * (at least 3*len/4+3 bytes). Returns the decoded length, or -1 on a
+ * character outside the alphabet or a malformed tail. */
+long hd_base64_decode(const char *in, size_t len, uint8_t *out);
+
+/* Returns 1 when len bytes at p are well-formed UTF-8 (no overlongs, no
+ * surrogates, nothing above U+10FFFF), else 0. */
+int hd_utf8_valid(const uint8_t *p, size_t len);
+
+/* Decodes %XX escapes and '+' (as space) in place; returns the new length.
+ * A malformed escape is kept literally. */
+size_t hd_url_decode(char *p, size_t len);
+
+/* Returns 1 if the comma-separated header value contains token (ASCII
+ * case-insensitive, surrounding blanks ignored), else 0. */
+int hd_header_has_token(const char *value, size_t len, const char *token);
+
+/* Case-insensitive equality of len bytes at a with NUL-terminated b. */
+int hd_strieq(const char *a, size_t len, const char *b);
+
+/* Returns 1 if the address string is IPv4 127.0.0.0/8, ::1 or
+ * ::ffff:127.x.x.x. */
+int hd_addr_is_loopback(const char *addr);
+
+#endif

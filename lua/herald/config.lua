@@ -1,0 +1,164 @@
+-- Herald's configuration schema: every setting, its default and its check.
+--
+-- The C core evaluates the operator's config file (plain Lua) in a sandbox,
+-- then calls normalize(settings, source) with the table of globals the file
+-- set. normalize returns a complete table with every default filled in, or
+-- nil and an error message that names the file and the setting.
+local M = {}
+
+local function is_int(v) return type(v) == "number" and v == math.floor(v) and v > -2^53 and v < 2^53 end
+
+-- Checkers return the (possibly converted) value, or nil and what was expected.
+local function int_range(lo, hi)
+  return function(v)
+    if is_int(v) and v >= lo and v <= hi then return v end
+    return nil, ("an integer from %d to %d"):format(lo, hi)
+  end
+end
+local positive = int_range(1, 2^40)
+local function str(v) if type(v) == "string" then return v end return nil, "a string" end
+local function opt_str(v)
+  if v == nil or v == false then return false end
+  if type(v) == "string" then return v end
+  return nil, "a string or nil"
+end
+local function level(v)
+  if v == "debug" or v == "info" or v == "warn" or v == "error" then return v end
+  return nil, 'one of "debug", "info", "warn", "error"'
+end
+local function mount(v)
+  if type(v) ~= "string" or not v:match("^/[%w%-%._~/]*$") or v:match("//") then
+    return nil, 'a path such as "/socket"'
+  end
+  if #v > 1 then v = v:gsub("/$", "") end
+  if v:match("/websocket$") then return nil, 'a mount path without "/websocket" (it is appended)' end
+  return v
+end
+local function list_of(check, max)
+  return function(v)
+    if type(v) ~= "table" then return nil, "a list" end
+    local out = {}
+    for i, item in ipairs(v) do
+      local ok, want = check(item)
+      if ok == nil then return nil, ("a list whose item %d is %s"):format(i, want) end
+      out[i] = ok
+    end
+    for k in pairs(v) do
+      if type(k) ~= "number" or k < 1 or k > #v or k ~= math.floor(k) then
+        return nil, "a list (found key " .. tostring(k) .. ")"
+      end
+    end
+    if #out == 0 then return nil, "a non-empty list" end
+    if max and #out > max then return nil, ("a list of at most %d items"):format(max) end
+    return out
+  end
+end
+local function any_table(v) if type(v) == "table" then return v end return nil, "a table" end
+
+-- section name -> { key -> {default, checker} } ; or a checker for a whole value.
+M.schema = {
+  listen = {
+    host = { "0.0.0.0", str },
+    port = { 4000, int_range(0, 65535) },
+  },
+  api = {
+    token = { false, opt_str },
+  },
+  mounts = { { "/push_socket", "/socket" }, list_of(mount, 16) },
+  limits = {
+    max_connections = { 100000, positive },
+    max_message_bytes = { 65536, int_range(128, 64 * 1024 * 1024) },
+    send_queue_bytes = { 1048576, int_range(1024, 1024 * 1024 * 1024) },
+    max_header_bytes = { 16384, int_range(256, 1024 * 1024) },
+    max_url_bytes = { 8192, int_range(64, 1024 * 1024) },
+    max_body_bytes = { 1048576, int_range(0, 1024 * 1024 * 1024) },
+    max_topics_per_socket = { 100, int_range(1, 100000) },
+  },
+  timeouts = {
+    ws_idle_ms = { 45000, int_range(10, 86400000) },
+    http_idle_ms = { 60000, int_range(10, 86400000) },
+    ws_close_ms = { 5000, int_range(10, 600000) },
+  },
+  log = {
+    level = { "info", level },
+  },
+}
+
+-- Sections later issues define; accepted as tables and passed through.
+M.reserved = { scripts = true, plugins = true, topics = true, drain = true, cluster = true,
+               presence = true, reload = true }
+
+local order = { "listen", "api", "mounts", "limits", "timeouts", "log" }
+
+local function copy(v)
+  if type(v) ~= "table" then return v end
+  local t = {}
+  for k, x in pairs(v) do t[k] = copy(x) end
+  return t
+end
+
+function M.normalize(settings, source)
+  source = source or "config"
+  local function fail(key, want, got)
+    return nil, ("%s: %s: expected %s, got %s"):format(source, key, want, got)
+  end
+  local out = {}
+  for name, v in pairs(settings) do
+    if type(name) ~= "string" then return nil, ("%s: unexpected global %s"):format(source, tostring(name)) end
+    if not M.schema[name] and not M.reserved[name] and type(v) ~= "function" then
+      return nil, ("%s: unknown setting '%s'"):format(source, name)
+    end
+  end
+  for _, name in ipairs(order) do
+    local spec, v = M.schema[name], settings[name]
+    if spec[2] and type(spec[2]) == "function" then
+      -- a single value
+      if v == nil then
+        out[name] = copy(spec[1])
+      else
+        local ok, want = spec[2](v)
+        if ok == nil then return fail(name, want, type(v) == "table" and "a table" or tostring(v)) end
+        out[name] = ok
+      end
+    else
+      if v ~= nil and type(v) ~= "table" then return fail(name, "a table", type(v)) end
+      v = v or {}
+      local sec = {}
+      for k in pairs(v) do
+        if not spec[k] then return nil, ("%s: unknown setting '%s.%s'"):format(source, name, tostring(k)) end
+      end
+      for k, d in pairs(spec) do
+        local x = v[k]
+        if x == nil then
+          sec[k] = d[1]
+        else
+          local ok, want = d[2](x)
+          if ok == nil then
+            return fail(name .. "." .. k, want, type(x) == "string" and ("%q"):format(x) or tostring(x))
+          end
+          sec[k] = ok
+        end
+      end
+      out[name] = sec
+    end
+  end
+  for name in pairs(M.reserved) do
+    local v = settings[name]
+    if v ~= nil then
+      if type(v) ~= "table" then return fail(name, "a table", type(v)) end
+      out[name] = v
+    end
+  end
+  -- HERALD_PORT overrides listen.port for quick runs.
+  local env_port = M.getenv and M.getenv("HERALD_PORT")
+  if env_port and env_port ~= "" then
+    local p = tonumber(env_port)
+    if not p or p ~= math.floor(p) or p < 0 or p > 65535 then
+      return nil, ("HERALD_PORT: expected an integer from 0 to 65535, got %q"):format(env_port)
+    end
+    out.listen.port = p
+  end
+  return out
+end
+
+return M
