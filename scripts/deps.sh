@@ -14,6 +14,8 @@ pkgs=(
   libuv1-dev libwslay-dev node-llhttp libluajit-5.1-dev luajit
   libjansson-dev libhiredis-dev libcmocka-dev
   lua-busted redis-server curl ca-certificates
+  clang libclang-rt-14-dev   # make fuzz (libFuzzer) and LeakSanitizer
+  chromium                   # browser tests (playwright-core drives it)
 )
 # Node and npm: the machine image may ship its own; use Debian's otherwise.
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)

@@ -1,0 +1,48 @@
+# Thin wrapper: dependencies, build, run, test. CMake does the real work.
+BUILD      ?= build
+BUILD_ASAN ?= build-asan
+BUILD_FUZZ ?= build-fuzz
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+FUZZ_SECONDS ?= 60
+
+.PHONY: all deps build run test test-asan fuzz clean
+
+all: build
+
+deps:
+	@bash scripts/deps.sh
+
+$(BUILD)/Makefile: CMakeLists.txt
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: deps $(BUILD)/Makefile
+	cmake -S . -B $(BUILD) >/dev/null
+	$(MAKE) -C $(BUILD) -j$(JOBS) --no-print-directory
+
+# Start herald on its embedded default config (port 4000, or $HERALD_PORT).
+run: build
+	@echo "herald: WebSocket ws://localhost:$${HERALD_PORT:-4000}/socket/websocket (Phoenix) and /push_socket/websocket (PushEx)"
+	@echo "herald: publish with curl -X POST localhost:$${HERALD_PORT:-4000}/api/push -H 'content-type: application/json' -d '{\"channel\":\"room:1\",\"event\":\"hello\",\"data\":{}}'"
+	exec ./$(BUILD)/herald
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j2
+
+# The unit, Lua, fuzz-regression and integration tests under ASan+UBSan.
+test-asan: deps
+	cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug -DHERALD_ASAN=ON -DHERALD_UBSAN=ON >/dev/null
+	$(MAKE) -C $(BUILD_ASAN) -j$(JOBS) --no-print-directory
+	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j2
+
+# libFuzzer (clang) on every parser, FUZZ_SECONDS each.
+fuzz: deps
+	CC=clang cmake -S . -B $(BUILD_FUZZ) -DHERALD_FUZZ=ON -DHERALD_ASAN=ON -DHERALD_UBSAN=ON >/dev/null
+	$(MAKE) -C $(BUILD_FUZZ) -j$(JOBS) --no-print-directory
+	@for f in $(BUILD_FUZZ)/tests/fuzz/fuzz_*; do \
+	  [ -x "$$f" ] || continue; t=$$(basename $$f); echo "== $$t"; \
+	  mkdir -p $(BUILD_FUZZ)/corpus/$$t; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(BUILD_FUZZ)/corpus/$$t tests/fuzz/corpus/$$t || exit 1; \
+	done
+
+clean:
+	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_FUZZ)
