@@ -4,6 +4,7 @@
 #include "http.h"
 #include "log.h"
 #include "server.h"
+#include "script.h"
 #include "util.h"
 
 #include <jansson.h>
@@ -32,18 +33,12 @@ static void respond_json(hd_conn *c, hd_http_req *r, int status, const hd_str *b
     hd_http_respond(c, r, status, "application/json", body->p, body->len, NULL, 0);
 }
 
-/* Constant-time comparison of two byte strings. */
-static int ct_equal(const char *a, size_t al, const char *b, size_t bl)
-{
-    unsigned char d = (unsigned char)(al != bl);
-    for (size_t i = 0; i < al && i < bl; i++) d |= (unsigned char)(a[i] ^ b[i]);
-    return d == 0;
-}
-
 /* With a token configured: Authorization: Bearer <token>. Without one:
  * loopback peers only. */
 static int api_allowed(hd_conn *c, const hd_http_req *r)
 {
+    int v = hd_script_api_auth(c->srv, c, r);
+    if (v >= 0) return v;
     const char *tok = c->srv->cfg->api_token;
     if (!tok) return (c->flags & HD_CF_LOOPBACK) != 0;
     size_t al = 0;
@@ -52,11 +47,11 @@ static int api_allowed(hd_conn *c, const hd_http_req *r)
     const char *t = auth + 7;
     size_t tl = al - 7;
     while (tl && *t == ' ') t++, tl--;
-    return ct_equal(t, tl, tok, strlen(tok));
+    return hd_ct_equal(t, tl, tok, strlen(tok));
 }
 
-size_t hd_api_publish(hd_server *srv, const char *topic, size_t tlen, const char *event,
-                      size_t elen, const char *data_json, size_t dlen)
+size_t hd_api_publish_raw(hd_server *srv, const char *topic, size_t tlen, const char *event,
+                          size_t elen, const char *data_json, size_t dlen)
 {
     srv->m.publishes++;
     hd_topic *tp = hd_topics_find(&srv->topics, topic, tlen);
@@ -72,6 +67,25 @@ size_t hd_api_publish(hd_server *srv, const char *topic, size_t tlen, const char
     size_t n = hd_topics_publish(srv, tp, frame);
     srv->m.deliveries += n;
     hd_buf_unref(frame);
+    return n;
+}
+
+size_t hd_api_publish(hd_server *srv, const char *topic, size_t tlen, const char *event,
+                      size_t elen, const char *data_json, size_t dlen)
+{
+    if (!hd_script_has(srv, HD_HOOK_PUBLISH))
+        return hd_api_publish_raw(srv, topic, tlen, event, elen, data_json, dlen);
+    char *ev = strndup(event, elen), *data = strndup(data_json, dlen);
+    size_t n = 0;
+    if (!ev || !data) {
+        hd_error("out of memory before a publish hook");
+    } else if (hd_script_publish(srv, topic, tlen, &ev, &data)) {
+        n = hd_api_publish_raw(srv, topic, tlen, ev, strlen(ev), data, strlen(data));
+    } else {
+        srv->m.publishes++;
+    }
+    free(ev);
+    free(data);
     return n;
 }
 
@@ -297,7 +311,19 @@ static void handle_topic(hd_conn *c, hd_http_req *r)
     hd_str out = HD_STR_INIT;
     hd_str_adds(&out, "{\"topic\":");
     hd_str_add_json(&out, t, tl);
-    hd_str_printf(&out, ",\"subscribers\":%zu,\"listening\":%s}", n, n ? "true" : "false");
+    hd_str_printf(&out, ",\"subscribers\":%zu,\"listening\":%s", n, n ? "true" : "false");
+    if (tp) {
+        const hd_topic_policy *p = hd_topic_policy_of(c->srv, tp);
+        hd_str_printf(&out,
+                      ",\"policy\":{\"tracked\":%s,\"presence\":%s,\"throttle_ms\":%u,"
+                      "\"debounce_ms\":%u,\"max_wait_ms\":%u,\"coalesce\":\"%s\","
+                      "\"max_queue_bytes\":%u,\"on_overflow\":\"%s\"}",
+                      p->tracked ? "true" : "false", p->presence ? "true" : "false",
+                      p->throttle_ms, p->debounce_ms, p->max_wait_ms,
+                      p->coalesce == HD_COALESCE_LATEST ? "latest" : "none", p->max_queue_bytes,
+                      p->on_overflow == HD_OVERFLOW_DROP_OLDEST ? "drop_oldest" : "close");
+    }
+    hd_str_addc(&out, '}');
     respond_json(c, r, 200, &out);
     hd_str_free(&out);
     free(t);
@@ -340,6 +366,29 @@ void hd_api_handle(hd_conn *c, hd_http_req *r)
         if (!get) return method_not_allowed(c, r, "GET");
         if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
         handle_topic(c, r);
+    } else if (path_is(r, "/admin/reload")) {
+        if (r->method != HTTP_POST) return method_not_allowed(c, r, "POST");
+        if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
+        char err[1024];
+        if (hd_script_reload(srv, err, sizeof err)) return hd_http_error(c, r, 422, err, NULL, 0);
+        hd_str out = HD_STR_INIT;
+        hd_str_printf(&out, "{\"status\":\"ok\",\"generation\":%llu}",
+                      (unsigned long long)srv->ss.generation);
+        respond_json(c, r, 200, &out);
+        hd_str_free(&out);
+    } else if (path_is(r, "/admin/status")) {
+        if (!get) return method_not_allowed(c, r, "GET");
+        if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
+        static const char *const states[] = {"starting", "ready", "draining", "stopped"};
+        hd_str out = HD_STR_INIT;
+        hd_str_printf(&out, "{\"state\":\"%s\",\"node\":", states[srv->state]);
+        hd_str_add_json(&out, srv->node_id, strlen(srv->node_id));
+        hd_str_printf(&out, ",\"connections\":%zu,\"topics\":%zu,\"scripts\":", srv->nws,
+                      srv->topics.count);
+        hd_script_status_json(srv, &out);
+        hd_str_addc(&out, '}');
+        respond_json(c, r, 200, &out);
+        hd_str_free(&out);
     } else {
         hd_http_error(c, r, 404, "not found", NULL, 0);
     }

@@ -15,9 +15,14 @@ struct hd_server;
 /* Answers a complete HTTP request that is not a WebSocket handshake. */
 void hd_api_handle(struct hd_conn *c, struct hd_http_req *r);
 
-/* Publishes data (JSON text) under event to one topic on this node.
- * Returns the number of connections the frame was queued on. Builds the
- * frame only when the topic has subscribers. */
+/* Publishes data (JSON text) under event to one topic on this node, with
+ * no publish hooks. Returns the number of connections the frame was queued
+ * on. Builds the frame only when the topic has subscribers. */
+size_t hd_api_publish_raw(struct hd_server *srv, const char *topic, size_t tlen,
+                          const char *event, size_t elen, const char *data_json, size_t dlen);
+
+/* The same after the publish hooks (when scripts define any), which may
+ * change the event and data or drop the message (then returns 0). */
 size_t hd_api_publish(struct hd_server *srv, const char *topic, size_t tlen, const char *event,
                       size_t elen, const char *data_json, size_t dlen);
 

@@ -3,6 +3,7 @@
 #include "err.h"
 #include "http.h"
 #include "log.h"
+#include "script.h"
 #include "server.h"
 #include "util.h"
 
@@ -123,12 +124,41 @@ void hd_channel_free(hd_ws_conn *w)
     if (!w) return;
     hd_ws_parser_free(&w->parser);
     free(w->token);
+    free(w->identity);
+    free(w->assigns);
     free(w);
+}
+
+const char *hd_channel_identity(hd_conn *c) { return c->ws ? c->ws->identity : NULL; }
+
+const char *hd_channel_assigns(hd_conn *c) { return c->ws ? c->ws->assigns : NULL; }
+
+size_t hd_channel_recheck(hd_conn *c)
+{
+    hd_ws_conn *w = c->ws;
+    size_t closed = 0;
+    hd_sub *s = w ? w->subs : NULL;
+    while (s && hd_conn_open(c)) {
+        hd_sub *next = s->cnext;
+        hd_str reply = HD_STR_INIT;
+        char reason[256];
+        if (!hd_script_join(c->srv, c, s->topic->name, s->topic->len, NULL, &reply, reason,
+                            sizeof reason) &&
+            hd_conn_open(c)) {
+            send_phx_close(c, s->join_ref, s->topic->name);
+            drop_sub(c, s);
+            closed++;
+        }
+        hd_str_free(&reply);
+        s = next;
+    }
+    return closed;
 }
 
 /* ---- Phoenix messages ------------------------------------------------------ */
 
-static void on_join(hd_conn *c, const char *jr, const char *ref, const char *topic, size_t tlen)
+static void on_join(hd_conn *c, const char *jr, const char *ref, const char *topic, size_t tlen,
+                    json_t *payload)
 {
     hd_ws_conn *w = c->ws;
     hd_server *srv = c->srv;
@@ -137,12 +167,21 @@ static void on_join(hd_conn *c, const char *jr, const char *ref, const char *top
         reply_error(c, jr, ref, topic, "invalid topic");
         return;
     }
+    hd_str answer = HD_STR_INIT;
+    char reason[256];
+    if (!hd_script_join(srv, c, topic, tlen, payload, &answer, reason, sizeof reason)) {
+        hd_str_free(&answer);
+        srv->m.joins_refused++;
+        if (hd_conn_open(c)) reply_error(c, jr, ref, topic, reason);
+        return;
+    }
     hd_sub *old = find_sub(w, topic, tlen);
     if (old) {
         /* A duplicate join closes the old channel first (Phoenix does). */
         send_phx_close(c, old->join_ref, topic);
         drop_sub(c, old);
     } else if (w->nsubs >= srv->cfg->max_topics_per_socket) {
+        hd_str_free(&answer);
         srv->m.joins_refused++;
         reply_error(c, jr, ref, topic, "too many channels joined");
         return;
@@ -150,6 +189,7 @@ static void on_join(hd_conn *c, const char *jr, const char *ref, const char *top
     hd_sub *s = hd_topics_subscribe(&srv->topics, topic, tlen, c, jr ? jr : ref);
     if (!s) {
         hd_error("conn %llu: out of memory joining a topic", (unsigned long long)c->id);
+        hd_str_free(&answer);
         reply_error(c, jr, ref, topic, "join crashed");
         return;
     }
@@ -157,7 +197,9 @@ static void on_join(hd_conn *c, const char *jr, const char *ref, const char *top
     w->subs = s;
     w->nsubs++;
     srv->m.joins++;
-    reply(c, jr, ref, topic, "ok", "{}");
+    hd_topic_policy_of(srv, s->topic); /* the topic hook runs once per topic and reload */
+    reply(c, jr, ref, topic, "ok", answer.p ? answer.p : "{}");
+    hd_str_free(&answer);
 }
 
 static void on_leave(hd_conn *c, const char *jr, const char *ref, const char *topic, size_t tlen)
@@ -175,6 +217,20 @@ static const char *str_or_null(json_t *v, int *ok)
     if (json_is_string(v)) return json_string_value(v);
     *ok = 0;
     return NULL;
+}
+
+/* A client push on a joined topic goes to the message hook, which may
+ * answer; without one there is no reply. */
+static void on_client_push(hd_conn *c, const char *jr, const char *ref, const char *topic,
+                           size_t tlen, const char *event, json_t *payload)
+{
+    hd_str answer = HD_STR_INIT;
+    char reason[256];
+    int r = hd_script_message(c->srv, c, topic, tlen, event, payload, &answer, reason,
+                              sizeof reason);
+    if (r == 1 && hd_conn_open(c)) reply(c, jr, ref, topic, "ok", answer.p ? answer.p : "{}");
+    else if (r == 2 && hd_conn_open(c)) reply_error(c, jr, ref, topic, reason);
+    hd_str_free(&answer);
 }
 
 /* Handles one text message; returns 0, or non-zero after closing. */
@@ -207,14 +263,17 @@ static int on_phoenix(hd_conn *c, const uint8_t *data, size_t len)
     if (strcmp(ev, "heartbeat") == 0 && strcmp(t, "phoenix") == 0) {
         reply(c, NULL, ref, t, "ok", "{}");
     } else if (strcmp(ev, "phx_join") == 0) {
-        on_join(c, jr, ref, t, tlen);
+        on_join(c, jr, ref, t, tlen, json_array_get(msg, 4));
     } else if (strcmp(ev, "phx_leave") == 0) {
         on_leave(c, jr, ref, t, tlen);
     } else {
         hd_sub *s = find_sub(c->ws, t, tlen);
-        if (!s) reply_error(c, NULL, ref, t, "unmatched topic");
-        /* A stale join_ref is dropped silently (Phoenix does); a client
-         * push on a joined topic has no handler in the core. */
+        if (!s) {
+            reply_error(c, NULL, ref, t, "unmatched topic");
+        } else if (!jr || !s->join_ref || strcmp(jr, s->join_ref) == 0) {
+            /* (A stale join_ref is dropped silently, as Phoenix does.) */
+            on_client_push(c, jr, ref, t, tlen, ev, json_array_get(msg, 4));
+        }
     }
     json_decref(msg);
     return 0;
@@ -336,17 +395,29 @@ void hd_channel_handshake(hd_conn *c, hd_http_req *r, int upgrade)
         hd_http_error(c, r, 503, "server at capacity", NULL, 1);
     } else {
         int phoenix = 0;
-        char *token = NULL;
+        char *token = NULL, *identity = NULL, *assigns = NULL;
+        char reason[256];
         if (proto) parse_protocols(proto, pl, &phoenix, &token);
+        if (!hd_script_authenticate(srv, c, r, token, &identity, &assigns, reason,
+                                    sizeof reason)) {
+            free(token);
+            hd_http_error(c, r, 403, reason, NULL, 1);
+            srv->m.ws_rejected++;
+            return;
+        }
         hd_ws_conn *w = calloc(1, sizeof *w);
         if (!w) {
             free(token);
+            free(identity);
+            free(assigns);
             hd_http_error(c, r, 503, "out of memory", NULL, 1);
             srv->m.ws_rejected++;
             return;
         }
         hd_ws_parser_init(&w->parser, srv->cfg->max_message_bytes);
         w->token = token;
+        w->identity = identity;
+        w->assigns = assigns;
         char head[256];
         int n = snprintf(head, sizeof head,
                          "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"

@@ -17,6 +17,8 @@ typedef struct hd_ws_conn {
     hd_sub *subs;           /* joined topics */
     uint32_t nsubs;
     char *token;            /* auth token from the Phoenix subprotocol, or NULL */
+    char *identity;         /* id from authenticate, or NULL (then the conn id) */
+    char *assigns;          /* assigns from authenticate as JSON, or NULL */
 } hd_ws_conn;
 
 /* Answers a request on a WebSocket mount path: 101 and the switch to
@@ -29,6 +31,15 @@ void hd_channel_on_read(struct hd_conn *c, uint8_t *data, size_t len);
 
 /* Leaves every joined topic (no frames sent). Safe on any connection. */
 void hd_channel_unlink_all(struct hd_conn *c);
+
+/* The identity authenticate gave c, or NULL. */
+const char *hd_channel_identity(struct hd_conn *c);
+/* c's assigns as JSON text, or NULL. */
+const char *hd_channel_assigns(struct hd_conn *c);
+
+/* Re-runs the join hook for every topic c has joined (after a reload) and
+ * closes, with phx_close, the channels it now refuses. Returns how many. */
+size_t hd_channel_recheck(struct hd_conn *c);
 
 /* Frees the WebSocket state. NULL is a no-op. */
 void hd_channel_free(hd_ws_conn *w);

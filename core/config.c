@@ -1,5 +1,7 @@
 #include "config.h"
 #include "buf.h"
+#include "embed.h"
+#include "luapi.h"
 #include "err.h"
 #include "log.h"
 
@@ -11,10 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-extern const char hd_lua_config[];
-extern const size_t hd_lua_config_len;
-extern const char hd_lua_defaults[];
-extern const size_t hd_lua_defaults_len;
 
 /* A config file that runs this many VM instructions is taken to be stuck. */
 #define CONFIG_INSN_LIMIT 50000000
@@ -99,7 +97,7 @@ static double num_field(lua_State *L, int idx, const char *k)
 }
 
 /* [-0, +0] Copies the normalized table at the top of the stack into c. */
-static int read_normalized(lua_State *L, hd_config *c)
+static int read_normalized(lua_State *L, hd_config *c, const char *dir)
 {
     int t = lua_gettop(L);
     lua_getfield(L, t, "listen");
@@ -145,6 +143,57 @@ static int read_normalized(lua_State *L, hd_config *c)
     c->ws_close_ms = (uint64_t)num_field(L, -1, "ws_close_ms");
     lua_pop(L, 1);
 
+    lua_getfield(L, t, "reload");
+    lua_getfield(L, -1, "recheck_joins");
+    c->recheck_joins = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+
+    lua_getfield(L, t, "scripts");
+    lua_getfield(L, -1, "watch");
+    c->scripts_watch = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    c->hook_budget_ms = (uint32_t)num_field(L, -1, "budget_ms");
+    lua_getfield(L, -1, "files");
+    n = lua_objlen(L, -1);
+    c->scripts = calloc(n ? n : 1, sizeof *c->scripts);
+    if (!c->scripts) return HD_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        const char *f = lua_tostring(L, -1);
+        char *p;
+        if (f[0] == '/' || !dir) {
+            p = strdup(f);
+        } else {
+            p = malloc(strlen(dir) + strlen(f) + 2);
+            if (p) sprintf(p, "%s/%s", dir, f);
+        }
+        lua_pop(L, 1);
+        if (!p) return HD_ENOMEM;
+        c->scripts[c->nscripts++] = p;
+    }
+    lua_pop(L, 2);
+
+    lua_getfield(L, t, "plugins");
+    n = lua_objlen(L, -1);
+    c->plugins = calloc(n ? n : 1, sizeof *c->plugins);
+    if (!c->plugins) return HD_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        struct hd_plugin_cfg *pc = &c->plugins[c->nplugins++];
+        pc->name = dup_field(L, -1, "name");
+        lua_getfield(L, -1, "options");
+        hd_str js = HD_STR_INIT;
+        const char *e = hd_luapi_to_json(L, -1, &js);
+        lua_pop(L, 2);
+        if (e) {
+            hd_str_free(&js);
+            return HD_ECONFIG;
+        }
+        pc->options_json = js.p ? js.p : strdup("{}");
+        if (!pc->name || !pc->options_json) return HD_ENOMEM;
+    }
+    lua_pop(L, 1);
+
     lua_getfield(L, t, "log");
     char *lvl = dup_field(L, -1, "level");
     c->log_level = lvl ? hd_log_parse_level(lvl) : HD_LOG_INFO;
@@ -166,7 +215,9 @@ int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen)
     c->source = strdup(path ? path : "(embedded default)");
 
     /* The schema module. */
-    if (luaL_loadbuffer(L, hd_lua_config, hd_lua_config_len, "@lua/herald/config.lua") ||
+    const hd_embedded *schema_src = hd_embedded_find("herald.config");
+    const hd_embedded *defaults = hd_embedded_find("herald.defaults");
+    if (luaL_loadbuffer(L, schema_src->src, schema_src->len, "@lua/herald/config.lua") ||
         lua_pcall(L, 0, 1, 0)) {
         snprintf(err, errlen, "internal: %s", lua_tostring(L, -1));
         goto out;
@@ -193,7 +244,7 @@ int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen)
         lrc = luaL_loadbuffer(L, text, len, name);
         free(text);
     } else {
-        lrc = luaL_loadbuffer(L, hd_lua_defaults, hd_lua_defaults_len, "=(embedded default)");
+        lrc = luaL_loadbuffer(L, defaults->src, defaults->len, "=(embedded default)");
     }
     if (lrc) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
@@ -238,8 +289,19 @@ int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen)
         goto out;
     }
     lua_pop(L, 1);
-    rc = read_normalized(L, c);
-    if (rc) snprintf(err, errlen, "%s: out of memory", c->source);
+    char *dir = NULL;
+    if (path) {
+        dir = strdup(path);
+        char *slash = dir ? strrchr(dir, '/') : NULL;
+        if (slash) *slash = 0;
+        else if (dir) strcpy(dir, ".");
+    }
+    rc = read_normalized(L, c, dir);
+    free(dir);
+    if (rc == HD_ECONFIG)
+        snprintf(err, errlen, "%s: plugins: options must be JSON-like tables", c->source);
+    else if (rc)
+        snprintf(err, errlen, "%s: out of memory", c->source);
 out:
     lua_close(L);
     if (rc) hd_config_free(c);
@@ -253,5 +315,12 @@ void hd_config_free(hd_config *c)
     free(c->api_token);
     for (size_t i = 0; i < c->nmounts; i++) free(c->ws_paths[i]);
     free(c->ws_paths);
+    for (size_t i = 0; i < c->nscripts; i++) free(c->scripts[i]);
+    free(c->scripts);
+    for (size_t i = 0; i < c->nplugins; i++) {
+        free(c->plugins[i].name);
+        free(c->plugins[i].options_json);
+    }
+    free(c->plugins);
     memset(c, 0, sizeof *c);
 }

@@ -25,6 +25,16 @@ typedef struct hd_config {
     uint64_t http_idle_ms;
     uint64_t ws_close_ms;
     int log_level;           /* hd_log_level */
+    char **scripts;          /* operator scripts, paths resolved against the config's dir */
+    size_t nscripts;
+    int scripts_watch;       /* reload when a script file changes */
+    uint32_t hook_budget_ms; /* wall-clock budget of one hook call */
+    struct hd_plugin_cfg {
+        char *name;          /* "jwt": the embedded module plugins.jwt */
+        char *options_json;  /* its options table as JSON */
+    } *plugins;
+    size_t nplugins;
+    int recheck_joins;       /* reload.recheck_joins */
 } hd_config;
 
 /* Loads the config file at path, or the embedded default when path is NULL.

@@ -2,6 +2,7 @@
 #include "config.h"
 #include "err.h"
 #include "log.h"
+#include "script.h"
 #include "server.h"
 
 #include <signal.h>
@@ -14,7 +15,7 @@
 typedef struct app {
     uv_loop_t loop;
     hd_server srv;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
     int signals;
 } app;
 
@@ -36,11 +37,26 @@ static void on_signal(uv_signal_t *s, int signum)
     hd_server_stop(&a->srv);
 }
 
+static void on_sighup(uv_signal_t *s, int signum)
+{
+    (void)signum;
+    app *a = s->data;
+    char err[1024];
+    hd_info("SIGHUP: reloading scripts");
+    hd_script_reload(&a->srv, err, sizeof err);
+}
+
+static void close_signals(app *a)
+{
+    uv_close((uv_handle_t *)&a->sigterm, NULL);
+    uv_close((uv_handle_t *)&a->sigint, NULL);
+    uv_close((uv_handle_t *)&a->sighup, NULL);
+}
+
 static void on_stopped(hd_server *srv)
 {
     app *a = (app *)((char *)srv - offsetof(app, srv));
-    uv_close((uv_handle_t *)&a->sigterm, NULL);
-    uv_close((uv_handle_t *)&a->sigint, NULL);
+    close_signals(a);
     hd_info("stopped");
 }
 
@@ -49,7 +65,6 @@ static void warn_about(const hd_config *cfg)
     if (!cfg->api_token)
         hd_warn("no API token configured (api.token): /api accepts requests from loopback "
                 "addresses only");
-    hd_warn("no authentication is configured: any client may connect and join any topic");
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
         cfg->max_connections + 64 > rl.rlim_cur) {
@@ -89,21 +104,56 @@ static int run(const char *path)
     a->srv.on_stopped = on_stopped;
     uv_signal_init(&a->loop, &a->sigterm);
     uv_signal_init(&a->loop, &a->sigint);
-    a->sigterm.data = a->sigint.data = a;
+    uv_signal_init(&a->loop, &a->sighup);
+    a->sigterm.data = a->sigint.data = a->sighup.data = a;
     uv_signal_start(&a->sigterm, on_signal, SIGTERM);
     uv_signal_start(&a->sigint, on_signal, SIGINT);
+    uv_signal_start(&a->sighup, on_sighup, SIGHUP);
 
-    rc = hd_server_start(&a->srv);
-    if (rc) {
-        hd_server_stop(&a->srv);
-        uv_close((uv_handle_t *)&a->sigterm, NULL);
-        uv_close((uv_handle_t *)&a->sigint, NULL);
+    /* Scripts load before the listener opens: a broken one fails start-up. */
+    char serr[1024];
+    rc = hd_script_start(&a->srv, serr, sizeof serr);
+    if (rc) hd_error("%s", serr);
+    else {
+        if (!hd_script_has(&a->srv, HD_HOOK_AUTHENTICATE))
+            hd_warn("no authenticate hook is configured: any client may connect and join any "
+                    "topic");
+        rc = hd_server_start(&a->srv);
     }
+    if (rc) hd_server_stop(&a->srv); /* on_stopped closes the signal handles */
     uv_run(&a->loop, UV_RUN_DEFAULT);
     hd_server_free(&a->srv);
     int lc = uv_loop_close(&a->loop);
     if (lc) hd_warn("loop closed with handles still open: %s", uv_strerror(lc));
     free(a);
+    hd_config_free(&cfg);
+    return rc ? 1 : 0;
+}
+
+/* herald check FILE: the config and every script and plugin it names. */
+static int check(const char *path)
+{
+    hd_config cfg;
+    char err[1024];
+    if (hd_config_load(&cfg, path, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    hd_log_set_level(HD_LOG_WARN);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    hd_server *srv = calloc(1, sizeof *srv);
+    int rc = srv ? hd_server_init(srv, &loop, &cfg) : HD_ENOMEM;
+    if (!rc) rc = hd_script_start(srv, err, sizeof err);
+    if (rc) fprintf(stderr, "%s\n", rc == HD_ECONFIG ? err : hd_strerror(rc));
+    else printf("%s: ok (%zu script(s), %zu plugin(s))\n", path, cfg.nscripts, cfg.nplugins);
+    if (srv) {
+        hd_server_stop(srv);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        hd_server_free(srv);
+    }
+    uv_loop_close(&loop);
+    free(srv);
     hd_config_free(&cfg);
     return rc ? 1 : 0;
 }
@@ -119,15 +169,7 @@ int main(int argc, char **argv)
             usage(stderr);
             return 2;
         }
-        hd_config cfg;
-        char err[1024];
-        if (hd_config_load(&cfg, argv[2], err, sizeof err)) {
-            fprintf(stderr, "%s\n", err);
-            return 1;
-        }
-        printf("%s: ok\n", argv[2]);
-        hd_config_free(&cfg);
-        return 0;
+        return check(argv[2]);
     }
     const char *path = NULL;
     for (int i = 1; i < argc; i++) {

@@ -44,12 +44,35 @@ void hd_metrics_render(hd_server *srv, hd_str *o)
     hd_str_printf(o,
                   "# HELP herald_dropped_total Frames not delivered, by reason.\n"
                   "# TYPE herald_dropped_total counter\n"
-                  "herald_dropped_total{reason=\"slow_consumer\"} %" PRIu64 "\n",
-                  m->dropped_slow);
+                  "herald_dropped_total{reason=\"slow_consumer\"} %" PRIu64 "\n"
+                  "herald_dropped_total{reason=\"publish_hook\"} %" PRIu64 "\n",
+                  m->dropped_slow, srv->ss.publish_dropped);
     counter(o, "herald_slow_consumer_closes_total",
             "Connections closed with 1013 because their send queue was full.", m->slow_closes);
     counter(o, "herald_idle_closes_total", "Connections closed for idleness.", m->idle_closes);
     counter(o, "herald_bytes_out_total", "Bytes written to sockets.", m->bytes_out);
+    const hd_script_stats *ss = &srv->ss;
+    hd_str_adds(o, "# HELP herald_hook_calls_total Lua hook calls that succeeded, by hook.\n"
+                   "# TYPE herald_hook_calls_total counter\n");
+    for (int h = 0; h < HD_HOOK_COUNT; h++)
+        hd_str_printf(o, "herald_hook_calls_total{hook=\"%s\"} %" PRIu64 "\n",
+                      hd_hook_name((hd_hook)h), ss->calls[h]);
+    hd_str_adds(o, "# HELP herald_hook_errors_total Lua hook calls that failed (error, budget "
+                   "or bad result); the safe default applied.\n"
+                   "# TYPE herald_hook_errors_total counter\n");
+    for (int h = 0; h < HD_HOOK_COUNT; h++)
+        hd_str_printf(o, "herald_hook_errors_total{hook=\"%s\"} %" PRIu64 "\n",
+                      hd_hook_name((hd_hook)h), ss->errors[h]);
+    hd_str_printf(o, "herald_hook_errors_total{hook=\"timer\"} %" PRIu64 "\n", ss->timer_errors);
+    counter(o, "herald_hook_budget_exceeded_total",
+            "Lua calls stopped for running over scripts.budget_ms.", ss->budget_exceeded);
+    hd_str_printf(o,
+                  "# HELP herald_reloads_total Script reloads, by result.\n"
+                  "# TYPE herald_reloads_total counter\n"
+                  "herald_reloads_total{result=\"ok\"} %" PRIu64 "\n"
+                  "herald_reloads_total{result=\"error\"} %" PRIu64 "\n",
+                  ss->reloads_ok, ss->reloads_failed);
+    gauge(o, "herald_scripts_generation", "Generation of the running scripts.", ss->generation);
     hd_str_adds(o, "# HELP herald_ws_closes_sent_total WebSocket close frames sent, by code.\n"
                    "# TYPE herald_ws_closes_sent_total counter\n");
     for (int i = 0; i < 16; i++)

@@ -4,6 +4,7 @@
 #include "http.h"
 #include "log.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,6 +81,12 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     uv_tcp_init(loop, &srv->listener);
     srv->listener.data = srv;
     srv->handles_open = 3;
+    char host[32] = "herald";
+    size_t hl = sizeof host;
+    uv_os_gethostname(host, &hl);
+    uint32_t rnd = 0;
+    uv_random(NULL, NULL, &rnd, sizeof rnd, 0, NULL);
+    snprintf(srv->node_id, sizeof srv->node_id, "%s-%d-%08x", host, (int)uv_os_getpid(), rnd);
     return 0;
 }
 
@@ -126,6 +133,7 @@ int hd_server_start(hd_server *srv)
     uint64_t iv = sweep_interval(cfg);
     uv_timer_start(&srv->sweeper, on_sweep, iv, iv);
     srv->state = HD_READY;
+    hd_script_watch(srv);
     const char *shown = strchr(cfg->host, ':') ? "[%s]" : "%s";
     char host[80];
     snprintf(host, sizeof host, shown, cfg->host);
@@ -150,6 +158,7 @@ void hd_server_stop(hd_server *srv)
         srv->state = HD_DRAINING;
         hd_info("stopping: closing the listener and %zu connections", srv->nconns);
         uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
+        hd_script_unwatch(srv);
         for (hd_conn *c = srv->conns; c; c = c->next) {
             if (c->flags & HD_CF_CLOSED) continue;
             if (c->kind == HD_CONN_WS) {
@@ -168,6 +177,7 @@ void hd_server_stop(hd_server *srv)
 
 void hd_server_free(hd_server *srv)
 {
+    hd_script_stop(srv);
     while (srv->wq_free) {
         struct hd_wq_item *it = srv->wq_free;
         srv->wq_free = it->next;

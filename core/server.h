@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "metrics.h"
+#include "script.h"
 #include "topic.h"
 
 #include <uv.h>
@@ -34,9 +35,14 @@ typedef struct hd_server {
     size_t wq_nfree;
     uint64_t next_conn_id;
     int port;                      /* the bound port, once listening */
+    char node_id[64];              /* this node's id: host-pid-random */
     int handles_open;              /* server handles not yet closed */
     void (*on_stopped)(struct hd_server *);
     hd_metrics m;
+    struct hd_script *script;      /* the running Lua generation, or NULL */
+    struct hd_watch *watches;      /* scripts.watch directory watchers */
+    uv_timer_t *watch_timer;       /* debounces their events */
+    hd_script_stats ss;
     uint8_t rbuf[65536];           /* shared read buffer: reads are consumed synchronously */
 } hd_server;
 

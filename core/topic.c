@@ -1,6 +1,7 @@
 #include "topic.h"
 #include "conn.h"
 #include "err.h"
+#include "script.h"
 #include "server.h"
 
 #include <stdlib.h>
@@ -69,6 +70,7 @@ hd_sub *hd_topics_subscribe(hd_topics *t, const char *name, size_t len, struct h
         tp->len = (uint32_t)len;
         tp->nsubs = 0;
         tp->subs = NULL;
+        tp->policy_gen = 0; /* generations start at 1: the first use asks */
         memcpy(tp->name, name, len);
         tp->name[len] = 0;
         if (t->count >= t->nslots) grow(t);
@@ -104,6 +106,22 @@ void hd_topics_unsubscribe(hd_topics *t, hd_sub *s)
     *pp = tp->hnext;
     t->count--;
     free(tp);
+}
+
+void hd_topic_policy_default(hd_topic_policy *p)
+{
+    memset(p, 0, sizeof *p);
+    p->tracked = 1;
+}
+
+const hd_topic_policy *hd_topic_policy_of(struct hd_server *srv, hd_topic *tp)
+{
+    if (tp->policy_gen != srv->ss.generation) {
+        hd_topic_policy_default(&tp->policy);
+        hd_script_topic(srv, tp->name, tp->len, &tp->policy);
+        tp->policy_gen = srv->ss.generation;
+    }
+    return &tp->policy;
 }
 
 size_t hd_topics_publish(struct hd_server *srv, hd_topic *tp, hd_buf *frame)

@@ -22,8 +22,31 @@ typedef struct hd_sub {
     char *join_ref;               /* the client's join_ref (owned), or NULL */
 } hd_sub;
 
+/* A topic's policy, from the topic(name) hook (merged over the defaults),
+ * cached in the topic until the scripts are reloaded. The mechanisms behind
+ * the knobs (presence, rate shaping, per-topic overflow) come with the
+ * topic-policy work; the values are already parsed and reported. */
+typedef struct hd_topic_policy {
+    uint8_t tracked;              /* presence/listener tracking (default 1) */
+    uint8_t presence;             /* send presence events to clients (default 0) */
+    uint8_t coalesce;             /* HD_COALESCE_* (default none) */
+    uint8_t on_overflow;          /* HD_OVERFLOW_* (default close) */
+    uint32_t throttle_ms;         /* 0: off */
+    uint32_t debounce_ms;         /* 0: off */
+    uint32_t max_wait_ms;         /* 0: no cap */
+    uint32_t max_queue_bytes;     /* 0: limits.send_queue_bytes */
+} hd_topic_policy;
+
+enum { HD_COALESCE_NONE, HD_COALESCE_LATEST };
+enum { HD_OVERFLOW_CLOSE, HD_OVERFLOW_DROP_OLDEST };
+
+/* The defaults: tracked, no presence events, no shaping, close on overflow. */
+void hd_topic_policy_default(hd_topic_policy *p);
+
 typedef struct hd_topic {
     struct hd_topic *hnext;       /* hash chain */
+    hd_topic_policy policy;       /* valid when policy_gen is the scripts' generation */
+    uint64_t policy_gen;
     hd_sub *subs;                 /* subscribers, newest first */
     uint32_t hash;
     uint32_t nsubs;
@@ -52,6 +75,10 @@ hd_sub *hd_topics_subscribe(hd_topics *t, const char *name, size_t len, struct h
 /* Unlinks sub from its topic (freeing the topic if it was the last) and
  * frees sub. The caller has already removed it from the connection's list. */
 void hd_topics_unsubscribe(hd_topics *t, hd_sub *sub);
+
+/* Returns the topic's policy, asking the topic hook (once per reload) when
+ * the cached one is stale. */
+const hd_topic_policy *hd_topic_policy_of(struct hd_server *srv, hd_topic *topic);
 
 /* Queues frame (a reference each) on every subscriber of the topic.
  * Returns the number of connections it was queued on. */

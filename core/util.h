@@ -37,4 +37,13 @@ int hd_strieq(const char *a, size_t len, const char *b);
  * ::ffff:127.x.x.x. */
 int hd_addr_is_loopback(const char *addr);
 
+
+
+/* SHA-256 of len bytes at p into out. */
+void hd_sha256(const void *p, size_t len, uint8_t out[32]);
+/* HMAC-SHA256 (RFC 2104) of data under key into out. */
+void hd_hmac_sha256(const void *key, size_t klen, const void *data, size_t dlen, uint8_t out[32]);
+/* Constant-time equality of two byte strings (time depends only on the
+ * lengths). */
+int hd_ct_equal(const void *a, size_t al, const void *b, size_t bl);
 #endif

@@ -53,7 +53,53 @@ local function list_of(check, max)
     return out
   end
 end
-local function any_table(v) if type(v) == "table" then return v end return nil, "a table" end
+local function boolean(v) if type(v) == "boolean" then return v end return nil, "true or false" end
+
+-- Sections later issues define; accepted as tables and passed through.
+M.reserved = { topics = true, drain = true, cluster = true, presence = true }
+
+-- scripts = { "policy.lua", "more.lua", watch = false, budget_ms = 10 }
+local function scripts(v)
+  if type(v) ~= "table" then return nil, "a table such as { \"policy.lua\" }" end
+  local out = { files = {}, watch = false, budget_ms = 10 }
+  for k, x in pairs(v) do
+    if type(k) == "number" then
+      if type(x) ~= "string" or x == "" then return nil, ("a list of file names (item %s is not)"):format(tostring(k)) end
+    elseif k == "watch" then
+      local ok, want = boolean(x)
+      if ok == nil then return nil, "watch = " .. want end
+      out.watch = ok
+    elseif k == "budget_ms" then
+      local ok, want = int_range(1, 60000)(x)
+      if ok == nil then return nil, "budget_ms = " .. want end
+      out.budget_ms = ok
+    else
+      return nil, "a list of files plus watch and budget_ms (unknown key " .. tostring(k) .. ")"
+    end
+  end
+  for i = 1, #v do out.files[i] = v[i] end
+  return out
+end
+
+-- plugins = { jwt = { secret = "..." }, big_topics = true } (run in name order)
+local function plugins(v)
+  if type(v) ~= "table" then return nil, "a table of plugin name = options" end
+  local names = {}
+  for k, x in pairs(v) do
+    if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
+      return nil, "a table keyed by plugin names (found " .. tostring(k) .. ")"
+    end
+    if x ~= true and type(x) ~= "table" then
+      return nil, ("options for plugin %s as a table (or true)"):format(k)
+    end
+    names[#names + 1] = k
+  end
+  table.sort(names)
+  local out = {}
+  for i, k in ipairs(names) do out[i] = { name = k, options = v[k] == true and {} or v[k] } end
+  return out
+end
+
 
 -- section name -> { key -> {default, checker} } ; or a checker for a whole value.
 M.schema = {
@@ -82,13 +128,14 @@ M.schema = {
   log = {
     level = { "info", level },
   },
+  reload = {
+    recheck_joins = { false, boolean },
+  },
+  scripts = { { files = {}, watch = false, budget_ms = 10 }, scripts },
+  plugins = { {}, plugins },
 }
 
--- Sections later issues define; accepted as tables and passed through.
-M.reserved = { scripts = true, plugins = true, topics = true, drain = true, cluster = true,
-               presence = true, reload = true }
-
-local order = { "listen", "api", "mounts", "limits", "timeouts", "log" }
+local order = { "listen", "api", "mounts", "limits", "timeouts", "log", "reload", "scripts", "plugins" }
 
 local function copy(v)
   if type(v) ~= "table" then return v end

@@ -1,0 +1,38 @@
+/* The C functions Lua sees that need no server: JSON, hashing, base64,
+ * clocks. script.c adds the server-bound ones (publish, timers, ...); the
+ * same pure set is built as the Lua module "herald.c" so that busted specs
+ * of lua/ and plugins/ run against the real code. */
+#ifndef HD_LUAPI_H
+#define HD_LUAPI_H
+
+#include "buf.h"
+
+#include <jansson.h>
+#include <lua.h>
+
+/* Largest nesting of tables encoded to JSON (deeper: an error). */
+#define HD_LUAPI_MAX_DEPTH 64
+
+/* [-0, +1] Pushes a new table of the pure functions:
+ *   json_encode(v) -> string | nil, err     json_decode(s) -> v | nil, err
+ *   null (the JSON null sentinel)            hmac_sha256(key, data) -> 32 bytes
+ *   sha256(data) -> 32 bytes                 ct_equal(a, b) -> bool
+ *   b64_encode(s) / b64url_encode(s) -> string
+ *   b64_decode(s) -> string | nil (standard or URL-safe, padding optional)
+ *   now() -> seconds since the epoch (float)  monotonic_ms() -> ms (float) */
+void hd_luapi_push_pure(lua_State *L);
+
+/* [-0, +0] Appends the JSON encoding of the value at idx to out. Returns
+ * NULL, or a static message on a value JSON cannot hold (function, NaN,
+ * cycle or nesting over HD_LUAPI_MAX_DEPTH, a non-UTF-8 string, mixed
+ * keys). Tables with keys 1..n only are arrays; an empty table is {}. */
+const char *hd_luapi_to_json(lua_State *L, int idx, hd_str *out);
+
+/* [-0, +1] Pushes v as a Lua value (objects and arrays become tables, null
+ * the sentinel). Never raises except on memory errors. */
+void hd_luapi_push_json(lua_State *L, json_t *v);
+
+/* [-0, +1] Pushes JSON text decoded, or nil when it does not parse. */
+void hd_luapi_push_json_text(lua_State *L, const char *text, size_t len);
+
+#endif

@@ -1,0 +1,119 @@
+/* The Lua policy layer: operator scripts and plugins in one LuaJIT state,
+ * hook calls under a budget, the herald.* API, timers, hot reload.
+ *
+ * A generation (hd_script) is one lua_State with its scripts loaded. Reload
+ * builds a new generation and swaps it in only if every script loaded and
+ * every init() hook succeeded; the old one is then freed with its timers.
+ * Connections keep their identity and assigns in C (JSON text), so they
+ * survive reloads.
+ *
+ * Every hook call goes through one guarded call: pcall with a traceback, an
+ * instruction budget and a wall-clock budget (JIT off for operator chunks so
+ * the count hook fires in loops). On failure the hook's safe default
+ * applies, the log names file:line and herald_hook_errors_total counts it. */
+#ifndef HD_SCRIPT_H
+#define HD_SCRIPT_H
+
+#include "buf.h"
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct hd_server;
+struct hd_conn;
+struct hd_http_req;
+struct hd_topic_policy;
+
+typedef enum {
+    HD_HOOK_AUTHENTICATE,
+    HD_HOOK_JOIN,
+    HD_HOOK_API_AUTH,
+    HD_HOOK_TOPIC,
+    HD_HOOK_PUBLISH,
+    HD_HOOK_MESSAGE,
+    HD_HOOK_SHUTDOWN,
+    HD_HOOK_INIT,
+    HD_HOOK_COUNT
+} hd_hook;
+
+typedef struct hd_script hd_script;
+
+typedef struct hd_script_stats {
+    uint64_t calls[HD_HOOK_COUNT];
+    uint64_t errors[HD_HOOK_COUNT];  /* failed: error, budget, bad result */
+    uint64_t budget_exceeded;
+    uint64_t timer_errors;
+    uint64_t reloads_ok;
+    uint64_t reloads_failed;
+    uint64_t publish_dropped;        /* messages a publish hook dropped */
+    uint64_t generation;             /* of the running scripts */
+    char last_error[512];            /* of the last failed reload ("" if none) */
+    double last_reload_at;           /* unix seconds */
+} hd_script_stats;
+
+/* The name of a hook ("authenticate", ...). */
+const char *hd_hook_name(hd_hook h);
+
+/* Loads srv->cfg's scripts and plugins into a new generation and makes it
+ * current. On failure returns HD_ECONFIG with a message naming file:line
+ * in err, and srv keeps whatever it had. */
+int hd_script_start(struct hd_server *srv, char *err, size_t errlen);
+/* Reloads: builds a new generation and swaps it in on success (dropping
+ * the topic policy cache, cancelling the old timers, re-checking joins when
+ * reload.recheck_joins). Returns 0 or HD_ECONFIG (err filled; old scripts
+ * stay). */
+int hd_script_reload(struct hd_server *srv, char *err, size_t errlen);
+/* Frees the current generation (at shutdown). */
+void hd_script_stop(struct hd_server *srv);
+
+/* True when the running scripts define hook h. */
+int hd_script_has(struct hd_server *srv, hd_hook h);
+
+/* authenticate(req). Returns 1 to allow (*id and *assigns_json are set,
+ * malloc'd, either may be NULL), 0 to deny with reason (a client-safe
+ * text). Without the hook: allow. On failure: deny, "unauthorized". */
+int hd_script_authenticate(struct hd_server *srv, struct hd_conn *c, const struct hd_http_req *r,
+                           const char *token, char **id, char **assigns_json, char *reason,
+                           size_t rlen);
+
+/* join(socket, topic, payload). Returns 1 to allow (reply_json receives the
+ * reply object, "{}" by default), 0 to deny with reason. Without the hook:
+ * allow. On failure: deny, "join crashed". */
+int hd_script_join(struct hd_server *srv, struct hd_conn *c, const char *topic, size_t tlen,
+                   json_t *payload, hd_str *reply_json, char *reason, size_t rlen);
+
+/* api_auth(req). Returns 1 allow, 0 deny, -1 no hook or every hook deferred
+ * (the static token rule applies). On failure: deny. */
+int hd_script_api_auth(struct hd_server *srv, struct hd_conn *c, const struct hd_http_req *r);
+
+/* topic(name): fills *p (already holding the defaults) from the merged
+ * results. On failure p keeps the defaults. */
+void hd_script_topic(struct hd_server *srv, const char *topic, size_t tlen,
+                     struct hd_topic_policy *p);
+
+/* publish(msg) for one topic. *event and *data_json are in/out (malloc'd
+ * strings, replaced when a hook changes them). Returns 1 to deliver, 0 when
+ * a hook dropped the message. On failure: deliver unchanged. */
+int hd_script_publish(struct hd_server *srv, const char *topic, size_t tlen, char **event,
+                      char **data_json);
+
+/* message(socket, topic, event, payload). Returns 0 for no reply, 1 with an
+ * ok reply (reply_json), 2 with an error reply (reason). */
+int hd_script_message(struct hd_server *srv, struct hd_conn *c, const char *topic, size_t tlen,
+                      const char *event, json_t *payload, hd_str *reply_json, char *reason,
+                      size_t rlen);
+
+/* shutdown(phase). */
+void hd_script_shutdown(struct hd_server *srv, const char *phase);
+
+/* Starts watching the script files when scripts.watch is set. */
+void hd_script_watch(struct hd_server *srv);
+/* Stops watching (at shutdown). */
+void hd_script_unwatch(struct hd_server *srv);
+
+/* Appends a JSON object describing the scripts (generation, files, last
+ * reload result) to out. */
+void hd_script_status_json(struct hd_server *srv, hd_str *out);
+
+#endif

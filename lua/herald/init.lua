@@ -1,0 +1,94 @@
+-- The herald API that operator scripts and plugins see, built over the C
+-- binding (core/luapi.c and core/script.c). Loaded once per Lua state with
+-- the C table as its argument; busted specs load it with the pure subset
+-- (the Lua module herald.c), where the server-bound calls raise.
+local c = ...
+assert(type(c) == "table", "lua/herald/init.lua needs the C binding table")
+
+local herald = {}
+
+local function need(name)
+  local f = c[name]
+  if f then return f end
+  return function() error("herald." .. name .. " is not available outside the server", 2) end
+end
+
+local function check(cond, n, fname, msg)
+  if not cond then error(("bad argument #%d to 'herald.%s' (%s)"):format(n, fname, msg), 3) end
+end
+
+herald.json = {
+  encode = c.json_encode,   -- encode(v) -> text | nil, err
+  decode = c.json_decode,   -- decode(text) -> v | nil, err
+  null = c.null,            -- JSON null inside tables
+}
+
+local hex_digits = "0123456789abcdef"
+local function to_hex(s)
+  return (s:gsub(".", function(ch)
+    local b = ch:byte()
+    local hi, lo = math.floor(b / 16) + 1, b % 16 + 1
+    return hex_digits:sub(hi, hi) .. hex_digits:sub(lo, lo)
+  end))
+end
+
+herald.crypto = {
+  hmac_sha256 = c.hmac_sha256,        -- (key, data) -> 32 raw bytes
+  sha256 = c.sha256,                  -- (data) -> 32 raw bytes
+  equal = c.ct_equal,                 -- constant-time string equality
+  hex = to_hex,                       -- raw bytes -> lowercase hex
+  b64_encode = c.b64_encode,
+  b64url_encode = c.b64url_encode,    -- no padding
+  b64_decode = c.b64_decode,          -- standard or URL-safe, padding optional; nil if invalid
+}
+
+herald.now = c.now                    -- seconds since the epoch (float)
+herald.monotonic_ms = c.monotonic_ms
+
+function herald.publish(topic, event, data)
+  check(type(topic) == "string", 1, "publish", "topic must be a string")
+  check(type(event) == "string", 2, "publish", "event must be a string")
+  return need("publish")(topic, event, data)
+end
+
+function herald.subscribers(topic)
+  check(type(topic) == "string", 1, "subscribers", "topic must be a string")
+  return need("subscribers")(topic)
+end
+
+function herald.disconnect(id, code)
+  check(type(id) == "string" or type(id) == "number", 1, "disconnect", "id must be a string")
+  check(code == nil or type(code) == "number", 2, "disconnect", "code must be a number")
+  return need("disconnect")(tostring(id), code)
+end
+
+local Timer = {}
+Timer.__index = Timer
+function Timer:cancel() return need("timer_cancel")(self.id) end
+
+local function start(fname, ms, fn, rep)
+  check(type(ms) == "number", 1, fname, "milliseconds expected")
+  check(type(fn) == "function", 2, fname, "function expected")
+  return setmetatable({ id = need("timer_start")(ms, fn, rep) }, Timer)
+end
+
+function herald.after(ms, fn) return start("after", ms, fn, false) end
+function herald.every(ms, fn) return start("every", ms, fn, true) end
+
+local levels = { debug = true, info = true, warn = true, error = true }
+function herald.log(level, ...)
+  check(levels[level], 1, "log", 'level must be "debug", "info", "warn" or "error"')
+  local parts = { ... }
+  for i = 1, select("#", ...) do parts[i] = tostring(parts[i]) end
+  need("log")(level, table.concat(parts, " ")) -- not a tail call: C reads the caller's line
+end
+
+function herald.node_id() return need("node_id")() end
+
+-- True while the socket a hook was given is still connected.
+function herald.connected(socket)
+  check(type(socket) == "table" and socket.conn_id, 1, "connected", "a socket table expected")
+  return need("socket_open")(socket.conn_id)
+end
+
+return herald
