@@ -148,6 +148,7 @@ static int check(const char *path)
     if (rc) fprintf(stderr, "%s\n", rc == HD_ECONFIG ? err : hd_strerror(rc));
     else printf("%s: ok (%zu script(s), %zu plugin(s))\n", path, cfg.nscripts, cfg.nplugins);
     if (srv) {
+        hd_script_stop(srv); /* no shutdown hooks: nothing ran */
         hd_server_stop(srv);
         uv_run(&loop, UV_RUN_DEFAULT);
         hd_server_free(srv);

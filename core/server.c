@@ -157,6 +157,7 @@ void hd_server_stop(hd_server *srv)
     if (srv->state != HD_DRAINING) {
         srv->state = HD_DRAINING;
         hd_info("stopping: closing the listener and %zu connections", srv->nconns);
+        hd_script_shutdown(srv, "draining");
         uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
         hd_script_unwatch(srv);
         for (hd_conn *c = srv->conns; c; c = c->next) {
@@ -171,6 +172,9 @@ void hd_server_stop(hd_server *srv)
     }
     if (srv->nconns > 0) return; /* called again by the last close */
     if (uv_is_closing((uv_handle_t *)&srv->sweeper)) return;
+    /* Last: the scripts' shutdown hook, then their state and timers go. */
+    hd_script_shutdown(srv, "stopped");
+    hd_script_stop(srv);
     uv_close((uv_handle_t *)&srv->flusher, on_handle_closed);
     uv_close((uv_handle_t *)&srv->sweeper, on_handle_closed);
 }
