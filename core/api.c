@@ -376,12 +376,20 @@ void hd_api_handle(hd_conn *c, hd_http_req *r)
                       (unsigned long long)srv->ss.generation);
         respond_json(c, r, 200, &out);
         hd_str_free(&out);
+    } else if (path_is(r, "/admin/drain")) {
+        if (r->method != HTTP_POST) return method_not_allowed(c, r, "POST");
+        if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
+        static const char body[] = "{\"status\":\"draining\"}";
+        /* Answer first: the drain turns this response's connection to close. */
+        hd_http_respond(c, r, 202, "application/json", body, sizeof body - 1, NULL, 1);
+        hd_drain_start(srv, "POST /admin/drain");
     } else if (path_is(r, "/admin/status")) {
         if (!get) return method_not_allowed(c, r, "GET");
         if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
         static const char *const states[] = {"starting", "ready", "draining", "stopped"};
         hd_str out = HD_STR_INIT;
-        hd_str_printf(&out, "{\"state\":\"%s\",\"node\":", states[srv->state]);
+        hd_str_printf(&out, "{\"state\":\"%s\",\"phase\":\"%s\",\"node\":",
+                      states[srv->state], hd_phase_name(srv->phase));
         hd_str_add_json(&out, srv->node_id, strlen(srv->node_id));
         hd_str_printf(&out, ",\"connections\":%zu,\"topics\":%zu,\"scripts\":", srv->nws,
                       srv->topics.count);

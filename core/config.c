@@ -194,6 +194,16 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     }
     lua_pop(L, 1);
 
+    lua_getfield(L, t, "drain");
+    c->drain_timeout_ms = (uint64_t)num_field(L, -1, "timeout_ms");
+    c->drain_announce_ms = (uint64_t)num_field(L, -1, "announce_ms");
+    c->drain_http_idle_ms = (uint64_t)num_field(L, -1, "http_idle_ms");
+    c->drain_flush_ms = (uint64_t)num_field(L, -1, "flush_ms");
+    c->drain_disconnect_rate = (uint64_t)num_field(L, -1, "disconnect_rate");
+    lua_getfield(L, -1, "disconnect_sockets");
+    c->drain_disconnect_sockets = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+
     lua_getfield(L, t, "log");
     char *lvl = dup_field(L, -1, "level");
     c->log_level = lvl ? hd_log_parse_level(lvl) : HD_LOG_INFO;

@@ -35,6 +35,12 @@ typedef struct hd_config {
     } *plugins;
     size_t nplugins;
     int recheck_joins;       /* reload.recheck_joins */
+    uint64_t drain_timeout_ms;       /* the whole drain sequence */
+    uint64_t drain_announce_ms;      /* /readyz 503 before the listener closes */
+    uint64_t drain_http_idle_ms;     /* idle keep-alive connections close after this */
+    uint64_t drain_flush_ms;         /* longest wait for write queues to empty */
+    int drain_disconnect_sockets;    /* close WebSockets with 1012 */
+    uint64_t drain_disconnect_rate;  /* closes per second, at most */
 } hd_config;
 
 /* Loads the config file at path, or the embedded default when path is NULL.

@@ -251,7 +251,7 @@ static void on_close(uv_handle_t *h)
     hd_http_conn_free(c->http);
     hd_channel_free(c->ws);
     free(c);
-    if (srv->state == HD_DRAINING && srv->nconns == 0) hd_server_stop(srv);
+    if (srv->stopping && srv->nconns == 0) hd_server_stop(srv);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)

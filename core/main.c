@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 #include <uv.h>
 
 typedef struct app {
@@ -31,10 +32,9 @@ static void on_signal(uv_signal_t *s, int signum)
     app *a = s->data;
     if (++a->signals > 1) {
         hd_warn("second signal (%s): exiting at once", signum == SIGINT ? "SIGINT" : "SIGTERM");
-        exit(1);
+        _exit(1);
     }
-    hd_info("%s: shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
-    hd_server_stop(&a->srv);
+    hd_drain_start(&a->srv, signum == SIGINT ? "SIGINT" : "SIGTERM");
 }
 
 static void on_sighup(uv_signal_t *s, int signum)
@@ -122,6 +122,10 @@ static int run(const char *path)
     }
     if (rc) hd_server_stop(&a->srv); /* on_stopped closes the signal handles */
     uv_run(&a->loop, UV_RUN_DEFAULT);
+    if (a->srv.drain.lost_frames) {
+        hd_warn("exiting with %llu frame(s) undelivered", (unsigned long long)a->srv.drain.lost_frames);
+        rc = 1;
+    }
     hd_server_free(&a->srv);
     int lc = uv_loop_close(&a->loop);
     if (lc) hd_warn("loop closed with handles still open: %s", uv_strerror(lc));

@@ -73,6 +73,13 @@ void hd_metrics_render(hd_server *srv, hd_str *o)
                   "herald_reloads_total{result=\"error\"} %" PRIu64 "\n",
                   ss->reloads_ok, ss->reloads_failed);
     gauge(o, "herald_scripts_generation", "Generation of the running scripts.", ss->generation);
+    gauge(o, "herald_drain_phase", "Drain phase: 0 none, 1 announce ... 7 stopped.", srv->phase);
+    counter(o, "herald_drain_http_closed_total", "Idle keep-alive connections closed by the drain.",
+            srv->drain.http_closed);
+    counter(o, "herald_drain_ws_closed_total", "WebSockets closed with 1012 by the drain.",
+            srv->drain.ws_closed);
+    counter(o, "herald_drain_forced_total", "Connections closed when the drain budget ran out.",
+            srv->drain.forced);
     hd_str_adds(o, "# HELP herald_ws_closes_sent_total WebSocket close frames sent, by code.\n"
                    "# TYPE herald_ws_closes_sent_total counter\n");
     for (int i = 0; i < 16; i++)

@@ -80,7 +80,9 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     srv->sweeper.data = srv;
     uv_tcp_init(loop, &srv->listener);
     srv->listener.data = srv;
-    srv->handles_open = 3;
+    uv_timer_init(loop, &srv->drain_timer);
+    srv->drain_timer.data = srv;
+    srv->handles_open = 4;
     char host[32] = "herald";
     size_t hl = sizeof host;
     uv_os_gethostname(host, &hl);
@@ -151,32 +153,30 @@ static void on_handle_closed(uv_handle_t *h)
     }
 }
 
+void hd_server_close_listener(hd_server *srv)
+{
+    if (!uv_is_closing((uv_handle_t *)&srv->listener))
+        uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
+    hd_script_unwatch(srv);
+}
+
 void hd_server_stop(hd_server *srv)
 {
     if (srv->state == HD_STOPPED) return;
-    if (srv->state != HD_DRAINING) {
+    if (!srv->stopping) {
+        srv->stopping = 1;
         srv->state = HD_DRAINING;
-        hd_info("stopping: closing the listener and %zu connections", srv->nconns);
-        hd_script_shutdown(srv, "draining");
-        uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
-        hd_script_unwatch(srv);
-        for (hd_conn *c = srv->conns; c; c = c->next) {
-            if (c->flags & HD_CF_CLOSED) continue;
-            if (c->kind == HD_CONN_WS) {
-                hd_conn_ws_close(c, 1001, "server shutting down");
-            } else if (!c->http || !c->http->busy) {
-                c->flags |= HD_CF_NO_INPUT;
-                hd_conn_finish(c, 1000);
-            }
-        }
+        hd_server_close_listener(srv);
+        uv_timer_stop(&srv->drain_timer);
+        if (srv->nconns) hd_info("stopping: closing %zu connection(s)", srv->nconns);
+        for (hd_conn *c = srv->conns; c; c = c->next) hd_conn_close(c);
     }
     if (srv->nconns > 0) return; /* called again by the last close */
     if (uv_is_closing((uv_handle_t *)&srv->sweeper)) return;
-    /* Last: the scripts' shutdown hook, then their state and timers go. */
-    hd_script_shutdown(srv, "stopped");
-    hd_script_stop(srv);
+    hd_script_stop(srv); /* the scripts' state and timers go last */
     uv_close((uv_handle_t *)&srv->flusher, on_handle_closed);
     uv_close((uv_handle_t *)&srv->sweeper, on_handle_closed);
+    uv_close((uv_handle_t *)&srv->drain_timer, on_handle_closed);
 }
 
 void hd_server_free(hd_server *srv)

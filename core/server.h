@@ -7,6 +7,7 @@
 #define HD_SERVER_H
 
 #include "config.h"
+#include "drain.h"
 #include "metrics.h"
 #include "script.h"
 #include "topic.h"
@@ -22,6 +23,10 @@ typedef struct hd_server {
     uv_loop_t *loop;
     const hd_config *cfg;          /* borrowed; outlives the server */
     hd_state state;
+    hd_phase phase;                /* drain phase while DRAINING */
+    int stopping;                  /* hd_server_stop called: closing everything */
+    uv_timer_t drain_timer;        /* steps the drain sequence */
+    hd_drain_stats drain;
     uv_tcp_t listener;
     uv_check_t flusher;            /* writes queued bytes once per loop turn */
     uv_timer_t sweeper;            /* idle and close-deadline checks */
@@ -51,10 +56,13 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg);
 /* Opens the listener (last step of start-up) and turns READY. Logs the
  * address. Returns 0 or a negative libuv error (e.g. UV_EADDRINUSE). */
 int hd_server_start(hd_server *srv);
-/* Begins shutdown: closes the listener, closes WebSockets with 1001 and
- * HTTP connections after their current response; when every connection is
- * gone, closes the server's handles and calls srv->on_stopped. */
+/* Stops now: closes the listener and every connection (no close frames);
+ * when every connection is gone, frees the scripts, closes the server's
+ * handles and calls srv->on_stopped. The graceful way is hd_drain_start(),
+ * which ends here. */
 void hd_server_stop(hd_server *srv);
+/* Closes the listener (idempotent). */
+void hd_server_close_listener(hd_server *srv);
 /* Frees what hd_server_init allocated; call after the loop has run the
  * close callbacks (on_stopped). */
 void hd_server_free(hd_server *srv);

@@ -56,7 +56,7 @@ end
 local function boolean(v) if type(v) == "boolean" then return v end return nil, "true or false" end
 
 -- Sections later issues define; accepted as tables and passed through.
-M.reserved = { topics = true, drain = true, cluster = true, presence = true }
+M.reserved = { topics = true, cluster = true, presence = true }
 
 -- scripts = { "policy.lua", "more.lua", watch = false, budget_ms = 10 }
 local function scripts(v)
@@ -131,11 +131,20 @@ M.schema = {
   reload = {
     recheck_joins = { false, boolean },
   },
+  drain = {
+    timeout_ms = { 30000, int_range(100, 3600000) },
+    announce_ms = { 0, int_range(0, 3600000) },
+    http_idle_ms = { 500, int_range(0, 3600000) },
+    flush_ms = { 5000, int_range(0, 3600000) },
+    disconnect_sockets = { true, boolean },
+    disconnect_rate = { 5000, int_range(1, 1000000) },
+  },
   scripts = { { files = {}, watch = false, budget_ms = 10 }, scripts },
   plugins = { {}, plugins },
 }
 
-local order = { "listen", "api", "mounts", "limits", "timeouts", "log", "reload", "scripts", "plugins" }
+local order = { "listen", "api", "mounts", "limits", "timeouts", "log", "reload", "drain", "scripts",
+                "plugins" }
 
 local function copy(v)
   if type(v) ~= "table" then return v end

@@ -50,9 +50,9 @@ describe("herald.config.normalize", function()
   end)
 
   it("allows helper functions and reserved sections", function()
-    assert.truthy(norm({ helper = function() end, scripts = { "policy.lua" }, drain = {} }))
-    local _, err = norm({ drain = 5 })
-    assert.matches("drain: expected a table", err, 1, true)
+    assert.truthy(norm({ helper = function() end, scripts = { "policy.lua" }, cluster = {} }))
+    local _, err = norm({ cluster = 5 })
+    assert.matches("cluster: expected a table", err, 1, true)
   end)
 
   it("normalizes mounts and refuses bad ones", function()
