@@ -4,6 +4,7 @@
 #include "http.h"
 #include "log.h"
 #include "server.h"
+#include "presence.h"
 #include "script.h"
 #include "util.h"
 
@@ -308,12 +309,16 @@ static void handle_topic(hd_conn *c, hd_http_req *r)
     tl = hd_url_decode(t, tl);
     hd_topic *tp = hd_topics_find(&c->srv->topics, t, tl);
     size_t n = tp ? tp->nsubs : 0;
+    hd_topic_policy fresh;
+    const hd_topic_policy *p = tp ? hd_topic_policy_of(c->srv, tp) : &fresh;
+    if (!tp) hd_topic_policy_for(c->srv, t, tl, &fresh);
     hd_str out = HD_STR_INIT;
     hd_str_adds(&out, "{\"topic\":");
     hd_str_add_json(&out, t, tl);
-    hd_str_printf(&out, ",\"subscribers\":%zu,\"listening\":%s", n, n ? "true" : "false");
-    if (tp) {
-        const hd_topic_policy *p = hd_topic_policy_of(c->srv, tp);
+    /* An untracked topic always answers "listening" (PushEx's rule). */
+    hd_str_printf(&out, ",\"subscribers\":%zu,\"listening\":%s", n,
+                  n || !p->tracked ? "true" : "false");
+    {
         hd_str_printf(&out,
                       ",\"policy\":{\"tracked\":%s,\"presence\":%s,\"throttle_ms\":%u,"
                       "\"debounce_ms\":%u,\"max_wait_ms\":%u,\"coalesce\":\"%s\","
@@ -324,6 +329,24 @@ static void handle_topic(hd_conn *c, hd_http_req *r)
                       p->on_overflow == HD_OVERFLOW_DROP_OLDEST ? "drop_oldest" : "close");
     }
     hd_str_addc(&out, '}');
+    respond_json(c, r, 200, &out);
+    hd_str_free(&out);
+    free(t);
+}
+
+static void handle_presence(hd_conn *c, hd_http_req *r)
+{
+    size_t pre = strlen("/api/presence/");
+    size_t tl = r->path_len - pre;
+    char *t = malloc(tl + 1);
+    if (!t) {
+        hd_http_error(c, r, 500, "out of memory", NULL, 1);
+        return;
+    }
+    memcpy(t, r->path + pre, tl);
+    tl = hd_url_decode(t, tl);
+    hd_str out = HD_STR_INIT;
+    hd_presence_state(c->srv, hd_topics_find(&c->srv->topics, t, tl), &out);
     respond_json(c, r, 200, &out);
     hd_str_free(&out);
     free(t);
@@ -366,6 +389,10 @@ void hd_api_handle(hd_conn *c, hd_http_req *r)
         if (!get) return method_not_allowed(c, r, "GET");
         if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
         handle_topic(c, r);
+    } else if (path_has_prefix(r, "/api/presence/")) {
+        if (!get) return method_not_allowed(c, r, "GET");
+        if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
+        handle_presence(c, r);
     } else if (path_is(r, "/admin/reload")) {
         if (r->method != HTTP_POST) return method_not_allowed(c, r, "POST");
         if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);

@@ -3,6 +3,7 @@
 #include "err.h"
 #include "http.h"
 #include "log.h"
+#include "presence.h"
 #include "script.h"
 #include "server.h"
 #include "util.h"
@@ -104,6 +105,7 @@ static void drop_sub(hd_conn *c, hd_sub *sub)
         }
     }
     w->nsubs--;
+    hd_presence_untrack(c->srv, sub);
     hd_topics_unsubscribe(&c->srv->topics, sub);
 }
 
@@ -114,6 +116,7 @@ void hd_channel_unlink_all(hd_conn *c)
     while (w->subs) {
         hd_sub *s = w->subs;
         w->subs = s->cnext;
+        hd_presence_untrack(c->srv, s);
         hd_topics_unsubscribe(&c->srv->topics, s);
     }
     w->nsubs = 0;
@@ -142,7 +145,7 @@ size_t hd_channel_recheck(hd_conn *c)
         hd_sub *next = s->cnext;
         hd_str reply = HD_STR_INIT;
         char reason[256];
-        if (!hd_script_join(c->srv, c, s->topic->name, s->topic->len, NULL, &reply, reason,
+        if (!hd_script_join(c->srv, c, s->topic->name, s->topic->len, NULL, &reply, NULL, reason,
                             sizeof reason) &&
             hd_conn_open(c)) {
             send_phx_close(c, s->join_ref, s->topic->name);
@@ -167,10 +170,11 @@ static void on_join(hd_conn *c, const char *jr, const char *ref, const char *top
         reply_error(c, jr, ref, topic, "invalid topic");
         return;
     }
-    hd_str answer = HD_STR_INIT;
+    hd_str answer = HD_STR_INIT, meta = HD_STR_INIT;
     char reason[256];
-    if (!hd_script_join(srv, c, topic, tlen, payload, &answer, reason, sizeof reason)) {
+    if (!hd_script_join(srv, c, topic, tlen, payload, &answer, &meta, reason, sizeof reason)) {
         hd_str_free(&answer);
+        hd_str_free(&meta);
         srv->m.joins_refused++;
         if (hd_conn_open(c)) reply_error(c, jr, ref, topic, reason);
         return;
@@ -182,6 +186,7 @@ static void on_join(hd_conn *c, const char *jr, const char *ref, const char *top
         drop_sub(c, old);
     } else if (w->nsubs >= srv->cfg->max_topics_per_socket) {
         hd_str_free(&answer);
+        hd_str_free(&meta);
         srv->m.joins_refused++;
         reply_error(c, jr, ref, topic, "too many channels joined");
         return;
@@ -190,6 +195,7 @@ static void on_join(hd_conn *c, const char *jr, const char *ref, const char *top
     if (!s) {
         hd_error("conn %llu: out of memory joining a topic", (unsigned long long)c->id);
         hd_str_free(&answer);
+        hd_str_free(&meta);
         reply_error(c, jr, ref, topic, "join crashed");
         return;
     }
@@ -197,9 +203,14 @@ static void on_join(hd_conn *c, const char *jr, const char *ref, const char *top
     w->subs = s;
     w->nsubs++;
     srv->m.joins++;
-    hd_topic_policy_of(srv, s->topic); /* the topic hook runs once per topic and reload */
+    /* The topic hook runs here once per topic and reload; presence tracking
+     * follows the policy. */
+    const hd_topic_policy *p = hd_topic_policy_of(srv, s->topic);
+    if (hd_presence_track(srv, s, meta.p) != 0) hd_error("presence: out of memory tracking a join");
     reply(c, jr, ref, topic, "ok", answer.p ? answer.p : "{}");
+    if (p->presence && p->tracked) hd_presence_send_state(srv, s);
     hd_str_free(&answer);
+    hd_str_free(&meta);
 }
 
 static void on_leave(hd_conn *c, const char *jr, const char *ref, const char *topic, size_t tlen)

@@ -96,6 +96,77 @@ static double num_field(lua_State *L, int idx, const char *k)
     return v;
 }
 
+/* [-0, +0] Reads the policy fields of the rule table at the top. */
+static void read_rule(lua_State *L, hd_topic_rule *r)
+{
+    static const struct {
+        const char *key;
+        uint32_t bit;
+    } bools[] = {{"tracked", HD_TP_TRACKED}, {"presence", HD_TP_PRESENCE}};
+    for (int i = 0; i < 2; i++) {
+        lua_getfield(L, -1, bools[i].key);
+        if (lua_isboolean(L, -1)) {
+            r->set |= bools[i].bit;
+            if (i == 0) r->policy.tracked = (uint8_t)lua_toboolean(L, -1);
+            else r->policy.presence = (uint8_t)lua_toboolean(L, -1);
+        }
+        lua_pop(L, 1);
+    }
+    struct {
+        const char *key;
+        uint32_t bit;
+        uint32_t *dst;
+    } nums[] = {{"throttle_ms", HD_TP_THROTTLE, &r->policy.throttle_ms},
+                {"debounce_ms", HD_TP_DEBOUNCE, &r->policy.debounce_ms},
+                {"max_wait_ms", HD_TP_MAX_WAIT, &r->policy.max_wait_ms},
+                {"max_queue_bytes", HD_TP_MAX_QUEUE, &r->policy.max_queue_bytes}};
+    for (int i = 0; i < 4; i++) {
+        lua_getfield(L, -1, nums[i].key);
+        if (lua_isnumber(L, -1)) {
+            r->set |= nums[i].bit;
+            *nums[i].dst = (uint32_t)lua_tonumber(L, -1);
+        }
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, -1, "coalesce");
+    if (lua_isstring(L, -1)) {
+        r->set |= HD_TP_COALESCE;
+        r->policy.coalesce = strcmp(lua_tostring(L, -1), "latest") == 0 ? HD_COALESCE_LATEST
+                                                                         : HD_COALESCE_NONE;
+    }
+    lua_getfield(L, -2, "on_overflow");
+    if (lua_isstring(L, -1)) {
+        r->set |= HD_TP_OVERFLOW;
+        r->policy.on_overflow = strcmp(lua_tostring(L, -1), "drop_oldest") == 0
+                                    ? HD_OVERFLOW_DROP_OLDEST
+                                    : HD_OVERFLOW_CLOSE;
+    }
+    lua_pop(L, 2);
+}
+
+int hd_glob_match(const char *p, const char *s, size_t len)
+{
+    /* Iterative '*' matching with one backtrack point. */
+    size_t i = 0, star_s = 0;
+    const char *star_p = NULL;
+    while (i < len) {
+        if (*p == '*') {
+            star_p = ++p;
+            star_s = i;
+        } else if (*p && *p == s[i]) {
+            p++;
+            i++;
+        } else if (star_p) {
+            p = star_p;
+            i = ++star_s;
+        } else {
+            return 0;
+        }
+    }
+    while (*p == '*') p++;
+    return *p == 0;
+}
+
 /* [-0, +0] Copies the normalized table at the top of the stack into c. */
 static int read_normalized(lua_State *L, hd_config *c, const char *dir)
 {
@@ -135,6 +206,7 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     c->max_url_bytes = (size_t)num_field(L, -1, "max_url_bytes");
     c->max_body_bytes = (size_t)num_field(L, -1, "max_body_bytes");
     c->max_topics_per_socket = (size_t)num_field(L, -1, "max_topics_per_socket");
+    c->max_queued_bytes = (size_t)num_field(L, -1, "max_queued_bytes");
     lua_pop(L, 1);
 
     lua_getfield(L, t, "timeouts");
@@ -191,6 +263,25 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
         }
         pc->options_json = js.p ? js.p : strdup("{}");
         if (!pc->name || !pc->options_json) return HD_ENOMEM;
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "presence");
+    c->presence_batch_ms = (uint64_t)num_field(L, -1, "batch_ms");
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "topics");
+    n = lua_objlen(L, -1);
+    c->topic_rules = calloc(n ? n : 1, sizeof *c->topic_rules);
+    if (!c->topic_rules) return HD_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        hd_topic_rule *r = &c->topic_rules[c->ntopic_rules++];
+        hd_topic_policy_default(&r->policy);
+        r->match = dup_field(L, -1, "match");
+        if (!r->match) return HD_ENOMEM;
+        read_rule(L, r);
+        lua_pop(L, 1);
     }
     lua_pop(L, 1);
 
@@ -332,5 +423,7 @@ void hd_config_free(hd_config *c)
         free(c->plugins[i].options_json);
     }
     free(c->plugins);
+    for (size_t i = 0; i < c->ntopic_rules; i++) free(c->topic_rules[i].match);
+    free(c->topic_rules);
     memset(c, 0, sizeof *c);
 }

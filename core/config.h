@@ -4,8 +4,31 @@
 #ifndef HD_CONFIG_H
 #define HD_CONFIG_H
 
+#include "topic.h"
+
 #include <stddef.h>
 #include <stdint.h>
+
+/* Fields a topic rule sets (hd_topic_rule.set). */
+enum {
+    HD_TP_TRACKED = 1 << 0,
+    HD_TP_PRESENCE = 1 << 1,
+    HD_TP_THROTTLE = 1 << 2,
+    HD_TP_DEBOUNCE = 1 << 3,
+    HD_TP_MAX_WAIT = 1 << 4,
+    HD_TP_MAX_QUEUE = 1 << 5,
+    HD_TP_COALESCE = 1 << 6,
+    HD_TP_OVERFLOW = 1 << 7,
+};
+
+typedef struct hd_topic_rule {
+    char *match;             /* glob: '*' matches any run of characters */
+    hd_topic_policy policy;  /* the fields in set */
+    uint32_t set;            /* HD_TP_* */
+} hd_topic_rule;
+
+/* Returns 1 when topic (len bytes) matches the glob pattern. */
+int hd_glob_match(const char *pattern, const char *topic, size_t len);
 
 typedef struct hd_config {
     char *source;            /* the file name, or "(embedded default)" */
@@ -21,6 +44,10 @@ typedef struct hd_config {
     size_t max_url_bytes;
     size_t max_body_bytes;
     size_t max_topics_per_socket;
+    size_t max_queued_bytes; /* all connections' queues together */
+    uint64_t presence_batch_ms;
+    hd_topic_rule *topic_rules;
+    size_t ntopic_rules;
     uint64_t ws_idle_ms;
     uint64_t http_idle_ms;
     uint64_t ws_close_ms;

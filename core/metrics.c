@@ -51,6 +51,8 @@ void hd_metrics_render(hd_server *srv, hd_str *o)
             "Connections closed with 1013 because their send queue was full.", m->slow_closes);
     counter(o, "herald_idle_closes_total", "Connections closed for idleness.", m->idle_closes);
     counter(o, "herald_bytes_out_total", "Bytes written to sockets.", m->bytes_out);
+    counter(o, "herald_presence_diffs_total",
+            "presence_diff frames sent (one per topic per batch window).", m->presence_diffs);
     const hd_script_stats *ss = &srv->ss;
     hd_str_adds(o, "# HELP herald_hook_calls_total Lua hook calls that succeeded, by hook.\n"
                    "# TYPE herald_hook_calls_total counter\n");

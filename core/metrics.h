@@ -25,6 +25,7 @@ typedef struct hd_metrics {
     uint64_t slow_closes;         /* connections closed with 1013 */
     uint64_t idle_closes;         /* connections closed for idleness */
     uint64_t bytes_out;           /* bytes written to sockets */
+    uint64_t presence_diffs;      /* presence_diff frames built (one per topic per batch) */
 } hd_metrics;
 
 struct hd_server;

@@ -6,6 +6,7 @@
 #include "http.h"
 #include "log.h"
 #include "luapi.h"
+#include "presence.h"
 #include "server.h"
 #include "topic.h"
 
@@ -331,6 +332,57 @@ static int l_socket_open(lua_State *L)
     return 1;
 }
 
+static int l_presence(lua_State *L)
+{
+    hd_script *s = api_script(L, "presence", 1);
+    size_t tl;
+    const char *topic = luaL_checklstring(L, 1, &tl);
+    hd_str out = HD_STR_INIT;
+    hd_presence_state(s->srv, hd_topics_find(&s->srv->topics, topic, tl), &out);
+    if (out.oom) {
+        hd_str_free(&out);
+        return luaL_error(L, "out of memory");
+    }
+    hd_luapi_push_json_text(L, out.p, out.len);
+    hd_str_free(&out);
+    return 1;
+}
+
+static int l_presence_update(lua_State *L)
+{
+    hd_script *s = api_script(L, "presence_update", 0);
+    uint64_t id = (uint64_t)luaL_checknumber(L, 1);
+    size_t tl;
+    const char *topic = luaL_checklstring(L, 2, &tl);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    hd_conn *c = s->srv->conns;
+    while (c && c->id != id) c = c->next;
+    if (!c || !hd_conn_open(c) || !c->ws) return luaL_error(L, "attempt to use a closed socket");
+    hd_sub *sub = c->ws->subs;
+    while (sub && !(sub->topic->len == tl && memcmp(sub->topic->name, topic, tl) == 0))
+        sub = sub->cnext;
+    if (!sub) {
+        lua_pushnil(L);
+        lua_pushstring(L, "the socket has not joined that topic");
+        return 2;
+    }
+    hd_str meta = HD_STR_INIT;
+    const char *e = hd_luapi_to_json(L, 3, &meta);
+    if (e) {
+        hd_str_free(&meta);
+        return luaL_argerror(L, 3, e);
+    }
+    int rc = hd_presence_update(s->srv, sub, meta.p);
+    hd_str_free(&meta);
+    if (rc) {
+        lua_pushnil(L);
+        lua_pushstring(L, rc == HD_ELIMIT ? "the topic is not tracked" : hd_strerror(rc));
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* [-0, +1] The C table lua/herald/init.lua builds the herald API from. */
 static void push_c_api(lua_State *L)
 {
@@ -339,6 +391,7 @@ static void push_c_api(lua_State *L)
         {"disconnect", l_disconnect},   {"timer_start", l_timer_start},
         {"timer_cancel", l_timer_cancel}, {"log", l_log},
         {"node_id", l_node_id},         {"socket_open", l_socket_open},
+        {"presence", l_presence},       {"presence_update", l_presence_update},
         {NULL, NULL},
     };
     hd_luapi_push_pure(L);
@@ -829,8 +882,33 @@ int hd_script_authenticate(hd_server *srv, hd_conn *c, const hd_http_req *r, con
     return ok;
 }
 
+/* Encodes the table field key of the table at idx as a JSON object into
+ * out (replacing it). Returns 0, or -1 after logging. */
+static int field_object(lua_State *L, int idx, const char *key, hd_str *out, const char *what,
+                        const char *src)
+{
+    lua_getfield(L, idx, key);
+    int rc = 0;
+    if (!lua_isnil(L, -1)) {
+        hd_str js = HD_STR_INIT;
+        const char *e = hd_luapi_to_json(L, -1, &js);
+        if (e || js.len == 0 || js.p[0] != '{') {
+            hd_error("%s hook (%s): %s must be a JSON object: %s", what, src, key,
+                     e ? e : "not an object");
+            rc = -1;
+        } else {
+            hd_str_reset(out);
+            hd_str_add(out, js.p, js.len);
+            rc = 1;
+        }
+        hd_str_free(&js);
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
 int hd_script_join(hd_server *srv, hd_conn *c, const char *topic, size_t tlen, json_t *payload,
-                   hd_str *reply_json, char *reason, size_t rlen)
+                   hd_str *reply_json, hd_str *meta_json, char *reason, size_t rlen)
 {
     hd_script *s = srv->script;
     if (!s || !s->nfns[HD_HOOK_JOIN]) {
@@ -871,22 +949,10 @@ int hd_script_join(hd_server *srv, hd_conn *c, const char *topic, size_t tlen, j
             copy_reason(L, v + 1, reason, rlen, "unauthorized");
             ok = 0;
         } else if (nres >= 2 && lua_istable(L, v + 1)) {
-            lua_getfield(L, v + 1, "reply");
-            if (!lua_isnil(L, -1)) {
-                hd_str js = HD_STR_INIT;
-                const char *e = hd_luapi_to_json(L, -1, &js);
-                if (e || js.len == 0 || js.p[0] != '{') {
-                    hd_error("join hook (%s): reply must be a JSON object: %s", src,
-                             e ? e : "not an object");
-                    srv->ss.errors[HD_HOOK_JOIN]++;
-                } else {
-                    hd_str_reset(reply_json);
-                    hd_str_add(reply_json, js.p, js.len);
-                    have_reply = 1;
-                }
-                hd_str_free(&js);
-            }
-            lua_pop(L, 1);
+            int r = field_object(L, v + 1, "reply", reply_json, "join", src);
+            if (r > 0) have_reply = 1;
+            int m = meta_json ? field_object(L, v + 1, "meta", meta_json, "join", src) : 0;
+            if (r < 0 || m < 0) srv->ss.errors[HD_HOOK_JOIN]++;
         }
         lua_settop(L, top);
     }

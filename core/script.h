@@ -78,10 +78,12 @@ int hd_script_authenticate(struct hd_server *srv, struct hd_conn *c, const struc
                            size_t rlen);
 
 /* join(socket, topic, payload). Returns 1 to allow (reply_json receives the
- * reply object, "{}" by default), 0 to deny with reason. Without the hook:
- * allow. On failure: deny, "join crashed". */
+ * reply object, "{}" by default; meta_json, if not NULL, the presence meta
+ * object a hook returned, else stays empty), 0 to deny with reason.
+ * Without the hook: allow. On failure: deny, "join crashed". */
 int hd_script_join(struct hd_server *srv, struct hd_conn *c, const char *topic, size_t tlen,
-                   json_t *payload, hd_str *reply_json, char *reason, size_t rlen);
+                   json_t *payload, hd_str *reply_json, hd_str *meta_json, char *reason,
+                   size_t rlen);
 
 /* api_auth(req). Returns 1 allow, 0 deny, -1 no hook or every hook deferred
  * (the static token rule applies). On failure: deny. */

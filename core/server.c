@@ -3,6 +3,7 @@
 #include "err.h"
 #include "http.h"
 #include "log.h"
+#include "presence.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +67,11 @@ static void on_sweep(uv_timer_t *t)
     }
 }
 
+static void on_topic_free(void *data, hd_topic *tp)
+{
+    hd_presence_forget(data, tp);
+}
+
 int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
 {
     memset(srv, 0, sizeof *srv);
@@ -82,7 +88,11 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     srv->listener.data = srv;
     uv_timer_init(loop, &srv->drain_timer);
     srv->drain_timer.data = srv;
-    srv->handles_open = 4;
+    uv_timer_init(loop, &srv->presence_timer);
+    srv->presence_timer.data = srv;
+    srv->handles_open = 5;
+    srv->topics.on_free = on_topic_free;
+    srv->topics.on_free_data = srv;
     char host[32] = "herald";
     size_t hl = sizeof host;
     uv_os_gethostname(host, &hl);
@@ -177,6 +187,7 @@ void hd_server_stop(hd_server *srv)
     uv_close((uv_handle_t *)&srv->flusher, on_handle_closed);
     uv_close((uv_handle_t *)&srv->sweeper, on_handle_closed);
     uv_close((uv_handle_t *)&srv->drain_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&srv->presence_timer, on_handle_closed);
 }
 
 void hd_server_free(hd_server *srv)

@@ -36,6 +36,10 @@ typedef struct hd_server {
     size_t nconns;                 /* TCP connections */
     size_t nws;                    /* of which WebSocket */
     hd_topics topics;
+    hd_topic *pres_pending;        /* topics with a presence diff waiting */
+    hd_topic *pres_flushing;       /* the ones being sent right now */
+    uint64_t pres_seq;             /* phx_ref counter */
+    uv_timer_t presence_timer;     /* the batch window */
     struct hd_wq_item *wq_free;    /* freelist of write-queue items */
     size_t wq_nfree;
     uint64_t next_conn_id;

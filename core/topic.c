@@ -16,6 +16,7 @@ static uint32_t hash(const char *p, size_t len)
 
 int hd_topics_init(hd_topics *t)
 {
+    memset(t, 0, sizeof *t);
     t->nslots = 1024;
     t->count = 0;
     t->slots = calloc(t->nslots, sizeof *t->slots);
@@ -71,6 +72,11 @@ hd_sub *hd_topics_subscribe(hd_topics *t, const char *name, size_t len, struct h
         tp->nsubs = 0;
         tp->subs = NULL;
         tp->policy_gen = 0; /* generations start at 1: the first use asks */
+        tp->id = ++t->next_id;
+        tp->pres_next = NULL;
+        tp->pjoins = tp->pleaves = NULL;
+        tp->pres_pending = 0;
+        tp->shaper = NULL;
         memcpy(tp->name, name, len);
         tp->name[len] = 0;
         if (t->count >= t->nslots) grow(t);
@@ -94,6 +100,7 @@ err:
 
 void hd_topics_unsubscribe(hd_topics *t, hd_sub *s)
 {
+    free(s->meta);
     hd_topic *tp = s->topic;
     if (s->tprev) s->tprev->tnext = s->tnext;
     else tp->subs = s->tnext;
@@ -105,6 +112,7 @@ void hd_topics_unsubscribe(hd_topics *t, hd_sub *s)
     while (*pp != tp) pp = &(*pp)->hnext;
     *pp = tp->hnext;
     t->count--;
+    if (t->on_free) t->on_free(t->on_free_data, tp);
     free(tp);
 }
 
@@ -114,14 +122,39 @@ void hd_topic_policy_default(hd_topic_policy *p)
     p->tracked = 1;
 }
 
+/* The first config rule (topics = {...}) matching the topic sets its fields;
+ * the topic hook then merges over them. */
+static void apply_rules(const hd_config *cfg, const char *name, size_t len, hd_topic_policy *p)
+{
+    for (size_t i = 0; i < cfg->ntopic_rules; i++) {
+        const hd_topic_rule *r = &cfg->topic_rules[i];
+        if (!hd_glob_match(r->match, name, len)) continue;
+        if (r->set & HD_TP_TRACKED) p->tracked = r->policy.tracked;
+        if (r->set & HD_TP_PRESENCE) p->presence = r->policy.presence;
+        if (r->set & HD_TP_THROTTLE) p->throttle_ms = r->policy.throttle_ms;
+        if (r->set & HD_TP_DEBOUNCE) p->debounce_ms = r->policy.debounce_ms;
+        if (r->set & HD_TP_MAX_WAIT) p->max_wait_ms = r->policy.max_wait_ms;
+        if (r->set & HD_TP_MAX_QUEUE) p->max_queue_bytes = r->policy.max_queue_bytes;
+        if (r->set & HD_TP_COALESCE) p->coalesce = r->policy.coalesce;
+        if (r->set & HD_TP_OVERFLOW) p->on_overflow = r->policy.on_overflow;
+        return;
+    }
+}
+
 const hd_topic_policy *hd_topic_policy_of(struct hd_server *srv, hd_topic *tp)
 {
     if (tp->policy_gen != srv->ss.generation) {
-        hd_topic_policy_default(&tp->policy);
-        hd_script_topic(srv, tp->name, tp->len, &tp->policy);
+        hd_topic_policy_for(srv, tp->name, tp->len, &tp->policy);
         tp->policy_gen = srv->ss.generation;
     }
     return &tp->policy;
+}
+
+void hd_topic_policy_for(struct hd_server *srv, const char *name, size_t len, hd_topic_policy *p)
+{
+    hd_topic_policy_default(p);
+    apply_rules(srv->cfg, name, len, p);
+    hd_script_topic(srv, name, len, p);
 }
 
 size_t hd_topics_publish(struct hd_server *srv, hd_topic *tp, hd_buf *frame)

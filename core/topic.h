@@ -20,6 +20,7 @@ typedef struct hd_sub {
     struct hd_topic *topic;
     struct hd_conn *conn;
     char *join_ref;               /* the client's join_ref (owned), or NULL */
+    char *meta;                   /* presence meta as JSON (owned), NULL when untracked */
 } hd_sub;
 
 /* A topic's policy, from the topic(name) hook (merged over the defaults),
@@ -47,6 +48,11 @@ typedef struct hd_topic {
     struct hd_topic *hnext;       /* hash chain */
     hd_topic_policy policy;       /* valid when policy_gen is the scripts' generation */
     uint64_t policy_gen;
+    uint64_t id;                  /* unique for the server's life (tags queued frames) */
+    struct hd_topic *pres_next;   /* on srv->pres_pending while a diff waits */
+    void *pjoins, *pleaves;       /* json_t objects of the pending diff, or NULL */
+    uint8_t pres_pending;         /* on srv->pres_pending or srv->pres_flushing */
+    struct hd_shaper *shaper;     /* rate shaping state, or NULL */
     hd_sub *subs;                 /* subscribers, newest first */
     uint32_t hash;
     uint32_t nsubs;
@@ -58,6 +64,11 @@ typedef struct hd_topics {
     hd_topic **slots;
     size_t nslots;                /* a power of two */
     size_t count;
+    uint64_t next_id;
+    /* Called before a topic is freed (its last subscriber left), to drop
+     * pending presence diffs and shaped messages. */
+    void (*on_free)(void *data, hd_topic *topic);
+    void *on_free_data;
 } hd_topics;
 
 int hd_topics_init(hd_topics *t);
@@ -79,6 +90,10 @@ void hd_topics_unsubscribe(hd_topics *t, hd_sub *sub);
 /* Returns the topic's policy, asking the topic hook (once per reload) when
  * the cached one is stale. */
 const hd_topic_policy *hd_topic_policy_of(struct hd_server *srv, hd_topic *topic);
+
+/* Computes the policy of a topic by name (rules, then the topic hook),
+ * uncached: for topics that have no subscriber here. */
+void hd_topic_policy_for(struct hd_server *srv, const char *name, size_t len, hd_topic_policy *p);
 
 /* Queues frame (a reference each) on every subscriber of the topic.
  * Returns the number of connections it was queued on. */

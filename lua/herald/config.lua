@@ -56,7 +56,41 @@ end
 local function boolean(v) if type(v) == "boolean" then return v end return nil, "true or false" end
 
 -- Sections later issues define; accepted as tables and passed through.
-M.reserved = { topics = true, cluster = true, presence = true }
+M.reserved = { cluster = true }
+
+-- A topic policy's fields (the topic hook returns the same shape).
+local policy_fields = {
+  tracked = "boolean", presence = "boolean", throttle_ms = "uint", debounce_ms = "uint",
+  max_wait_ms = "uint", max_queue_bytes = "uint", coalesce = { none = true, latest = true },
+  on_overflow = { close = true, drop_oldest = true },
+}
+
+-- topics = { { match = "public:*", tracked = false }, ... }: first match applies.
+local function topic_rules(v)
+  if type(v) ~= "table" then return nil, "a list of rules such as { match = \"public:*\", tracked = false }" end
+  local out = {}
+  for i, rule in ipairs(v) do
+    if type(rule) ~= "table" then return nil, ("a list of tables (rule %d is not)"):format(i) end
+    if type(rule.match) ~= "string" or rule.match == "" then
+      return nil, ("rule %d with match = \"pattern\" (* matches any run of characters)"):format(i)
+    end
+    local r = { match = rule.match }
+    for k, x in pairs(rule) do
+      if k ~= "match" then
+        local kind = policy_fields[k]
+        if not kind then return nil, ("rule %d without the unknown field '%s'"):format(i, tostring(k)) end
+        local ok = (kind == "boolean" and type(x) == "boolean")
+          or (kind == "uint" and type(x) == "number" and x >= 0 and x == math.floor(x) and x < 2^32)
+          or (type(kind) == "table" and kind[x])
+        if not ok then return nil, ("rule %d with a valid %s"):format(i, k) end
+        r[k] = x
+      end
+    end
+    out[i] = r
+  end
+  if #out ~= 0 and next(v, #out) ~= nil then return nil, "a list of rules" end
+  return out
+end
 
 -- scripts = { "policy.lua", "more.lua", watch = false, budget_ms = 10 }
 local function scripts(v)
@@ -119,6 +153,7 @@ M.schema = {
     max_url_bytes = { 8192, int_range(64, 1024 * 1024) },
     max_body_bytes = { 1048576, int_range(0, 1024 * 1024 * 1024) },
     max_topics_per_socket = { 100, int_range(1, 100000) },
+    max_queued_bytes = { 268435456, int_range(1024, 2^40) },
   },
   timeouts = {
     ws_idle_ms = { 45000, int_range(10, 86400000) },
@@ -139,12 +174,16 @@ M.schema = {
     disconnect_sockets = { true, boolean },
     disconnect_rate = { 5000, int_range(1, 1000000) },
   },
+  presence = {
+    batch_ms = { 100, int_range(1, 60000) },
+  },
+  topics = { {}, topic_rules },
   scripts = { { files = {}, watch = false, budget_ms = 10 }, scripts },
   plugins = { {}, plugins },
 }
 
-local order = { "listen", "api", "mounts", "limits", "timeouts", "log", "reload", "drain", "scripts",
-                "plugins" }
+local order = { "listen", "api", "mounts", "limits", "timeouts", "log", "reload", "drain", "presence",
+                "topics", "scripts", "plugins" }
 
 local function copy(v)
   if type(v) ~= "table" then return v end

@@ -85,6 +85,21 @@ end
 
 function herald.node_id() return need("node_id")() end
 
+-- The presence state of a topic on this node: { key = { metas = {...} } }.
+function herald.presence(topic)
+  check(type(topic) == "string", 1, "presence", "topic must be a string")
+  return need("presence")(topic)
+end
+
+-- Replaces the socket's presence meta on topic (a join of the new meta and
+-- a leave of the old under the same key, as Phoenix reports updates).
+function herald.presence_update(socket, topic, meta)
+  check(type(socket) == "table" and socket.conn_id, 1, "presence_update", "a socket table expected")
+  check(type(topic) == "string", 2, "presence_update", "topic must be a string")
+  check(type(meta) == "table", 3, "presence_update", "meta must be a table")
+  return need("presence_update")(socket.conn_id, topic, meta)
+end
+
 -- True while the socket a hook was given is still connected.
 function herald.connected(socket)
   check(type(socket) == "table" and socket.conn_id, 1, "connected", "a socket table expected")
