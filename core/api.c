@@ -6,6 +6,7 @@
 #include "server.h"
 #include "presence.h"
 #include "script.h"
+#include "shaper.h"
 #include "util.h"
 
 #include <jansson.h>
@@ -65,7 +66,16 @@ size_t hd_api_publish_raw(hd_server *srv, const char *topic, size_t tlen, const 
         hd_error("out of memory building a push frame");
         return 0;
     }
-    size_t n = hd_topics_publish(srv, tp, frame);
+    const hd_topic_policy *p = hd_topic_policy_of(srv, tp);
+    size_t n;
+    if (hd_shaper_applies(p)) {
+        n = hd_shaper_submit(srv, tp, p, event, elen, frame);
+    } else {
+        /* A reload may have turned shaping off: what was held goes first. */
+        n = tp->shaper ? hd_shaper_release(srv, tp) : 0;
+        tp = hd_topics_find(&srv->topics, topic, tlen);
+        n += tp ? hd_topics_publish(srv, tp, frame) : 0;
+    }
     srv->m.deliveries += n;
     hd_buf_unref(frame);
     return n;

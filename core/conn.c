@@ -4,6 +4,7 @@
 #include "http.h"
 #include "log.h"
 #include "server.h"
+#include "topic.h"
 #include "util.h"
 #include "ws.h"
 
@@ -46,13 +47,15 @@ static void mark_pending(hd_conn *c)
     c->srv->pending = c;
 }
 
-static int enqueue(hd_conn *c, hd_buf *b)
+static int enqueue(hd_conn *c, hd_buf *b, uint64_t topic_id)
 {
     hd_wq_item *it = item_new(c->srv);
     if (!it) return HD_ENOMEM;
     it->buf = hd_buf_ref(b);
     it->off = 0;
+    it->topic_id = topic_id;
     it->next = NULL;
+    c->srv->queued_bytes += b->len;
     if (c->wq_tail) c->wq_tail->next = it;
     else c->wq_head = it;
     c->wq_tail = it;
@@ -65,6 +68,7 @@ static int enqueue(hd_conn *c, hd_buf *b)
 static void consume(hd_conn *c, size_t n)
 {
     c->wq_bytes -= n;
+    c->srv->queued_bytes -= n;
     while (n > 0) {
         hd_wq_item *it = c->wq_head;
         size_t avail = it->buf->len - it->off;
@@ -79,29 +83,80 @@ static void consume(hd_conn *c, size_t n)
     }
 }
 
-int hd_conn_send(hd_conn *c, hd_buf *b)
+static void mark_reap(hd_conn *c, uint16_t code)
 {
+    if (c->flags & HD_CF_REAP) return;
+    c->flags |= HD_CF_REAP;
+    c->reap_code = code;
+    c->reap_next = c->srv->reap;
+    c->srv->reap = c;
+}
+
+/* Drops queued frames of topic_id, oldest first, that are neither being
+ * written nor partly written, until need bytes fit under limit. */
+static void drop_oldest(hd_conn *c, uint64_t topic_id, size_t need, size_t limit)
+{
+    size_t keep = c->inflight;
+    hd_wq_item **pp = &c->wq_head, *last = NULL;
+    while (*pp && c->wq_bytes + need > limit) {
+        hd_wq_item *it = *pp;
+        size_t rest = it->buf->len - it->off;
+        if (keep > 0 || it->off > 0 || it->topic_id != topic_id) {
+            keep = keep > rest ? keep - rest : 0;
+            last = it;
+            pp = &it->next;
+            continue;
+        }
+        *pp = it->next;
+        c->wq_bytes -= rest;
+        c->srv->queued_bytes -= rest;
+        c->srv->m.dropped_oldest++;
+        item_free(c->srv, it);
+    }
+    /* Re-find the tail: the dropped item may have been it. */
+    if (!*pp) c->wq_tail = last;
+    else {
+        hd_wq_item *t = *pp;
+        while (t->next) t = t->next;
+        c->wq_tail = t;
+    }
+    if (!c->wq_head) c->wq_tail = NULL;
+}
+
+int hd_conn_send_topic(hd_conn *c, hd_buf *b, const hd_topic *tp, const hd_topic_policy *p)
+{
+    hd_server *srv = c->srv;
     if (!hd_conn_open(c)) {
-        if (c->flags & HD_CF_REAP) c->srv->m.dropped_slow++;
+        if (c->flags & HD_CF_REAP) srv->m.dropped_slow++;
         return HD_ECLOSED;
     }
-    if (c->kind == HD_CONN_WS && c->wq_bytes + b->len > c->srv->cfg->send_queue_bytes) {
-        c->srv->m.dropped_slow++;
-        c->flags |= HD_CF_REAP;
-        c->reap_code = 1013;
-        c->reap_next = c->srv->reap;
-        c->srv->reap = c;
-        return HD_EFULL;
+    size_t limit = p && p->max_queue_bytes ? p->max_queue_bytes : srv->cfg->send_queue_bytes;
+    if (c->kind == HD_CONN_WS && c->wq_bytes + b->len > limit) {
+        if (p && tp && p->on_overflow == HD_OVERFLOW_DROP_OLDEST) {
+            drop_oldest(c, tp->id, b->len, limit);
+            if (c->wq_bytes + b->len > limit) {
+                srv->m.dropped_oldest++; /* nothing of this topic left to drop */
+                return HD_EFULL;
+            }
+        } else {
+            srv->m.dropped_slow++;
+            mark_reap(c, 1013);
+            return HD_EFULL;
+        }
     }
-    return enqueue(c, b);
+    int rc = enqueue(c, b, tp ? tp->id : 0);
+    if (rc == 0 && srv->queued_bytes > srv->cfg->max_queued_bytes) srv->need_shed = 1;
+    return rc;
 }
+
+int hd_conn_send(hd_conn *c, hd_buf *b) { return hd_conn_send_topic(c, b, NULL, NULL); }
 
 int hd_conn_send_copy(hd_conn *c, const void *p, size_t len)
 {
     if (c->flags & HD_CF_CLOSED) return HD_ECLOSED;
     hd_buf *b = hd_buf_copy(p, len);
     if (!b) return HD_ENOMEM;
-    int rc = enqueue(c, b);
+    int rc = enqueue(c, b, 0);
     hd_buf_unref(b);
     return rc;
 }
@@ -238,6 +293,7 @@ static void on_close(uv_handle_t *h)
      * lists within this loop turn; this covers the rare other order. */
     if (c->flags & HD_CF_PENDING) unlink_from(&srv->pending, c, 1);
     if (c->flags & HD_CF_REAP) unlink_from(&srv->reap, c, 0);
+    srv->queued_bytes -= c->wq_bytes;
     while (c->wq_head) {
         hd_wq_item *it = c->wq_head;
         c->wq_head = it->next;
@@ -337,7 +393,7 @@ static void queue_close_frame(hd_conn *c, uint16_t code, const char *reason)
 {
     hd_buf *f = hd_ws_close_frame(code, reason);
     if (f) {
-        enqueue(c, f);
+        enqueue(c, f, 0);
         hd_buf_unref(f);
     }
     c->flags |= HD_CF_WS_CLOSE_SENT;
@@ -372,6 +428,7 @@ void hd_conn_ws_close_now(hd_conn *c, uint16_t code, const char *reason)
         }
         *pp = it->next;
         c->wq_bytes -= rest;
+        c->srv->queued_bytes -= rest;
         c->srv->m.dropped_slow++;
         item_free(c->srv, it);
     }

@@ -22,11 +22,14 @@
 struct hd_server;
 struct hd_http_conn;
 struct hd_ws_conn;
+struct hd_topic;
+struct hd_topic_policy;
 
 typedef struct hd_wq_item {
     struct hd_wq_item *next;
     hd_buf *buf;                 /* one reference held by this item */
     uint32_t off;                /* bytes of buf already written */
+    uint64_t topic_id;           /* the topic a broadcast frame is from, or 0 */
 } hd_wq_item;
 
 typedef enum { HD_CONN_HTTP, HD_CONN_WS } hd_conn_kind;
@@ -73,6 +76,12 @@ void hd_conn_accept(struct hd_server *srv);
  * (done by hd_server_reap) and returns HD_EFULL; a closing connection
  * returns HD_ECLOSED. Returns 0 when queued. */
 int hd_conn_send(hd_conn *c, hd_buf *b);
+/* The same for a frame of topic tp under its policy p: over the queue limit
+ * (p->max_queue_bytes if set, else limits.send_queue_bytes), on_overflow
+ * "drop_oldest" drops this topic's oldest queued frames to make room (or
+ * this frame; counted) and keeps the connection; "close" closes it (1013). */
+int hd_conn_send_topic(hd_conn *c, hd_buf *b, const struct hd_topic *tp,
+                       const struct hd_topic_policy *p);
 /* Copies len bytes into a new buffer and queues it (no limit check: used
  * for replies whose size the request bounds). */
 int hd_conn_send_copy(hd_conn *c, const void *p, size_t len);

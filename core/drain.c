@@ -2,7 +2,9 @@
 #include "conn.h"
 #include "http.h"
 #include "log.h"
+#include "presence.h"
 #include "script.h"
+#include "shaper.h"
 #include "server.h"
 
 #define TICK_MS 10
@@ -106,6 +108,9 @@ static void step(uv_timer_t *t)
         }
         if (count_kind(srv, HD_CONN_HTTP) > 0) return;
         enter(srv, HD_PHASE_FLUSH);
+        /* Held messages go out early, never dropped; so do presence diffs. */
+        hd_shaper_release_all(srv);
+        hd_presence_flush(srv);
         /* fall through */
     case HD_PHASE_FLUSH:
         if (queued_anywhere(srv) && in_phase < cfg->drain_flush_ms) return;

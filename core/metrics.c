@@ -45,12 +45,23 @@ void hd_metrics_render(hd_server *srv, hd_str *o)
                   "# HELP herald_dropped_total Frames not delivered, by reason.\n"
                   "# TYPE herald_dropped_total counter\n"
                   "herald_dropped_total{reason=\"slow_consumer\"} %" PRIu64 "\n"
-                  "herald_dropped_total{reason=\"publish_hook\"} %" PRIu64 "\n",
-                  m->dropped_slow, srv->ss.publish_dropped);
+                  "herald_dropped_total{reason=\"publish_hook\"} %" PRIu64 "\n"
+                  "herald_dropped_total{reason=\"drop_oldest\"} %" PRIu64 "\n",
+                  m->dropped_slow, srv->ss.publish_dropped, m->dropped_oldest);
     counter(o, "herald_slow_consumer_closes_total",
             "Connections closed with 1013 because their send queue was full.", m->slow_closes);
     counter(o, "herald_idle_closes_total", "Connections closed for idleness.", m->idle_closes);
     counter(o, "herald_bytes_out_total", "Bytes written to sockets.", m->bytes_out);
+    counter(o, "herald_shaped_received_total", "Frames published to throttled/debounced topics.",
+            m->shaped_received);
+    counter(o, "herald_shaped_released_total", "Shaped frames released to subscribers.",
+            m->shaped_released);
+    counter(o, "herald_shaped_coalesced_total",
+            "Shaped frames replaced by a newer one of the same event (coalesce = latest).",
+            m->shaped_coalesced);
+    counter(o, "herald_shed_connections_total",
+            "Connections closed (1013) to keep all queues under limits.max_queued_bytes.", m->shed);
+    gauge(o, "herald_queued_bytes", "Bytes queued on all connections.", srv->queued_bytes);
     counter(o, "herald_presence_diffs_total",
             "presence_diff frames sent (one per topic per batch window).", m->presence_diffs);
     const hd_script_stats *ss = &srv->ss;

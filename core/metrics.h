@@ -25,6 +25,11 @@ typedef struct hd_metrics {
     uint64_t slow_closes;         /* connections closed with 1013 */
     uint64_t idle_closes;         /* connections closed for idleness */
     uint64_t bytes_out;           /* bytes written to sockets */
+    uint64_t shaped_received;     /* frames published to shaped topics */
+    uint64_t shaped_released;     /* ... released to subscribers */
+    uint64_t shaped_coalesced;    /* ... replaced by a newer one (coalesce = "latest") */
+    uint64_t dropped_oldest;      /* frames dropped by on_overflow = "drop_oldest" */
+    uint64_t shed;                /* connections closed to keep limits.max_queued_bytes */
     uint64_t presence_diffs;      /* presence_diff frames built (one per topic per batch) */
 } hd_metrics;
 

@@ -4,6 +4,7 @@
 #include "http.h"
 #include "log.h"
 #include "presence.h"
+#include "shaper.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 static void on_flush(uv_check_t *h)
 {
     hd_server *srv = h->data;
+    hd_server_reap(srv);
     /* Take the whole list: connections that become pending while flushing
      * (none should) go on a fresh list for the next turn. */
     hd_conn *c = srv->pending;
@@ -21,6 +23,27 @@ static void on_flush(uv_check_t *h)
         c->flags &= ~HD_CF_PENDING;
         hd_conn_flush(c);
         c = next;
+    }
+}
+
+/* Over limits.max_queued_bytes: close the connections with the largest
+ * queues first (1013) until the total is back under the limit. */
+static void shed(hd_server *srv)
+{
+    srv->need_shed = 0;
+    for (int rounds = 0; rounds < 1000 && srv->queued_bytes > srv->cfg->max_queued_bytes;
+         rounds++) {
+        hd_conn *worst = NULL;
+        for (hd_conn *c = srv->conns; c; c = c->next)
+            if (c->kind == HD_CONN_WS && hd_conn_open(c) &&
+                (!worst || c->wq_bytes > worst->wq_bytes))
+                worst = c;
+        if (!worst || worst->wq_bytes == 0) return;
+        srv->m.shed++;
+        hd_info("conn %llu: all queues hold %zu bytes (limit %zu): shedding its %zu",
+                (unsigned long long)worst->id, srv->queued_bytes, srv->cfg->max_queued_bytes,
+                worst->wq_bytes);
+        hd_conn_ws_close_now(worst, 1013, "server overloaded");
     }
 }
 
@@ -37,6 +60,7 @@ void hd_server_reap(hd_server *srv)
         }
         hd_conn_ws_close_now(c, c->reap_code, "slow consumer");
     }
+    if (srv->need_shed) shed(srv);
 }
 
 /* Once a tick: close connections that are idle or past their closing
@@ -70,6 +94,7 @@ static void on_sweep(uv_timer_t *t)
 static void on_topic_free(void *data, hd_topic *tp)
 {
     hd_presence_forget(data, tp);
+    hd_shaper_forget(data, tp);
 }
 
 int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)

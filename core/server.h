@@ -40,6 +40,9 @@ typedef struct hd_server {
     hd_topic *pres_flushing;       /* the ones being sent right now */
     uint64_t pres_seq;             /* phx_ref counter */
     uv_timer_t presence_timer;     /* the batch window */
+    struct hd_shaper *shapers;     /* topics with rate shaping */
+    size_t queued_bytes;           /* all connections' write queues */
+    int need_shed;                 /* queued_bytes went over limits.max_queued_bytes */
     struct hd_wq_item *wq_free;    /* freelist of write-queue items */
     size_t wq_nfree;
     uint64_t next_conn_id;

@@ -160,10 +160,11 @@ void hd_topic_policy_for(struct hd_server *srv, const char *name, size_t len, hd
 size_t hd_topics_publish(struct hd_server *srv, hd_topic *tp, hd_buf *frame)
 {
     size_t n = 0;
-    /* hd_conn_send never unlinks a subscription: a connection that overflows
-     * is only marked and reaped after this loop (hd_server_reap). */
+    const hd_topic_policy *p = hd_topic_policy_of(srv, tp);
+    /* hd_conn_send_topic never unlinks a subscription: a connection that
+     * overflows is only marked and reaped after this loop (hd_server_reap). */
     for (hd_sub *s = tp->subs; s; s = s->tnext)
-        if (hd_conn_send(s->conn, frame) == 0) n++;
+        if (hd_conn_send_topic(s->conn, frame, tp, p) == 0) n++;
     hd_server_reap(srv);
     return n;
 }
