@@ -43,8 +43,33 @@ static void mark_pending(hd_conn *c)
 {
     if (c->flags & (HD_CF_PENDING | HD_CF_WRITING | HD_CF_CLOSED)) return;
     c->flags |= HD_CF_PENDING;
-    c->pend_next = c->srv->pending;
-    c->srv->pending = c;
+    hd_server *srv = c->srv;
+    if (c->kind == HD_CONN_HTTP || !srv->pend_head) {
+        /* HTTP answers jump the queue: a publisher waiting for its answer
+         * should not wait for a large fan-out to be written first. */
+        c->pend_prev = NULL;
+        c->pend_next = srv->pend_head;
+        if (srv->pend_head) srv->pend_head->pend_prev = c;
+        else srv->pend_tail = c;
+        srv->pend_head = c;
+    } else {
+        c->pend_next = NULL;
+        c->pend_prev = srv->pend_tail;
+        srv->pend_tail->pend_next = c;
+        srv->pend_tail = c;
+    }
+}
+
+void hd_conn_unpend(hd_conn *c)
+{
+    if (!(c->flags & HD_CF_PENDING)) return;
+    hd_server *srv = c->srv;
+    if (c->pend_prev) c->pend_prev->pend_next = c->pend_next;
+    else srv->pend_head = c->pend_next;
+    if (c->pend_next) c->pend_next->pend_prev = c->pend_prev;
+    else srv->pend_tail = c->pend_prev;
+    c->pend_prev = c->pend_next = NULL;
+    c->flags &= ~HD_CF_PENDING;
 }
 
 static int enqueue(hd_conn *c, hd_buf *b, uint64_t topic_id)
@@ -275,11 +300,11 @@ void hd_conn_close(hd_conn *c)
     uv_close((uv_handle_t *)&c->tcp, on_close);
 }
 
-static void unlink_from(hd_conn **head, hd_conn *c, int pend)
+static void unlink_reap(hd_conn **head, hd_conn *c)
 {
-    for (hd_conn **pp = head; *pp; pp = pend ? &(*pp)->pend_next : &(*pp)->reap_next) {
+    for (hd_conn **pp = head; *pp; pp = &(*pp)->reap_next) {
         if (*pp == c) {
-            *pp = pend ? c->pend_next : c->reap_next;
+            *pp = c->reap_next;
             return;
         }
     }
@@ -289,10 +314,10 @@ static void on_close(uv_handle_t *h)
 {
     hd_conn *c = h->data;
     hd_server *srv = c->srv;
-    /* Normally the flusher and the reaper have already taken c off their
-     * lists within this loop turn; this covers the rare other order. */
-    if (c->flags & HD_CF_PENDING) unlink_from(&srv->pending, c, 1);
-    if (c->flags & HD_CF_REAP) unlink_from(&srv->reap, c, 0);
+    hd_conn_unpend(c);
+    /* The reaper normally runs within the same loop turn; this covers the
+     * rare other order. */
+    if (c->flags & HD_CF_REAP) unlink_reap(&srv->reap, c);
     srv->queued_bytes -= c->wq_bytes;
     while (c->wq_head) {
         hd_wq_item *it = c->wq_head;

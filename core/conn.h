@@ -51,7 +51,7 @@ typedef struct hd_conn {
     uv_tcp_t tcp;
     struct hd_server *srv;
     struct hd_conn *prev, *next; /* srv->conns */
-    struct hd_conn *pend_next;   /* srv->pending */
+    struct hd_conn *pend_prev, *pend_next; /* srv->pend_head: waiting to be flushed */
     struct hd_conn *reap_next;   /* srv->reap */
     hd_wq_item *wq_head, *wq_tail;
     size_t wq_bytes;             /* queued bytes not yet written */
@@ -85,6 +85,9 @@ int hd_conn_send_topic(hd_conn *c, hd_buf *b, const struct hd_topic *tp,
 /* Copies len bytes into a new buffer and queues it (no limit check: used
  * for replies whose size the request bounds). */
 int hd_conn_send_copy(hd_conn *c, const void *p, size_t len);
+
+/* Takes c off the server's pending list (no-op when not on it). */
+void hd_conn_unpend(hd_conn *c);
 
 /* Writes what is queued; called by the server's flusher. */
 void hd_conn_flush(hd_conn *c);

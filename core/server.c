@@ -10,19 +10,28 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Connections written per loop turn. A large fan-out is written in slices,
+ * with a poll for new input between them: frames published meanwhile join
+ * the queues of connections not yet written, which then take several
+ * frames in one writev. Fewer syscalls per delivery under load, and the
+ * latency of one slice bounds how long input waits. */
+#define FLUSH_SLICE 1024
+
+static void on_spin(uv_idle_t *h) { (void)h; }
+
 static void on_flush(uv_check_t *h)
 {
     hd_server *srv = h->data;
     hd_server_reap(srv);
-    /* Take the whole list: connections that become pending while flushing
-     * (none should) go on a fresh list for the next turn. */
-    hd_conn *c = srv->pending;
-    srv->pending = NULL;
-    while (c) {
-        hd_conn *next = c->pend_next;
-        c->flags &= ~HD_CF_PENDING;
+    for (int n = 0; n < FLUSH_SLICE && srv->pend_head; n++) {
+        hd_conn *c = srv->pend_head;
+        hd_conn_unpend(c);
         hd_conn_flush(c);
-        c = next;
+    }
+    if (srv->pend_head) {
+        if (!uv_is_active((uv_handle_t *)&srv->spinner)) uv_idle_start(&srv->spinner, on_spin);
+    } else if (uv_is_active((uv_handle_t *)&srv->spinner)) {
+        uv_idle_stop(&srv->spinner);
     }
 }
 
@@ -115,7 +124,9 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     srv->drain_timer.data = srv;
     uv_timer_init(loop, &srv->presence_timer);
     srv->presence_timer.data = srv;
-    srv->handles_open = 5;
+    uv_idle_init(loop, &srv->spinner);
+    srv->spinner.data = srv;
+    srv->handles_open = 6;
     srv->topics.on_free = on_topic_free;
     srv->topics.on_free_data = srv;
     char host[32] = "herald";
@@ -213,6 +224,7 @@ void hd_server_stop(hd_server *srv)
     uv_close((uv_handle_t *)&srv->sweeper, on_handle_closed);
     uv_close((uv_handle_t *)&srv->drain_timer, on_handle_closed);
     uv_close((uv_handle_t *)&srv->presence_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&srv->spinner, on_handle_closed);
 }
 
 void hd_server_free(hd_server *srv)

@@ -31,7 +31,9 @@ typedef struct hd_server {
     uv_check_t flusher;            /* writes queued bytes once per loop turn */
     uv_timer_t sweeper;            /* idle and close-deadline checks */
     struct hd_conn *conns;         /* every connection (doubly linked) */
-    struct hd_conn *pending;       /* connections with bytes to write */
+    struct hd_conn *pend_head;     /* connections with bytes to write, FIFO */
+    struct hd_conn *pend_tail;
+    uv_idle_t spinner;             /* keeps the loop from blocking while some wait */
     struct hd_conn *reap;          /* connections to close after a fan-out */
     size_t nconns;                 /* TCP connections */
     size_t nws;                    /* of which WebSocket */
