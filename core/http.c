@@ -145,9 +145,9 @@ static int on_message_complete(llhttp_t *p)
     if (!r->body.p) hd_str_add(&r->body, "", 0);
     if (is_ws_path(c->srv, r)) hd_channel_handshake(c, r, llhttp_get_upgrade(p));
     else hd_api_handle(c, r);
-    /* After a response that closes the connection, or an upgrade, stop
-     * parsing: what follows is not for the HTTP parser. */
-    if (!hd_conn_open(c) || c->kind != HD_CONN_HTTP) return HPE_PAUSED;
+    /* After an upgrade llhttp stops by itself (HPE_PAUSED_UPGRADE); after a
+     * response that closes the connection, stop: what follows is not ours. */
+    if (c->kind == HD_CONN_HTTP && !hd_conn_open(c)) return HPE_PAUSED;
     return 0;
 }
 
@@ -197,15 +197,17 @@ void hd_http_on_read(struct hd_conn *c, uint8_t *data, size_t len)
 {
     hd_http_conn *h = c->http;
     llhttp_errno_t e = llhttp_execute(&h->parser, (const char *)data, len);
-    if (e == HPE_OK || e == HPE_PAUSED) return;
-    if (e == HPE_PAUSED_UPGRADE) {
-        if (c->kind != HD_CONN_WS) return; /* refused: the answer closes */
-        size_t used = (size_t)((const uint8_t *)llhttp_get_error_pos(&h->parser) - data);
+    if (c->kind == HD_CONN_WS) {
+        /* Upgraded: the HTTP state goes, and bytes after the handshake (a
+         * client may send its first frames at once) are WebSocket data. */
+        size_t used = e == HPE_OK ? len
+                                  : (size_t)((const uint8_t *)llhttp_get_error_pos(&h->parser) - data);
         hd_http_conn_free(c->http);
         c->http = NULL;
         if (used < len) hd_channel_on_read(c, data + used, len - used);
         return;
     }
+    if (e == HPE_OK || e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) return;
     int status = h->req.err_status ? h->req.err_status : 400;
     char msg[256];
     if (status == 400)
