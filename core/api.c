@@ -42,7 +42,7 @@ static int api_allowed(hd_conn *c, const hd_http_req *r)
     int v = hd_script_api_auth(c->srv, c, r);
     if (v >= 0) return v;
     const char *tok = c->srv->cfg->api_token;
-    if (!tok) return (c->flags & HD_CF_LOOPBACK) != 0;
+    if (!tok) return hd_conn_is_loopback(c);
     size_t al = 0;
     const char *auth = hd_http_header(r, "authorization", &al);
     if (!auth || al < 7 || !hd_strieq(auth, 6, "bearer") || auth[6] != ' ') return 0;

@@ -389,16 +389,25 @@ void hd_conn_accept(hd_server *srv)
         hd_conn_close(c);
         return;
     }
-    char peer[64];
-    hd_conn_peer(c, peer, sizeof peer);
-    if (hd_addr_is_loopback(peer)) c->flags |= HD_CF_LOOPBACK;
-    uv_tcp_nodelay(&c->tcp, 1);
+    /* TCP_NODELAY is inherited from the listener (Linux copies it to
+     * accepted sockets); the peer address is read only when needed. */
     c->kind = HD_CONN_HTTP;
     c->http = hd_http_conn_new(c);
     if (!c->http || uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
         hd_conn_close(c);
         return;
     }
+}
+
+int hd_conn_is_loopback(hd_conn *c)
+{
+    if (!(c->flags & HD_CF_PEER_KNOWN)) {
+        char peer[64];
+        hd_conn_peer(c, peer, sizeof peer);
+        c->flags |= HD_CF_PEER_KNOWN;
+        if (hd_addr_is_loopback(peer)) c->flags |= HD_CF_LOOPBACK;
+    }
+    return (c->flags & HD_CF_LOOPBACK) != 0;
 }
 
 void hd_conn_peer(hd_conn *c, char *buf, size_t len)

@@ -44,7 +44,8 @@ enum {
     HD_CF_WS_CLOSE_SENT = 1 << 6,/* our close frame is queued */
     HD_CF_WS_CLOSE_RECV = 1 << 7,/* the peer's close frame arrived */
     HD_CF_NO_INPUT = 1 << 8,     /* ignore further input (after an error) */
-    HD_CF_LOOPBACK = 1 << 9,     /* peer address is loopback */
+    HD_CF_LOOPBACK = 1 << 9,     /* peer address is loopback (valid with PEER_KNOWN) */
+    HD_CF_PEER_KNOWN = 1 << 10,  /* the peer address was looked up */
 };
 
 typedef struct hd_conn {
@@ -106,6 +107,8 @@ void hd_conn_ws_close(hd_conn *c, uint16_t code, const char *reason);
  * dropped): for slow consumers (1013). */
 void hd_conn_ws_close_now(hd_conn *c, uint16_t code, const char *reason);
 
+/* Returns 1 when c's peer is a loopback address (looked up once). */
+int hd_conn_is_loopback(hd_conn *c);
 /* Writes the peer address of c into buf ("?" when unknown). */
 void hd_conn_peer(hd_conn *c, char *buf, size_t len);
 

@@ -168,6 +168,7 @@ int hd_server_start(hd_server *srv)
         return rc;
     }
     rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
+    if (!rc) uv_tcp_nodelay(&srv->listener, 1); /* inherited by accepted sockets */
     if (!rc) rc = uv_listen((uv_stream_t *)&srv->listener, 4096, on_connection);
     if (rc) {
         hd_error("cannot listen on %s:%d: %s", cfg->host, cfg->port, uv_strerror(rc));
