@@ -5,7 +5,7 @@ BUILD_FUZZ ?= build-fuzz
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build run test test-asan fuzz clean
+.PHONY: all deps build run test test-asan fuzz bench bench-compare clean
 
 all: build
 
@@ -33,6 +33,13 @@ test-asan: deps
 	cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug -DHERALD_ASAN=ON -DHERALD_UBSAN=ON >/dev/null
 	$(MAKE) -C $(BUILD_ASAN) -j$(JOBS) --no-print-directory
 	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j2
+
+# Benchmarks print numbers; they assert nothing (tests/load/README.md).
+bench: build
+	bash scripts/bench.sh
+
+bench-compare: build
+	bash scripts/bench-compare.sh
 
 # libFuzzer (clang) on every parser, FUZZ_SECONDS each.
 fuzz: deps

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# make bench: measures herald with tests/load/herald-bench and prints each
+# result as one JSON line, then a summary table.
+#
+#   scripts/bench.sh [SCENARIO...]     default: idle fanout fanout-burst many-topics connect api
+#
+# Environment:
+#   BENCH_RUNS=N     repeat every scenario N times (default 1); the table shows medians
+#   BENCH_ARGS=...   extra herald-bench flags for every run (e.g. "-n 2000 -v")
+#   BUILD=DIR        build directory (default build); built here when needed
+#   BENCH_OUT=FILE   where the JSON lines go (default $BUILD/bench/results-<time>.jsonl)
+#
+# Each scenario runs against a freshly started herald (loopback, ephemeral
+# port, a generated config), which is stopped by its PID afterwards.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${BUILD:-$ROOT/build}
+case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
+RUNS=${BENCH_RUNS:-1}
+BENCH_ARGS=${BENCH_ARGS:-}
+ALL=(idle fanout fanout-burst many-topics connect api)
+
+scenarios=("$@")
+[ ${#scenarios[@]} -eq 0 ] && scenarios=("${ALL[@]}")
+for s in "${scenarios[@]}"; do
+  case " ${ALL[*]} " in *" $s "*) ;; *) echo "bench: unknown scenario '$s' (known: ${ALL[*]})" >&2; exit 2 ;; esac
+done
+case $RUNS in '' | *[!0-9]* | 0) echo "bench: BENCH_RUNS must be a positive number" >&2; exit 2 ;; esac
+
+# shellcheck source=../tests/load/bench-lib.sh
+. "$ROOT/tests/load/bench-lib.sh"
+
+hb_build || { echo "bench: build failed" >&2; exit 1; }
+
+HB_TMP=$(mktemp -d /tmp/herald-bench.XXXXXX)
+HB_KEEP=$BUILD/bench
+mkdir -p "$HB_KEEP"
+OUT=${BENCH_OUT:-$HB_KEEP/results-$(date +%Y%m%d-%H%M%S).jsonl}
+: >"$OUT"
+cleanup() { hb_stop_server; rm -rf "$HB_TMP"; }
+trap cleanup EXIT
+trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
+
+echo "herald bench: ${scenarios[*]} (runs: $RUNS); results in $OUT" >&2
+for ((run = 1; run <= RUNS; run++)); do
+  for s in "${scenarios[@]}"; do
+    echo "-- $s (run $run/$RUNS)" >&2
+    hb_run "$s" herald "$OUT"
+  done
+done
+
+echo
+if command -v python3 >/dev/null 2>&1; then
+  [ "$RUNS" -gt 1 ] && echo "medians of $RUNS runs:"
+  python3 "$ROOT/tests/load/bench-summary.py" "$OUT"
+else
+  echo "(python3 not found: no summary table; the JSON lines are above and in $OUT)"
+fi

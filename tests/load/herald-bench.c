@@ -1,0 +1,1800 @@
+/*
+ * herald-bench: a load generator for Herald (and, for comparison, nchan and a
+ * Node.js `ws` broadcast server).
+ *
+ * One coordinator process forks W worker processes.  Each worker runs a libuv
+ * loop holding a share of the N WebSocket clients; every client binds one of
+ * the source addresses 127.0.0.1..127.0.0.K before connecting (so that N can
+ * exceed one address's ephemeral ports), does the RFC 6455 handshake with its
+ * own framing code (masked client frames, unmasked server frames, ping/pong,
+ * close, fragmentation), then either joins its topics with the Phoenix v2
+ * protocol (herald) or just counts every data frame as a delivery (nchan, the
+ * Node server).  The coordinator publishes over keep-alive HTTP connections;
+ * each payload carries its send time {"t":<CLOCK_MONOTONIC ns>,"pad":"..."}
+ * (that clock is system wide, so workers can compute delivery latency).
+ * Workers keep their counters and a latency histogram in a shared anonymous
+ * mapping; the coordinator reads them and prints ONE JSON line.
+ *
+ * Only loopback addresses are ever used; every phase is bounded in time.
+ * See README.md beside this file for the flags and the scenarios.
+ */
+#define _GNU_SOURCE
+#include <uv.h>
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+#define MAXW 64           /* worker processes */
+#define MAXPUB 64         /* publisher connections */
+#define MAXPID 8          /* server pids to sample */
+#define HB_N 4608         /* latency histogram buckets (see hbucket) */
+#define RBUF_MAX (16u << 20)
+#define WS_KEY "dGhlIHNhbXBsZSBub25jZQ=="
+#define WS_ACCEPT "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" /* the RFC 6455 example answer */
+
+#define LD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define ST(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+#define INC(x) ST(x, LD(x) + 1) /* each counter has a single writer */
+
+enum { SRV_HERALD, SRV_NCHAN, SRV_NODE };
+static const char *const server_names[] = {"herald", "nchan", "node"};
+enum { TM_ONE, TM_OWN, TM_OWN_SHARED };
+static const char *const topic_mode_names[] = {"one", "own", "own+shared"};
+
+/* ------------------------------------------------------------------ options */
+
+typedef struct {
+    const char *scenario;
+    int server;
+    const char *host;
+    int port;
+    int pids[MAXPID];
+    int npids;
+    int clients, workers, addrs, concurrency;
+    int messages, publishers, size;
+    double rate;
+    int hold_ms, timeout_s, quiet_ms, heartbeat_ms, connect_timeout_s, settle_ms;
+    int topic_mode, shared_every;
+    int api; /* two publish rounds: to a topic nobody joined, then to one subscriber */
+    const char *ws_path, *pub_path;
+    int verbose;
+} opts_t;
+
+static opts_t O;
+
+/* -------------------------------------------------------------- shared area */
+
+typedef struct {
+    uint64_t started, ready, failed, closed, deliveries, bad_frames, other_frames;
+    uint64_t first_start_ns, last_ready_ns, first_deliv_ns, last_deliv_ns;
+    uint64_t cpu_us, max_lat_us, max_conn_us;
+    int32_t close_code, http_status, done, pad_;
+    char err[192];
+    uint64_t hist[HB_N];  /* delivery latency, us */
+    uint64_t chist[HB_N]; /* connect + upgrade + join time per client, us */
+} wstat_t;
+
+typedef struct {
+    int32_t phase; /* 0 run, 1 finish */
+    int32_t pad_;
+    wstat_t w[MAXW];
+    /* followed by uint8_t joined[clients] */
+} shared_t;
+
+static shared_t *SH;
+static uint8_t *JOINED;
+
+/* ------------------------------------------------------------------ helpers */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t self_cpu_us(int who)
+{
+    struct rusage ru;
+    if (getrusage(who, &ru)) return 0;
+    return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000ull +
+           (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+/* HDR-style histogram of microseconds: exact below 256 us, then 128
+ * sub-buckets per power of two (< 0.8 % error). */
+static int hbucket(uint64_t v)
+{
+    if (v < 256) return (int)v;
+    int msb = 63 - __builtin_clzll(v);
+    int shift = msb - 7;
+    int i = 256 + (shift - 1) * 128 + (int)((v >> shift) - 128);
+    return i < HB_N ? i : HB_N - 1;
+}
+
+static double hvalue(int i) /* the middle of bucket i, in us */
+{
+    if (i < 256) return i;
+    int k = i - 256, shift = k / 128 + 1;
+    double lo = (double)((uint64_t)(128 + k % 128) << shift);
+    return lo + (double)(1ull << shift) / 2;
+}
+
+static double hpercentile(const uint64_t *h, uint64_t total, double p)
+{
+    if (!total) return 0;
+    uint64_t want = (uint64_t)(p * (double)total + 0.999999);
+    if (want < 1) want = 1;
+    uint64_t acc = 0;
+    for (int i = 0; i < HB_N; i++) {
+        acc += h[i];
+        if (acc >= want) return hvalue(i);
+    }
+    return hvalue(HB_N - 1);
+}
+
+static void set_err(char *dst, size_t cap, const char *fmt, ...)
+{
+    if (dst[0]) return; /* keep the first */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(dst, cap, fmt, ap);
+    va_end(ap);
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static long nofile_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl)) return 1024;
+    return rl.rlim_max == RLIM_INFINITY ? 1 << 20 : (long)rl.rlim_max;
+}
+
+/* A search for the timestamp in {"t":<digits>,...}. */
+static int find_t(const char *p, size_t n, uint64_t *t)
+{
+    const char *q = memmem(p, n, "\"t\":", 4);
+    if (!q) return 0;
+    q += 4;
+    const char *e = p + n;
+    while (q < e && *q == ' ') q++;
+    uint64_t v = 0;
+    int digits = 0;
+    while (q < e && *q >= '0' && *q <= '9' && digits < 20) {
+        v = v * 10 + (uint64_t)(*q - '0');
+        q++;
+        digits++;
+    }
+    if (!digits) return 0;
+    *t = v;
+    return 1;
+}
+
+static void topic_name(char *out, size_t cap, uint32_t idx) { snprintf(out, cap, "t%u", idx); }
+
+/* ------------------------------------------------------------------- worker */
+
+enum { CS_IDLE, CS_CONNECTING, CS_HANDSHAKE, CS_JOINING, CS_READY, CS_CLOSING, CS_CLOSED };
+
+typedef struct client {
+    uv_tcp_t tcp; /* first: the handle pointer is the client pointer */
+    uint32_t idx;
+    uint8_t state, joins_pending, in_frag, frag_has_t;
+    uint64_t frag_t;
+    uint64_t t_start;
+    char *rbuf;
+    uint32_t rlen, rcap;
+} client_t;
+
+typedef struct {
+    uv_loop_t loop;
+    uv_timer_t poll, hb;
+    int id;
+    uint32_t first, count, next, inflight;
+    int in_start;
+    client_t *clients;
+    wstat_t *st;
+    uint64_t tick;
+    uint64_t rng;
+    struct sockaddr_in dst;
+    char buf[65536];
+} worker_t;
+
+static worker_t *WK;
+
+static void start_more(void);
+
+static uint32_t rnd32(void)
+{
+    uint64_t x = WK->rng; /* xorshift64 */
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    WK->rng = x;
+    return (uint32_t)x;
+}
+
+static void on_client_closed(uv_handle_t *h)
+{
+    client_t *c = (client_t *)h;
+    free(c->rbuf);
+    c->rbuf = NULL;
+    c->rlen = c->rcap = 0;
+    c->state = CS_CLOSED;
+}
+
+/* The client is gone: before it was ready it counts as a failed handshake,
+ * after it as a connection the server closed. */
+static void client_end(client_t *c, const char *fmt, ...)
+{
+    if (c->state >= CS_CLOSING) return;
+    wstat_t *st = WK->st;
+    char msg[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    int was = c->state;
+    c->state = CS_CLOSING;
+    if (was == CS_READY) {
+        INC(st->closed);
+        JOINED[c->idx] = 0;
+        set_err(st->err, sizeof st->err, "client %u closed: %s", c->idx, msg);
+    } else {
+        INC(st->failed);
+        set_err(st->err, sizeof st->err, "client %u failed: %s", c->idx, msg);
+        WK->inflight--;
+    }
+    uv_close((uv_handle_t *)&c->tcp, on_client_closed);
+    if (was != CS_READY) start_more();
+}
+
+static void client_ready(client_t *c)
+{
+    wstat_t *st = WK->st;
+    uint64_t now = now_ns();
+    uint64_t us = (now - c->t_start) / 1000;
+    c->state = CS_READY;
+    JOINED[c->idx] = 1;
+    INC(st->ready);
+    ST(st->last_ready_ns, now);
+    st->chist[hbucket(us)]++;
+    if (us > LD(st->max_conn_us)) ST(st->max_conn_us, us);
+    WK->inflight--;
+    start_more();
+}
+
+typedef struct {
+    uv_write_t req;
+    char data[];
+} wbuf_t;
+
+static void on_written(uv_write_t *req, int status)
+{
+    (void)status; /* a failed write shows up on the read side */
+    free(req);
+}
+
+static int write_raw(uv_stream_t *s, const char *p, size_t n)
+{
+    wbuf_t *w = malloc(sizeof *w + n);
+    if (!w) return UV_ENOMEM;
+    memcpy(w->data, p, n);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+    int rc = uv_write(&w->req, s, &b, 1, on_written);
+    if (rc) free(w);
+    return rc;
+}
+
+/* A masked client frame. */
+static void send_frame(client_t *c, int opcode, const char *p, size_t n)
+{
+    if (c->state < CS_HANDSHAKE || c->state >= CS_CLOSING) return;
+    size_t hl = n < 126 ? 2 : n < 65536 ? 4 : 10;
+    wbuf_t *w = malloc(sizeof *w + hl + 4 + n);
+    if (!w) return;
+    uint8_t *f = (uint8_t *)w->data;
+    f[0] = (uint8_t)(0x80 | opcode);
+    if (hl == 2) {
+        f[1] = (uint8_t)(0x80 | n);
+    } else if (hl == 4) {
+        f[1] = 0x80 | 126;
+        f[2] = (uint8_t)(n >> 8);
+        f[3] = (uint8_t)n;
+    } else {
+        f[1] = 0x80 | 127;
+        for (int i = 0; i < 8; i++) f[2 + i] = (uint8_t)((uint64_t)n >> (56 - 8 * i));
+    }
+    uint32_t m = rnd32();
+    uint8_t *mask = f + hl;
+    memcpy(mask, &m, 4);
+    uint8_t *d = mask + 4;
+    for (size_t i = 0; i < n; i++) d[i] = (uint8_t)p[i] ^ mask[i & 3];
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)(hl + 4 + n));
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written)) free(w);
+}
+
+static void send_text(client_t *c, const char *s) { send_frame(c, 1, s, strlen(s)); }
+
+static void record_delivery(int have_t, uint64_t t)
+{
+    wstat_t *st = WK->st;
+    uint64_t now = now_ns();
+    if (!LD(st->first_deliv_ns)) ST(st->first_deliv_ns, now);
+    ST(st->last_deliv_ns, now);
+    INC(st->deliveries);
+    if (have_t) {
+        uint64_t us = now > t ? (now - t) / 1000 : 0;
+        st->hist[hbucket(us)]++;
+        if (us > LD(st->max_lat_us)) ST(st->max_lat_us, us);
+    }
+}
+
+/* A complete text or binary message (or the first fragment's timestamp). */
+static void on_message(client_t *c, const char *p, size_t n, int have_t, uint64_t t)
+{
+    wstat_t *st = WK->st;
+    if (O.server != SRV_HERALD) {
+        record_delivery(have_t, t);
+        return;
+    }
+    if (n >= 11 && memcmp(p, "[null,null,", 11) == 0) {
+        record_delivery(have_t, t);
+        return;
+    }
+    if (c->state == CS_JOINING && n > 2 && p[0] == '[' && p[1] == '"' &&
+        memmem(p, n, "\"phx_reply\"", 11)) {
+        if (memmem(p, n, "\"status\":\"ok\"", 13)) {
+            if (c->joins_pending && --c->joins_pending == 0) client_ready(c);
+        } else {
+            client_end(c, "join refused: %.*s", (int)(n > 120 ? 120 : n), p);
+        }
+        return;
+    }
+    INC(st->other_frames);
+}
+
+static void on_frame(client_t *c, int fin, int opcode, const char *p, size_t n)
+{
+    uint64_t t = 0;
+    switch (opcode) {
+    case 0x1:
+    case 0x2:
+        if (c->in_frag) {
+            INC(WK->st->bad_frames);
+            client_end(c, "new data frame inside a fragmented message");
+            return;
+        }
+        if (fin) {
+            int have = find_t(p, n, &t);
+            on_message(c, p, n, have, t);
+        } else {
+            c->in_frag = 1;
+            c->frag_has_t = (uint8_t)find_t(p, n, &c->frag_t);
+            /* Phoenix replies are never fragmented by herald; a fragmented
+             * data message counts as one delivery when it completes. */
+        }
+        return;
+    case 0x0:
+        if (!c->in_frag) {
+            INC(WK->st->bad_frames);
+            client_end(c, "continuation frame with no message");
+            return;
+        }
+        if (!c->frag_has_t) c->frag_has_t = (uint8_t)find_t(p, n, &c->frag_t);
+        if (fin) {
+            c->in_frag = 0;
+            record_delivery(c->frag_has_t, c->frag_t);
+        }
+        return;
+    case 0x8: {
+        int code = n >= 2 ? ((uint8_t)p[0] << 8 | (uint8_t)p[1]) : 1005;
+        ST(WK->st->close_code, code);
+        char echo[2] = {(char)(code >> 8), (char)code};
+        if (code != 1005) send_frame(c, 0x8, echo, 2);
+        client_end(c, "close frame %d%s%.*s", code, n > 2 ? " " : "", (int)(n > 2 ? n - 2 : 0),
+                   p + 2);
+        return;
+    }
+    case 0x9:
+        send_frame(c, 0xA, p, n);
+        return;
+    case 0xA:
+        return;
+    default:
+        INC(WK->st->bad_frames);
+        client_end(c, "unknown opcode %d", opcode);
+    }
+}
+
+static void handshake_done(client_t *c)
+{
+    if (O.server != SRV_HERALD) {
+        client_ready(c);
+        return;
+    }
+    char msg[400], topic[32];
+    c->state = CS_JOINING;
+    if (O.topic_mode == TM_ONE) {
+        c->joins_pending = 1;
+        send_text(c, "[\"1\",\"1\",\"fan\",\"phx_join\",{}]");
+        return;
+    }
+    topic_name(topic, sizeof topic, c->idx);
+    c->joins_pending = 1;
+    snprintf(msg, sizeof msg, "[\"1\",\"1\",\"%s\",\"phx_join\",{}]", topic);
+    send_text(c, msg);
+    if (O.topic_mode == TM_OWN_SHARED) {
+        c->joins_pending = 2;
+        send_text(c, "[\"2\",\"2\",\"all\",\"phx_join\",{}]");
+    }
+}
+
+/* Parses what arrived; returns the bytes consumed (the rest is kept). */
+static size_t process(client_t *c, const char *p, size_t len)
+{
+    size_t off = 0;
+    if (c->state == CS_HANDSHAKE) {
+        const char *e = memmem(p, len, "\r\n\r\n", 4);
+        if (!e) {
+            if (len > 16384) client_end(c, "handshake answer too long");
+            return 0;
+        }
+        size_t hl = (size_t)(e - p) + 4;
+        int status = 0;
+        if (len > 12 && memcmp(p, "HTTP/1.", 7) == 0) status = atoi(p + 9);
+        if (status != 101) {
+            ST(WK->st->http_status, status);
+            const char *nl = memchr(p, '\r', hl);
+            client_end(c, "handshake answered %.*s", (int)(nl ? nl - p : 40), p);
+            return len;
+        }
+        if (!memmem(p, hl, WS_ACCEPT, sizeof WS_ACCEPT - 1)) {
+            client_end(c, "handshake: wrong or missing Sec-WebSocket-Accept");
+            return len;
+        }
+        off = hl;
+        handshake_done(c);
+    }
+    while (c->state >= CS_JOINING && c->state < CS_CLOSING && len - off >= 2) {
+        const uint8_t *f = (const uint8_t *)p + off;
+        size_t avail = len - off, hl = 2;
+        uint64_t plen = f[1] & 0x7f;
+        if (f[1] & 0x80) {
+            INC(WK->st->bad_frames);
+            client_end(c, "masked frame from the server");
+            return len;
+        }
+        if (f[0] & 0x70) {
+            INC(WK->st->bad_frames);
+            client_end(c, "RSV bits set by the server (0x%02x)", f[0]);
+            return len;
+        }
+        if (plen == 126) {
+            if (avail < 4) break;
+            plen = (uint64_t)f[2] << 8 | f[3];
+            hl = 4;
+        } else if (plen == 127) {
+            if (avail < 10) break;
+            plen = 0;
+            for (int i = 0; i < 8; i++) plen = plen << 8 | f[2 + i];
+            hl = 10;
+        }
+        if (plen > RBUF_MAX) {
+            INC(WK->st->bad_frames);
+            client_end(c, "frame of %" PRIu64 " bytes", plen);
+            return len;
+        }
+        if (avail < hl + plen) break;
+        on_frame(c, f[0] & 0x80, f[0] & 0x0f, (const char *)f + hl, (size_t)plen);
+        off += hl + (size_t)plen;
+    }
+    return off;
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    (void)h;
+    (void)hint;
+    b->base = WK->buf;
+    b->len = sizeof WK->buf;
+}
+
+static int reserve(client_t *c, size_t n)
+{
+    if (n <= c->rcap) return 0;
+    size_t cap = c->rcap ? c->rcap : 256;
+    while (cap < n) cap *= 2;
+    char *nb = realloc(c->rbuf, cap);
+    if (!nb) return -1;
+    c->rbuf = nb;
+    c->rcap = (uint32_t)cap;
+    return 0;
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    client_t *c = (client_t *)s;
+    if (n == 0) return;
+    if (n < 0) {
+        client_end(c, "%s", n == UV_EOF ? "connection closed by the server (EOF)"
+                                        : uv_strerror((int)n));
+        return;
+    }
+    const char *p = b->base;
+    size_t len = (size_t)n;
+    if (c->rlen) { /* a partial frame was kept: append and parse from there */
+        if (c->rlen + len > RBUF_MAX || reserve(c, c->rlen + len)) {
+            client_end(c, "more than %u bytes buffered, or out of memory", RBUF_MAX);
+            return;
+        }
+        memcpy(c->rbuf + c->rlen, p, len);
+        p = c->rbuf;
+        len += c->rlen;
+    }
+    size_t used = process(c, p, len);
+    if (c->state >= CS_CLOSING) return;
+    size_t rest = len - used;
+    if (!rest) {
+        c->rlen = 0;
+        if (c->rcap > 4096) {
+            free(c->rbuf);
+            c->rbuf = NULL;
+            c->rcap = 0;
+        }
+        return;
+    }
+    if (p == c->rbuf) {
+        memmove(c->rbuf, c->rbuf + used, rest);
+    } else if (reserve(c, rest)) {
+        client_end(c, "out of memory");
+        return;
+    } else {
+        memcpy(c->rbuf, p + used, rest);
+    }
+    c->rlen = (uint32_t)rest;
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    client_t *c = req->data;
+    free(req);
+    if (c->state != CS_CONNECTING) return;
+    if (status < 0) {
+        client_end(c, "connect: %s", uv_strerror(status));
+        return;
+    }
+    char path[512], reqbuf[1024];
+    char topic[32];
+    topic_name(topic, sizeof topic, c->idx);
+    const char *own = O.topic_mode == TM_ONE ? "fan" : topic;
+    int shared = O.topic_mode == TM_OWN_SHARED;
+    switch (O.server) {
+    case SRV_NCHAN:
+        snprintf(path, sizeof path, "%s%s%s%s", O.ws_path, own, shared ? "/" : "",
+                 shared ? "all" : "");
+        break;
+    case SRV_NODE:
+        snprintf(path, sizeof path, "%stopic=%s%s", O.ws_path, own, shared ? "&topic=all" : "");
+        break;
+    default:
+        snprintf(path, sizeof path, "%s", O.ws_path);
+    }
+    int n = snprintf(reqbuf, sizeof reqbuf,
+                     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: " WS_KEY "\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n",
+                     path, O.host, O.port);
+    c->state = CS_HANDSHAKE;
+    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (!rc) rc = write_raw((uv_stream_t *)&c->tcp, reqbuf, (size_t)n);
+    if (rc) client_end(c, "handshake write: %s", uv_strerror(rc));
+}
+
+static void start_client(client_t *c, uint32_t idx)
+{
+    wstat_t *st = WK->st;
+    c->idx = idx;
+    c->state = CS_CONNECTING;
+    WK->inflight++;
+    INC(st->started);
+    c->t_start = now_ns();
+    if (!LD(st->first_start_ns)) ST(st->first_start_ns, c->t_start);
+    int rc = uv_tcp_init_ex(&WK->loop, &c->tcp, AF_INET);
+    if (rc) {
+        c->state = CS_CLOSED;
+        INC(st->failed);
+        WK->inflight--;
+        set_err(st->err, sizeof st->err, "socket: %s", uv_strerror(rc));
+        return;
+    }
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    }
+    struct sockaddr_in src;
+    memset(&src, 0, sizeof src);
+    src.sin_family = AF_INET;
+    src.sin_addr.s_addr = htonl(0x7f000001u + (idx % (uint32_t)O.addrs));
+    rc = uv_tcp_bind(&c->tcp, (const struct sockaddr *)&src, 0);
+    if (!rc) rc = uv_tcp_nodelay(&c->tcp, 1);
+    uv_connect_t *req = rc ? NULL : malloc(sizeof *req);
+    if (!rc && !req) rc = UV_ENOMEM;
+    if (!rc) {
+        req->data = c;
+        rc = uv_tcp_connect(req, &c->tcp, (const struct sockaddr *)&WK->dst, on_connect);
+        if (rc) free(req);
+    }
+    if (rc) client_end(c, "bind/connect: %s", uv_strerror(rc));
+}
+
+static void start_more(void)
+{
+    if (WK->in_start) return; /* the outer call's loop continues */
+    WK->in_start = 1;
+    while (WK->inflight < (uint32_t)O.concurrency && WK->next < WK->count) {
+        uint32_t i = WK->next++;
+        start_client(&WK->clients[i], WK->first + i);
+    }
+    WK->in_start = 0;
+}
+
+static void on_poll(uv_timer_t *t)
+{
+    (void)t;
+    ST(WK->st->cpu_us, self_cpu_us(RUSAGE_SELF));
+    if (LD(SH->phase) == 1) {
+        ST(WK->st->cpu_us, self_cpu_us(RUSAGE_SELF));
+        __atomic_store_n(&WK->st->done, 1, __ATOMIC_SEQ_CST);
+        _exit(0); /* the kernel closes the sockets */
+    }
+}
+
+static void on_heartbeat(uv_timer_t *t)
+{
+    (void)t;
+    if (O.server != SRV_HERALD || O.heartbeat_ms <= 0) return;
+    uint64_t slots = (uint64_t)(O.heartbeat_ms / 1000);
+    if (slots < 1) slots = 1;
+    uint64_t k = WK->tick++ % slots;
+    for (uint32_t i = 0; i < WK->count; i++) {
+        client_t *c = &WK->clients[i];
+        if (c->state == CS_READY && (c->idx % slots) == k)
+            send_text(c, "[null,\"hb\",\"phoenix\",\"heartbeat\",{}]");
+    }
+}
+
+static void worker_main(int id, uint32_t first, uint32_t count)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGINT, SIG_IGN); /* the coordinator decides when to stop */
+    raise_nofile();
+    worker_t *w = calloc(1, sizeof *w);
+    if (!w) _exit(1);
+    WK = w;
+    w->id = id;
+    w->first = first;
+    w->count = count;
+    w->st = &SH->w[id];
+    w->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)getpid() << 17) ^ now_ns();
+    w->clients = calloc(count ? count : 1, sizeof *w->clients);
+    if (!w->clients || uv_loop_init(&w->loop)) {
+        set_err(w->st->err, sizeof w->st->err, "worker %d: out of memory", id);
+        w->st->failed = count;
+        _exit(1);
+    }
+    uv_ip4_addr(O.host, O.port, &w->dst);
+    uv_timer_init(&w->loop, &w->poll);
+    uv_timer_start(&w->poll, on_poll, 5, 5);
+    uv_timer_init(&w->loop, &w->hb);
+    uv_timer_start(&w->hb, on_heartbeat, 1000, 1000);
+    start_more();
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    _exit(0);
+}
+
+/* -------------------------------------------------------------- server /proc */
+
+static long proc_status_kb(int pid, const char *key)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    long v = -1;
+    size_t kl = strlen(key);
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, key, kl) == 0 && line[kl] == ':') {
+            v = strtol(line + kl + 1, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return v;
+}
+
+static double proc_cpu_s(int pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* comm may hold spaces */
+    if (!p) return -1;
+    /* after ") ": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt
+     * cmajflt utime(14) stime(15) */
+    unsigned long ut = 0, stt = 0;
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &stt) != 2)
+        return -1;
+    return (double)(ut + stt) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static int proc_alive(int pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
+}
+
+static long servers_kb(const char *key)
+{
+    long sum = 0;
+    for (int i = 0; i < O.npids; i++) {
+        long v = proc_status_kb(O.pids[i], key);
+        if (v < 0) return -1;
+        sum += v;
+    }
+    return O.npids ? sum : -1;
+}
+
+static double servers_cpu(void)
+{
+    double sum = 0;
+    for (int i = 0; i < O.npids; i++) {
+        double v = proc_cpu_s(O.pids[i]);
+        if (v < 0) return -1;
+        sum += v;
+    }
+    return O.npids ? sum : -1;
+}
+
+/* Non-idle CPU seconds of the whole machine (/proc/stat), to see other load. */
+static double machine_busy_s(void)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f) return -1;
+    unsigned long long v[8] = {0};
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                   &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n < 7) return -1;
+    /* user nice system [idle iowait] irq softirq steal */
+    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static int servers_alive(void)
+{
+    for (int i = 0; i < O.npids; i++)
+        if (!proc_alive(O.pids[i])) return 0;
+    return 1;
+}
+
+/* -------------------------------------------------------------- coordinator */
+
+enum { ST_CONNECT, ST_HOLD, ST_PUBLISH, ST_DRAIN, ST_FINISH, ST_REAP, ST_DONE };
+
+typedef struct pubconn {
+    uv_tcp_t tcp; /* first */
+    uv_timer_t pace;
+    int id, connected, busy, closing;
+    uint64_t sent_ns;
+    char *rbuf;
+    size_t rlen, rcap;
+} pubconn_t;
+
+static struct {
+    uv_loop_t loop;
+    uv_timer_t tick;
+    uv_signal_t sigint, sigterm;
+    pid_t wpid[MAXW];
+    int nw;
+    uint32_t wfirst[MAXW], wcount[MAXW];
+    int stage;
+    char err[256];
+    uint64_t t_begin, t_connected, t_hold_end, t_finish, deadline;
+    /* publishing */
+    pubconn_t pub[MAXPUB];
+    int round, nrounds;
+    uint64_t sent, done, errors, reconnects, target;
+    uint64_t expected, own_rr, n_joined;
+    uint64_t round_start[2], round_end[2], round_done[2], round_err[2];
+    uint64_t phist[HB_N], pmax_us;
+    int last_status;
+    char last_body[160];
+    uint64_t last_deliv_count, last_progress_ns;
+    char *pad; /* O.size bytes of 'x' */
+    /* samples */
+    long rss_base, rss_conn, rss_hold, rss_end, rss_peak;
+    double scpu_begin, scpu_conn, scpu_pub0, scpu_pub1, scpu_end;
+    double busy_begin, busy_end;
+    uint64_t ccpu_conn, ccpu_pub0, ccpu_pub1;
+    int server_alive;
+    uint64_t last_print;
+    int killed;
+} P;
+
+typedef struct {
+    uint64_t started, ready, failed, closed, deliveries, bad, other;
+    uint64_t first_start_ns, last_ready_ns, first_deliv_ns, last_deliv_ns, max_lat_us, cpu_us;
+    uint64_t max_conn_us;
+    int close_code, http_status;
+    const char *err;
+} totals_t;
+
+static totals_t totals(void)
+{
+    totals_t t;
+    memset(&t, 0, sizeof t);
+    t.err = "";
+    for (int i = 0; i < P.nw; i++) {
+        wstat_t *s = &SH->w[i];
+        t.started += LD(s->started);
+        t.ready += LD(s->ready);
+        t.failed += LD(s->failed);
+        t.closed += LD(s->closed);
+        t.deliveries += LD(s->deliveries);
+        t.bad += LD(s->bad_frames);
+        t.other += LD(s->other_frames);
+        t.cpu_us += LD(s->cpu_us);
+        uint64_t v = LD(s->first_start_ns);
+        if (v && (!t.first_start_ns || v < t.first_start_ns)) t.first_start_ns = v;
+        v = LD(s->first_deliv_ns);
+        if (v && (!t.first_deliv_ns || v < t.first_deliv_ns)) t.first_deliv_ns = v;
+        if ((v = LD(s->last_ready_ns)) > t.last_ready_ns) t.last_ready_ns = v;
+        if ((v = LD(s->last_deliv_ns)) > t.last_deliv_ns) t.last_deliv_ns = v;
+        if ((v = LD(s->max_lat_us)) > t.max_lat_us) t.max_lat_us = v;
+        if ((v = LD(s->max_conn_us)) > t.max_conn_us) t.max_conn_us = v;
+        if (LD(s->close_code)) t.close_code = LD(s->close_code);
+        if (LD(s->http_status)) t.http_status = LD(s->http_status);
+        if (!t.err[0] && s->err[0]) t.err = s->err;
+    }
+    return t;
+}
+
+static uint64_t client_cpu_now(void) { return self_cpu_us(RUSAGE_SELF) + totals().cpu_us; }
+
+static void finish(const char *why)
+{
+    if (P.stage >= ST_FINISH) return;
+    if (why) set_err(P.err, sizeof P.err, "%s", why);
+    P.stage = ST_FINISH;
+}
+
+/* ---- publishers */
+
+static const char *round_topic(char *buf, size_t cap, uint64_t i, uint64_t *expect)
+{
+    if (O.api) {
+        if (P.round == 0) {
+            *expect = 0;
+            return "void";
+        }
+        *expect = P.n_joined;
+        return "fan";
+    }
+    if (O.topic_mode == TM_ONE) {
+        *expect = P.n_joined;
+        return "fan";
+    }
+    if (O.topic_mode == TM_OWN_SHARED && O.shared_every > 0 &&
+        (i + 1) % (uint64_t)O.shared_every == 0) {
+        *expect = P.n_joined;
+        return "all";
+    }
+    uint32_t k = (uint32_t)(P.own_rr++ % (uint64_t)O.clients);
+    *expect = JOINED[k] ? 1 : 0;
+    topic_name(buf, cap, k);
+    return buf;
+}
+
+static void pub_connect(pubconn_t *pc);
+static void pub_next(pubconn_t *pc);
+static void round_complete(void);
+
+static void pub_closed(uv_handle_t *h)
+{
+    pubconn_t *pc = (pubconn_t *)h;
+    pc->closing = 0;
+    pc->connected = 0;
+    free(pc->rbuf);
+    pc->rbuf = NULL;
+    pc->rlen = pc->rcap = 0;
+    if (P.stage == ST_PUBLISH && P.sent < P.target) {
+        if (P.reconnects++ < 100) pub_connect(pc);
+        else finish("publisher: too many reconnects");
+    }
+}
+
+static void pub_fail(pubconn_t *pc, const char *what, int rc)
+{
+    if (pc->closing) return;
+    if (pc->busy) { /* the request in flight is lost */
+        pc->busy = 0;
+        P.errors++;
+        P.round_err[P.round]++;
+        P.done++;
+        P.round_done[P.round]++;
+    }
+    set_err(P.err, sizeof P.err, "publisher %d: %s: %s", pc->id, what, uv_strerror(rc));
+    pc->closing = 1;
+    uv_close((uv_handle_t *)&pc->tcp, pub_closed);
+    if (P.stage == ST_PUBLISH && P.round_done[P.round] >= P.target) round_complete();
+}
+
+static int parse_response(pubconn_t *pc, int *status, int *close_after)
+{
+    char *p = pc->rbuf;
+    size_t n = pc->rlen;
+    char *e = memmem(p, n, "\r\n\r\n", 4);
+    if (!e) return 0;
+    size_t hl = (size_t)(e - p) + 4;
+    *status = n > 12 && memcmp(p, "HTTP/1.", 7) == 0 ? atoi(p + 9) : 0;
+    *close_after = 0;
+    long clen = -1;
+    int chunked = 0;
+    for (char *l = memchr(p, '\n', hl); l && l < e; l = memchr(l, '\n', (size_t)(e - l))) {
+        l++;
+        if (!strncasecmp(l, "content-length:", 15)) clen = strtol(l + 15, NULL, 10);
+        else if (!strncasecmp(l, "transfer-encoding:", 18)) {
+            char *q = l + 18;
+            while (*q == ' ') q++;
+            chunked = !strncasecmp(q, "chunked", 7);
+        } else if (!strncasecmp(l, "connection:", 11)) {
+            char *q = l + 11;
+            while (*q == ' ') q++;
+            *close_after = !strncasecmp(q, "close", 5);
+        }
+    }
+    size_t body = hl, end;
+    if (chunked) {
+        size_t q = body;
+        for (;;) {
+            char *nl = memmem(p + q, n - q, "\r\n", 2);
+            if (!nl) return 0;
+            unsigned long sz = strtoul(p + q, NULL, 16);
+            q = (size_t)(nl - p) + 2;
+            if (sz == 0) {
+                char *te = memmem(p + q - 2, n - (q - 2), "\r\n\r\n", 4);
+                if (!te) return 0;
+                end = (size_t)(te - p) + 4;
+                break;
+            }
+            if (n < q + sz + 2) return 0;
+            q += sz + 2;
+        }
+    } else {
+        if (clen < 0) clen = 0; /* the servers measured here always send a length */
+        if (n < hl + (size_t)clen) return 0;
+        end = hl + (size_t)clen;
+    }
+    if (*status < 200 || *status > 299) {
+        P.last_status = *status;
+        size_t bl = end - body < sizeof P.last_body - 1 ? end - body : sizeof P.last_body - 1;
+        memcpy(P.last_body, p + body, bl);
+        P.last_body[bl] = 0;
+        for (size_t i = 0; i < bl; i++)
+            if (P.last_body[i] == '"' || P.last_body[i] == '\\' || (uint8_t)P.last_body[i] < 32)
+                P.last_body[i] = ' ';
+    }
+    return (int)end;
+}
+
+static void pub_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    (void)hint;
+    pubconn_t *pc = (pubconn_t *)h;
+    if (pc->rcap - pc->rlen < 4096) {
+        size_t cap = pc->rcap ? pc->rcap * 2 : 8192;
+        char *nb = realloc(pc->rbuf, cap);
+        if (!nb) {
+            b->base = NULL;
+            b->len = 0;
+            return;
+        }
+        pc->rbuf = nb;
+        pc->rcap = cap;
+    }
+    b->base = pc->rbuf + pc->rlen;
+    b->len = pc->rcap - pc->rlen;
+}
+
+static void pub_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    (void)b;
+    pubconn_t *pc = (pubconn_t *)s;
+    if (n == 0) return;
+    if (n < 0) {
+        pub_fail(pc, "read", (int)n);
+        return;
+    }
+    pc->rlen += (size_t)n;
+    for (;;) {
+        int status, close_after;
+        int used = parse_response(pc, &status, &close_after);
+        if (used <= 0) break;
+        memmove(pc->rbuf, pc->rbuf + used, pc->rlen - (size_t)used);
+        pc->rlen -= (size_t)used;
+        if (!pc->busy) continue; /* nothing was asked */
+        pc->busy = 0;
+        uint64_t us = (now_ns() - pc->sent_ns) / 1000;
+        P.phist[hbucket(us)]++;
+        if (us > P.pmax_us) P.pmax_us = us;
+        if (status < 200 || status > 299) {
+            P.errors++;
+            P.round_err[P.round]++;
+        }
+        P.done++;
+        P.round_done[P.round]++;
+        if (close_after) {
+            pc->closing = 1;
+            uv_close((uv_handle_t *)&pc->tcp, pub_closed);
+        }
+        if (P.round_done[P.round] >= P.target) {
+            round_complete();
+            return;
+        }
+        if (!close_after) pub_next(pc);
+        return;
+    }
+}
+
+static void on_pace(uv_timer_t *t) { pub_next((pubconn_t *)t->data); }
+
+static void pub_next(pubconn_t *pc)
+{
+    if (P.stage != ST_PUBLISH || pc->busy || !pc->connected || pc->closing) return;
+    if (P.sent >= P.target) return;
+    uint64_t now = now_ns();
+    if (O.rate > 0) {
+        uint64_t due = P.round_start[P.round] + (uint64_t)((double)P.sent * 1e9 / O.rate);
+        if (due > now) {
+            uint64_t ms = (due - now + 999999) / 1000000;
+            uv_timer_start(&pc->pace, on_pace, ms, 0);
+            return;
+        }
+    }
+    uint64_t i = P.sent++;
+    char tbuf[32], data[256], head[512];
+    uint64_t expect = 0;
+    const char *topic = round_topic(tbuf, sizeof tbuf, i, &expect);
+    P.expected += expect;
+    uint64_t t = now_ns();
+    int dl = snprintf(data, sizeof data, "{\"t\":%" PRIu64 ",\"pad\":\"", t);
+    int padn = O.size - dl - 2;
+    if (padn < 0) padn = 0;
+    /* body = prefix + data + pad + "\"}" + suffix */
+    char prefix[320];
+    const char *suffix = "";
+    int pl = 0;
+    char path[300];
+    switch (O.server) {
+    case SRV_HERALD:
+        pl = snprintf(prefix, sizeof prefix, "{\"channel\":\"%s\",\"event\":\"bench\",\"data\":",
+                      topic);
+        suffix = "}";
+        snprintf(path, sizeof path, "%s", O.pub_path);
+        break;
+    case SRV_NCHAN:
+        snprintf(path, sizeof path, "%s%s", O.pub_path, topic);
+        break;
+    default:
+        snprintf(path, sizeof path, "%s%s", O.pub_path, topic);
+    }
+    size_t blen = (size_t)pl + (size_t)dl + (size_t)padn + 2 + strlen(suffix);
+    int hl = snprintf(head, sizeof head,
+                      "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %zu\r\n\r\n",
+                      path, O.host, O.port, blen);
+    size_t total = (size_t)hl + blen;
+    wbuf_t *w = malloc(sizeof *w + total);
+    if (!w) {
+        finish("publisher: out of memory");
+        return;
+    }
+    char *q = w->data;
+    memcpy(q, head, (size_t)hl);
+    q += hl;
+    memcpy(q, prefix, (size_t)pl);
+    q += pl;
+    memcpy(q, data, (size_t)dl);
+    q += dl;
+    memcpy(q, P.pad, (size_t)padn);
+    q += padn;
+    memcpy(q, "\"}", 2);
+    q += 2;
+    memcpy(q, suffix, strlen(suffix));
+    pc->busy = 1;
+    pc->sent_ns = t;
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)total);
+    int rc = uv_write(&w->req, (uv_stream_t *)&pc->tcp, &b, 1, on_written);
+    if (rc) {
+        free(w);
+        pub_fail(pc, "write", rc);
+    }
+}
+
+static void pub_on_connect(uv_connect_t *req, int status)
+{
+    pubconn_t *pc = req->data;
+    free(req);
+    if (pc->closing) return;
+    if (status < 0) {
+        pub_fail(pc, "connect", status);
+        return;
+    }
+    pc->connected = 1;
+    int rc = uv_read_start((uv_stream_t *)&pc->tcp, pub_alloc, pub_read);
+    if (rc) {
+        pub_fail(pc, "read_start", rc);
+        return;
+    }
+    pub_next(pc);
+}
+
+static void pub_connect(pubconn_t *pc)
+{
+    struct sockaddr_in dst;
+    uv_ip4_addr(O.host, O.port, &dst);
+    uv_tcp_init(&P.loop, &pc->tcp);
+    uv_tcp_nodelay(&pc->tcp, 1);
+    uv_connect_t *req = malloc(sizeof *req);
+    int rc = req ? 0 : UV_ENOMEM;
+    if (!rc) {
+        req->data = pc;
+        rc = uv_tcp_connect(req, &pc->tcp, (const struct sockaddr *)&dst, pub_on_connect);
+        if (rc) free(req);
+    }
+    if (rc) pub_fail(pc, "connect", rc);
+}
+
+static void round_begin(void)
+{
+    P.sent = 0;
+    P.round_start[P.round] = now_ns();
+    P.target = (uint64_t)O.messages;
+    if (P.round == 0) {
+        P.scpu_pub0 = servers_cpu();
+        P.ccpu_pub0 = client_cpu_now();
+    }
+    for (int i = 0; i < O.publishers; i++) {
+        pubconn_t *pc = &P.pub[i];
+        if (!pc->connected && !pc->closing) {
+            if (P.round == 0) {
+                pc->id = i;
+                uv_timer_init(&P.loop, &pc->pace);
+                pc->pace.data = pc;
+            }
+            pub_connect(pc);
+        } else {
+            pub_next(pc);
+        }
+    }
+}
+
+static void round_complete(void)
+{
+    P.round_end[P.round] = now_ns();
+    if (P.round + 1 < P.nrounds) {
+        P.round++;
+        round_begin();
+        return;
+    }
+    P.scpu_pub1 = servers_cpu();
+    P.ccpu_pub1 = client_cpu_now();
+    P.stage = ST_DRAIN;
+    P.last_progress_ns = now_ns();
+    P.last_deliv_count = totals().deliveries;
+}
+
+/* ---- the coordinator's clock */
+
+static void progress(const totals_t *t, uint64_t now)
+{
+    if (!O.verbose || now - P.last_print < 1000000000ull) return;
+    P.last_print = now;
+    fprintf(stderr,
+            "[%6.1fs] stage %d: ready %" PRIu64 " failed %" PRIu64 " closed %" PRIu64
+            " | published %" PRIu64 "/%" PRIu64 " | deliveries %" PRIu64 "/%" PRIu64 "%s%s\n",
+            (double)(now - P.t_begin) / 1e9, P.stage, t->ready, t->failed, t->closed, P.done,
+            P.target, t->deliveries, P.expected, t->err[0] ? " | " : "", t->err);
+}
+
+static void on_tick(uv_timer_t *tm)
+{
+    (void)tm;
+    uint64_t now = now_ns();
+    totals_t t = totals();
+    progress(&t, now);
+    if (P.stage < ST_FINISH) {
+        if (!servers_alive()) {
+            P.server_alive = 0;
+            finish("the server process is gone");
+        } else if (now > P.deadline) {
+            finish("scenario timeout");
+        }
+    }
+    switch (P.stage) {
+    case ST_CONNECT:
+        if (t.ready + t.failed >= (uint64_t)O.clients ||
+            now > P.t_begin + (uint64_t)O.connect_timeout_s * 1000000000ull) {
+            if (t.ready + t.failed < (uint64_t)O.clients)
+                set_err(P.err, sizeof P.err, "connect phase timed out with %" PRIu64
+                        " of %d ready", t.ready, O.clients);
+            P.t_connected = t.ready ? t.last_ready_ns : now;
+            P.rss_conn = servers_kb("VmRSS");
+            P.scpu_conn = servers_cpu();
+            P.ccpu_conn = client_cpu_now();
+            P.n_joined = 0;
+            for (int i = 0; i < O.clients; i++) P.n_joined += JOINED[i];
+            P.stage = ST_HOLD;
+            P.t_hold_end = now + (uint64_t)(O.hold_ms > O.settle_ms ? O.hold_ms : O.settle_ms) *
+                                     1000000ull;
+        }
+        break;
+    case ST_HOLD:
+        if (now >= P.t_hold_end) {
+            P.rss_hold = servers_kb("VmRSS");
+            P.n_joined = 0;
+            for (int i = 0; i < O.clients; i++) P.n_joined += JOINED[i];
+            if (O.messages > 0 && O.publishers > 0) {
+                P.stage = ST_PUBLISH;
+                round_begin();
+            } else {
+                finish(NULL);
+            }
+        }
+        break;
+    case ST_DRAIN:
+        if (t.deliveries >= P.expected) {
+            finish(NULL);
+        } else if (t.deliveries != P.last_deliv_count) {
+            P.last_deliv_count = t.deliveries;
+            P.last_progress_ns = now;
+        } else if (now - P.last_progress_ns > (uint64_t)O.quiet_ms * 1000000ull) {
+            set_err(P.err, sizeof P.err, "deliveries stopped at %" PRIu64 " of %" PRIu64,
+                    t.deliveries, P.expected);
+            finish(NULL);
+        }
+        break;
+    case ST_FINISH:
+        if (!P.rss_end) {
+            if (O.npids && !servers_alive()) P.server_alive = 0;
+            P.rss_end = servers_kb("VmRSS");
+            P.rss_peak = servers_kb("VmHWM");
+            P.scpu_end = servers_cpu();
+            P.busy_end = machine_busy_s();
+            if (!P.scpu_pub1 && P.scpu_pub0) {
+                P.scpu_pub1 = P.scpu_end;
+                P.ccpu_pub1 = client_cpu_now();
+            }
+        }
+        P.t_finish = now;
+        __atomic_store_n(&SH->phase, 1, __ATOMIC_SEQ_CST);
+        for (int i = 0; i < O.publishers; i++)
+            if (P.pub[i].connected && !P.pub[i].closing) {
+                P.pub[i].closing = 1;
+                uv_close((uv_handle_t *)&P.pub[i].tcp, pub_closed);
+            }
+        P.stage = ST_REAP;
+        break;
+    case ST_REAP: {
+        int left = 0;
+        for (int i = 0; i < P.nw; i++) {
+            if (!P.wpid[i]) continue;
+            int stt;
+            pid_t r = waitpid(P.wpid[i], &stt, WNOHANG);
+            if (r == P.wpid[i] || (r < 0 && errno == ECHILD)) P.wpid[i] = 0;
+            else left++;
+        }
+        if (!left) {
+            P.stage = ST_DONE;
+            uv_stop(&P.loop);
+        } else if (now - P.t_finish > 10000000000ull && !P.killed) {
+            P.killed = 1;
+            for (int i = 0; i < P.nw; i++)
+                if (P.wpid[i]) kill(P.wpid[i], SIGKILL);
+        }
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    (void)s;
+    fprintf(stderr, "herald-bench: signal %d: stopping\n", signum);
+    if (P.stage < ST_FINISH) finish("interrupted");
+    else
+        for (int i = 0; i < P.nw; i++)
+            if (P.wpid[i]) kill(P.wpid[i], SIGKILL);
+}
+
+/* ---- report */
+
+static void jnum(const char *k, double v, int prec)
+{
+    if (v != v || v < -1e300 || v > 1e300) printf(",\"%s\":null", k);
+    else printf(",\"%s\":%.*f", k, prec, v);
+}
+
+static void jint(const char *k, long long v) { printf(",\"%s\":%lld", k, v); }
+
+static void jstr(const char *k, const char *v)
+{
+    printf(",\"%s\":\"", k);
+    for (const char *p = v; *p; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch == '"' || ch == '\\') printf("\\%c", ch);
+        else if (ch < 32) printf("\\u%04x", ch);
+        else putchar(ch);
+    }
+    putchar('"');
+}
+
+static void report(void)
+{
+    totals_t t = totals();
+    static uint64_t hist[HB_N], chist[HB_N];
+    uint64_t nlat = 0, ncon = 0;
+    for (int w = 0; w < P.nw; w++)
+        for (int i = 0; i < HB_N; i++) {
+            hist[i] += SH->w[w].hist[i];
+            chist[i] += SH->w[w].chist[i];
+        }
+    for (int i = 0; i < HB_N; i++) {
+        nlat += hist[i];
+        ncon += chist[i];
+    }
+    uint64_t npub = 0;
+    for (int i = 0; i < HB_N; i++) npub += P.phist[i];
+
+    double connect_s = t.ready && P.t_connected > t.first_start_ns
+                           ? (double)(P.t_connected - t.first_start_ns) / 1e9
+                           : 0;
+    double wall_s = (double)(P.t_finish - P.t_begin) / 1e9;
+    /* client CPU: this process plus the reaped workers (getrusage children) */
+    double ccpu = (double)(self_cpu_us(RUSAGE_SELF) + self_cpu_us(RUSAGE_CHILDREN)) / 1e6;
+    double scpu = P.scpu_end >= 0 && P.scpu_begin >= 0 ? P.scpu_end - P.scpu_begin : -1;
+
+    printf("{\"scenario\":\"%s\"", O.scenario);
+    jstr("server", server_names[O.server]);
+    jint("clients", O.clients);
+    jint("ready", (long long)t.ready);
+    jint("failed", (long long)t.failed);
+    jint("closed_by_server", (long long)t.closed);
+    jint("workers", P.nw);
+    jint("src_addrs", O.addrs);
+    jint("concurrency", O.concurrency);
+    jstr("topics", topic_mode_names[O.topic_mode]);
+    jnum("connect_s", connect_s, 3);
+    jnum("connect_rate", connect_s > 0 ? (double)t.ready / connect_s : 0, 1);
+    jnum("conn_p50_ms", hpercentile(chist, ncon, 0.50) / 1000, 3);
+    jnum("conn_p99_ms", hpercentile(chist, ncon, 0.99) / 1000, 3);
+    jnum("conn_max_ms", (double)t.max_conn_us / 1000, 3);
+
+    jint("messages", O.api ? O.messages * 2 : O.messages);
+    jint("publishers", O.publishers);
+    jint("size", O.size);
+    jint("published", (long long)P.done);
+    jint("pub_errors", (long long)P.errors);
+    /* a round cut short (timeout, server gone) is measured up to the finish */
+    double rs[2] = {0, 0};
+    for (int r = 0; r < P.nrounds; r++)
+        if (P.round_start[r])
+            rs[r] = (double)((P.round_end[r] ? P.round_end[r] : P.t_finish) - P.round_start[r]) / 1e9;
+    if (O.api && P.nrounds == 2) {
+        jnum("pubs_per_s", rs[0] > 0 ? (double)P.round_done[0] / rs[0] : 0, 1);
+        jnum("pubs_per_s_1sub", rs[1] > 0 ? (double)P.round_done[1] / rs[1] : 0, 1);
+    } else {
+        jnum("publish_s", rs[0], 3);
+        jnum("pubs_per_s", rs[0] > 0 ? (double)P.round_done[0] / rs[0] : 0, 1);
+    }
+    jnum("pub_p50_ms", hpercentile(P.phist, npub, 0.50) / 1000, 3);
+    jnum("pub_p99_ms", hpercentile(P.phist, npub, 0.99) / 1000, 3);
+    jnum("pub_max_ms", (double)P.pmax_us / 1000, 3);
+
+    uint64_t deliv_start = O.api ? P.round_start[1] : P.round_start[0];
+    double deliver_s = t.deliveries && t.last_deliv_ns > deliv_start && deliv_start
+                           ? (double)(t.last_deliv_ns - deliv_start) / 1e9
+                           : 0;
+    jint("expected", (long long)P.expected);
+    jint("deliveries", (long long)t.deliveries);
+    jint("missing", P.expected > t.deliveries ? (long long)(P.expected - t.deliveries) : 0);
+    jnum("deliver_s", deliver_s, 3);
+    jnum("deliveries_per_s", deliver_s > 0 ? (double)t.deliveries / deliver_s : 0, 1);
+    jnum("lat_p50_ms", hpercentile(hist, nlat, 0.50) / 1000, 3);
+    jnum("lat_p90_ms", hpercentile(hist, nlat, 0.90) / 1000, 3);
+    jnum("lat_p99_ms", hpercentile(hist, nlat, 0.99) / 1000, 3);
+    jnum("lat_max_ms", (double)t.max_lat_us / 1000, 3);
+
+    jint("rss_base_kb", P.rss_base);
+    jint("rss_connected_kb", P.rss_conn);
+    jint("rss_held_kb", P.rss_hold);
+    jint("rss_end_kb", P.rss_end);
+    jint("rss_peak_kb", P.rss_peak);
+    long rss_ref = P.rss_hold > 0 ? P.rss_hold : P.rss_conn;
+    /* RSS grows in pages: per connection means something only for many */
+    if (t.ready >= 100 && rss_ref > 0 && P.rss_base > 0)
+        jnum("rss_per_conn_bytes", (double)(rss_ref - P.rss_base) * 1024.0 / (double)t.ready, 0);
+    else
+        printf(",\"rss_per_conn_bytes\":null");
+
+    double scon = P.scpu_conn - P.scpu_begin;
+    double ccon = (double)P.ccpu_conn / 1e6;
+    jnum("server_cpu_s", scpu, 2);
+    jnum("server_cpu_connect_s", scon, 2);
+    jnum("client_cpu_s", ccpu, 2);
+    jnum("client_cpu_connect_s", ccon, 2);
+    jnum("client_cpu_share", ccpu + scpu > 0 ? ccpu / (ccpu + scpu) : 0, 3);
+    if (P.scpu_pub0 > 0 || P.ccpu_pub0) {
+        double pw = (double)(P.round_end[P.nrounds - 1] ? P.round_end[P.nrounds - 1] : P.t_finish) -
+                    (double)P.round_start[0];
+        /* the publish window reaches the last delivery, not only the last answer */
+        if (t.last_deliv_ns > P.round_start[0] && t.last_deliv_ns > P.round_end[P.nrounds - 1])
+            pw = (double)(t.last_deliv_ns - P.round_start[0]);
+        pw /= 1e9;
+        double sp = P.scpu_end - P.scpu_pub0;
+        double cp = (double)(self_cpu_us(RUSAGE_SELF) + self_cpu_us(RUSAGE_CHILDREN)) / 1e6 -
+                    (double)P.ccpu_pub0 / 1e6;
+        jnum("server_cpu_publish_s", sp, 2);
+        jnum("client_cpu_publish_s", cp, 2);
+        jnum("server_util_publish", pw > 0 ? sp / pw : 0, 2);
+        jnum("client_util_publish", pw > 0 ? cp / pw : 0, 2);
+    }
+    jnum("server_util_connect", connect_s > 0 ? scon / connect_s : 0, 2);
+    jnum("client_util_connect", connect_s > 0 ? ccon / connect_s : 0, 2);
+    jnum("wall_s", wall_s, 2);
+    /* all CPU the machine spent meanwhile, and what neither side accounts for
+     * (other processes, interrupts): a large figure means the run was disturbed */
+    if (P.busy_begin >= 0 && P.busy_end >= 0 && scpu >= 0) {
+        double busy = P.busy_end - P.busy_begin;
+        jnum("machine_cpu_s", busy, 2);
+        jnum("other_cpu_s", busy - scpu - ccpu, 2);
+    }
+    printf(",\"server_alive\":%s", P.server_alive ? "true" : "false");
+    jint("bad_frames", (long long)t.bad);
+    jint("close_code", t.close_code);
+    if (t.http_status) jint("http_status", t.http_status);
+    if (P.last_status) {
+        jint("pub_last_status", P.last_status);
+        jstr("pub_last_body", P.last_body);
+    }
+    char err[512];
+    snprintf(err, sizeof err, "%s%s%s%s",
+             P.server_alive || strstr(P.err, "server process") ? "" : "the server process is gone; ",
+             P.err, P.err[0] && t.err[0] ? "; " : "", t.err);
+    jstr("error", err);
+    printf("}\n");
+    fflush(stdout);
+}
+
+/* ------------------------------------------------------------------- main */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+        "usage: herald-bench -s SCENARIO -p PORT [options]\n"
+        "  -s, --scenario NAME    idle | fanout | fanout-burst | many-topics | connect | api\n"
+        "  -S, --server KIND      herald (Phoenix join, POST /api/push; default) |\n"
+        "                         nchan (ws /sub/T, POST /pub/T) | node (ws /sub?topic=T, POST /pub?topic=T)\n"
+        "  -H, --host ADDR        server address, loopback only (default 127.0.0.1)\n"
+        "  -p, --port PORT        server port (required)\n"
+        "  -P, --pid PID          server process to sample (RSS, CPU); repeatable\n"
+        "  -n, --clients N        WebSocket clients\n"
+        "  -w, --workers W        worker processes (default: enough for the file limit, at least 2)\n"
+        "  -a, --addrs K          source addresses 127.0.0.1..127.0.0.K (default 8)\n"
+        "  -c, --concurrency C    handshakes in flight per worker (default 256)\n"
+        "  -m, --messages M       publishes (api: per round)\n"
+        "      --publishers P     keep-alive publisher connections\n"
+        "      --size BYTES       size of each message's data {\"t\":...,\"pad\":\"...\"}\n"
+        "      --rate R           publishes per second in all (default 0: as fast as answered)\n"
+        "      --topics MODE      one | own | own+shared\n"
+        "      --shared-every K   own+shared: every K-th publish goes to the shared topic\n"
+        "      --hold MS          hold the connections this long before publishing/measuring\n"
+        "      --settle MS        pause between connecting and publishing (default 300)\n"
+        "      --heartbeat MS     Phoenix heartbeat period per client (default 25000, 0: none)\n"
+        "      --connect-timeout S  give up connecting after S seconds (default 90)\n"
+        "      --quiet MS         stop waiting for deliveries after MS without progress (default 10000)\n"
+        "  -t, --timeout S        hard limit for the whole run (default 115)\n"
+        "      --ws-path PATH     herald: WebSocket path (default /socket/websocket?vsn=2.0.0);\n"
+        "                         nchan/node: path prefix (default /sub/ or /sub?)\n"
+        "      --pub-path PATH    herald: /api/push; nchan/node: prefix (/pub/ or /pub?topic=)\n"
+        "  -v, --verbose          progress on stderr every second\n"
+        "Prints one JSON line on stdout.\n");
+}
+
+static int apply_scenario(const char *s)
+{
+    O.scenario = s;
+    O.topic_mode = TM_OWN;
+    O.messages = 0;
+    O.publishers = 1;
+    O.size = 100;
+    O.hold_ms = 0;
+    O.api = 0;
+    if (!strcmp(s, "idle")) {
+        O.clients = 18000;
+        O.hold_ms = 10000;
+    } else if (!strcmp(s, "fanout")) {
+        O.clients = 10000;
+        O.topic_mode = TM_ONE;
+        O.messages = 200;
+    } else if (!strcmp(s, "fanout-burst")) {
+        O.clients = 10000;
+        O.topic_mode = TM_ONE;
+        O.messages = 2000;
+        O.publishers = 4;
+    } else if (!strcmp(s, "many-topics")) {
+        O.clients = 18000;
+        O.topic_mode = TM_OWN_SHARED;
+        O.messages = 20000;
+        O.publishers = 4;
+        O.shared_every = 1000;
+    } else if (!strcmp(s, "connect")) {
+        O.clients = 18000;
+    } else if (!strcmp(s, "api")) {
+        O.clients = 1;
+        O.topic_mode = TM_ONE;
+        O.messages = 20000;
+        O.publishers = 4;
+        O.api = 1;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_int(const char *s, const char *what, long lo, long hi)
+{
+    char *e;
+    errno = 0;
+    long v = strtol(s, &e, 10);
+    if (errno || *e || v < lo || v > hi) {
+        fprintf(stderr, "herald-bench: bad %s '%s' (%ld..%ld)\n", what, s, lo, hi);
+        exit(2);
+    }
+    return (int)v;
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_PUBS = 1000, O_SIZE, O_RATE, O_TOPICS, O_SHARED, O_HOLD, O_SETTLE, O_HB, O_CTO,
+           O_QUIET, O_WSPATH, O_PUBPATH };
+    static const struct option lo[] = {
+        {"scenario", 1, 0, 's'},   {"server", 1, 0, 'S'},      {"host", 1, 0, 'H'},
+        {"port", 1, 0, 'p'},       {"pid", 1, 0, 'P'},         {"clients", 1, 0, 'n'},
+        {"workers", 1, 0, 'w'},    {"addrs", 1, 0, 'a'},       {"concurrency", 1, 0, 'c'},
+        {"messages", 1, 0, 'm'},   {"publishers", 1, 0, O_PUBS}, {"size", 1, 0, O_SIZE},
+        {"rate", 1, 0, O_RATE},    {"topics", 1, 0, O_TOPICS}, {"shared-every", 1, 0, O_SHARED},
+        {"hold", 1, 0, O_HOLD},    {"settle", 1, 0, O_SETTLE}, {"heartbeat", 1, 0, O_HB},
+        {"connect-timeout", 1, 0, O_CTO}, {"quiet", 1, 0, O_QUIET}, {"timeout", 1, 0, 't'},
+        {"ws-path", 1, 0, O_WSPATH}, {"pub-path", 1, 0, O_PUBPATH}, {"verbose", 0, 0, 'v'},
+        {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
+
+    O.server = SRV_HERALD;
+    O.host = "127.0.0.1";
+    O.addrs = 8;
+    O.concurrency = 256;
+    O.timeout_s = 115;
+    O.quiet_ms = 10000;
+    O.heartbeat_ms = 25000;
+    O.connect_timeout_s = 90;
+    O.settle_ms = 300;
+    /* the scenario first: its defaults, then the flags on top */
+    const char *scen = NULL;
+    for (int i = 1; i < argc; i++) {
+        if ((!strcmp(argv[i], "-s") || !strcmp(argv[i], "--scenario")) && i + 1 < argc)
+            scen = argv[i + 1];
+        else if (!strncmp(argv[i], "--scenario=", 11))
+            scen = argv[i] + 11;
+    }
+    if (!scen) {
+        usage(stderr);
+        return 2;
+    }
+    if (apply_scenario(scen)) {
+        fprintf(stderr, "herald-bench: unknown scenario '%s'\n", scen);
+        return 2;
+    }
+    int workers = 0, opt;
+    while ((opt = getopt_long(argc, argv, "s:S:H:p:P:n:w:a:c:m:t:vh", lo, NULL)) != -1) {
+        switch (opt) {
+        case 's': break;
+        case 'S':
+            if (!strcmp(optarg, "herald")) O.server = SRV_HERALD;
+            else if (!strcmp(optarg, "nchan")) O.server = SRV_NCHAN;
+            else if (!strcmp(optarg, "node")) O.server = SRV_NODE;
+            else {
+                fprintf(stderr, "herald-bench: unknown server '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 'H': O.host = optarg; break;
+        case 'p': O.port = parse_int(optarg, "port", 1, 65535); break;
+        case 'P':
+            if (O.npids == MAXPID) {
+                fprintf(stderr, "herald-bench: at most %d --pid\n", MAXPID);
+                return 2;
+            }
+            O.pids[O.npids++] = parse_int(optarg, "pid", 1, 1 << 30);
+            break;
+        case 'n': O.clients = parse_int(optarg, "clients", 0, 1000000); break;
+        case 'w': workers = parse_int(optarg, "workers", 1, MAXW); break;
+        case 'a': O.addrs = parse_int(optarg, "addrs", 1, 254); break;
+        case 'c': O.concurrency = parse_int(optarg, "concurrency", 1, 100000); break;
+        case 'm': O.messages = parse_int(optarg, "messages", 0, 100000000); break;
+        case O_PUBS: O.publishers = parse_int(optarg, "publishers", 0, MAXPUB); break;
+        case O_SIZE: O.size = parse_int(optarg, "size", 0, 1 << 20); break;
+        case O_RATE: O.rate = atof(optarg); break;
+        case O_TOPICS:
+            if (!strcmp(optarg, "one")) O.topic_mode = TM_ONE;
+            else if (!strcmp(optarg, "own")) O.topic_mode = TM_OWN;
+            else if (!strcmp(optarg, "own+shared")) O.topic_mode = TM_OWN_SHARED;
+            else {
+                fprintf(stderr, "herald-bench: --topics one|own|own+shared\n");
+                return 2;
+            }
+            break;
+        case O_SHARED: O.shared_every = parse_int(optarg, "shared-every", 0, 100000000); break;
+        case O_HOLD: O.hold_ms = parse_int(optarg, "hold", 0, 3600000); break;
+        case O_SETTLE: O.settle_ms = parse_int(optarg, "settle", 0, 600000); break;
+        case O_HB: O.heartbeat_ms = parse_int(optarg, "heartbeat", 0, 3600000); break;
+        case O_CTO: O.connect_timeout_s = parse_int(optarg, "connect-timeout", 1, 3600); break;
+        case O_QUIET: O.quiet_ms = parse_int(optarg, "quiet", 100, 3600000); break;
+        case 't': O.timeout_s = parse_int(optarg, "timeout", 1, 3600); break;
+        case O_WSPATH: O.ws_path = optarg; break;
+        case O_PUBPATH: O.pub_path = optarg; break;
+        case 'v': O.verbose = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc || !O.port) {
+        usage(stderr);
+        return 2;
+    }
+    struct in_addr ha;
+    if (inet_pton(AF_INET, O.host, &ha) != 1 || (ntohl(ha.s_addr) >> 24) != 127) {
+        fprintf(stderr, "herald-bench: --host must be an IPv4 loopback address (127.0.0.0/8)\n");
+        return 2;
+    }
+    if (!O.ws_path)
+        O.ws_path = O.server == SRV_HERALD  ? "/socket/websocket?vsn=2.0.0"
+                    : O.server == SRV_NCHAN ? "/sub/"
+                                            : "/sub?";
+    if (!O.pub_path)
+        O.pub_path = O.server == SRV_HERALD  ? "/api/push"
+                     : O.server == SRV_NCHAN ? "/pub/"
+                                             : "/pub?topic=";
+    if (O.topic_mode == TM_OWN_SHARED && !O.shared_every) O.shared_every = 1000;
+    if (O.publishers > MAXPUB) O.publishers = MAXPUB;
+
+    raise_nofile();
+    long per = nofile_limit() - 64;
+    if (per < 16) per = 16;
+    if (!workers) {
+        workers = (int)((O.clients + per - 1) / per);
+        if (workers < 2) workers = 2;
+    }
+    if (workers > O.clients) workers = O.clients > 0 ? O.clients : 1;
+    if (workers > MAXW) workers = MAXW;
+    if ((O.clients + workers - 1) / workers > per) {
+        fprintf(stderr,
+                "herald-bench: %d clients over %d workers exceed %ld files per process; use "
+                "more --workers\n",
+                O.clients, workers, per);
+        return 2;
+    }
+
+    size_t shsize = sizeof(shared_t) + (size_t)O.clients + 64;
+    SH = mmap(NULL, shsize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (SH == MAP_FAILED) {
+        perror("mmap");
+        return 1;
+    }
+    JOINED = (uint8_t *)(SH + 1);
+    signal(SIGPIPE, SIG_IGN);
+
+    P.server_alive = 1;
+    P.nrounds = O.api ? 2 : 1;
+    P.pad = malloc((size_t)O.size + 1);
+    if (!P.pad) {
+        perror("malloc");
+        return 1;
+    }
+    memset(P.pad, 'x', (size_t)O.size + 1);
+    P.rss_base = servers_kb("VmRSS");
+    P.scpu_begin = servers_cpu();
+    P.busy_begin = machine_busy_s();
+    if (O.npids && (P.rss_base < 0 || P.scpu_begin < 0)) {
+        fprintf(stderr, "herald-bench: cannot read /proc of the server pid(s)\n");
+        return 2;
+    }
+    P.t_begin = now_ns();
+    P.deadline = P.t_begin + (uint64_t)O.timeout_s * 1000000000ull;
+
+    fflush(NULL);
+    P.nw = workers;
+    for (int i = 0; i < workers; i++) {
+        uint32_t first = (uint32_t)((uint64_t)O.clients * (uint64_t)i / (uint64_t)workers);
+        uint32_t end = (uint32_t)((uint64_t)O.clients * (uint64_t)(i + 1) / (uint64_t)workers);
+        P.wfirst[i] = first;
+        P.wcount[i] = end - first;
+        pid_t pid = fork();
+        if (pid < 0) {
+            perror("fork");
+            for (int j = 0; j < i; j++) kill(P.wpid[j], SIGKILL);
+            return 1;
+        }
+        if (pid == 0) worker_main(i, first, end - first);
+        P.wpid[i] = pid;
+    }
+
+    uv_loop_init(&P.loop);
+    uv_timer_init(&P.loop, &P.tick);
+    uv_timer_start(&P.tick, on_tick, 10, 10);
+    uv_signal_init(&P.loop, &P.sigint);
+    uv_signal_start(&P.sigint, on_signal, SIGINT);
+    uv_signal_init(&P.loop, &P.sigterm);
+    uv_signal_start(&P.sigterm, on_signal, SIGTERM);
+    if (O.verbose)
+        fprintf(stderr,
+                "herald-bench: %s against %s 127.0.0.1:%d: %d clients, %d workers, %d source "
+                "addresses\n",
+                O.scenario, server_names[O.server], O.port, O.clients, workers, O.addrs);
+    uv_run(&P.loop, UV_RUN_DEFAULT);
+    report();
+    return P.err[0] && !strcmp(P.err, "interrupted") ? 130 : 0;
+}
