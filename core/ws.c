@@ -105,7 +105,8 @@ static size_t header_need(const hd_ws_parser *p)
 {
     if (p->hdr_len < 2) return 2;
     uint8_t l = p->hdr[1] & 0x7F;
-    return 2 + (l == 126 ? 2 : l == 127 ? 8 : 0) + 4;
+    /* An unmasked frame is refused at once (start_frame): no mask to wait for. */
+    return 2 + (l == 126 ? 2 : l == 127 ? 8 : 0) + ((p->hdr[1] & 0x80) ? 4 : 0);
 }
 
 int hd_ws_parse(hd_ws_parser *p, uint8_t *data, size_t len, const hd_ws_callbacks *cb, void *ud,
