@@ -133,22 +133,66 @@ int hd_presence_update(hd_server *srv, hd_sub *sub, const char *meta_json)
 void hd_presence_state(hd_server *srv, hd_topic *tp, hd_str *out)
 {
     (void)srv;
-    json_t *state = json_object();
-    for (hd_sub *s = tp ? tp->subs : NULL; s && state; s = s->tnext) {
+    /* Group the subscriptions' metas by key without parsing them: a map of
+     * key -> list of subscriptions (by index), then the text written once.
+     * A join storm sends this to every joiner, so it must stay O(n). */
+    size_t n = 0;
+    for (hd_sub *s = tp ? tp->subs : NULL; s; s = s->tnext) n += s->meta != NULL;
+    if (n == 0) {
+        hd_str_adds(out, "{}");
+        return;
+    }
+    hd_sub **subs = malloc(n * sizeof *subs);
+    long *next = malloc(n * sizeof *next);
+    json_t *first = json_object(); /* key -> index of its first subscription */
+    if (!subs || !next || !first) {
+        free(subs);
+        free(next);
+        json_decref(first);
+        out->oom = 1;
+        return;
+    }
+    size_t i = 0;
+    long *last = malloc(n * sizeof *last); /* per first index: its list's tail */
+    for (hd_sub *s = tp->subs; s && last; s = s->tnext) {
         if (!s->meta) continue;
         char kb[32];
         const char *key = hd_presence_key(s->conn, kb, sizeof kb);
-        json_t *entry = json_object_get(state, key);
-        if (!entry) {
-            entry = json_pack("{s:[]}", "metas");
-            json_object_set_new(state, key, entry);
+        subs[i] = s;
+        next[i] = -1;
+        json_t *f = json_object_get(first, key);
+        if (f) {
+            long head = (long)json_integer_value(f);
+            next[last[head]] = (long)i;
+            last[head] = (long)i;
+        } else {
+            json_object_set_new(first, key, json_integer((json_int_t)i));
+            last[i] = (long)i;
         }
-        json_array_append_new(json_object_get(entry, "metas"), json_loads(s->meta, 0, NULL));
+        i++;
     }
-    char *text = state ? json_dumps(state, JSON_COMPACT) : NULL;
-    hd_str_adds(out, text ? text : "{}");
-    free(text);
-    json_decref(state);
+    hd_str_addc(out, '{');
+    const char *key;
+    json_t *v;
+    int comma = 0;
+    json_object_foreach(first, key, v)
+    {
+        if (comma) hd_str_addc(out, ',');
+        comma = 1;
+        hd_str_add_json(out, key, strlen(key));
+        hd_str_adds(out, ":{\"metas\":[");
+        for (long j = (long)json_integer_value(v), k = 0; j >= 0; j = next[j], k++) {
+            if (k) hd_str_addc(out, ',');
+            hd_str_adds(out, subs[j]->meta);
+        }
+        hd_str_adds(out, "]}");
+    }
+    hd_str_addc(out, '}');
+    if (!last) out->oom = 1;
+    free(last);
+    free(subs);
+    free(next);
+    json_decref(first);
 }
 
 void hd_presence_send_state(hd_server *srv, hd_sub *sub)

@@ -12,6 +12,7 @@ topics = {
   { match = "public:*", tracked = false },
 }
 presence = { batch_ms = 100 }
+timeouts = { ws_idle_ms = 600000 }
 scripts = { "p.lua" }
 `;
 const POLICY = `
