@@ -1,0 +1,3 @@
+listen = { port = "x" }
+scripts = { "a.lua", watch = true }
+plugins = { jwt = { secret = "s" } }
