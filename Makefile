@@ -37,6 +37,10 @@ test-asan: deps
 # Benchmarks print numbers; they assert nothing (tests/load/README.md).
 bench: build
 	bash scripts/bench.sh
+	@echo "== fanout with a publish hook (tests/load/publish-hook.lua)"
+	BENCH_HERALD_SCRIPT=tests/load/publish-hook.lua bash scripts/bench.sh fanout
+	@echo "== cost per call of each Lua hook"
+	./$(BUILD)/tests/load/hook-bench
 
 bench-compare: build
 	bash scripts/bench-compare.sh

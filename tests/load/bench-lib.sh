@@ -65,6 +65,10 @@ limits = { max_connections = 19000, send_queue_bytes = 4194304 }
 timeouts = { ws_idle_ms = 600000 }
 log = { level = "info" }
 EOF
+  # BENCH_HERALD_SCRIPT=file.lua: run the scenario with that hook script.
+  if [ -n "${BENCH_HERALD_SCRIPT:-}" ]; then
+    printf 'scripts = { "%s" }\n' "$(cd "$(dirname "$BENCH_HERALD_SCRIPT")" && pwd)/$(basename "$BENCH_HERALD_SCRIPT")" >>"$dir/herald.lua"
+  fi
   SRV_LOG="$dir/herald.log"
   : >"$SRV_LOG"
   "$HERALD_BIN" -c "$dir/herald.lua" >>"$SRV_LOG" 2>&1 &
