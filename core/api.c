@@ -67,6 +67,7 @@ size_t hd_api_publish_raw(hd_server *srv, const char *topic, size_t tlen, const 
         return 0;
     }
     const hd_topic_policy *p = hd_topic_policy_of(srv, tp);
+    hd_server_count_topic(srv, p, HD_TC_RECEIVED, 1);
     size_t n;
     if (hd_shaper_applies(p)) {
         n = hd_shaper_submit(srv, tp, p, event, elen, frame);

@@ -62,6 +62,23 @@ void hd_metrics_render(hd_server *srv, hd_str *o)
     counter(o, "herald_shed_connections_total",
             "Connections closed (1013) to keep all queues under limits.max_queued_bytes.", m->shed);
     gauge(o, "herald_queued_bytes", "Bytes queued on all connections.", srv->queued_bytes);
+    hd_str_adds(o, "# HELP herald_topic_messages_total Publishes by topic pattern (config "
+                   "topics rules; \"other\" for the rest): received, frames delivered, "
+                   "coalesced away.\n# TYPE herald_topic_messages_total counter\n");
+    static const char *const kinds[HD_TC_COUNT] = {"received", "delivered", "coalesced"};
+    for (size_t r = 0; srv->topic_counts && r <= srv->cfg->ntopic_rules; r++) {
+        hd_str pat = HD_STR_INIT;
+        const char *pm = r ? srv->cfg->topic_rules[r - 1].match : "other";
+        /* A label value escapes backslash, quote and newline. */
+        for (const char *q = pm; *q; q++) {
+            if (*q == '\\' || *q == '"') hd_str_addc(&pat, '\\');
+            hd_str_addc(&pat, *q == '\n' ? ' ' : *q);
+        }
+        for (int k = 0; k < HD_TC_COUNT; k++)
+            hd_str_printf(o, "herald_topic_messages_total{pattern=\"%s\",kind=\"%s\"} %" PRIu64 "\n",
+                          pat.p ? pat.p : "", kinds[k], srv->topic_counts[r][k]);
+        hd_str_free(&pat);
+    }
     counter(o, "herald_presence_diffs_total",
             "presence_diff frames sent (one per topic per batch window).", m->presence_diffs);
     const hd_script_stats *ss = &srv->ss;

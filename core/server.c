@@ -56,6 +56,11 @@ static void shed(hd_server *srv)
     }
 }
 
+void hd_server_count_topic(hd_server *srv, const hd_topic_policy *p, int kind, uint64_t n)
+{
+    if (srv->topic_counts) srv->topic_counts[p->rule + 1][kind] += n;
+}
+
 void hd_server_reap(hd_server *srv)
 {
     while (srv->reap) {
@@ -114,6 +119,8 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     srv->state = HD_STARTING;
     int rc = hd_topics_init(&srv->topics);
     if (rc) return rc;
+    srv->topic_counts = calloc(cfg->ntopic_rules + 1, sizeof *srv->topic_counts);
+    if (!srv->topic_counts) return HD_ENOMEM;
     uv_check_init(loop, &srv->flusher);
     srv->flusher.data = srv;
     uv_timer_init(loop, &srv->sweeper);
@@ -231,6 +238,8 @@ void hd_server_stop(hd_server *srv)
 void hd_server_free(hd_server *srv)
 {
     hd_script_stop(srv);
+    free(srv->topic_counts);
+    srv->topic_counts = NULL;
     while (srv->wq_free) {
         struct hd_wq_item *it = srv->wq_free;
         srv->wq_free = it->next;

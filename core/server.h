@@ -53,6 +53,7 @@ typedef struct hd_server {
     int handles_open;              /* server handles not yet closed */
     void (*on_stopped)(struct hd_server *);
     hd_metrics m;
+    uint64_t (*topic_counts)[HD_TC_COUNT]; /* per config topic rule, + 1 for "other" */
     struct hd_script *script;      /* the running Lua generation, or NULL */
     struct hd_watch *watches;      /* scripts.watch directory watchers */
     uv_timer_t *watch_timer;       /* debounces their events */
@@ -75,6 +76,9 @@ void hd_server_close_listener(hd_server *srv);
 /* Frees what hd_server_init allocated; call after the loop has run the
  * close callbacks (on_stopped). */
 void hd_server_free(hd_server *srv);
+
+/* Adds n to counter kind (HD_TC_*) of the topic pattern policy p came from. */
+void hd_server_count_topic(hd_server *srv, const hd_topic_policy *p, int kind, uint64_t n);
 
 /* Closes the connections marked for closing during a fan-out. */
 void hd_server_reap(hd_server *srv);

@@ -95,6 +95,7 @@ static int hold(hd_shaper *sh, const hd_topic_policy *p, const char *event, size
                 hd_buf_unref(h->frame);
                 h->frame = hd_buf_ref(frame);
                 srv->m.shaped_coalesced++;
+                hd_server_count_topic(srv, p, HD_TC_COALESCED, 1);
                 return 0;
             }
         }

@@ -120,6 +120,7 @@ void hd_topic_policy_default(hd_topic_policy *p)
 {
     memset(p, 0, sizeof *p);
     p->tracked = 1;
+    p->rule = -1;
 }
 
 /* The first config rule (topics = {...}) matching the topic sets its fields;
@@ -129,6 +130,7 @@ static void apply_rules(const hd_config *cfg, const char *name, size_t len, hd_t
     for (size_t i = 0; i < cfg->ntopic_rules; i++) {
         const hd_topic_rule *r = &cfg->topic_rules[i];
         if (!hd_glob_match(r->match, name, len)) continue;
+        p->rule = (int32_t)i;
         if (r->set & HD_TP_TRACKED) p->tracked = r->policy.tracked;
         if (r->set & HD_TP_PRESENCE) p->presence = r->policy.presence;
         if (r->set & HD_TP_THROTTLE) p->throttle_ms = r->policy.throttle_ms;
@@ -165,6 +167,7 @@ size_t hd_topics_publish(struct hd_server *srv, hd_topic *tp, hd_buf *frame)
      * overflows is only marked and reaped after this loop (hd_server_reap). */
     for (hd_sub *s = tp->subs; s; s = s->tnext)
         if (hd_conn_send_topic(s->conn, frame, tp, p) == 0) n++;
+    hd_server_count_topic(srv, p, HD_TC_DELIVERED, n);
     hd_server_reap(srv);
     return n;
 }

@@ -36,7 +36,11 @@ typedef struct hd_topic_policy {
     uint32_t debounce_ms;         /* 0: off */
     uint32_t max_wait_ms;         /* 0: no cap */
     uint32_t max_queue_bytes;     /* 0: limits.send_queue_bytes */
+    int32_t rule;                 /* index of the config rule that matched, -1 none */
 } hd_topic_policy;
+
+/* Per topic pattern counters (metrics), indexed by policy.rule + 1. */
+enum { HD_TC_RECEIVED, HD_TC_DELIVERED, HD_TC_COALESCED, HD_TC_COUNT };
 
 enum { HD_COALESCE_NONE, HD_COALESCE_LATEST };
 enum { HD_OVERFLOW_CLOSE, HD_OVERFLOW_DROP_OLDEST };

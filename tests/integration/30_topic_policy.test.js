@@ -110,6 +110,9 @@ test('throttle with coalesce=latest: 5,000 publishes reach a client as a few fra
   const m = await h.metrics(srv.port);
   assert.equal(m.herald_shaped_received_total, 5000);
   assert.ok(m.herald_shaped_coalesced_total >= 4990);
+  assert.equal(m['herald_topic_messages_total{pattern="fast:*",kind="received"}'], 5000);
+  assert.ok(m['herald_topic_messages_total{pattern="fast:*",kind="coalesced"}'] >= 4990);
+  assert.equal(m['herald_topic_messages_total{pattern="fast:*",kind="delivered"}'], frames.length);
 });
 
 test('debounce with max_wait: a steady stream is released at least every max_wait_ms, in order', async (t) => {
