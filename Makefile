@@ -39,6 +39,9 @@ bench: build
 	bash scripts/bench.sh
 	@echo "== fanout with a publish hook (tests/load/publish-hook.lua)"
 	BENCH_HERALD_SCRIPT=tests/load/publish-hook.lua bash scripts/bench.sh fanout
+	@echo "== big topic: 10,000 joins on one tracked topic, then on an untracked one"
+	BENCH_ARGS="-n 10000 --topics one" bash scripts/bench.sh idle
+	BENCH_HERALD_SCRIPT=tests/load/untracked.lua BENCH_ARGS="-n 10000 --topics one" bash scripts/bench.sh idle
 	@echo "== cost per call of each Lua hook"
 	./$(BUILD)/tests/load/hook-bench
 
