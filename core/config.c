@@ -290,6 +290,7 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     c->drain_announce_ms = (uint64_t)num_field(L, -1, "announce_ms");
     c->drain_http_idle_ms = (uint64_t)num_field(L, -1, "http_idle_ms");
     c->drain_flush_ms = (uint64_t)num_field(L, -1, "flush_ms");
+    c->drain_http_ms = (uint64_t)num_field(L, -1, "http_ms");
     c->drain_disconnect_rate = (uint64_t)num_field(L, -1, "disconnect_rate");
     lua_getfield(L, -1, "disconnect_sockets");
     c->drain_disconnect_sockets = lua_toboolean(L, -1);

@@ -66,6 +66,7 @@ typedef struct hd_config {
     uint64_t drain_announce_ms;      /* /readyz 503 before the listener closes */
     uint64_t drain_http_idle_ms;     /* idle keep-alive connections close after this */
     uint64_t drain_flush_ms;         /* longest wait for write queues to empty */
+    uint64_t drain_http_ms;          /* longest wait for HTTP connections to finish */
     int drain_disconnect_sockets;    /* close WebSockets with 1012 */
     uint64_t drain_disconnect_rate;  /* closes per second, at most */
 } hd_config;

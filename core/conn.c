@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* accept4 */
 #include "conn.h"
 #include "channel.h"
 #include "err.h"
@@ -9,6 +10,8 @@
 #include "ws.h"
 
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <string.h>
 
 #define WQ_FREELIST_MAX 4096
@@ -359,7 +362,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     else hd_channel_on_read(c, (uint8_t *)buf->base, (size_t)nread);
 }
 
-void hd_conn_accept(hd_server *srv)
+/* Takes a new connection: from the listener (fd < 0) or an accepted fd. */
+static void take(hd_server *srv, int fd)
 {
     hd_conn *c = calloc(1, sizeof *c);
     if (!c) {
@@ -375,8 +379,10 @@ void hd_conn_accept(hd_server *srv)
     if (srv->conns) srv->conns->prev = c;
     srv->conns = c;
     srv->nconns++;
-    int rc = uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)&c->tcp);
+    int rc = fd < 0 ? uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)&c->tcp)
+                    : uv_tcp_open(&c->tcp, (uv_os_sock_t)fd);
     if (rc < 0) {
+        if (fd >= 0 && !uv_is_closing((uv_handle_t *)&c->tcp)) close(fd);
         hd_debug("accept failed: %s", uv_strerror(rc));
         hd_conn_close(c);
         return;
@@ -396,6 +402,19 @@ void hd_conn_accept(hd_server *srv)
     if (!c->http || uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
         hd_conn_close(c);
         return;
+    }
+}
+
+void hd_conn_accept(hd_server *srv) { take(srv, -1); }
+
+void hd_conn_accept_backlog(hd_server *srv)
+{
+    uv_os_fd_t lfd;
+    if (uv_fileno((uv_handle_t *)&srv->listener, &lfd) != 0) return;
+    for (int n = 0; n < 65536; n++) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) return; /* EAGAIN: nothing left waiting */
+        take(srv, fd);
     }
 }
 

@@ -71,6 +71,9 @@ typedef struct hd_conn {
 
 /* Accepts a pending connection on the server's listener. */
 void hd_conn_accept(struct hd_server *srv);
+/* Accepts every connection still waiting in the listener's backlog (just
+ * before the listener closes, which would reset them). */
+void hd_conn_accept_backlog(struct hd_server *srv);
 
 /* Queues b on c's write queue, taking one reference of its own. For a
  * WebSocket, a queue over limits.send_queue_bytes marks c for a 1013 close

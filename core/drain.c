@@ -106,7 +106,18 @@ static void step(uv_timer_t *t)
                 d->http_closed++;
             }
         }
-        if (count_kind(srv, HD_CONN_HTTP) > 0) return;
+        if (count_kind(srv, HD_CONN_HTTP) > 0) {
+            if (in_phase < cfg->drain_http_ms) return;
+            /* The phase's own budget ran out: what is left is cut. */
+            size_t left = count_kind(srv, HD_CONN_HTTP);
+            hd_warn("drain: phase http overran its %llu ms budget: closing %zu HTTP connection(s)",
+                    (unsigned long long)cfg->drain_http_ms, left);
+            for (hd_conn *c = srv->conns; c; c = c->next)
+                if (c->kind == HD_CONN_HTTP && !(c->flags & HD_CF_CLOSED)) {
+                    d->forced++;
+                    hd_conn_close(c);
+                }
+        }
         enter(srv, HD_PHASE_FLUSH);
         /* Held messages go out early, never dropped; so do presence diffs. */
         hd_shaper_release_all(srv);
@@ -114,6 +125,9 @@ static void step(uv_timer_t *t)
         /* fall through */
     case HD_PHASE_FLUSH:
         if (queued_anywhere(srv) && in_phase < cfg->drain_flush_ms) return;
+        if (queued_anywhere(srv))
+            hd_warn("drain: phase flush overran its %llu ms budget: disconnecting with frames "
+                    "still queued", (unsigned long long)cfg->drain_flush_ms);
         enter(srv, HD_PHASE_DISCONNECT);
         d->allowance = 1;
         return;

@@ -104,6 +104,11 @@ void hd_metrics_render(hd_server *srv, hd_str *o)
                   ss->reloads_ok, ss->reloads_failed);
     gauge(o, "herald_scripts_generation", "Generation of the running scripts.", ss->generation);
     gauge(o, "herald_drain_phase", "Drain phase: 0 none, 1 announce ... 7 stopped.", srv->phase);
+    hd_str_adds(o, "# HELP herald_drain_phase_seconds How long each finished drain phase took.\n"
+                   "# TYPE herald_drain_phase_seconds gauge\n");
+    for (int p = HD_PHASE_ANNOUNCE; p < HD_PHASE_COUNT; p++)
+        hd_str_printf(o, "herald_drain_phase_seconds{phase=\"%s\"} %.3f\n", hd_phase_name((hd_phase)p),
+                      (double)srv->drain.duration_ms[p] / 1000.0);
     counter(o, "herald_drain_http_closed_total", "Idle keep-alive connections closed by the drain.",
             srv->drain.http_closed);
     counter(o, "herald_drain_ws_closed_total", "WebSockets closed with 1012 by the drain.",

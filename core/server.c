@@ -209,8 +209,13 @@ static void on_handle_closed(uv_handle_t *h)
 
 void hd_server_close_listener(hd_server *srv)
 {
-    if (!uv_is_closing((uv_handle_t *)&srv->listener))
+    if (!uv_is_closing((uv_handle_t *)&srv->listener)) {
+        /* Connections the kernel completed but we had not accepted yet would
+         * be reset by the close: take them first, so every request that
+         * reached this node is answered (with Connection: close). */
+        if (srv->state == HD_DRAINING && !srv->stopping) hd_conn_accept_backlog(srv);
         uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
+    }
     hd_script_unwatch(srv);
 }
 

@@ -170,6 +170,7 @@ M.schema = {
     timeout_ms = { 30000, int_range(100, 3600000) },
     announce_ms = { 0, int_range(0, 3600000) },
     http_idle_ms = { 500, int_range(0, 3600000) },
+    http_ms = { 5000, int_range(0, 3600000) },
     flush_ms = { 5000, int_range(0, 3600000) },
     disconnect_sockets = { true, boolean },
     disconnect_rate = { 5000, int_range(1, 1000000) },

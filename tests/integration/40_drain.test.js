@@ -43,7 +43,9 @@ test('drain under load: every accepted publish delivered in order, no resets, 10
       });
       if (res.error) { failures.push(res.error); return; }
       if (res.status === 200) accepted.push(i);
-      if (res.connection === 'close') closeHeaders++;
+      // "Connection: close" says the node is going away: a well-behaved
+      // publisher (or its balancer, on /readyz 503) sends elsewhere now.
+      if (res.connection === 'close') { closeHeaders++; return; }
       if (i === 300) srv.proc.kill('SIGTERM'); // mid-stream
     }
   })();
@@ -53,9 +55,9 @@ test('drain under load: every accepted publish delivered in order, no resets, 10
 
   assert.equal(exit.code, 0, srv.log);
   assert.ok(accepted.length > 300);
-  // Only a refused connection ends publishing: never a reset of a request in flight.
-  assert.deepEqual(failures, ['ECONNREFUSED']);
-  assert.ok(closeHeaders >= 1, 'the last answers say Connection: close');
+  // Every request got a full answer: no reset, no refusal while it was told to go on.
+  assert.deepEqual(failures, []);
+  assert.equal(closeHeaders, 1, 'the last answer says Connection: close');
   for (const c of clients) {
     assert.deepEqual(c.got, accepted, 'every accepted publish exactly once, in order');
     assert.equal(c.close && c.close.code, 1012);

@@ -29,6 +29,7 @@ async function startHerald(config = '', files = {}, { expectFail = false } = {})
   proc.stderr.setEncoding('utf8');
   proc.stderr.on('data', (d) => {
     log += d;
+    if (process.env.HERALD_TEST_LOG) process.stderr.write(d.replace(/^/gm, `[herald ${proc.pid}] `).replace(/\[herald \d+\] $/, ''));
     for (const w of waiters.slice()) if (w.re.test(log.slice(w.from))) { waiters.splice(waiters.indexOf(w), 1); w.resolve(); }
   });
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
