@@ -307,17 +307,28 @@ static void handle_push(hd_conn *c, hd_http_req *r)
     json_decref(doc);
 }
 
-static void handle_topic(hd_conn *c, hd_http_req *r)
+/* The URL-decoded rest of the path after prefix (malloc'd, *len set), or
+ * NULL after answering 500. */
+static char *path_suffix(hd_conn *c, hd_http_req *r, const char *prefix, size_t *len)
 {
-    size_t pre = strlen("/api/topics/");
+    size_t pre = strlen(prefix);
     size_t tl = r->path_len - pre;
     char *t = malloc(tl + 1);
     if (!t) {
         hd_http_error(c, r, 500, "out of memory", NULL, 1);
-        return;
+        return NULL;
     }
     memcpy(t, r->path + pre, tl);
-    tl = hd_url_decode(t, tl);
+    *len = hd_url_decode(t, tl);
+    t[*len] = 0;
+    return t;
+}
+
+static void handle_topic(hd_conn *c, hd_http_req *r)
+{
+    size_t tl;
+    char *t = path_suffix(c, r, "/api/topics/", &tl);
+    if (!t) return;
     hd_topic *tp = hd_topics_find(&c->srv->topics, t, tl);
     size_t n = tp ? tp->nsubs : 0;
     hd_topic_policy fresh;
@@ -347,15 +358,9 @@ static void handle_topic(hd_conn *c, hd_http_req *r)
 
 static void handle_presence(hd_conn *c, hd_http_req *r)
 {
-    size_t pre = strlen("/api/presence/");
-    size_t tl = r->path_len - pre;
-    char *t = malloc(tl + 1);
-    if (!t) {
-        hd_http_error(c, r, 500, "out of memory", NULL, 1);
-        return;
-    }
-    memcpy(t, r->path + pre, tl);
-    tl = hd_url_decode(t, tl);
+    size_t tl;
+    char *t = path_suffix(c, r, "/api/presence/", &tl);
+    if (!t) return;
     hd_str out = HD_STR_INIT;
     hd_presence_state(c->srv, hd_topics_find(&c->srv->topics, t, tl), &out);
     respond_json(c, r, 200, &out);
