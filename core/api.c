@@ -253,7 +253,7 @@ static void handle_push(hd_conn *c, hd_http_req *r)
     json_t *doc;
     if (is_json) {
         json_error_t e;
-        doc = json_loadb(b, bl, 0, &e);
+        doc = json_loadb(b, bl, JSON_DECODE_ANY, &e); /* a scalar parses, then gets 422 */
         if (!doc) {
             char msg[256];
             snprintf(msg, sizeof msg, "invalid JSON: %s at line %d, column %d", e.text, e.line,

@@ -216,6 +216,8 @@ static void on_join(hd_conn *c, const char *jr, const char *ref, const char *top
 static void on_leave(hd_conn *c, const char *jr, const char *ref, const char *topic, size_t tlen)
 {
     hd_sub *s = find_sub(c->ws, topic, tlen);
+    /* A leave carrying a stale join_ref raced a newer join: drop it. */
+    if (s && jr && s->join_ref && strcmp(jr, s->join_ref) != 0) return;
     reply(c, jr, ref, topic, "ok", "{}");
     if (!s) return;
     send_phx_close(c, s->join_ref, topic);

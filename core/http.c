@@ -63,6 +63,9 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     hd_http_req *r = req_of(p);
     if (count_header_bytes(p, len)) return fail(p, 431);
+    /* No blank in a field name (RFC 9112 5.1: "Host : x" must be refused;
+     * llhttp 8.1 lets it through). */
+    if (memchr(at, ' ', len) || memchr(at, '\t', len)) return fail(p, 400);
     if (!r->in_field) {
         if (r->nh >= HD_HTTP_MAX_HEADERS) return fail(p, 431);
         r->in_field = 1;
