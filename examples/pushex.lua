@@ -1,16 +1,25 @@
--- examples/pushex.lua: the PushEx-style setup.
---  * clients connect to /push_socket with a server-signed JWT
---    (?token=... or phoenix.js authToken), HS256 with HERALD_JWT_SECRET;
---  * "user:<id>" topics are private to their user, "public:*" to everyone;
---  * public topics are untracked: no per-join tracking cost, "is anyone
---    listening" always yes;
---  * backends publish with POST /api/push and the bearer token.
+-- examples/pushex.lua: the PushEx-style setup, with built-in plugins only.
+--
+--   HERALD_JWT_SECRET=... HERALD_API_TOKEN=... herald -c examples/pushex.lua
+--
+--  * clients connect to /push_socket/websocket with a JWT signed by the
+--    application backend (HS256 with HERALD_JWT_SECRET), as ?token=... or
+--    phoenix.js's authToken; the "sub" claim is the socket's identity and
+--    the claims are its assigns. No token or a bad one: HTTP 403;
+--  * "user:<sub>" topics are private to that user, "public:*" topics are
+--    open to every connected client, anything else is refused;
+--  * public topics are untracked: no per-join bookkeeping, and
+--    /api/topics/public:... always answers "listening";
+--  * backends publish with POST /api/push (PushEx's body shape) and the
+--    bearer token.
+-- Without HERALD_JWT_SECRET the jwt plugin refuses to start (there is no
+-- default secret).
 listen = { host = "0.0.0.0", port = 4000 }
 api = { token = os.getenv("HERALD_API_TOKEN") }
 mounts = { "/push_socket" }
 timeouts = { ws_idle_ms = 45000 }   -- PushEx's 45 s (Heroku-friendly)
 plugins = {
-  jwt = { secret = os.getenv("HERALD_JWT_SECRET") or "change-me", id_claim = "sub" },
+  jwt = { secret = os.getenv("HERALD_JWT_SECRET"), id_claim = "sub", leeway_s = 30 },
   topic_acl = {
     rules = {
       { match = "user:{id}", allow = "owner" },

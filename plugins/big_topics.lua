@@ -1,16 +1,22 @@
 -- plugins/big_topics.lua: huge public topics cost nothing to track.
---   patterns = { "public:*", "news" }  -> { tracked = false } for matches
+--   big_topics = { patterns = { "public:*", "news" } }
+-- topic(name) returns { tracked = false } for a name matching any pattern
+-- ("*" matches any run of characters), and no opinion otherwise.
 return function(options)
   local patterns = options.patterns
   if type(patterns) ~= "table" or #patterns == 0 then
-    error("plugin big_topics: option patterns must be a non-empty list", 0)
+    error("plugin big_topics: option patterns must be a non-empty list of patterns", 0)
   end
+  local n = 0
+  for _ in pairs(patterns) do n = n + 1 end
+  if n ~= #patterns then error("plugin big_topics: option patterns must be a list", 0) end
   local compiled = {}
   for i, p in ipairs(patterns) do
     if type(p) ~= "string" or p == "" then
-      error(("plugin big_topics: pattern %d must be a non-empty string"):format(i), 0)
+      error(("plugin big_topics: option patterns: entry %d must be a non-empty string"):format(i), 0)
     end
-    compiled[i] = "^" .. p:gsub("[%^%$%(%)%%%.%[%]%+%-%?]", "%%%0"):gsub("%*", ".*") .. "$"
+    local lua = p:gsub("[%^%$%(%)%%%.%[%]%+%-%?%*]", "%%%0"):gsub("%%%*", ".*")
+    compiled[i] = "^" .. lua .. "$"
   end
   local M = {}
   function M.topic(name)

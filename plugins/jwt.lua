@@ -1,58 +1,93 @@
 -- plugins/jwt.lua: authenticate sockets with HS256 JSON Web Tokens.
--- The token comes from the connect params (options.param, "token") or the
--- Phoenix auth-token subprotocol (phoenix.js `authToken`).
+--   jwt = { secret = os.getenv("HERALD_JWT_SECRET"), param = "token",
+--           id_claim = "sub", leeway_s = 0, required = true,
+--           assigns_claims = nil }          -- nil: every claim
+-- The token comes from the connect params (?token=...) or the Phoenix
+-- auth-token subprotocol (phoenix.js `authToken`). Only alg "HS256" is
+-- accepted. Refusals: "missing token", "invalid token", "token expired".
 return function(options)
-  local secret = options.secret
-  if type(secret) ~= "string" or secret == "" then
-    error("plugin jwt: option secret must be a non-empty string", 0)
+  local function bad(option, want)
+    error(("plugin jwt: option %s must be %s"):format(option, want), 0)
   end
-  local param = options.param or "token"
-  local id_claim = options.id_claim or "sub"
-  local leeway = options.leeway_s or 0
-  local required = options.required ~= false
+  local secret = options.secret
+  if type(secret) ~= "string" or secret == "" then bad("secret", "a non-empty string") end
+  local param = options.param == nil and "token" or options.param
+  if type(param) ~= "string" or param == "" then bad("param", "a non-empty string") end
+  local id_claim = options.id_claim == nil and "sub" or options.id_claim
+  if type(id_claim) ~= "string" or id_claim == "" then bad("id_claim", "a non-empty string") end
+  local leeway = options.leeway_s == nil and 0 or options.leeway_s
+  if type(leeway) ~= "number" or leeway < 0 or leeway ~= leeway then bad("leeway_s", "a number >= 0") end
+  local required = options.required
+  if required == nil then required = true end
+  if type(required) ~= "boolean" then bad("required", "true or false") end
   local copy = options.assigns_claims
-  if type(param) ~= "string" then error("plugin jwt: option param must be a string", 0) end
-  if type(id_claim) ~= "string" then error("plugin jwt: option id_claim must be a string", 0) end
-  if type(leeway) ~= "number" or leeway < 0 then error("plugin jwt: option leeway_s must be a number >= 0", 0) end
-  if copy ~= nil and type(copy) ~= "table" then error("plugin jwt: option assigns_claims must be a list", 0) end
+  if copy ~= nil then
+    if type(copy) ~= "table" then bad("assigns_claims", "a list of claim names") end
+    local n = 0
+    for _ in pairs(copy) do n = n + 1 end
+    for i = 1, n do
+      if type(copy[i]) ~= "string" then bad("assigns_claims", "a list of claim names") end
+    end
+  end
 
   local json, crypto = herald.json, herald.crypto
 
-  -- Returns the claims of a valid token, or nil and the refusal reason.
+  -- The decoded JSON object in a base64url segment, or nil.
+  local function segment(s)
+    local text = crypto.b64_decode(s)
+    local v = text and json.decode(text)
+    if type(v) ~= "table" or v[1] ~= nil then return nil end -- an object, not an array
+    return v
+  end
+
+  -- The claims of a valid token, or nil and the refusal reason.
   local function verify(token)
     local h64, p64, s64 = token:match("^([%w_%-]+)%.([%w_%-]+)%.([%w_%-]+)$")
     if not h64 then return nil, "invalid token" end
-    local header = json.decode(crypto.b64_decode(h64) or "")
-    if type(header) ~= "table" or header.alg ~= "HS256" then return nil, "invalid token" end
+    local header = segment(h64)
+    if not header or header.alg ~= "HS256" then return nil, "invalid token" end
     local expected = crypto.b64url_encode(crypto.hmac_sha256(secret, h64 .. "." .. p64))
     if not crypto.equal(expected, s64) then return nil, "invalid token" end
-    local claims = json.decode(crypto.b64_decode(p64) or "")
-    if type(claims) ~= "table" then return nil, "invalid token" end
+    local claims = segment(p64)
+    if not claims then return nil, "invalid token" end
+    local exp, nbf = claims.exp, claims.nbf
+    if exp ~= nil and type(exp) ~= "number" then return nil, "invalid token" end
+    if nbf ~= nil and type(nbf) ~= "number" then return nil, "invalid token" end
     local now = herald.now()
-    if type(claims.exp) == "number" and claims.exp <= now - leeway then return nil, "token expired" end
-    if claims.exp ~= nil and type(claims.exp) ~= "number" then return nil, "invalid token" end
-    if type(claims.nbf) == "number" and claims.nbf > now + leeway then return nil, "invalid token" end
+    if exp and exp <= now - leeway then return nil, "token expired" end
+    if nbf and nbf > now + leeway then return nil, "invalid token" end
     return claims
+  end
+
+  -- The identity as a string; integral numbers without an exponent.
+  local function identity(v)
+    if type(v) == "string" then return v ~= "" and v or nil end
+    if type(v) == "number" and v == v then
+      if v == math.floor(v) and math.abs(v) < 2 ^ 53 then return ("%.0f"):format(v) end
+      return tostring(v)
+    end
+    return nil
   end
 
   local M = {}
   function M.authenticate(req)
-    local token = req.params[param] or req.token
-    if not token or token == "" then
+    local token = req.params and req.params[param]
+    if token == nil or token == "" then token = req.token end
+    if token == nil or token == "" then
       if required then return nil, "missing token" end
       return -- no opinion: other hooks decide
     end
     local claims, why = verify(token)
     if not claims then return nil, why end
-    local id = claims[id_claim]
-    if type(id) ~= "string" and type(id) ~= "number" then return nil, "invalid token" end
+    local id = identity(claims[id_claim])
+    if not id then return nil, "invalid token" end
     local assigns = {}
     if copy then
       for _, k in ipairs(copy) do assigns[k] = claims[k] end
     else
       for k, v in pairs(claims) do assigns[k] = v end
     end
-    return { id = tostring(id), assigns = assigns }
+    return { id = id, assigns = assigns }
   end
   return M
 end

@@ -1,26 +1,35 @@
 -- plugins/rate_limit.lua: joins and client messages per socket per second.
---   joins_per_second = 10, messages_per_second = 50
--- Counted per socket in the current one-second window; one timer resets
--- every window (no per-socket timers; memory bounded by the sockets active
--- in the window). Over the limit the join or message is refused with
--- "rate limited"; otherwise the plugin has no opinion.
+--   rate_limit = { joins_per_second = 10, messages_per_second = 50 }
+-- Counted per socket (conn_id) in the current one-second window; a single
+-- herald.every(1000) timer starts a new window for everyone (no per-socket
+-- timers; memory is bounded by the sockets active in one window). Over the
+-- limit a join or a message is refused with "rate limited"; otherwise the
+-- plugin has no opinion and the other hooks decide.
 return function(options)
-  local joins = options.joins_per_second or 10
-  local messages = options.messages_per_second or 50
-  for k, v in pairs({ joins_per_second = joins, messages_per_second = messages }) do
+  local function limit(name, default)
+    local v = options[name]
+    if v == nil then return default end
     if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
-      error(("plugin rate_limit: option %s must be a positive integer"):format(k), 0)
+      error(("plugin rate_limit: option %s must be a positive integer"):format(name), 0)
     end
+    return v
   end
+  local joins = limit("joins_per_second", 10)
+  local messages = limit("messages_per_second", 50)
+
   local join_counts, message_counts = {}, {}
   herald.every(1000, function()
     join_counts, message_counts = {}, {}
   end)
-  local function over(counts, socket, limit)
-    local n = (counts[socket.conn_id] or 0) + 1
-    counts[socket.conn_id] = n
-    return n > limit
+
+  -- Counts one more for the socket; true when that is over the limit.
+  local function over(counts, socket, max)
+    local key = socket.conn_id
+    local n = (counts[key] or 0) + 1
+    counts[key] = n
+    return n > max
   end
+
   local M = {}
   function M.join(socket)
     if over(join_counts, socket, joins) then return false, "rate limited" end

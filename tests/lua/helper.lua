@@ -1,30 +1,60 @@
 -- Loads the real herald API for specs: the C binding's pure functions (the
--- Lua module herald.c, built by CMake) under lua/herald/init.lua, and
--- plugins in a sandbox like the server's.
+-- Lua module herald.c, built by CMake as target herald_lua_c) under
+-- lua/herald/init.lua, and plugins in a sandbox like the server's
+-- (core/script.c build_sandbox). Run from the repository root:
+--   HERALD_LUA_CPATH='<build>/lua/?.so' busted --lua=luajit tests/lua
 local M = {}
 package.cpath = (os.getenv("HERALD_LUA_CPATH") or "build/lua/?.so") .. ";" .. package.cpath
 M.c = require("herald.c")
 M.herald = assert(loadfile("lua/herald/init.lua"))(M.c)
 
--- Loads plugins/<name>.lua with `herald` (optionally a table overriding
--- some of its fields) and calls its factory with options.
-function M.plugin(name, options, overrides)
-  local h = M.herald
-  if overrides then
-    h = setmetatable(overrides, { __index = M.herald })
-  end
-  local env = setmetatable({ herald = h }, { __index = _G })
-  local chunk = assert(loadfile("plugins/" .. name .. ".lua"))
-  setfenv(chunk, env)
-  return chunk()(options)
+-- The globals the server gives scripts and plugins, and nothing else.
+local ALLOWED = { "assert", "error", "ipairs", "next", "pairs", "select", "tonumber", "tostring",
+  "type", "unpack", "setmetatable", "getmetatable", "rawequal", "rawget", "rawset", "string",
+  "table", "math", "bit", "pcall", "xpcall" }
+
+-- A fresh environment over the allow-list with `herald` set to h: globals
+-- a chunk sets stay in its own table, as in the server.
+function M.sandbox(h)
+  local allowed = { herald = h, os = { time = os.time, clock = os.clock, date = os.date, getenv = os.getenv } }
+  for _, name in ipairs(ALLOWED) do allowed[name] = _G[name] end
+  return setmetatable({}, { __index = allowed })
 end
 
--- Makes an HS256 JWT with the real crypto functions.
+-- Loads plugins/<name>.lua in a sandbox and calls its factory with options.
+-- overrides (optional) replaces some fields of the herald table, for the
+-- server-only calls (herald.every) that raise outside the server.
+function M.plugin(name, options, overrides)
+  local h = M.herald
+  if overrides then h = setmetatable(overrides, { __index = M.herald }) end
+  local chunk = assert(loadfile("plugins/" .. name .. ".lua"))
+  setfenv(chunk, M.sandbox(h))
+  local factory = chunk()
+  assert(type(factory) == "function", "plugins/" .. name .. ".lua must return a function(options)")
+  return factory(options)
+end
+
+-- A stand-in for herald.every that records the callbacks instead of
+-- starting timers (no server runs under busted): timers[i] = {ms, fn}.
+function M.fake_every()
+  local timers = {}
+  local every = function(ms, fn)
+    timers[#timers + 1] = { ms = ms, fn = fn }
+    return { cancel = function() end }
+  end
+  return every, timers
+end
+
+-- Makes an HS256 JWT with the real crypto functions (header defaults to
+-- {alg = "HS256", typ = "JWT"}).
 function M.jwt(claims, secret, header)
-  local c = M.herald.crypto
-  local h64 = c.b64url_encode(M.herald.json.encode(header or { alg = "HS256", typ = "JWT" }))
-  local p64 = c.b64url_encode(M.herald.json.encode(claims))
+  local c, json = M.herald.crypto, M.herald.json
+  local h64 = c.b64url_encode(assert(json.encode(header or { alg = "HS256", typ = "JWT" })))
+  local p64 = c.b64url_encode(assert(json.encode(claims)))
   return h64 .. "." .. p64 .. "." .. c.b64url_encode(c.hmac_sha256(secret, h64 .. "." .. p64))
 end
+
+-- The number of values a call returned (0 = the hook has no opinion).
+function M.count(...) return select("#", ...) end
 
 return M

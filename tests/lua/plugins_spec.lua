@@ -1,48 +1,119 @@
--- Specs for plugins/*.lua against the real herald API and crypto.
+-- Specs for plugins/*.lua against the real herald API and crypto (the C
+-- module herald.c), each plugin loaded in a sandbox like the server's.
 package.path = "tests/lua/?.lua;" .. package.path
 local helper = require("helper")
 local herald = helper.herald
+local count = helper.count
 
-local function req(params, token) return { params = params or {}, headers = {}, token = token } end
+local function req(params, token) return { params = params or {}, headers = {}, token = token, remote_addr = "127.0.0.1" } end
+local function socket(id, assigns, conn_id) return { id = id, conn_id = conn_id or 1, assigns = assigns or {} } end
 
 describe("plugin jwt", function()
   local secret = "s3cret"
   local jwt = helper.plugin("jwt", { secret = secret })
+  local function refused(plugin, r, reason)
+    local id, why = plugin.authenticate(r)
+    assert.is_nil(id)
+    assert.are.equal(reason, why)
+  end
 
-  it("accepts a valid token: id from sub, claims as assigns", function()
-    local t = helper.jwt({ sub = "user:1", role = "admin", exp = herald.now() + 60 }, secret)
+  it("accepts a valid token: the id from sub, every claim in assigns", function()
+    local exp = math.floor(herald.now()) + 60
+    local t = helper.jwt({ sub = "user:1", role = "admin", exp = exp }, secret)
     local ident = jwt.authenticate(req({ token = t }))
     assert.are.equal("user:1", ident.id)
-    assert.are.equal("admin", ident.assigns.role)
+    assert.are.same({ sub = "user:1", role = "admin", exp = exp }, ident.assigns)
   end)
-  it("reads the subprotocol token too", function()
+
+  it("reads the Phoenix subprotocol token when the param is absent or empty", function()
     local t = helper.jwt({ sub = 7 }, secret)
     assert.are.equal("7", jwt.authenticate(req({}, t)).id)
+    assert.are.equal("7", jwt.authenticate(req({ token = "" }, t)).id)
   end)
-  it("refuses bad signatures, alg none, expired and not-yet-valid tokens", function()
+
+  it("reads another param, another id claim; large numeric ids stay integers", function()
+    local p = helper.plugin("jwt", { secret = secret, param = "jwt", id_claim = "uid" })
+    local t = helper.jwt({ uid = 123456789012345, sub = "ignored" }, secret)
+    assert.are.equal("123456789012345", p.authenticate(req({ jwt = t })).id)
+    refused(p, req({ token = t }), "missing token")
+  end)
+
+  it("refuses a wrong signature or a tampered token", function()
     local good = helper.jwt({ sub = "u" }, secret)
-    local function refuse(token, reason)
-      local id, why = jwt.authenticate(req({ token = token }))
-      assert.is_nil(id)
-      assert.are.equal(reason, why)
+    refused(jwt, req({ token = helper.jwt({ sub = "u" }, "other") }), "invalid token")
+    refused(jwt, req({ token = (good:gsub("%.[^.]+$", ".AAAA")) }), "invalid token")
+    local h64, _, s64 = good:match("^([^.]+)%.([^.]+)%.([^.]+)$")
+    local forged = herald.crypto.b64url_encode(herald.json.encode({ sub = "admin" }))
+    refused(jwt, req({ token = h64 .. "." .. forged .. "." .. s64 }), "invalid token")
+  end)
+
+  it("accepts only alg HS256", function()
+    refused(jwt, req({ token = helper.jwt({ sub = "u" }, secret, { alg = "none" }) }), "invalid token")
+    refused(jwt, req({ token = helper.jwt({ sub = "u" }, secret, { alg = "HS512" }) }), "invalid token")
+    refused(jwt, req({ token = helper.jwt({ sub = "u" }, secret, { typ = "JWT" }) }), "invalid token")
+    -- An unsigned token as alg none produces it: empty signature.
+    local c = herald.crypto
+    local unsigned = c.b64url_encode('{"alg":"none"}') .. "." .. c.b64url_encode('{"sub":"u"}') .. "."
+    refused(jwt, req({ token = unsigned }), "invalid token")
+    assert.are.equal("u", jwt.authenticate(req({ token = helper.jwt({ sub = "u" }, secret, { alg = "HS256" }) })).id)
+  end)
+
+  it("refuses expired and not-yet-valid tokens", function()
+    local now = herald.now()
+    refused(jwt, req({ token = helper.jwt({ sub = "u", exp = now - 10 }, secret) }), "token expired")
+    refused(jwt, req({ token = helper.jwt({ sub = "u", exp = math.floor(now) }, secret) }), "token expired")
+    refused(jwt, req({ token = helper.jwt({ sub = "u", nbf = now + 100 }, secret) }), "invalid token")
+    refused(jwt, req({ token = helper.jwt({ sub = "u", exp = "tomorrow" }, secret) }), "invalid token")
+    assert.are.equal("u", jwt.authenticate(req({ token = helper.jwt({ sub = "u", nbf = now - 1, exp = now + 60 }, secret) })).id)
+  end)
+
+  it("refuses malformed tokens and claims without an identity", function()
+    for _, bad in ipairs({ "not.a.jwt!", "abc", "a.b", "a.b.c.d", "....", "a..c" }) do
+      refused(jwt, req({ token = bad }), "invalid token")
     end
-    refuse(helper.jwt({ sub = "u" }, "other"), "invalid token")
-    refuse(good:gsub("%.[^.]+$", ".AAAA"), "invalid token")
-    refuse(helper.jwt({ sub = "u" }, secret, { alg = "none" }), "invalid token")
-    refuse(helper.jwt({ sub = "u", exp = herald.now() - 10 }, secret), "token expired")
-    refuse(helper.jwt({ sub = "u", nbf = herald.now() + 100 }, secret), "invalid token")
-    refuse("not.a.jwt!", "invalid token")
-    refuse(nil, "missing token")
+    refused(jwt, req({ token = helper.jwt({ role = "x" }, secret) }), "invalid token")
+    refused(jwt, req({ token = helper.jwt({ sub = "" }, secret) }), "invalid token")
+    refused(jwt, req({ token = helper.jwt({ sub = { "a" } }, secret) }), "invalid token")
+    refused(jwt, req({ token = helper.jwt({ "an", "array" }, secret) }), "invalid token")
+    -- A payload that is not JSON, correctly signed.
+    local c = herald.crypto
+    local h64, p64 = c.b64url_encode('{"alg":"HS256"}'), c.b64url_encode("sub=u")
+    local t = h64 .. "." .. p64 .. "." .. c.b64url_encode(c.hmac_sha256(secret, h64 .. "." .. p64))
+    refused(jwt, req({ token = t }), "invalid token")
   end)
-  it("defers without a token when not required; honours leeway and assigns_claims", function()
-    local opt = helper.plugin("jwt", { secret = secret, required = false, leeway_s = 30, assigns_claims = { "role" } })
-    assert.are.equal(0, select("#", opt.authenticate(req())))
-    local t = helper.jwt({ sub = "u", role = "r", other = 1, exp = herald.now() - 10 }, secret)
-    local ident = opt.authenticate(req({ token = t }))
+
+  it("refuses a missing token when required (the default)", function()
+    refused(jwt, req(), "missing token")
+    refused(jwt, req({ token = "" }), "missing token")
+  end)
+
+  it("defers without a token when not required, and still refuses bad ones", function()
+    local opt = helper.plugin("jwt", { secret = secret, required = false })
+    assert.are.equal(0, count(opt.authenticate(req())))
+    refused(opt, req({ token = "x.y.z" }), "invalid token")
+  end)
+
+  it("honours leeway_s on exp and nbf, and copies only assigns_claims", function()
+    local opt = helper.plugin("jwt", { secret = secret, leeway_s = 30, assigns_claims = { "role", "absent" } })
+    local now = herald.now()
+    local ident = opt.authenticate(req({ token = helper.jwt({ sub = "u", role = "r", other = 1, exp = now - 10 }, secret) }))
     assert.are.same({ role = "r" }, ident.assigns)
+    assert.is_table(opt.authenticate(req({ token = helper.jwt({ sub = "u", nbf = now + 10 }, secret) })))
+    refused(opt, req({ token = helper.jwt({ sub = "u", exp = now - 40 }, secret) }), "token expired")
   end)
-  it("refuses bad options", function()
-    assert.has_error(function() helper.plugin("jwt", {}) end, "plugin jwt: option secret must be a non-empty string")
+
+  it("refuses bad options, naming the plugin and the option", function()
+    local function rejects(options, msg)
+      assert.has_error(function() helper.plugin("jwt", options) end, msg)
+    end
+    rejects({}, "plugin jwt: option secret must be a non-empty string")
+    rejects({ secret = "" }, "plugin jwt: option secret must be a non-empty string")
+    rejects({ secret = "s", leeway_s = -1 }, "plugin jwt: option leeway_s must be a number >= 0")
+    rejects({ secret = "s", required = "yes" }, "plugin jwt: option required must be true or false")
+    rejects({ secret = "s", id_claim = 1 }, "plugin jwt: option id_claim must be a non-empty string")
+    rejects({ secret = "s", param = {} }, "plugin jwt: option param must be a non-empty string")
+    rejects({ secret = "s", assigns_claims = "role" }, "plugin jwt: option assigns_claims must be a list of claim names")
+    rejects({ secret = "s", assigns_claims = { role = true } }, "plugin jwt: option assigns_claims must be a list of claim names")
   end)
 end)
 
@@ -51,56 +122,181 @@ describe("plugin topic_acl", function()
     { match = "user:{id}", allow = "owner" },
     { match = "public:*", allow = "all" },
     { match = "admin:*", allow = { role = "admin" } },
+    { match = "team:*:{id}", allow = { staff = true } },
     { match = "closed", allow = "none" },
   } })
-  local alice = { id = "alice", assigns = { role = "admin" } }
-  local bob = { id = "bob", assigns = {} }
-  it("owner rules admit only that identity", function()
+  local alice = socket("alice", { role = "admin", staff = true })
+  local bob = socket("bob")
+
+  it("owner rules admit only the identity that fills {id}", function()
     assert.is_true(acl.join(alice, "user:alice"))
     local ok, why = acl.join(bob, "user:alice")
     assert.is_false(ok)
     assert.are.equal("unauthorized", why)
+    assert.is_false(acl.join(alice, "user:alice2"))
+    assert.is_false(acl.join(alice, "user:"))          -- {id} is never empty: the default decides
+    assert.is_false(acl.join(socket("a.b"), "user:aXb")) -- the identity is literal, not a pattern
+    assert.is_true(acl.join(socket("a.b"), "user:a.b"))
+    assert.is_true(acl.join(socket("x:y"), "user:x:y"))
   end)
-  it("all, none, assigns, and the default", function()
+
+  it("all, none and assigns rules", function()
     assert.is_true(acl.join(bob, "public:news"))
+    assert.is_true(acl.join(bob, "public:"))
     assert.is_false(acl.join(alice, "closed"))
+    assert.is_false(acl.join(bob, "closed"))
     assert.is_true(acl.join(alice, "admin:panel"))
-    assert.is_false(acl.join(bob, "admin:panel"))
-    assert.is_false(acl.join(alice, "elsewhere"))
-    local open = helper.plugin("topic_acl", { rules = {}, default = "defer" })
-    assert.are.equal(0, select("#", open.join(bob, "anything")))
+    local ok, why = acl.join(bob, "admin:panel")
+    assert.is_false(ok)
+    assert.are.equal("unauthorized", why)
+    assert.is_false(acl.join(socket("carol", { role = "user" }), "admin:panel"))
   end)
-  it("escapes pattern characters", function()
-    local a = helper.plugin("topic_acl", { rules = { { match = "a.b%c*", allow = "all" } } })
-    assert.is_true(a.join(bob, "a.b%cxyz"))
-    assert.is_false(a.join(bob, "aXb%c"))
+
+  it("an assigns rule with {id} needs both the owner and the assigns", function()
+    local carol = socket("c:d", { staff = true })
+    assert.is_true(acl.join(carol, "team:x:y:c:d"))   -- * and {id} split at the right place
+    assert.is_false(acl.join(carol, "team:x:alice"))
+    assert.is_false(acl.join(socket("bob", { staff = false }), "team:x:bob"))
+  end)
+
+  it("the first matching rule wins", function()
+    local a = helper.plugin("topic_acl", { rules = {
+      { match = "room:lobby", allow = "all" },
+      { match = "room:*", allow = "none" },
+      { match = "room:lobby", allow = "none" },
+    } })
+    assert.is_true(a.join(bob, "room:lobby"))
+    assert.is_false(a.join(bob, "room:other"))
+    -- An owner rule decides for every topic it matches, whatever comes after.
+    local b = helper.plugin("topic_acl", { rules = {
+      { match = "user:{id}", allow = "owner" },
+      { match = "user:*", allow = "all" },
+    } })
+    assert.is_false(b.join(bob, "user:alice"))
+  end)
+
+  it("default: deny, allow or defer when no rule matches", function()
+    local ok, why = acl.join(alice, "elsewhere")
+    assert.is_false(ok)
+    assert.are.equal("unauthorized", why)
+    local allow = helper.plugin("topic_acl", { rules = { { match = "x", allow = "none" } }, default = "allow" })
+    assert.is_true(allow.join(bob, "anything"))
+    assert.is_false(allow.join(bob, "x"))
+    local defer = helper.plugin("topic_acl", { rules = {}, default = "defer" })
+    assert.are.equal(0, count(defer.join(bob, "anything")))
+  end)
+
+  it("treats pattern characters in match literally", function()
+    local a = helper.plugin("topic_acl", { rules = { { match = "a.b%c(*)", allow = "all" } } })
+    assert.is_true(a.join(bob, "a.b%c(xyz)"))
+    assert.is_true(a.join(bob, "a.b%c()"))
+    assert.is_false(a.join(bob, "aXb%c(x)"))
+  end)
+
+  it("refuses bad options, naming the plugin", function()
+    local function rejects(options, msg)
+      assert.has_error(function() helper.plugin("topic_acl", options) end, msg)
+    end
+    rejects({}, "plugin topic_acl: option rules must be a list of { match = ..., allow = ... }")
+    rejects({ rules = {}, default = "maybe" }, 'plugin topic_acl: option default must be "deny", "allow" or "defer"')
+    rejects({ rules = { { match = "x", allow = "some" } } },
+      'plugin topic_acl: rule 1: allow must be "all", "owner", "none" or a table of assigns')
+    rejects({ rules = { { match = "x:*", allow = "owner" } } }, 'plugin topic_acl: rule 1: allow = "owner" needs {id} in match')
+    rejects({ rules = { { allow = "all" } } }, "plugin topic_acl: rule 1: match must be a non-empty string")
+    rejects({ rules = { { match = "x", allow = {} } } }, "plugin topic_acl: rule 1: an allow table must name at least one assign")
+    rejects({ rules = { { match = "x", allow = { role = { "a" } } } } },
+      "plugin topic_acl: rule 1: an allow table maps assign names to strings, numbers or booleans")
+    rejects({ rules = { x = { match = "x", allow = "all" } } }, "plugin topic_acl: option rules must be a list (found a non-numeric key)")
   end)
 end)
 
 describe("plugin big_topics", function()
-  it("marks matching topics untracked", function()
-    local b = helper.plugin("big_topics", { patterns = { "public:*", "news" } })
+  local b = helper.plugin("big_topics", { patterns = { "public:*", "news", "a.b" } })
+  it("marks matching topics untracked and has no opinion on others", function()
     assert.are.same({ tracked = false }, b.topic("public:x"))
+    assert.are.same({ tracked = false }, b.topic("public:"))
     assert.are.same({ tracked = false }, b.topic("news"))
+    assert.are.same({ tracked = false }, b.topic("a.b"))
     assert.is_nil(b.topic("newsroom"))
-    assert.has_error(function() helper.plugin("big_topics", { patterns = {} }) end)
+    assert.is_nil(b.topic("aXb"))
+    assert.is_nil(b.topic("xpublic:x"))
+  end)
+  it("refuses bad options", function()
+    assert.has_error(function() helper.plugin("big_topics", {}) end,
+      "plugin big_topics: option patterns must be a non-empty list of patterns")
+    assert.has_error(function() helper.plugin("big_topics", { patterns = {} }) end,
+      "plugin big_topics: option patterns must be a non-empty list of patterns")
+    assert.has_error(function() helper.plugin("big_topics", { patterns = { "ok", 3 } }) end,
+      "plugin big_topics: option patterns: entry 2 must be a non-empty string")
   end)
 end)
 
 describe("plugin rate_limit", function()
-  it("allows up to the limit per second, then refuses until the window resets", function()
-    local reset
-    local rl = helper.plugin("rate_limit", { joins_per_second = 3, messages_per_second = 2 },
-      { every = function(ms, fn) assert.are.equal(1000, ms); reset = fn end })
-    local s1, s2 = { conn_id = 1 }, { conn_id = 2 }
-    for _ = 1, 3 do assert.are.equal(0, select("#", rl.join(s1))) end
-    local ok, why = rl.join(s1)
+  local function limiter(options)
+    local every, timers = helper.fake_every()
+    local rl = helper.plugin("rate_limit", options, { every = every })
+    assert.are.equal(1, #timers)       -- one timer for every socket
+    assert.are.equal(1000, timers[1].ms)
+    return rl, timers[1].fn
+  end
+
+  it("allows joins up to the limit per socket, then refuses until the window resets", function()
+    local rl, reset = limiter({ joins_per_second = 3, messages_per_second = 2 })
+    local s1, s2 = socket("a", nil, 1), socket("a", nil, 2) -- same identity, two connections
+    for _ = 1, 3 do assert.are.equal(0, count(rl.join(s1, "t", {}))) end
+    local ok, why = rl.join(s1, "t", {})
     assert.is_false(ok)
     assert.are.equal("rate limited", why)
-    assert.are.equal(0, select("#", rl.join(s2))) -- per socket
-    rl.message(s1); rl.message(s1)
-    assert.is_false(rl.message(s1))
+    assert.is_false(rl.join(s1, "t", {}))
+    assert.are.equal(0, count(rl.join(s2, "t", {}))) -- counted per socket
     reset()
-    assert.are.equal(0, select("#", rl.join(s1)))
+    assert.are.equal(0, count(rl.join(s1, "t", {})))
+  end)
+
+  it("counts messages apart from joins", function()
+    local rl, reset = limiter({ joins_per_second = 1, messages_per_second = 2 })
+    local s = socket("a")
+    assert.are.equal(0, count(rl.join(s, "t", {})))
+    assert.are.equal(0, count(rl.message(s, "t", "e", {})))
+    assert.are.equal(0, count(rl.message(s, "t", "e", {})))
+    local ok, why = rl.message(s, "t", "e", {})
+    assert.is_false(ok)
+    assert.are.equal("rate limited", why)
+    reset()
+    assert.are.equal(0, count(rl.message(s, "t", "e", {})))
+  end)
+
+  it("defaults to 10 joins and 50 messages a second", function()
+    local rl = limiter({})
+    local s = socket("a")
+    for _ = 1, 10 do assert.are.equal(0, count(rl.join(s, "t", {}))) end
+    assert.is_false(rl.join(s, "t", {}))
+    for _ = 1, 50 do assert.are.equal(0, count(rl.message(s, "t", "e", {}))) end
+    assert.is_false(rl.message(s, "t", "e", {}))
+  end)
+
+  it("refuses bad options", function()
+    local every = helper.fake_every()
+    assert.has_error(function() helper.plugin("rate_limit", { joins_per_second = 0 }, { every = every }) end,
+      "plugin rate_limit: option joins_per_second must be a positive integer")
+    assert.has_error(function() helper.plugin("rate_limit", { messages_per_second = 1.5 }, { every = every }) end,
+      "plugin rate_limit: option messages_per_second must be a positive integer")
+  end)
+
+  it("needs the server's timers: outside the server herald.every raises", function()
+    assert.error_matches(function() helper.plugin("rate_limit", {}) end, "not available outside the server")
+  end)
+end)
+
+describe("the plugin sandbox", function()
+  it("gives plugins the server's allow-list only", function()
+    local env = helper.sandbox(herald)
+    assert.is_nil(env.require)
+    assert.is_nil(env.io)
+    assert.is_nil(env.debug)
+    assert.is_nil(env.loadstring)
+    assert.is_nil(env.os.execute)
+    assert.is_function(env.os.getenv)
+    assert.are.equal(herald, env.herald)
   end)
 end)
