@@ -404,7 +404,7 @@ void hd_channel_handshake(hd_conn *c, hd_http_req *r, int upgrade)
         hd_http_error(c, r, 403, "unsupported vsn", NULL, 1);
     } else if (srv->state != HD_READY) {
         hd_http_error(c, r, 503, "server is shutting down", NULL, 1);
-    } else if (srv->nws >= srv->cfg->max_connections) {
+    } else if (srv->nws >= srv->ws_cap) {
         hd_http_error(c, r, 503, "server at capacity", NULL, 1);
     } else {
         int phoenix = 0;

@@ -362,6 +362,27 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     else hd_channel_on_read(c, (uint8_t *)buf->base, (size_t)nread);
 }
 
+/* Over the connection cap, but holding a descriptor: answer 503 without
+ * reading the request, then close gracefully (input is read and ignored
+ * so that the close is a FIN, not a reset that could lose the answer). */
+static void refuse(hd_conn *c)
+{
+    static const char answer[] = "HTTP/1.1 503 Service Unavailable\r\n"
+                                 "Content-Type: application/json\r\n"
+                                 "Content-Length: 30\r\n"
+                                 "Cache-Control: no-store\r\n"
+                                 "Connection: close\r\n\r\n"
+                                 "{\"error\":\"server at capacity\"}";
+    c->srv->m.tcp_refused++;
+    c->flags |= HD_CF_NO_INPUT;
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0 ||
+        hd_conn_send_copy(c, answer, sizeof answer - 1) < 0) {
+        hd_conn_close(c);
+        return;
+    }
+    hd_conn_finish(c, c->srv->cfg->ws_close_ms);
+}
+
 /* Takes a new connection: from the listener (fd < 0) or an accepted fd. */
 static void take(hd_server *srv, int fd)
 {
@@ -390,9 +411,8 @@ static void take(hd_server *srv, int fd)
     srv->m.tcp_accepted++;
     /* HTTP connections beyond the WebSocket cap plus a margin for API
      * clients are refused at once, so a flood cannot exhaust descriptors. */
-    if (srv->nconns > srv->cfg->max_connections + 1024) {
-        srv->m.tcp_refused++;
-        hd_conn_close(c);
+    if (srv->nconns > srv->conn_cap) {
+        refuse(c);
         return;
     }
     /* TCP_NODELAY is inherited from the listener (Linux copies it to

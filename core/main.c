@@ -65,18 +65,13 @@ static void warn_about(const hd_config *cfg)
     if (!cfg->api_token)
         hd_warn("no API token configured (api.token): /api accepts requests from loopback "
                 "addresses only");
+    /* Raise the soft descriptor limit as far as the hard limit allows; the
+     * server sizes its connection caps from what it gets. */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-        cfg->max_connections + 64 > rl.rlim_cur) {
-        /* Raise the soft limit as far as the hard limit allows. */
+        cfg->max_connections + 64 > rl.rlim_cur && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
-        getrlimit(RLIMIT_NOFILE, &rl);
-        if (rl.rlim_cur != RLIM_INFINITY && cfg->max_connections + 64 > rl.rlim_cur)
-            hd_warn("limits.max_connections is %zu but this process may open only %llu files "
-                    "(RLIMIT_NOFILE): connections beyond about %llu will be refused",
-                    cfg->max_connections, (unsigned long long)rl.rlim_cur,
-                    (unsigned long long)(rl.rlim_cur > 64 ? rl.rlim_cur - 64 : 0));
     }
 }
 

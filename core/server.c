@@ -9,6 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+
+/* Descriptors kept for herald's own files (loop, log, scripts, watches). */
+#define FD_RESERVE 64
 
 /* Connections written per loop turn. A large fan-out is written in slices,
  * with a poll for new input between them: frames published meanwhile join
@@ -111,6 +115,28 @@ static void on_topic_free(void *data, hd_topic *tp)
     hd_shaper_forget(data, tp);
 }
 
+/* The connection caps. WebSocket connections stop at limits.max_connections
+ * or, when RLIMIT_NOFILE is lower, at what the descriptors allow minus a
+ * margin for HTTP: a client over the cap gets a 503 to its upgrade request
+ * instead of an accept that fails for want of a descriptor. */
+static void size_caps(hd_server *srv)
+{
+    const hd_config *cfg = srv->cfg;
+    srv->ws_cap = cfg->max_connections;
+    srv->conn_cap = cfg->max_connections + 1024;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return;
+    size_t files = rl.rlim_cur > FD_RESERVE * 2 ? (size_t)rl.rlim_cur - FD_RESERVE : FD_RESERVE;
+    size_t margin = files / 8 < 1024 ? files / 8 : 1024;
+    if (srv->conn_cap > files) srv->conn_cap = files;
+    if (srv->ws_cap > files - margin) {
+        srv->ws_cap = files - margin;
+        hd_warn("limits.max_connections is %zu but this process may open only %llu files "
+                "(RLIMIT_NOFILE): WebSocket connections beyond %zu get 503",
+                cfg->max_connections, (unsigned long long)rl.rlim_cur, srv->ws_cap);
+    }
+}
+
 int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
 {
     memset(srv, 0, sizeof *srv);
@@ -121,6 +147,7 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     if (rc) return rc;
     srv->topic_counts = calloc(cfg->ntopic_rules + 1, sizeof *srv->topic_counts);
     if (!srv->topic_counts) return HD_ENOMEM;
+    size_caps(srv);
     uv_check_init(loop, &srv->flusher);
     srv->flusher.data = srv;
     uv_timer_init(loop, &srv->sweeper);
@@ -149,11 +176,20 @@ static void on_connection(uv_stream_t *l, int status)
 {
     hd_server *srv = l->data;
     if (status < 0) {
-        hd_warn("accept: %s", uv_strerror(status));
+        /* libuv keeps a spare descriptor for EMFILE: it accepts and closes
+         * the waiting connections, so the loop never spins on a failing
+         * accept. One warning a second at most. */
+        srv->m.tcp_refused++;
+        uint64_t now = uv_now(srv->loop);
+        if (!srv->emfile_logged || now - srv->emfile_logged >= 1000) {
+            srv->emfile_logged = now;
+            hd_warn("accept: %s (%zu connections open)", uv_strerror(status), srv->nconns);
+        }
         return;
     }
     hd_conn_accept(srv);
 }
+
 
 static uint64_t sweep_interval(const hd_config *cfg)
 {

@@ -37,6 +37,9 @@ typedef struct hd_server {
     struct hd_conn *reap;          /* connections to close after a fan-out */
     size_t nconns;                 /* TCP connections */
     size_t nws;                    /* of which WebSocket */
+    size_t ws_cap;                 /* WebSocket limit: max_connections within the fd limit */
+    size_t conn_cap;               /* TCP connections kept; beyond, closed at accept */
+    uint64_t emfile_logged;        /* loop time of the last "out of descriptors" warning */
     hd_topics topics;
     hd_topic *pres_pending;        /* topics with a presence diff waiting */
     hd_topic *pres_flushing;       /* the ones being sent right now */

@@ -4,7 +4,7 @@
 # (tests/load/node-ws-server.js), alternating servers within each scenario,
 # then herald's figures beside its peers' with the ratios herald/peer.
 #
-#   scripts/bench-compare.sh [SCENARIO...]   default: all six scenarios
+#   scripts/bench-compare.sh [SCENARIO...]   default: all seven scenarios
 #
 # Environment:
 #   BENCH_RUNS=N       repeat the whole alternation N times (default 1); medians
@@ -23,7 +23,7 @@ BUILD=${BUILD:-$ROOT/build}
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 RUNS=${BENCH_RUNS:-1}
 BENCH_ARGS=${BENCH_ARGS:-}
-ALL=(idle fanout fanout-burst many-topics connect api)
+ALL=(idle fanout fanout-paced fanout-burst many-topics connect api)
 read -r -a servers <<<"${BENCH_SERVERS:-herald nchan node}"
 
 scenarios=("$@")

@@ -2,7 +2,7 @@
 # make bench: measures herald with tests/load/herald-bench and prints each
 # result as one JSON line, then a summary table.
 #
-#   scripts/bench.sh [SCENARIO...]     default: idle fanout fanout-burst many-topics connect api
+#   scripts/bench.sh [SCENARIO...]     default: idle fanout fanout-paced fanout-burst many-topics connect api
 #
 # Environment:
 #   BENCH_RUNS=N     repeat every scenario N times (default 1); the table shows medians
@@ -19,7 +19,7 @@ BUILD=${BUILD:-$ROOT/build}
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 RUNS=${BENCH_RUNS:-1}
 BENCH_ARGS=${BENCH_ARGS:-}
-ALL=(idle fanout fanout-burst many-topics connect api)
+ALL=(idle fanout fanout-paced fanout-burst many-topics connect api)
 
 scenarios=("$@")
 [ ${#scenarios[@]} -eq 0 ] && scenarios=("${ALL[@]}")

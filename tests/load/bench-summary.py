@@ -11,7 +11,7 @@ import json
 import statistics
 import sys
 
-ORDER = ["idle", "fanout", "fanout-burst", "many-topics", "connect", "api"]
+ORDER = ["idle", "fanout", "fanout-paced", "fanout-burst", "many-topics", "connect", "api"]
 SERVERS = ["herald", "nchan", "node"]
 
 
@@ -137,6 +137,7 @@ METRICS = {
             ("lat_p99_ms", "delivery latency p99 ms", "low")],
 }
 METRICS["fanout-burst"] = METRICS["fanout"]
+METRICS["fanout-paced"] = METRICS["fanout"]
 METRICS["many-topics"] = METRICS["fanout"] + [("rss_per_conn_bytes", "RSS bytes per connection", "low")]
 
 

@@ -1526,7 +1526,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: herald-bench -s SCENARIO -p PORT [options]\n"
-        "  -s, --scenario NAME    idle | fanout | fanout-burst | many-topics | connect | api\n"
+        "  -s, --scenario NAME    idle | fanout | fanout-paced | fanout-burst | many-topics |\n"
+        "                         connect | api\n"
         "  -S, --server KIND      herald (Phoenix join, POST /api/push; default) |\n"
         "                         nchan (ws /sub/T, POST /pub/T) | node (ws /sub?topic=T, POST /pub?topic=T)\n"
         "  -H, --host ADDR        server address, loopback only (default 127.0.0.1)\n"
@@ -1564,6 +1565,7 @@ static int apply_scenario(const char *s)
     O.size = 100;
     O.hold_ms = 0;
     O.api = 0;
+    O.rate = 0;
     if (!strcmp(s, "idle")) {
         O.clients = 18000;
         O.hold_ms = 10000;
@@ -1571,6 +1573,13 @@ static int apply_scenario(const char *s)
         O.clients = 10000;
         O.topic_mode = TM_ONE;
         O.messages = 200;
+    } else if (!strcmp(s, "fanout-paced")) {
+        /* the same fan-out at a rate every server sustains (nchan's one
+         * worker tops out near 10 a second here): latency without queueing */
+        O.clients = 10000;
+        O.topic_mode = TM_ONE;
+        O.messages = 120;
+        O.rate = 8;
     } else if (!strcmp(s, "fanout-burst")) {
         O.clients = 10000;
         O.topic_mode = TM_ONE;

@@ -56,13 +56,15 @@ class Inbox {
 // Starts herald with a config (Lua text; `listen` on 127.0.0.1:0 is added
 // when absent) and extra files written beside it. Resolves once it logs
 // "listening on http://127.0.0.1:<port>".
-async function startHerald(config = '', files = {}, { expectFail = false, args } = {}) {
+// prefix: a command that runs herald (e.g. ['prlimit', '--nofile=160:160']).
+async function startHerald(config = '', files = {}, { expectFail = false, args, prefix = [] } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-test-'));
   if (!/^\s*listen\s*=/m.test(config)) config = 'listen = { host = "127.0.0.1", port = 0 }\n' + config;
   const file = path.join(dir, 'herald.lua');
   fs.writeFileSync(file, config);
   for (const [name, text] of Object.entries(files)) fs.writeFileSync(path.join(dir, name), text);
-  const proc = spawn(BIN, args || ['-c', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const argv = [...prefix, BIN, ...(args || ['-c', file])];
+  const proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   const waiters = [];
   proc.stderr.setEncoding('utf8');
@@ -113,8 +115,8 @@ async function startHerald(config = '', files = {}, { expectFail = false, args }
 // startHerald for a test: stopped when the test ends, and then the test
 // fails if the log has an [error] line (unless allowErrors) or if herald
 // did not exit on its own after SIGTERM.
-async function serve(t, config = '', files = {}, { allowErrors = false } = {}) {
-  const srv = await startHerald(config, files);
+async function serve(t, config = '', files = {}, { allowErrors = false, prefix } = {}) {
+  const srv = await startHerald(config, files, { prefix });
   t.after(async () => {
     const r = await srv.stop();
     fs.rmSync(srv.dir, { recursive: true, force: true });
