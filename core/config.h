@@ -45,6 +45,7 @@ typedef struct hd_config {
     size_t max_body_bytes;
     size_t max_topics_per_socket;
     size_t max_queued_bytes; /* all connections' queues together */
+    unsigned fanout_backlog; /* hold HTTP answers while a queue is this deep (0: never) */
     uint64_t presence_batch_ms;
     hd_topic_rule *topic_rules;
     size_t ntopic_rules;

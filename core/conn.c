@@ -44,7 +44,7 @@ static void item_free(hd_server *srv, hd_wq_item *it)
 
 static void mark_pending(hd_conn *c)
 {
-    if (c->flags & (HD_CF_PENDING | HD_CF_WRITING | HD_CF_CLOSED)) return;
+    if (c->flags & (HD_CF_PENDING | HD_CF_WRITING | HD_CF_CLOSED | HD_CF_HELD)) return;
     c->flags |= HD_CF_PENDING;
     hd_server *srv = c->srv;
     if (c->kind == HD_CONN_HTTP || !srv->pend_head) {
@@ -73,6 +73,39 @@ void hd_conn_unpend(hd_conn *c)
     else srv->pend_tail = c->pend_prev;
     c->pend_prev = c->pend_next = NULL;
     c->flags &= ~HD_CF_PENDING;
+}
+
+/* The held list reuses the pending links: a held connection is never
+ * pending. */
+void hd_conn_hold(hd_conn *c)
+{
+    hd_server *srv = c->srv;
+    hd_conn_unpend(c);
+    srv->m.answers_held++;
+    c->flags |= HD_CF_HELD;
+    c->pend_prev = NULL;
+    c->pend_next = srv->held;
+    if (srv->held) srv->held->pend_prev = c;
+    srv->held = c;
+}
+
+static void unhold(hd_conn *c)
+{
+    hd_server *srv = c->srv;
+    if (c->pend_prev) c->pend_prev->pend_next = c->pend_next;
+    else srv->held = c->pend_next;
+    if (c->pend_next) c->pend_next->pend_prev = c->pend_prev;
+    c->pend_prev = c->pend_next = NULL;
+    c->flags &= ~HD_CF_HELD;
+}
+
+void hd_conn_release_held(hd_server *srv)
+{
+    while (srv->held) {
+        hd_conn *c = srv->held;
+        unhold(c);
+        hd_conn_flush(c);
+    }
 }
 
 static int enqueue(hd_conn *c, hd_buf *b, uint64_t topic_id)
@@ -318,6 +351,7 @@ static void on_close(uv_handle_t *h)
     hd_conn *c = h->data;
     hd_server *srv = c->srv;
     hd_conn_unpend(c);
+    if (c->flags & HD_CF_HELD) unhold(c);
     /* The reaper normally runs within the same loop turn; this covers the
      * rare other order. */
     if (c->flags & HD_CF_REAP) unlink_reap(&srv->reap, c);

@@ -46,6 +46,7 @@ enum {
     HD_CF_NO_INPUT = 1 << 8,     /* ignore further input (after an error) */
     HD_CF_LOOPBACK = 1 << 9,     /* peer address is loopback (valid with PEER_KNOWN) */
     HD_CF_PEER_KNOWN = 1 << 10,  /* the peer address was looked up */
+    HD_CF_HELD = 1 << 11,        /* an HTTP answer held back: on srv->held */
 };
 
 typedef struct hd_conn {
@@ -92,6 +93,12 @@ int hd_conn_send_copy(hd_conn *c, const void *p, size_t len);
 
 /* Takes c off the server's pending list (no-op when not on it). */
 void hd_conn_unpend(hd_conn *c);
+
+/* Fan-out backpressure (see server.c): hd_conn_hold() moves an HTTP
+ * connection with an answer queued to the server's held list, unwritten;
+ * hd_conn_release_held() writes every held answer. */
+void hd_conn_hold(hd_conn *c);
+void hd_conn_release_held(struct hd_server *srv);
 
 /* Writes what is queued; called by the server's flusher. */
 void hd_conn_flush(hd_conn *c);

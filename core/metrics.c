@@ -61,6 +61,9 @@ void hd_metrics_render(hd_server *srv, hd_str *o)
             m->shaped_coalesced);
     counter(o, "herald_shed_connections_total",
             "Connections closed (1013) to keep all queues under limits.max_queued_bytes.", m->shed);
+    counter(o, "herald_http_answers_held_total",
+            "HTTP answers held back while a large fan-out was written (limits.fanout_backlog).",
+            m->answers_held);
     gauge(o, "herald_queued_bytes", "Bytes queued on all connections.", srv->queued_bytes);
     hd_str_adds(o, "# HELP herald_topic_messages_total Publishes by topic pattern (config "
                    "topics rules; \"other\" for the rest): received, frames delivered, "

@@ -30,6 +30,7 @@ typedef struct hd_metrics {
     uint64_t shaped_coalesced;    /* ... replaced by a newer one (coalesce = "latest") */
     uint64_t dropped_oldest;      /* frames dropped by on_overflow = "drop_oldest" */
     uint64_t shed;                /* connections closed to keep limits.max_queued_bytes */
+    uint64_t answers_held;        /* HTTP answers held by fan-out backpressure */
     uint64_t presence_diffs;      /* presence_diff frames built (one per topic per batch) */
 } hd_metrics;
 

@@ -21,7 +21,37 @@
  * latency of one slice bounds how long input waits. */
 #define FLUSH_SLICE 1024
 
+/* Longest continuous hold of HTTP answers: then they go out even if
+ * something else (a Lua timer, say) keeps the queues deep. */
+#define MAX_HOLD_MS 1000
+
 static void on_spin(uv_idle_t *h) { (void)h; }
+
+static int queue_holds(const hd_conn *c, unsigned k)
+{
+    const hd_wq_item *it = c->wq_head;
+    for (; it && k; it = it->next) k--;
+    return k == 0;
+}
+
+/* Fan-out backpressure. The pending list is FIFO, so the queue at its head
+ * holds what was published since the flusher last reached that connection.
+ * While it holds limits.fanout_backlog frames or more, HTTP answers wait:
+ * a publisher that waits for its answer before the next publish is paced
+ * at the speed fan-out completes, with every write still carrying several
+ * frames, and delivery latency stays bounded by about that many fan-outs
+ * instead of growing with the publishers' speed. Nothing is dropped. */
+static void backpressure(hd_server *srv)
+{
+    unsigned k = srv->cfg->fanout_backlog;
+    hd_conn *head = srv->pend_head;
+    int hot = k && head && srv->state == HD_READY && head->kind == HD_CONN_WS && queue_holds(head, k);
+    uint64_t now = uv_now(srv->loop);
+    if (hot && !srv->fanout_hot) srv->hot_since = now;
+    if (hot && now - srv->hot_since >= MAX_HOLD_MS) hot = 0;
+    srv->fanout_hot = hot;
+    if (!hot && srv->held) hd_conn_release_held(srv);
+}
 
 static void on_flush(uv_check_t *h)
 {
@@ -29,9 +59,13 @@ static void on_flush(uv_check_t *h)
     hd_server_reap(srv);
     for (int n = 0; n < FLUSH_SLICE && srv->pend_head; n++) {
         hd_conn *c = srv->pend_head;
-        hd_conn_unpend(c);
-        hd_conn_flush(c);
+        if (srv->fanout_hot && c->kind == HD_CONN_HTTP) hd_conn_hold(c);
+        else {
+            hd_conn_unpend(c);
+            hd_conn_flush(c);
+        }
     }
+    backpressure(srv);
     if (srv->pend_head) {
         if (!uv_is_active((uv_handle_t *)&srv->spinner)) uv_idle_start(&srv->spinner, on_spin);
     } else if (uv_is_active((uv_handle_t *)&srv->spinner)) {

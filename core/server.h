@@ -47,6 +47,9 @@ typedef struct hd_server {
     uv_timer_t presence_timer;     /* the batch window */
     struct hd_shaper *shapers;     /* topics with rate shaping */
     size_t queued_bytes;           /* all connections' write queues */
+    int fanout_hot;                /* subscribers' queues are deep: hold HTTP answers */
+    uint64_t hot_since;            /* loop time fanout_hot was set */
+    struct hd_conn *held;          /* HTTP connections whose answers are held */
     int need_shed;                 /* queued_bytes went over limits.max_queued_bytes */
     struct hd_wq_item *wq_free;    /* freelist of write-queue items */
     size_t wq_nfree;

@@ -154,6 +154,7 @@ M.schema = {
     max_body_bytes = { 1048576, int_range(0, 1024 * 1024 * 1024) },
     max_topics_per_socket = { 100, int_range(1, 100000) },
     max_queued_bytes = { 268435456, int_range(1024, 2^40) },
+    fanout_backlog = { 1, int_range(0, 1000000) },
   },
   timeouts = {
     ws_idle_ms = { 45000, int_range(10, 86400000) },
