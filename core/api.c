@@ -378,20 +378,20 @@ static void method_not_allowed(hd_conn *c, hd_http_req *r, const char *allow)
 void hd_api_handle(hd_conn *c, hd_http_req *r)
 {
     hd_server *srv = c->srv;
-    int get = r->method == HTTP_GET;
+    int get = r->method == HTTP_GET || r->method == HTTP_HEAD;
     if (path_is(r, "/healthz")) {
-        if (!get) return method_not_allowed(c, r, "GET");
+        if (!get) return method_not_allowed(c, r, "GET, HEAD");
         static const char ok[] = "{\"status\":\"ok\"}";
         hd_http_respond(c, r, 200, "application/json", ok, sizeof ok - 1, NULL, 0);
     } else if (path_is(r, "/readyz")) {
-        if (!get) return method_not_allowed(c, r, "GET");
+        if (!get) return method_not_allowed(c, r, "GET, HEAD");
         const char *s = srv->state == HD_READY      ? "{\"status\":\"ready\"}"
                         : srv->state == HD_STARTING ? "{\"status\":\"starting\"}"
                                                     : "{\"status\":\"draining\"}";
         hd_http_respond(c, r, srv->state == HD_READY ? 200 : 503, "application/json", s,
                         strlen(s), NULL, 0);
     } else if (path_is(r, "/metrics")) {
-        if (!get) return method_not_allowed(c, r, "GET");
+        if (!get) return method_not_allowed(c, r, "GET, HEAD");
         hd_str out = HD_STR_INIT;
         hd_metrics_render(srv, &out);
         hd_http_respond(c, r, 200, "text/plain; version=0.0.4", out.p ? out.p : "", out.len,
@@ -402,11 +402,11 @@ void hd_api_handle(hd_conn *c, hd_http_req *r)
         if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
         handle_push(c, r);
     } else if (path_has_prefix(r, "/api/topics/")) {
-        if (!get) return method_not_allowed(c, r, "GET");
+        if (!get) return method_not_allowed(c, r, "GET, HEAD");
         if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
         handle_topic(c, r);
     } else if (path_has_prefix(r, "/api/presence/")) {
-        if (!get) return method_not_allowed(c, r, "GET");
+        if (!get) return method_not_allowed(c, r, "GET, HEAD");
         if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
         handle_presence(c, r);
     } else if (path_is(r, "/admin/reload")) {
@@ -427,7 +427,7 @@ void hd_api_handle(hd_conn *c, hd_http_req *r)
         hd_http_respond(c, r, 202, "application/json", body, sizeof body - 1, NULL, 1);
         hd_drain_start(srv, "POST /admin/drain");
     } else if (path_is(r, "/admin/status")) {
-        if (!get) return method_not_allowed(c, r, "GET");
+        if (!get) return method_not_allowed(c, r, "GET, HEAD");
         if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
         static const char *const states[] = {"starting", "ready", "draining", "stopped"};
         hd_str out = HD_STR_INIT;

@@ -1,4 +1,5 @@
 #include "buf.h"
+#include "util.h"
 #include "err.h"
 
 #include <stdarg.h>
@@ -80,7 +81,19 @@ int hd_str_add_json(hd_str *s, const char *p, size_t len)
     size_t run = 0; /* start of the pending run of bytes that need no escape */
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)p[i];
-        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') continue;
+        if (c >= 0x80) {
+            /* Well-formed UTF-8 passes; any other byte becomes U+FFFD, so
+             * that the result is JSON whatever the input was. */
+            size_t n = hd_utf8_seq((const uint8_t *)p + i, len - i);
+            if (n) {
+                i += n - 1;
+                continue;
+            }
+            if (hd_str_add(s, p + run, i - run) || hd_str_adds(s, "\\ufffd")) return HD_ENOMEM;
+            run = i + 1;
+            continue;
+        }
         if (hd_str_add(s, p + run, i - run)) return HD_ENOMEM;
         char esc[6] = {'\\', 0};
         size_t n = 2;

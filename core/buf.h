@@ -45,7 +45,8 @@ int hd_str_add(hd_str *s, const void *p, size_t len);
 int hd_str_adds(hd_str *s, const char *cstr);
 int hd_str_addc(hd_str *s, char c);
 int hd_str_printf(hd_str *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Appends p as a JSON string literal with quotes and escapes. */
+/* Appends p as a JSON string literal with quotes and escapes; bytes that
+ * are not well-formed UTF-8 become U+FFFD, so the result is always JSON. */
 int hd_str_add_json(hd_str *s, const char *p, size_t len);
 /* Appends a JSON string literal, or null when p is NULL. */
 int hd_str_add_json_or_null(hd_str *s, const char *p);

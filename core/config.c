@@ -18,20 +18,25 @@
 #define CONFIG_INSN_LIMIT 50000000
 #define HOOK_EVERY 10000
 
+/* The instruction count of the config chunk; sits in the registry under
+ * its own address while the chunk runs. */
+typedef struct {
+    long hooks;
+    int exceeded;
+} budget;
+static const char budget_key = 0;
+
 static void count_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
-    /* The budget counter sits in the registry under its own address. */
-    static const char key = 0;
-    lua_pushlightuserdata(L, (void *)&key);
+    lua_pushlightuserdata(L, (void *)&budget_key);
     lua_rawget(L, LUA_REGISTRYINDEX);
-    long n = (long)lua_tointeger(L, -1) + 1;
+    budget *b = lua_touserdata(L, -1);
     lua_pop(L, 1);
-    lua_pushlightuserdata(L, (void *)&key);
-    lua_pushinteger(L, n);
-    lua_rawset(L, LUA_REGISTRYINDEX);
-    if (n * HOOK_EVERY > CONFIG_INSN_LIMIT)
-        luaL_error(L, "configuration did not finish within %d instructions", CONFIG_INSN_LIMIT);
+    if (b && (b->exceeded || ++b->hooks * HOOK_EVERY > CONFIG_INSN_LIMIT)) {
+        b->exceeded = 1;
+        luaL_error(L, "out of instructions"); /* hd_config_load words the message */
+    }
 }
 
 /* Reads a whole file into *text (malloc'd, caller frees). */
@@ -59,16 +64,13 @@ static int read_file(const char *path, char **text, size_t *len, char *err, size
 }
 
 /* [-0, +1] Pushes the sandbox library table the config chunk may read. */
-static void push_sandbox_lib(lua_State *L)
+static void push_sandbox_lib(lua_State *L, const int *exceeded)
 {
     lua_newtable(L);
     static const char *const globals[] = {"assert", "error", "ipairs", "next", "pairs",
-                                          "pcall", "select", "tonumber", "tostring", "type",
-                                          "unpack", "xpcall", "string", "table", "math", NULL};
-    for (int i = 0; globals[i]; i++) {
-        lua_getglobal(L, globals[i]);
-        lua_setfield(L, -2, globals[i]);
-    }
+                                          "select", "tonumber", "tostring", "type", "unpack",
+                                          "string", "table", "math", NULL};
+    hd_luapi_fill_sandbox(L, globals, exceeded);
     lua_newtable(L); /* os: only what a config needs */
     lua_getglobal(L, "os");
     lua_getfield(L, -1, "getenv");
@@ -309,6 +311,7 @@ int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
     int rc = HD_ECONFIG;
+    budget bud = {0, 0};
     lua_State *L = luaL_newstate();
     if (!L) {
         snprintf(err, errlen, "cannot create a Lua state");
@@ -359,16 +362,22 @@ int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen)
     lua_newtable(L); /* env: the globals the file sets land here */
     int env = lua_gettop(L);
     lua_newtable(L); /* its metatable reads through to the allow-list */
-    push_sandbox_lib(L);
+    push_sandbox_lib(L, &bud.exceeded);
     lua_setfield(L, -2, "__index");
     lua_setmetatable(L, env);
     lua_pushvalue(L, env);
     lua_setfenv(L, chunk);
     lua_pushvalue(L, chunk);
+    lua_pushlightuserdata(L, (void *)&budget_key);
+    lua_pushlightuserdata(L, &bud);
+    lua_rawset(L, LUA_REGISTRYINDEX);
     lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
     if (lua_pcall(L, 0, 0, 0)) {
         lua_sethook(L, NULL, 0, 0);
-        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        if (bud.exceeded)
+            snprintf(err, errlen, "%s: did not finish within %d Lua instructions (a loop that never ends?)",
+                     c->source, CONFIG_INSN_LIMIT);
+        else snprintf(err, errlen, "%s", lua_tostring(L, -1));
         goto out;
     }
     lua_sethook(L, NULL, 0, 0);

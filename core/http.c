@@ -146,8 +146,15 @@ static int on_message_complete(llhttp_t *p)
     hd_http_req *r = req_of(p);
     c->http->busy = 0;
     if (!r->body.p) hd_str_add(&r->body, "", 0);
-    if (is_ws_path(c->srv, r)) hd_channel_handshake(c, r, llhttp_get_upgrade(p));
-    else hd_api_handle(c, r);
+    if (is_ws_path(c->srv, r)) {
+        hd_channel_handshake(c, r, llhttp_get_upgrade(p));
+    } else {
+        /* An Upgrade we do not offer is ignored (RFC 9110 7.8) and parsing
+         * goes on (hd_http_on_read resumes); after CONNECT the bytes are a
+         * tunnel's, so that answer closes. */
+        if (r->method == HTTP_CONNECT) r->keep_alive = 0;
+        hd_api_handle(c, r);
+    }
     /* After an upgrade llhttp stops by itself (HPE_PAUSED_UPGRADE); after a
      * response that closes the connection, stop: what follows is not ours. */
     if (c->kind == HD_CONN_HTTP && !hd_conn_open(c)) return HPE_PAUSED;
@@ -200,6 +207,15 @@ void hd_http_on_read(struct hd_conn *c, uint8_t *data, size_t len)
 {
     hd_http_conn *h = c->http;
     llhttp_errno_t e = llhttp_execute(&h->parser, (const char *)data, len);
+    while (e == HPE_PAUSED_UPGRADE && c->kind == HD_CONN_HTTP && hd_conn_open(c)) {
+        /* An upgrade request answered as plain HTTP: the connection stays
+         * HTTP, and what follows is the next request. */
+        size_t used = (size_t)((const uint8_t *)llhttp_get_error_pos(&h->parser) - data);
+        llhttp_resume_after_upgrade(&h->parser);
+        data += used;
+        len -= used;
+        e = len ? llhttp_execute(&h->parser, (const char *)data, len) : HPE_OK;
+    }
     if (c->kind == HD_CONN_WS) {
         /* Upgraded: the HTTP state goes, and bytes after the handshake (a
          * client may send its first frames at once) are WebSocket data. */
@@ -299,7 +315,7 @@ void hd_http_respond(struct hd_conn *c, const hd_http_req *r, int status,
                   "Cache-Control: no-store\r\nConnection: %s\r\n%s\r\n",
                   status, hd_http_reason(status), content_type, len,
                   close ? "close" : "keep-alive", extra_headers ? extra_headers : "");
-    if (len) hd_str_add(&s, body, len);
+    if (len && r->method != HTTP_HEAD) hd_str_add(&s, body, len); /* RFC 9110 9.3.2 */
     srv->m.http_requests++;
     if (status >= 400 && status < 500) srv->m.http_errors_4xx++;
     if (s.oom) {

@@ -285,6 +285,69 @@ static int l_monotonic_ms(lua_State *L)
     return 1;
 }
 
+/* pcall/xpcall for sandboxes: once the budget flag (upvalue 1) is set, the
+ * error is re-raised, so that a chunk cannot swallow its own budget error. */
+static int l_safe_pcall(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    if (*(const int *)lua_touserdata(L, lua_upvalueindex(1))) return lua_error(L);
+    lua_pushboolean(L, status == 0);
+    lua_insert(L, 1);
+    return lua_gettop(L);
+}
+
+/* The message handler xpcall installs: the chunk's own handler, skipped
+ * once the budget is spent (a handler runs with the count hook off, so a
+ * looping one would never be stopped). */
+static int l_guard_handler(lua_State *L)
+{
+    if (*(const int *)lua_touserdata(L, lua_upvalueindex(1))) return 1;
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+static int l_safe_xpcall(lua_State *L)
+{
+    luaL_checkany(L, 2);
+    lua_settop(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 2);
+    lua_pushcclosure(L, l_guard_handler, 2);
+    lua_insert(L, 1); /* handler, f */
+    int status = lua_pcall(L, 0, LUA_MULTRET, 1);
+    if (*(const int *)lua_touserdata(L, lua_upvalueindex(1))) return lua_error(L);
+    lua_pushboolean(L, status == 0);
+    lua_replace(L, 1);
+    return lua_gettop(L);
+}
+
+void hd_luapi_fill_sandbox(lua_State *L, const char *const *names, const int *exceeded)
+{
+    for (int i = 0; names[i]; i++) {
+        lua_getglobal(L, names[i]);
+        if (lua_istable(L, -1)) {
+            lua_newtable(L);
+            lua_pushnil(L);
+            while (lua_next(L, -3)) {
+                lua_pushvalue(L, -2);
+                lua_insert(L, -2);
+                lua_rawset(L, -4);
+            }
+            lua_remove(L, -2);
+        }
+        lua_setfield(L, -2, names[i]);
+    }
+    lua_pushlightuserdata(L, (void *)exceeded);
+    lua_pushcclosure(L, l_safe_pcall, 1);
+    lua_setfield(L, -2, "pcall");
+    lua_pushlightuserdata(L, (void *)exceeded);
+    lua_pushcclosure(L, l_safe_xpcall, 1);
+    lua_setfield(L, -2, "xpcall");
+}
+
 void hd_luapi_push_pure(lua_State *L)
 {
     static const luaL_Reg fns[] = {

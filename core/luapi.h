@@ -22,6 +22,13 @@
  *   now() -> seconds since the epoch (float)  monotonic_ms() -> ms (float) */
 void hd_luapi_push_pure(lua_State *L);
 
+/* [-0, +0] Fills the table at the top with the named globals for a sandbox:
+ * library tables as shallow copies (a chunk that assigns into `math` does
+ * not reach the code outside), plus pcall and xpcall that re-raise the
+ * error once *exceeded is non-zero, so that a budget error cannot be
+ * swallowed. *exceeded must outlive the table. */
+void hd_luapi_fill_sandbox(lua_State *L, const char *const *names, const int *exceeded);
+
 /* [-0, +0] Appends the JSON encoding of the value at idx to out. Returns
  * NULL, or a static message on a value JSON cannot hold (function, NaN,
  * cycle or nesting over HD_LUAPI_MAX_DEPTH, a non-UTF-8 string, mixed

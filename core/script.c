@@ -53,18 +53,32 @@ struct hd_script {
     int next_timer_id;
     /* the call in progress */
     int depth;
-    int cur;                 /* hd_hook, or HD_HOOK_COUNT for loading and timers */
+    int cur;                 /* hd_hook, RUN_TIMER or RUN_LOAD */
     uint64_t deadline_ns;
     uint64_t insns;
     uint64_t max_insns;
     int exceeded;
+    char failure[512];       /* the error of the last call that failed */
 };
+
+/* What guarded() runs besides hooks: a timer callback, or a chunk loading. */
+#define RUN_TIMER HD_HOOK_COUNT
+#define RUN_LOAD (HD_HOOK_COUNT + 1)
 
 static const char *const hook_names[HD_HOOK_COUNT] = {
     "authenticate", "join", "api_auth", "topic", "publish", "message", "shutdown", "init",
 };
 
 const char *hd_hook_name(hd_hook h) { return h < HD_HOOK_COUNT ? hook_names[h] : "timer"; }
+
+/* "join hook", "timer callback", "loading". */
+static const char *run_name(int run, char *buf, size_t len)
+{
+    if (run == RUN_LOAD) return "loading";
+    if (run == RUN_TIMER) return "timer callback";
+    snprintf(buf, len, "%s hook", hook_names[run]);
+    return buf;
+}
 
 static hd_script *script_of(lua_State *L)
 {
@@ -85,37 +99,13 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     s->insns += HOOK_EVERY;
     if (s->exceeded || s->insns > s->max_insns || uv_hrtime() > s->deadline_ns) {
         s->exceeded = 1;
+        char name[32];
         luaL_where(L, 0);
-        lua_pushfstring(L, "%s hook exceeded its budget of %d ms", hd_hook_name(s->cur),
+        lua_pushfstring(L, "%s exceeded its budget of %d ms", run_name(s->cur, name, sizeof name),
                         (int)s->srv->cfg->hook_budget_ms);
         lua_concat(L, 2);
         lua_error(L);
     }
-}
-
-/* pcall/xpcall for scripts: a budget error is re-raised, never swallowed. */
-static int l_safe_pcall(lua_State *L)
-{
-    luaL_checkany(L, 1);
-    int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
-    hd_script *s = script_of(L);
-    if (s && s->exceeded) return lua_error(L);
-    lua_pushboolean(L, status == 0);
-    lua_insert(L, 1);
-    return lua_gettop(L);
-}
-
-static int l_safe_xpcall(lua_State *L)
-{
-    luaL_checkany(L, 2);
-    lua_settop(L, 2);
-    lua_insert(L, 1); /* handler, f */
-    int status = lua_pcall(L, 0, LUA_MULTRET, 1);
-    hd_script *s = script_of(L);
-    if (s && s->exceeded) return lua_error(L);
-    lua_pushboolean(L, status == 0);
-    lua_replace(L, 1);
-    return lua_gettop(L);
 }
 
 /* [-(nargs+1), +nres | +0] Calls the function below the nargs arguments
@@ -145,11 +135,12 @@ static int guarded(hd_script *s, int hook, const char *src, int nargs, int nres)
         return 0;
     }
     const char *msg = lua_tostring(L, -1);
+    snprintf(s->failure, sizeof s->failure, "%s", msg ? msg : "(error object is not a string)");
     if (s->exceeded) s->srv->ss.budget_exceeded++;
     if (hook < HD_HOOK_COUNT) s->srv->ss.errors[hook]++;
-    else s->srv->ss.timer_errors++;
-    hd_error("%s hook (%s) failed: %s", hd_hook_name(hook), src ? src : "?",
-             msg ? msg : "(error object is not a string)");
+    else if (hook == RUN_TIMER) s->srv->ss.timer_errors++;
+    char name[32];
+    hd_error("%s (%s) failed: %s", run_name(hook, name, sizeof name), src ? src : "?", s->failure);
     lua_pop(L, 1);
     if (outer) s->exceeded = 0;
     return -1;
@@ -245,7 +236,7 @@ static void on_timer(uv_timer_t *h)
     if (!s) return;
     int id = t->id, repeating = uv_timer_get_repeat(h) > 0;
     lua_rawgeti(s->L, LUA_REGISTRYINDEX, t->fnref);
-    if (guarded(s, HD_HOOK_COUNT, "timer", 0, 0) != 0) {
+    if (guarded(s, RUN_TIMER, "timer", 0, 0) != 0) {
         /* A failing repeating timer would fail forever: stop it. */
         repeating = 0;
     }
@@ -413,22 +404,16 @@ static void push_env(lua_State *L)
 }
 
 /* [-0, +0] Builds the allow-listed globals (registry[sandbox_key]). */
-static void build_sandbox(lua_State *L)
+static void build_sandbox(hd_script *s)
 {
+    lua_State *L = s->L;
     lua_pushlightuserdata(L, (void *)&sandbox_key);
     lua_newtable(L);
     static const char *const base[] = {"assert", "error", "ipairs", "next", "pairs",
                                        "select", "tonumber", "tostring", "type", "unpack",
                                        "setmetatable", "getmetatable", "rawequal", "rawget",
                                        "rawset", "string", "table", "math", "bit", NULL};
-    for (int i = 0; base[i]; i++) {
-        lua_getglobal(L, base[i]);
-        lua_setfield(L, -2, base[i]);
-    }
-    lua_pushcfunction(L, l_safe_pcall);
-    lua_setfield(L, -2, "pcall");
-    lua_pushcfunction(L, l_safe_xpcall);
-    lua_setfield(L, -2, "xpcall");
+    hd_luapi_fill_sandbox(L, base, &s->exceeded);
     lua_newtable(L);
     lua_getglobal(L, "os");
     static const char *const os_fns[] = {"time", "clock", "date", "getenv", NULL};
@@ -520,10 +505,8 @@ static int load_chunk(hd_script *s, const char *src, const char *text, size_t le
     if (jit_off) luaJIT_setmode(L, -1, LUAJIT_MODE_ALLFUNC | LUAJIT_MODE_OFF);
     push_env(L);
     lua_setfenv(L, -2);
-    uint64_t before = s->srv->ss.errors[HD_HOOK_INIT];
-    if (guarded(s, HD_HOOK_COUNT, src, 0, 1) != 0) {
-        snprintf(err, errlen, "%s: failed to run (see the log)", src);
-        (void)before;
+    if (guarded(s, RUN_LOAD, src, 0, 1) != 0) {
+        snprintf(err, errlen, "%s", s->failure);
         return -1;
     }
     if (plugin_opts) {
@@ -534,8 +517,8 @@ static int load_chunk(hd_script *s, const char *src, const char *text, size_t le
             return -1;
         }
         hd_luapi_push_json_text(L, plugin_opts, strlen(plugin_opts));
-        if (guarded(s, HD_HOOK_COUNT, src, 1, 1) != 0) {
-            snprintf(err, errlen, "%s: options rejected (see the log)", src);
+        if (guarded(s, RUN_LOAD, src, 1, 1) != 0) {
+            snprintf(err, errlen, "%s: options rejected: %s", src, s->failure);
             return -1;
         }
     }
@@ -559,7 +542,7 @@ static hd_script *build(hd_server *srv, char *err, size_t errlen)
         return NULL;
     }
     s->srv = srv;
-    s->cur = HD_HOOK_COUNT;
+    s->cur = RUN_LOAD;
     s->L = luaL_newstate();
     if (!s->L) {
         free(s);
@@ -587,14 +570,14 @@ static hd_script *build(hd_server *srv, char *err, size_t errlen)
         goto fail;
     }
     push_c_api(L);
-    if (guarded(s, HD_HOOK_COUNT, "lua/herald/init.lua", 1, 1) != 0) {
-        snprintf(err, errlen, "internal: lua/herald/init.lua failed");
+    if (guarded(s, RUN_LOAD, "lua/herald/init.lua", 1, 1) != 0) {
+        snprintf(err, errlen, "internal: lua/herald/init.lua failed: %s", s->failure);
         goto fail;
     }
     lua_pushlightuserdata(L, (void *)&herald_key);
     lua_insert(L, -2);
     lua_rawset(L, LUA_REGISTRYINDEX);
-    build_sandbox(L);
+    build_sandbox(s);
 
     for (size_t i = 0; i < cfg->nplugins; i++) {
         char mod[128], src[160];
@@ -637,7 +620,7 @@ static hd_script *build(hd_server *srv, char *err, size_t errlen)
         snprintf(srcbuf, sizeof srcbuf, "%s", src ? src : "?");
         lua_pop(L, 2);
         if (guarded(s, HD_HOOK_INIT, srcbuf, 0, 2) != 0) {
-            snprintf(err, errlen, "%s: init() failed (see the log)", srcbuf);
+            snprintf(err, errlen, "%s: init() failed: %s", srcbuf, s->failure);
             goto fail;
         }
         if (lua_isboolean(L, -2) && !lua_toboolean(L, -2)) {

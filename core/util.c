@@ -96,30 +96,38 @@ long hd_base64_decode(const char *in, size_t len, uint8_t *out)
 
 /* ---- UTF-8 -------------------------------------------------------------- */
 
+size_t hd_utf8_seq(const uint8_t *p, size_t len)
+{
+    uint8_t c = p[0];
+    if (c < 0x80) return 1;
+    size_t n;
+    uint32_t cp;
+    if (c >= 0xC2 && c <= 0xDF) n = 1, cp = c & 0x1F;
+    else if (c >= 0xE0 && c <= 0xEF) n = 2, cp = c & 0x0F;
+    else if (c >= 0xF0 && c <= 0xF4) n = 3, cp = c & 0x07;
+    else return 0;
+    if (len <= n) return 0;
+    for (size_t k = 1; k <= n; k++) {
+        if ((p[k] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (p[k] & 0x3F);
+    }
+    if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return n + 1;
+}
+
 int hd_utf8_valid(const uint8_t *p, size_t len)
 {
     size_t i = 0;
     while (i < len) {
-        uint8_t c = p[i];
-        if (c < 0x80) {
+        if (p[i] < 0x80) {
             i++;
             continue;
         }
-        size_t n;
-        uint32_t cp;
-        if (c >= 0xC2 && c <= 0xDF) n = 1, cp = c & 0x1F;
-        else if (c >= 0xE0 && c <= 0xEF) n = 2, cp = c & 0x0F;
-        else if (c >= 0xF0 && c <= 0xF4) n = 3, cp = c & 0x07;
-        else return 0;
-        if (len - i <= n) return 0;
-        for (size_t k = 1; k <= n; k++) {
-            if ((p[i + k] & 0xC0) != 0x80) return 0;
-            cp = (cp << 6) | (p[i + k] & 0x3F);
-        }
-        if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
-            (cp >= 0xD800 && cp <= 0xDFFF))
-            return 0;
-        i += n + 1;
+        size_t n = hd_utf8_seq(p + i, len - i);
+        if (!n) return 0;
+        i += n;
     }
     return 1;
 }

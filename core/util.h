@@ -21,6 +21,9 @@ long hd_base64_decode(const char *in, size_t len, uint8_t *out);
 /* Returns 1 when len bytes at p are well-formed UTF-8 (no overlongs, no
  * surrogates, nothing above U+10FFFF), else 0. */
 int hd_utf8_valid(const uint8_t *p, size_t len);
+/* The length (1-4) of the well-formed UTF-8 character at p (len > 0), or 0
+ * when the bytes there are not one. */
+size_t hd_utf8_seq(const uint8_t *p, size_t len);
 
 /* Decodes %XX escapes and '+' (as space) in place; returns the new length.
  * A malformed escape is kept literally. */

@@ -245,7 +245,10 @@ hd_buf *hd_ws_close_frame(uint16_t code, const char *reason)
         pl[1] = (uint8_t)code;
         n = 2;
         size_t rl = reason ? strlen(reason) : 0;
-        if (rl > 123) rl = 123;
+        if (rl > 123) {
+            rl = 123; /* cut on a character boundary: back over continuation bytes */
+            while (rl > 0 && ((uint8_t)reason[rl] & 0xC0) == 0x80) rl--;
+        }
         if (rl) memcpy(pl + 2, reason, rl);
         n += rl;
     }

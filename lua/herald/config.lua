@@ -6,7 +6,14 @@
 -- nil and an error message that names the file and the setting.
 local M = {}
 
-local function is_int(v) return type(v) == "number" and v == math.floor(v) and v > -2^53 and v < 2^53 end
+-- Captured before the operator's file runs: it sees copies of these
+-- libraries, but the validator must not depend on anything it can reach.
+local floor, find, sort = math.floor, string.find, table.sort
+local type, pairs, ipairs, next, tostring, tonumber = type, pairs, ipairs, next, tostring, tonumber
+
+local function is_int(v) return type(v) == "number" and v == floor(v) and v > -2^53 and v < 2^53 end
+-- Strings reach C as NUL-terminated: one with a NUL inside would be cut.
+local function is_str(v) return type(v) == "string" and not find(v, "\0", 1, true) end
 
 -- Checkers return the (possibly converted) value, or nil and what was expected.
 local function int_range(lo, hi)
@@ -16,11 +23,11 @@ local function int_range(lo, hi)
   end
 end
 local positive = int_range(1, 2^40)
-local function str(v) if type(v) == "string" then return v end return nil, "a string" end
+local function str(v) if is_str(v) then return v end return nil, "a string without NUL bytes" end
 local function opt_str(v)
   if v == nil or v == false then return false end
-  if type(v) == "string" then return v end
-  return nil, "a string or nil"
+  if is_str(v) then return v end
+  return nil, "a string without NUL bytes, or nil"
 end
 local function level(v)
   if v == "debug" or v == "info" or v == "warn" or v == "error" then return v end
@@ -44,7 +51,7 @@ local function list_of(check, max)
       out[i] = ok
     end
     for k in pairs(v) do
-      if type(k) ~= "number" or k < 1 or k > #v or k ~= math.floor(k) then
+      if type(k) ~= "number" or k < 1 or k > #v or k ~= floor(k) then
         return nil, "a list (found key " .. tostring(k) .. ")"
       end
     end
@@ -71,7 +78,7 @@ local function topic_rules(v)
   local out = {}
   for i, rule in ipairs(v) do
     if type(rule) ~= "table" then return nil, ("a list of tables (rule %d is not)"):format(i) end
-    if type(rule.match) ~= "string" or rule.match == "" then
+    if not is_str(rule.match) or rule.match == "" then
       return nil, ("rule %d with match = \"pattern\" (* matches any run of characters)"):format(i)
     end
     local r = { match = rule.match }
@@ -80,7 +87,7 @@ local function topic_rules(v)
         local kind = policy_fields[k]
         if not kind then return nil, ("rule %d without the unknown field '%s'"):format(i, tostring(k)) end
         local ok = (kind == "boolean" and type(x) == "boolean")
-          or (kind == "uint" and type(x) == "number" and x >= 0 and x == math.floor(x) and x < 2^32)
+          or (kind == "uint" and type(x) == "number" and x >= 0 and x == floor(x) and x < 2^32)
           or (type(kind) == "table" and kind[x])
         if not ok then return nil, ("rule %d with a valid %s"):format(i, k) end
         r[k] = x
@@ -98,7 +105,7 @@ local function scripts(v)
   local out = { files = {}, watch = false, budget_ms = 10 }
   for k, x in pairs(v) do
     if type(k) == "number" then
-      if type(x) ~= "string" or x == "" then return nil, ("a list of file names (item %s is not)"):format(tostring(k)) end
+      if not is_str(x) or x == "" then return nil, ("a list of file names (item %s is not)"):format(tostring(k)) end
     elseif k == "watch" then
       local ok, want = boolean(x)
       if ok == nil then return nil, "watch = " .. want end
@@ -128,7 +135,7 @@ local function plugins(v)
     end
     names[#names + 1] = k
   end
-  table.sort(names)
+  sort(names)
   local out = {}
   for i, k in ipairs(names) do out[i] = { name = k, options = v[k] == true and {} or v[k] } end
   return out
@@ -250,7 +257,7 @@ function M.normalize(settings, source)
   local env_port = M.getenv and M.getenv("HERALD_PORT")
   if env_port and env_port ~= "" then
     local p = tonumber(env_port)
-    if not p or p ~= math.floor(p) or p < 0 or p > 65535 then
+    if not p or p ~= floor(p) or p < 0 or p > 65535 then
       return nil, ("HERALD_PORT: expected an integer from 0 to 65535, got %q"):format(env_port)
     end
     out.listen.port = p

@@ -7,10 +7,11 @@ assert(type(c) == "table", "lua/herald/init.lua needs the C binding table")
 
 local herald = {}
 
-local function need(name)
+-- The C function name; public: the herald.* name an error should show.
+local function need(name, public)
   local f = c[name]
   if f then return f end
-  return function() error("herald." .. name .. " is not available outside the server", 2) end
+  return function() error("herald." .. (public or name) .. " is not available outside the server", 2) end
 end
 
 local function check(cond, n, fname, msg)
@@ -64,12 +65,12 @@ end
 
 local Timer = {}
 Timer.__index = Timer
-function Timer:cancel() return need("timer_cancel")(self.id) end
+function Timer:cancel() return need("timer_cancel", "Timer:cancel")(self.id) end
 
 local function start(fname, ms, fn, rep)
   check(type(ms) == "number", 1, fname, "milliseconds expected")
   check(type(fn) == "function", 2, fname, "function expected")
-  return setmetatable({ id = need("timer_start")(ms, fn, rep) }, Timer)
+  return setmetatable({ id = need("timer_start", fname)(ms, fn, rep) }, Timer)
 end
 
 function herald.after(ms, fn) return start("after", ms, fn, false) end

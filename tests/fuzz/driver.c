@@ -4,12 +4,47 @@
  * pseudo-random sequence (bit flips, byte sets, insertions, deletions,
  * truncations, splices). A crash, hang or sanitizer report fails the run. */
 #include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* The input being run, written to ./crash-input when the run dies (abort,
+ * a fault, or a sanitizer report) so that it can be replayed:
+ *   fuzz_X DIR_OR_FILE */
+static const uint8_t *cur;
+static size_t cur_n;
+
+static void save_input(void)
+{
+    int fd = open("crash-input", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+        if (write(fd, cur, cur_n) < 0) {}
+        close(fd);
+    }
+    static const char msg[] = "the failing input is in ./crash-input\n";
+    if (write(2, msg, sizeof msg - 1) < 0) {}
+}
+
+static void on_signal(int sig)
+{
+    save_input();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void __sanitizer_set_death_callback(void (*cb)(void)) __attribute__((weak));
+
+static void run_one(const uint8_t *p, size_t n)
+{
+    cur = p, cur_n = n;
+    LLVMFuzzerTestOneInput(p, n);
+}
 
 static uint64_t rng = 0x9E3779B97F4A7C15ULL;
 static uint32_t next(void)
@@ -30,12 +65,27 @@ int main(int argc, char **argv)
         return 2;
     }
     long mutations = argc > 2 ? atol(argv[2]) : 1000;
+    signal(SIGABRT, on_signal);
+    signal(SIGSEGV, on_signal);
+    signal(SIGBUS, on_signal);
+    signal(SIGFPE, on_signal);
+    if (__sanitizer_set_death_callback) __sanitizer_set_death_callback(save_input);
     seed seeds[256];
     size_t ns = 0;
     DIR *d = opendir(argv[1]);
-    if (!d) {
-        perror(argv[1]);
-        return 2;
+    if (!d) { /* one file: replay it */
+        FILE *f = fopen(argv[1], "rb");
+        if (!f) {
+            perror(argv[1]);
+            return 2;
+        }
+        uint8_t *p = malloc(1 << 20);
+        size_t n = fread(p, 1, 1 << 20, f);
+        fclose(f);
+        run_one(p, n);
+        printf("%s: %s ran clean\n", argv[0], argv[1]);
+        free(p);
+        return 0;
     }
     struct dirent *e;
     while ((e = readdir(d)) && ns < 256) {
@@ -47,7 +97,7 @@ int main(int argc, char **argv)
         seeds[ns].p = malloc(1 << 16);
         seeds[ns].n = fread(seeds[ns].p, 1, 1 << 16, f);
         fclose(f);
-        LLVMFuzzerTestOneInput(seeds[ns].p, seeds[ns].n);
+        run_one(seeds[ns].p, seeds[ns].n);
         ns++;
     }
     closedir(d);
@@ -85,7 +135,7 @@ int main(int argc, char **argv)
             }
             }
         }
-        LLVMFuzzerTestOneInput(buf, n);
+        run_one(buf, n);
     }
     printf("%s: %zu seeds and %ld mutations ran clean\n", argv[0], ns, mutations);
     free(buf);

@@ -1,22 +1,188 @@
 /* Fuzz target: a real server in this process, reached over loopback TCP.
- * The first input byte picks the mode: even, the rest is sent as raw HTTP
- * (llhttp, routing, the push API's JSON and form parsers); odd, it follows
- * a valid WebSocket handshake as client frames (framing, Phoenix messages,
- * JSON). The client half-closes and reads to EOF; the run ends when the
- * server holds no connection, so a leak or a hang shows. */
+ *
+ * The first input byte picks how the rest reaches the server:
+ *   0  raw bytes as HTTP (llhttp, routing, every API route)
+ *   1  a valid WebSocket handshake, then the rest as raw client frames
+ *   2  the handshake, then each '\n'-separated piece as one masked text
+ *      frame (the Phoenix message parser and join/leave/push handling)
+ *   3  POST /api/push with Content-Type: application/json, the rest as body
+ *   4  POST /api/push as a form (application/x-www-form-urlencoded)
+ *   5  GET <the rest, up to a blank> (paths: /api/topics/..., query strings)
+ * The client half-closes and reads to EOF. A subscriber that stays
+ * connected has joined a few topics (plain, presence, shaped, drop_oldest),
+ * so pushes fan out and presence diffs are built.
+ *
+ * Oracles, checked after every input:
+ *  - everything the server sent to either client is well-formed: HTTP/1.1
+ *    responses with a correct Content-Length and, for JSON, a body jansson
+ *    parses; after a 101, server frames only (FIN, unmasked, minimal
+ *    length, text frames valid UTF-8 JSON arrays of 5, close frames with a
+ *    valid code and UTF-8 reason, nothing after a close);
+ *  - the server ends with no connection but the subscriber's (bounded
+ *    wait): no leak, no connection left hanging;
+ *  - nothing was logged at warn or error: bad client input logs at info or
+ *    below (core/log.h).
+ * An input that drains the server (POST /admin/drain) restarts it. */
+#define _GNU_SOURCE /* memmem, open_memstream */
 #include "config.h"
+#include "log.h"
 #include "script.h"
 #include "server.h"
+#include "util.h"
 
+#include <jansson.h>
+#include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 static uv_loop_t loop;
+static uv_timer_t ticker;
 static hd_config cfg;
 static hd_server srv;
-static int ready;
+static int srv_stopped;
+
+static const char config_text[] =
+    "listen = { host = '127.0.0.1', port = 0 }\n"
+    "limits = { max_message_bytes = 8192, max_body_bytes = 16384, max_header_bytes = 4096,\n"
+    "           max_url_bytes = 1024, max_topics_per_socket = 8, send_queue_bytes = 65536 }\n"
+    "timeouts = { ws_idle_ms = 86400000, http_idle_ms = 2000, ws_close_ms = 200 }\n"
+    "drain = { timeout_ms = 500, http_idle_ms = 10, http_ms = 50, flush_ms = 50,\n"
+    "          disconnect_rate = 1000000 }\n"
+    "presence = { batch_ms = 1 }\n"
+    "topics = { { match = 'p:*', presence = true },\n"
+    "           { match = 'c:*', coalesce = 'latest', throttle_ms = 1 },\n"
+    "           { match = 'd:*', on_overflow = 'drop_oldest', max_queue_bytes = 2048 },\n"
+    "           { match = 'u:*', tracked = false } }\n"
+    "log = { level = 'warn' }\n";
+
+static const char handshake[] =
+    "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n\r\n";
+
+static FILE *real_stderr; /* stderr while an input's log goes to memory */
+
+static void die(const char *what, const uint8_t *p, size_t n)
+{
+    fprintf(real_stderr, "fuzz_server: %s\n--- %zu bytes from the server:\n", what, n);
+    fwrite(p, 1, n, real_stderr);
+    fprintf(real_stderr, "\n---\n");
+    abort();
+}
+
+/* ---- checking what the server sends ------------------------------------------------ */
+
+static int valid_close_code(unsigned c)
+{
+    return (c >= 1000 && c <= 1003) || (c >= 1007 && c <= 1014) || (c >= 3000 && c <= 4999);
+}
+
+/* Checks whole frames at p; returns the bytes consumed (a partial frame at
+ * the end is left: the connection may have been cut). *closed: a close
+ * frame was seen. */
+static size_t check_frames(const uint8_t *p, size_t n, int *closed)
+{
+    size_t pos = 0;
+    while (pos + 2 <= n) {
+        const uint8_t *f = p + pos;
+        if (*closed) die("a frame after the close frame", p, n);
+        if ((f[0] & 0xF0) != 0x80) die("a server frame without FIN or with RSV bits", p, n);
+        if (f[1] & 0x80) die("a masked server frame", p, n);
+        int op = f[0] & 0x0F;
+        uint64_t len = f[1] & 0x7F;
+        size_t h = 2;
+        if (len == 126) {
+            if (pos + 4 > n) break;
+            len = (uint64_t)f[2] << 8 | f[3];
+            h = 4;
+            if (len < 126) die("a non-minimal 16-bit length", p, n);
+        } else if (len == 127) {
+            if (pos + 10 > n) break;
+            len = 0;
+            for (int i = 0; i < 8; i++) len = len << 8 | f[2 + i];
+            h = 10;
+            if (len <= 0xFFFF) die("a non-minimal 64-bit length", p, n);
+        }
+        if (pos + h + len > n) break;
+        const uint8_t *d = f + h;
+        switch (op) {
+        case 1: {
+            if (!hd_utf8_valid(d, (size_t)len)) die("a text frame that is not UTF-8", p, n);
+            json_error_t e;
+            json_t *j = json_loadb((const char *)d, (size_t)len, JSON_ALLOW_NUL, &e);
+            if (!j || !json_is_array(j) || json_array_size(j) != 5)
+                die("a text frame that is not a Phoenix message", d, (size_t)len);
+            json_decref(j);
+            break;
+        }
+        case 8:
+            if (len == 1) die("a close frame of one byte", p, n);
+            if (len >= 2 && !valid_close_code((unsigned)d[0] << 8 | d[1]))
+                die("a close frame with a code not allowed on the wire", p, n);
+            if (len > 2 && !hd_utf8_valid(d + 2, (size_t)len - 2))
+                die("a close reason that is not UTF-8", p, n);
+            *closed = 1;
+            break;
+        case 10:
+            if (len > 125) die("a pong over 125 bytes", p, n);
+            break;
+        default: die("a server frame with an unexpected opcode", p, n);
+        }
+        pos += h + (size_t)len;
+    }
+    return pos;
+}
+
+/* Checks HTTP responses, then frames after a 101. head_sent: the input has a
+ * HEAD request, whose response has a Content-Length but no content. */
+static void check_output(const uint8_t *p, size_t n, int head_sent)
+{
+    size_t pos = 0;
+    while (pos < n) {
+        const char *s = (const char *)p + pos;
+        size_t left = n - pos;
+        const char *end = memmem(s, left, "\r\n\r\n", 4);
+        if (!end) {
+            if (left >= 9 && memcmp(s, "HTTP/1.1 ", 9) != 0) die("output that is not HTTP/1.1", p, n);
+            return; /* cut short */
+        }
+        size_t hl = (size_t)(end - s) + 4;
+        if (left < 13 || memcmp(s, "HTTP/1.1 ", 9) != 0) die("a response without a status line", p, n);
+        int status = atoi(s + 9);
+        if (status < 100 || status > 599) die("a bad status", p, n);
+        char *head = strndup(s, hl);
+        if (strchr(head, '\0') != head + hl) die("a NUL in response headers", p, n);
+        if (status == 101) {
+            free(head);
+            int closed = 0;
+            check_frames(p + pos + hl, n - pos - hl, &closed);
+            return;
+        }
+        const char *cl = strstr(head, "\r\nContent-Length: ");
+        if (!cl) die("a response without Content-Length", p, n);
+        size_t blen = strtoul(cl + 18, NULL, 10);
+        int json = strstr(head, "\r\nContent-Type: application/json\r\n") != NULL;
+        free(head);
+        if (head_sent && blen && (left == hl || (left >= hl + 9 && memcmp(s + hl, "HTTP/1.1 ", 9) == 0))) {
+            pos += hl; /* the answer to HEAD */
+            continue;
+        }
+        if (left < hl + blen) return; /* cut short */
+        if (json) {
+            json_error_t e;
+            json_t *j = json_loadb(s + hl, blen, JSON_ALLOW_NUL, &e);
+            if (!j) die("a JSON response body jansson refuses", p, n);
+            json_decref(j);
+        }
+        pos += hl + blen;
+    }
+}
+
+/* ---- the per-input client ---------------------------------------------------------------- */
 
 typedef struct {
     uv_tcp_t tcp;
@@ -24,22 +190,24 @@ typedef struct {
     uv_shutdown_t sh;
     uv_write_t wr;
     uv_buf_t out;
-    char in[65536];
+    hd_str in;
     int closed;
 } client;
 
-static void on_closed(uv_handle_t *h) { ((client *)h->data)->closed = 1; }
-
 static void on_alloc(uv_handle_t *h, size_t s, uv_buf_t *b)
 {
-    (void)s;
-    client *c = h->data;
-    *b = uv_buf_init(c->in, sizeof c->in);
+    (void)h;
+    b->base = malloc(s);
+    b->len = s;
 }
+
+static void on_closed(uv_handle_t *h) { ((client *)h->data)->closed = 1; }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
-    (void)b;
+    client *c = s->data;
+    if (n > 0 && c->in.len < (1u << 22)) hd_str_add(&c->in, b->base, (size_t)n);
+    free(b->base);
     if (n < 0 && !uv_is_closing((uv_handle_t *)s)) uv_close((uv_handle_t *)s, on_closed);
 }
 
@@ -48,7 +216,8 @@ static void on_shutdown(uv_shutdown_t *r, int st) { (void)r, (void)st; }
 static void on_written(uv_write_t *w, int st)
 {
     client *c = w->data;
-    if (st == 0) uv_shutdown(&c->sh, (uv_stream_t *)&c->tcp, on_shutdown);
+    if (st == 0 && !uv_is_closing((uv_handle_t *)&c->tcp))
+        uv_shutdown(&c->sh, (uv_stream_t *)&c->tcp, on_shutdown);
 }
 
 static void on_connect(uv_connect_t *r, int st)
@@ -60,49 +229,291 @@ static void on_connect(uv_connect_t *r, int st)
     }
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     c->wr.data = c;
-    uv_write(&c->wr, (uv_stream_t *)&c->tcp, &c->out, 1, on_written);
+    if (uv_write(&c->wr, (uv_stream_t *)&c->tcp, &c->out, 1, on_written) < 0)
+        uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+/* ---- the subscriber that stays ---------------------------------------------------------------- */
+
+typedef struct {
+    uv_tcp_t tcp;
+    uv_connect_t conn;
+    hd_str in;
+    size_t checked;   /* bytes of in already checked */
+    int upgraded;     /* the 101 arrived */
+    int joined;       /* replies received */
+    int closing, closed, ws_closed;
+} subscriber;
+
+static subscriber *sub;
+static const char *const sub_topics[] = {"room:1", "p:1", "c:1", "d:1", "u:1", "a"};
+enum { NSUB_TOPICS = 6 };
+
+static void sub_closed(uv_handle_t *h)
+{
+    subscriber *s = h->data;
+    hd_str_free(&s->in);
+    free(s);
+}
+
+static void sub_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
+{
+    subscriber *s = st->data;
+    if (n > 0) hd_str_add(&s->in, b->base, (size_t)n);
+    free(b->base);
+    if (n < 0) {
+        s->closed = 1;
+        return;
+    }
+    if (!s->upgraded) {
+        char *e = s->in.p ? strstr(s->in.p, "\r\n\r\n") : NULL;
+        if (!e) return;
+        if (strncmp(s->in.p, "HTTP/1.1 101 ", 13) != 0) die("the subscriber was refused", (uint8_t *)s->in.p, s->in.len);
+        s->upgraded = 1;
+        s->checked = (size_t)(e + 4 - s->in.p);
+    }
+    /* Check whole frames; count join replies; drop what was checked. */
+    size_t from = s->checked;
+    size_t used = check_frames((uint8_t *)s->in.p + from, s->in.len - from, &s->ws_closed);
+    for (size_t i = from; i < from + used;) {
+        const uint8_t *f = (uint8_t *)s->in.p + i;
+        size_t len = f[1] & 0x7F, h = 2;
+        if (len == 126) len = (size_t)f[2] << 8 | f[3], h = 4;
+        else if (len == 127) {
+            len = 0;
+            for (int k = 0; k < 8; k++) len = len << 8 | f[2 + k];
+            h = 10;
+        }
+        if ((f[0] & 0x0F) == 1 && memmem(f + h, len, "\"phx_reply\"", 11)) s->joined++;
+        i += h + len;
+    }
+    s->checked = from + used;
+    memmove(s->in.p, s->in.p + s->checked, s->in.len - s->checked);
+    s->in.len -= s->checked;
+    s->checked = 0;
+}
+
+static void sub_connected(uv_connect_t *r, int st)
+{
+    subscriber *s = r->data;
+    if (st < 0) abort();
+    uv_read_start((uv_stream_t *)&s->tcp, on_alloc, sub_read);
+    hd_str out = HD_STR_INIT;
+    hd_str_adds(&out, handshake);
+    for (int i = 0; i < NSUB_TOPICS; i++) {
+        char m[128];
+        int n = snprintf(m, sizeof m, "[\"%d\",\"%d\",\"%s\",\"phx_join\",{}]", i, i, sub_topics[i]);
+        uint8_t h[6] = {0x81, (uint8_t)(0x80 | n), 0, 0, 0, 0}; /* zero mask */
+        hd_str_add(&out, h, 6);
+        hd_str_add(&out, m, (size_t)n);
+    }
+    uv_buf_t b = uv_buf_init(out.p, (unsigned)out.len);
+    if (uv_try_write((uv_stream_t *)&s->tcp, &b, 1) != (int)out.len) abort();
+    hd_str_free(&out);
+}
+
+static void run_until_or_die(int (*done)(void), const char *what)
+{
+    uint64_t end = uv_now(&loop) + 10000;
+    while (!done()) {
+        if (uv_now(&loop) > end) {
+            fprintf(real_stderr, "fuzz_server: timed out waiting until %s (connections: %zu)\n", what,
+                    srv.nconns);
+            abort();
+        }
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+}
+
+static int sub_ready(void) { return sub->joined >= NSUB_TOPICS; }
+
+static void sub_start(void)
+{
+    sub = calloc(1, sizeof *sub);
+    uv_tcp_init(&loop, &sub->tcp);
+    sub->tcp.data = sub->conn.data = sub;
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", srv.port, &a);
+    uv_tcp_connect(&sub->conn, &sub->tcp, (struct sockaddr *)&a, sub_connected);
+    run_until_or_die(sub_ready, "the subscriber has joined");
+}
+
+static void sub_drop(void)
+{
+    if (!sub) return;
+    if (!uv_is_closing((uv_handle_t *)&sub->tcp)) uv_close((uv_handle_t *)&sub->tcp, sub_closed);
+    sub = NULL;
+}
+
+/* ---- the server's life ------------------------------------------------------------------------ */
+
+static void on_stopped(hd_server *s)
+{
+    (void)s;
+    srv_stopped = 1;
+}
+
+static void on_tick(uv_timer_t *t) { (void)t; }
+
+static void server_start(void)
+{
+    char err[256];
+    srv_stopped = 0;
+    if (hd_server_init(&srv, &loop, &cfg) || hd_script_start(&srv, err, sizeof err) ||
+        hd_server_start(&srv))
+        abort();
+    srv.on_stopped = on_stopped;
+    sub_start();
+}
+
+static int is_stopped(void) { return srv_stopped; }
+
+static void server_restart(void)
+{
+    sub_drop();
+    hd_server_stop(&srv);
+    run_until_or_die(is_stopped, "the server has stopped");
+    hd_server_free(&srv);
+    server_start();
 }
 
 static void setup(void)
 {
-    setenv("HERALD_PORT", "0", 1);
-    char err[256];
-    if (hd_config_load(&cfg, NULL, err, sizeof err)) abort();
-    free(cfg.host);
-    cfg.host = strdup("127.0.0.1");
-    cfg.max_message_bytes = 8192;
-    cfg.max_body_bytes = 16384;
-    uv_loop_init(&loop);
-    if (hd_server_init(&srv, &loop, &cfg) || hd_script_start(&srv, err, sizeof err) ||
-        hd_server_start(&srv))
+    signal(SIGPIPE, SIG_IGN);
+    real_stderr = stderr;
+    char path[] = "/tmp/herald-fuzz-server-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0 || write(fd, config_text, sizeof config_text - 1) != (ssize_t)sizeof config_text - 1)
         abort();
-    ready = 1;
+    close(fd);
+    char err[512];
+    unsetenv("HERALD_PORT");
+    if (hd_config_load(&cfg, path, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        abort();
+    }
+    unlink(path);
+    hd_log_set_level((hd_log_level)cfg.log_level);
+    uv_loop_init(&loop);
+    uv_timer_init(&loop, &ticker); /* bounds each loop turn: waits can time out */
+    uv_timer_start(&ticker, on_tick, 10, 10);
+    uv_unref((uv_handle_t *)&ticker);
+    server_start();
 }
 
-static const char handshake[] =
-    "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    "Sec-WebSocket-Version: 13\r\n\r\n";
+/* ---- one input --------------------------------------------------------------------------------- */
+
+static void build(const uint8_t *d, size_t n, hd_str *out)
+{
+    int mode = d[0] % 6;
+    d++, n--;
+    char head[256];
+    switch (mode) {
+    case 0: hd_str_add(out, d, n); break;
+    case 1:
+        hd_str_adds(out, handshake);
+        hd_str_add(out, d, n);
+        break;
+    case 2: {
+        hd_str_adds(out, handshake);
+        static const uint8_t key[4] = {0x37, 0xFA, 0x21, 0x3D};
+        size_t at = 0;
+        while (at <= n) {
+            const uint8_t *nl = memchr(d + at, '\n', n - at);
+            size_t len = nl ? (size_t)(nl - (d + at)) : n - at;
+            uint8_t h[14];
+            size_t hl = 2;
+            h[0] = 0x81;
+            if (len < 126) {
+                h[1] = (uint8_t)(0x80 | len);
+            } else {
+                h[1] = 0x80 | 126;
+                h[2] = (uint8_t)(len >> 8), h[3] = (uint8_t)len;
+                hl = 4;
+            }
+            memcpy(h + hl, key, 4);
+            hd_str_add(out, h, hl + 4);
+            for (size_t i = 0; i < len; i++) hd_str_addc(out, (char)(d[at + i] ^ key[i & 3]));
+            at += len + 1;
+        }
+        break;
+    }
+    case 3:
+    case 4:
+        snprintf(head, sizeof head,
+                 "POST /api/push HTTP/1.1\r\nHost: f\r\nContent-Type: %s\r\nContent-Length: %zu\r\n\r\n",
+                 mode == 3 ? "application/json" : "application/x-www-form-urlencoded", n);
+        hd_str_adds(out, head);
+        hd_str_add(out, d, n);
+        break;
+    default: {
+        hd_str_adds(out, "GET ");
+        for (size_t i = 0; i < n && d[i] > ' ' && d[i] != 0x7F; i++) hd_str_addc(out, (char)d[i]);
+        hd_str_adds(out, " HTTP/1.1\r\nHost: f\r\n\r\n");
+        break;
+    }
+    }
+}
+
+static client *cur;
+static int input_done(void) { return cur->closed && srv.nconns == (sub ? 1u : 0u); }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (!ready) setup();
+    static int ready;
+    if (!ready) {
+        setup();
+        ready = 1;
+    }
     if (size == 0) return 0;
-    int ws = data[0] & 1;
-    size_t pre = ws ? sizeof handshake - 1 : 0;
-    char *bytes = malloc(pre + size);
-    memcpy(bytes, handshake, pre);
-    memcpy(bytes + pre, data + 1, size - 1);
+
+    /* Log lines of this input go to memory. */
+    char *logbuf = NULL;
+    size_t loglen = 0;
+    FILE *mem = open_memstream(&logbuf, &loglen);
+    if (mem) stderr = mem;
+
+    hd_str bytes = HD_STR_INIT;
+    build(data, size, &bytes);
     client *c = calloc(1, sizeof *c);
-    c->out = uv_buf_init(bytes, (unsigned)(pre + size - 1));
+    hd_str_add(&c->in, "", 0);
+    c->out = uv_buf_init(bytes.p, (unsigned)bytes.len);
     uv_tcp_init(&loop, &c->tcp);
     c->tcp.data = c->conn.data = c;
     struct sockaddr_in a;
     uv_ip4_addr("127.0.0.1", srv.port, &a);
     uv_tcp_connect(&c->conn, &c->tcp, (struct sockaddr *)&a, on_connect);
-    while (!c->closed || srv.nconns > 0) uv_run(&loop, UV_RUN_ONCE);
+    cur = c;
+    uint64_t end = uv_now(&loop) + 10000;
+    while (!input_done()) {
+        if (sub && sub->closed) sub_drop(); /* a drain closed it */
+        if (uv_now(&loop) > end) {
+            fflush(stderr);
+            fprintf(real_stderr, "fuzz_server: the server still holds %zu connection(s) 10 s after the input\n%s",
+                    srv.nconns, logbuf ? logbuf : "");
+            abort();
+        }
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    check_output((uint8_t *)c->in.p, c->in.len, memmem(bytes.p, bytes.len, "HEAD ", 5) != NULL);
+    hd_str_free(&c->in);
     free(c);
-    free(bytes);
+    hd_str_free(&bytes);
+
+    stderr = real_stderr;
+    if (mem) fclose(mem);
+    if (logbuf && (strstr(logbuf, "[error]") || strstr(logbuf, "[warn]"))) {
+        fprintf(stderr, "fuzz_server: client input made the server log at warn or error:\n%s", logbuf);
+        abort();
+    }
+    if (srv.state != HD_READY) {
+        server_restart(); /* drained: start again */
+    } else if (!sub || sub->closed || sub->ws_closed) {
+        /* One client's input must not end another client's connection. */
+        fprintf(stderr, "fuzz_server: the subscriber was disconnected\n%s", logbuf ? logbuf : "");
+        abort();
+    }
+    free(logbuf);
     return 0;
 }

@@ -13,6 +13,9 @@ function M.authenticate(req)
 end
 function M.join(socket, topic, payload)
   if topic == "loop" then while true do end end
+  if topic == "loop-pcall" then while true do pcall(function() while true do end end) end end
+  if topic == "loop-xpcall" then xpcall(function() while true do end end, function() while true do end end) end
+  if topic == "tamper" then string.match = nil; math.floor = nil; return false, "tampered" end
   if topic == "crash" then error("boom in join") end
   if topic:match("^private:") and topic ~= "private:" .. socket.id then return false, "unauthorized" end
   if topic == "admin" and socket.assigns.role ~= "admin" then return false, "admins only" end
@@ -99,6 +102,25 @@ test('hooks: authenticate, join, assigns, publish, message, runaway loop', async
     const m = await h.metrics(srv.port);
     assert.ok(m.herald_hook_budget_exceeded_total >= 1);
     other.disconnect();
+  });
+
+  await t.test('pcall and xpcall (even with a looping handler) cannot swallow the budget error', async () => {
+    const before = (await h.metrics(srv.port)).herald_hook_budget_exceeded_total;
+    for (const topic of ['loop-pcall', 'loop-xpcall']) {
+      const r = await h.join(s.channel(topic)).then(() => 'joined', (e) => e.response.reason);
+      assert.equal(r, 'join crashed', topic);
+    }
+    const m = await h.metrics(srv.port);
+    assert.equal(m.herald_hook_budget_exceeded_total, before + 2);
+  });
+
+  await t.test('a script that assigns into string or math changes only its own copy', async () => {
+    const r = await h.join(s.channel('tamper')).then(() => 'joined', (e) => e.response.reason);
+    assert.equal(r, 'tampered');
+    // The next join runs topic:match (the real string library, through the string metatable).
+    const ch = s.channel('room:after-tamper');
+    const reply = await h.join(ch);
+    assert.equal(reply.id, 'user:7');
   });
 });
 

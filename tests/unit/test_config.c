@@ -1,4 +1,5 @@
-/* tests/unit/test_config.c: loading, defaults, errors naming file and line. */
+/* tests/unit/test_config.c: loading, defaults, errors naming file, line
+ * and setting, the sandbox and its instruction budget, topic globs. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -7,10 +8,14 @@
 
 #include "config.h"
 #include "err.h"
+#include "log.h"
 
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static char path[64];
@@ -22,9 +27,33 @@ static int load(const char *text, hd_config *c, char *err, size_t errlen)
     assert_true(fd >= 0);
     assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
     close(fd);
+    err[0] = 0;
     int rc = hd_config_load(c, path, err, errlen);
     unlink(path);
     return rc;
+}
+
+/* Loads text expecting HD_ECONFIG with an error containing each of the
+ * NULL-terminated fragments ("$F" stands for the file name). */
+static void bad(const char *text, ...)
+{
+    hd_config c;
+    char err[1024];
+    int rc = load(text, &c, err, sizeof err);
+    if (rc != HD_ECONFIG) fail_msg("config %s: loaded (rc %d), expected an error", text, rc);
+    va_list ap;
+    va_start(ap, text);
+    for (const char *want; (want = va_arg(ap, const char *));) {
+        char w[256];
+        if (strncmp(want, "$F", 2) == 0) snprintf(w, sizeof w, "%s%s", path, want + 2);
+        else snprintf(w, sizeof w, "%s", want);
+        if (!strstr(err, w)) fail_msg("config %s: error \"%s\" lacks \"%s\"", text, err, w);
+    }
+    va_end(ap);
+    /* A failed load leaves nothing to free (and freeing is still safe). */
+    assert_null(c.host);
+    assert_null(c.ws_paths);
+    hd_config_free(&c);
 }
 
 static void test_defaults(void **st)
@@ -32,22 +61,51 @@ static void test_defaults(void **st)
     (void)st;
     hd_config c;
     char err[512];
+    unsetenv("HERALD_PORT");
     assert_int_equal(hd_config_load(&c, NULL, err, sizeof err), 0);
+    assert_string_equal(c.source, "(embedded default)");
     assert_int_equal(c.port, 4000);
     assert_string_equal(c.host, "0.0.0.0");
     assert_int_equal(c.nmounts, 2);
     assert_string_equal(c.ws_paths[0], "/push_socket/websocket");
     assert_string_equal(c.ws_paths[1], "/socket/websocket");
+    /* limits, as lua/herald/config.lua defines them */
+    assert_int_equal(c.max_connections, 100000);
     assert_int_equal(c.max_message_bytes, 65536);
     assert_int_equal(c.send_queue_bytes, 1048576);
     assert_int_equal(c.max_header_bytes, 16384);
+    assert_int_equal(c.max_url_bytes, 8192);
     assert_int_equal(c.max_body_bytes, 1048576);
     assert_int_equal(c.max_topics_per_socket, 100);
+    assert_int_equal(c.max_queued_bytes, 268435456);
     assert_int_equal(c.ws_idle_ms, 45000);
+    assert_int_equal(c.http_idle_ms, 60000);
+    assert_int_equal(c.ws_close_ms, 5000);
+    assert_int_equal(c.log_level, HD_LOG_INFO);
+    assert_int_equal(c.recheck_joins, 0);
     assert_int_equal(c.drain_timeout_ms, 30000);
+    assert_int_equal(c.drain_announce_ms, 0);
+    assert_int_equal(c.drain_http_idle_ms, 500);
+    assert_int_equal(c.drain_http_ms, 5000);
+    assert_int_equal(c.drain_flush_ms, 5000);
     assert_int_equal(c.drain_disconnect_sockets, 1);
+    assert_int_equal(c.drain_disconnect_rate, 5000);
+    assert_int_equal(c.presence_batch_ms, 100);
+    assert_int_equal(c.ntopic_rules, 0);
+    assert_int_equal(c.nscripts, 0);
+    assert_int_equal(c.scripts_watch, 0);
+    assert_int_equal(c.hook_budget_ms, 10);
+    assert_int_equal(c.nplugins, 0);
+    if (!getenv("HERALD_API_TOKEN")) assert_null(c.api_token);
     hd_config_free(&c);
     hd_config_free(&c); /* safe twice */
+    /* An empty file is the defaults too (without the default's api token). */
+    assert_int_equal(load("", &c, err, sizeof err), 0);
+    assert_int_equal(c.port, 4000);
+    assert_int_equal(c.nmounts, 2);
+    assert_string_equal(c.source, path);
+    assert_null(c.api_token);
+    hd_config_free(&c);
 }
 
 static void test_values(void **st)
@@ -55,53 +113,270 @@ static void test_values(void **st)
     (void)st;
     hd_config c;
     char err[512];
-    assert_int_equal(load("listen = { host = '127.0.0.1', port = 0 }\n"
-                          "mounts = { '/ws' }\nlimits = { max_body_bytes = 10 }\n"
-                          "api = { token = 'abc' }\nscripts = { 'p.lua', budget_ms = 5 }\n"
-                          "plugins = { big_topics = { patterns = { 'x:*' } } }\n"
-                          "topics = { { match = 'public:*', tracked = false } }\n",
-                          &c, err, sizeof err),
-                     0);
+    int rc = load("-- a comment\n"
+                  "local base = 1000\n"
+                  "listen = { host = '127.0.0.1', port = 0 }\n"
+                  "mounts = { '/ws', '/', '/a/b/' }\n"
+                  "limits = { max_body_bytes = 10, max_message_bytes = 128, max_connections = 7,\n"
+                  "           send_queue_bytes = 2048, max_header_bytes = 256, max_url_bytes = 64,\n"
+                  "           max_topics_per_socket = 3, max_queued_bytes = 4096 }\n"
+                  "timeouts = { ws_idle_ms = base * 2, http_idle_ms = 10, ws_close_ms = 20 }\n"
+                  "log = { level = 'debug' }\n"
+                  "reload = { recheck_joins = true }\n"
+                  "drain = { timeout_ms = 100, announce_ms = 1, http_idle_ms = 2, http_ms = 3,\n"
+                  "          flush_ms = 4, disconnect_sockets = false, disconnect_rate = 9 }\n"
+                  "presence = { batch_ms = 7 }\n"
+                  "api = { token = 'abc' }\n"
+                  "scripts = { 'p.lua', '/abs/q.lua', budget_ms = 5, watch = true }\n"
+                  "plugins = { big_topics = { patterns = { 'x:*' } }, jwt = true }\n"
+                  "topics = { { match = 'public:*', tracked = false },\n"
+                  "           { match = 'fast:*', throttle_ms = 50, debounce_ms = 5, max_wait_ms = 9,\n"
+                  "             coalesce = 'latest', on_overflow = 'drop_oldest',\n"
+                  "             max_queue_bytes = 1000, presence = true } }\n"
+                  "function helper() return 1 end -- functions are allowed\n"
+                  "cluster = { anything = true }  -- reserved, passed through\n",
+                  &c, err, sizeof err);
+    if (rc) fail_msg("%s", err);
+    assert_string_equal(c.host, "127.0.0.1");
     assert_int_equal(c.port, 0);
+    assert_int_equal(c.nmounts, 3);
     assert_string_equal(c.ws_paths[0], "/ws/websocket");
+    assert_string_equal(c.ws_paths[1], "/websocket");
+    assert_string_equal(c.ws_paths[2], "/a/b/websocket");
     assert_int_equal(c.max_body_bytes, 10);
+    assert_int_equal(c.max_message_bytes, 128);
+    assert_int_equal(c.max_connections, 7);
+    assert_int_equal(c.send_queue_bytes, 2048);
+    assert_int_equal(c.max_header_bytes, 256);
+    assert_int_equal(c.max_url_bytes, 64);
+    assert_int_equal(c.max_topics_per_socket, 3);
+    assert_int_equal(c.max_queued_bytes, 4096);
+    assert_int_equal(c.ws_idle_ms, 2000);
+    assert_int_equal(c.http_idle_ms, 10);
+    assert_int_equal(c.ws_close_ms, 20);
+    assert_int_equal(c.log_level, HD_LOG_DEBUG);
+    assert_int_equal(c.recheck_joins, 1);
+    assert_int_equal(c.drain_timeout_ms, 100);
+    assert_int_equal(c.drain_announce_ms, 1);
+    assert_int_equal(c.drain_http_idle_ms, 2);
+    assert_int_equal(c.drain_http_ms, 3);
+    assert_int_equal(c.drain_flush_ms, 4);
+    assert_int_equal(c.drain_disconnect_sockets, 0);
+    assert_int_equal(c.drain_disconnect_rate, 9);
+    assert_int_equal(c.presence_batch_ms, 7);
     assert_string_equal(c.api_token, "abc");
     assert_int_equal(c.hook_budget_ms, 5);
-    assert_string_equal(c.scripts[0], "/tmp/p.lua");
+    assert_int_equal(c.scripts_watch, 1);
+    assert_int_equal(c.nscripts, 2);
+    assert_string_equal(c.scripts[0], "/tmp/p.lua"); /* relative to the config's directory */
+    assert_string_equal(c.scripts[1], "/abs/q.lua");
+    assert_int_equal(c.nplugins, 2); /* in name order */
     assert_string_equal(c.plugins[0].name, "big_topics");
     assert_string_equal(c.plugins[0].options_json, "{\"patterns\":[\"x:*\"]}");
-    assert_int_equal(c.ntopic_rules, 1);
+    assert_string_equal(c.plugins[1].name, "jwt");
+    assert_string_equal(c.plugins[1].options_json, "{}");
+    assert_int_equal(c.ntopic_rules, 2);
+    assert_string_equal(c.topic_rules[0].match, "public:*");
+    assert_int_equal(c.topic_rules[0].set, HD_TP_TRACKED);
     assert_int_equal(c.topic_rules[0].policy.tracked, 0);
-    assert_true(hd_glob_match("public:*", "public:news", 11));
-    assert_false(hd_glob_match("public:*", "private:x", 9));
-    assert_true(hd_glob_match("a*b*c", "axxbyyc", 7));
-    assert_false(hd_glob_match("a*b*c", "axxbyy", 6));
+    const hd_topic_rule *r = &c.topic_rules[1];
+    assert_int_equal(r->set, HD_TP_THROTTLE | HD_TP_DEBOUNCE | HD_TP_MAX_WAIT | HD_TP_COALESCE |
+                                 HD_TP_OVERFLOW | HD_TP_MAX_QUEUE | HD_TP_PRESENCE);
+    assert_int_equal(r->policy.tracked, 1); /* the default where not set */
+    assert_int_equal(r->policy.presence, 1);
+    assert_int_equal(r->policy.throttle_ms, 50);
+    assert_int_equal(r->policy.debounce_ms, 5);
+    assert_int_equal(r->policy.max_wait_ms, 9);
+    assert_int_equal(r->policy.max_queue_bytes, 1000);
+    assert_int_equal(r->policy.coalesce, HD_COALESCE_LATEST);
+    assert_int_equal(r->policy.on_overflow, HD_OVERFLOW_DROP_OLDEST);
     hd_config_free(&c);
+    assert_null(c.host);
 }
 
 static void test_errors(void **st)
 {
     (void)st;
+    /* Syntax: file and line. */
+    bad("listen = {\nport = = 4000\n}\n", "$F:2:", NULL);
+    bad("\n\n\nx = (\n", "$F:", NULL);
+    bad("listen = {\nport = 4000\n", "$F:", "expected", NULL);
+    /* Runtime errors carry the line too. */
+    bad("local t = nil\n\nlocal x = t.field\n", "$F:3:", NULL);
+    bad("error('custom failure')", "$F:1:", "custom failure", NULL);
+    /* Types and ranges name the setting. */
+    bad("listen = { port = 'x' }", "listen.port", "\"x\"", NULL);
+    bad("listen = { port = 65536 }", "listen.port", "0 to 65535", NULL);
+    bad("listen = { port = -1 }", "listen.port", NULL);
+    bad("listen = { port = 1.5 }", "listen.port", NULL);
+    bad("listen = 4000", "listen", "a table", NULL);
+    bad("limits = { max_message_bytes = 127 }", "limits.max_message_bytes", NULL);
+    bad("timeouts = { ws_idle_ms = 0 }", "timeouts.ws_idle_ms", NULL);
+    bad("log = { level = 'loud' }", "log.level", NULL);
+    bad("api = { token = 5 }", "api.token", NULL);
+    bad("reload = { recheck_joins = 1 }", "reload.recheck_joins", NULL);
+    /* Unknown names. */
+    bad("limitz = {}", "$F: unknown setting 'limitz'", NULL);
+    bad("limits = { foo = 1 }", "unknown setting 'limits.foo'", NULL);
+    bad("x = 1", "unknown setting 'x'", NULL);
+    /* Mounts. */
+    bad("mounts = { 'ws' }", "mounts", NULL);
+    bad("mounts = { '/a//b' }", "mounts", NULL);
+    bad("mounts = { '/x/websocket' }", "mounts", "without \"/websocket\"", NULL);
+    bad("mounts = {}", "mounts", "non-empty", NULL);
+    bad("mounts = '/socket'", "mounts", NULL);
+    bad("mounts = { '/a', '/b', '/c', '/d', '/e', '/f', '/g', '/h', '/i', '/j', '/k', '/l',"
+        " '/m', '/n', '/o', '/p', '/q' }", "mounts", "at most 16", NULL);
+    /* Topic rules, scripts and plugins. */
+    bad("topics = { { tracked = false } }", "topics", "match", NULL);
+    bad("topics = { { match = 'a', color = 'red' } }", "topics", "color", NULL);
+    bad("topics = { { match = 'a', coalesce = 'oldest' } }", "topics", "coalesce", NULL);
+    bad("topics = { { match = 'a', throttle_ms = -1 } }", "topics", "throttle_ms", NULL);
+    bad("scripts = { 'a.lua', budget_ms = 0 }", "scripts", "budget_ms", NULL);
+    bad("scripts = { 'a.lua', colour = 1 }", "scripts", NULL);
+    bad("plugins = { ['bad name'] = true }", "plugins", NULL);
+    bad("plugins = { jwt = 'yes' }", "plugins", NULL);
+    bad("plugins = { jwt = { f = function() end } }", "plugins", NULL);
+    /* Bytecode and unreadable files. */
+    bad("\033Lua", "bytecode", NULL);
     hd_config c;
     char err[512];
-    assert_int_equal(load("listen = {\nport = 4000\n", &c, err, sizeof err), HD_ECONFIG);
-    char want[80];
-    snprintf(want, sizeof want, "%s:", path);
-    assert_non_null(strstr(err, want));
-    assert_int_equal(load("listen = { port = 'x' }", &c, err, sizeof err), HD_ECONFIG);
-    assert_non_null(strstr(err, "listen.port"));
-    assert_int_equal(load("limitz = {}", &c, err, sizeof err), HD_ECONFIG);
-    assert_non_null(strstr(err, "unknown setting 'limitz'"));
-    assert_int_equal(load("limits = { foo = 1 }", &c, err, sizeof err), HD_ECONFIG);
-    assert_non_null(strstr(err, "limits.foo"));
-    assert_int_equal(load("while true do end", &c, err, sizeof err), HD_ECONFIG);
-    assert_non_null(strstr(err, "instructions"));
-    assert_int_equal(load("io.write('x')", &c, err, sizeof err), HD_ECONFIG);
-    assert_int_equal(load("os.execute('true')", &c, err, sizeof err), HD_ECONFIG);
-    assert_int_equal(load("\033Lua", &c, err, sizeof err), HD_ECONFIG);
-    assert_non_null(strstr(err, "bytecode"));
     assert_int_equal(hd_config_load(&c, "/nonexistent/x.lua", err, sizeof err), HD_ECONFIG);
+    assert_non_null(strstr(err, "/nonexistent/x.lua"));
     assert_non_null(strstr(err, "cannot open"));
+    assert_int_equal(hd_config_load(&c, "/tmp", err, sizeof err), HD_ECONFIG); /* a directory */
+    /* A short buffer truncates the message, never overflows it. */
+    char tiny[8];
+    memset(tiny, 'Z', sizeof tiny);
+    assert_int_equal(load("limitz = {}", &c, tiny, 5), HD_ECONFIG);
+    assert_int_equal(strlen(tiny), 4);
+    assert_int_equal(tiny[5], 'Z');
+}
+
+/* The sandbox: only the allow-listed globals exist. */
+static void test_sandbox(void **st)
+{
+    (void)st;
+    bad("os.execute('true')", "$F:1:", "execute", NULL);
+    bad("io.write('x')", "$F:1:", "io", NULL);
+    bad("io.open('/etc/passwd')", "io", NULL);
+    bad("require('os')", "require", NULL);
+    bad("dofile('/etc/passwd')", "dofile", NULL);
+    bad("loadfile('/etc/passwd')", "loadfile", NULL);
+    bad("loadstring('return 1')()", "loadstring", NULL);
+    bad("load(function() return nil end)", "load", NULL);
+    bad("setmetatable({}, {})", "setmetatable", NULL);
+    bad("getfenv(1)", "getfenv", NULL);
+    bad("rawset(_G, 'x', 1)", "rawset", NULL);
+    bad("debug.sethook()", "debug", NULL);
+    bad("package.loaded.os.execute('true')", "package", NULL);
+    bad("jit.off()", "jit", NULL);
+    bad("collectgarbage()", "collectgarbage", NULL);
+    bad("os.exit(3)", "exit", NULL);
+    bad("os.remove('/tmp/x')", "remove", NULL);
+    bad("print('x')", "print", NULL);
+    /* What a config may use. */
+    hd_config c;
+    char err[512];
+    setenv("HERALD_TEST_CFG_PORT", "4321", 1);
+    int rc = load("local p = tonumber(os.getenv('HERALD_TEST_CFG_PORT'))\n"
+                  "local m = {}\n"
+                  "for i, name in ipairs({ 'a', 'b' }) do m[#m + 1] = '/' .. name:rep(2) end\n"
+                  "table.sort(m)\n"
+                  "assert(type(os.time()) == 'number')\n"
+                  "local ok = pcall(error, 'caught')\n"
+                  "assert(not ok)\n"
+                  "listen = { port = p + math.floor(0.5), host = string.format('%s', '::1') }\n"
+                  "mounts = m\n",
+                  &c, err, sizeof err);
+    unsetenv("HERALD_TEST_CFG_PORT");
+    if (rc) fail_msg("%s", err);
+    assert_int_equal(c.port, 4321);
+    assert_string_equal(c.host, "::1");
+    assert_string_equal(c.ws_paths[0], "/aa/websocket");
+    assert_string_equal(c.ws_paths[1], "/bb/websocket");
+    hd_config_free(&c);
+}
+
+/* The library tables a config sees are its own: changing them must not
+ * change how the schema (lua/herald/config.lua, same Lua state) checks
+ * the settings. */
+static void test_sandbox_tables(void **st)
+{
+    (void)st;
+    bad("math.floor = function(x) return x end\nlimits = { max_message_bytes = 200.5 }",
+        "limits.max_message_bytes", NULL);
+    bad("string.match = function() return nil end\nmounts = { '/ok' }\nlisten = { port = 'x' }",
+        "listen.port", NULL);
+    bad("string.format = nil\nlisten = { port = 'x' }", "listen.port", NULL);
+}
+
+/* Strings reach C as NUL-terminated copies: one with a NUL inside would be
+ * cut short there (an api.token 'a\0long-secret' would accept "a"), so it
+ * must be refused. */
+static void test_nul_in_strings(void **st)
+{
+    (void)st;
+    bad("api = { token = 'a\\0long-secret' }", "api.token", NULL);
+    bad("listen = { host = '127.0.0.1\\0x' }", "listen.host", NULL);
+    bad("topics = { { match = '\\0p:*', tracked = false } }", "topics", NULL);
+    bad("scripts = { 'a.lua\\0.txt' }", "scripts", NULL);
+}
+
+/* Loads text in a child process, so that a hang fails the test instead of
+ * the run. Returns the load's rc, or 1 when the child did not finish
+ * within secs. */
+static int load_bounded(const char *text, int secs, char *err, size_t errlen)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        hd_config c;
+        char e[512] = "";
+        int rc = load(text, &c, e, sizeof e);
+        if (!rc) hd_config_free(&c);
+        if (write(fds[1], &rc, sizeof rc) < 0 || write(fds[1], e, sizeof e) < 0) _exit(2);
+        _exit(0);
+    }
+    close(fds[1]);
+    struct pollfd pf = {fds[0], POLLIN, 0};
+    int rc = 1;
+    if (poll(&pf, 1, secs * 1000) == 1 && read(fds[0], &rc, sizeof rc) == (ssize_t)sizeof rc) {
+        if (read(fds[0], err, errlen) <= 0) err[0] = 0;
+        err[errlen - 1] = 0;
+    } else {
+        kill(pid, SIGKILL);
+        snprintf(err, errlen, "still running after %d s", secs);
+        rc = 1;
+    }
+    close(fds[0]);
+    waitpid(pid, NULL, 0);
+    return rc;
+}
+
+static void runaway(const char *text)
+{
+    char err[512];
+    int rc = load_bounded(text, 10, err, sizeof err);
+    if (rc != HD_ECONFIG || !strstr(err, "instructions"))
+        fail_msg("runaway config %s: rc %d, %s", text, rc, err);
+}
+
+/* A runaway file ends with an error: the instruction budget, which a
+ * pcall inside the file must not be able to swallow. */
+static void test_budget(void **st)
+{
+    (void)st;
+    runaway("while true do end");
+    runaway("local function f() return f() end f()");     /* a tail call loop */
+    runaway("local t = {} for i = 1, 1e12 do t[1] = i end");
+    runaway("repeat local x = ('x'):rep(10) until false");
+    runaway("while true do pcall(function() while true do end end) end");
+    runaway("xpcall(function() while true do end end, function() while true do end end)");
+    runaway("local ok = true while ok do ok = not pcall(function() while true do end end) or true end");
 }
 
 static void test_env_port(void **st)
@@ -113,14 +388,82 @@ static void test_env_port(void **st)
     assert_int_equal(load("listen = { port = 1 }", &c, err, sizeof err), 0);
     assert_int_equal(c.port, 5555);
     hd_config_free(&c);
-    setenv("HERALD_PORT", "nope", 1);
-    assert_int_equal(load("", &c, err, sizeof err), HD_ECONFIG);
+    assert_int_equal(hd_config_load(&c, NULL, err, sizeof err), 0);
+    assert_int_equal(c.port, 5555);
+    hd_config_free(&c);
+    setenv("HERALD_PORT", "0", 1);
+    assert_int_equal(load("", &c, err, sizeof err), 0);
+    assert_int_equal(c.port, 0);
+    hd_config_free(&c);
+    setenv("HERALD_PORT", "", 1); /* empty: ignored */
+    assert_int_equal(load("listen = { port = 7 }", &c, err, sizeof err), 0);
+    assert_int_equal(c.port, 7);
+    hd_config_free(&c);
+    static const char *const bads[] = {"nope", "65536", "-1", "1.5", "0x"};
+    for (int i = 0; i < 5; i++) {
+        setenv("HERALD_PORT", bads[i], 1);
+        assert_int_equal(load("", &c, err, sizeof err), HD_ECONFIG);
+        assert_non_null(strstr(err, "HERALD_PORT"));
+    }
     unsetenv("HERALD_PORT");
+}
+
+/* ---- topic globs against a reference matcher ------------------------------------ */
+
+static int ref_glob(const char *p, const char *s, size_t n)
+{
+    if (!*p) return n == 0;
+    if (*p == '*') {
+        for (size_t i = 0; i <= n; i++)
+            if (ref_glob(p + 1, s + i, n - i)) return 1;
+        return 0;
+    }
+    return n > 0 && *p == *s && ref_glob(p + 1, s + 1, n - 1);
+}
+
+static void test_glob(void **st)
+{
+    (void)st;
+    assert_true(hd_glob_match("public:*", "public:news", 11));
+    assert_true(hd_glob_match("public:*", "public:", 7));
+    assert_false(hd_glob_match("public:*", "private:x", 9));
+    assert_false(hd_glob_match("public:*", "public", 6));
+    assert_true(hd_glob_match("a*b*c", "axxbyyc", 7));
+    assert_false(hd_glob_match("a*b*c", "axxbyy", 6));
+    assert_true(hd_glob_match("*", "", 0));
+    assert_true(hd_glob_match("**", "abc", 3));
+    assert_true(hd_glob_match("", "", 0));
+    assert_false(hd_glob_match("", "a", 1));
+    assert_true(hd_glob_match("room:*:chat", "room:1:chat", 11));
+    assert_false(hd_glob_match("room:*:chat", "room:1:chat:x", 13));
+    assert_true(hd_glob_match("*x", "xxxx", 4));
+    /* The length bounds the topic; bytes past it are not looked at. */
+    assert_true(hd_glob_match("ab", "abc", 2));
+    assert_false(hd_glob_match("abc", "abc", 2));
+    /* NUL inside a topic never matches a literal (patterns end at NUL). */
+    assert_true(hd_glob_match("a*", "a\0b", 3));
+    uint64_t r = 1;
+    char pat[12], s[12];
+    for (int k = 0; k < 300000; k++) {
+        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+        size_t pl = r % 8, sl = (r >> 8) % 10;
+        for (size_t i = 0; i < pl; i++) pat[i] = "ab*"[(r >> (16 + 2 * i)) % 3];
+        pat[pl] = 0;
+        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+        for (size_t i = 0; i < sl; i++) s[i] = "ab"[(r >> i) & 1];
+        if (hd_glob_match(pat, s, sl) != ref_glob(pat, s, sl))
+            fail_msg("glob '%s' on '%.*s': got %d", pat, (int)sl, s, hd_glob_match(pat, s, sl));
+    }
 }
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_defaults), cmocka_unit_test(test_values),
-                                       cmocka_unit_test(test_errors), cmocka_unit_test(test_env_port)};
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults), cmocka_unit_test(test_values),
+        cmocka_unit_test(test_errors),   cmocka_unit_test(test_sandbox),
+        cmocka_unit_test(test_sandbox_tables), cmocka_unit_test(test_nul_in_strings),
+        cmocka_unit_test(test_budget),   cmocka_unit_test(test_env_port),
+        cmocka_unit_test(test_glob),
+    };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

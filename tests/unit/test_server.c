@@ -1,6 +1,7 @@
-/* tests/unit/test_server.c: two servers in one loop, driven by a libuv
- * client: HTTP, the WebSocket handshake, a join and a publish; then both
- * stop and the loop closes with nothing left open. */
+/* tests/unit/test_server.c: loop tests. A server and libuv clients share
+ * one loop; each test drives the loop until what it waits for arrives
+ * (bounded), compares exact bytes, then stops the server and checks that
+ * on_stopped ran once and uv_loop_close() succeeds: nothing leaked. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,144 +9,849 @@
 #include <cmocka.h>
 
 #include "api.h"
+#include "buf.h"
 #include "config.h"
+#include "log.h"
 #include "script.h"
 #include "server.h"
 
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
-typedef struct client {
-    uv_tcp_t tcp;
-    uv_connect_t conn;
-    hd_server *srv;
-    char buf[8192];
-    size_t len;
-    int step;
-    int done;
-} client;
-
+static uv_loop_t loop;
+static uv_timer_t ticker; /* wakes the loop so that waits can time out */
+static hd_config cfg;
+static hd_server srv;
 static int stopped;
-static void on_stopped(hd_server *srv)
+
+static void on_stopped(hd_server *s)
 {
-    (void)srv;
+    assert_ptr_equal(s, &srv);
     stopped++;
 }
 
-static void send_text(client *c, const char *s)
+static void on_tick(uv_timer_t *t) { (void)t; }
+
+#define RUN_UNTIL(cond)                                                                      \
+    do {                                                                                     \
+        uint64_t end_ = uv_now(&loop) + 5000;                                                \
+        while (!(cond)) {                                                                    \
+            if (uv_now(&loop) > end_) fail_msg("%s:%d: timed out waiting for %s", __FILE__,  \
+                                               __LINE__, #cond);                             \
+            uv_run(&loop, UV_RUN_ONCE);                                                      \
+        }                                                                                    \
+    } while (0)
+
+/* Runs the loop for ms (to show that nothing more happens). */
+static void run_for(uint64_t ms)
 {
-    /* A masked client frame (mask 0 keeps the bytes readable). */
-    size_t n = strlen(s);
-    uint8_t *f = malloc(6 + n);
-    f[0] = 0x81;
-    f[1] = (uint8_t)(0x80 | n);
-    memset(f + 2, 0, 4);
-    memcpy(f + 6, s, n);
-    uv_buf_t b = uv_buf_init((char *)f, (unsigned)(6 + n));
-    assert_true(uv_try_write((uv_stream_t *)&c->tcp, &b, 1) == (int)(6 + n));
+    uint64_t end = uv_now(&loop) + ms;
+    while (uv_now(&loop) < end) uv_run(&loop, UV_RUN_ONCE);
+}
+
+static const char base_config[] =
+    "listen = { host = '127.0.0.1', port = 0 }\n"
+    "limits = { max_body_bytes = 1000, max_header_bytes = 1024, max_url_bytes = 256,\n"
+    "           max_topics_per_socket = 2 }\n"
+    "log = { level = 'warn' }\n";
+
+static int setup_with(const char *text)
+{
+    char path[] = "/tmp/herald-test-server-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    char err[512];
+    unsetenv("HERALD_PORT");
+    int rc = hd_config_load(&cfg, path, err, sizeof err);
+    unlink(path);
+    if (rc) fail_msg("%s", err);
+    hd_log_set_level((hd_log_level)cfg.log_level);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    uv_timer_init(&loop, &ticker);
+    uv_timer_start(&ticker, on_tick, 5, 5);
+    stopped = 0;
+    assert_int_equal(hd_server_init(&srv, &loop, &cfg), 0);
+    srv.on_stopped = on_stopped;
+    assert_int_equal(hd_script_start(&srv, err, sizeof err), 0);
+    assert_int_equal(hd_server_start(&srv), 0);
+    assert_true(srv.port > 0);
+    assert_int_equal(srv.state, HD_READY);
+    return 0;
+}
+
+static int setup(void **st)
+{
+    (void)st;
+    return setup_with(base_config);
+}
+
+static struct cli *clients[64]; /* open clients: a failed test leaves some */
+static void cli_abandon_all(void);
+
+static int teardown(void **st)
+{
+    (void)st;
+    cli_abandon_all();
+    hd_server_stop(&srv);
+    uv_close((uv_handle_t *)&ticker, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(stopped, 1);
+    assert_int_equal(srv.state, HD_STOPPED);
+    assert_int_equal(srv.nconns, 0);
+    assert_int_equal(srv.queued_bytes, 0);
+    hd_server_free(&srv);
+    assert_int_equal(uv_loop_close(&loop), 0); /* nothing leaked */
+    hd_config_free(&cfg);
+    return 0;
+}
+
+/* ---- a client ------------------------------------------------------------------ */
+
+typedef struct cli {
+    uv_tcp_t tcp;
+    uv_connect_t cr;
+    int connected, eof, closed;
+    hd_str in;
+} cli;
+
+static void cli_alloc(uv_handle_t *h, size_t s, uv_buf_t *b)
+{
+    (void)h;
+    b->base = malloc(s);
+    b->len = s;
+}
+
+static void cli_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    cli *c = s->data;
+    if (n > 0) hd_str_add(&c->in, b->base, (size_t)n);
+    else if (n < 0) c->eof = 1;
+    free(b->base);
+}
+
+static void cli_connected(uv_connect_t *r, int status)
+{
+    cli *c = r->data;
+    assert_int_equal(status, 0);
+    c->connected = 1;
+    uv_read_start((uv_stream_t *)&c->tcp, cli_alloc, cli_read);
+}
+
+static cli *cli_new(void)
+{
+    cli *c = calloc(1, sizeof *c);
+    uv_tcp_init(&loop, &c->tcp);
+    c->tcp.data = c->cr.data = c;
+    hd_str_add(&c->in, "", 0);
+    for (size_t i = 0; i < sizeof clients / sizeof *clients; i++)
+        if (!clients[i]) {
+            clients[i] = c;
+            break;
+        }
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", srv.port, &a);
+    uv_tcp_connect(&c->cr, &c->tcp, (struct sockaddr *)&a, cli_connected);
+    RUN_UNTIL(c->connected);
+    return c;
+}
+
+static void cli_closed(uv_handle_t *h) { ((cli *)h->data)->closed = 1; }
+
+static void cli_free(cli *c)
+{
+    for (size_t i = 0; i < sizeof clients / sizeof *clients; i++)
+        if (clients[i] == c) clients[i] = NULL;
+    uv_close((uv_handle_t *)&c->tcp, cli_closed);
+    RUN_UNTIL(c->closed);
+    hd_str_free(&c->in);
+    free(c);
+}
+
+static void cli_abandoned(uv_handle_t *h)
+{
+    cli *c = h->data;
+    hd_str_free(&c->in);
+    free(c);
+}
+
+static void cli_abandon_all(void)
+{
+    for (size_t i = 0; i < sizeof clients / sizeof *clients; i++) {
+        if (clients[i] && !uv_is_closing((uv_handle_t *)&clients[i]->tcp))
+            uv_close((uv_handle_t *)&clients[i]->tcp, cli_abandoned);
+        clients[i] = NULL;
+    }
+}
+
+typedef struct {
+    uv_write_t w;
+    char data[];
+} wreq;
+
+static void cli_written(uv_write_t *w, int status)
+{
+    (void)status;
+    free(w);
+}
+
+static void cli_send(cli *c, const void *d, size_t n)
+{
+    wreq *w = malloc(sizeof *w + n);
+    memcpy(w->data, d, n);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+    assert_int_equal(uv_write(&w->w, (uv_stream_t *)&c->tcp, &b, 1, cli_written), 0);
+}
+
+static void cli_sends(cli *c, const char *s) { cli_send(c, s, strlen(s)); }
+
+/* Drops the first n received bytes. */
+static void consume(cli *c, size_t n)
+{
+    memmove(c->in.p, c->in.p + n, c->in.len - n);
+    c->in.len -= n;
+    c->in.p[c->in.len] = 0;
+}
+
+/* Length of the first complete HTTP response in c->in, or 0. */
+static size_t response_len(const cli *c)
+{
+    const char *end = strstr(c->in.p, "\r\n\r\n");
+    if (!end) return 0;
+    const char *cl = strstr(c->in.p, "Content-Length: ");
+    if (!cl || cl > end) return (size_t)(end + 4 - c->in.p); /* 101: no body */
+    size_t total = (size_t)(end + 4 - c->in.p) + strtoul(cl + 16, NULL, 10);
+    return c->in.len >= total ? total : 0;
+}
+
+/* Waits for one whole response and returns it (caller frees). */
+static char *next_response(cli *c)
+{
+    RUN_UNTIL(response_len(c) > 0);
+    size_t n = response_len(c);
+    char *r = strndup(c->in.p, n);
+    consume(c, n);
+    return r;
+}
+
+static char *expected(int status, const char *reason, const char *conn, const char *extra,
+                      const char *body)
+{
+    char *s = malloc(1024 + strlen(body));
+    sprintf(s,
+            "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+            "Cache-Control: no-store\r\nConnection: %s\r\n%s\r\n%s",
+            status, reason, strlen(body), conn, extra, body);
+    return s;
+}
+
+static void expect_response(cli *c, int status, const char *reason, const char *conn,
+                            const char *extra, const char *body)
+{
+    char *got = next_response(c);
+    char *want = expected(status, reason, conn, extra, body);
+    assert_string_equal(got, want);
+    free(got);
+    free(want);
+}
+
+/* ---- WebSocket helpers -------------------------------------------------------------- */
+
+static const char handshake[] =
+    "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n\r\n";
+
+/* A masked client frame; b0 is FIN|opcode. */
+static void ws_send_b0(cli *c, uint8_t b0, const void *d, size_t n)
+{
+    uint8_t *f = malloc(14 + n);
+    size_t h = 2;
+    f[0] = b0;
+    if (n < 126) {
+        f[1] = (uint8_t)(0x80 | n);
+    } else {
+        f[1] = 0x80 | 126;
+        f[2] = (uint8_t)(n >> 8), f[3] = (uint8_t)n;
+        h = 4;
+    }
+    static const uint8_t key[4] = {0x12, 0x34, 0x56, 0x78};
+    memcpy(f + h, key, 4);
+    for (size_t i = 0; i < n; i++) f[h + 4 + i] = ((const uint8_t *)d)[i] ^ key[i & 3];
+    cli_send(c, f, h + 4 + n);
     free(f);
 }
 
-static void alloc_cb(uv_handle_t *h, size_t s, uv_buf_t *b)
+static void ws_send(cli *c, int op, const void *d, size_t n)
 {
-    (void)s;
-    client *c = h->data;
-    *b = uv_buf_init(c->buf + c->len, (unsigned)(sizeof c->buf - c->len - 1));
+    ws_send_b0(c, (uint8_t)(0x80 | op), d, n);
 }
 
-static void read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+static void ws_text(cli *c, const char *s) { ws_send(c, 1, s, strlen(s)); }
+
+/* Length of the first whole server frame in c->in, or 0; sets *op, *pl, *pn. */
+static size_t frame_len(const cli *c, int *op, size_t *pl, size_t *pn)
 {
-    (void)b;
-    client *c = s->data;
-    if (n < 0) {
-        uv_close((uv_handle_t *)&c->tcp, NULL);
-        return;
+    const uint8_t *p = (const uint8_t *)c->in.p;
+    if (c->in.len < 2) return 0;
+    assert_int_equal(p[0] & 0x70, 0);
+    assert_int_equal(p[0] & 0x80, 0x80); /* never fragmented */
+    assert_int_equal(p[1] & 0x80, 0);    /* never masked */
+    size_t n = p[1] & 0x7F, h = 2;
+    if (n == 126) {
+        if (c->in.len < 4) return 0;
+        n = (size_t)p[2] << 8 | p[3], h = 4;
+    } else if (n == 127) {
+        if (c->in.len < 10) return 0;
+        n = 0;
+        for (int i = 0; i < 8; i++) n = n << 8 | p[2 + i];
+        h = 10;
     }
-    c->len += (size_t)n;
-    c->buf[c->len] = 0;
-    if (c->step == 0 && strstr(c->buf, "{\"status\":\"ok\"}")) {
-        assert_memory_equal(c->buf, "HTTP/1.1 200 OK\r\n", 17);
-        assert_non_null(strstr(c->buf, "Connection: keep-alive"));
-        c->len = 0;
-        c->step = 1;
-        const char *hs = "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                         "Sec-WebSocket-Version: 13\r\n\r\n";
-        uv_buf_t w = uv_buf_init((char *)hs, (unsigned)strlen(hs));
-        uv_try_write(s, &w, 1);
-    } else if (c->step == 1 && strstr(c->buf, "\r\n\r\n")) {
-        assert_non_null(strstr(c->buf, "101 Switching Protocols"));
-        assert_non_null(strstr(c->buf, "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
-        c->len = 0;
-        c->step = 2;
-        send_text(c, "[\"1\",\"1\",\"room:1\",\"phx_join\",{}]");
-    } else if (c->step == 2 && strstr(c->buf, "phx_reply")) {
-        assert_string_equal(c->buf + 2, "[\"1\",\"1\",\"room:1\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]");
-        c->len = 0;
-        c->step = 3;
-        assert_int_equal(hd_api_publish(c->srv, "room:1", 6, "e", 1, "{\"a\":1}", 7), 1);
-    } else if (c->step == 3 && c->len >= 2 && c->len >= (size_t)(2 + c->buf[1])) {
-        assert_string_equal(c->buf + 2, "[null,null,\"room:1\",\"msg\",{\"data\":{\"a\":1},\"event\":\"e\"}]");
-        c->done = 1;
-        uv_close((uv_handle_t *)&c->tcp, NULL);
-        hd_server_stop(c->srv);
-    }
+    if (c->in.len < h + n) return 0;
+    *op = p[0] & 0x0F, *pl = h, *pn = n;
+    return h + n;
 }
 
-static void connect_cb(uv_connect_t *req, int status)
+/* Waits for a frame; returns its payload (NUL-terminated, caller frees). */
+static char *next_frame_n(cli *c, int *op, size_t *len)
 {
-    client *c = req->data;
-    assert_int_equal(status, 0);
-    uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb);
-    const char *r = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
-    uv_buf_t w = uv_buf_init((char *)r, (unsigned)strlen(r));
-    uv_try_write((uv_stream_t *)&c->tcp, &w, 1);
+    size_t pl, pn;
+    RUN_UNTIL(frame_len(c, op, &pl, &pn) > 0);
+    size_t n = frame_len(c, op, &pl, &pn);
+    char *r = malloc(pn + 1);
+    memcpy(r, c->in.p + pl, pn);
+    r[pn] = 0;
+    consume(c, n);
+    *len = pn;
+    return r;
 }
 
+static char *next_frame(cli *c, int *op)
+{
+    size_t n;
+    return next_frame_n(c, op, &n);
+}
+
+static void expect_frame(cli *c, int op, const char *payload, size_t n)
+{
+    int got_op;
+    size_t got_n;
+    char *got = next_frame_n(c, &got_op, &got_n);
+    if (got_op != op)
+        fail_msg("expected opcode %d (%.*s), got %d: %.*s", op, (int)n, payload, got_op,
+                 (int)got_n, got_op == 8 && got_n >= 2 ? got + 2 : got);
+    if (op == 1) assert_string_equal(got, payload);
+    assert_int_equal(got_n, n);
+    assert_memory_equal(got, payload, n);
+    free(got);
+}
+
+static void expect_text(cli *c, const char *s) { expect_frame(c, 1, s, strlen(s)); }
+
+static cli *ws_client(void)
+{
+    cli *c = cli_new();
+    cli_sends(c, handshake);
+    char *r = next_response(c);
+    assert_string_equal(r, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                           "Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n");
+    free(r);
+    return c;
+}
+
+static void join(cli *c, const char *jr, const char *topic)
+{
+    char m[256], want[256];
+    snprintf(m, sizeof m, "[\"%s\",\"%s\",\"%s\",\"phx_join\",{}]", jr, jr, topic);
+    ws_text(c, m);
+    snprintf(want, sizeof want,
+             "[\"%s\",\"%s\",\"%s\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]", jr, jr,
+             topic);
+    expect_text(c, want);
+}
+
+/* ---- tests ------------------------------------------------------------------------------- */
+
+static const char healthz_body[] = "{\"status\":\"ok\"}";
+
+static void test_http_exact(void **st)
+{
+    (void)st;
+    cli *c = cli_new();
+    cli_sends(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    char *got = next_response(c);
+    assert_string_equal(got, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             "Content-Length: 15\r\nCache-Control: no-store\r\n"
+                             "Connection: keep-alive\r\n\r\n{\"status\":\"ok\"}");
+    free(got);
+    /* A pipelined pair (and a third) in one write: answered in order. */
+    cli_sends(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                 "GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+                 "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect_response(c, 200, "OK", "keep-alive", "", healthz_body);
+    expect_response(c, 200, "OK", "keep-alive", "", "{\"status\":\"ready\"}");
+    expect_response(c, 404, "Not Found", "keep-alive", "", "{\"error\":\"not found\"}");
+    /* The same pair a byte at a time. */
+    const char *pair = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nPOST /healthz HTTP/1.1\r\n"
+                       "Host: x\r\nContent-Length: 3\r\n\r\nabc";
+    for (size_t i = 0; pair[i]; i++) {
+        cli_send(c, pair + i, 1);
+        uv_run(&loop, UV_RUN_NOWAIT);
+    }
+    expect_response(c, 200, "OK", "keep-alive", "", healthz_body);
+    expect_response(c, 405, "Method Not Allowed", "keep-alive", "Allow: GET, HEAD\r\n",
+                    "{\"error\":\"method not allowed\"}");
+    /* Chunked body. */
+    static const char *const chunks[] = {"{\"channel\"", ":\"nobody\",\"event\":\"e\",\"data\"", ":1}"};
+    cli_sends(c, "POST /api/push HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                 "Content-Type: application/json\r\n\r\n");
+    for (int i = 0; i < 3; i++) {
+        char line[64];
+        snprintf(line, sizeof line, "%zx\r\n%s\r\n", strlen(chunks[i]), chunks[i]);
+        cli_sends(c, line);
+    }
+    cli_sends(c, "0\r\n\r\n");
+    expect_response(c, 200, "OK", "keep-alive", "",
+                    "{\"channel\":[\"nobody\"],\"data\":1,\"event\":\"e\"}");
+    assert_int_equal(c->eof, 0);
+    /* Connection: close is honoured: the answer, then EOF. */
+    cli_sends(c, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    expect_response(c, 200, "OK", "close", "", healthz_body);
+    RUN_UNTIL(c->eof);
+    assert_int_equal(c->in.len, 0);
+    cli_free(c);
+    /* HTTP/1.0 without keep-alive closes too. */
+    c = cli_new();
+    cli_sends(c, "GET /healthz HTTP/1.0\r\n\r\n");
+    expect_response(c, 200, "OK", "close", "", healthz_body);
+    RUN_UNTIL(c->eof);
+    cli_free(c);
+    RUN_UNTIL(srv.nconns == 0);
+    assert_true(srv.m.http_requests >= 9);
+}
+
+static void test_http_errors(void **st)
+{
+    (void)st;
+    /* Over max_body_bytes (1000), announced: 413 and close. */
+    cli *c = cli_new();
+    cli_sends(c, "POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n");
+    expect_response(c, 413, "Content Too Large", "close", "", "{\"error\":\"request body too large\"}");
+    RUN_UNTIL(c->eof);
+    cli_free(c);
+    /* Over it in chunks. */
+    c = cli_new();
+    char body[1200];
+    memset(body, ' ', sizeof body);
+    char head[128];
+    snprintf(head, sizeof head, "POST /api/push HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n%zx\r\n",
+             sizeof body);
+    cli_sends(c, head);
+    cli_send(c, body, sizeof body);
+    expect_response(c, 413, "Content Too Large", "close", "", "{\"error\":\"request body too large\"}");
+    RUN_UNTIL(c->eof);
+    cli_free(c);
+    /* Headers over max_header_bytes (1024). */
+    c = cli_new();
+    char big[1100];
+    memset(big, 'h', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    cli_sends(c, "GET /healthz HTTP/1.1\r\nX-Big: ");
+    cli_sends(c, big);
+    cli_sends(c, "\r\n\r\n");
+    expect_response(c, 431, "Request Header Fields Too Large", "close", "",
+                    "{\"error\":\"request header fields too large\"}");
+    RUN_UNTIL(c->eof);
+    cli_free(c);
+    /* A URL over max_url_bytes (256). */
+    c = cli_new();
+    cli_sends(c, "GET /");
+    cli_send(c, big, 300);
+    cli_sends(c, " HTTP/1.1\r\n\r\n");
+    expect_response(c, 414, "URI Too Long", "close", "", "{\"error\":\"URI too long\"}");
+    RUN_UNTIL(c->eof);
+    cli_free(c);
+    /* More than 64 headers. */
+    c = cli_new();
+    cli_sends(c, "GET /healthz HTTP/1.1\r\n");
+    for (int i = 0; i < 65; i++) cli_sends(c, "A: b\r\n");
+    cli_sends(c, "\r\n");
+    expect_response(c, 431, "Request Header Fields Too Large", "close", "",
+                    "{\"error\":\"request header fields too large\"}");
+    RUN_UNTIL(c->eof);
+    cli_free(c);
+    /* Not HTTP. */
+    c = cli_new();
+    cli_sends(c, "HELLO\r\n\r\n");
+    char *r = next_response(c);
+    assert_memory_equal(r, "HTTP/1.1 400 Bad Request\r\n", 26);
+    assert_non_null(strstr(r, "Connection: close\r\n"));
+    assert_non_null(strstr(r, "{\"error\":\"bad request: "));
+    free(r);
+    RUN_UNTIL(c->eof);
+    cli_free(c);
+    /* A WebSocket path without the upgrade. */
+    c = cli_new();
+    cli_sends(c, "GET /socket/websocket HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect_response(c, 426, "Upgrade Required", "keep-alive", "Upgrade: websocket\r\n",
+                    "{\"error\":\"upgrade required: this is a WebSocket endpoint\"}");
+    /* A handshake with a wrong version, key or vsn: refused and closed. */
+    cli_sends(c, "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 "Sec-WebSocket-Version: 8\r\n\r\n");
+    expect_response(c, 400, "Bad Request", "close", "Sec-WebSocket-Version: 13\r\n",
+                    "{\"error\":\"bad websocket handshake: Sec-WebSocket-Version must be 13\"}");
+    RUN_UNTIL(c->eof);
+    cli_free(c);
+    c = cli_new();
+    cli_sends(c, "GET /socket/websocket?vsn=1.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n");
+    expect_response(c, 403, "Forbidden", "close", "", "{\"error\":\"unsupported vsn\"}");
+    RUN_UNTIL(c->eof);
+    cli_free(c);
+    c = cli_new();
+    cli_sends(c, "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Key: c2hvcnQ=\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n");
+    expect_response(c, 400, "Bad Request", "close", "",
+                    "{\"error\":\"bad websocket handshake: invalid Sec-WebSocket-Key\"}");
+    RUN_UNTIL(c->eof);
+    cli_free(c);
+    RUN_UNTIL(srv.nconns == 0);
+}
+
+/* A request that asks to switch protocols on a path that is not a
+ * WebSocket mount is answered normally; the connection then either goes
+ * on serving requests or closes. It must not sit there ignoring them. */
+static void test_upgrade_elsewhere(void **st)
+{
+    (void)st;
+    static const char *const firsts[] = {
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    };
+    int hung = 0;
+    for (int i = 0; i < 2; i++) {
+        cli *c = cli_new();
+        cli_sends(c, firsts[i]);
+        char *r = next_response(c);
+        free(r);
+        cli_sends(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        uint64_t end = uv_now(&loop) + 1000;
+        while (!c->eof && response_len(c) == 0 && uv_now(&loop) < end) uv_run(&loop, UV_RUN_ONCE);
+        if (!c->eof && response_len(c) == 0) {
+            print_error("after \"%.40s...\" the next request got no answer and the connection "
+                        "stays open\n", firsts[i]);
+            hung++;
+        }
+        cli_free(c);
+    }
+    RUN_UNTIL(srv.nconns == 0);
+    assert_int_equal(hung, 0);
+}
+
+/* Every JSON body is valid JSON (so UTF-8), whatever bytes the request
+ * had: a topic name that is not UTF-8 echoed by /api/topics, or the part
+ * of a bad JSON body that jansson's error message quotes (it cuts a
+ * 2-byte character in half here). */
+static void test_json_bodies_are_utf8(void **st)
+{
+    (void)st;
+    static const char *const reqs[] = {
+        "GET /api/topics/%FF%FEa HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 4\r\n\r\n\"\\\xca\x88",
+    };
+    int bad = 0;
+    for (int i = 0; i < 2; i++) {
+        cli *c = cli_new();
+        cli_sends(c, reqs[i]);
+        char *r = next_response(c);
+        const char *body = strstr(r, "\r\n\r\n") + 4;
+        json_error_t e;
+        json_t *j = json_loads(body, JSON_ALLOW_NUL, &e);
+        if (!j) {
+            print_error("request %d: the response body is not JSON (%s): %s\n", i, e.text, body);
+            bad++;
+        }
+        json_decref(j);
+        free(r);
+        cli_free(c);
+    }
+    RUN_UNTIL(srv.nconns == 0);
+    assert_int_equal(bad, 0);
+}
+
+/* A response to HEAD has no content (RFC 9110 9.3.2): a client reading
+ * pipelined responses takes the next bytes as the next status line. */
+static void test_head(void **st)
+{
+    (void)st;
+    cli *c = cli_new();
+    cli_sends(c, "HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    RUN_UNTIL(strstr(c->in.p, healthz_body) != NULL || (strstr(c->in.p, "\r\n\r\n") &&
+              strstr(strstr(c->in.p, "\r\n\r\n") + 4, "\r\n\r\n")));
+    run_for(20);
+    const char *after = strstr(c->in.p, "\r\n\r\n") + 4;
+    if (strncmp(after, "HTTP/1.1 ", 9) != 0)
+        fail_msg("the response to HEAD carries content: %.60s", after);
+    cli_free(c);
+    RUN_UNTIL(srv.nconns == 0);
+}
+
+static void test_push_and_publish(void **st)
+{
+    (void)st;
+    cli *ws = ws_client();
+    join(ws, "1", "room:1");
+    assert_int_equal(srv.nws, 1);
+    assert_non_null(hd_topics_find(&srv.topics, "room:1", 6));
+    /* hd_api_publish: exactly the frame the subscriber receives. */
+    assert_int_equal(hd_api_publish(&srv, "room:1", 6, "e", 1, "{\"a\":1}", 7), 1);
+    expect_text(ws, "[null,null,\"room:1\",\"msg\",{\"data\":{\"a\":1},\"event\":\"e\"}]");
+    assert_int_equal(hd_api_publish(&srv, "room:2", 6, "e", 1, "1", 1), 0);
+    /* Through the HTTP API (from loopback: no token needed). */
+    cli *h = cli_new();
+    const char *json = "{\"channel\":\"room:1\",\"event\":\"e\",\"data\":{\"a\":1}}";
+    char req[512];
+    snprintf(req, sizeof req,
+             "POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s", strlen(json), json);
+    cli_sends(h, req);
+    expect_response(h, 200, "OK", "keep-alive", "", "{\"channel\":[\"room:1\"],\"data\":{\"a\":1},\"event\":\"e\"}");
+    expect_text(ws, "[null,null,\"room:1\",\"msg\",{\"data\":{\"a\":1},\"event\":\"e\"}]");
+    /* A form, with a list of channels (one duplicate) and escapes. */
+    const char *form = "channel[]=room%3A1&channel[]=other&channel[]=room:1&event=ev+1&data=x%22y";
+    snprintf(req, sizeof req,
+             "POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+             "Content-Length: %zu\r\n\r\n%s", strlen(form), form);
+    cli_sends(h, req);
+    expect_response(h, 200, "OK", "keep-alive", "",
+                    "{\"channel\":[\"room:1\",\"other\"],\"data\":\"x\\\"y\",\"event\":\"ev 1\"}");
+    expect_text(ws, "[null,null,\"room:1\",\"msg\",{\"data\":\"x\\\"y\",\"event\":\"ev 1\"}]");
+    /* A batch. */
+    const char *batch = "[{\"channel\":\"room:1\",\"event\":\"a\",\"data\":null},"
+                        "{\"channel\":[\"room:1\"],\"event\":\"b\",\"data\":[1,\"\\u00e9\"]}]";
+    snprintf(req, sizeof req, "POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n%s",
+             strlen(batch), batch);
+    cli_sends(h, req);
+    expect_response(h, 200, "OK", "keep-alive", "",
+                    "[{\"channel\":[\"room:1\"],\"data\":null,\"event\":\"a\"},"
+                    "{\"channel\":[\"room:1\"],\"data\":[1,\"\xc3\xa9\"],\"event\":\"b\"}]");
+    expect_text(ws, "[null,null,\"room:1\",\"msg\",{\"data\":null,\"event\":\"a\"}]");
+    expect_text(ws, "[null,null,\"room:1\",\"msg\",{\"data\":[1,\"\xc3\xa9\"],\"event\":\"b\"}]");
+    /* Refusals. */
+    const char *bad = "{\"channel\":\"room:1\",\"data\":1}";
+    snprintf(req, sizeof req,
+             "POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%s", strlen(bad), bad);
+    cli_sends(h, req);
+    expect_response(h, 422, "Unprocessable Content", "keep-alive", "",
+                    "{\"error\":\"Invalid push arguments: channel, data, event are required.\"}");
+    cli_sends(h, "POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 2\r\n\r\n{]");
+    char *r = next_response(h);
+    assert_memory_equal(r, "HTTP/1.1 400 Bad Request\r\n", 26);
+    assert_non_null(strstr(r, "{\"error\":\"invalid JSON: "));
+    free(r);
+    cli_sends(h, "POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                 "Content-Length: 2\r\n\r\n{}");
+    r = next_response(h);
+    assert_memory_equal(r, "HTTP/1.1 415 Unsupported Media Type\r\n", 37);
+    free(r);
+    cli_sends(h, "GET /api/push HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect_response(h, 405, "Method Not Allowed", "keep-alive", "Allow: POST\r\n",
+                    "{\"error\":\"method not allowed\"}");
+    /* Topic info. */
+    cli_sends(h, "GET /api/topics/room%3A1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    r = next_response(h);
+    assert_non_null(strstr(r, "\r\n\r\n{\"topic\":\"room:1\",\"subscribers\":1,\"listening\":true,"));
+    free(r);
+    /* Nothing else reached the socket. */
+    run_for(50);
+    assert_int_equal(ws->in.len, 0);
+    cli_free(h);
+    cli_free(ws);
+    RUN_UNTIL(srv.nconns == 0);
+    assert_null(hd_topics_find(&srv.topics, "room:1", 6)); /* freed with its last subscriber */
+    assert_int_equal(srv.topics.count, 0);
+}
+
+static void test_phoenix(void **st)
+{
+    (void)st;
+    cli *ws = ws_client();
+    ws_text(ws, "[null,\"2\",\"phoenix\",\"heartbeat\",{}]");
+    expect_text(ws, "[null,\"2\",\"phoenix\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]");
+    join(ws, "3", "a");
+    join(ws, "4", "b");
+    /* max_topics_per_socket is 2. */
+    ws_text(ws, "[\"5\",\"5\",\"c\",\"phx_join\",{}]");
+    expect_text(ws, "[\"5\",\"5\",\"c\",\"phx_reply\",{\"status\":\"error\",\"response\":{\"reason\":\"too many channels joined\"}}]");
+    /* A second join of a topic closes the first channel. */
+    ws_text(ws, "[\"6\",\"6\",\"a\",\"phx_join\",{}]");
+    expect_text(ws, "[\"3\",\"3\",\"a\",\"phx_close\",{}]");
+    expect_text(ws, "[\"6\",\"6\",\"a\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]");
+    ws_text(ws, "[\"4\",\"7\",\"b\",\"phx_leave\",{}]");
+    expect_text(ws, "[\"4\",\"7\",\"b\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]");
+    expect_text(ws, "[\"4\",\"4\",\"b\",\"phx_close\",{}]");
+    assert_null(hd_topics_find(&srv.topics, "b", 1));
+    /* A push on a topic not joined. */
+    ws_text(ws, "[null,\"8\",\"zzz\",\"shout\",{}]");
+    expect_text(ws, "[null,\"8\",\"zzz\",\"phx_reply\",{\"status\":\"error\",\"response\":{\"reason\":\"unmatched topic\"}}]");
+    /* Invalid topics. */
+    ws_text(ws, "[null,\"9\",\"\",\"phx_join\",{}]");
+    expect_text(ws, "[null,\"9\",\"\",\"phx_reply\",{\"status\":\"error\",\"response\":{\"reason\":\"invalid topic\"}}]");
+    char longt[256 + 64], want[256 + 160], name[257];
+    memset(name, 't', 256);
+    name[256] = 0;
+    snprintf(longt, sizeof longt, "[null,\"10\",\"%s\",\"phx_join\",{}]", name);
+    ws_text(ws, longt); /* 256 bytes: one more than a topic may have */
+    snprintf(want, sizeof want, "[null,\"10\",\"%s\",\"phx_reply\",{\"status\":\"error\","
+             "\"response\":{\"reason\":\"invalid topic\"}}]", name);
+    expect_text(ws, want);
+    /* Ping: a pong with the same payload; a message split in fragments. */
+    ws_send(ws, 9, "ping!", 5);
+    expect_frame(ws, 10, "ping!", 5);
+    ws_send_b0(ws, 0x01, "[null", 5);
+    ws_send_b0(ws, 0x89, "", 0); /* a ping between fragments */
+    const char *rest = ",\"11\",\"phoenix\",\"heartbeat\",{}]";
+    ws_send_b0(ws, 0x80, rest, strlen(rest));
+    expect_frame(ws, 10, "", 0);
+    expect_text(ws, "[null,\"11\",\"phoenix\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]");
+    /* The close handshake: our close echoes the code, then TCP closes. */
+    ws_send(ws, 8, "\x0f\xa0" "bye", 5);
+    expect_frame(ws, 8, "\x0f\xa0", 2);
+    RUN_UNTIL(ws->eof);
+    cli_free(ws);
+    RUN_UNTIL(srv.nconns == 0);
+    assert_int_equal(srv.topics.count, 0);
+}
+
+static void test_ws_errors(void **st)
+{
+    (void)st;
+    static const struct {
+        const char *msg;
+        int binary;
+        uint16_t code;
+    } cases[] = {
+        {"not json", 0, 1007},
+        {"{\"a\":1}", 0, 1007},
+        {"[null,null,\"t\",\"phx_join\"]", 0, 1007},
+        {"[1,null,\"t\",\"phx_join\",{}]", 0, 1007},
+        {"[null,null,\"t\",\"phx_join\",[]]", 0, 1007},
+        {"[null,null,\"t\",\"phx_join\",{}]", 1, 1003},
+        {"\xc3\x28", 0, 1007}, /* not UTF-8 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        cli *ws = ws_client();
+        ws_send(ws, cases[i].binary ? 2 : 1, cases[i].msg, strlen(cases[i].msg));
+        int op;
+        char *p = next_frame(ws, &op);
+        assert_int_equal(op, 8);
+        assert_int_equal((uint8_t)p[0] << 8 | (uint8_t)p[1], cases[i].code);
+        free(p);
+        /* The client answers the close; the server ends TCP. */
+        ws_send(ws, 8, "", 0);
+        RUN_UNTIL(ws->eof);
+        cli_free(ws);
+    }
+    /* An unmasked frame: 1002 and the connection ends. */
+    cli *ws = ws_client();
+    cli_send(ws, "\x81\x02hi", 4);
+    int op;
+    char *p = next_frame(ws, &op);
+    assert_int_equal(op, 8);
+    assert_int_equal((uint8_t)p[0] << 8 | (uint8_t)p[1], 1002);
+    free(p);
+    RUN_UNTIL(ws->eof);
+    cli_free(ws);
+    RUN_UNTIL(srv.nconns == 0);
+}
+
+/* hd_server_stop with clients still connected: they see EOF, the server
+ * stops once, and the loop closes (teardown). */
+static void test_stop_with_clients(void **st)
+{
+    (void)st;
+    cli *ws = ws_client();
+    join(ws, "1", "room:1");
+    cli *h = cli_new();
+    cli_sends(h, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect_response(h, 200, "OK", "keep-alive", "", healthz_body);
+    cli *idle = cli_new();
+    RUN_UNTIL(srv.nconns == 3);
+    hd_server_stop(&srv);
+    hd_server_stop(&srv); /* twice is fine */
+    RUN_UNTIL(ws->eof && h->eof && idle->eof);
+    RUN_UNTIL(stopped == 1);
+    assert_int_equal(srv.nconns, 0);
+    assert_int_equal(srv.topics.count, 0);
+    cli_free(ws);
+    cli_free(h);
+    cli_free(idle);
+}
+
+/* Two servers in one loop, each with its own client; both stop; the loop
+ * closes with nothing open. */
 static void test_two_servers_one_loop(void **st)
 {
     (void)st;
-    setenv("HERALD_PORT", "0", 1);
-    hd_config cfg;
+    hd_server other;
+    assert_int_equal(hd_server_init(&other, &loop, &cfg), 0);
     char err[256];
-    assert_int_equal(hd_config_load(&cfg, NULL, err, sizeof err), 0);
-    unsetenv("HERALD_PORT");
-    free(cfg.host);
-    cfg.host = strdup("127.0.0.1");
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    hd_server srv[2];
-    client cl[2];
-    memset(cl, 0, sizeof cl);
-    stopped = 0;
-    for (int i = 0; i < 2; i++) {
-        assert_int_equal(hd_server_init(&srv[i], &loop, &cfg), 0);
-        srv[i].on_stopped = on_stopped;
-        assert_int_equal(hd_script_start(&srv[i], err, sizeof err), 0);
-        assert_int_equal(hd_server_start(&srv[i]), 0);
-        assert_true(srv[i].port > 0);
-        struct sockaddr_in a;
-        uv_ip4_addr("127.0.0.1", srv[i].port, &a);
-        uv_tcp_init(&loop, &cl[i].tcp);
-        cl[i].tcp.data = cl[i].conn.data = &cl[i];
-        cl[i].srv = &srv[i];
-        uv_tcp_connect(&cl[i].conn, &cl[i].tcp, (struct sockaddr *)&a, connect_cb);
-    }
-    uv_run(&loop, UV_RUN_DEFAULT);
-    assert_int_equal(cl[0].done + cl[1].done, 2);
-    assert_int_equal(stopped, 2);
-    for (int i = 0; i < 2; i++) {
-        assert_int_equal(srv[i].m.deliveries, 1);
-        assert_int_equal(srv[i].nconns, 0);
-        hd_server_free(&srv[i]);
-    }
-    assert_int_equal(uv_loop_close(&loop), 0); /* nothing leaked */
-    hd_config_free(&cfg);
+    assert_int_equal(hd_script_start(&other, err, sizeof err), 0);
+    assert_int_equal(hd_server_start(&other), 0);
+    assert_int_not_equal(other.port, srv.port);
+    cli *a = ws_client();
+    join(a, "1", "room:1");
+    /* A client of the other server. */
+    int port = srv.port;
+    srv.port = other.port;
+    cli *b = ws_client();
+    srv.port = port;
+    char m[] = "[\"1\",\"1\",\"room:1\",\"phx_join\",{}]";
+    ws_text(b, m);
+    expect_text(b, "[\"1\",\"1\",\"room:1\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]");
+    /* Publishes stay on their server. */
+    assert_int_equal(hd_api_publish(&other, "room:1", 6, "x", 1, "2", 1), 1);
+    expect_text(b, "[null,null,\"room:1\",\"msg\",{\"data\":2,\"event\":\"x\"}]");
+    assert_int_equal(hd_api_publish(&srv, "room:1", 6, "y", 1, "3", 1), 1);
+    expect_text(a, "[null,null,\"room:1\",\"msg\",{\"data\":3,\"event\":\"y\"}]");
+    run_for(30);
+    assert_int_equal(a->in.len + b->in.len, 0);
+    assert_int_equal(other.m.deliveries, 1);
+    assert_int_equal(srv.m.deliveries, 1);
+    hd_server_stop(&other);
+    RUN_UNTIL(b->eof && other.state == HD_STOPPED);
+    assert_int_equal(a->eof, 0); /* the first server still serves */
+    hd_server_free(&other);
+    cli_free(a);
+    cli_free(b);
 }
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_two_servers_one_loop)};
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_http_exact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_upgrade_elsewhere, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_json_bodies_are_utf8, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_head, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_push_and_publish, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_phoenix, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ws_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop_with_clients, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_two_servers_one_loop, setup, teardown),
+    };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,4 +1,7 @@
-/* tests/unit/test_util.c: hashes, base64, UTF-8, URL and header helpers. */
+/* tests/unit/test_util.c: hashes, base64, UTF-8, URL and header helpers.
+ * UTF-8 validation is compared with a reference written from Unicode's
+ * table of well-formed byte sequences (Table 3-7), exhaustively up to three
+ * bytes and on boundary and random inputs beyond. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +12,7 @@
 #include "ws.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void hex(const uint8_t *p, size_t n, char *out)
@@ -16,26 +20,60 @@ static void hex(const uint8_t *p, size_t n, char *out)
     for (size_t i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", p[i]);
 }
 
+static uint64_t rng = 0x243F6A8885A308D3ULL;
+static uint32_t rnd(void)
+{
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (uint32_t)(rng >> 11);
+}
+
+/* ---- SHA-1, SHA-256, HMAC ------------------------------------------------ */
+
+static void sha1_hex(const void *p, size_t n, char h[41])
+{
+    uint8_t d[20];
+    hd_sha1(p, n, d);
+    hex(d, 20, h);
+}
+
 static void test_sha1(void **st)
 {
     (void)st;
-    uint8_t d[20];
     char h[41];
-    hd_sha1("", 0, d);
-    hex(d, 20, h);
+    sha1_hex("", 0, h);
     assert_string_equal(h, "da39a3ee5e6b4b0d3255bfef95601890afd80709");
-    hd_sha1("abc", 3, d);
-    hex(d, 20, h);
+    sha1_hex("abc", 3, h);
     assert_string_equal(h, "a9993e364706816aba3e25717850c26c9cd0d89d");
-    const char *m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
-    hd_sha1(m, strlen(m), d);
-    hex(d, 20, h);
+    const char *m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"; /* 56: two tails */
+    sha1_hex(m, strlen(m), h);
     assert_string_equal(h, "84983e441c3bd26ebaae4aa1f95129e5e54670f1");
+    const char *fox = "The quick brown fox jumps over the lazy dog";
+    sha1_hex(fox, strlen(fox), h);
+    assert_string_equal(h, "2fd4e1c67a2d28fced849ee1bb76e7391b93eb12");
+    /* A million 'a' (FIPS 180 appendix A.3): many blocks. */
+    char *a = malloc(1000000);
+    memset(a, 'a', 1000000);
+    sha1_hex(a, 1000000, h);
+    assert_string_equal(h, "34aa973cd4c4daa4f61eeb2bdbad27316534016f");
+    free(a);
+}
+
+static void test_accept_key(void **st)
+{
+    (void)st;
     char acc[29];
+    /* RFC 6455 section 1.3. */
     assert_int_equal(hd_ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==", 24, acc), 0);
     assert_string_equal(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    assert_int_equal(strlen(acc), 28);
+    /* RFC 6455 section 4.2.2 example key is the same; another known pair. */
+    assert_int_equal(hd_ws_accept_key("x3JJHMbDL1EzLkh9GBhXDw==", 24, acc), 0);
+    assert_string_equal(acc, "HSmrc0sMlYUkAGmm5OPpG2HaGWk=");
     assert_int_equal(hd_ws_accept_key("short", 5, acc), -1);
     assert_int_equal(hd_ws_accept_key("!!!!!!!!!!!!!!!!!!!!!!!!", 24, acc), -1);
+    assert_int_equal(hd_ws_accept_key("AAAAAAAAAAAAAAAAAAAAAAAA", 24, acc), -1); /* 18 bytes */
+    assert_int_equal(hd_ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==x", 25, acc), -1);
+    assert_int_equal(hd_ws_accept_key("", 0, acc), -1);
 }
 
 static void test_sha256_hmac(void **st)
@@ -46,6 +84,13 @@ static void test_sha256_hmac(void **st)
     hd_sha256("abc", 3, d);
     hex(d, 32, h);
     assert_string_equal(h, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    hd_sha256("", 0, d);
+    hex(d, 32, h);
+    assert_string_equal(h, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    const char *m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    hd_sha256(m, strlen(m), d);
+    hex(d, 32, h);
+    assert_string_equal(h, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
     /* RFC 4231 test cases 1 and 2. */
     uint8_t key[20];
     memset(key, 0x0b, 20);
@@ -63,70 +108,303 @@ static void test_sha256_hmac(void **st)
     hex(d, 32, h);
     assert_string_equal(h, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
     assert_true(hd_ct_equal("abc", 3, "abc", 3));
+    assert_true(hd_ct_equal("", 0, "", 0));
     assert_false(hd_ct_equal("abc", 3, "abd", 3));
     assert_false(hd_ct_equal("abc", 3, "ab", 2));
+    assert_false(hd_ct_equal("ab", 2, "abc", 3));
 }
 
-static void test_base64(void **st)
+/* ---- base64 ---------------------------------------------------------------- */
+
+static void test_base64_vectors(void **st)
 {
     (void)st;
+    /* RFC 4648 section 10. */
+    static const char *const plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
+    static const char *const enc[] = {"", "Zg==", "Zm8=", "Zm9v", "Zm9vYg==", "Zm9vYmE=",
+                                      "Zm9vYmFy"};
     char out[64];
     uint8_t raw[64];
-    assert_int_equal(hd_base64_encode((const uint8_t *)"foob", 4, out), 8);
-    assert_string_equal(out, "Zm9vYg==");
-    assert_int_equal(hd_base64_decode("Zm9vYg==", 8, raw), 4);
-    assert_memory_equal(raw, "foob", 4);
-    assert_int_equal(hd_base64_decode("Zm9vYg", 6, raw), 4); /* unpadded */
-    assert_int_equal(hd_base64_decode("-_8", 3, raw), 2);    /* URL-safe */
+    for (int i = 0; i < 7; i++) {
+        size_t n = strlen(plain[i]);
+        assert_int_equal(hd_base64_encode((const uint8_t *)plain[i], n, out), strlen(enc[i]));
+        assert_string_equal(out, enc[i]);
+        assert_int_equal(hd_base64_decode(enc[i], strlen(enc[i]), raw), (long)n);
+        assert_memory_equal(raw, plain[i], n);
+        /* Unpadded. */
+        size_t el = strlen(enc[i]);
+        while (el && enc[i][el - 1] == '=') el--;
+        assert_int_equal(hd_base64_decode(enc[i], el, raw), (long)n);
+        assert_memory_equal(raw, plain[i], n);
+    }
+    /* URL-safe alphabet, with and without padding. */
+    assert_int_equal(hd_base64_decode("-_8", 3, raw), 2);
     assert_int_equal(raw[0], 0xfb);
     assert_int_equal(raw[1], 0xff);
-    assert_int_equal(hd_base64_decode("Zm9v!", 5, raw), -1);
-    assert_int_equal(hd_base64_decode("Z", 1, raw), -1);
-    assert_int_equal(hd_base64_decode("", 0, raw), 0);
+    assert_int_equal(hd_base64_decode("-_8=", 4, raw), 2);
+    assert_int_equal(hd_base64_decode("+/8=", 4, raw), 2);
+    assert_int_equal(raw[0], 0xfb);
+    assert_int_equal(raw[1], 0xff);
 }
 
-static void test_utf8(void **st)
+static void test_base64_invalid(void **st)
+{
+    (void)st;
+    uint8_t raw[64];
+    static const char *const bad[] = {
+        "Zm9v!",   /* outside the alphabet */
+        "Z",       /* one char: no whole byte */
+        "Zm9vY",   /* 4k+1 chars */
+        "Zm9vY===", /* 4k+1 data chars once the padding goes */
+        "Zm=9",    /* '=' inside */
+        " Zm9v",   /* blank */
+        "Zm9v\n",  /* newline */
+        "Zm9v\x80", /* high byte */
+        "Zg==Zg==", /* padding in the middle */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_int_equal(hd_base64_decode(bad[i], strlen(bad[i]), raw), -1);
+    assert_int_equal(hd_base64_decode("", 0, raw), 0);
+    assert_int_equal(hd_base64_decode("==", 2, raw), 0);
+    /* A NUL inside the given length is not base64. */
+    assert_int_equal(hd_base64_decode("Zm\0v", 4, raw), -1);
+}
+
+static void test_base64_roundtrip(void **st)
+{
+    (void)st;
+    uint8_t in[200], back[200];
+    char out[300], url[300];
+    for (size_t len = 0; len < 200; len++) {
+        for (size_t i = 0; i < len; i++) in[i] = (uint8_t)rnd();
+        size_t n = hd_base64_encode(in, len, out);
+        assert_int_equal(n, 4 * ((len + 2) / 3));
+        assert_int_equal(strlen(out), n);
+        assert_int_equal(hd_base64_decode(out, n, back), (long)len);
+        assert_memory_equal(back, in, len);
+        /* The same bytes in the URL-safe alphabet, unpadded. */
+        size_t u = 0;
+        for (size_t i = 0; i < n && out[i] != '='; i++)
+            url[u++] = out[i] == '+' ? '-' : out[i] == '/' ? '_' : out[i];
+        memset(back, 0, sizeof back);
+        assert_int_equal(hd_base64_decode(url, u, back), (long)len);
+        assert_memory_equal(back, in, len);
+    }
+}
+
+/* ---- UTF-8 -------------------------------------------------------------------- */
+
+/* Reference: Unicode 15, Table 3-7, byte ranges of well-formed sequences. */
+static int ref_utf8(const uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        uint8_t b = p[i];
+        uint8_t lo = 0x80, hi = 0xBF;
+        size_t k;
+        if (b <= 0x7F) k = 0;
+        else if (b >= 0xC2 && b <= 0xDF) k = 1;
+        else if (b == 0xE0) k = 2, lo = 0xA0;
+        else if ((b >= 0xE1 && b <= 0xEC) || b == 0xEE || b == 0xEF) k = 2;
+        else if (b == 0xED) k = 2, hi = 0x9F;
+        else if (b == 0xF0) k = 3, lo = 0x90;
+        else if (b >= 0xF1 && b <= 0xF3) k = 3;
+        else if (b == 0xF4) k = 3, hi = 0x8F;
+        else return 0;
+        if (n - i < k + 1) return 0;
+        if (k && (p[i + 1] < lo || p[i + 1] > hi)) return 0;
+        for (size_t j = 2; j <= k; j++)
+            if (p[i + j] < 0x80 || p[i + j] > 0xBF) return 0;
+        i += k + 1;
+    }
+    return 1;
+}
+
+static void test_utf8_cases(void **st)
 {
     (void)st;
 #define V(s) hd_utf8_valid((const uint8_t *)(s), sizeof(s) - 1)
+    assert_true(V(""));
     assert_true(V("plain ascii"));
+    assert_true(V("nul\0inside"));
+    assert_true(V("\x7f"));
+    assert_true(V("\xc2\x80"));                    /* U+0080 */
     assert_true(V("\xc3\xa9t\xc3\xa9"));           /* été */
+    assert_true(V("\xdf\xbf"));                    /* U+07FF */
+    assert_true(V("\xe0\xa0\x80"));                /* U+0800 */
     assert_true(V("\xe2\x82\xac"));                /* € */
+    assert_true(V("\xed\x9f\xbf"));                /* U+D7FF */
+    assert_true(V("\xee\x80\x80"));                /* U+E000 */
+    assert_true(V("\xef\xbf\xbf"));                /* U+FFFF */
+    assert_true(V("\xf0\x90\x80\x80"));            /* U+10000 */
     assert_true(V("\xf0\x9f\x98\x80"));            /* U+1F600 */
     assert_true(V("\xf4\x8f\xbf\xbf"));            /* U+10FFFF */
-    assert_false(V("\xc0\xaf"));                   /* overlong */
+    assert_false(V("\xc0\xaf"));                   /* overlong '/' */
+    assert_false(V("\xc1\xbf"));                   /* overlong */
     assert_false(V("\xe0\x80\xaf"));               /* overlong */
-    assert_false(V("\xed\xa0\x80"));               /* surrogate */
-    assert_false(V("\xf4\x90\x80\x80"));           /* > U+10FFFF */
-    assert_false(V("\xe2\x82"));                   /* truncated */
-    assert_false(V("\x80"));                       /* lone continuation */
+    assert_false(V("\xe0\x9f\xbf"));               /* overlong U+07FF */
+    assert_false(V("\xf0\x8f\xbf\xbf"));           /* overlong U+FFFF */
+    assert_false(V("\xf0\x80\x80\xaf"));           /* overlong */
+    assert_false(V("\xed\xa0\x80"));               /* U+D800 */
+    assert_false(V("\xed\xbf\xbf"));               /* U+DFFF */
+    assert_false(V("\xed\xa0\xbd\xed\xb8\x80"));   /* a CESU-8 surrogate pair */
+    assert_false(V("\xf4\x90\x80\x80"));           /* U+110000 */
+    assert_false(V("\xf5\x80\x80\x80"));
+    assert_false(V("\xf8\x88\x80\x80\x80"));       /* 5-byte form */
+    assert_false(V("\xfe"));
     assert_false(V("\xff"));
+    assert_false(V("\xe2\x82"));                   /* truncated */
+    assert_false(V("\xf0\x9f\x98"));               /* truncated */
+    assert_false(V("\xf0\x9f"));
+    assert_false(V("\xc3"));
+    assert_false(V("ok\xc3"));                     /* truncated at the end */
+    assert_false(V("\xc3" "a"));                   /* not a continuation */
+    assert_false(V("\xe2\x28\xa1"));
+    assert_false(V("\x80"));                       /* lone continuation */
+    assert_false(V("a\xbf" "b"));
 #undef V
+    /* Truncated by the length, not the bytes. */
+    const uint8_t euro[] = {0xe2, 0x82, 0xac};
+    assert_true(hd_utf8_valid(euro, 3));
+    assert_false(hd_utf8_valid(euro, 2));
+    assert_false(hd_utf8_valid(euro, 1));
+    assert_true(hd_utf8_valid(euro, 0));
 }
 
-static void test_url_header(void **st)
+static void test_utf8_exhaustive(void **st)
 {
     (void)st;
-    char s[] = "a%20b+c%2x%41";
+    uint8_t b[8];
+    for (unsigned x = 0; x < 256; x++) {
+        b[0] = (uint8_t)x;
+        assert_int_equal(hd_utf8_valid(b, 1), ref_utf8(b, 1));
+    }
+    for (unsigned x = 0; x < 65536; x++) {
+        b[0] = (uint8_t)(x >> 8), b[1] = (uint8_t)x;
+        assert_int_equal(hd_utf8_valid(b, 2), ref_utf8(b, 2));
+    }
+    for (unsigned x = 0; x < (1u << 24); x++) {
+        b[0] = (uint8_t)(x >> 16), b[1] = (uint8_t)(x >> 8), b[2] = (uint8_t)x;
+        if (hd_utf8_valid(b, 3) != ref_utf8(b, 3))
+            fail_msg("3 bytes %02x %02x %02x: got %d", b[0], b[1], b[2], hd_utf8_valid(b, 3));
+    }
+    /* Four bytes: every lead and second byte, the edges of the rest. */
+    static const uint8_t edge[] = {0x00, 0x41, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xff};
+    for (unsigned x = 0; x < 65536; x++)
+        for (size_t i = 0; i < sizeof edge; i++)
+            for (size_t j = 0; j < sizeof edge; j++) {
+                b[0] = (uint8_t)(x >> 8), b[1] = (uint8_t)x, b[2] = edge[i], b[3] = edge[j];
+                if (hd_utf8_valid(b, 4) != ref_utf8(b, 4))
+                    fail_msg("4 bytes %02x %02x %02x %02x", b[0], b[1], b[2], b[3]);
+            }
+    /* Random mixes of likely bytes, up to 8 long. */
+    static const uint8_t pool[] = {0x00, 0x41, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf,
+                                   0xc0, 0xc1, 0xc2, 0xdf, 0xe0, 0xe1, 0xec, 0xed, 0xee,
+                                   0xef, 0xf0, 0xf1, 0xf3, 0xf4, 0xf5, 0xff};
+    for (int k = 0; k < 2000000; k++) {
+        size_t n = rnd() % 9;
+        for (size_t i = 0; i < n; i++) b[i] = pool[rnd() % sizeof pool];
+        if (hd_utf8_valid(b, n) != ref_utf8(b, n)) fail_msg("random input of %zu bytes", n);
+    }
+}
+
+/* ---- URL, headers, addresses ------------------------------------------------- */
+
+static void url_n(const char *in, const char *want, size_t wl)
+{
+    char s[128];
+    strcpy(s, in);
     size_t n = hd_url_decode(s, strlen(s));
-    s[n] = 0;
-    assert_string_equal(s, "a b c%2xA");
-    const char *v = "keep-alive, Upgrade";
-    assert_true(hd_header_has_token(v, strlen(v), "upgrade"));
-    assert_false(hd_header_has_token(v, strlen(v), "upgrad"));
+    assert_int_equal(n, wl);
+    assert_memory_equal(s, want, n);
+}
+#define url(in, want) url_n(in, want, sizeof(want) - 1)
+
+static void test_url_decode(void **st)
+{
+    (void)st;
+    url("", "");
+    url("plain", "plain");
+    url("a%20b+c%2x%41", "a b c%2xA");
+    url("%41%42%43", "ABC");
+    url("%4a%4A", "JJ");
+    url("%", "%");
+    url("%4", "%4");
+    url("x%", "x%");
+    url("x%4", "x%4");
+    url("%%41", "%A");
+    url("%g1%1g", "%g1%1g");
+    url("++", "  ");
+    url("%2B", "+");
+    url("%00", "\0");
+    url("room%3A1", "room:1");
+    url("%e2%82%ac", "\xe2\x82\xac");
+}
+
+static void test_header_token(void **st)
+{
+    (void)st;
+#define T(v, tok) hd_header_has_token(v, strlen(v), tok)
+    assert_true(T("keep-alive, Upgrade", "upgrade"));
+    assert_true(T("Upgrade", "upgrade"));
+    assert_true(T("UPGRADE", "upgrade"));
+    assert_true(T("  upgrade  ", "upgrade"));
+    assert_true(T("\tupgrade\t,x", "upgrade"));
+    assert_true(T(",,upgrade,,", "upgrade"));
+    assert_true(T("a,b ,  upgrade", "upgrade"));
+    assert_false(T("keep-alive, Upgrade", "upgrad"));
+    assert_false(T("upgrades", "upgrade"));
+    assert_false(T("x-upgrade", "upgrade"));
+    assert_false(T("up grade", "upgrade"));
+    assert_false(T("", "upgrade"));
+    assert_false(T(",", "upgrade"));
+#undef T
+    /* The length bounds the value: a token past it does not count. */
+    assert_false(hd_header_has_token("close, upgrade", 6, "upgrade"));
+    assert_true(hd_header_has_token("upgradeXYZ", 7, "upgrade"));
     assert_true(hd_strieq("WebSocket", 9, "websocket"));
+    assert_true(hd_strieq("", 0, ""));
+    assert_false(hd_strieq("WebSocke", 8, "websocket"));
+    assert_false(hd_strieq("WebSocketX", 10, "websocket"));
+    assert_false(hd_strieq("WebSocket", 9, "websockez"));
+    /* Only ASCII letters fold. */
+    assert_false(hd_strieq("\xc3\xa9", 2, "\xc3\x89"));
+    assert_false(hd_strieq("[", 1, "{"));
+}
+
+static void test_loopback(void **st)
+{
+    (void)st;
+    assert_true(hd_addr_is_loopback("127.0.0.1"));
     assert_true(hd_addr_is_loopback("127.1.2.3"));
+    assert_true(hd_addr_is_loopback("127.255.255.255"));
     assert_true(hd_addr_is_loopback("::1"));
     assert_true(hd_addr_is_loopback("::ffff:127.0.0.1"));
     assert_false(hd_addr_is_loopback("10.0.0.1"));
+    assert_false(hd_addr_is_loopback("128.0.0.1"));
+    assert_false(hd_addr_is_loopback("1.127.0.0"));
+    assert_false(hd_addr_is_loopback("::ffff:10.0.0.1"));
+    assert_false(hd_addr_is_loopback("::2"));
+    assert_false(hd_addr_is_loopback("::10"));
+    assert_false(hd_addr_is_loopback("fe80::1"));
+    assert_false(hd_addr_is_loopback(""));
+    assert_false(hd_addr_is_loopback("?"));
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sha1),   cmocka_unit_test(test_sha256_hmac),
-        cmocka_unit_test(test_base64), cmocka_unit_test(test_utf8),
-        cmocka_unit_test(test_url_header),
+        cmocka_unit_test(test_sha1),
+        cmocka_unit_test(test_accept_key),
+        cmocka_unit_test(test_sha256_hmac),
+        cmocka_unit_test(test_base64_vectors),
+        cmocka_unit_test(test_base64_invalid),
+        cmocka_unit_test(test_base64_roundtrip),
+        cmocka_unit_test(test_utf8_cases),
+        cmocka_unit_test(test_utf8_exhaustive),
+        cmocka_unit_test(test_url_decode),
+        cmocka_unit_test(test_header_token),
+        cmocka_unit_test(test_loopback),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,13 @@
-listen = { host = "127.0.0.1", port = 0 }
-limits = { max_body_bytes = 10 }
-mounts = { "/ws" }
-topics = { { match = "a:*", tracked = false, throttle_ms = 5 } }
-drain = { timeout_ms = 1000 }
-local x = os.getenv("HOME")
+listen = { host = '127.0.0.1', port = 0 }
+api = { token = 'secret' }
+mounts = { '/socket', '/' }
+limits = { max_message_bytes = 4096, max_body_bytes = 1000, max_topics_per_socket = 5 }
+timeouts = { ws_idle_ms = 1000, http_idle_ms = 500, ws_close_ms = 100 }
+log = { level = 'debug' }
+reload = { recheck_joins = true }
+drain = { timeout_ms = 1000, announce_ms = 10, disconnect_sockets = false }
+presence = { batch_ms = 5 }
+topics = { { match = 'p:*', presence = true, throttle_ms = 5, coalesce = 'latest' },
+           { match = '*', tracked = false, on_overflow = 'drop_oldest', max_queue_bytes = 100 } }
+scripts = { 'policy.lua', budget_ms = 20, watch = false }
+plugins = { jwt = { secret = 'x', claims = { 1, 2, { a = true } } }, big_topics = true }

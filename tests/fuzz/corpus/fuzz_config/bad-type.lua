@@ -1,0 +1,2 @@
+listen = { port = 'x' }
+limits = { foo = 1 }

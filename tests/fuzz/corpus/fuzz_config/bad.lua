@@ -1,3 +1,0 @@
-listen = { port = "x" }
-scripts = { "a.lua", watch = true }
-plugins = { jwt = { secret = "s" } }

@@ -1,0 +1,1 @@
+topics = { { match = '\0p:*', tracked = false } }
