@@ -155,14 +155,19 @@ static void mark_reap(hd_conn *c, uint16_t code)
 
 /* Drops queued frames of topic_id, oldest first, that are neither being
  * written nor partly written, until need bytes fit under limit. */
-static void drop_oldest(hd_conn *c, uint64_t topic_id, size_t need, size_t limit)
+/* Drops queued frames from the oldest on until need more bytes fit under
+ * limit, counting each in *counter. Only frames of topic_id when any_topic
+ * is 0. Keeps what libuv is writing and a partly written head: a frame must
+ * not be cut. */
+static void drop_queued(hd_conn *c, int any_topic, uint64_t topic_id, size_t need, size_t limit,
+                        uint64_t *counter)
 {
     size_t keep = c->inflight;
     hd_wq_item **pp = &c->wq_head, *last = NULL;
     while (*pp && c->wq_bytes + need > limit) {
         hd_wq_item *it = *pp;
         size_t rest = it->buf->len - it->off;
-        if (keep > 0 || it->off > 0 || it->topic_id != topic_id) {
+        if (keep > 0 || it->off > 0 || (!any_topic && it->topic_id != topic_id)) {
             keep = keep > rest ? keep - rest : 0;
             last = it;
             pp = &it->next;
@@ -171,7 +176,7 @@ static void drop_oldest(hd_conn *c, uint64_t topic_id, size_t need, size_t limit
         *pp = it->next;
         c->wq_bytes -= rest;
         c->srv->queued_bytes -= rest;
-        c->srv->m.dropped_oldest++;
+        (*counter)++;
         item_free(c->srv, it);
     }
     /* Re-find the tail: the dropped item may have been it. */
@@ -194,7 +199,7 @@ int hd_conn_send_topic(hd_conn *c, hd_buf *b, const hd_topic *tp, const hd_topic
     size_t limit = p && p->max_queue_bytes ? p->max_queue_bytes : srv->cfg->send_queue_bytes;
     if (c->kind == HD_CONN_WS && c->wq_bytes + b->len > limit) {
         if (p && tp && p->on_overflow == HD_OVERFLOW_DROP_OLDEST) {
-            drop_oldest(c, tp->id, b->len, limit);
+            drop_queued(c, 0, tp->id, b->len, limit, &srv->m.dropped_oldest);
             if (c->wq_bytes + b->len > limit) {
                 srv->m.dropped_oldest++; /* nothing of this topic left to drop */
                 return HD_EFULL;
@@ -520,25 +525,6 @@ void hd_conn_ws_close(hd_conn *c, uint16_t code, const char *reason)
 void hd_conn_ws_close_now(hd_conn *c, uint16_t code, const char *reason)
 {
     if (c->flags & (HD_CF_WS_CLOSE_SENT | HD_CF_CLOSED)) return;
-    /* Keep the items libuv is writing and a partly written head (a frame
-     * must not be cut); drop the rest. */
-    size_t keep = c->inflight;
-    hd_wq_item **pp = &c->wq_head, *last = NULL;
-    while (*pp) {
-        hd_wq_item *it = *pp;
-        size_t rest = it->buf->len - it->off;
-        if (keep > 0 || it->off > 0) {
-            keep = keep > rest ? keep - rest : 0;
-            last = it;
-            pp = &it->next;
-            continue;
-        }
-        *pp = it->next;
-        c->wq_bytes -= rest;
-        c->srv->queued_bytes -= rest;
-        c->srv->m.dropped_slow++;
-        item_free(c->srv, it);
-    }
-    c->wq_tail = last;
+    drop_queued(c, 1, 0, 0, 0, &c->srv->m.dropped_slow);
     hd_conn_ws_close(c, code, reason);
 }

@@ -251,30 +251,35 @@ const char *hd_http_header(const hd_http_req *r, const char *name, size_t *len)
     return NULL;
 }
 
+int hd_query_next(const char **q, const char *end, hd_query_pair *p)
+{
+    const char *s = *q;
+    if (!s || s >= end) return 0;
+    const char *amp = memchr(s, '&', (size_t)(end - s));
+    const char *pe = amp ? amp : end;
+    const char *eq = memchr(s, '=', (size_t)(pe - s));
+    p->k = s;
+    p->kl = (size_t)((eq ? eq : pe) - s);
+    p->v = eq ? eq + 1 : pe;
+    p->vl = eq ? (size_t)(pe - eq - 1) : 0;
+    *q = amp ? amp + 1 : NULL;
+    return 1;
+}
+
 int hd_http_query_param(const hd_http_req *r, const char *key, char *out, size_t outlen)
 {
     size_t kl = strlen(key);
     const char *q = r->query, *end = r->query ? r->query + r->query_len : NULL;
-    while (q && q < end) {
-        const char *amp = memchr(q, '&', (size_t)(end - q));
-        const char *pe = amp ? amp : end;
-        const char *eq = memchr(q, '=', (size_t)(pe - q));
-        const char *ke = eq ? eq : pe;
+    hd_query_pair p;
+    while (hd_query_next(&q, end, &p)) {
         char kbuf[256];
-        size_t klen = (size_t)(ke - q);
-        if (klen < sizeof kbuf) {
-            memcpy(kbuf, q, klen);
-            klen = hd_url_decode(kbuf, klen);
-            if (klen == kl && memcmp(kbuf, key, kl) == 0) {
-                size_t vl = eq ? (size_t)(pe - eq - 1) : 0;
-                if (vl >= outlen) vl = outlen - 1;
-                if (vl) memcpy(out, eq + 1, vl);
-                vl = hd_url_decode(out, vl);
-                out[vl] = 0;
-                return 1;
-            }
-        }
-        q = amp ? amp + 1 : NULL;
+        if (p.kl >= sizeof kbuf) continue;
+        memcpy(kbuf, p.k, p.kl);
+        if (hd_url_decode(kbuf, p.kl) != kl || memcmp(kbuf, key, kl) != 0) continue;
+        size_t vl = p.vl < outlen ? p.vl : outlen - 1;
+        if (vl) memcpy(out, p.v, vl);
+        out[hd_url_decode(out, vl)] = 0;
+        return 1;
     }
     return 0;
 }

@@ -53,6 +53,14 @@ void hd_http_on_read(struct hd_conn *c, uint8_t *data, size_t len);
 /* Returns the value of header name (case-insensitive) and its length in
  * *len, or NULL. Valid until the request is reset. */
 const char *hd_http_header(const hd_http_req *r, const char *name, size_t *len);
+/* One key=value pair of a query string, both still URL-encoded. */
+typedef struct hd_query_pair {
+    const char *k, *v;
+    size_t kl, vl; /* vl is 0 for a bare key */
+} hd_query_pair;
+/* Splits the next pair off the query string [*q, end) (q may be NULL: no
+ * query) and advances *q. Returns 0 when no pair is left. */
+int hd_query_next(const char **q, const char *end, hd_query_pair *p);
 /* Finds query parameter key in r's query string, URL-decodes its value
  * into out (NUL-terminated, truncated to outlen-1). Returns 1 if found. */
 int hd_http_query_param(const hd_http_req *r, const char *key, char *out, size_t outlen);

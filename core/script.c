@@ -733,27 +733,19 @@ static void push_params(lua_State *L, const hd_http_req *r)
 {
     lua_newtable(L);
     const char *q = r->query, *end = r->query ? r->query + r->query_len : NULL;
-    while (q && q < end) {
-        const char *amp = memchr(q, '&', (size_t)(end - q));
-        const char *pe = amp ? amp : end;
-        const char *eq = memchr(q, '=', (size_t)(pe - q));
-        const char *ke = eq ? eq : pe;
-        size_t kl = (size_t)(ke - q), vl = eq ? (size_t)(pe - eq - 1) : 0;
-        char *buf = malloc(kl + vl + 2);
-        if (buf && kl > 0) {
-            memcpy(buf, q, kl);
-            kl = hd_url_decode(buf, kl);
-            char *v = buf + kl + 1;
-            if (vl) memcpy(v, eq + 1, vl);
-            vl = hd_url_decode(v, vl);
-            lua_pushlstring(L, buf, kl);
-            lua_pushlstring(L, v, vl);
-            free(buf); /* nothing below raises while buf is held */
-            buf = NULL;
-            lua_rawset(L, -3);
-        }
-        free(buf);
-        q = amp ? amp + 1 : NULL;
+    hd_query_pair p;
+    while (hd_query_next(&q, end, &p)) {
+        char *buf = p.kl ? malloc(p.kl + p.vl + 2) : NULL;
+        if (!buf) continue;
+        memcpy(buf, p.k, p.kl);
+        size_t kl = hd_url_decode(buf, p.kl);
+        char *v = buf + kl + 1;
+        if (p.vl) memcpy(v, p.v, p.vl);
+        size_t vl = hd_url_decode(v, p.vl);
+        lua_pushlstring(L, buf, kl);
+        lua_pushlstring(L, v, vl);
+        free(buf); /* nothing below raises while buf is held */
+        lua_rawset(L, -3);
     }
 }
 
