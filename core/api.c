@@ -264,6 +264,12 @@ static void handle_push(hd_conn *c, hd_http_req *r)
     } else {
         doc = form_to_object(b, bl);
     }
+    if (json_is_object(doc) && r->query_len > 0) {
+        /* As PushEx (Plug) does: query parameters fill what the body lacks. */
+        json_t *q = form_to_object(r->query, r->query_len);
+        if (q) json_object_update_missing(doc, q);
+        json_decref(q);
+    }
 
     hd_str out = HD_STR_INIT;
     if (json_is_array(doc)) {

@@ -17,9 +17,12 @@
 /* A config file that runs this many VM instructions is taken to be stuck. */
 #define CONFIG_INSN_LIMIT 50000000
 #define HOOK_EVERY 10000
+/* ... or that holds this much Lua heap. */
+#define CONFIG_MEMORY_KB (256 * 1024)
+enum { OUT_OF_INSNS = 1, OUT_OF_MEMORY };
 
-/* The instruction count of the config chunk; sits in the registry under
- * its own address while the chunk runs. */
+/* The budget of the config chunk (instructions run, and whether it ran
+ * out); sits in the registry under budget_key while the chunk runs. */
 typedef struct {
     long hooks;
     int exceeded;
@@ -33,10 +36,10 @@ static void count_hook(lua_State *L, lua_Debug *ar)
     lua_rawget(L, LUA_REGISTRYINDEX);
     budget *b = lua_touserdata(L, -1);
     lua_pop(L, 1);
-    if (b && (b->exceeded || ++b->hooks * HOOK_EVERY > CONFIG_INSN_LIMIT)) {
-        b->exceeded = 1;
-        luaL_error(L, "out of instructions"); /* hd_config_load words the message */
-    }
+    if (!b) return;
+    if (!b->exceeded && ++b->hooks * HOOK_EVERY > CONFIG_INSN_LIMIT) b->exceeded = OUT_OF_INSNS;
+    if (!b->exceeded && lua_gc(L, LUA_GCCOUNT, 0) > CONFIG_MEMORY_KB) b->exceeded = OUT_OF_MEMORY;
+    if (b->exceeded) luaL_error(L, "over budget"); /* hd_config_load words the message */
 }
 
 /* Reads a whole file into *text (malloc'd, caller frees). */
@@ -228,6 +231,7 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     c->scripts_watch = lua_toboolean(L, -1);
     lua_pop(L, 1);
     c->hook_budget_ms = (uint32_t)num_field(L, -1, "budget_ms");
+    c->script_memory_mb = (uint32_t)num_field(L, -1, "memory_mb");
     lua_getfield(L, -1, "files");
     n = lua_objlen(L, -1);
     c->scripts = calloc(n ? n : 1, sizeof *c->scripts);
@@ -318,6 +322,7 @@ int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen)
         return HD_ENOMEM;
     }
     luaL_openlibs(L);
+    hd_luapi_bound_rep(L);
     c->source = strdup(path ? path : "(embedded default)");
 
     /* The schema module. */
@@ -374,9 +379,11 @@ int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen)
     lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
     if (lua_pcall(L, 0, 0, 0)) {
         lua_sethook(L, NULL, 0, 0);
-        if (bud.exceeded)
+        if (bud.exceeded == OUT_OF_INSNS)
             snprintf(err, errlen, "%s: did not finish within %d Lua instructions (a loop that never ends?)",
                      c->source, CONFIG_INSN_LIMIT);
+        else if (bud.exceeded == OUT_OF_MEMORY)
+            snprintf(err, errlen, "%s: uses over %d MiB of Lua memory", c->source, CONFIG_MEMORY_KB >> 10);
         else snprintf(err, errlen, "%s", lua_tostring(L, -1));
         goto out;
     }

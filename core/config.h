@@ -57,6 +57,7 @@ typedef struct hd_config {
     size_t nscripts;
     int scripts_watch;       /* reload when a script file changes */
     uint32_t hook_budget_ms; /* wall-clock budget of one hook call */
+    uint32_t script_memory_mb; /* the scripts' Lua heap at most */
     struct hd_plugin_cfg {
         char *name;          /* "jwt": the embedded module plugins.jwt */
         char *options_json;  /* its options table as JSON */

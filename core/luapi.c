@@ -324,6 +324,31 @@ static int l_safe_xpcall(lua_State *L)
     return lua_gettop(L);
 }
 
+/* string.rep with a cap on the result: it runs in C, where neither the
+ * instruction budget nor the heap cap can stop it. Upvalue 1: the original. */
+static int l_bounded_rep(lua_State *L)
+{
+    size_t l = 0, sl = 0;
+    luaL_checklstring(L, 1, &l);
+    lua_Number n = luaL_checknumber(L, 2);
+    luaL_optlstring(L, 3, "", &sl);
+    if (n >= 1 && (double)l * n + (double)sl * (n - 1) > (double)HD_LUAPI_MAX_REP)
+        return luaL_error(L, "string.rep: the result would be over %d MiB", HD_LUAPI_MAX_REP >> 20);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+void hd_luapi_bound_rep(lua_State *L)
+{
+    lua_getglobal(L, "string");
+    lua_getfield(L, -1, "rep");
+    lua_pushcclosure(L, l_bounded_rep, 1);
+    lua_setfield(L, -2, "rep");
+    lua_pop(L, 1);
+}
+
 void hd_luapi_fill_sandbox(lua_State *L, const char *const *names, const int *exceeded)
 {
     for (int i = 0; names[i]; i++) {

@@ -22,6 +22,14 @@
  *   now() -> seconds since the epoch (float)  monotonic_ms() -> ms (float) */
 void hd_luapi_push_pure(lua_State *L);
 
+/* The largest string string.rep may build. */
+#define HD_LUAPI_MAX_REP (16 << 20)
+
+/* [-0, +0] Replaces the global string.rep (which method calls reach through
+ * the string metatable too) with one that refuses results over
+ * HD_LUAPI_MAX_REP. Call before the sandbox is filled. */
+void hd_luapi_bound_rep(lua_State *L);
+
 /* [-0, +0] Fills the table at the top with the named globals for a sandbox:
  * library tables as shallow copies (a chunk that assigns into `math` does
  * not reach the code outside), plus pcall and xpcall that re-raise the

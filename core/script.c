@@ -97,14 +97,27 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     hd_script *s = script_of(L);
     if (!s || !s->depth) return;
     s->insns += HOOK_EVERY;
+    char name[32];
     if (s->exceeded || s->insns > s->max_insns || uv_hrtime() > s->deadline_ns) {
         s->exceeded = 1;
-        char name[32];
         luaL_where(L, 0);
         lua_pushfstring(L, "%s exceeded its budget of %d ms", run_name(s->cur, name, sizeof name),
                         (int)s->srv->cfg->hook_budget_ms);
         lua_concat(L, 2);
         lua_error(L);
+    }
+    /* The heap cap: garbage first, then the call fails (and cannot catch it). */
+    int cap_kb = (int)s->srv->cfg->script_memory_mb * 1024;
+    if (cap_kb > 0 && lua_gc(L, LUA_GCCOUNT, 0) > cap_kb) {
+        lua_gc(L, LUA_GCCOLLECT, 0);
+        if (lua_gc(L, LUA_GCCOUNT, 0) > cap_kb) {
+            s->exceeded = 1;
+            luaL_where(L, 0);
+            lua_pushfstring(L, "%s: the scripts' Lua memory is over %d MiB (scripts.memory_mb)",
+                            run_name(s->cur, name, sizeof name), (int)s->srv->cfg->script_memory_mb);
+            lua_concat(L, 2);
+            lua_error(L);
+        }
     }
 }
 
@@ -136,7 +149,10 @@ static int guarded(hd_script *s, int hook, const char *src, int nargs, int nres)
     }
     const char *msg = lua_tostring(L, -1);
     snprintf(s->failure, sizeof s->failure, "%s", msg ? msg : "(error object is not a string)");
-    if (s->exceeded) s->srv->ss.budget_exceeded++;
+    if (s->exceeded) {
+        s->srv->ss.budget_exceeded++;
+        lua_gc(L, LUA_GCCOLLECT, 0); /* a runaway's garbage goes now */
+    }
     if (hook < HD_HOOK_COUNT) s->srv->ss.errors[hook]++;
     else if (hook == RUN_TIMER) s->srv->ss.timer_errors++;
     char name[32];
@@ -551,6 +567,7 @@ static hd_script *build(hd_server *srv, char *err, size_t errlen)
     }
     lua_State *L = s->L;
     luaL_openlibs(L);
+    hd_luapi_bound_rep(L);
     lua_pushlightuserdata(L, (void *)&script_key);
     lua_pushlightuserdata(L, s);
     lua_rawset(L, LUA_REGISTRYINDEX);

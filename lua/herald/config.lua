@@ -99,10 +99,10 @@ local function topic_rules(v)
   return out
 end
 
--- scripts = { "policy.lua", "more.lua", watch = false, budget_ms = 10 }
+-- scripts = { "policy.lua", "more.lua", watch = false, budget_ms = 10, memory_mb = 256 }
 local function scripts(v)
   if type(v) ~= "table" then return nil, "a table such as { \"policy.lua\" }" end
-  local out = { files = {}, watch = false, budget_ms = 10 }
+  local out = { files = {}, watch = false, budget_ms = 10, memory_mb = 256 }
   for k, x in pairs(v) do
     if type(k) == "number" then
       if not is_str(x) or x == "" then return nil, ("a list of file names (item %s is not)"):format(tostring(k)) end
@@ -114,8 +114,12 @@ local function scripts(v)
       local ok, want = int_range(1, 60000)(x)
       if ok == nil then return nil, "budget_ms = " .. want end
       out.budget_ms = ok
+    elseif k == "memory_mb" then
+      local ok, want = int_range(16, 1024)(x)
+      if ok == nil then return nil, "memory_mb = " .. want end
+      out.memory_mb = ok
     else
-      return nil, "a list of files plus watch and budget_ms (unknown key " .. tostring(k) .. ")"
+      return nil, "a list of files plus watch, budget_ms and memory_mb (unknown key " .. tostring(k) .. ")"
     end
   end
   for i = 1, #v do out.files[i] = v[i] end
@@ -187,7 +191,7 @@ M.schema = {
     batch_ms = { 100, int_range(1, 60000) },
   },
   topics = { {}, topic_rules },
-  scripts = { { files = {}, watch = false, budget_ms = 10 }, scripts },
+  scripts = { { files = {}, watch = false, budget_ms = 10, memory_mb = 256 }, scripts },
   plugins = { {}, plugins },
 }
 

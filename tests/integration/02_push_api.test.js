@@ -79,6 +79,28 @@ test('push API with a token', { timeout: 60000 }, async (t) => {
     await sub.close(1000);
   });
 
+  await t.test('query parameters fill what the body lacks (as PushEx merges them); the body wins', async () => {
+    const sub = await subscriber(srv.port, ['q1', 'q2', 'end']);
+    let r = await h.request(srv.port, 'POST', '/api/push?channel=q1&event=from-query', {
+      body: { data: { n: 1 } }, headers: JSON_AUTH });
+    assert.equal(r.status, 200, r.body);
+    assert.deepEqual(r.json, { channel: ['q1'], data: { n: 1 }, event: 'from-query' });
+    r = await h.request(srv.port, 'POST', '/api/push?channel[]=q1&channel[]=q2&event=ignored&data=ignored', {
+      body: 'event=from-body&data=x', headers: FORM_AUTH });
+    assert.equal(r.status, 200, r.body);
+    assert.deepEqual(r.json, { channel: ['q1', 'q2'], data: 'x', event: 'from-body' });
+    r = await h.request(srv.port, 'POST', '/api/push?event=e', { body: { channel: 'q1' }, headers: JSON_AUTH });
+    assert.equal(r.status, 422, 'data is still required');
+    await h.push(srv.port, { channel: 'end', event: 'e', data: 0 }, JSON_AUTH);
+    const got = await framesUntil(sub, 'end');
+    assert.deepEqual(got.map((f) => [f[2], f[4]]).sort(), [
+      ['q1', { data: { n: 1 }, event: 'from-query' }],
+      ['q1', { data: 'x', event: 'from-body' }],
+      ['q2', { data: 'x', event: 'from-body' }],
+    ].sort());
+    await sub.close(1000);
+  });
+
   await t.test('422 for a missing or wrong-typed field', async () => {
     const bad = [
       { event: 'e', data: 1 },

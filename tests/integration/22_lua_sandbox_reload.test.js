@@ -27,6 +27,39 @@ return {
   c.end();
 });
 
+test('scripts.memory_mb stops a hook that piles up memory; string.rep is capped; the server stays well', async (t) => {
+  const hog = `
+local kept = {}
+return {
+  message = function(socket, topic, event, payload)
+    if event == "hog" then
+      local t = {}
+      for i = 1, 1e8 do t[i] = ("x"):rep(1000) .. i end
+    elseif event == "rep" then
+      return { len = #(("x"):rep(2^31)) }
+    end
+    return { ok = true }
+  end,
+}`;
+  const srv = await h.startHerald('scripts = { "hog.lua", budget_ms = 5000, memory_mb = 32 }\n', { 'hog.lua': hog });
+  t.after(() => srv.stop());
+  const c = await h.rawWs(srv.port);
+  c.sendText(['1', '1', 't', 'phx_join', {}]);
+  await c.nextJson();
+  c.sendText(['1', '2', 't', 'hog', {}]);
+  assert.equal((await c.nextJson())[4].status, 'error');
+  await srv.waitLog(/message hook \(.*hog\.lua\) failed: .*Lua memory is over 32 MiB/);
+  c.sendText(['1', '3', 't', 'rep', {}]);
+  assert.equal((await c.nextJson())[4].status, 'error');
+  await srv.waitLog(/string\.rep: the result would be over 16 MiB/);
+  // The next call runs normally: the runaway's garbage is gone.
+  c.sendText(['1', '4', 't', 'fine', {}]);
+  assert.deepEqual((await c.nextJson())[4], { status: 'ok', response: { ok: true } });
+  const m = await h.metrics(srv.port);
+  assert.ok(m.herald_hook_budget_exceeded_total >= 1);
+  c.end();
+});
+
 test('scripts.watch reloads on save; the old timers stop; herald.disconnect closes by identity', async (t) => {
   const v1 = `
 local M = {}

@@ -95,6 +95,7 @@ static void test_defaults(void **st)
     assert_int_equal(c.nscripts, 0);
     assert_int_equal(c.scripts_watch, 0);
     assert_int_equal(c.hook_budget_ms, 10);
+    assert_int_equal(c.script_memory_mb, 256);
     assert_int_equal(c.nplugins, 0);
     if (!getenv("HERALD_API_TOKEN")) assert_null(c.api_token);
     hd_config_free(&c);
@@ -127,7 +128,7 @@ static void test_values(void **st)
                   "          flush_ms = 4, disconnect_sockets = false, disconnect_rate = 9 }\n"
                   "presence = { batch_ms = 7 }\n"
                   "api = { token = 'abc' }\n"
-                  "scripts = { 'p.lua', '/abs/q.lua', budget_ms = 5, watch = true }\n"
+                  "scripts = { 'p.lua', '/abs/q.lua', budget_ms = 5, watch = true, memory_mb = 64 }\n"
                   "plugins = { big_topics = { patterns = { 'x:*' } }, jwt = true }\n"
                   "topics = { { match = 'public:*', tracked = false },\n"
                   "           { match = 'fast:*', throttle_ms = 50, debounce_ms = 5, max_wait_ms = 9,\n"
@@ -166,6 +167,7 @@ static void test_values(void **st)
     assert_int_equal(c.presence_batch_ms, 7);
     assert_string_equal(c.api_token, "abc");
     assert_int_equal(c.hook_budget_ms, 5);
+    assert_int_equal(c.script_memory_mb, 64);
     assert_int_equal(c.scripts_watch, 1);
     assert_int_equal(c.nscripts, 2);
     assert_string_equal(c.scripts[0], "/tmp/p.lua"); /* relative to the config's directory */
@@ -233,6 +235,7 @@ static void test_errors(void **st)
     bad("topics = { { match = 'a', coalesce = 'oldest' } }", "topics", "coalesce", NULL);
     bad("topics = { { match = 'a', throttle_ms = -1 } }", "topics", "throttle_ms", NULL);
     bad("scripts = { 'a.lua', budget_ms = 0 }", "scripts", "budget_ms", NULL);
+    bad("scripts = { 'a.lua', memory_mb = 8 }", "scripts", "memory_mb", NULL);
     bad("scripts = { 'a.lua', colour = 1 }", "scripts", NULL);
     bad("plugins = { ['bad name'] = true }", "plugins", NULL);
     bad("plugins = { jwt = 'yes' }", "plugins", NULL);
@@ -357,13 +360,15 @@ static int load_bounded(const char *text, int secs, char *err, size_t errlen)
     return rc;
 }
 
-static void runaway(const char *text)
+static void runaway_with(const char *text, const char *want)
 {
     char err[512];
     int rc = load_bounded(text, 10, err, sizeof err);
-    if (rc != HD_ECONFIG || !strstr(err, "instructions"))
-        fail_msg("runaway config %s: rc %d, %s", text, rc, err);
+    if (rc != HD_ECONFIG || !strstr(err, want))
+        fail_msg("runaway config %s: rc %d, %s (expected an error with \"%s\")", text, rc, err, want);
 }
+
+static void runaway(const char *text) { runaway_with(text, "instructions"); }
 
 /* A runaway file ends with an error: the instruction budget, which a
  * pcall inside the file must not be able to swallow. */
@@ -377,6 +382,12 @@ static void test_budget(void **st)
     runaway("while true do pcall(function() while true do end end) end");
     runaway("xpcall(function() while true do end end, function() while true do end end)");
     runaway("local ok = true while ok do ok = not pcall(function() while true do end end) or true end");
+    /* Memory: the heap cap, and string.rep (one C call) refused up front. */
+    runaway_with("local t = {} for i = 1, 1e7 do t[i] = ('x'):rep(1000) .. i end", "MiB of Lua memory");
+    runaway_with("local t = {} pcall(function() for i = 1, 1e7 do t[i] = ('x'):rep(1000) .. i end end)",
+                 "MiB of Lua memory");
+    runaway_with("local s = ('x'):rep(2^31)", "string.rep: the result would be over 16 MiB");
+    runaway_with("local s = string.rep('ab', 2^30, ',')", "string.rep");
 }
 
 static void test_env_port(void **st)
