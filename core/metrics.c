@@ -66,8 +66,8 @@ void hd_metrics_render(hd_server *srv, hd_str *o)
             m->answers_held);
     gauge(o, "herald_queued_bytes", "Bytes queued on all connections.", srv->queued_bytes);
     hd_str_adds(o, "# HELP herald_topic_messages_total Publishes by topic pattern (config "
-                   "topics rules; \"other\" for the rest): received, frames delivered, "
-                   "coalesced away.\n# TYPE herald_topic_messages_total counter\n");
+                   "topics rules; \"other\" for the rest): received (publishes to a topic with a "
+                   "subscriber on this node), frames delivered, coalesced away.\n# TYPE herald_topic_messages_total counter\n");
     static const char *const kinds[HD_TC_COUNT] = {"received", "delivered", "coalesced"};
     for (size_t r = 0; srv->topic_counts && r <= srv->cfg->ntopic_rules; r++) {
         hd_str pat = HD_STR_INIT;
