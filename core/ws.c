@@ -16,6 +16,8 @@ void hd_ws_parser_free(hd_ws_parser *p)
     free(p->msg);
     p->msg = NULL;
     p->msg_len = 0;
+    free(p->ctl);
+    p->ctl = NULL;
 }
 
 static int is_control(int op) { return op >= 0x8; }
@@ -141,12 +143,21 @@ int hd_ws_parse(hd_ws_parser *p, uint8_t *data, size_t len, const hd_ws_callback
                 p->in_payload = 0;
                 if ((rc = deliver_control(p->opcode, d, take, cb, ud)) != 0) goto out;
             } else {
+                if (!p->ctl && !(p->ctl = malloc(125))) {
+                    rc = HD_ENOMEM;
+                    goto out;
+                }
                 memcpy(p->ctl + p->ctl_len, d, take);
                 p->ctl_len = (uint8_t)(p->ctl_len + take);
                 if (done) {
+                    /* The buffer goes with the frame: taken off p first, as
+                     * the callback may free the parser. */
+                    uint8_t *buf = p->ctl;
+                    p->ctl = NULL;
                     p->in_payload = 0;
-                    if ((rc = deliver_control(p->opcode, p->ctl, p->ctl_len, cb, ud)) != 0)
-                        goto out;
+                    rc = deliver_control(p->opcode, buf, p->ctl_len, cb, ud);
+                    free(buf);
+                    if (rc != 0) goto out;
                 }
             }
             continue;

@@ -52,7 +52,8 @@ typedef struct hd_ws_parser {
     uint8_t msg_opcode;   /* TEXT/BINARY of a fragmented message in progress, else 0 */
     uint8_t ctl_len;
     uint8_t mask[4];
-    uint8_t ctl[125];     /* a control frame's payload split across reads */
+    uint8_t *ctl;         /* a control frame's payload split across reads
+                           * (125 bytes, allocated only while one is) */
 } hd_ws_parser;
 
 /* Initialises p; max_msg bounds every data message. */
