@@ -166,40 +166,38 @@ static json_t *form_to_object(const char *body, size_t len)
 {
     json_t *o = json_object();
     json_t *channels = NULL;
-    char *copy = malloc(len + 1);
-    if (!copy || !o) goto out;
-    memcpy(copy, body, len);
-    copy[len] = 0;
-    char *save = NULL;
-    for (char *pair = strtok_r(copy, "&", &save); pair; pair = strtok_r(NULL, "&", &save)) {
-        char *eq = strchr(pair, '=');
-        char *val = eq ? eq + 1 : pair + strlen(pair);
-        if (eq) *eq = 0;
-        size_t kl = hd_url_decode(pair, strlen(pair));
-        pair[kl] = 0;
-        size_t vl = hd_url_decode(val, strlen(val));
-        json_t *v = json_stringn(val, vl);
+    char *buf = malloc(len + 1); /* room for any one decoded key or value */
+    if (!buf || !o) goto out;
+    const char *q = body;
+    hd_query_pair p;
+    while (hd_query_next(&q, body + len, &p)) {
+        memcpy(buf, p.k, p.kl);
+        size_t kl = hd_url_decode(buf, p.kl);
+        int is_channel = kl == 7 && memcmp(buf, "channel", 7) == 0;
+        int is_list = kl == 9 && memcmp(buf, "channel[]", 9) == 0;
+        const char *field = kl == 5 && memcmp(buf, "event", 5) == 0  ? "event"
+                            : kl == 4 && memcmp(buf, "data", 4) == 0 ? "data"
+                                                                     : NULL;
+        if (!is_channel && !is_list && !field) continue;
+        memcpy(buf, p.v, p.vl);
+        json_t *v = json_stringn(buf, hd_url_decode(buf, p.vl));
         if (!v) continue; /* not UTF-8: treated as absent */
-        if (strcmp(pair, "channel[]") == 0 || strcmp(pair, "channel") == 0) {
-            if (strcmp(pair, "channel") == 0 && !channels) {
-                json_object_set_new(o, "channel", v);
-                continue;
-            }
+        if (field) {
+            json_object_set_new(o, field, v);
+        } else if (is_channel && !channels) {
+            json_object_set_new(o, "channel", v);
+        } else {
             if (!channels) {
                 channels = json_array();
                 json_t *first = json_object_get(o, "channel");
                 if (first) json_array_append(channels, first);
             }
             json_array_append_new(channels, v);
-        } else if (strcmp(pair, "event") == 0 || strcmp(pair, "data") == 0) {
-            json_object_set_new(o, pair, v);
-        } else {
-            json_decref(v);
         }
     }
     if (channels) json_object_set_new(o, "channel", channels);
 out:
-    free(copy);
+    free(buf);
     return o;
 }
 

@@ -153,8 +153,6 @@ static void mark_reap(hd_conn *c, uint16_t code)
     c->srv->reap = c;
 }
 
-/* Drops queued frames of topic_id, oldest first, that are neither being
- * written nor partly written, until need bytes fit under limit. */
 /* Drops queued frames from the oldest on until need more bytes fit under
  * limit, counting each in *counter. Only frames of topic_id when any_topic
  * is 0. Keeps what libuv is writing and a partly written head: a frame must

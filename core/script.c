@@ -752,17 +752,19 @@ static void push_params(lua_State *L, const hd_http_req *r)
     const char *q = r->query, *end = r->query ? r->query + r->query_len : NULL;
     hd_query_pair p;
     while (hd_query_next(&q, end, &p)) {
-        char *buf = p.kl ? malloc(p.kl + p.vl + 2) : NULL;
-        if (!buf) continue;
+        if (!p.kl) continue;
+        /* The scratch buffer is a userdata: the collector owns it, so a
+         * memory error raised by a push below cannot leak it. */
+        char *buf = lua_newuserdata(L, p.kl + p.vl);
         memcpy(buf, p.k, p.kl);
         size_t kl = hd_url_decode(buf, p.kl);
-        char *v = buf + kl + 1;
-        if (p.vl) memcpy(v, p.v, p.vl);
+        char *v = buf + p.kl;
+        memcpy(v, p.v, p.vl);
         size_t vl = hd_url_decode(v, p.vl);
         lua_pushlstring(L, buf, kl);
         lua_pushlstring(L, v, vl);
-        free(buf); /* nothing below raises while buf is held */
-        lua_rawset(L, -3);
+        lua_rawset(L, -4);
+        lua_pop(L, 1);
     }
 }
 

@@ -100,24 +100,19 @@ local function topic_rules(v)
 end
 
 -- scripts = { "policy.lua", "more.lua", watch = false, budget_ms = 10, memory_mb = 256 }
+local script_defaults = { watch = false, budget_ms = 10, memory_mb = 256 }
+local script_checks = { watch = boolean, budget_ms = int_range(1, 60000), memory_mb = int_range(16, 1024) }
 local function scripts(v)
   if type(v) ~= "table" then return nil, "a table such as { \"policy.lua\" }" end
-  local out = { files = {}, watch = false, budget_ms = 10, memory_mb = 256 }
+  local out = { files = {} }
+  for k, d in pairs(script_defaults) do out[k] = d end
   for k, x in pairs(v) do
     if type(k) == "number" then
       if not is_str(x) or x == "" then return nil, ("a list of file names (item %s is not)"):format(tostring(k)) end
-    elseif k == "watch" then
-      local ok, want = boolean(x)
-      if ok == nil then return nil, "watch = " .. want end
-      out.watch = ok
-    elseif k == "budget_ms" then
-      local ok, want = int_range(1, 60000)(x)
-      if ok == nil then return nil, "budget_ms = " .. want end
-      out.budget_ms = ok
-    elseif k == "memory_mb" then
-      local ok, want = int_range(16, 1024)(x)
-      if ok == nil then return nil, "memory_mb = " .. want end
-      out.memory_mb = ok
+    elseif script_checks[k] then
+      local ok, want = script_checks[k](x)
+      if ok == nil then return nil, k .. " = " .. want end
+      out[k] = ok
     else
       return nil, "a list of files plus watch, budget_ms and memory_mb (unknown key " .. tostring(k) .. ")"
     end
@@ -191,7 +186,7 @@ M.schema = {
     batch_ms = { 100, int_range(1, 60000) },
   },
   topics = { {}, topic_rules },
-  scripts = { { files = {}, watch = false, budget_ms = 10, memory_mb = 256 }, scripts },
+  scripts = { scripts({}), scripts },
   plugins = { {}, plugins },
 }
 
