@@ -47,13 +47,6 @@ static void on_tick(uv_timer_t *t) { (void)t; }
         }                                                                                    \
     } while (0)
 
-/* Runs the loop for ms (to show that nothing more happens). */
-static void run_for(uint64_t ms)
-{
-    uint64_t end = uv_now(&loop) + ms;
-    while (uv_now(&loop) < end) uv_run(&loop, UV_RUN_ONCE);
-}
-
 static const char base_config[] =
     "listen = { host = '127.0.0.1', port = 0 }\n"
     "limits = { max_body_bytes = 1000, max_header_bytes = 1024, max_url_bytes = 256,\n"
@@ -596,9 +589,9 @@ static void test_head(void **st)
     (void)st;
     cli *c = cli_new();
     cli_sends(c, "HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    RUN_UNTIL(strstr(c->in.p, healthz_body) != NULL || (strstr(c->in.p, "\r\n\r\n") &&
-              strstr(strstr(c->in.p, "\r\n\r\n") + 4, "\r\n\r\n")));
-    run_for(20);
+    /* Both heads have arrived, so whatever the first response carried
+     * after its head is here too (the stream is ordered). */
+    RUN_UNTIL(strstr(c->in.p, "\r\n\r\n") && strstr(strstr(c->in.p, "\r\n\r\n") + 4, "\r\n\r\n"));
     const char *after = strstr(c->in.p, "\r\n\r\n") + 4;
     if (strncmp(after, "HTTP/1.1 ", 9) != 0)
         fail_msg("the response to HEAD carries content: %.60s", after);
@@ -674,8 +667,9 @@ static void test_push_and_publish(void **st)
     r = next_response(h);
     assert_non_null(strstr(r, "\r\n\r\n{\"topic\":\"room:1\",\"subscribers\":1,\"listening\":true,"));
     free(r);
-    /* Nothing else reached the socket. */
-    run_for(50);
+    /* Nothing else reached the socket: the next frame is a marker. */
+    assert_int_equal(hd_api_publish(&srv, "room:1", 6, "end", 3, "0", 1), 1);
+    expect_text(ws, "[null,null,\"room:1\",\"msg\",{\"data\":0,\"event\":\"end\"}]");
     assert_int_equal(ws->in.len, 0);
     cli_free(h);
     cli_free(ws);
@@ -826,10 +820,15 @@ static void test_two_servers_one_loop(void **st)
     expect_text(b, "[null,null,\"room:1\",\"msg\",{\"data\":2,\"event\":\"x\"}]");
     assert_int_equal(hd_api_publish(&srv, "room:1", 6, "y", 1, "3", 1), 1);
     expect_text(a, "[null,null,\"room:1\",\"msg\",{\"data\":3,\"event\":\"y\"}]");
-    run_for(30);
+    /* Neither got the other server's publish: the next frame of each is a
+     * marker from its own server. */
+    assert_int_equal(hd_api_publish(&other, "room:1", 6, "end", 3, "0", 1), 1);
+    assert_int_equal(hd_api_publish(&srv, "room:1", 6, "end", 3, "0", 1), 1);
+    expect_text(b, "[null,null,\"room:1\",\"msg\",{\"data\":0,\"event\":\"end\"}]");
+    expect_text(a, "[null,null,\"room:1\",\"msg\",{\"data\":0,\"event\":\"end\"}]");
     assert_int_equal(a->in.len + b->in.len, 0);
-    assert_int_equal(other.m.deliveries, 1);
-    assert_int_equal(srv.m.deliveries, 1);
+    assert_int_equal(other.m.deliveries, 2);
+    assert_int_equal(srv.m.deliveries, 2);
     hd_server_stop(&other);
     RUN_UNTIL(b->eof && other.state == HD_STOPPED);
     assert_int_equal(a->eof, 0); /* the first server still serves */
