@@ -149,29 +149,6 @@ static void read_rule(lua_State *L, hd_topic_rule *r)
     lua_pop(L, 2);
 }
 
-int hd_glob_match(const char *p, const char *s, size_t len)
-{
-    /* Iterative '*' matching with one backtrack point. */
-    size_t i = 0, star_s = 0;
-    const char *star_p = NULL;
-    while (i < len) {
-        if (*p == '*') {
-            star_p = ++p;
-            star_s = i;
-        } else if (*p && *p == s[i]) {
-            p++;
-            i++;
-        } else if (star_p) {
-            p = star_p;
-            i = ++star_s;
-        } else {
-            return 0;
-        }
-    }
-    while (*p == '*') p++;
-    return *p == 0;
-}
-
 /* [-0, +0] Copies the normalized table at the top of the stack into c. */
 static int read_normalized(lua_State *L, hd_config *c, const char *dir)
 {

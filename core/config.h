@@ -27,9 +27,6 @@ typedef struct hd_topic_rule {
     uint32_t set;            /* HD_TP_* */
 } hd_topic_rule;
 
-/* Returns 1 when topic (len bytes) matches the glob pattern. */
-int hd_glob_match(const char *pattern, const char *topic, size_t len);
-
 typedef struct hd_config {
     char *source;            /* the file name, or "(embedded default)" */
     char *host;

@@ -1,4 +1,5 @@
 #include "topic.h"
+#include "util.h"
 #include "conn.h"
 #include "err.h"
 #include "script.h"

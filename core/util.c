@@ -304,3 +304,26 @@ int hd_ct_equal(const void *a, size_t al, const void *b, size_t bl)
     for (size_t i = 0; i < n; i++) d |= (uint8_t)(x[i] ^ y[i]);
     return d == 0;
 }
+
+int hd_glob_match(const char *p, const char *s, size_t len)
+{
+    /* Iterative '*' matching with one backtrack point. */
+    size_t i = 0, star_s = 0;
+    const char *star_p = NULL;
+    while (i < len) {
+        if (*p == '*') {
+            star_p = ++p;
+            star_s = i;
+        } else if (*p && *p == s[i]) {
+            p++;
+            i++;
+        } else if (star_p) {
+            p = star_p;
+            i = ++star_s;
+        } else {
+            return 0;
+        }
+    }
+    while (*p == '*') p++;
+    return *p == 0;
+}

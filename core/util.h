@@ -49,4 +49,9 @@ void hd_hmac_sha256(const void *key, size_t klen, const void *data, size_t dlen,
 /* Constant-time equality of two byte strings (time depends only on the
  * lengths). */
 int hd_ct_equal(const void *a, size_t al, const void *b, size_t bl);
+/* Returns 1 when len bytes at s match the NUL-terminated glob pattern,
+ * where '*' matches any run of bytes (also none) and every other byte
+ * itself. */
+int hd_glob_match(const char *pattern, const char *s, size_t len);
+
 #endif

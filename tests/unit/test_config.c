@@ -7,6 +7,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "util.h"
 #include "err.h"
 #include "log.h"
 
