@@ -1,12 +1,6 @@
 #include "api.h"
-#include "channel.h"
-#include "conn.h"
-#include "http.h"
+#include "err.h"
 #include "log.h"
-#include "server.h"
-#include "presence.h"
-#include "script.h"
-#include "shaper.h"
 #include "util.h"
 
 #include <jansson.h>
@@ -15,18 +9,7 @@
 
 #define INVALID_PUSH "Invalid push arguments: channel, data, event are required."
 
-static int path_is(const hd_http_req *r, const char *p)
-{
-    return strlen(p) == r->path_len && memcmp(r->path, p, r->path_len) == 0;
-}
-
-static int path_has_prefix(const hd_http_req *r, const char *p)
-{
-    size_t n = strlen(p);
-    return r->path_len > n && memcmp(r->path, p, n) == 0;
-}
-
-static void respond_json(hd_conn *c, hd_http_req *r, int status, const hd_str *body)
+void hd_api_respond_json(hd_conn *c, hd_http_req *r, int status, const hd_str *body)
 {
     if (body->oom) {
         hd_http_error(c, r, 500, "out of memory", NULL, 1);
@@ -37,11 +20,13 @@ static void respond_json(hd_conn *c, hd_http_req *r, int status, const hd_str *b
 
 /* With a token configured: Authorization: Bearer <token>. Without one:
  * loopback peers only. */
-static int api_allowed(hd_conn *c, const hd_http_req *r)
+static int api_allowed(hd_api *api, hd_conn *c, const hd_http_req *r)
 {
-    int v = hd_script_api_auth(c->srv, c, r);
+    hd_hook_req view;
+    hd_http_hook_req(r, &view);
+    int v = hd_script_api_auth(api->sc, c, &view);
     if (v >= 0) return v;
-    const char *tok = c->srv->cfg->api_token;
+    const char *tok = api->cfg->api_token;
     if (!tok) return hd_conn_is_loopback(c);
     size_t al = 0;
     const char *auth = hd_http_header(r, "authorization", &al);
@@ -52,49 +37,19 @@ static int api_allowed(hd_conn *c, const hd_http_req *r)
     return hd_ct_equal(t, tl, tok, strlen(tok));
 }
 
-size_t hd_api_publish_raw(hd_server *srv, const char *topic, size_t tlen, const char *event,
-                          size_t elen, const char *data_json, size_t dlen)
-{
-    srv->m.publishes++;
-    hd_topic *tp = hd_topics_find(&srv->topics, topic, tlen);
-    if (!tp) {
-        srv->m.publishes_no_subs++;
-        return 0;
-    }
-    hd_buf *frame = hd_channel_msg_frame(topic, tlen, event, elen, data_json, dlen);
-    if (!frame) {
-        hd_error("out of memory building a push frame");
-        return 0;
-    }
-    const hd_topic_policy *p = hd_topic_policy_of(srv, tp);
-    hd_server_count_topic(srv, p, HD_TC_RECEIVED, 1);
-    size_t n;
-    if (hd_shaper_applies(p)) {
-        n = hd_shaper_submit(srv, tp, p, event, elen, frame);
-    } else {
-        /* A reload may have turned shaping off: what was held goes first. */
-        n = tp->shaper ? hd_shaper_release(srv, tp) : 0;
-        tp = hd_topics_find(&srv->topics, topic, tlen);
-        n += tp ? hd_topics_publish(srv, tp, frame) : 0;
-    }
-    srv->m.deliveries += n;
-    hd_buf_unref(frame);
-    return n;
-}
-
-size_t hd_api_publish(hd_server *srv, const char *topic, size_t tlen, const char *event,
+size_t hd_api_publish(hd_api *api, const char *topic, size_t tlen, const char *event,
                       size_t elen, const char *data_json, size_t dlen)
 {
-    if (!hd_script_has(srv, HD_HOOK_PUBLISH))
-        return hd_api_publish_raw(srv, topic, tlen, event, elen, data_json, dlen);
+    if (!hd_script_has(api->sc, HD_HOOK_PUBLISH))
+        return hd_publish(api->eng, topic, tlen, event, elen, data_json, dlen);
     char *ev = strndup(event, elen), *data = strndup(data_json, dlen);
     size_t n = 0;
     if (!ev || !data) {
         hd_error("out of memory before a publish hook");
-    } else if (hd_script_publish(srv, topic, tlen, &ev, &data)) {
-        n = hd_api_publish_raw(srv, topic, tlen, ev, strlen(ev), data, strlen(data));
+    } else if (hd_script_publish(api->sc, topic, tlen, &ev, &data)) {
+        n = hd_publish(api->eng, topic, tlen, ev, strlen(ev), data, strlen(data));
     } else {
-        srv->m.publishes++;
+        api->st->publishes++;
     }
     free(ev);
     free(data);
@@ -201,7 +156,7 @@ out:
     return o;
 }
 
-static void publish_push(hd_server *srv, const push *p, hd_str *out)
+static void publish_push(hd_api *api, const push *p, hd_str *out)
 {
     char *data = json_dumps(p->data, JSON_COMPACT | JSON_ENCODE_ANY);
     const char *ev = json_string_value(p->event);
@@ -217,7 +172,7 @@ static void publish_push(hd_server *srv, const push *p, hd_str *out)
     {
         const char *t = json_string_value(ch);
         size_t tl = json_string_length(ch);
-        hd_api_publish(srv, t, tl, ev, elen, data, dlen);
+        hd_api_publish(api, t, tl, ev, elen, data, dlen);
         if (i) hd_str_addc(out, ',');
         hd_str_add_json(out, t, tl);
     }
@@ -229,8 +184,9 @@ static void publish_push(hd_server *srv, const push *p, hd_str *out)
     free(data);
 }
 
-static void handle_push(hd_conn *c, hd_http_req *r)
+static void handle_push(void *ud, hd_conn *c, hd_http_req *r)
 {
+    hd_api *api = ud;
     size_t ctl = 0;
     const char *ct = hd_http_header(r, "content-type", &ctl);
     const char *b = r->body.p;
@@ -284,15 +240,15 @@ static void handle_push(hd_conn *c, hd_http_req *r)
             hd_str_adds(&out, "{\"error\":");
             hd_str_add_json(&out, err, strlen(err));
             hd_str_printf(&out, ",\"index\":%zu}", bad);
-            respond_json(c, r, 422, &out);
+            hd_api_respond_json(c, r, 422, &out);
         } else {
             hd_str_addc(&out, '[');
             for (size_t i = 0; i < n; i++) {
                 if (i) hd_str_addc(&out, ',');
-                publish_push(c->srv, &items[i], &out);
+                publish_push(api, &items[i], &out);
             }
             hd_str_addc(&out, ']');
-            respond_json(c, r, 200, &out);
+            hd_api_respond_json(c, r, 200, &out);
         }
         for (size_t i = 0; items && i < n; i++) push_clear(&items[i]);
         free(items);
@@ -302,8 +258,8 @@ static void handle_push(hd_conn *c, hd_http_req *r)
         if (err) {
             hd_http_error(c, r, 422, err, NULL, 0);
         } else {
-            publish_push(c->srv, &p, &out);
-            respond_json(c, r, 200, &out);
+            publish_push(api, &p, &out);
+            hd_api_respond_json(c, r, 200, &out);
             push_clear(&p);
         }
     }
@@ -328,16 +284,17 @@ static char *path_suffix(hd_conn *c, hd_http_req *r, const char *prefix, size_t 
     return t;
 }
 
-static void handle_topic(hd_conn *c, hd_http_req *r)
+static void handle_topic(void *ud, hd_conn *c, hd_http_req *r)
 {
+    hd_api *api = ud;
     size_t tl;
     char *t = path_suffix(c, r, "/api/topics/", &tl);
     if (!t) return;
-    hd_topic *tp = hd_topics_find(&c->srv->topics, t, tl);
+    hd_topic *tp = hd_topics_find(&api->eng->topics, t, tl);
     size_t n = tp ? tp->nsubs : 0;
     hd_topic_policy fresh;
-    const hd_topic_policy *p = tp ? hd_topic_policy_of(c->srv, tp) : &fresh;
-    if (!tp) hd_topic_policy_for(c->srv, t, tl, &fresh);
+    const hd_topic_policy *p = tp ? hd_topic_policy_of(&api->eng->topics, tp) : &fresh;
+    if (!tp) hd_policy_for(&api->eng->pol, t, tl, &fresh);
     hd_str out = HD_STR_INIT;
     hd_str_adds(&out, "{\"topic\":");
     hd_str_add_json(&out, t, tl);
@@ -355,19 +312,20 @@ static void handle_topic(hd_conn *c, hd_http_req *r)
                       p->on_overflow == HD_OVERFLOW_DROP_OLDEST ? "drop_oldest" : "close");
     }
     hd_str_addc(&out, '}');
-    respond_json(c, r, 200, &out);
+    hd_api_respond_json(c, r, 200, &out);
     hd_str_free(&out);
     free(t);
 }
 
-static void handle_presence(hd_conn *c, hd_http_req *r)
+static void handle_presence(void *ud, hd_conn *c, hd_http_req *r)
 {
+    hd_api *api = ud;
     size_t tl;
     char *t = path_suffix(c, r, "/api/presence/", &tl);
     if (!t) return;
     hd_str out = HD_STR_INIT;
-    hd_presence_state(c->srv, hd_topics_find(&c->srv->topics, t, tl), &out);
-    respond_json(c, r, 200, &out);
+    hd_presence_state(&api->eng->pres, hd_topics_find(&api->eng->topics, t, tl), &out);
+    hd_api_respond_json(c, r, 200, &out);
     hd_str_free(&out);
     free(t);
 }
@@ -379,72 +337,63 @@ static void method_not_allowed(hd_conn *c, hd_http_req *r, const char *allow)
     hd_http_error(c, r, 405, "method not allowed", h, 0);
 }
 
-void hd_api_handle(hd_conn *c, hd_http_req *r)
+void hd_api_init(hd_api *api, const hd_config *cfg, hd_stats *st, hd_engine *eng,
+                 hd_scripts *sc, hd_channel_ctx *ch)
 {
-    hd_server *srv = c->srv;
-    int get = r->method == HTTP_GET || r->method == HTTP_HEAD;
-    if (path_is(r, "/healthz")) {
-        if (!get) return method_not_allowed(c, r, "GET, HEAD");
-        static const char ok[] = "{\"status\":\"ok\"}";
-        hd_http_respond(c, r, 200, "application/json", ok, sizeof ok - 1, NULL, 0);
-    } else if (path_is(r, "/readyz")) {
-        if (!get) return method_not_allowed(c, r, "GET, HEAD");
-        const char *s = srv->state == HD_READY      ? "{\"status\":\"ready\"}"
-                        : srv->state == HD_STARTING ? "{\"status\":\"starting\"}"
-                                                    : "{\"status\":\"draining\"}";
-        hd_http_respond(c, r, srv->state == HD_READY ? 200 : 503, "application/json", s,
-                        strlen(s), NULL, 0);
-    } else if (path_is(r, "/metrics")) {
-        if (!get) return method_not_allowed(c, r, "GET, HEAD");
-        hd_str out = HD_STR_INIT;
-        hd_metrics_render(srv, &out);
-        hd_http_respond(c, r, 200, "text/plain; version=0.0.4", out.p ? out.p : "", out.len,
-                        NULL, 0);
-        hd_str_free(&out);
-    } else if (path_is(r, "/api/push")) {
-        if (r->method != HTTP_POST) return method_not_allowed(c, r, "POST");
-        if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
-        handle_push(c, r);
-    } else if (path_has_prefix(r, "/api/topics/")) {
-        if (!get) return method_not_allowed(c, r, "GET, HEAD");
-        if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
-        handle_topic(c, r);
-    } else if (path_has_prefix(r, "/api/presence/")) {
-        if (!get) return method_not_allowed(c, r, "GET, HEAD");
-        if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
-        handle_presence(c, r);
-    } else if (path_is(r, "/admin/reload")) {
-        if (r->method != HTTP_POST) return method_not_allowed(c, r, "POST");
-        if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
-        char err[1024];
-        if (hd_script_reload(srv, err, sizeof err)) return hd_http_error(c, r, 422, err, NULL, 0);
-        hd_str out = HD_STR_INIT;
-        hd_str_printf(&out, "{\"status\":\"ok\",\"generation\":%llu}",
-                      (unsigned long long)srv->ss.generation);
-        respond_json(c, r, 200, &out);
-        hd_str_free(&out);
-    } else if (path_is(r, "/admin/drain")) {
-        if (r->method != HTTP_POST) return method_not_allowed(c, r, "POST");
-        if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
-        static const char body[] = "{\"status\":\"draining\"}";
-        /* Answer first: the drain turns this response's connection to close. */
-        hd_http_respond(c, r, 202, "application/json", body, sizeof body - 1, NULL, 1);
-        hd_drain_start(srv, "POST /admin/drain");
-    } else if (path_is(r, "/admin/status")) {
-        if (!get) return method_not_allowed(c, r, "GET, HEAD");
-        if (!api_allowed(c, r)) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
-        static const char *const states[] = {"starting", "ready", "draining", "stopped"};
-        hd_str out = HD_STR_INIT;
-        hd_str_printf(&out, "{\"state\":\"%s\",\"phase\":\"%s\",\"node\":",
-                      states[srv->state], hd_phase_name(srv->phase));
-        hd_str_add_json(&out, srv->node_id, strlen(srv->node_id));
-        hd_str_printf(&out, ",\"connections\":%zu,\"topics\":%zu,\"scripts\":", srv->nws,
-                      srv->topics.count);
-        hd_script_status_json(srv, &out);
-        hd_str_addc(&out, '}');
-        respond_json(c, r, 200, &out);
-        hd_str_free(&out);
-    } else {
-        hd_http_error(c, r, 404, "not found", NULL, 0);
+    memset(api, 0, sizeof *api);
+    api->cfg = cfg;
+    api->st = st;
+    api->eng = eng;
+    api->sc = sc;
+    api->ch = ch;
+    hd_api_route(api, "/api/push", HD_ROUTE_POST | HD_ROUTE_AUTH, handle_push, api);
+    hd_api_route(api, "/api/topics/", HD_ROUTE_GET | HD_ROUTE_PREFIX | HD_ROUTE_AUTH,
+                 handle_topic, api);
+    hd_api_route(api, "/api/presence/", HD_ROUTE_GET | HD_ROUTE_PREFIX | HD_ROUTE_AUTH,
+                 handle_presence, api);
+}
+
+int hd_api_route(hd_api *api, const char *path, unsigned flags, hd_route_fn fn, void *ud)
+{
+    if (api->nroutes >= HD_API_MAX_ROUTES) return HD_ELIMIT;
+    api->routes[api->nroutes++] = (hd_route){path, flags, fn, ud};
+    return 0;
+}
+
+static int matches(const hd_route *rt, const hd_http_req *r)
+{
+    size_t n = strlen(rt->path);
+    if (rt->flags & HD_ROUTE_PREFIX) return r->path_len > n && memcmp(r->path, rt->path, n) == 0;
+    return r->path_len == n && memcmp(r->path, rt->path, n) == 0;
+}
+
+static int is_ws_path(const hd_config *cfg, const hd_http_req *r)
+{
+    for (size_t i = 0; i < cfg->nmounts; i++) {
+        const char *m = cfg->ws_paths[i];
+        if (strlen(m) == r->path_len && memcmp(m, r->path, r->path_len) == 0) return 1;
     }
+    return 0;
+}
+
+void hd_api_dispatch(void *ud, hd_conn *c, hd_http_req *r, int upgrade)
+{
+    hd_api *api = ud;
+    if (is_ws_path(api->cfg, r)) {
+        hd_channel_handshake(api->ch, c, r, upgrade);
+        return;
+    }
+    for (size_t i = 0; i < api->nroutes; i++) {
+        const hd_route *rt = &api->routes[i];
+        if (!matches(rt, r)) continue;
+        int get = r->method == HTTP_GET || r->method == HTTP_HEAD;
+        if ((rt->flags & HD_ROUTE_GET) && !get) return method_not_allowed(c, r, "GET, HEAD");
+        if ((rt->flags & HD_ROUTE_POST) && r->method != HTTP_POST)
+            return method_not_allowed(c, r, "POST");
+        if ((rt->flags & HD_ROUTE_AUTH) && !api_allowed(api, c, r))
+            return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
+        rt->fn(rt->ud, c, r);
+        return;
+    }
+    hd_http_error(c, r, 404, "not found", NULL, 0);
 }

@@ -422,3 +422,10 @@ void hd_config_free(hd_config *c)
     free(c->topic_rules);
     memset(c, 0, sizeof *c);
 }
+
+void hd_topic_policy_default(hd_topic_policy *p)
+{
+    memset(p, 0, sizeof *p);
+    p->tracked = 1;
+    p->rule = -1;
+}

@@ -4,10 +4,32 @@
 #ifndef HD_CONFIG_H
 #define HD_CONFIG_H
 
-#include "topic.h"
-
 #include <stddef.h>
 #include <stdint.h>
+
+/* A topic's policy: the defaults, then the first matching config rule, then
+ * the topic(name) hooks merged over them (policy.c), cached in the topic
+ * until the scripts are reloaded. */
+typedef struct hd_topic_policy {
+    uint8_t tracked;              /* presence/listener tracking (default 1) */
+    uint8_t presence;             /* send presence events to clients (default 0) */
+    uint8_t coalesce;             /* HD_COALESCE_* (default none) */
+    uint8_t on_overflow;          /* HD_OVERFLOW_* (default close) */
+    uint32_t throttle_ms;         /* 0: off */
+    uint32_t debounce_ms;         /* 0: off */
+    uint32_t max_wait_ms;         /* 0: no cap */
+    uint32_t max_queue_bytes;     /* 0: limits.send_queue_bytes */
+    int32_t rule;                 /* index of the config rule that matched, -1 none */
+} hd_topic_policy;
+
+/* Per topic pattern counters (metrics), indexed by policy.rule + 1. */
+enum { HD_TC_RECEIVED, HD_TC_DELIVERED, HD_TC_COALESCED, HD_TC_COUNT };
+
+enum { HD_COALESCE_NONE, HD_COALESCE_LATEST };
+enum { HD_OVERFLOW_CLOSE, HD_OVERFLOW_DROP_OLDEST };
+
+/* The defaults: tracked, no presence events, no shaping, close on overflow. */
+void hd_topic_policy_default(hd_topic_policy *p);
 
 /* Fields a topic rule sets (hd_topic_rule.set). */
 enum {

@@ -1,29 +1,42 @@
-/* A TCP connection: the write queue, limits and the two-step close.
+/* The transport: TCP connections, their write queues, the writer that
+ * flushes them once per loop turn, the two-step close, and an index from
+ * connection id (and identity) to connection.
+ *
+ * A connection knows nothing of the protocol it carries: it holds a
+ * pointer to a protocol vtable (hd_conn_ops) and an opaque protocol state.
+ * New connections get hd_net.accept_ops (HTTP); an upgrade swaps both. The
+ * vtable is the only way up: drain, shedding, the slow-consumer reaper and
+ * herald.disconnect close any connection through hd_conn_shut() without
+ * knowing its protocol. The protocol layer may embed hd_conn_ops as the
+ * first member of its own context struct and recover that context from
+ * c->ops (one instance per server: no globals, no per-connection cost).
  *
  * Writing: hd_conn_send() appends a reference to a shared hd_buf to the
- * connection's queue and puts the connection on the server's pending list;
- * the server's uv_check handle flushes each pending connection once per loop
- * turn, writing as many queued buffers as possible in one writev
- * (uv_try_write, then uv_write for what the kernel did not take). Buffers
- * stay referenced until written.
+ * connection's queue and puts the connection on the pending list; the
+ * writer (a uv_check handle, plus an idle handle that keeps the loop from
+ * blocking in poll while anything is pending) flushes pending connections
+ * in slices, each with one writev (uv_try_write, then uv_write for what the
+ * kernel did not take). Buffers stay referenced until written. Whatever
+ * queues bytes, in whatever loop phase (I/O, timers, Lua timers, drain
+ * steps), the loop writes them before it next blocks.
  *
- * Closing: hd_conn_close() unlinks the connection from its topics at once
- * and calls uv_close(); memory is freed only in the close callback. During a
- * fan-out, connections are never closed directly: hd_conn_send() marks an
- * overflowing one and the server reaps it after the loop over subscribers. */
+ * Closing: hd_conn_close() calls ops->on_closed (the protocol unlinks the
+ * connection from topics and presence) and uv_close(); memory is freed only
+ * in the close callback (ops->free, then the connection). During a fan-out
+ * connections are never closed: one that overflows is marked and reaped by
+ * the writer once per loop turn. */
 #ifndef HD_CONN_H
 #define HD_CONN_H
 
 #include "buf.h"
+#include "config.h"
+#include "stats.h"
 
 #include <stdint.h>
 #include <uv.h>
 
-struct hd_server;
-struct hd_http_conn;
-struct hd_ws_conn;
-struct hd_topic;
-struct hd_topic_policy;
+struct hd_conn;
+struct hd_sub;
 
 typedef struct hd_wq_item {
     struct hd_wq_item *next;
@@ -35,26 +48,51 @@ typedef struct hd_wq_item {
 typedef enum { HD_CONN_HTTP, HD_CONN_WS } hd_conn_kind;
 
 enum {
-    HD_CF_PENDING = 1 << 0,      /* on the server's pending list */
+    HD_CF_PENDING = 1 << 0,      /* on the pending list */
     HD_CF_WRITING = 1 << 1,      /* a uv_write is in flight */
     HD_CF_CLOSED = 1 << 2,       /* uv_close called; waiting for the callback */
     HD_CF_FINISH = 1 << 3,       /* close gracefully once the queue is written */
     HD_CF_SHUTDOWN = 1 << 4,     /* FIN sent; waiting for EOF or the deadline */
     HD_CF_REAP = 1 << 5,         /* on the reap list */
-    HD_CF_WS_CLOSE_SENT = 1 << 6,/* our close frame is queued */
+    HD_CF_WS_CLOSE_SENT = 1 << 6,/* our close frame is queued (the protocol's close began) */
     HD_CF_WS_CLOSE_RECV = 1 << 7,/* the peer's close frame arrived */
     HD_CF_NO_INPUT = 1 << 8,     /* ignore further input (after an error) */
     HD_CF_LOOPBACK = 1 << 9,     /* peer address is loopback (valid with PEER_KNOWN) */
     HD_CF_PEER_KNOWN = 1 << 10,  /* the peer address was looked up */
-    HD_CF_HELD = 1 << 11,        /* an HTTP answer held back: on srv->held */
+    HD_CF_HELD = 1 << 11,        /* an HTTP answer held back: on the held list */
 };
+
+/* A protocol, as the transport sees it. Every entry is required. */
+typedef struct hd_conn_ops {
+    /* Bytes read (valid during the call only). */
+    void (*on_read)(struct hd_conn *c, uint8_t *data, size_t len);
+    /* Close at the protocol level with code and reason (a WebSocket close
+     * handshake; HTTP finishes gracefully and ignores the code). */
+    void (*close)(struct hd_conn *c, uint16_t code, const char *reason);
+    /* The connection is closing (called once, from hd_conn_close, before
+     * uv_close): unlink it from whatever refers to it. */
+    void (*on_closed)(struct hd_conn *c);
+    /* Frees c->proto (from the close callback). */
+    void (*free)(struct hd_conn *c);
+} hd_conn_ops;
+
+/* An identity from authenticate, shared by the index: owned by the
+ * connection, freed with it. */
+typedef struct hd_ident {
+    struct hd_ident *next;       /* the index's chain */
+    struct hd_conn *conn;
+    uint32_t hash;
+    char id[];                   /* NUL-terminated */
+} hd_ident;
 
 typedef struct hd_conn {
     uv_tcp_t tcp;
-    struct hd_server *srv;
-    struct hd_conn *prev, *next; /* srv->conns */
-    struct hd_conn *pend_prev, *pend_next; /* srv->pend_head: waiting to be flushed */
-    struct hd_conn *reap_next;   /* srv->reap */
+    struct hd_net *net;
+    const hd_conn_ops *ops;      /* the protocol; swapped by an upgrade */
+    void *proto;                 /* the protocol's state, owned by ops */
+    struct hd_conn *prev, *next; /* net->conns */
+    struct hd_conn *pend_prev, *pend_next; /* net->pend_head (or net->held) */
+    struct hd_conn *reap_next;   /* net->reap */
     hd_wq_item *wq_head, *wq_tail;
     size_t wq_bytes;             /* queued bytes not yet written */
     size_t inflight;             /* bytes handed to uv_write */
@@ -66,56 +104,118 @@ typedef struct hd_conn {
     uint32_t flags;              /* HD_CF_* */
     uint16_t reap_code;          /* close code for a reaped connection */
     uint8_t kind;                /* hd_conn_kind */
-    struct hd_http_conn *http;   /* HTTP state; NULL once upgraded */
-    struct hd_ws_conn *ws;       /* WebSocket state after the upgrade */
+    uint32_t nsubs;              /* entries on subs */
+    struct hd_sub *subs;         /* joined topics (the engine's, topic.c links them) */
+    hd_ident *ident;             /* identity from authenticate, or NULL (then the id) */
+    char *assigns;               /* assigns from authenticate as JSON, or NULL */
 } hd_conn;
 
-/* Accepts a pending connection on the server's listener. */
-void hd_conn_accept(struct hd_server *srv);
+typedef struct hd_net {
+    uv_loop_t *loop;
+    const hd_config *cfg;        /* borrowed */
+    hd_stats *st;                /* borrowed */
+    const hd_conn_ops *accept_ops; /* the protocol of new connections */
+    hd_conn *conns;              /* every connection (doubly linked) */
+    hd_conn *pend_head, *pend_tail; /* connections with bytes to write, FIFO */
+    hd_conn *held;               /* HTTP connections whose answers are held */
+    hd_conn *reap;               /* connections to close after a fan-out */
+    size_t nconns;               /* TCP connections */
+    size_t nws;                  /* of which WebSocket */
+    size_t ws_cap;               /* WebSocket limit: max_connections within the fd limit */
+    size_t conn_cap;             /* TCP connections kept; beyond, closed at accept */
+    size_t queued_bytes;         /* all connections' write queues */
+    int need_shed;               /* queued_bytes went over limits.max_queued_bytes */
+    int hold;                    /* fan-out backpressure may hold HTTP answers */
+    int fanout_hot;              /* subscribers' queues are deep: hold HTTP answers */
+    uint64_t hot_since;          /* loop time fanout_hot was set */
+    uint64_t emfile_logged;      /* loop time of the last "out of descriptors" warning */
+    uint64_t next_conn_id;
+    hd_wq_item *wq_free;         /* freelist of write-queue items */
+    size_t wq_nfree;
+    hd_conn **ids;               /* id -> connection: open addressing, linear probes */
+    size_t ids_cap;              /* a power of two (0 before the first) */
+    size_t ids_count;
+    hd_ident **idents;           /* identity -> connections: chained */
+    size_t idents_cap;
+    size_t idents_count;
+    uv_check_t writer;           /* flushes pending connections once per loop turn */
+    uv_idle_t spinner;           /* keeps the loop from blocking while bytes wait */
+    int handles;                 /* of writer and spinner, not yet closed */
+    void (*on_empty)(struct hd_net *); /* the last connection is gone (while stopping) */
+    void *data;                  /* the owner's */
+    int stopping;                /* closing everything: call on_empty at zero */
+    uint8_t rbuf[65536];         /* shared read buffer: reads are consumed synchronously */
+} hd_net;
+
+/* Prepares net on loop; sizes the connection caps from cfg and
+ * RLIMIT_NOFILE. Returns 0. */
+int hd_net_init(hd_net *net, uv_loop_t *loop, const hd_config *cfg, hd_stats *st);
+/* Starts the writer (with the listener). */
+void hd_net_start(hd_net *net);
+/* Closes every connection now (no close frames). */
+void hd_net_close_all(hd_net *net);
+/* Closes the writer's handles; cb runs for each (two calls), the handle's
+ * data then being data. */
+void hd_net_close_handles(hd_net *net, uv_close_cb cb, void *data);
+/* Frees what is left (freelist, indexes); after the handles closed. */
+void hd_net_free(hd_net *net);
+
+/* Accepts a pending connection on listener. */
+void hd_net_accept(hd_net *net, uv_stream_t *listener);
 /* Accepts every connection still waiting in the listener's backlog (just
  * before the listener closes, which would reset them). */
-void hd_conn_accept_backlog(struct hd_server *srv);
+void hd_net_accept_backlog(hd_net *net, uv_stream_t *listener);
+
+/* The open connection with this id, or NULL. */
+hd_conn *hd_net_find(hd_net *net, uint64_t id);
+/* The first connection with this identity, then the next: pass the one
+ * before (NULL for the first). */
+hd_conn *hd_net_find_ident(hd_net *net, const char *id, hd_conn *after);
+
+/* Sets c's identity (copied; NULL clears) and indexes it. Returns 0 or
+ * HD_ENOMEM. */
+int hd_conn_set_identity(hd_conn *c, const char *id);
+/* The identity, or NULL. */
+static inline const char *hd_conn_identity(const hd_conn *c) { return c->ident ? c->ident->id : NULL; }
+/* Switches c to another protocol: kind, vtable and state (the old state is
+ * the caller's to free). */
+void hd_conn_upgrade(hd_conn *c, hd_conn_kind kind, const hd_conn_ops *ops, void *proto);
 
 /* Queues b on c's write queue, taking one reference of its own. For a
  * WebSocket, a queue over limits.send_queue_bytes marks c for a 1013 close
- * (done by hd_server_reap) and returns HD_EFULL; a closing connection
- * returns HD_ECLOSED. Returns 0 when queued. */
+ * (done by the writer) and returns HD_EFULL; a closing connection returns
+ * HD_ECLOSED. Returns 0 when queued. */
 int hd_conn_send(hd_conn *c, hd_buf *b);
-/* The same for a frame of topic tp under its policy p: over the queue limit
- * (p->max_queue_bytes if set, else limits.send_queue_bytes), on_overflow
- * "drop_oldest" drops this topic's oldest queued frames to make room (or
- * this frame; counted) and keeps the connection; "close" closes it (1013). */
-int hd_conn_send_topic(hd_conn *c, hd_buf *b, const struct hd_topic *tp,
-                       const struct hd_topic_policy *p);
+/* The same for a broadcast frame of topic topic_id: over limit (0:
+ * limits.send_queue_bytes), drop_oldest drops this topic's oldest queued
+ * frames to make room (or this frame; counted) and keeps the connection;
+ * otherwise it is closed (1013). */
+int hd_conn_send_topic(hd_conn *c, hd_buf *b, uint64_t topic_id, size_t limit, int drop_oldest);
 /* Copies len bytes into a new buffer and queues it (no limit check: used
  * for replies whose size the request bounds). */
 int hd_conn_send_copy(hd_conn *c, const void *p, size_t len);
+/* Queues b even while the protocol's close is under way (the close frame
+ * itself). Returns 0 or HD_ENOMEM. */
+int hd_conn_send_last(hd_conn *c, hd_buf *b);
+/* Drops queued frames not yet being written, counting each as dropped
+ * (slow consumer). */
+void hd_conn_drop_queue(hd_conn *c);
 
-/* Takes c off the server's pending list (no-op when not on it). */
-void hd_conn_unpend(hd_conn *c);
-
-/* Fan-out backpressure (see server.c): hd_conn_hold() moves an HTTP
- * connection with an answer queued to the server's held list, unwritten;
- * hd_conn_release_held() writes every held answer. */
-void hd_conn_hold(hd_conn *c);
-void hd_conn_release_held(struct hd_server *srv);
-
-/* Writes what is queued; called by the server's flusher. */
+/* Writes what is queued (the writer calls it). */
 void hd_conn_flush(hd_conn *c);
+/* Closes the connections marked during fan-outs, and sheds over
+ * limits.max_queued_bytes (the writer calls it once per loop turn). */
+void hd_net_reap(hd_net *net);
 
 /* Closes gracefully: stop accepting data, write out the queue, send FIN,
  * wait for the peer's EOF (bounded by deadline_ms), then close. */
 void hd_conn_finish(hd_conn *c, uint64_t deadline_ms);
-/* Closes now: unlinks from topics, drops the queue, uv_close. Idempotent. */
+/* Closes now: ops->on_closed, drops the queue, uv_close. Idempotent. */
 void hd_conn_close(hd_conn *c);
-
-/* Starts the WebSocket close handshake with code and reason: queues the
- * close frame (after frames already queued), stops deliveries, and closes
- * the TCP connection when the peer's close arrives or ws_close_ms passes. */
-void hd_conn_ws_close(hd_conn *c, uint16_t code, const char *reason);
-/* Same, but first drops queued frames not yet being written (counted as
- * dropped): for slow consumers (1013). */
-void hd_conn_ws_close_now(hd_conn *c, uint16_t code, const char *reason);
+/* Closes at the protocol level (ops->close). */
+static inline void hd_conn_shut(hd_conn *c, uint16_t code, const char *reason) { c->ops->close(c, code, reason); }
+/* Drops what is queued (counted), then hd_conn_shut: for slow consumers. */
+void hd_conn_shut_now(hd_conn *c, uint16_t code, const char *reason);
 
 /* Returns 1 when c's peer is a loopback address (looked up once). */
 int hd_conn_is_loopback(hd_conn *c);

@@ -1,11 +1,8 @@
 #include "drain.h"
-#include "conn.h"
-#include "http.h"
 #include "log.h"
-#include "presence.h"
-#include "script.h"
-#include "shaper.h"
-#include "server.h"
+#include "metrics.h"
+
+#include <string.h>
 
 #define TICK_MS 10
 
@@ -15,90 +12,90 @@ static const char *const names[HD_PHASE_COUNT] = {
 
 const char *hd_phase_name(hd_phase p) { return p < HD_PHASE_COUNT ? names[p] : "?"; }
 
-static void enter(hd_server *srv, hd_phase p)
+static void enter(hd_drain *dr, hd_phase p)
 {
-    uint64_t now = uv_now(srv->loop);
-    hd_drain_stats *d = &srv->drain;
-    if (srv->phase != HD_PHASE_NONE) {
-        d->duration_ms[srv->phase] = now - d->phase_started_ms;
-        hd_info("drain: phase %s done in %llu ms", names[srv->phase],
-                (unsigned long long)d->duration_ms[srv->phase]);
+    uint64_t now = uv_now(dr->loop);
+    hd_drain_stats *d = &dr->stats;
+    if (dr->phase != HD_PHASE_NONE) {
+        d->duration_ms[dr->phase] = now - d->phase_started_ms;
+        hd_info("drain: phase %s done in %llu ms", names[dr->phase],
+                (unsigned long long)d->duration_ms[dr->phase]);
     }
-    srv->phase = p;
+    dr->phase = p;
     d->phase_started_ms = now;
-    hd_script_shutdown(srv, names[p]);
+    hd_script_shutdown(dr->sc, names[p]);
 }
 
-static int queued_anywhere(hd_server *srv)
+static int queued_anywhere(hd_drain *dr)
 {
-    for (hd_conn *c = srv->conns; c; c = c->next)
+    for (hd_conn *c = dr->net->conns; c; c = c->next)
         if (!(c->flags & HD_CF_CLOSED) && c->wq_bytes > 0) return 1;
     return 0;
 }
 
-static size_t count_kind(hd_server *srv, int kind)
+static size_t count_kind(hd_drain *dr, int kind)
 {
     size_t n = 0;
-    for (hd_conn *c = srv->conns; c; c = c->next)
+    for (hd_conn *c = dr->net->conns; c; c = c->next)
         if (!(c->flags & HD_CF_CLOSED) && c->kind == kind) n++;
     return n;
 }
 
 /* Closes what is left now: the budget ran out. */
-static void force_all(hd_server *srv)
+static void force_all(hd_drain *dr)
 {
-    for (hd_conn *c = srv->conns; c; c = c->next) {
+    for (hd_conn *c = dr->net->conns; c; c = c->next) {
         if (c->flags & HD_CF_CLOSED) continue;
-        srv->drain.forced++;
-        for (hd_wq_item *it = c->wq_head; it; it = it->next) srv->drain.lost_frames++;
+        dr->stats.forced++;
+        for (hd_wq_item *it = c->wq_head; it; it = it->next) dr->stats.lost_frames++;
         hd_conn_close(c);
     }
 }
 
-static void finish(hd_server *srv)
+static void finish(hd_drain *dr)
 {
-    enter(srv, HD_PHASE_STOPPED);
-    uv_timer_stop(&srv->drain_timer);
-    hd_drain_stats *d = &srv->drain;
+    enter(dr, HD_PHASE_STOPPED);
+    uv_timer_stop(&dr->timer);
+    hd_drain_stats *d = &dr->stats;
     hd_info("drain: complete in %llu ms (%llu HTTP and %llu WebSocket connections closed, "
             "%llu forced)",
-            (unsigned long long)(uv_now(srv->loop) - d->started_ms),
+            (unsigned long long)(uv_now(dr->loop) - d->started_ms),
             (unsigned long long)d->http_closed, (unsigned long long)d->ws_closed,
             (unsigned long long)d->forced);
-    hd_server_stop(srv);
+    dr->stop(dr->ud);
 }
 
 static void step(uv_timer_t *t)
 {
-    hd_server *srv = t->data;
-    const hd_config *cfg = srv->cfg;
-    hd_drain_stats *d = &srv->drain;
-    uint64_t now = uv_now(srv->loop);
+    hd_drain *dr = t->data;
+    const hd_config *cfg = dr->cfg;
+    hd_drain_stats *d = &dr->stats;
+    uint64_t now = uv_now(dr->loop);
     uint64_t elapsed = now - d->started_ms, in_phase = now - d->phase_started_ms;
 
-    if (elapsed >= cfg->drain_timeout_ms && srv->phase < HD_PHASE_PRESENCE) {
+    if (elapsed >= cfg->drain_timeout_ms && dr->phase < HD_PHASE_PRESENCE) {
         d->overran = 1;
         hd_warn("drain: phase %s overran the %llu ms budget by %llu ms: closing %zu "
                 "connection(s) now",
-                names[srv->phase], (unsigned long long)cfg->drain_timeout_ms,
-                (unsigned long long)(elapsed - cfg->drain_timeout_ms), srv->nconns);
-        force_all(srv);
-        enter(srv, HD_PHASE_PRESENCE);
-        finish(srv);
+                names[dr->phase], (unsigned long long)cfg->drain_timeout_ms,
+                (unsigned long long)(elapsed - cfg->drain_timeout_ms), dr->net->nconns);
+        force_all(dr);
+        enter(dr, HD_PHASE_PRESENCE);
+        finish(dr);
         return;
     }
 
-    switch (srv->phase) {
+    switch (dr->phase) {
     case HD_PHASE_ANNOUNCE:
         if (in_phase < cfg->drain_announce_ms) return;
-        enter(srv, HD_PHASE_STOP_ACCEPTING);
-        hd_server_close_listener(srv);
-        enter(srv, HD_PHASE_HTTP);
+        enter(dr, HD_PHASE_STOP_ACCEPTING);
+        dr->close_listener(dr->ud);
+        enter(dr, HD_PHASE_HTTP);
         /* fall through */
     case HD_PHASE_HTTP:
-        for (hd_conn *c = srv->conns; c; c = c->next) {
+        for (hd_conn *c = dr->net->conns; c; c = c->next) {
             if (c->kind != HD_CONN_HTTP || !hd_conn_open(c)) continue;
-            int idle = (!c->http || !c->http->busy) && c->wq_bytes == 0 &&
+            int idle = !hd_http_busy(c) && c->wq_bytes == 0 &&
                        now - c->last_active >= cfg->drain_http_idle_ms;
             if (idle) {
                 c->flags |= HD_CF_NO_INPUT;
@@ -106,29 +103,29 @@ static void step(uv_timer_t *t)
                 d->http_closed++;
             }
         }
-        if (count_kind(srv, HD_CONN_HTTP) > 0) {
+        if (count_kind(dr, HD_CONN_HTTP) > 0) {
             if (in_phase < cfg->drain_http_ms) return;
             /* The phase's own budget ran out: what is left is cut. */
-            size_t left = count_kind(srv, HD_CONN_HTTP);
+            size_t left = count_kind(dr, HD_CONN_HTTP);
             hd_warn("drain: phase http overran its %llu ms budget: closing %zu HTTP connection(s)",
                     (unsigned long long)cfg->drain_http_ms, left);
-            for (hd_conn *c = srv->conns; c; c = c->next)
+            for (hd_conn *c = dr->net->conns; c; c = c->next)
                 if (c->kind == HD_CONN_HTTP && !(c->flags & HD_CF_CLOSED)) {
                     d->forced++;
                     hd_conn_close(c);
                 }
         }
-        enter(srv, HD_PHASE_FLUSH);
+        enter(dr, HD_PHASE_FLUSH);
         /* Held messages go out early, never dropped; so do presence diffs. */
-        hd_shaper_release_all(srv);
-        hd_presence_flush(srv);
+        hd_shaper_release_all(&dr->eng->shapers);
+        hd_presence_flush(&dr->eng->pres);
         /* fall through */
     case HD_PHASE_FLUSH:
-        if (queued_anywhere(srv) && in_phase < cfg->drain_flush_ms) return;
-        if (queued_anywhere(srv))
+        if (queued_anywhere(dr) && in_phase < cfg->drain_flush_ms) return;
+        if (queued_anywhere(dr))
             hd_warn("drain: phase flush overran its %llu ms budget: disconnecting with frames "
                     "still queued", (unsigned long long)cfg->drain_flush_ms);
-        enter(srv, HD_PHASE_DISCONNECT);
+        enter(dr, HD_PHASE_DISCONNECT);
         d->allowance = 1;
         return;
     case HD_PHASE_DISCONNECT: {
@@ -137,22 +134,22 @@ static void step(uv_timer_t *t)
              * enough to finish within 80% of what is left of the budget. */
             double left_s = (double)(cfg->drain_timeout_ms - elapsed) / 1000.0 * 0.8;
             size_t open = 0;
-            for (hd_conn *c = srv->conns; c; c = c->next)
+            for (hd_conn *c = dr->net->conns; c; c = c->next)
                 if (c->kind == HD_CONN_WS && hd_conn_open(c)) open++;
             double rate = (double)cfg->drain_disconnect_rate;
             if (left_s > 0 && open / left_s > rate) rate = open / left_s;
             d->allowance += rate * TICK_MS / 1000.0;
             if (d->allowance > rate * TICK_MS / 1000.0 + 1) d->allowance = rate * TICK_MS / 1000.0 + 1;
-            for (hd_conn *c = srv->conns; c && d->allowance >= 1; c = c->next) {
+            for (hd_conn *c = dr->net->conns; c && d->allowance >= 1; c = c->next) {
                 if (c->kind != HD_CONN_WS || !hd_conn_open(c)) continue;
-                hd_conn_ws_close(c, 1012, "server restart");
+                hd_conn_shut(c, 1012, "server restart");
                 d->ws_closed++;
                 d->allowance -= 1;
             }
         }
-        if (cfg->drain_disconnect_sockets && srv->nconns > 0) return;
-        enter(srv, HD_PHASE_PRESENCE);
-        finish(srv);
+        if (cfg->drain_disconnect_sockets && dr->net->nconns > 0) return;
+        enter(dr, HD_PHASE_PRESENCE);
+        finish(dr);
         return;
     }
     default:
@@ -160,13 +157,49 @@ static void step(uv_timer_t *t)
     }
 }
 
-void hd_drain_start(hd_server *srv, const char *reason)
+void hd_drain_init(hd_drain *dr, uv_loop_t *loop, const hd_config *cfg, hd_net *net,
+                   hd_engine *eng, hd_scripts *sc)
 {
-    if (srv->state != HD_READY) return;
+    memset(dr, 0, sizeof *dr);
+    dr->loop = loop;
+    dr->cfg = cfg;
+    dr->net = net;
+    dr->eng = eng;
+    dr->sc = sc;
+    uv_timer_init(loop, &dr->timer);
+    dr->timer.data = dr;
+}
+
+void hd_drain_start(hd_drain *dr, const char *reason)
+{
     hd_info("drain: starting (%s); budget %llu ms", reason,
-            (unsigned long long)srv->cfg->drain_timeout_ms);
-    srv->state = HD_DRAINING;
-    srv->drain.started_ms = uv_now(srv->loop);
-    enter(srv, HD_PHASE_ANNOUNCE);
-    uv_timer_start(&srv->drain_timer, step, 0, TICK_MS);
+            (unsigned long long)dr->cfg->drain_timeout_ms);
+    dr->stats.started_ms = uv_now(dr->loop);
+    enter(dr, HD_PHASE_ANNOUNCE);
+    uv_timer_start(&dr->timer, step, 0, TICK_MS);
+}
+
+void hd_drain_cancel(hd_drain *dr) { uv_timer_stop(&dr->timer); }
+
+void hd_drain_close(hd_drain *dr, uv_close_cb cb, void *data)
+{
+    if (uv_is_closing((uv_handle_t *)&dr->timer)) return;
+    dr->timer.data = data;
+    uv_close((uv_handle_t *)&dr->timer, cb);
+}
+
+void hd_drain_metrics(const hd_drain *dr, hd_str *o)
+{
+    hd_metrics_gauge(o, "herald_drain_phase", "Drain phase: 0 none, 1 announce ... 7 stopped.", dr->phase);
+    hd_str_adds(o, "# HELP herald_drain_phase_seconds How long each finished drain phase took.\n"
+                   "# TYPE herald_drain_phase_seconds gauge\n");
+    for (int p = HD_PHASE_ANNOUNCE; p < HD_PHASE_COUNT; p++)
+        hd_str_printf(o, "herald_drain_phase_seconds{phase=\"%s\"} %.3f\n", hd_phase_name((hd_phase)p),
+                      (double)dr->stats.duration_ms[p] / 1000.0);
+    hd_metrics_counter(o, "herald_drain_http_closed_total", "Idle keep-alive connections closed by the drain.",
+            dr->stats.http_closed);
+    hd_metrics_counter(o, "herald_drain_ws_closed_total", "WebSockets closed with 1012 by the drain.",
+            dr->stats.ws_closed);
+    hd_metrics_counter(o, "herald_drain_forced_total", "Connections closed when the drain budget ran out.",
+            dr->stats.forced);
 }

@@ -17,9 +17,13 @@
 #ifndef HD_DRAIN_H
 #define HD_DRAIN_H
 
-#include <stdint.h>
+#include "conn.h"
+#include "http.h"
+#include "publish.h"
+#include "script.h"
 
-struct hd_server;
+#include <stdint.h>
+#include <uv.h>
 
 typedef enum {
     HD_PHASE_NONE,
@@ -45,10 +49,36 @@ typedef struct hd_drain_stats {
     int overran;                      /* the budget ran out */
 } hd_drain_stats;
 
+typedef struct hd_drain {
+    uv_loop_t *loop;
+    const hd_config *cfg;
+    hd_net *net;
+    hd_engine *eng;
+    hd_scripts *sc;              /* shutdown(phase) */
+    /* The node's part, registered at start-up: close the listener; stop
+     * (everything is done, or the budget ran out). */
+    void (*close_listener)(void *ud);
+    void (*stop)(void *ud);
+    void *ud;
+    hd_phase phase;
+    hd_drain_stats stats;
+    uv_timer_t timer;            /* steps the sequence */
+} hd_drain;
+
 /* The phase's name ("announce", ...). */
 const char *hd_phase_name(hd_phase p);
 
-/* Starts the drain (idempotent). reason is logged. */
-void hd_drain_start(struct hd_server *srv, const char *reason);
+/* Prepares d (initialises its timer on loop). */
+void hd_drain_init(hd_drain *d, uv_loop_t *loop, const hd_config *cfg, hd_net *net,
+                   hd_engine *eng, hd_scripts *sc);
+/* Starts the sequence; the node has stopped taking sockets already.
+ * reason is logged. */
+void hd_drain_start(hd_drain *d, const char *reason);
+/* Stops stepping (the node stops at once). */
+void hd_drain_cancel(hd_drain *d);
+/* Closes the timer (cb gets it, its data then being data). */
+void hd_drain_close(hd_drain *d, uv_close_cb cb, void *data);
+/* Appends the drain's metrics (phase, phase durations, counters) to out. */
+void hd_drain_metrics(const hd_drain *d, hd_str *out);
 
 #endif

@@ -1,10 +1,6 @@
 #include "http.h"
-#include "api.h"
-#include "channel.h"
-#include "conn.h"
 #include "err.h"
 #include "log.h"
-#include "server.h"
 #include "util.h"
 
 #include <stdlib.h>
@@ -13,8 +9,18 @@
 /* Grace for a closing HTTP connection to read our response and FIN. */
 #define HTTP_CLOSE_GRACE_MS 2000
 
-static hd_conn *conn_of(llhttp_t *p) { return p->data; }
-static hd_http_req *req_of(llhttp_t *p) { return &conn_of(p)->http->req; }
+typedef struct hd_http_conn {
+    llhttp_t parser;             /* parser.data: this struct */
+    hd_http_req req;
+    hd_conn *c;
+    int busy;                    /* a request is being received */
+} hd_http_conn;
+
+static hd_http_conn *state_of(llhttp_t *p) { return p->data; }
+static hd_conn *conn_of(llhttp_t *p) { return state_of(p)->c; }
+static hd_http_req *req_of(llhttp_t *p) { return &state_of(p)->req; }
+/* The context of an HTTP connection (its ops are the context's). */
+static hd_http_ctx *ctx_of(const hd_conn *c) { return (hd_http_ctx *)c->ops; }
 
 static void req_reset(hd_http_req *r)
 {
@@ -41,20 +47,20 @@ static int count_header_bytes(llhttp_t *p, size_t len)
 {
     hd_http_req *r = req_of(p);
     r->header_bytes += len;
-    return r->header_bytes > conn_of(p)->srv->cfg->max_header_bytes;
+    return r->header_bytes > ctx_of(conn_of(p))->cfg->max_header_bytes;
 }
 
 static int on_message_begin(llhttp_t *p)
 {
     req_reset(req_of(p));
-    conn_of(p)->http->busy = 1;
+    state_of(p)->busy = 1;
     return 0;
 }
 
 static int on_url(llhttp_t *p, const char *at, size_t len)
 {
     hd_http_req *r = req_of(p);
-    if (r->url.len + len > conn_of(p)->srv->cfg->max_url_bytes) return fail(p, 414);
+    if (r->url.len + len > ctx_of(conn_of(p))->cfg->max_url_bytes) return fail(p, 414);
     if (count_header_bytes(p, len)) return fail(p, 431);
     return hd_str_add(&r->url, at, len) ? fail(p, 503) : 0;
 }
@@ -119,7 +125,7 @@ static int on_headers_complete(llhttp_t *p)
         r->query_len = r->url.len - r->path_len - 1;
     }
     if ((p->flags & F_CONTENT_LENGTH) &&
-        p->content_length > conn_of(p)->srv->cfg->max_body_bytes)
+        p->content_length > ctx_of(conn_of(p))->cfg->max_body_bytes)
         return fail(p, 413);
     return 0;
 }
@@ -127,37 +133,25 @@ static int on_headers_complete(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     hd_http_req *r = req_of(p);
-    if (r->body.len + len > conn_of(p)->srv->cfg->max_body_bytes) return fail(p, 413);
+    if (r->body.len + len > ctx_of(conn_of(p))->cfg->max_body_bytes) return fail(p, 413);
     return hd_str_add(&r->body, at, len) ? fail(p, 503) : 0;
-}
-
-static int is_ws_path(const hd_server *srv, const hd_http_req *r)
-{
-    for (size_t i = 0; i < srv->cfg->nmounts; i++) {
-        const char *m = srv->cfg->ws_paths[i];
-        if (strlen(m) == r->path_len && memcmp(m, r->path, r->path_len) == 0) return 1;
-    }
-    return 0;
 }
 
 static int on_message_complete(llhttp_t *p)
 {
     hd_conn *c = conn_of(p);
     hd_http_req *r = req_of(p);
-    c->http->busy = 0;
+    hd_http_ctx *ctx = ctx_of(c);
+    state_of(p)->busy = 0;
     if (!r->body.p) hd_str_add(&r->body, "", 0);
-    if (is_ws_path(c->srv, r)) {
-        hd_channel_handshake(c, r, llhttp_get_upgrade(p));
-    } else {
-        /* An Upgrade we do not offer is ignored (RFC 9110 7.8) and parsing
-         * goes on (hd_http_on_read resumes); after CONNECT the bytes are a
-         * tunnel's, so that answer closes. */
-        if (r->method == HTTP_CONNECT) r->keep_alive = 0;
-        hd_api_handle(c, r);
-    }
+    /* An Upgrade the router does not take is ignored (RFC 9110 7.8) and
+     * parsing goes on (on_read resumes); after CONNECT the bytes are a
+     * tunnel's, so that answer closes. */
+    if (r->method == HTTP_CONNECT) r->keep_alive = 0;
+    ctx->on_request(ctx->ud, c, r, llhttp_get_upgrade(p));
     /* After an upgrade llhttp stops by itself (HPE_PAUSED_UPGRADE); after a
      * response that closes the connection, stop: what follows is not ours. */
-    if (c->kind == HD_CONN_HTTP && !hd_conn_open(c)) return HPE_PAUSED;
+    if (c->ops == &ctx->ops && !hd_conn_open(c)) return HPE_PAUSED;
     return 0;
 }
 
@@ -173,17 +167,18 @@ static const llhttp_settings_t settings = {
     .on_message_complete = on_message_complete,
 };
 
-hd_http_conn *hd_http_conn_new(struct hd_conn *c)
+static hd_http_conn *state_new(hd_conn *c)
 {
     hd_http_conn *h = calloc(1, sizeof *h);
     if (!h) return NULL;
     llhttp_init(&h->parser, HTTP_REQUEST, &settings);
-    h->parser.data = c;
+    h->parser.data = h;
+    h->c = c;
     req_reset(&h->req);
     return h;
 }
 
-void hd_http_conn_free(hd_http_conn *h)
+static void state_free(hd_http_conn *h)
 {
     if (!h) return;
     hd_str_free(&h->req.url);
@@ -203,11 +198,17 @@ static const char *limit_message(int status)
     }
 }
 
-void hd_http_on_read(struct hd_conn *c, uint8_t *data, size_t len)
+static void on_read(hd_conn *c, uint8_t *data, size_t len)
 {
-    hd_http_conn *h = c->http;
+    hd_http_ctx *ctx = ctx_of(c);
+    hd_http_conn *h = c->proto;
+    if (!h && !(h = c->proto = state_new(c))) {
+        hd_error("conn %llu: out of memory for a request", (unsigned long long)c->id);
+        hd_conn_close(c);
+        return;
+    }
     llhttp_errno_t e = llhttp_execute(&h->parser, (const char *)data, len);
-    while (e == HPE_PAUSED_UPGRADE && c->kind == HD_CONN_HTTP && hd_conn_open(c)) {
+    while (e == HPE_PAUSED_UPGRADE && c->ops == &ctx->ops && hd_conn_open(c)) {
         /* An upgrade request answered as plain HTTP: the connection stays
          * HTTP, and what follows is the next request. */
         size_t used = (size_t)((const uint8_t *)llhttp_get_error_pos(&h->parser) - data);
@@ -216,14 +217,15 @@ void hd_http_on_read(struct hd_conn *c, uint8_t *data, size_t len)
         len -= used;
         e = len ? llhttp_execute(&h->parser, (const char *)data, len) : HPE_OK;
     }
-    if (c->kind == HD_CONN_WS) {
-        /* Upgraded: the HTTP state goes, and bytes after the handshake (a
-         * client may send its first frames at once) are WebSocket data. */
+    if (c->ops != &ctx->ops) {
+        /* Upgraded: the HTTP state goes (the new protocol owns c->proto
+         * now), and bytes after the handshake (a client may send its first
+         * frames at once) are the new protocol's. */
         size_t used = e == HPE_OK ? len
                                   : (size_t)((const uint8_t *)llhttp_get_error_pos(&h->parser) - data);
-        hd_http_conn_free(c->http);
-        c->http = NULL;
-        if (used < len) hd_channel_on_read(c, data + used, len - used);
+        state_free(h);
+        if (used < len && !(c->flags & (HD_CF_CLOSED | HD_CF_NO_INPUT)))
+            c->ops->on_read(c, data + used, len - used);
         return;
     }
     if (e == HPE_OK || e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) return;
@@ -249,21 +251,6 @@ const char *hd_http_header(const hd_http_req *r, const char *name, size_t *len)
         }
     }
     return NULL;
-}
-
-int hd_query_next(const char **q, const char *end, hd_query_pair *p)
-{
-    const char *s = *q;
-    if (!s || s >= end) return 0;
-    const char *amp = memchr(s, '&', (size_t)(end - s));
-    const char *pe = amp ? amp : end;
-    const char *eq = memchr(s, '=', (size_t)(pe - s));
-    p->k = s;
-    p->kl = (size_t)((eq ? eq : pe) - s);
-    p->v = eq ? eq + 1 : pe;
-    p->vl = eq ? (size_t)(pe - eq - 1) : 0;
-    *q = amp ? amp + 1 : NULL;
-    return 1;
 }
 
 int hd_http_query_param(const hd_http_req *r, const char *key, char *out, size_t outlen)
@@ -308,12 +295,13 @@ const char *hd_http_reason(int status)
     }
 }
 
-void hd_http_respond(struct hd_conn *c, const hd_http_req *r, int status,
+void hd_http_respond(hd_conn *c, const hd_http_req *r, int status,
                      const char *content_type, const char *body, size_t len,
                      const char *extra_headers, int close)
 {
-    hd_server *srv = c->srv;
-    if (!r->keep_alive || srv->state != HD_READY) close = 1;
+    hd_http_ctx *ctx = ctx_of(c);
+    hd_stats *st = ctx->st;
+    if (!r->keep_alive || ctx->closing) close = 1;
     hd_str s = HD_STR_INIT;
     hd_str_printf(&s,
                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
@@ -321,8 +309,8 @@ void hd_http_respond(struct hd_conn *c, const hd_http_req *r, int status,
                   status, hd_http_reason(status), content_type, len,
                   close ? "close" : "keep-alive", extra_headers ? extra_headers : "");
     if (len && r->method != HTTP_HEAD) hd_str_add(&s, body, len); /* RFC 9110 9.3.2 */
-    srv->m.http_requests++;
-    if (status >= 400 && status < 500) srv->m.http_errors_4xx++;
+    st->http_requests++;
+    if (status >= 400 && status < 500) st->http_errors_4xx++;
     if (s.oom) {
         hd_error("out of memory building a response");
         hd_conn_close(c);
@@ -333,7 +321,7 @@ void hd_http_respond(struct hd_conn *c, const hd_http_req *r, int status,
     hd_str_free(&s);
 }
 
-void hd_http_error(struct hd_conn *c, const hd_http_req *r, int status, const char *msg,
+void hd_http_error(hd_conn *c, const hd_http_req *r, int status, const char *msg,
                    const char *extra_headers, int close)
 {
     hd_str b = HD_STR_INIT;
@@ -343,4 +331,51 @@ void hd_http_error(struct hd_conn *c, const hd_http_req *r, int status, const ch
     hd_http_respond(c, r, status, "application/json", b.p ? b.p : "", b.len, extra_headers,
                     close);
     hd_str_free(&b);
+}
+
+static void http_close(hd_conn *c, uint16_t code, const char *reason)
+{
+    (void)code, (void)reason;
+    c->flags |= HD_CF_NO_INPUT;
+    hd_conn_finish(c, HTTP_CLOSE_GRACE_MS);
+}
+
+static void http_on_closed(hd_conn *c) { (void)c; }
+
+static void http_free(hd_conn *c)
+{
+    state_free(c->proto);
+    c->proto = NULL;
+}
+
+void hd_http_init(hd_http_ctx *ctx, const hd_config *cfg, hd_stats *st,
+                  hd_http_request_fn on_request, void *ud)
+{
+    memset(ctx, 0, sizeof *ctx);
+    ctx->ops.on_read = on_read;
+    ctx->ops.close = http_close;
+    ctx->ops.on_closed = http_on_closed;
+    ctx->ops.free = http_free;
+    ctx->cfg = cfg;
+    ctx->st = st;
+    ctx->on_request = on_request;
+    ctx->ud = ud;
+}
+
+int hd_http_busy(const hd_conn *c)
+{
+    const hd_http_conn *h = c->kind == HD_CONN_HTTP ? c->proto : NULL;
+    return h && h->busy;
+}
+
+void hd_http_hook_req(const hd_http_req *r, hd_hook_req *out)
+{
+    out->method = llhttp_method_name((llhttp_method_t)r->method);
+    out->path = r->path;
+    out->path_len = r->path_len;
+    out->query = r->query;
+    out->query_len = r->query_len;
+    out->hbuf = r->hbuf.p;
+    out->h = r->h;
+    out->nh = r->nh;
 }

@@ -1,22 +1,22 @@
 /* HTTP/1.1 on llhttp: request parsing with limits, keep-alive, pipelining,
- * responses. Routing of a complete request goes to the WebSocket handshake
- * (channel.c) for mount paths and to api.c for everything else. */
+ * responses. The protocol of every new connection (hd_http_ctx.ops). A
+ * complete request goes to the callback the node registered (the API's
+ * router), which may answer it, or upgrade the connection by switching
+ * its protocol; what follows the request is then fed to the new one. */
 #ifndef HD_HTTP_H
 #define HD_HTTP_H
 
 #include "buf.h"
+#include "conn.h"
+#include "script.h"
 
 #include <llhttp.h>
 #include <stddef.h>
 #include <stdint.h>
 
-struct hd_conn;
-
 #define HD_HTTP_MAX_HEADERS 64
 
-typedef struct hd_http_header {
-    uint32_t name_off, name_len, val_off, val_len; /* into hd_http_req.hbuf */
-} hd_http_hdr;
+typedef hd_hdr hd_http_hdr; /* into hd_http_req.hbuf */
 
 typedef struct hd_http_req {
     int method;                  /* llhttp_method_t */
@@ -35,32 +35,32 @@ typedef struct hd_http_req {
     uint8_t in_field, in_value;
 } hd_http_req;
 
-typedef struct hd_http_conn {
-    llhttp_t parser;
-    hd_http_req req;
-    int busy;                    /* a request is being received */
-} hd_http_conn;
+/* A complete request (upgrade: llhttp's verdict that it asked for a
+ * protocol switch). r is valid during the call. */
+typedef void (*hd_http_request_fn)(void *ud, hd_conn *c, hd_http_req *r, int upgrade);
 
-/* Creates the HTTP state of a new connection; NULL when out of memory. */
-hd_http_conn *hd_http_conn_new(struct hd_conn *c);
-/* Frees it. NULL is a no-op. */
-void hd_http_conn_free(hd_http_conn *h);
+typedef struct hd_http_ctx {
+    hd_conn_ops ops;             /* first: c->ops of an HTTP connection points here */
+    const hd_config *cfg;        /* limits */
+    hd_stats *st;
+    hd_http_request_fn on_request;
+    void *ud;
+    int closing;                 /* every answer says Connection: close (draining) */
+} hd_http_ctx;
 
-/* Feeds bytes read from the socket. May answer requests, upgrade the
- * connection to WebSocket (feeding it the rest) or close it. */
-void hd_http_on_read(struct hd_conn *c, uint8_t *data, size_t len);
+/* Prepares ctx; new connections get &ctx->ops (hd_net.accept_ops). */
+void hd_http_init(hd_http_ctx *ctx, const hd_config *cfg, hd_stats *st,
+                  hd_http_request_fn on_request, void *ud);
+
+/* 1 while an HTTP connection is receiving a request. */
+int hd_http_busy(const hd_conn *c);
+
+/* Fills what hooks see of r (pointers into r). */
+void hd_http_hook_req(const hd_http_req *r, hd_hook_req *out);
 
 /* Returns the value of header name (case-insensitive) and its length in
  * *len, or NULL. Valid until the request is reset. */
 const char *hd_http_header(const hd_http_req *r, const char *name, size_t *len);
-/* One key=value pair of a query string, both still URL-encoded. */
-typedef struct hd_query_pair {
-    const char *k, *v;
-    size_t kl, vl; /* vl is 0 for a bare key */
-} hd_query_pair;
-/* Splits the next pair off the query string [*q, end) (q may be NULL: no
- * query) and advances *q. Returns 0 when no pair is left. */
-int hd_query_next(const char **q, const char *end, hd_query_pair *p);
 /* Finds query parameter key in r's query string, URL-decodes its value
  * into out (NUL-terminated, truncated to outlen-1). Returns 1 if found. */
 int hd_http_query_param(const hd_http_req *r, const char *key, char *out, size_t outlen);
@@ -68,11 +68,11 @@ int hd_http_query_param(const hd_http_req *r, const char *key, char *out, size_t
 /* Queues a response on c. extra_headers is "Name: value\r\n..." or NULL.
  * close: 1 adds Connection: close and closes gracefully after the write;
  * 0 keeps the connection open when the request allowed it. */
-void hd_http_respond(struct hd_conn *c, const hd_http_req *r, int status,
+void hd_http_respond(hd_conn *c, const hd_http_req *r, int status,
                      const char *content_type, const char *body, size_t len,
                      const char *extra_headers, int close);
 /* Queues {"error": msg} with status. */
-void hd_http_error(struct hd_conn *c, const hd_http_req *r, int status, const char *msg,
+void hd_http_error(hd_conn *c, const hd_http_req *r, int status, const char *msg,
                    const char *extra_headers, int close);
 
 /* The reason phrase of an HTTP status. */

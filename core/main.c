@@ -34,7 +34,7 @@ static void on_signal(uv_signal_t *s, int signum)
         hd_warn("second signal (%s): exiting at once", signum == SIGINT ? "SIGINT" : "SIGTERM");
         _exit(1);
     }
-    hd_drain_start(&a->srv, signum == SIGINT ? "SIGINT" : "SIGTERM");
+    hd_server_drain(&a->srv, signum == SIGINT ? "SIGINT" : "SIGTERM");
 }
 
 static void on_sighup(uv_signal_t *s, int signum)
@@ -43,7 +43,7 @@ static void on_sighup(uv_signal_t *s, int signum)
     app *a = s->data;
     char err[1024];
     hd_info("SIGHUP: reloading scripts");
-    hd_script_reload(&a->srv, err, sizeof err);
+    hd_server_reload(&a->srv, err, sizeof err);
 }
 
 static void close_signals(app *a)
@@ -89,11 +89,15 @@ static int run(const char *path)
 
     signal(SIGPIPE, SIG_IGN);
     app *a = calloc(1, sizeof *a);
-    if (!a) return 1;
-    uv_loop_init(&a->loop);
-    int rc = hd_server_init(&a->srv, &a->loop, &cfg);
+    int rc = a ? uv_loop_init(&a->loop) : HD_ENOMEM;
+    if (!rc) {
+        rc = hd_server_init(&a->srv, &a->loop, &cfg);
+        if (rc) uv_loop_close(&a->loop); /* a failed init leaves no handle */
+    }
     if (rc) {
         hd_error("cannot start: %s", hd_strerror(rc));
+        free(a);
+        hd_config_free(&cfg);
         return 1;
     }
     a->srv.on_stopped = on_stopped;
@@ -107,18 +111,18 @@ static int run(const char *path)
 
     /* Scripts load before the listener opens: a broken one fails start-up. */
     char serr[1024];
-    rc = hd_script_start(&a->srv, serr, sizeof serr);
+    rc = hd_script_start(&a->srv.sc, serr, sizeof serr);
     if (rc) hd_error("%s", serr);
     else {
-        if (!hd_script_has(&a->srv, HD_HOOK_AUTHENTICATE))
+        if (!hd_script_has(&a->srv.sc, HD_HOOK_AUTHENTICATE))
             hd_warn("no authenticate hook is configured: any client may connect and join any "
                     "topic");
         rc = hd_server_start(&a->srv);
     }
     if (rc) hd_server_stop(&a->srv); /* on_stopped closes the signal handles */
     uv_run(&a->loop, UV_RUN_DEFAULT);
-    if (a->srv.drain.lost_frames) {
-        hd_warn("exiting with %llu frame(s) undelivered", (unsigned long long)a->srv.drain.lost_frames);
+    if (a->srv.drain.stats.lost_frames) {
+        hd_warn("exiting with %llu frame(s) undelivered", (unsigned long long)a->srv.drain.stats.lost_frames);
         rc = 1;
     }
     hd_server_free(&a->srv);
@@ -140,19 +144,23 @@ static int check(const char *path)
     }
     hd_log_set_level(HD_LOG_WARN);
     uv_loop_t loop;
-    uv_loop_init(&loop);
     hd_server *srv = calloc(1, sizeof *srv);
-    int rc = srv ? hd_server_init(srv, &loop, &cfg) : HD_ENOMEM;
-    if (!rc) rc = hd_script_start(srv, err, sizeof err);
+    int rc = srv ? uv_loop_init(&loop) : HD_ENOMEM;
+    int loop_ok = rc == 0, inited = 0;
+    if (!rc) {
+        rc = hd_server_init(srv, &loop, &cfg);
+        inited = rc == 0;
+    }
+    if (!rc) rc = hd_script_start(&srv->sc, err, sizeof err);
     if (rc) fprintf(stderr, "%s\n", rc == HD_ECONFIG ? err : hd_strerror(rc));
     else printf("%s: ok (%zu script(s), %zu plugin(s))\n", path, cfg.nscripts, cfg.nplugins);
-    if (srv) {
-        hd_script_stop(srv); /* no shutdown hooks: nothing ran */
+    if (inited) {
+        hd_script_stop(&srv->sc); /* no shutdown hooks: nothing ran */
         hd_server_stop(srv);
         uv_run(&loop, UV_RUN_DEFAULT);
         hd_server_free(srv);
     }
-    uv_loop_close(&loop);
+    if (loop_ok) uv_loop_close(&loop);
     free(srv);
     hd_config_free(&cfg);
     return rc ? 1 : 0;

@@ -1,77 +1,76 @@
 #include "metrics.h"
-#include "server.h"
 
 #include <inttypes.h>
 
-static void counter(hd_str *o, const char *name, const char *help, uint64_t v)
+void hd_metrics_counter(hd_str *o, const char *name, const char *help, uint64_t v)
 {
     hd_str_printf(o, "# HELP %s %s\n# TYPE %s counter\n%s %" PRIu64 "\n", name, help, name,
                   name, v);
 }
 
-static void gauge(hd_str *o, const char *name, const char *help, uint64_t v)
+void hd_metrics_gauge(hd_str *o, const char *name, const char *help, uint64_t v)
 {
     hd_str_printf(o, "# HELP %s %s\n# TYPE %s gauge\n%s %" PRIu64 "\n", name, help, name, name,
                   v);
 }
 
-void hd_metrics_render(hd_server *srv, hd_str *o)
+void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd_engine *eng,
+                       const hd_scripts *sc)
 {
-    const hd_metrics *m = &srv->m;
-    gauge(o, "herald_connections", "Open WebSocket connections.", srv->nws);
-    gauge(o, "herald_tcp_connections", "Open TCP connections (HTTP and WebSocket).",
-          srv->nconns);
-    gauge(o, "herald_topics", "Topics with at least one subscriber on this node.",
-          srv->topics.count);
-    gauge(o, "herald_ready", "1 while the server is READY.", srv->state == HD_READY);
-    counter(o, "herald_tcp_accepted_total", "TCP connections accepted.", m->tcp_accepted);
-    counter(o, "herald_tcp_refused_total", "TCP connections refused at accept.", m->tcp_refused);
-    counter(o, "herald_http_requests_total", "HTTP requests answered.", m->http_requests);
-    counter(o, "herald_http_client_errors_total", "HTTP requests answered with a 4xx status.",
+    const hd_config *cfg = net->cfg;
+    hd_metrics_gauge(o, "herald_connections", "Open WebSocket connections.", net->nws);
+    hd_metrics_gauge(o, "herald_tcp_connections", "Open TCP connections (HTTP and WebSocket).",
+          net->nconns);
+    hd_metrics_gauge(o, "herald_topics", "Topics with at least one subscriber on this node.",
+          eng->topics.count);
+    hd_metrics_counter(o, "herald_tcp_accepted_total", "TCP connections accepted.", m->tcp_accepted);
+    hd_metrics_counter(o, "herald_tcp_refused_total", "TCP connections refused at accept.", m->tcp_refused);
+    hd_metrics_counter(o, "herald_http_requests_total", "HTTP requests answered.", m->http_requests);
+    hd_metrics_counter(o, "herald_http_client_errors_total", "HTTP requests answered with a 4xx status.",
             m->http_errors_4xx);
-    counter(o, "herald_ws_upgrades_total", "WebSocket handshakes accepted.", m->ws_upgrades);
-    counter(o, "herald_ws_rejected_total", "WebSocket handshakes refused.", m->ws_rejected);
-    counter(o, "herald_ws_messages_total", "Phoenix messages received.", m->ws_msgs_in);
-    counter(o, "herald_ws_bad_messages_total",
+    hd_metrics_counter(o, "herald_ws_upgrades_total", "WebSocket handshakes accepted.", m->ws_upgrades);
+    hd_metrics_counter(o, "herald_ws_rejected_total", "WebSocket handshakes refused.", m->ws_rejected);
+    hd_metrics_counter(o, "herald_ws_messages_total", "Phoenix messages received.", m->ws_msgs_in);
+    hd_metrics_counter(o, "herald_ws_bad_messages_total",
             "Malformed WebSocket frames or Phoenix messages received.", m->ws_bad_msgs);
-    counter(o, "herald_joins_total", "Channel joins accepted.", m->joins);
-    counter(o, "herald_joins_refused_total", "Channel joins refused.", m->joins_refused);
-    counter(o, "herald_publishes_total", "Messages published (one per topic of a push).",
+    hd_metrics_counter(o, "herald_joins_total", "Channel joins accepted.", m->joins);
+    hd_metrics_counter(o, "herald_joins_refused_total", "Channel joins refused.", m->joins_refused);
+    hd_metrics_counter(o, "herald_publishes_total", "Messages published (one per topic of a push).",
             m->publishes);
-    counter(o, "herald_publishes_unheard_total",
+    hd_metrics_counter(o, "herald_publishes_unheard_total",
             "Publishes to a topic with no subscriber on this node.", m->publishes_no_subs);
-    counter(o, "herald_deliveries_total", "Frames queued to subscribers.", m->deliveries);
+    hd_metrics_counter(o, "herald_deliveries_total", "Frames queued to subscribers.", m->deliveries);
     hd_str_printf(o,
                   "# HELP herald_dropped_total Frames not delivered, by reason.\n"
                   "# TYPE herald_dropped_total counter\n"
                   "herald_dropped_total{reason=\"slow_consumer\"} %" PRIu64 "\n"
                   "herald_dropped_total{reason=\"publish_hook\"} %" PRIu64 "\n"
                   "herald_dropped_total{reason=\"drop_oldest\"} %" PRIu64 "\n",
-                  m->dropped_slow, srv->ss.publish_dropped, m->dropped_oldest);
-    counter(o, "herald_slow_consumer_closes_total",
+                  m->dropped_slow, sc->ss.publish_dropped, m->dropped_oldest);
+    hd_metrics_counter(o, "herald_slow_consumer_closes_total",
             "Connections closed with 1013 because their send queue was full.", m->slow_closes);
-    counter(o, "herald_idle_closes_total", "Connections closed for idleness.", m->idle_closes);
-    counter(o, "herald_bytes_out_total", "Bytes written to sockets.", m->bytes_out);
-    counter(o, "herald_shaped_received_total", "Frames published to throttled/debounced topics.",
+    hd_metrics_counter(o, "herald_idle_closes_total", "Connections closed for idleness.", m->idle_closes);
+    hd_metrics_counter(o, "herald_bytes_out_total", "Bytes written to sockets.", m->bytes_out);
+    hd_metrics_counter(o, "herald_shaped_received_total", "Frames published to throttled/debounced topics.",
             m->shaped_received);
-    counter(o, "herald_shaped_released_total", "Shaped frames released to subscribers.",
+    hd_metrics_counter(o, "herald_shaped_released_total", "Shaped frames released to subscribers.",
             m->shaped_released);
-    counter(o, "herald_shaped_coalesced_total",
+    hd_metrics_counter(o, "herald_shaped_coalesced_total",
             "Shaped frames replaced by a newer one of the same event (coalesce = latest).",
             m->shaped_coalesced);
-    counter(o, "herald_shed_connections_total",
+    hd_metrics_counter(o, "herald_shed_connections_total",
             "Connections closed (1013) to keep all queues under limits.max_queued_bytes.", m->shed);
-    counter(o, "herald_http_answers_held_total",
+    hd_metrics_counter(o, "herald_http_answers_held_total",
             "HTTP answers held back while a large fan-out was written (limits.fanout_backlog).",
             m->answers_held);
-    gauge(o, "herald_queued_bytes", "Bytes queued on all connections.", srv->queued_bytes);
+    hd_metrics_gauge(o, "herald_queued_bytes", "Bytes queued on all connections.", net->queued_bytes);
     hd_str_adds(o, "# HELP herald_topic_messages_total Publishes by topic pattern (config "
                    "topics rules; \"other\" for the rest): received (publishes to a topic with a "
                    "subscriber on this node), frames delivered, coalesced away.\n# TYPE herald_topic_messages_total counter\n");
     static const char *const kinds[HD_TC_COUNT] = {"received", "delivered", "coalesced"};
-    for (size_t r = 0; srv->topic_counts && r <= srv->cfg->ntopic_rules; r++) {
+    for (size_t r = 0; eng->pol.counts && r <= cfg->ntopic_rules; r++) {
         hd_str pat = HD_STR_INIT;
-        const char *pm = r ? srv->cfg->topic_rules[r - 1].match : "other";
+        const char *pm = r ? cfg->topic_rules[r - 1].match : "other";
         /* A label value escapes backslash, quote and newline. */
         for (const char *q = pm; *q; q++) {
             if (*q == '\\' || *q == '"') hd_str_addc(&pat, '\\');
@@ -79,12 +78,12 @@ void hd_metrics_render(hd_server *srv, hd_str *o)
         }
         for (int k = 0; k < HD_TC_COUNT; k++)
             hd_str_printf(o, "herald_topic_messages_total{pattern=\"%s\",kind=\"%s\"} %" PRIu64 "\n",
-                          pat.p ? pat.p : "", kinds[k], srv->topic_counts[r][k]);
+                          pat.p ? pat.p : "", kinds[k], eng->pol.counts[r][k]);
         hd_str_free(&pat);
     }
-    counter(o, "herald_presence_diffs_total",
+    hd_metrics_counter(o, "herald_presence_diffs_total",
             "presence_diff frames sent (one per topic per batch window).", m->presence_diffs);
-    const hd_script_stats *ss = &srv->ss;
+    const hd_script_stats *ss = &sc->ss;
     hd_str_adds(o, "# HELP herald_hook_calls_total Lua hook calls that succeeded, by hook.\n"
                    "# TYPE herald_hook_calls_total counter\n");
     for (int h = 0; h < HD_HOOK_COUNT; h++)
@@ -97,7 +96,7 @@ void hd_metrics_render(hd_server *srv, hd_str *o)
         hd_str_printf(o, "herald_hook_errors_total{hook=\"%s\"} %" PRIu64 "\n",
                       hd_hook_name((hd_hook)h), ss->errors[h]);
     hd_str_printf(o, "herald_hook_errors_total{hook=\"timer\"} %" PRIu64 "\n", ss->timer_errors);
-    counter(o, "herald_hook_budget_exceeded_total",
+    hd_metrics_counter(o, "herald_hook_budget_exceeded_total",
             "Lua calls stopped for running over scripts.budget_ms.", ss->budget_exceeded);
     hd_str_printf(o,
                   "# HELP herald_reloads_total Script reloads, by result.\n"
@@ -105,19 +104,7 @@ void hd_metrics_render(hd_server *srv, hd_str *o)
                   "herald_reloads_total{result=\"ok\"} %" PRIu64 "\n"
                   "herald_reloads_total{result=\"error\"} %" PRIu64 "\n",
                   ss->reloads_ok, ss->reloads_failed);
-    gauge(o, "herald_scripts_generation", "Generation of the running scripts.", ss->generation);
-    gauge(o, "herald_drain_phase", "Drain phase: 0 none, 1 announce ... 7 stopped.", srv->phase);
-    hd_str_adds(o, "# HELP herald_drain_phase_seconds How long each finished drain phase took.\n"
-                   "# TYPE herald_drain_phase_seconds gauge\n");
-    for (int p = HD_PHASE_ANNOUNCE; p < HD_PHASE_COUNT; p++)
-        hd_str_printf(o, "herald_drain_phase_seconds{phase=\"%s\"} %.3f\n", hd_phase_name((hd_phase)p),
-                      (double)srv->drain.duration_ms[p] / 1000.0);
-    counter(o, "herald_drain_http_closed_total", "Idle keep-alive connections closed by the drain.",
-            srv->drain.http_closed);
-    counter(o, "herald_drain_ws_closed_total", "WebSockets closed with 1012 by the drain.",
-            srv->drain.ws_closed);
-    counter(o, "herald_drain_forced_total", "Connections closed when the drain budget ran out.",
-            srv->drain.forced);
+    hd_metrics_gauge(o, "herald_scripts_generation", "Generation of the running scripts.", ss->generation);
     hd_str_adds(o, "# HELP herald_ws_closes_sent_total WebSocket close frames sent, by code.\n"
                    "# TYPE herald_ws_closes_sent_total counter\n");
     for (int i = 0; i < 16; i++)

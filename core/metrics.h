@@ -3,40 +3,21 @@
 #define HD_METRICS_H
 
 #include "buf.h"
+#include "conn.h"
+#include "publish.h"
+#include "script.h"
+#include "stats.h"
 
 #include <stdint.h>
 
-typedef struct hd_metrics {
-    uint64_t tcp_accepted;        /* TCP connections accepted */
-    uint64_t tcp_refused;         /* refused at accept (capacity) */
-    uint64_t http_requests;       /* HTTP requests answered (any status) */
-    uint64_t http_errors_4xx;     /* ... of which 4xx */
-    uint64_t ws_upgrades;         /* successful WebSocket handshakes */
-    uint64_t ws_rejected;         /* handshakes refused */
-    uint64_t ws_closes_sent[16];  /* server-sent close codes 1000..1015 */
-    uint64_t ws_msgs_in;          /* Phoenix messages received */
-    uint64_t ws_bad_msgs;         /* malformed Phoenix messages */
-    uint64_t joins;               /* successful joins */
-    uint64_t joins_refused;       /* refused joins */
-    uint64_t publishes;           /* publish requests accepted (per topic) */
-    uint64_t publishes_no_subs;   /* ... to a topic with no subscriber here */
-    uint64_t deliveries;          /* frames queued to subscribers */
-    uint64_t dropped_slow;        /* frames dropped from closed slow consumers */
-    uint64_t slow_closes;         /* connections closed with 1013 */
-    uint64_t idle_closes;         /* connections closed for idleness */
-    uint64_t bytes_out;           /* bytes written to sockets */
-    uint64_t shaped_received;     /* frames published to shaped topics */
-    uint64_t shaped_released;     /* ... released to subscribers */
-    uint64_t shaped_coalesced;    /* ... replaced by a newer one (coalesce = "latest") */
-    uint64_t dropped_oldest;      /* frames dropped by on_overflow = "drop_oldest" */
-    uint64_t shed;                /* connections closed to keep limits.max_queued_bytes */
-    uint64_t answers_held;        /* HTTP answers held by fan-out backpressure */
-    uint64_t presence_diffs;      /* presence_diff frames built (one per topic per batch) */
-} hd_metrics;
+/* Appends the Prometheus text exposition of the counters and gauges of
+ * the layers below the node to out (the node adds its own: readiness,
+ * drain). */
+void hd_metrics_render(hd_str *out, const hd_stats *st, const hd_net *net, const hd_engine *eng,
+                       const hd_scripts *sc);
 
-struct hd_server;
-
-/* Appends the Prometheus text exposition of srv's metrics to out. */
-void hd_metrics_render(struct hd_server *srv, hd_str *out);
+/* One counter or gauge with its HELP and TYPE lines. */
+void hd_metrics_counter(hd_str *o, const char *name, const char *help, uint64_t v);
+void hd_metrics_gauge(hd_str *o, const char *name, const char *help, uint64_t v);
 
 #endif

@@ -1,9 +1,7 @@
 #include "presence.h"
-#include "channel.h"
-#include "conn.h"
 #include "err.h"
 #include "log.h"
-#include "server.h"
+#include "phx.h"
 #include "util.h"
 
 #include <jansson.h>
@@ -12,28 +10,52 @@
 #include <string.h>
 #include <sys/time.h>
 
-const char *hd_presence_key(hd_conn *c, char *buf, size_t len)
+const char *hd_presence_key(const hd_conn *c, char *buf, size_t len)
 {
-    const char *id = hd_channel_identity(c);
+    const char *id = hd_conn_identity(c);
     if (id) return id;
     snprintf(buf, len, "%llu", (unsigned long long)c->id);
     return buf;
 }
 
+static void on_batch(uv_timer_t *t) { hd_presence_flush(t->data); }
+
+void hd_presence_init(hd_presence *pr, uv_loop_t *loop, const hd_config *cfg, hd_stats *st,
+                      hd_topics *topics, const char *node)
+{
+    memset(pr, 0, sizeof *pr);
+    pr->loop = loop;
+    pr->cfg = cfg;
+    pr->st = st;
+    pr->topics = topics;
+    pr->node = node;
+    uv_timer_init(loop, &pr->timer);
+    pr->timer.data = pr;
+}
+
+void hd_presence_close(hd_presence *pr, uv_close_cb cb, void *data)
+{
+    if (uv_is_closing((uv_handle_t *)&pr->timer)) return;
+    pr->timer.data = data;
+    uv_close((uv_handle_t *)&pr->timer, cb);
+}
+
 /* A unique phx_ref: URL-safe base64 of a 64-bit timestamp and a counter. */
-static void new_ref(hd_server *srv, char out[24])
+static void new_ref(hd_presence *pr, char out[24])
 {
     uint8_t raw[12];
     uint64_t t = uv_hrtime();
-    uint32_t n = (uint32_t)++srv->pres_seq;
+    uint32_t n = (uint32_t)++pr->seq;
     for (int i = 0; i < 8; i++) raw[i] = (uint8_t)(t >> (56 - 8 * i));
     for (int i = 0; i < 4; i++) raw[8 + i] = (uint8_t)(n >> (24 - 8 * i));
     size_t l = hd_base64_encode(raw, sizeof raw, out);
     for (size_t i = 0; i < l; i++) out[i] = out[i] == '+' ? '-' : out[i] == '/' ? '_' : out[i];
 }
 
-/* Builds {"online_at":ms,"phx_ref":ref,...extra} (plus phx_ref_prev). */
-static char *make_meta(hd_server *srv, const char *extra_json, const char *prev_ref)
+/* Builds {"online_at":ms,"phx_ref":ref,...extra} (plus phx_ref_prev); the
+ * new ref goes to ref. */
+static char *make_meta(hd_presence *pr, const char *extra_json, const char *prev_ref,
+                       char ref[24])
 {
     json_t *meta = extra_json ? json_loads(extra_json, 0, NULL) : NULL;
     if (!json_is_object(meta)) {
@@ -41,8 +63,7 @@ static char *make_meta(hd_server *srv, const char *extra_json, const char *prev_
         meta = json_object();
     }
     if (!meta) return NULL;
-    char ref[24];
-    new_ref(srv, ref);
+    new_ref(pr, ref);
     struct timeval tv;
     gettimeofday(&tv, NULL);
     if (!json_object_get(meta, "online_at"))
@@ -56,10 +77,63 @@ static char *make_meta(hd_server *srv, const char *extra_json, const char *prev_
     return s;
 }
 
-static void on_batch(uv_timer_t *t) { hd_presence_flush(t->data); }
+static const char *key_of(const hd_pres *e) { return e->text; }
+static const char *meta_of(const hd_pres *e) { return e->text + e->meta_off; }
+static const char *ref_of(const hd_pres *e) { return e->text + e->ref_off; }
+
+/* A new entry; node NULL: this node's (not copied). */
+static hd_pres *entry_new(hd_presence *pr, const char *key, const char *meta, const char *ref,
+                          const char *node)
+{
+    size_t kl = strlen(key) + 1, ml = strlen(meta) + 1, rl = strlen(ref) + 1;
+    size_t nl = node ? strlen(node) + 1 : 0;
+    if (kl + ml + rl > UINT32_MAX) return NULL;
+    hd_pres *e = malloc(sizeof *e + kl + ml + rl + nl);
+    if (!e) return NULL;
+    e->prev = e->next = NULL;
+    e->sub = NULL;
+    memcpy(e->text, key, kl);
+    e->meta_off = (uint32_t)kl;
+    memcpy(e->text + kl, meta, ml);
+    e->ref_off = (uint32_t)(kl + ml);
+    memcpy(e->text + kl + ml, ref, rl);
+    if (node) {
+        char *n = e->text + kl + ml + rl;
+        memcpy(n, node, nl);
+        e->node = n;
+    } else {
+        e->node = pr->node;
+    }
+    return e;
+}
+
+static void link_head(hd_topic *tp, hd_pres *e)
+{
+    e->prev = NULL;
+    e->next = tp->pres;
+    if (tp->pres) tp->pres->prev = e;
+    tp->pres = e;
+}
+
+static void unlink_entry(hd_topic *tp, hd_pres *e)
+{
+    if (e->prev) e->prev->next = e->next;
+    else tp->pres = e->next;
+    if (e->next) e->next->prev = e->prev;
+}
+
+/* Puts n where o is in the topic's list. */
+static void replace_entry(hd_topic *tp, hd_pres *o, hd_pres *n)
+{
+    n->prev = o->prev;
+    n->next = o->next;
+    if (o->prev) o->prev->next = n;
+    else tp->pres = n;
+    if (o->next) o->next->prev = n;
+}
 
 /* Adds meta under key to the topic's pending joins or leaves. */
-static void record(hd_server *srv, hd_topic *tp, const char *key, const char *meta, int join)
+static void record(hd_presence *pr, hd_topic *tp, const char *key, const char *meta, int join)
 {
     void **slot = join ? &tp->pjoins : &tp->pleaves;
     if (!*slot) *slot = json_object();
@@ -78,98 +152,174 @@ static void record(hd_server *srv, hd_topic *tp, const char *key, const char *me
     json_array_append_new(json_object_get(entry, "metas"), m);
     if (!tp->pres_pending) {
         tp->pres_pending = 1;
-        tp->pres_next = srv->pres_pending;
-        srv->pres_pending = tp;
+        tp->pres_next = pr->pending;
+        pr->pending = tp;
     }
-    if (!uv_is_active((uv_handle_t *)&srv->presence_timer))
-        uv_timer_start(&srv->presence_timer, on_batch, srv->cfg->presence_batch_ms, 0);
+    if (!uv_is_active((uv_handle_t *)&pr->timer))
+        uv_timer_start(&pr->timer, on_batch, pr->cfg->presence_batch_ms, 0);
 }
 
-int hd_presence_track(hd_server *srv, hd_sub *sub, const char *meta_json)
+int hd_presence_track(hd_presence *pr, hd_sub *sub, const char *meta_json)
 {
-    const hd_topic_policy *p = hd_topic_policy_of(srv, sub->topic);
+    const hd_topic_policy *p = hd_topic_policy_of(pr->topics, sub->topic);
     if (!p->tracked) return 0;
-    sub->meta = make_meta(srv, meta_json, NULL);
-    if (!sub->meta) return HD_ENOMEM;
-    if (p->presence) {
-        char kb[32];
-        record(srv, sub->topic, hd_presence_key(sub->conn, kb, sizeof kb), sub->meta, 1);
-    }
-    return 0;
-}
-
-void hd_presence_untrack(hd_server *srv, hd_sub *sub)
-{
-    if (!sub->meta) return;
-    const hd_topic_policy *p = hd_topic_policy_of(srv, sub->topic);
-    /* The last subscriber leaving has nobody left to tell. */
-    if (p->presence && sub->topic->nsubs > 1) {
-        char kb[32];
-        record(srv, sub->topic, hd_presence_key(sub->conn, kb, sizeof kb), sub->meta, 0);
-    }
-    free(sub->meta);
-    sub->meta = NULL;
-}
-
-int hd_presence_update(hd_server *srv, hd_sub *sub, const char *meta_json)
-{
-    if (!sub->meta) return HD_ELIMIT;
-    json_t *old = json_loads(sub->meta, 0, NULL);
-    const char *prev = old ? json_string_value(json_object_get(old, "phx_ref")) : NULL;
-    char *meta = make_meta(srv, meta_json, prev);
-    json_decref(old);
+    char ref[24], kb[32];
+    char *meta = make_meta(pr, meta_json, NULL, ref);
     if (!meta) return HD_ENOMEM;
-    if (hd_topic_policy_of(srv, sub->topic)->presence) {
-        char kb[32];
-        const char *key = hd_presence_key(sub->conn, kb, sizeof kb);
-        record(srv, sub->topic, key, sub->meta, 0);
-        record(srv, sub->topic, key, meta, 1);
-    }
-    free(sub->meta);
-    sub->meta = meta;
+    const char *key = hd_presence_key(sub->conn, kb, sizeof kb);
+    hd_pres *e = entry_new(pr, key, meta, ref, NULL);
+    free(meta);
+    if (!e) return HD_ENOMEM;
+    e->sub = sub;
+    sub->pres = e;
+    link_head(sub->topic, e);
+    if (p->presence) record(pr, sub->topic, key, meta_of(e), 1);
     return 0;
 }
 
-void hd_presence_state(hd_server *srv, hd_topic *tp, hd_str *out)
+void hd_presence_untrack(hd_presence *pr, hd_sub *sub)
 {
-    (void)srv;
-    /* Group the subscriptions' metas by key without parsing them: a map of
-     * key -> list of subscriptions (by index), then the text written once.
-     * A join storm sends this to every joiner, so it must stay O(n). */
+    hd_pres *e = sub->pres;
+    if (!e) return;
+    const hd_topic_policy *p = hd_topic_policy_of(pr->topics, sub->topic);
+    /* The last subscriber leaving has nobody left to tell. */
+    if (p->presence && sub->topic->nsubs > 1) record(pr, sub->topic, key_of(e), meta_of(e), 0);
+    unlink_entry(sub->topic, e);
+    free(e);
+    sub->pres = NULL;
+}
+
+int hd_presence_update(hd_presence *pr, hd_sub *sub, const char *meta_json)
+{
+    hd_pres *o = sub->pres;
+    if (!o) return HD_ELIMIT;
+    char ref[24];
+    char *meta = make_meta(pr, meta_json, ref_of(o), ref);
+    if (!meta) return HD_ENOMEM;
+    hd_pres *n = entry_new(pr, key_of(o), meta, ref, NULL);
+    free(meta);
+    if (!n) return HD_ENOMEM;
+    n->sub = sub;
+    if (hd_topic_policy_of(pr->topics, sub->topic)->presence) {
+        record(pr, sub->topic, key_of(o), meta_of(o), 0);
+        record(pr, sub->topic, key_of(n), meta_of(n), 1);
+    }
+    replace_entry(sub->topic, o, n);
+    sub->pres = n;
+    free(o);
+    return 0;
+}
+
+static hd_pres *find_remote(hd_topic *tp, const char *node, const char *key, const char *ref)
+{
+    for (hd_pres *e = tp->pres; e; e = e->next)
+        if (!e->sub && strcmp(e->node, node) == 0 && strcmp(key_of(e), key) == 0 &&
+            strcmp(ref_of(e), ref) == 0)
+            return e;
+    return NULL;
+}
+
+int hd_presence_add(hd_presence *pr, hd_topic *tp, const char *node, const char *key,
+                    const char *meta_json)
+{
+    if (!tp || !hd_topic_policy_of(pr->topics, tp)->tracked) return HD_ELIMIT;
+    json_t *m = json_loads(meta_json, 0, NULL);
+    const char *ref = json_string_value(json_object_get(m, "phx_ref"));
+    if (!json_is_object(m) || !ref) {
+        json_decref(m);
+        return HD_EJSON;
+    }
+    char *meta = json_dumps(m, JSON_COMPACT);
+    hd_pres *n = meta ? entry_new(pr, key, meta, ref, node) : NULL;
+    free(meta);
+    json_decref(m);
+    if (!n) return HD_ENOMEM;
+    int tell = hd_topic_policy_of(pr->topics, tp)->presence;
+    hd_pres *o = find_remote(tp, node, key, ref_of(n));
+    if (o && strcmp(meta_of(o), meta_of(n)) == 0) { /* known already: no news */
+        free(n);
+        return 0;
+    }
+    if (o) {
+        if (tell) record(pr, tp, key_of(o), meta_of(o), 0);
+        replace_entry(tp, o, n);
+        free(o);
+    } else {
+        link_head(tp, n);
+    }
+    if (tell) record(pr, tp, key_of(n), meta_of(n), 1);
+    return 0;
+}
+
+/* Unlinks and frees a remote entry, recording its leave. */
+static void drop_remote(hd_presence *pr, hd_topic *tp, hd_pres *e)
+{
+    if (hd_topic_policy_of(pr->topics, tp)->presence) record(pr, tp, key_of(e), meta_of(e), 0);
+    unlink_entry(tp, e);
+    free(e);
+}
+
+int hd_presence_remove(hd_presence *pr, hd_topic *tp, const char *node, const char *key,
+                       const char *phx_ref)
+{
+    hd_pres *e = tp ? find_remote(tp, node, key, phx_ref) : NULL;
+    if (!e) return 0;
+    drop_remote(pr, tp, e);
+    return 1;
+}
+
+size_t hd_presence_withdraw_node(hd_presence *pr, const char *node)
+{
     size_t n = 0;
-    for (hd_sub *s = tp ? tp->subs : NULL; s; s = s->tnext) n += s->meta != NULL;
+    hd_topics *t = pr->topics;
+    for (size_t i = 0; i < t->nslots; i++)
+        for (hd_topic *tp = t->slots[i]; tp; tp = tp->hnext)
+            for (hd_pres *e = tp->pres, *next; e; e = next) {
+                next = e->next;
+                if (e->sub || strcmp(e->node, node) != 0) continue;
+                drop_remote(pr, tp, e);
+                n++;
+            }
+    return n;
+}
+
+void hd_presence_state(hd_presence *pr, hd_topic *tp, hd_str *out)
+{
+    (void)pr;
+    /* Group the entries' metas by key without parsing them: a map of key
+     * -> list of entries (by index), then the text written once. A join
+     * storm sends this to every joiner, so it must stay O(n). */
+    size_t n = 0;
+    for (hd_pres *e = tp ? tp->pres : NULL; e; e = e->next) n++;
     if (n == 0) {
         hd_str_adds(out, "{}");
         return;
     }
-    hd_sub **subs = malloc(n * sizeof *subs);
+    hd_pres **ents = malloc(n * sizeof *ents);
     long *next = malloc(n * sizeof *next);
-    json_t *first = json_object(); /* key -> index of its first subscription */
-    if (!subs || !next || !first) {
-        free(subs);
+    long *last = malloc(n * sizeof *last); /* per first index: its list's tail */
+    json_t *first = json_object();          /* key -> index of its first entry */
+    if (!ents || !next || !last || !first) {
+        free(ents);
         free(next);
+        free(last);
         json_decref(first);
         out->oom = 1;
         return;
     }
     size_t i = 0;
-    long *last = malloc(n * sizeof *last); /* per first index: its list's tail */
-    for (hd_sub *s = tp->subs; s && last; s = s->tnext) {
-        if (!s->meta) continue;
-        char kb[32];
-        const char *key = hd_presence_key(s->conn, kb, sizeof kb);
-        subs[i] = s;
+    for (hd_pres *e = tp->pres; e; e = e->next, i++) {
+        ents[i] = e;
         next[i] = -1;
-        json_t *f = json_object_get(first, key);
+        json_t *f = json_object_get(first, key_of(e));
         if (f) {
             long head = (long)json_integer_value(f);
             next[last[head]] = (long)i;
             last[head] = (long)i;
         } else {
-            json_object_set_new(first, key, json_integer((json_int_t)i));
+            json_object_set_new(first, key_of(e), json_integer((json_int_t)i));
             last[i] = (long)i;
         }
-        i++;
     }
     hd_str_addc(out, '{');
     const char *key;
@@ -183,29 +333,24 @@ void hd_presence_state(hd_server *srv, hd_topic *tp, hd_str *out)
         hd_str_adds(out, ":{\"metas\":[");
         for (long j = (long)json_integer_value(v), k = 0; j >= 0; j = next[j], k++) {
             if (k) hd_str_addc(out, ',');
-            hd_str_adds(out, subs[j]->meta);
+            hd_str_adds(out, meta_of(ents[j]));
         }
         hd_str_adds(out, "]}");
     }
     hd_str_addc(out, '}');
-    if (!last) out->oom = 1;
     free(last);
-    free(subs);
+    free(ents);
     free(next);
     json_decref(first);
 }
 
-void hd_presence_send_state(hd_server *srv, hd_sub *sub)
+void hd_presence_send_state(hd_presence *pr, hd_sub *sub)
 {
     hd_str s = HD_STR_INIT;
-    hd_str_addc(&s, '[');
-    hd_str_add_json_or_null(&s, sub->join_ref);
-    hd_str_adds(&s, ",null,");
-    hd_str_add_json(&s, sub->topic->name, sub->topic->len);
-    hd_str_adds(&s, ",\"presence_state\",");
-    hd_presence_state(srv, sub->topic, &s);
-    hd_str_addc(&s, ']');
-    hd_buf *f = s.oom ? NULL : hd_ws_frame(HD_WS_TEXT, s.p, s.len);
+    hd_presence_state(pr, sub->topic, &s);
+    hd_buf *f = s.oom ? NULL
+                      : hd_phx_presence_state(sub->join_ref, sub->topic->name, sub->topic->len,
+                                              s.p, s.len);
     if (f) {
         hd_conn_send(sub->conn, f);
         hd_buf_unref(f);
@@ -221,16 +366,16 @@ static void clear(hd_topic *tp)
     tp->pres_pending = 0;
 }
 
-void hd_presence_flush(hd_server *srv)
+void hd_presence_flush(hd_presence *pr)
 {
-    /* Work from srv->pres_flushing: a fan-out below may close connections,
-     * free topics (hd_presence_forget unlinks them from this list too) and
-     * record new diffs (onto a fresh srv->pres_pending). */
-    srv->pres_flushing = srv->pres_pending;
-    srv->pres_pending = NULL;
-    while (srv->pres_flushing) {
-        hd_topic *tp = srv->pres_flushing;
-        srv->pres_flushing = tp->pres_next;
+    /* Work from pr->flushing: a fan-out below may close connections, free
+     * topics (hd_presence_forget unlinks them from this list too) and
+     * record new diffs (onto a fresh pr->pending). */
+    pr->flushing = pr->pending;
+    pr->pending = NULL;
+    while (pr->flushing) {
+        hd_topic *tp = pr->flushing;
+        pr->flushing = tp->pres_next;
         tp->pres_next = NULL;
         json_t *diff = json_pack("{s:O?,s:O?}", "joins", tp->pjoins, "leaves", tp->pleaves);
         if (diff && json_is_null(json_object_get(diff, "joins")))
@@ -240,21 +385,13 @@ void hd_presence_flush(hd_server *srv)
         char *text = diff ? json_dumps(diff, JSON_COMPACT) : NULL;
         json_decref(diff);
         clear(tp);
-        if (text) {
-            hd_str s = HD_STR_INIT;
-            hd_str_adds(&s, "[null,null,");
-            hd_str_add_json(&s, tp->name, tp->len);
-            hd_str_adds(&s, ",\"presence_diff\",");
-            hd_str_adds(&s, text);
-            hd_str_addc(&s, ']');
-            free(text);
-            hd_buf *f = s.oom ? NULL : hd_ws_frame(HD_WS_TEXT, s.p, s.len);
-            hd_str_free(&s);
-            if (f) {
-                srv->m.presence_diffs++;
-                hd_topics_publish(srv, tp, f);
-                hd_buf_unref(f);
-            }
+        if (!text) continue;
+        hd_buf *f = hd_phx_presence_diff(tp->name, tp->len, text, strlen(text));
+        free(text);
+        if (f) {
+            pr->st->presence_diffs++;
+            hd_topics_publish(pr->topics, tp, f);
+            hd_buf_unref(f);
         }
     }
 }
@@ -269,9 +406,15 @@ static int unlink_from(hd_topic **head, hd_topic *tp)
     return 0;
 }
 
-void hd_presence_forget(hd_server *srv, hd_topic *tp)
+void hd_presence_forget(hd_presence *pr, hd_topic *tp)
 {
+    for (hd_pres *e = tp->pres, *next; e; e = next) {
+        next = e->next;
+        if (e->sub) e->sub->pres = NULL;
+        free(e);
+    }
+    tp->pres = NULL;
     if (!tp->pres_pending) return;
-    if (!unlink_from(&srv->pres_pending, tp)) unlink_from(&srv->pres_flushing, tp);
+    if (!unlink_from(&pr->pending, tp)) unlink_from(&pr->flushing, tp);
     clear(tp);
 }

@@ -1,45 +1,89 @@
 /* Phoenix Presence: who is on a topic, in the shapes phoenix.js expects.
  *
- * On a tracked topic every subscription carries a meta (JSON object with
- * online_at, phx_ref and what the join hook added) under its key (the
- * socket's identity, else its connection id). On topics whose policy has
- * presence = true, a joining client gets presence_state after its join
- * reply, and every join, leave and meta update of a batch window
- * (presence.batch_ms) reaches the topic's subscribers as ONE presence_diff
- * frame, built once. */
+ * Presence is a set of entries per topic, each keyed by (node, key,
+ * phx_ref) with a meta (a JSON object holding online_at, phx_ref and what
+ * the join hook added). This node's entries belong to its subscriptions
+ * (the key is the socket's identity, else its connection id); other nodes'
+ * entries are added and removed by the cluster, and a node's entries can be
+ * withdrawn at once. A user on two nodes is one key with metas from both.
+ *
+ * On topics whose policy has presence = true, a joining client gets
+ * presence_state after its join reply, and every join, leave and meta
+ * update of a batch window (presence.batch_ms) reaches the topic's
+ * subscribers as ONE presence_diff frame, built once. */
 #ifndef HD_PRESENCE_H
 #define HD_PRESENCE_H
 
 #include "buf.h"
 #include "topic.h"
 
-struct hd_server;
-struct hd_conn;
+#include <uv.h>
+
+/* One entry. text holds "<key>\0<meta>\0<phx_ref>\0" and, for another
+ * node's entry, "<node>\0" after them (node then points there). */
+typedef struct hd_pres {
+    struct hd_pres *prev, *next;  /* the topic's entries, newest first */
+    hd_sub *sub;                  /* this node's subscription, or NULL */
+    const char *node;             /* the owning node's id */
+    uint32_t meta_off, ref_off;   /* offsets of the meta and the phx_ref in text */
+    char text[];                  /* the key first */
+} hd_pres;
+
+typedef struct hd_presence {
+    uv_loop_t *loop;
+    const hd_config *cfg;         /* presence.batch_ms */
+    hd_stats *st;
+    hd_topics *topics;
+    const char *node;             /* this node's id (borrowed) */
+    hd_topic *pending;            /* topics with a diff waiting */
+    hd_topic *flushing;           /* the ones being sent right now */
+    uint64_t seq;                 /* phx_ref counter */
+    uv_timer_t timer;             /* the batch window */
+} hd_presence;
+
+/* Prepares pr (initialises its timer on loop). */
+void hd_presence_init(hd_presence *pr, uv_loop_t *loop, const hd_config *cfg, hd_stats *st,
+                      hd_topics *topics, const char *node);
+/* Closes the timer (cb gets it, its data then being data). */
+void hd_presence_close(hd_presence *pr, uv_close_cb cb, void *data);
 
 /* Starts tracking sub (when its topic's policy is tracked) with the extra
  * meta fields in meta_json (an object, or NULL). Records the join in the
  * pending diff when the topic sends presence events. Returns 0 or
  * HD_ENOMEM. */
-int hd_presence_track(struct hd_server *srv, hd_sub *sub, const char *meta_json);
+int hd_presence_track(hd_presence *pr, hd_sub *sub, const char *meta_json);
 /* Stops tracking sub before it is unlinked: records the leave. */
-void hd_presence_untrack(struct hd_server *srv, hd_sub *sub);
+void hd_presence_untrack(hd_presence *pr, hd_sub *sub);
 /* Replaces sub's meta (new phx_ref, phx_ref_prev = old): a join of the new
  * meta and a leave of the old under the same key. Returns 0, HD_ELIMIT when
  * the topic is not tracked, or HD_ENOMEM. */
-int hd_presence_update(struct hd_server *srv, hd_sub *sub, const char *meta_json);
+int hd_presence_update(hd_presence *pr, hd_sub *sub, const char *meta_json);
+
+/* Adds (or replaces) another node's entry (node, key, meta's phx_ref) on a
+ * topic with subscribers here. meta_json is the whole meta object; it must
+ * hold a string phx_ref. Returns 0, HD_ELIMIT (topic unknown here or not
+ * tracked), HD_EJSON (meta not an object with a phx_ref) or HD_ENOMEM. */
+int hd_presence_add(hd_presence *pr, hd_topic *topic, const char *node, const char *key,
+                    const char *meta_json);
+/* Removes another node's entry; records the leave. Returns 1 if found. */
+int hd_presence_remove(hd_presence *pr, hd_topic *topic, const char *node, const char *key,
+                       const char *phx_ref);
+/* Removes every entry of node on every topic, recording the leaves (a
+ * node that drained or died). Returns how many. */
+size_t hd_presence_withdraw_node(hd_presence *pr, const char *node);
 
 /* Appends the topic's presence state {"key":{"metas":[...]},...} to out
  * ({} for an untracked or unknown topic). */
-void hd_presence_state(struct hd_server *srv, hd_topic *topic, hd_str *out);
+void hd_presence_state(hd_presence *pr, hd_topic *topic, hd_str *out);
 /* Sends presence_state to sub's connection (after its join reply). */
-void hd_presence_send_state(struct hd_server *srv, hd_sub *sub);
+void hd_presence_send_state(hd_presence *pr, hd_sub *sub);
 
 /* Sends every pending diff now (the batch timer, and the drain). */
-void hd_presence_flush(struct hd_server *srv);
-/* Drops a topic's pending diff (the topic is being freed). */
-void hd_presence_forget(struct hd_server *srv, hd_topic *topic);
+void hd_presence_flush(hd_presence *pr);
+/* Drops a topic's pending diff and its entries (the topic is being freed). */
+void hd_presence_forget(hd_presence *pr, hd_topic *topic);
 
-/* The presence key of a subscription's connection (identity or conn id). */
-const char *hd_presence_key(struct hd_conn *c, char *buf, size_t len);
+/* The presence key of a connection (identity or conn id) in buf or not. */
+const char *hd_presence_key(const hd_conn *c, char *buf, size_t len);
 
 #endif

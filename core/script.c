@@ -1,16 +1,8 @@
 #include "script.h"
-#include "channel.h"
-#include "conn.h"
 #include "embed.h"
 #include "err.h"
-#include "http.h"
 #include "log.h"
 #include "luapi.h"
-#include "presence.h"
-#include "server.h"
-#include "topic.h"
-
-#include "api.h"
 #include "util.h"
 
 #include <errno.h>
@@ -44,7 +36,7 @@ typedef struct hd_timer {
 
 struct hd_script {
     lua_State *L;
-    hd_server *srv;
+    hd_scripts *sc;
     uint64_t gen;
     int fns[HD_HOOK_COUNT];  /* registry ref: list of hook functions, or LUA_NOREF */
     int srcs[HD_HOOK_COUNT]; /* registry ref: list of their file names */
@@ -102,19 +94,19 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         s->exceeded = 1;
         luaL_where(L, 0);
         lua_pushfstring(L, "%s exceeded its budget of %d ms", run_name(s->cur, name, sizeof name),
-                        (int)s->srv->cfg->hook_budget_ms);
+                        (int)s->sc->cfg->hook_budget_ms);
         lua_concat(L, 2);
         lua_error(L);
     }
     /* The heap cap: garbage first, then the call fails (and cannot catch it). */
-    int cap_kb = (int)s->srv->cfg->script_memory_mb * 1024;
+    int cap_kb = (int)s->sc->cfg->script_memory_mb * 1024;
     if (cap_kb > 0 && lua_gc(L, LUA_GCCOUNT, 0) > cap_kb) {
         lua_gc(L, LUA_GCCOLLECT, 0);
         if (lua_gc(L, LUA_GCCOUNT, 0) > cap_kb) {
             s->exceeded = 1;
             luaL_where(L, 0);
             lua_pushfstring(L, "%s: the scripts' Lua memory is over %d MiB (scripts.memory_mb)",
-                            run_name(s->cur, name, sizeof name), (int)s->srv->cfg->script_memory_mb);
+                            run_name(s->cur, name, sizeof name), (int)s->sc->cfg->script_memory_mb);
             lua_concat(L, 2);
             lua_error(L);
         }
@@ -131,7 +123,7 @@ static int guarded(hd_script *s, int hook, const char *src, int nargs, int nres)
     int outer = s->depth == 0;
     int saved = s->cur;
     if (outer) {
-        uint64_t ms = s->srv->cfg->hook_budget_ms;
+        uint64_t ms = s->sc->cfg->hook_budget_ms;
         s->deadline_ns = uv_hrtime() + ms * 1000000ULL;
         s->insns = 0;
         s->max_insns = ms * INSNS_PER_MS;
@@ -143,18 +135,18 @@ static int guarded(hd_script *s, int hook, const char *src, int nargs, int nres)
     s->depth--;
     s->cur = saved;
     if (rc == 0) {
-        if (hook < HD_HOOK_COUNT) s->srv->ss.calls[hook]++;
+        if (hook < HD_HOOK_COUNT) s->sc->ss.calls[hook]++;
         if (outer) s->exceeded = 0;
         return 0;
     }
     const char *msg = lua_tostring(L, -1);
     snprintf(s->failure, sizeof s->failure, "%s", msg ? msg : "(error object is not a string)");
     if (s->exceeded) {
-        s->srv->ss.budget_exceeded++;
+        s->sc->ss.budget_exceeded++;
         lua_gc(L, LUA_GCCOLLECT, 0); /* a runaway's garbage goes now */
     }
-    if (hook < HD_HOOK_COUNT) s->srv->ss.errors[hook]++;
-    else if (hook == RUN_TIMER) s->srv->ss.timer_errors++;
+    if (hook < HD_HOOK_COUNT) s->sc->ss.errors[hook]++;
+    else if (hook == RUN_TIMER) s->sc->ss.timer_errors++;
     char name[32];
     hd_error("%s (%s) failed: %s", run_name(hook, name, sizeof name), src ? src : "?", s->failure);
     lua_pop(L, 1);
@@ -187,7 +179,7 @@ static int l_publish(lua_State *L)
         return luaL_argerror(L, 3, e);
     }
     /* Publishes from Lua skip the publish hooks: no recursion. */
-    size_t n = hd_api_publish_raw(s->srv, topic, tl, event, el, data.p, data.len);
+    size_t n = hd_publish(s->sc->eng, topic, tl, event, el, data.p, data.len);
     hd_str_free(&data);
     lua_pushnumber(L, (lua_Number)n);
     return 1;
@@ -198,7 +190,7 @@ static int l_subscribers(lua_State *L)
     hd_script *s = api_script(L, "subscribers", 1);
     size_t tl;
     const char *topic = luaL_checklstring(L, 1, &tl);
-    hd_topic *tp = hd_topics_find(&s->srv->topics, topic, tl);
+    hd_topic *tp = hd_topics_find(&s->sc->eng->topics, topic, tl);
     lua_pushnumber(L, tp ? tp->nsubs : 0);
     return 1;
 }
@@ -218,13 +210,11 @@ static int l_disconnect(lua_State *L)
     lua_Number code = luaL_optnumber(L, 2, 1001);
     if (!valid_close_code(code)) return luaL_argerror(L, 2, "not a valid close code");
     int n = 0;
-    for (hd_conn *c = s->srv->conns; c; c = c->next) {
-        if (c->kind != HD_CONN_WS || !c->ws || !hd_conn_open(c)) continue;
-        const char *cid = hd_channel_identity(c);
-        if (cid && strcmp(cid, id) == 0) {
-            hd_conn_ws_close(c, (uint16_t)code, "disconnected");
-            n++;
-        }
+    for (hd_conn *c = hd_net_find_ident(s->sc->net, id, NULL); c;
+         c = hd_net_find_ident(s->sc->net, id, c)) {
+        if (!hd_conn_open(c)) continue;
+        hd_conn_shut(c, (uint16_t)code, "disconnected");
+        n++;
     }
     lua_pushnumber(L, n);
     return 1;
@@ -278,7 +268,7 @@ static int l_timer_start(lua_State *L)
     t->fnref = luaL_ref(L, LUA_REGISTRYINDEX);
     t->s = s;
     t->id = ++s->next_timer_id;
-    uv_timer_init(s->srv->loop, &t->t);
+    uv_timer_init(s->sc->loop, &t->t);
     t->t.data = t;
     uint64_t v = (uint64_t)ms;
     uv_timer_start(&t->t, on_timer, v, repeat ? v : 0);
@@ -322,7 +312,7 @@ static int l_log(lua_State *L)
 static int l_node_id(lua_State *L)
 {
     hd_script *s = api_script(L, "node_id", 1);
-    lua_pushstring(L, s->srv->node_id);
+    lua_pushstring(L, s->sc->node_id);
     return 1;
 }
 
@@ -330,12 +320,8 @@ static int l_socket_open(lua_State *L)
 {
     hd_script *s = api_script(L, "socket", 1);
     uint64_t id = (uint64_t)luaL_checknumber(L, 1);
-    for (hd_conn *c = s->srv->conns; c; c = c->next)
-        if (c->id == id) {
-            lua_pushboolean(L, hd_conn_open(c));
-            return 1;
-        }
-    lua_pushboolean(L, 0);
+    hd_conn *c = hd_net_find(s->sc->net, id);
+    lua_pushboolean(L, c && hd_conn_open(c));
     return 1;
 }
 
@@ -345,7 +331,7 @@ static int l_presence(lua_State *L)
     size_t tl;
     const char *topic = luaL_checklstring(L, 1, &tl);
     hd_str out = HD_STR_INIT;
-    hd_presence_state(s->srv, hd_topics_find(&s->srv->topics, topic, tl), &out);
+    hd_presence_state(&s->sc->eng->pres, hd_topics_find(&s->sc->eng->topics, topic, tl), &out);
     if (out.oom) {
         hd_str_free(&out);
         return luaL_error(L, "out of memory");
@@ -362,12 +348,10 @@ static int l_presence_update(lua_State *L)
     size_t tl;
     const char *topic = luaL_checklstring(L, 2, &tl);
     luaL_checktype(L, 3, LUA_TTABLE);
-    hd_conn *c = s->srv->conns;
-    while (c && c->id != id) c = c->next;
-    if (!c || !hd_conn_open(c) || !c->ws) return luaL_error(L, "attempt to use a closed socket");
-    hd_sub *sub = c->ws->subs;
-    while (sub && !(sub->topic->len == tl && memcmp(sub->topic->name, topic, tl) == 0))
-        sub = sub->cnext;
+    hd_conn *c = hd_net_find(s->sc->net, id);
+    if (!c || !hd_conn_open(c) || c->kind != HD_CONN_WS)
+        return luaL_error(L, "attempt to use a closed socket");
+    hd_sub *sub = hd_topics_sub_of(c, topic, tl);
     if (!sub) {
         lua_pushnil(L);
         lua_pushstring(L, "the socket has not joined that topic");
@@ -379,7 +363,7 @@ static int l_presence_update(lua_State *L)
         hd_str_free(&meta);
         return luaL_argerror(L, 3, e);
     }
-    int rc = hd_presence_update(s->srv, sub, meta.p);
+    int rc = hd_presence_update(&s->sc->eng->pres, sub, meta.p);
     hd_str_free(&meta);
     if (rc) {
         lua_pushnil(L);
@@ -403,6 +387,17 @@ static void push_c_api(lua_State *L)
     };
     hd_luapi_push_pure(L);
     luaL_register(L, NULL, fns);
+}
+
+void hd_scripts_init(hd_scripts *sc, uv_loop_t *loop, const hd_config *cfg, hd_engine *eng,
+                     hd_net *net, const char *node_id)
+{
+    memset(sc, 0, sizeof *sc);
+    sc->loop = loop;
+    sc->cfg = cfg;
+    sc->eng = eng;
+    sc->net = net;
+    sc->node_id = node_id;
 }
 
 /* ---- building a generation ---------------------------------------------------- */
@@ -549,15 +544,15 @@ static void script_free(hd_script *s)
     free(s);
 }
 
-static hd_script *build(hd_server *srv, char *err, size_t errlen)
+static hd_script *build(hd_scripts *sc, char *err, size_t errlen)
 {
-    const hd_config *cfg = srv->cfg;
+    const hd_config *cfg = sc->cfg;
     hd_script *s = calloc(1, sizeof *s);
     if (!s) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    s->srv = srv;
+    s->sc = sc;
     s->cur = RUN_LOAD;
     s->L = luaL_newstate();
     if (!s->L) {
@@ -657,59 +652,54 @@ fail:
 
 /* ---- lifecycle --------------------------------------------------------------- */
 
-static void swap_in(hd_server *srv, hd_script *s)
+static void swap_in(hd_scripts *sc, hd_script *s)
 {
-    hd_script *old = srv->script;
-    srv->script = s;
-    s->gen = ++srv->ss.generation; /* topic policies of older generations are stale */
+    hd_script *old = sc->cur;
+    sc->cur = s;
+    s->gen = ++sc->ss.generation;
+    if (sc->eng) hd_policy_invalidate(&sc->eng->pol); /* cached topic policies are stale */
     script_free(old);
 }
 
-int hd_script_start(hd_server *srv, char *err, size_t errlen)
+int hd_script_start(hd_scripts *sc, char *err, size_t errlen)
 {
-    hd_script *s = build(srv, err, errlen);
+    hd_script *s = build(sc, err, errlen);
     if (!s) return HD_ECONFIG;
-    swap_in(srv, s);
-    if (srv->cfg->nscripts || srv->cfg->nplugins)
-        hd_info("scripts loaded: %zu script(s), %zu plugin(s)", srv->cfg->nscripts,
-                srv->cfg->nplugins);
+    swap_in(sc, s);
+    if (sc->cfg->nscripts || sc->cfg->nplugins)
+        hd_info("scripts loaded: %zu script(s), %zu plugin(s)", sc->cfg->nscripts,
+                sc->cfg->nplugins);
     return 0;
 }
 
-int hd_script_reload(hd_server *srv, char *err, size_t errlen)
+int hd_script_reload(hd_scripts *sc, char *err, size_t errlen)
 {
     struct timeval tv;
     gettimeofday(&tv, NULL);
-    srv->ss.last_reload_at = (double)tv.tv_sec + tv.tv_usec / 1e6;
-    hd_script *s = build(srv, err, errlen);
+    sc->ss.last_reload_at = (double)tv.tv_sec + tv.tv_usec / 1e6;
+    hd_script *s = build(sc, err, errlen);
     if (!s) {
-        srv->ss.reloads_failed++;
-        snprintf(srv->ss.last_error, sizeof srv->ss.last_error, "%s", err);
+        sc->ss.reloads_failed++;
+        snprintf(sc->ss.last_error, sizeof sc->ss.last_error, "%s", err);
         hd_error("reload failed, the previous scripts stay in force: %s", err);
         return HD_ECONFIG;
     }
-    swap_in(srv, s);
-    srv->ss.reloads_ok++;
-    srv->ss.last_error[0] = 0;
-    hd_info("scripts reloaded (generation %llu)", (unsigned long long)srv->ss.generation);
-    if (srv->cfg->recheck_joins) {
-        size_t closed = 0;
-        for (hd_conn *c = srv->conns; c; c = c->next)
-            if (c->kind == HD_CONN_WS && hd_conn_open(c)) closed += hd_channel_recheck(c);
-        hd_info("reload: re-checked joins, closed %zu channel(s)", closed);
-    }
+    swap_in(sc, s);
+    sc->ss.reloads_ok++;
+    sc->ss.last_error[0] = 0;
+    hd_info("scripts reloaded (generation %llu)", (unsigned long long)sc->ss.generation);
     return 0;
 }
 
-void hd_script_stop(hd_server *srv)
+void hd_script_stop(hd_scripts *sc)
 {
-    script_free(srv->script);
-    srv->script = NULL;
+    script_free(sc->cur);
+    sc->cur = NULL;
 }
 
-int hd_script_has(hd_server *srv, hd_hook h)
+int hd_script_has(hd_scripts *sc, hd_hook h)
 {
-    return srv->script && srv->script->nfns[h] > 0;
+    return sc->cur && sc->cur->nfns[h] > 0;
 }
 
 /* ---- hook calls ----------------------------------------------------------------- */
@@ -728,25 +718,25 @@ static void push_hook(hd_script *s, hd_hook h, int i, char *src, size_t srclen)
 }
 
 /* [-0, +1] {k = v} of the request's headers (names lower-cased). */
-static void push_headers(lua_State *L, const hd_http_req *r)
+static void push_headers(lua_State *L, const hd_hook_req *r)
 {
     lua_createtable(L, 0, (int)r->nh);
     for (uint32_t i = 0; i < r->nh; i++) {
-        const hd_http_hdr *h = &r->h[i];
+        const hd_hdr *h = &r->h[i];
         char name[128];
         size_t n = h->name_len < sizeof name - 1 ? h->name_len : sizeof name - 1;
         for (size_t j = 0; j < n; j++) {
-            char ch = r->hbuf.p[h->name_off + j];
+            char ch = r->hbuf[h->name_off + j];
             name[j] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
         }
         lua_pushlstring(L, name, n);
-        lua_pushlstring(L, r->hbuf.p + h->val_off, h->val_len);
+        lua_pushlstring(L, r->hbuf + h->val_off, h->val_len);
         lua_rawset(L, -3);
     }
 }
 
 /* [-0, +1] {k = v} of the query string, URL-decoded. */
-static void push_params(lua_State *L, const hd_http_req *r)
+static void push_params(lua_State *L, const hd_hook_req *r)
 {
     lua_newtable(L);
     const char *q = r->query, *end = r->query ? r->query + r->query_len : NULL;
@@ -772,13 +762,13 @@ static void push_params(lua_State *L, const hd_http_req *r)
 static void push_socket(lua_State *L, hd_conn *c)
 {
     lua_createtable(L, 0, 4);
-    const char *id = hd_channel_identity(c);
+    const char *id = hd_conn_identity(c);
     if (id) lua_pushstring(L, id);
     else lua_pushfstring(L, "%d", (int)c->id);
     lua_setfield(L, -2, "id");
     lua_pushnumber(L, (lua_Number)c->id);
     lua_setfield(L, -2, "conn_id");
-    const char *assigns = hd_channel_assigns(c);
+    const char *assigns = c->assigns;
     if (assigns) hd_luapi_push_json_text(L, assigns, strlen(assigns));
     else lua_newtable(L);
     lua_setfield(L, -2, "assigns");
@@ -794,11 +784,11 @@ static void copy_reason(lua_State *L, int idx, char *reason, size_t rlen, const 
     snprintf(reason, rlen, "%s", r);
 }
 
-int hd_script_authenticate(hd_server *srv, hd_conn *c, const hd_http_req *r, const char *token,
+int hd_script_authenticate(hd_scripts *sc, hd_conn *c, const hd_hook_req *r, const char *token,
                            char **id, char **assigns_json, char *reason, size_t rlen)
 {
     *id = *assigns_json = NULL;
-    hd_script *s = srv->script;
+    hd_script *s = sc->cur;
     if (!s || !s->nfns[HD_HOOK_AUTHENTICATE]) return 1;
     lua_State *L = s->L;
     int base = lua_gettop(L);
@@ -860,7 +850,7 @@ int hd_script_authenticate(hd_server *srv, hd_conn *c, const hd_http_req *r, con
         const char *e = hd_luapi_to_json(L, assigns, &js);
         if (e) {
             hd_error("authenticate: assigns cannot be kept: %s", e);
-            srv->ss.errors[HD_HOOK_AUTHENTICATE]++;
+            sc->ss.errors[HD_HOOK_AUTHENTICATE]++;
             snprintf(reason, rlen, "unauthorized");
             ok = 0;
             hd_str_free(&js);
@@ -901,10 +891,10 @@ static int field_object(lua_State *L, int idx, const char *key, hd_str *out, con
     return rc;
 }
 
-int hd_script_join(hd_server *srv, hd_conn *c, const char *topic, size_t tlen, json_t *payload,
+int hd_script_join(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen, json_t *payload,
                    hd_str *reply_json, hd_str *meta_json, char *reason, size_t rlen)
 {
-    hd_script *s = srv->script;
+    hd_script *s = sc->cur;
     if (!s || !s->nfns[HD_HOOK_JOIN]) {
         hd_str_adds(reply_json, "{}");
         return 1;
@@ -946,7 +936,7 @@ int hd_script_join(hd_server *srv, hd_conn *c, const char *topic, size_t tlen, j
             int r = field_object(L, v + 1, "reply", reply_json, "join", src);
             if (r > 0) have_reply = 1;
             int m = meta_json ? field_object(L, v + 1, "meta", meta_json, "join", src) : 0;
-            if (r < 0 || m < 0) srv->ss.errors[HD_HOOK_JOIN]++;
+            if (r < 0 || m < 0) sc->ss.errors[HD_HOOK_JOIN]++;
         }
         lua_settop(L, top);
     }
@@ -955,14 +945,14 @@ int hd_script_join(hd_server *srv, hd_conn *c, const char *topic, size_t tlen, j
     return ok;
 }
 
-int hd_script_api_auth(hd_server *srv, hd_conn *c, const hd_http_req *r)
+int hd_script_api_auth(hd_scripts *sc, hd_conn *c, const hd_hook_req *r)
 {
-    hd_script *s = srv->script;
+    hd_script *s = sc->cur;
     if (!s || !s->nfns[HD_HOOK_API_AUTH]) return -1;
     lua_State *L = s->L;
     int base = lua_gettop(L);
     lua_createtable(L, 0, 6);
-    lua_pushstring(L, llhttp_method_name((llhttp_method_t)r->method));
+    lua_pushstring(L, r->method);
     lua_setfield(L, -2, "method");
     lua_pushlstring(L, r->path, r->path_len);
     lua_setfield(L, -2, "path");
@@ -1057,9 +1047,14 @@ static int policy_enum(lua_State *L, const char *key, uint8_t *out, const char *
     return rc;
 }
 
-void hd_script_topic(hd_server *srv, const char *topic, size_t tlen, hd_topic_policy *p)
+void hd_script_resolve(void *ud, const char *topic, size_t tlen, hd_topic_policy *p)
 {
-    hd_script *s = srv->script;
+    hd_script_topic(ud, topic, tlen, p);
+}
+
+void hd_script_topic(hd_scripts *sc, const char *topic, size_t tlen, hd_topic_policy *p)
+{
+    hd_script *s = sc->cur;
     if (!s || !s->nfns[HD_HOOK_TOPIC]) return;
     lua_State *L = s->L;
     int base = lua_gettop(L);
@@ -1078,20 +1073,20 @@ void hd_script_topic(hd_server *srv, const char *topic, size_t tlen, hd_topic_po
                       policy_uint(L, "max_queue_bytes", &q.max_queue_bytes, src) |
                       policy_enum(L, "coalesce", &q.coalesce, "none", "latest", src) |
                       policy_enum(L, "on_overflow", &q.on_overflow, "close", "drop_oldest", src);
-            if (bad) srv->ss.errors[HD_HOOK_TOPIC]++;
+            if (bad) sc->ss.errors[HD_HOOK_TOPIC]++;
             else *p = q;
         } else if (!lua_isnil(L, -1)) {
             hd_error("topic hook (%s): must return a table or nil", src);
-            srv->ss.errors[HD_HOOK_TOPIC]++;
+            sc->ss.errors[HD_HOOK_TOPIC]++;
         }
         lua_settop(L, base);
     }
 }
 
-int hd_script_publish(hd_server *srv, const char *topic, size_t tlen, char **event,
+int hd_script_publish(hd_scripts *sc, const char *topic, size_t tlen, char **event,
                       char **data_json)
 {
-    hd_script *s = srv->script;
+    hd_script *s = sc->cur;
     if (!s || !s->nfns[HD_HOOK_PUBLISH]) return 1;
     lua_State *L = s->L;
     int base = lua_gettop(L);
@@ -1133,7 +1128,7 @@ int hd_script_publish(hd_server *srv, const char *topic, size_t tlen, char **eve
         if (!ev || e) {
             hd_error("publish hook: the message's %s", !ev ? "event must be a string"
                                                            : "data cannot be encoded as JSON");
-            srv->ss.errors[HD_HOOK_PUBLISH]++;
+            sc->ss.errors[HD_HOOK_PUBLISH]++;
             hd_str_free(&js);
         } else {
             char *nev = strdup(ev);
@@ -1148,17 +1143,17 @@ int hd_script_publish(hd_server *srv, const char *topic, size_t tlen, char **eve
             }
         }
     } else {
-        srv->ss.publish_dropped++;
+        sc->ss.publish_dropped++;
     }
     lua_settop(L, base);
     return deliver;
 }
 
-int hd_script_message(hd_server *srv, hd_conn *c, const char *topic, size_t tlen,
+int hd_script_message(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
                       const char *event, json_t *payload, hd_str *reply_json, char *reason,
                       size_t rlen)
 {
-    hd_script *s = srv->script;
+    hd_script *s = sc->cur;
     if (!s || !s->nfns[HD_HOOK_MESSAGE]) return 0;
     lua_State *L = s->L;
     int base = lua_gettop(L);
@@ -1185,7 +1180,7 @@ int hd_script_message(hd_server *srv, hd_conn *c, const char *topic, size_t tlen
             const char *e = hd_luapi_to_json(L, v, &js);
             if (e || js.p[0] != '{') {
                 hd_error("message hook (%s): a reply must be a JSON object", src);
-                srv->ss.errors[HD_HOOK_MESSAGE]++;
+                sc->ss.errors[HD_HOOK_MESSAGE]++;
                 snprintf(reason, rlen, "internal error");
                 result = 2;
             } else {
@@ -1206,9 +1201,9 @@ int hd_script_message(hd_server *srv, hd_conn *c, const char *topic, size_t tlen
     return result;
 }
 
-void hd_script_shutdown(hd_server *srv, const char *phase)
+void hd_script_shutdown(hd_scripts *sc, const char *phase)
 {
-    hd_script *s = srv->script;
+    hd_script *s = sc->cur;
     if (!s || !s->nfns[HD_HOOK_SHUTDOWN]) return;
     lua_State *L = s->L;
     int base = lua_gettop(L);
@@ -1221,11 +1216,11 @@ void hd_script_shutdown(hd_server *srv, const char *phase)
     }
 }
 
-void hd_script_status_json(hd_server *srv, hd_str *out)
+void hd_script_status_json(hd_scripts *sc, hd_str *out)
 {
-    const hd_config *cfg = srv->cfg;
+    const hd_config *cfg = sc->cfg;
     hd_str_printf(out, "{\"generation\":%llu,\"scripts\":[",
-                  (unsigned long long)srv->ss.generation);
+                  (unsigned long long)sc->ss.generation);
     for (size_t i = 0; i < cfg->nscripts; i++) {
         if (i) hd_str_addc(out, ',');
         hd_str_add_json(out, cfg->scripts[i], strlen(cfg->scripts[i]));
@@ -1238,108 +1233,17 @@ void hd_script_status_json(hd_server *srv, hd_str *out)
     hd_str_adds(out, "],\"hooks\":{");
     int first = 1;
     for (int h = 0; h < HD_HOOK_COUNT; h++) {
-        int n = srv->script ? srv->script->nfns[h] : 0;
+        int n = sc->cur ? sc->cur->nfns[h] : 0;
         if (!n) continue;
         hd_str_printf(out, "%s\"%s\":%d", first ? "" : ",", hook_names[h], n);
         first = 0;
     }
     hd_str_printf(out, "},\"reloads\":{\"ok\":%llu,\"failed\":%llu},\"last_error\":",
-                  (unsigned long long)srv->ss.reloads_ok,
-                  (unsigned long long)srv->ss.reloads_failed);
-    if (srv->ss.last_error[0])
-        hd_str_add_json(out, srv->ss.last_error, strlen(srv->ss.last_error));
+                  (unsigned long long)sc->ss.reloads_ok,
+                  (unsigned long long)sc->ss.reloads_failed);
+    if (sc->ss.last_error[0])
+        hd_str_add_json(out, sc->ss.last_error, strlen(sc->ss.last_error));
     else
         hd_str_adds(out, "null");
     hd_str_addc(out, '}');
-}
-
-/* ---- scripts.watch: reload when a script file changes ----------------------- */
-
-typedef struct hd_watch {
-    uv_fs_event_t ev;
-    struct hd_watch *next;
-    hd_server *srv;
-} hd_watch;
-
-static void on_watch_timer(uv_timer_t *t)
-{
-    hd_server *srv = t->data;
-    char err[1024];
-    hd_info("a script changed: reloading");
-    hd_script_reload(srv, err, sizeof err);
-}
-
-static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int status)
-{
-    (void)events;
-    hd_watch *w = h->data;
-    hd_server *srv = w->srv;
-    if (status < 0 || !filename) return;
-    /* Only the scripts themselves; editors touch other files too. */
-    char dir[4096];
-    size_t dl = sizeof dir;
-    if (uv_fs_event_getpath(h, dir, &dl) != 0) return;
-    for (size_t i = 0; i < srv->cfg->nscripts; i++) {
-        const char *p = srv->cfg->scripts[i];
-        const char *base = strrchr(p, '/');
-        base = base ? base + 1 : p;
-        if (strcmp(base, filename) == 0 && strncmp(p, dir, dl) == 0) {
-            /* Debounce: an editor's save is several events. */
-            uv_timer_start(srv->watch_timer, on_watch_timer, 150, 0);
-            return;
-        }
-    }
-}
-
-void hd_script_watch(hd_server *srv)
-{
-    const hd_config *cfg = srv->cfg;
-    if (!cfg->scripts_watch || !cfg->nscripts) return;
-    srv->watch_timer = malloc(sizeof *srv->watch_timer);
-    if (!srv->watch_timer) return;
-    uv_timer_init(srv->loop, srv->watch_timer);
-    srv->watch_timer->data = srv;
-    for (size_t i = 0; i < cfg->nscripts; i++) {
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s", cfg->scripts[i]);
-        char *slash = strrchr(dir, '/');
-        if (slash) *slash = 0;
-        else snprintf(dir, sizeof dir, ".");
-        int seen = 0;
-        for (hd_watch *w = srv->watches; w && !seen; w = w->next) {
-            char p[4096];
-            size_t pl = sizeof p;
-            seen = uv_fs_event_getpath(&w->ev, p, &pl) == 0 && strcmp(p, dir) == 0;
-        }
-        if (seen) continue;
-        hd_watch *w = calloc(1, sizeof *w);
-        if (!w) return;
-        w->srv = srv;
-        uv_fs_event_init(srv->loop, &w->ev);
-        w->ev.data = w;
-        int rc = uv_fs_event_start(&w->ev, on_fs_event, dir, 0);
-        if (rc) {
-            hd_warn("scripts.watch: cannot watch %s: %s", dir, uv_strerror(rc));
-            uv_close((uv_handle_t *)&w->ev, on_timer_closed);
-            continue;
-        }
-        w->next = srv->watches;
-        srv->watches = w;
-        hd_info("scripts.watch: watching %s", dir);
-    }
-}
-
-static void free_handle(uv_handle_t *h) { free(h); }
-
-void hd_script_unwatch(hd_server *srv)
-{
-    while (srv->watches) {
-        hd_watch *w = srv->watches;
-        srv->watches = w->next;
-        uv_close((uv_handle_t *)&w->ev, on_timer_closed);
-    }
-    if (srv->watch_timer) {
-        uv_close((uv_handle_t *)srv->watch_timer, free_handle);
-        srv->watch_timer = NULL;
-    }
 }

@@ -15,15 +15,12 @@
 #define HD_SCRIPT_H
 
 #include "buf.h"
+#include "conn.h"
+#include "publish.h"
 
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
-
-struct hd_server;
-struct hd_conn;
-struct hd_http_req;
-struct hd_topic_policy;
 
 typedef enum {
     HD_HOOK_AUTHENTICATE,
@@ -39,6 +36,24 @@ typedef enum {
 
 typedef struct hd_script hd_script;
 
+/* A header of a request: offsets into the request's header bytes. */
+typedef struct hd_hdr {
+    uint32_t name_off, name_len, val_off, val_len;
+} hd_hdr;
+
+/* What hooks see of an HTTP request (the protocol layer fills it; every
+ * pointer borrowed for the call). */
+typedef struct hd_hook_req {
+    const char *method;              /* "GET", ... */
+    const char *path;
+    size_t path_len;
+    const char *query;               /* after '?', or NULL */
+    size_t query_len;
+    const char *hbuf;                /* header names and values */
+    const hd_hdr *h;
+    uint32_t nh;
+} hd_hook_req;
+
 typedef struct hd_script_stats {
     uint64_t calls[HD_HOOK_COUNT];
     uint64_t errors[HD_HOOK_COUNT];  /* failed: error, budget, bad result */
@@ -52,28 +67,42 @@ typedef struct hd_script_stats {
     double last_reload_at;           /* unix seconds */
 } hd_script_stats;
 
+/* The scripts of a node: the running generation and what herald.* reaches. */
+typedef struct hd_scripts {
+    uv_loop_t *loop;
+    const hd_config *cfg;            /* borrowed */
+    hd_engine *eng;                  /* herald.publish, subscribers, presence */
+    hd_net *net;                     /* herald.disconnect, socket lookups */
+    const char *node_id;             /* herald.node_id() */
+    hd_script *cur;                  /* the running generation, or NULL */
+    hd_script_stats ss;
+} hd_scripts;
+
+/* Prepares sc (no scripts loaded yet). */
+void hd_scripts_init(hd_scripts *sc, uv_loop_t *loop, const hd_config *cfg, hd_engine *eng,
+                     hd_net *net, const char *node_id);
+
 /* The name of a hook ("authenticate", ...). */
 const char *hd_hook_name(hd_hook h);
 
 /* Loads srv->cfg's scripts and plugins into a new generation and makes it
  * current. On failure returns HD_ECONFIG with a message naming file:line
  * in err, and srv keeps whatever it had. */
-int hd_script_start(struct hd_server *srv, char *err, size_t errlen);
+int hd_script_start(hd_scripts *sc, char *err, size_t errlen);
 /* Reloads: builds a new generation and swaps it in on success (dropping
- * the topic policy cache, cancelling the old timers, re-checking joins when
- * reload.recheck_joins). Returns 0 or HD_ECONFIG (err filled; old scripts
- * stay). */
-int hd_script_reload(struct hd_server *srv, char *err, size_t errlen);
+ * the topic policy cache, cancelling the old timers). Returns 0 or
+ * HD_ECONFIG (err filled; old scripts stay). */
+int hd_script_reload(hd_scripts *sc, char *err, size_t errlen);
 /* Frees the current generation (at shutdown). */
-void hd_script_stop(struct hd_server *srv);
+void hd_script_stop(hd_scripts *sc);
 
 /* True when the running scripts define hook h. */
-int hd_script_has(struct hd_server *srv, hd_hook h);
+int hd_script_has(hd_scripts *sc, hd_hook h);
 
 /* authenticate(req). Returns 1 to allow (*id and *assigns_json are set,
  * malloc'd, either may be NULL), 0 to deny with reason (a client-safe
  * text). Without the hook: allow. On failure: deny, "unauthorized". */
-int hd_script_authenticate(struct hd_server *srv, struct hd_conn *c, const struct hd_http_req *r,
+int hd_script_authenticate(hd_scripts *sc, hd_conn *c, const hd_hook_req *r,
                            const char *token, char **id, char **assigns_json, char *reason,
                            size_t rlen);
 
@@ -81,41 +110,39 @@ int hd_script_authenticate(struct hd_server *srv, struct hd_conn *c, const struc
  * reply object, "{}" by default; meta_json, if not NULL, the presence meta
  * object a hook returned, else stays empty), 0 to deny with reason.
  * Without the hook: allow. On failure: deny, "join crashed". */
-int hd_script_join(struct hd_server *srv, struct hd_conn *c, const char *topic, size_t tlen,
+int hd_script_join(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
                    json_t *payload, hd_str *reply_json, hd_str *meta_json, char *reason,
                    size_t rlen);
 
 /* api_auth(req). Returns 1 allow, 0 deny, -1 no hook or every hook deferred
  * (the static token rule applies). On failure: deny. */
-int hd_script_api_auth(struct hd_server *srv, struct hd_conn *c, const struct hd_http_req *r);
+int hd_script_api_auth(hd_scripts *sc, hd_conn *c, const hd_hook_req *r);
+
+/* The same as a policy resolver (hd_policy_resolver; ud is the hd_scripts). */
+void hd_script_resolve(void *ud, const char *topic, size_t tlen, hd_topic_policy *p);
 
 /* topic(name): fills *p (already holding the defaults) from the merged
  * results. On failure p keeps the defaults. */
-void hd_script_topic(struct hd_server *srv, const char *topic, size_t tlen,
-                     struct hd_topic_policy *p);
+void hd_script_topic(hd_scripts *sc, const char *topic, size_t tlen,
+                     hd_topic_policy *p);
 
 /* publish(msg) for one topic. *event and *data_json are in/out (malloc'd
  * strings, replaced when a hook changes them). Returns 1 to deliver, 0 when
  * a hook dropped the message. On failure: deliver unchanged. */
-int hd_script_publish(struct hd_server *srv, const char *topic, size_t tlen, char **event,
+int hd_script_publish(hd_scripts *sc, const char *topic, size_t tlen, char **event,
                       char **data_json);
 
 /* message(socket, topic, event, payload). Returns 0 for no reply, 1 with an
  * ok reply (reply_json), 2 with an error reply (reason). */
-int hd_script_message(struct hd_server *srv, struct hd_conn *c, const char *topic, size_t tlen,
+int hd_script_message(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
                       const char *event, json_t *payload, hd_str *reply_json, char *reason,
                       size_t rlen);
 
 /* shutdown(phase). */
-void hd_script_shutdown(struct hd_server *srv, const char *phase);
-
-/* Starts watching the script files when scripts.watch is set. */
-void hd_script_watch(struct hd_server *srv);
-/* Stops watching (at shutdown). */
-void hd_script_unwatch(struct hd_server *srv);
+void hd_script_shutdown(hd_scripts *sc, const char *phase);
 
 /* Appends a JSON object describing the scripts (generation, files, last
  * reload result) to out. */
-void hd_script_status_json(struct hd_server *srv, hd_str *out);
+void hd_script_status_json(hd_scripts *sc, hd_str *out);
 
 #endif

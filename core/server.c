@@ -1,124 +1,16 @@
 #include "server.h"
-#include "conn.h"
 #include "err.h"
-#include "http.h"
 #include "log.h"
-#include "presence.h"
-#include "shaper.h"
+#include "metrics.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 
-/* Descriptors kept for herald's own files (loop, log, scripts, watches). */
-#define FD_RESERVE 64
+static void watch_scripts(hd_server *srv);
+static void unwatch_scripts(hd_server *srv);
 
-/* Connections written per loop turn. A large fan-out is written in slices,
- * with a poll for new input between them: frames published meanwhile join
- * the queues of connections not yet written, which then take several
- * frames in one writev. Fewer syscalls per delivery under load, and the
- * latency of one slice bounds how long input waits. */
-#define FLUSH_SLICE 1024
-
-/* Longest continuous hold of HTTP answers: then they go out even if
- * something else (a Lua timer, say) keeps the queues deep. */
-#define MAX_HOLD_MS 1000
-
-static void on_spin(uv_idle_t *h) { (void)h; }
-
-static int queue_holds(const hd_conn *c, unsigned k)
-{
-    const hd_wq_item *it = c->wq_head;
-    for (; it && k; it = it->next) k--;
-    return k == 0;
-}
-
-/* Fan-out backpressure. The pending list is FIFO, so the queue at its head
- * holds what was published since the flusher last reached that connection.
- * While it holds limits.fanout_backlog frames or more, HTTP answers wait:
- * a publisher that waits for its answer before the next publish is paced
- * at the speed fan-out completes, with every write still carrying several
- * frames, and delivery latency stays bounded by about that many fan-outs
- * instead of growing with the publishers' speed. Nothing is dropped.
- * HTTP answers jump the pending list, and hot is judged after a slice: an
- * answer due while no fan-out is under way goes at once, so a publisher
- * may run one fan-out ahead and two messages share each write. Holding
- * every answer until its own fan-out is written (no overlap) measured
- * ~40% fewer deliveries/s for ~10% lower p99 (tests/load/README.md). */
-static void backpressure(hd_server *srv)
-{
-    unsigned k = srv->cfg->fanout_backlog;
-    hd_conn *head = srv->pend_head;
-    int hot = k && head && srv->state == HD_READY && head->kind == HD_CONN_WS && queue_holds(head, k);
-    uint64_t now = uv_now(srv->loop);
-    if (hot && !srv->fanout_hot) srv->hot_since = now;
-    if (hot && now - srv->hot_since >= MAX_HOLD_MS) hot = 0;
-    srv->fanout_hot = hot;
-    if (!hot && srv->held) hd_conn_release_held(srv);
-}
-
-static void on_flush(uv_check_t *h)
-{
-    hd_server *srv = h->data;
-    hd_server_reap(srv);
-    for (int n = 0; n < FLUSH_SLICE && srv->pend_head; n++) {
-        hd_conn *c = srv->pend_head;
-        if (srv->fanout_hot && c->kind == HD_CONN_HTTP) hd_conn_hold(c);
-        else {
-            hd_conn_unpend(c);
-            hd_conn_flush(c);
-        }
-    }
-    backpressure(srv);
-    if (srv->pend_head) {
-        if (!uv_is_active((uv_handle_t *)&srv->spinner)) uv_idle_start(&srv->spinner, on_spin);
-    } else if (uv_is_active((uv_handle_t *)&srv->spinner)) {
-        uv_idle_stop(&srv->spinner);
-    }
-}
-
-/* Over limits.max_queued_bytes: close the connections with the largest
- * queues first (1013) until the total is back under the limit. */
-static void shed(hd_server *srv)
-{
-    srv->need_shed = 0;
-    for (int rounds = 0; rounds < 1000 && srv->queued_bytes > srv->cfg->max_queued_bytes;
-         rounds++) {
-        hd_conn *worst = NULL;
-        for (hd_conn *c = srv->conns; c; c = c->next)
-            if (c->kind == HD_CONN_WS && hd_conn_open(c) &&
-                (!worst || c->wq_bytes > worst->wq_bytes))
-                worst = c;
-        if (!worst || worst->wq_bytes == 0) return;
-        srv->m.shed++;
-        hd_info("conn %llu: all queues hold %zu bytes (limit %zu): shedding its %zu",
-                (unsigned long long)worst->id, srv->queued_bytes, srv->cfg->max_queued_bytes,
-                worst->wq_bytes);
-        hd_conn_ws_close_now(worst, 1013, "server overloaded");
-    }
-}
-
-void hd_server_count_topic(hd_server *srv, const hd_topic_policy *p, int kind, uint64_t n)
-{
-    if (srv->topic_counts) srv->topic_counts[p->rule + 1][kind] += n;
-}
-
-void hd_server_reap(hd_server *srv)
-{
-    while (srv->reap) {
-        hd_conn *c = srv->reap;
-        srv->reap = c->reap_next;
-        c->flags &= ~HD_CF_REAP;
-        if (c->reap_code == 1013) {
-            srv->m.slow_closes++;
-            hd_info("conn %llu: send queue over %zu bytes: closing with 1013",
-                    (unsigned long long)c->id, srv->cfg->send_queue_bytes);
-        }
-        hd_conn_ws_close_now(c, c->reap_code, "slow consumer");
-    }
-    if (srv->need_shed) shed(srv);
-}
+/* ---- the sweeper ---------------------------------------------------------------- */
 
 /* Once a tick: close connections that are idle or past their closing
  * deadline. A linear walk; cheap next to the work each connection costs. */
@@ -127,7 +19,7 @@ static void on_sweep(uv_timer_t *t)
     hd_server *srv = t->data;
     uint64_t now = uv_now(srv->loop);
     const hd_config *cfg = srv->cfg;
-    for (hd_conn *c = srv->conns, *next; c; c = next) {
+    for (hd_conn *c = srv->net.conns, *next; c; c = next) {
         next = c->next;
         if (c->flags & HD_CF_CLOSED) continue;
         int closing = c->flags & (HD_CF_FINISH | HD_CF_SHUTDOWN | HD_CF_WS_CLOSE_SENT);
@@ -137,43 +29,127 @@ static void on_sweep(uv_timer_t *t)
         }
         if (c->kind == HD_CONN_WS) {
             if (now - c->last_active >= cfg->ws_idle_ms) {
-                srv->m.idle_closes++;
-                hd_conn_ws_close(c, 1001, "idle timeout");
+                srv->st.idle_closes++;
+                hd_conn_shut(c, 1001, "idle timeout");
             }
         } else if (now - c->last_active >= cfg->http_idle_ms) {
-            srv->m.idle_closes++;
+            srv->st.idle_closes++;
             c->flags |= HD_CF_NO_INPUT;
             hd_conn_finish(c, 1000);
         }
     }
 }
 
-static void on_topic_free(void *data, hd_topic *tp)
+static uint64_t sweep_interval(const hd_config *cfg)
 {
-    hd_presence_forget(data, tp);
-    hd_shaper_forget(data, tp);
+    uint64_t t = cfg->ws_idle_ms;
+    if (cfg->http_idle_ms < t) t = cfg->http_idle_ms;
+    if (cfg->ws_close_ms < t) t = cfg->ws_close_ms;
+    t /= 4;
+    return t < 10 ? 10 : t > 1000 ? 1000 : t;
 }
 
-/* The connection caps. WebSocket connections stop at limits.max_connections
- * or, when RLIMIT_NOFILE is lower, at what the descriptors allow minus a
- * margin for HTTP: a client over the cap gets a 503 to its upgrade request
- * instead of an accept that fails for want of a descriptor. */
-static void size_caps(hd_server *srv)
+/* ---- the node's routes ------------------------------------------------------------ */
+
+static void route_healthz(void *ud, hd_conn *c, hd_http_req *r)
 {
-    const hd_config *cfg = srv->cfg;
-    srv->ws_cap = cfg->max_connections;
-    srv->conn_cap = cfg->max_connections + 1024;
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return;
-    size_t files = rl.rlim_cur > FD_RESERVE * 2 ? (size_t)rl.rlim_cur - FD_RESERVE : FD_RESERVE;
-    size_t margin = files / 8 < 1024 ? files / 8 : 1024;
-    if (srv->conn_cap > files) srv->conn_cap = files;
-    if (srv->ws_cap > files - margin) {
-        srv->ws_cap = files - margin;
-        hd_warn("limits.max_connections is %zu but this process may open only %llu files "
-                "(RLIMIT_NOFILE): WebSocket connections beyond %zu get 503",
-                cfg->max_connections, (unsigned long long)rl.rlim_cur, srv->ws_cap);
+    (void)ud;
+    static const char ok[] = "{\"status\":\"ok\"}";
+    hd_http_respond(c, r, 200, "application/json", ok, sizeof ok - 1, NULL, 0);
+}
+
+static void route_readyz(void *ud, hd_conn *c, hd_http_req *r)
+{
+    hd_server *srv = ud;
+    const char *s = srv->state == HD_READY      ? "{\"status\":\"ready\"}"
+                    : srv->state == HD_STARTING ? "{\"status\":\"starting\"}"
+                                                : "{\"status\":\"draining\"}";
+    hd_http_respond(c, r, srv->state == HD_READY ? 200 : 503, "application/json", s, strlen(s),
+                    NULL, 0);
+}
+
+static void route_metrics(void *ud, hd_conn *c, hd_http_req *r)
+{
+    hd_server *srv = ud;
+    hd_str out = HD_STR_INIT;
+    hd_metrics_render(&out, &srv->st, &srv->net, &srv->eng, &srv->sc);
+    hd_metrics_gauge(&out, "herald_ready", "1 while the server is READY.", srv->state == HD_READY);
+    hd_drain_metrics(&srv->drain, &out);
+    hd_http_respond(c, r, 200, "text/plain; version=0.0.4", out.p ? out.p : "", out.len, NULL, 0);
+    hd_str_free(&out);
+}
+
+static void route_reload(void *ud, hd_conn *c, hd_http_req *r)
+{
+    hd_server *srv = ud;
+    char err[1024];
+    if (hd_server_reload(srv, err, sizeof err)) return hd_http_error(c, r, 422, err, NULL, 0);
+    hd_str out = HD_STR_INIT;
+    hd_str_printf(&out, "{\"status\":\"ok\",\"generation\":%llu}",
+                  (unsigned long long)srv->sc.ss.generation);
+    hd_api_respond_json(c, r, 200, &out);
+    hd_str_free(&out);
+}
+
+static void route_drain(void *ud, hd_conn *c, hd_http_req *r)
+{
+    static const char body[] = "{\"status\":\"draining\"}";
+    /* Answer first: the drain turns this response's connection to close. */
+    hd_http_respond(c, r, 202, "application/json", body, sizeof body - 1, NULL, 1);
+    hd_server_drain(ud, "POST /admin/drain");
+}
+
+static void route_status(void *ud, hd_conn *c, hd_http_req *r)
+{
+    hd_server *srv = ud;
+    static const char *const states[] = {"starting", "ready", "draining", "stopped"};
+    hd_str out = HD_STR_INIT;
+    hd_str_printf(&out, "{\"state\":\"%s\",\"phase\":\"%s\",\"node\":", states[srv->state],
+                  hd_phase_name(srv->drain.phase));
+    hd_str_add_json(&out, srv->node_id, strlen(srv->node_id));
+    hd_str_printf(&out, ",\"connections\":%zu,\"topics\":%zu,\"scripts\":", srv->net.nws,
+                  srv->eng.topics.count);
+    hd_script_status_json(&srv->sc, &out);
+    hd_str_addc(&out, '}');
+    hd_api_respond_json(c, r, 200, &out);
+    hd_str_free(&out);
+}
+
+/* ---- lifecycle -------------------------------------------------------------------- */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    hd_server *srv = h->data;
+    if (--srv->handles_open == 0) {
+        srv->state = HD_STOPPED;
+        if (srv->on_stopped) srv->on_stopped(srv);
     }
+}
+
+static void on_net_empty(hd_net *net) { hd_server_stop(net->data); }
+
+static void close_listener(void *ud)
+{
+    hd_server *srv = ud;
+    if (!uv_is_closing((uv_handle_t *)&srv->listener)) {
+        /* Connections the kernel completed but we had not accepted yet would
+         * be reset by the close: take them first, so every request that
+         * reached this node is answered (with Connection: close). */
+        if (srv->state == HD_DRAINING && !srv->stopping)
+            hd_net_accept_backlog(&srv->net, (uv_stream_t *)&srv->listener);
+        uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
+    }
+    unwatch_scripts(srv);
+}
+
+static void drain_done(void *ud) { hd_server_stop(ud); }
+
+/* No new sockets, every answer closes its connection, no answers held. */
+static void stop_taking(hd_server *srv)
+{
+    srv->ch.accepting = 0;
+    srv->http.closing = 1;
+    srv->net.hold = 0;
 }
 
 int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
@@ -182,32 +158,43 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     srv->loop = loop;
     srv->cfg = cfg;
     srv->state = HD_STARTING;
-    int rc = hd_topics_init(&srv->topics);
-    if (rc) return rc;
-    srv->topic_counts = calloc(cfg->ntopic_rules + 1, sizeof *srv->topic_counts);
-    if (!srv->topic_counts) return HD_ENOMEM;
-    size_caps(srv);
-    uv_check_init(loop, &srv->flusher);
-    srv->flusher.data = srv;
-    uv_timer_init(loop, &srv->sweeper);
-    srv->sweeper.data = srv;
-    uv_tcp_init(loop, &srv->listener);
-    srv->listener.data = srv;
-    uv_timer_init(loop, &srv->drain_timer);
-    srv->drain_timer.data = srv;
-    uv_timer_init(loop, &srv->presence_timer);
-    srv->presence_timer.data = srv;
-    uv_idle_init(loop, &srv->spinner);
-    srv->spinner.data = srv;
-    srv->handles_open = 6;
-    srv->topics.on_free = on_topic_free;
-    srv->topics.on_free_data = srv;
     char host[32] = "herald";
     size_t hl = sizeof host;
     uv_os_gethostname(host, &hl);
     uint32_t rnd = 0;
     uv_random(NULL, NULL, &rnd, sizeof rnd, 0, NULL);
     snprintf(srv->node_id, sizeof srv->node_id, "%s-%d-%08x", host, (int)uv_os_getpid(), rnd);
+    /* What can fail comes first, before any handle joins the loop. */
+    int rc = hd_engine_init(&srv->eng, loop, cfg, &srv->st, srv->node_id);
+    if (rc) return rc;
+    hd_net_init(&srv->net, loop, cfg, &srv->st);
+    srv->net.data = srv;
+    srv->net.on_empty = on_net_empty;
+    hd_scripts_init(&srv->sc, loop, cfg, &srv->eng, &srv->net, srv->node_id);
+    /* The way up, registered here: topic policy asks the scripts. */
+    srv->eng.pol.resolve = hd_script_resolve;
+    srv->eng.pol.resolve_ud = &srv->sc;
+    hd_channel_init(&srv->ch, cfg, &srv->st, &srv->net, &srv->eng, &srv->sc);
+    hd_api_init(&srv->api, cfg, &srv->st, &srv->eng, &srv->sc, &srv->ch);
+    hd_http_init(&srv->http, cfg, &srv->st, hd_api_dispatch, &srv->api);
+    srv->net.accept_ops = &srv->http.ops;
+    stop_taking(srv); /* until READY */
+    hd_api_route(&srv->api, "/healthz", HD_ROUTE_GET, route_healthz, srv);
+    hd_api_route(&srv->api, "/readyz", HD_ROUTE_GET, route_readyz, srv);
+    hd_api_route(&srv->api, "/metrics", HD_ROUTE_GET, route_metrics, srv);
+    hd_api_route(&srv->api, "/admin/reload", HD_ROUTE_POST | HD_ROUTE_AUTH, route_reload, srv);
+    hd_api_route(&srv->api, "/admin/drain", HD_ROUTE_POST | HD_ROUTE_AUTH, route_drain, srv);
+    hd_api_route(&srv->api, "/admin/status", HD_ROUTE_GET | HD_ROUTE_AUTH, route_status, srv);
+    hd_drain_init(&srv->drain, loop, cfg, &srv->net, &srv->eng, &srv->sc);
+    srv->drain.close_listener = close_listener;
+    srv->drain.stop = drain_done;
+    srv->drain.ud = srv;
+    uv_timer_init(loop, &srv->sweeper);
+    srv->sweeper.data = srv;
+    uv_tcp_init(loop, &srv->listener);
+    srv->listener.data = srv;
+    /* listener, sweeper, drain timer, presence timer, writer, spinner */
+    srv->handles_open = 6;
     return 0;
 }
 
@@ -218,25 +205,15 @@ static void on_connection(uv_stream_t *l, int status)
         /* libuv keeps a spare descriptor for EMFILE: it accepts and closes
          * the waiting connections, so the loop never spins on a failing
          * accept. One warning a second at most. */
-        srv->m.tcp_refused++;
+        srv->st.tcp_refused++;
         uint64_t now = uv_now(srv->loop);
-        if (!srv->emfile_logged || now - srv->emfile_logged >= 1000) {
-            srv->emfile_logged = now;
-            hd_warn("accept: %s (%zu connections open)", uv_strerror(status), srv->nconns);
+        if (!srv->net.emfile_logged || now - srv->net.emfile_logged >= 1000) {
+            srv->net.emfile_logged = now;
+            hd_warn("accept: %s (%zu connections open)", uv_strerror(status), srv->net.nconns);
         }
         return;
     }
-    hd_conn_accept(srv);
-}
-
-
-static uint64_t sweep_interval(const hd_config *cfg)
-{
-    uint64_t t = cfg->ws_idle_ms;
-    if (cfg->http_idle_ms < t) t = cfg->http_idle_ms;
-    if (cfg->ws_close_ms < t) t = cfg->ws_close_ms;
-    t /= 4;
-    return t < 10 ? 10 : t > 1000 ? 1000 : t;
+    hd_net_accept(&srv->net, l);
 }
 
 int hd_server_start(hd_server *srv)
@@ -260,11 +237,14 @@ int hd_server_start(hd_server *srv)
     int len = sizeof bound;
     uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &len);
     srv->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
-    uv_check_start(&srv->flusher, on_flush);
+    hd_net_start(&srv->net);
     uint64_t iv = sweep_interval(cfg);
     uv_timer_start(&srv->sweeper, on_sweep, iv, iv);
     srv->state = HD_READY;
-    hd_script_watch(srv);
+    srv->ch.accepting = 1;
+    srv->http.closing = 0;
+    srv->net.hold = 1;
+    watch_scripts(srv);
     const char *shown = strchr(cfg->host, ':') ? "[%s]" : "%s";
     char host[80];
     snprintf(host, sizeof host, shown, cfg->host);
@@ -273,25 +253,23 @@ int hd_server_start(hd_server *srv)
     return 0;
 }
 
-static void on_handle_closed(uv_handle_t *h)
+void hd_server_drain(hd_server *srv, const char *reason)
 {
-    hd_server *srv = h->data;
-    if (--srv->handles_open == 0) {
-        srv->state = HD_STOPPED;
-        if (srv->on_stopped) srv->on_stopped(srv);
-    }
+    if (srv->state != HD_READY) return;
+    srv->state = HD_DRAINING;
+    stop_taking(srv);
+    hd_drain_start(&srv->drain, reason);
 }
 
-void hd_server_close_listener(hd_server *srv)
+int hd_server_reload(hd_server *srv, char *err, size_t errlen)
 {
-    if (!uv_is_closing((uv_handle_t *)&srv->listener)) {
-        /* Connections the kernel completed but we had not accepted yet would
-         * be reset by the close: take them first, so every request that
-         * reached this node is answered (with Connection: close). */
-        if (srv->state == HD_DRAINING && !srv->stopping) hd_conn_accept_backlog(srv);
-        uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
-    }
-    hd_script_unwatch(srv);
+    int rc = hd_script_reload(&srv->sc, err, errlen);
+    if (rc || !srv->cfg->recheck_joins) return rc;
+    size_t closed = 0;
+    for (hd_conn *c = srv->net.conns; c; c = c->next)
+        if (c->kind == HD_CONN_WS && hd_conn_open(c)) closed += hd_channel_recheck(&srv->ch, c);
+    hd_info("reload: re-checked joins, closed %zu channel(s)", closed);
+    return 0;
 }
 
 void hd_server_stop(hd_server *srv)
@@ -300,30 +278,117 @@ void hd_server_stop(hd_server *srv)
     if (!srv->stopping) {
         srv->stopping = 1;
         srv->state = HD_DRAINING;
-        hd_server_close_listener(srv);
-        uv_timer_stop(&srv->drain_timer);
-        if (srv->nconns) hd_info("stopping: closing %zu connection(s)", srv->nconns);
-        for (hd_conn *c = srv->conns; c; c = c->next) hd_conn_close(c);
+        stop_taking(srv);
+        close_listener(srv);
+        hd_drain_cancel(&srv->drain);
+        if (srv->net.nconns) hd_info("stopping: closing %zu connection(s)", srv->net.nconns);
+        hd_net_close_all(&srv->net);
     }
-    if (srv->nconns > 0) return; /* called again by the last close */
+    if (srv->net.nconns > 0) return; /* called again by the last close */
     if (uv_is_closing((uv_handle_t *)&srv->sweeper)) return;
-    hd_script_stop(srv); /* the scripts' state and timers go last */
-    uv_close((uv_handle_t *)&srv->flusher, on_handle_closed);
+    hd_script_stop(&srv->sc); /* the scripts' state and timers go last */
     uv_close((uv_handle_t *)&srv->sweeper, on_handle_closed);
-    uv_close((uv_handle_t *)&srv->drain_timer, on_handle_closed);
-    uv_close((uv_handle_t *)&srv->presence_timer, on_handle_closed);
-    uv_close((uv_handle_t *)&srv->spinner, on_handle_closed);
+    hd_net_close_handles(&srv->net, on_handle_closed, srv);
+    hd_engine_close(&srv->eng, on_handle_closed, srv);
+    hd_drain_close(&srv->drain, on_handle_closed, srv);
 }
 
 void hd_server_free(hd_server *srv)
 {
-    hd_script_stop(srv);
-    free(srv->topic_counts);
-    srv->topic_counts = NULL;
-    while (srv->wq_free) {
-        struct hd_wq_item *it = srv->wq_free;
-        srv->wq_free = it->next;
-        free(it);
+    hd_script_stop(&srv->sc);
+    hd_net_free(&srv->net);
+    hd_engine_free(&srv->eng);
+}
+
+/* ---- scripts.watch: reload when a script file changes ----------------------- */
+
+typedef struct hd_watch {
+    uv_fs_event_t ev;
+    struct hd_watch *next;
+    hd_server *srv;
+} hd_watch;
+
+static void free_watch(uv_handle_t *h) { free(h->data); }
+
+static void on_watch_timer(uv_timer_t *t)
+{
+    hd_server *srv = t->data;
+    char err[1024];
+    hd_info("a script changed: reloading");
+    hd_server_reload(srv, err, sizeof err);
+}
+
+static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int status)
+{
+    (void)events;
+    hd_watch *w = h->data;
+    hd_server *srv = w->srv;
+    if (status < 0 || !filename) return;
+    /* Only the scripts themselves; editors touch other files too. */
+    char dir[4096];
+    size_t dl = sizeof dir;
+    if (uv_fs_event_getpath(h, dir, &dl) != 0) return;
+    for (size_t i = 0; i < srv->cfg->nscripts; i++) {
+        const char *p = srv->cfg->scripts[i];
+        const char *base = strrchr(p, '/');
+        base = base ? base + 1 : p;
+        if (strcmp(base, filename) == 0 && strncmp(p, dir, dl) == 0) {
+            /* Debounce: an editor's save is several events. */
+            uv_timer_start(srv->watch_timer, on_watch_timer, 150, 0);
+            return;
+        }
     }
-    hd_topics_free(&srv->topics);
+}
+
+static void watch_scripts(hd_server *srv)
+{
+    const hd_config *cfg = srv->cfg;
+    if (!cfg->scripts_watch || !cfg->nscripts) return;
+    srv->watch_timer = malloc(sizeof *srv->watch_timer);
+    if (!srv->watch_timer) return;
+    uv_timer_init(srv->loop, srv->watch_timer);
+    srv->watch_timer->data = srv;
+    for (size_t i = 0; i < cfg->nscripts; i++) {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", cfg->scripts[i]);
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = 0;
+        else snprintf(dir, sizeof dir, ".");
+        int seen = 0;
+        for (hd_watch *w = srv->watches; w && !seen; w = w->next) {
+            char p[4096];
+            size_t pl = sizeof p;
+            seen = uv_fs_event_getpath(&w->ev, p, &pl) == 0 && strcmp(p, dir) == 0;
+        }
+        if (seen) continue;
+        hd_watch *w = calloc(1, sizeof *w);
+        if (!w) return;
+        w->srv = srv;
+        uv_fs_event_init(srv->loop, &w->ev);
+        w->ev.data = w;
+        int rc = uv_fs_event_start(&w->ev, on_fs_event, dir, 0);
+        if (rc) {
+            hd_warn("scripts.watch: cannot watch %s: %s", dir, uv_strerror(rc));
+            uv_close((uv_handle_t *)&w->ev, free_watch);
+            continue;
+        }
+        w->next = srv->watches;
+        srv->watches = w;
+        hd_info("scripts.watch: watching %s", dir);
+    }
+}
+
+static void free_handle(uv_handle_t *h) { free(h); }
+
+static void unwatch_scripts(hd_server *srv)
+{
+    while (srv->watches) {
+        hd_watch *w = srv->watches;
+        srv->watches = w->next;
+        uv_close((uv_handle_t *)&w->ev, free_watch);
+    }
+    if (srv->watch_timer) {
+        uv_close((uv_handle_t *)srv->watch_timer, free_handle);
+        srv->watch_timer = NULL;
+    }
 }

@@ -20,7 +20,21 @@
 #include "buf.h"
 #include "topic.h"
 
-struct hd_server;
+#include <uv.h>
+
+struct hd_shaper;
+
+typedef struct hd_shapers {
+    uv_loop_t *loop;
+    hd_stats *st;
+    hd_topics *topics;
+    struct hd_shaper *list;        /* topics with rate shaping */
+    /* The clock (loop time in ms): uv_now by default; tests replace it. */
+    uint64_t (*now)(struct hd_shapers *sh);
+} hd_shapers;
+
+/* Prepares sh. */
+void hd_shapers_init(hd_shapers *sh, uv_loop_t *loop, hd_stats *st, hd_topics *topics);
 
 /* Returns 1 when the policy shapes (throttle or debounce). */
 int hd_shaper_applies(const hd_topic_policy *p);
@@ -28,15 +42,15 @@ int hd_shaper_applies(const hd_topic_policy *p);
 /* Takes a published frame for a shaped topic: holds it or releases it at
  * once. event (elen bytes) names it for coalescing. Returns the number of
  * connections it was queued on now (0 when held). */
-size_t hd_shaper_submit(struct hd_server *srv, hd_topic *topic, const hd_topic_policy *p,
+size_t hd_shaper_submit(hd_shapers *sh, hd_topic *topic, const hd_topic_policy *p,
                         const char *event, size_t elen, hd_buf *frame);
 
 /* Releases everything a topic's shaper holds (e.g. its policy no longer
  * shapes). Returns deliveries. */
-size_t hd_shaper_release(struct hd_server *srv, hd_topic *topic);
+size_t hd_shaper_release(hd_shapers *sh, hd_topic *topic);
 /* Releases every shaper's pending frames now (the drain's flush phase). */
-void hd_shaper_release_all(struct hd_server *srv);
+void hd_shaper_release_all(hd_shapers *sh);
 /* Frees a topic's shaper (the topic is being freed). */
-void hd_shaper_forget(struct hd_server *srv, hd_topic *topic);
+void hd_shaper_forget(hd_shapers *sh, hd_topic *topic);
 
 #endif

@@ -1,9 +1,5 @@
 #include "topic.h"
-#include "util.h"
-#include "conn.h"
 #include "err.h"
-#include "script.h"
-#include "server.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -58,12 +54,13 @@ hd_topic *hd_topics_find(hd_topics *t, const char *name, size_t len)
     return NULL;
 }
 
-hd_sub *hd_topics_subscribe(hd_topics *t, const char *name, size_t len, struct hd_conn *conn,
+hd_sub *hd_topics_subscribe(hd_topics *t, const char *name, size_t len, hd_conn *conn,
                             const char *join_ref)
 {
-    hd_sub *s = calloc(1, sizeof *s);
+    size_t rl = join_ref ? strlen(join_ref) + 1 : 0;
+    hd_sub *s = calloc(1, sizeof *s + rl);
     if (!s) return NULL;
-    if (join_ref && !(s->join_ref = strdup(join_ref))) goto err;
+    if (join_ref) s->join_ref = memcpy(s->ref, join_ref, rl);
     hd_topic *tp = hd_topics_find(t, name, len);
     if (!tp) {
         tp = malloc(sizeof *tp + len + 1);
@@ -77,6 +74,7 @@ hd_sub *hd_topics_subscribe(hd_topics *t, const char *name, size_t len, struct h
         tp->pres_next = NULL;
         tp->pjoins = tp->pleaves = NULL;
         tp->pres_pending = 0;
+        tp->pres = NULL;
         tp->shaper = NULL;
         memcpy(tp->name, name, len);
         tp->name[len] = 0;
@@ -92,21 +90,31 @@ hd_sub *hd_topics_subscribe(hd_topics *t, const char *name, size_t len, struct h
     if (tp->subs) tp->subs->tprev = s;
     tp->subs = s;
     tp->nsubs++;
+    if (conn) {
+        s->cnext = conn->subs;
+        conn->subs = s;
+        conn->nsubs++;
+    }
     return s;
 err:
-    free(s->join_ref);
     free(s);
     return NULL;
 }
 
 void hd_topics_unsubscribe(hd_topics *t, hd_sub *s)
 {
-    free(s->meta);
+    if (s->conn) {
+        for (hd_sub **pp = &s->conn->subs; *pp; pp = &(*pp)->cnext)
+            if (*pp == s) {
+                *pp = s->cnext;
+                s->conn->nsubs--;
+                break;
+            }
+    }
     hd_topic *tp = s->topic;
     if (s->tprev) s->tprev->tnext = s->tnext;
     else tp->subs = s->tnext;
     if (s->tnext) s->tnext->tprev = s->tprev;
-    free(s->join_ref);
     free(s);
     if (--tp->nsubs > 0) return;
     hd_topic **pp = &t->slots[tp->hash & (t->nslots - 1)];
@@ -117,58 +125,31 @@ void hd_topics_unsubscribe(hd_topics *t, hd_sub *s)
     free(tp);
 }
 
-void hd_topic_policy_default(hd_topic_policy *p)
+hd_sub *hd_topics_sub_of(const hd_conn *c, const char *name, size_t len)
 {
-    memset(p, 0, sizeof *p);
-    p->tracked = 1;
-    p->rule = -1;
+    for (hd_sub *s = c->subs; s; s = s->cnext)
+        if (s->topic->len == len && memcmp(s->topic->name, name, len) == 0) return s;
+    return NULL;
 }
 
-/* The first config rule (topics = {...}) matching the topic sets its fields;
- * the topic hook then merges over them. */
-static void apply_rules(const hd_config *cfg, const char *name, size_t len, hd_topic_policy *p)
+const hd_topic_policy *hd_topic_policy_of(hd_topics *t, hd_topic *tp)
 {
-    for (size_t i = 0; i < cfg->ntopic_rules; i++) {
-        const hd_topic_rule *r = &cfg->topic_rules[i];
-        if (!hd_glob_match(r->match, name, len)) continue;
-        p->rule = (int32_t)i;
-        if (r->set & HD_TP_TRACKED) p->tracked = r->policy.tracked;
-        if (r->set & HD_TP_PRESENCE) p->presence = r->policy.presence;
-        if (r->set & HD_TP_THROTTLE) p->throttle_ms = r->policy.throttle_ms;
-        if (r->set & HD_TP_DEBOUNCE) p->debounce_ms = r->policy.debounce_ms;
-        if (r->set & HD_TP_MAX_WAIT) p->max_wait_ms = r->policy.max_wait_ms;
-        if (r->set & HD_TP_MAX_QUEUE) p->max_queue_bytes = r->policy.max_queue_bytes;
-        if (r->set & HD_TP_COALESCE) p->coalesce = r->policy.coalesce;
-        if (r->set & HD_TP_OVERFLOW) p->on_overflow = r->policy.on_overflow;
-        return;
-    }
-}
-
-const hd_topic_policy *hd_topic_policy_of(struct hd_server *srv, hd_topic *tp)
-{
-    if (tp->policy_gen != srv->ss.generation) {
-        hd_topic_policy_for(srv, tp->name, tp->len, &tp->policy);
-        tp->policy_gen = srv->ss.generation;
+    uint64_t gen = t->pol ? t->pol->gen : 1;
+    if (tp->policy_gen != gen) {
+        if (t->pol) hd_policy_for(t->pol, tp->name, tp->len, &tp->policy);
+        else hd_topic_policy_default(&tp->policy);
+        tp->policy_gen = gen;
     }
     return &tp->policy;
 }
 
-void hd_topic_policy_for(struct hd_server *srv, const char *name, size_t len, hd_topic_policy *p)
-{
-    hd_topic_policy_default(p);
-    apply_rules(srv->cfg, name, len, p);
-    hd_script_topic(srv, name, len, p);
-}
-
-size_t hd_topics_publish(struct hd_server *srv, hd_topic *tp, hd_buf *frame)
+size_t hd_topics_publish(hd_topics *t, hd_topic *tp, hd_buf *frame)
 {
     size_t n = 0;
-    const hd_topic_policy *p = hd_topic_policy_of(srv, tp);
-    /* hd_conn_send_topic never unlinks a subscription: a connection that
-     * overflows is only marked and reaped after this loop (hd_server_reap). */
+    const hd_topic_policy *p = hd_topic_policy_of(t, tp);
+    int drop_oldest = p->on_overflow == HD_OVERFLOW_DROP_OLDEST;
     for (hd_sub *s = tp->subs; s; s = s->tnext)
-        if (hd_conn_send_topic(s->conn, frame, tp, p) == 0) n++;
-    hd_server_count_topic(srv, p, HD_TC_DELIVERED, n);
-    hd_server_reap(srv);
+        if (hd_conn_send_topic(s->conn, frame, tp->id, p->max_queue_bytes, drop_oldest) == 0) n++;
+    if (t->pol) hd_policy_count(t->pol, p, HD_TC_DELIVERED, n);
     return n;
 }

@@ -327,3 +327,18 @@ int hd_glob_match(const char *p, const char *s, size_t len)
     while (*p == '*') p++;
     return *p == 0;
 }
+
+int hd_query_next(const char **q, const char *end, hd_query_pair *p)
+{
+    const char *s = *q;
+    if (!s || s >= end) return 0;
+    const char *amp = memchr(s, '&', (size_t)(end - s));
+    const char *pe = amp ? amp : end;
+    const char *eq = memchr(s, '=', (size_t)(pe - s));
+    p->k = s;
+    p->kl = (size_t)((eq ? eq : pe) - s);
+    p->v = eq ? eq + 1 : pe;
+    p->vl = eq ? (size_t)(pe - eq - 1) : 0;
+    *q = amp ? amp + 1 : NULL;
+    return 1;
+}

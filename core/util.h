@@ -54,4 +54,12 @@ int hd_ct_equal(const void *a, size_t al, const void *b, size_t bl);
  * itself. */
 int hd_glob_match(const char *pattern, const char *s, size_t len);
 
+/* One key=value pair of a query string, both still URL-encoded. */
+typedef struct hd_query_pair {
+    const char *k, *v;
+    size_t kl, vl; /* vl is 0 for a bare key */
+} hd_query_pair;
+/* Splits the next pair off the query string [*q, end) (q may be NULL: no
+ * query) and advances *q. Returns 0 when no pair is left. */
+int hd_query_next(const char **q, const char *end, hd_query_pair *p);
 #endif

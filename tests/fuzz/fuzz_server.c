@@ -318,7 +318,7 @@ static void run_until_or_die(int (*done)(void), const char *what)
     while (!done()) {
         if (uv_now(&loop) > end) {
             fprintf(real_stderr, "fuzz_server: timed out waiting until %s (connections: %zu)\n", what,
-                    srv.nconns);
+                    srv.net.nconns);
             abort();
         }
         uv_run(&loop, UV_RUN_ONCE);
@@ -359,7 +359,7 @@ static void server_start(void)
 {
     char err[256];
     srv_stopped = 0;
-    if (hd_server_init(&srv, &loop, &cfg) || hd_script_start(&srv, err, sizeof err) ||
+    if (hd_server_init(&srv, &loop, &cfg) || hd_script_start(&srv.sc, err, sizeof err) ||
         hd_server_start(&srv))
         abort();
     srv.on_stopped = on_stopped;
@@ -456,7 +456,7 @@ static void build(const uint8_t *d, size_t n, hd_str *out)
 }
 
 static client *cur;
-static int input_done(void) { return cur->closed && srv.nconns == (sub ? 1u : 0u); }
+static int input_done(void) { return cur->closed && srv.net.nconns == (sub ? 1u : 0u); }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -491,7 +491,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (uv_now(&loop) > end) {
             fflush(stderr);
             fprintf(real_stderr, "fuzz_server: the server still holds %zu connection(s) 10 s after the input\n%s",
-                    srv.nconns, logbuf ? logbuf : "");
+                    srv.net.nconns, logbuf ? logbuf : "");
             abort();
         }
         uv_run(&loop, UV_RUN_ONCE);

@@ -2,13 +2,10 @@
  * against the real script layer (herald_core) with trivial hooks, next to
  * the same calls with no script loaded. Prints one JSON line per hook.
  *   hook-bench [CALLS]   (default 200000) */
-#include "channel.h"
 #include "config.h"
 #include "conn.h"
-#include "http.h"
 #include "script.h"
 #include "server.h"
-#include "topic.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -27,7 +24,7 @@ static const char script[] =
     "  message = function(socket, topic, event, payload) return { ok = true } end,\n"
     "}\n";
 
-static void call(int h, hd_server *srv, hd_conn *c, hd_http_req *r, json_t *payload)
+static void call(int h, hd_scripts *srv, hd_conn *c, hd_hook_req *r, json_t *payload)
 {
     char reason[128], *id = NULL, *assigns = NULL;
     hd_str reply = HD_STR_INIT;
@@ -83,37 +80,36 @@ int main(int argc, char **argv)
         }
         hd_server *srv = calloc(1, sizeof *srv);
         hd_server_init(srv, &loop, &cfg);
-        if (hd_script_start(srv, err, sizeof err)) {
+        if (hd_script_start(&srv->sc, err, sizeof err)) {
             fprintf(stderr, "%s\n", err);
             return 1;
         }
         hd_conn *c = calloc(1, sizeof *c);
-        c->srv = srv;
+        c->net = &srv->net;
         c->kind = HD_CONN_WS;
-        c->ws = calloc(1, sizeof *c->ws);
-        c->ws->identity = strdup("user:1");
-        c->ws->assigns = strdup("{\"role\":\"admin\"}");
-        hd_http_req r;
+        hd_conn_set_identity(c, "user:1");
+        c->assigns = strdup("{\"role\":\"admin\"}");
+        hd_hook_req r;
         memset(&r, 0, sizeof r);
+        r.method = "GET";
         r.path = "/socket/websocket";
         r.path_len = strlen(r.path);
         r.query = "vsn=2.0.0&user=7";
         r.query_len = strlen(r.query);
-        r.method = HTTP_GET;
-        hd_str_adds(&r.hbuf, "");
+        r.hbuf = "";
         json_t *payload = json_pack("{s:i,s:s}", "a", 1, "b", "x");
         for (int h = 0; h < 6; h++) {
             uint64_t t0 = uv_hrtime();
-            for (long i = 0; i < n; i++) call(h, srv, c, &r, payload);
+            for (long i = 0; i < n; i++) call(h, &srv->sc, c, &r, payload);
             double ns = (double)(uv_hrtime() - t0) / (double)n;
             printf("{\"bench\":\"hook\",\"hook\":\"%s\",\"scripts\":\"%s\",\"calls\":%ld,"
                    "\"ns_per_call\":%.0f}\n",
                    names[h], with ? "trivial hooks" : "none", n, ns);
         }
         json_decref(payload);
-        hd_channel_free(c->ws);
+        hd_conn_set_identity(c, NULL);
+        free(c->assigns);
         free(c);
-        hd_str_free(&r.hbuf);
         hd_server_stop(srv);
         uv_run(&loop, UV_RUN_DEFAULT);
         hd_server_free(srv);

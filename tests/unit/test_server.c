@@ -72,7 +72,7 @@ static int setup_with(const char *text)
     stopped = 0;
     assert_int_equal(hd_server_init(&srv, &loop, &cfg), 0);
     srv.on_stopped = on_stopped;
-    assert_int_equal(hd_script_start(&srv, err, sizeof err), 0);
+    assert_int_equal(hd_script_start(&srv.sc, err, sizeof err), 0);
     assert_int_equal(hd_server_start(&srv), 0);
     assert_true(srv.port > 0);
     assert_int_equal(srv.state, HD_READY);
@@ -97,8 +97,8 @@ static int teardown(void **st)
     uv_run(&loop, UV_RUN_DEFAULT);
     assert_int_equal(stopped, 1);
     assert_int_equal(srv.state, HD_STOPPED);
-    assert_int_equal(srv.nconns, 0);
-    assert_int_equal(srv.queued_bytes, 0);
+    assert_int_equal(srv.net.nconns, 0);
+    assert_int_equal(srv.net.queued_bytes, 0);
     hd_server_free(&srv);
     assert_int_equal(uv_loop_close(&loop), 0); /* nothing leaked */
     hd_config_free(&cfg);
@@ -425,8 +425,8 @@ static void test_http_exact(void **st)
     expect_response(c, 200, "OK", "close", "", healthz_body);
     RUN_UNTIL(c->eof);
     cli_free(c);
-    RUN_UNTIL(srv.nconns == 0);
-    assert_true(srv.m.http_requests >= 9);
+    RUN_UNTIL(srv.net.nconns == 0);
+    assert_true(srv.st.http_requests >= 9);
 }
 
 static void test_http_errors(void **st)
@@ -517,7 +517,7 @@ static void test_http_errors(void **st)
                     "{\"error\":\"bad websocket handshake: invalid Sec-WebSocket-Key\"}");
     RUN_UNTIL(c->eof);
     cli_free(c);
-    RUN_UNTIL(srv.nconns == 0);
+    RUN_UNTIL(srv.net.nconns == 0);
 }
 
 /* A request that asks to switch protocols on a path that is not a
@@ -546,7 +546,7 @@ static void test_upgrade_elsewhere(void **st)
         }
         cli_free(c);
     }
-    RUN_UNTIL(srv.nconns == 0);
+    RUN_UNTIL(srv.net.nconns == 0);
     assert_int_equal(hung, 0);
 }
 
@@ -578,7 +578,7 @@ static void test_json_bodies_are_utf8(void **st)
         free(r);
         cli_free(c);
     }
-    RUN_UNTIL(srv.nconns == 0);
+    RUN_UNTIL(srv.net.nconns == 0);
     assert_int_equal(bad, 0);
 }
 
@@ -596,7 +596,7 @@ static void test_head(void **st)
     if (strncmp(after, "HTTP/1.1 ", 9) != 0)
         fail_msg("the response to HEAD carries content: %.60s", after);
     cli_free(c);
-    RUN_UNTIL(srv.nconns == 0);
+    RUN_UNTIL(srv.net.nconns == 0);
 }
 
 static void test_push_and_publish(void **st)
@@ -604,12 +604,12 @@ static void test_push_and_publish(void **st)
     (void)st;
     cli *ws = ws_client();
     join(ws, "1", "room:1");
-    assert_int_equal(srv.nws, 1);
-    assert_non_null(hd_topics_find(&srv.topics, "room:1", 6));
+    assert_int_equal(srv.net.nws, 1);
+    assert_non_null(hd_topics_find(&srv.eng.topics, "room:1", 6));
     /* hd_api_publish: exactly the frame the subscriber receives. */
-    assert_int_equal(hd_api_publish(&srv, "room:1", 6, "e", 1, "{\"a\":1}", 7), 1);
+    assert_int_equal(hd_api_publish(&srv.api, "room:1", 6, "e", 1, "{\"a\":1}", 7), 1);
     expect_text(ws, "[null,null,\"room:1\",\"msg\",{\"data\":{\"a\":1},\"event\":\"e\"}]");
-    assert_int_equal(hd_api_publish(&srv, "room:2", 6, "e", 1, "1", 1), 0);
+    assert_int_equal(hd_api_publish(&srv.api, "room:2", 6, "e", 1, "1", 1), 0);
     /* Through the HTTP API (from loopback: no token needed). */
     cli *h = cli_new();
     const char *json = "{\"channel\":\"room:1\",\"event\":\"e\",\"data\":{\"a\":1}}";
@@ -668,14 +668,14 @@ static void test_push_and_publish(void **st)
     assert_non_null(strstr(r, "\r\n\r\n{\"topic\":\"room:1\",\"subscribers\":1,\"listening\":true,"));
     free(r);
     /* Nothing else reached the socket: the next frame is a marker. */
-    assert_int_equal(hd_api_publish(&srv, "room:1", 6, "end", 3, "0", 1), 1);
+    assert_int_equal(hd_api_publish(&srv.api, "room:1", 6, "end", 3, "0", 1), 1);
     expect_text(ws, "[null,null,\"room:1\",\"msg\",{\"data\":0,\"event\":\"end\"}]");
     assert_int_equal(ws->in.len, 0);
     cli_free(h);
     cli_free(ws);
-    RUN_UNTIL(srv.nconns == 0);
-    assert_null(hd_topics_find(&srv.topics, "room:1", 6)); /* freed with its last subscriber */
-    assert_int_equal(srv.topics.count, 0);
+    RUN_UNTIL(srv.net.nconns == 0);
+    assert_null(hd_topics_find(&srv.eng.topics, "room:1", 6)); /* freed with its last subscriber */
+    assert_int_equal(srv.eng.topics.count, 0);
 }
 
 static void test_phoenix(void **st)
@@ -696,7 +696,7 @@ static void test_phoenix(void **st)
     ws_text(ws, "[\"4\",\"7\",\"b\",\"phx_leave\",{}]");
     expect_text(ws, "[\"4\",\"7\",\"b\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]");
     expect_text(ws, "[\"4\",\"4\",\"b\",\"phx_close\",{}]");
-    assert_null(hd_topics_find(&srv.topics, "b", 1));
+    assert_null(hd_topics_find(&srv.eng.topics, "b", 1));
     /* A push on a topic not joined. */
     ws_text(ws, "[null,\"8\",\"zzz\",\"shout\",{}]");
     expect_text(ws, "[null,\"8\",\"zzz\",\"phx_reply\",{\"status\":\"error\",\"response\":{\"reason\":\"unmatched topic\"}}]");
@@ -725,8 +725,8 @@ static void test_phoenix(void **st)
     expect_frame(ws, 8, "\x0f\xa0", 2);
     RUN_UNTIL(ws->eof);
     cli_free(ws);
-    RUN_UNTIL(srv.nconns == 0);
-    assert_int_equal(srv.topics.count, 0);
+    RUN_UNTIL(srv.net.nconns == 0);
+    assert_int_equal(srv.eng.topics.count, 0);
 }
 
 static void test_ws_errors(void **st)
@@ -768,7 +768,7 @@ static void test_ws_errors(void **st)
     free(p);
     RUN_UNTIL(ws->eof);
     cli_free(ws);
-    RUN_UNTIL(srv.nconns == 0);
+    RUN_UNTIL(srv.net.nconns == 0);
 }
 
 /* hd_server_stop with clients still connected: they see EOF, the server
@@ -782,13 +782,13 @@ static void test_stop_with_clients(void **st)
     cli_sends(h, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     expect_response(h, 200, "OK", "keep-alive", "", healthz_body);
     cli *idle = cli_new();
-    RUN_UNTIL(srv.nconns == 3);
+    RUN_UNTIL(srv.net.nconns == 3);
     hd_server_stop(&srv);
     hd_server_stop(&srv); /* twice is fine */
     RUN_UNTIL(ws->eof && h->eof && idle->eof);
     RUN_UNTIL(stopped == 1);
-    assert_int_equal(srv.nconns, 0);
-    assert_int_equal(srv.topics.count, 0);
+    assert_int_equal(srv.net.nconns, 0);
+    assert_int_equal(srv.eng.topics.count, 0);
     cli_free(ws);
     cli_free(h);
     cli_free(idle);
@@ -802,7 +802,7 @@ static void test_two_servers_one_loop(void **st)
     hd_server other;
     assert_int_equal(hd_server_init(&other, &loop, &cfg), 0);
     char err[256];
-    assert_int_equal(hd_script_start(&other, err, sizeof err), 0);
+    assert_int_equal(hd_script_start(&other.sc, err, sizeof err), 0);
     assert_int_equal(hd_server_start(&other), 0);
     assert_int_not_equal(other.port, srv.port);
     cli *a = ws_client();
@@ -816,19 +816,19 @@ static void test_two_servers_one_loop(void **st)
     ws_text(b, m);
     expect_text(b, "[\"1\",\"1\",\"room:1\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]");
     /* Publishes stay on their server. */
-    assert_int_equal(hd_api_publish(&other, "room:1", 6, "x", 1, "2", 1), 1);
+    assert_int_equal(hd_api_publish(&other.api, "room:1", 6, "x", 1, "2", 1), 1);
     expect_text(b, "[null,null,\"room:1\",\"msg\",{\"data\":2,\"event\":\"x\"}]");
-    assert_int_equal(hd_api_publish(&srv, "room:1", 6, "y", 1, "3", 1), 1);
+    assert_int_equal(hd_api_publish(&srv.api, "room:1", 6, "y", 1, "3", 1), 1);
     expect_text(a, "[null,null,\"room:1\",\"msg\",{\"data\":3,\"event\":\"y\"}]");
     /* Neither got the other server's publish: the next frame of each is a
      * marker from its own server. */
-    assert_int_equal(hd_api_publish(&other, "room:1", 6, "end", 3, "0", 1), 1);
-    assert_int_equal(hd_api_publish(&srv, "room:1", 6, "end", 3, "0", 1), 1);
+    assert_int_equal(hd_api_publish(&other.api, "room:1", 6, "end", 3, "0", 1), 1);
+    assert_int_equal(hd_api_publish(&srv.api, "room:1", 6, "end", 3, "0", 1), 1);
     expect_text(b, "[null,null,\"room:1\",\"msg\",{\"data\":0,\"event\":\"end\"}]");
     expect_text(a, "[null,null,\"room:1\",\"msg\",{\"data\":0,\"event\":\"end\"}]");
     assert_int_equal(a->in.len + b->in.len, 0);
-    assert_int_equal(other.m.deliveries, 2);
-    assert_int_equal(srv.m.deliveries, 2);
+    assert_int_equal(other.st.deliveries, 2);
+    assert_int_equal(srv.st.deliveries, 2);
     hd_server_stop(&other);
     RUN_UNTIL(b->eof && other.state == HD_STOPPED);
     assert_int_equal(a->eof, 0); /* the first server still serves */

@@ -1,0 +1,41 @@
+/* Phoenix Channels v2 frames, encoded once into shareable WebSocket text
+ * frames. Pure: no connection, no server; every function returns a new
+ * hd_buf (one reference, the caller owns it) holding a whole WebSocket
+ * frame (header + payload), or NULL when out of memory.
+ *
+ * Strings passed as (pointer, length) or NUL-terminated are raw text,
+ * escaped here (bytes that are not UTF-8 become U+FFFD); a NULL join_ref or
+ * ref is encoded as null. Parameters named *_json are JSON text already and
+ * are copied as they are. */
+#ifndef HD_PHX_H
+#define HD_PHX_H
+
+#include "buf.h"
+
+#include <stddef.h>
+
+/* [null,null,<topic>,"msg",{"data":<data_json>,"event":<event>}]: the
+ * frame every subscriber of a publish receives. */
+hd_buf *hd_phx_msg(const char *topic, size_t tlen, const char *event, size_t elen,
+                   const char *data_json, size_t dlen);
+
+/* [<join_ref>,<ref>,<topic>,"phx_reply",{"status":<status>,"response":<response_json>}]
+ * status is "ok" or "error" (not escaped). */
+hd_buf *hd_phx_reply(const char *join_ref, const char *ref, const char *topic,
+                     const char *status, const char *response_json);
+
+/* The error reply {"status":"error","response":{"reason":<reason>}}. */
+hd_buf *hd_phx_reply_error(const char *join_ref, const char *ref, const char *topic,
+                           const char *reason);
+
+/* [<join_ref>,<join_ref>,<topic>,"phx_close",{}]: the server closed the channel. */
+hd_buf *hd_phx_close(const char *join_ref, const char *topic);
+
+/* [<join_ref>,null,<topic>,"presence_state",<state_json>] */
+hd_buf *hd_phx_presence_state(const char *join_ref, const char *topic, size_t tlen,
+                              const char *state_json, size_t slen);
+
+/* [null,null,<topic>,"presence_diff",<diff_json>] */
+hd_buf *hd_phx_presence_diff(const char *topic, size_t tlen, const char *diff_json, size_t dlen);
+
+#endif

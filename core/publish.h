@@ -1,0 +1,80 @@
+/* The engine's front door: every publish, whatever its source (the HTTP
+ * API, herald.publish, a shaper release, a message from another node),
+ * goes through here. Split by reach, as redis does:
+ *
+ *   hd_publish_local   this node: shaping (at the origin only: see below)
+ *                      and local fan-out of a frame already built;
+ *   hd_publish         the origin of a message: builds the frame once,
+ *                      tells the observers (the cluster, history), then
+ *                      hd_publish_local.
+ *
+ * Messages arriving from another node were shaped at their origin and
+ * enter at hd_publish_local_unshaped.
+ *
+ * hd_engine bundles the engine's modules: policy, topics, presence,
+ * shaping, and the publish observers. Each keeps its own struct; upper
+ * layers pass &e->topics etc. to the module they use. */
+#ifndef HD_PUBLISH_H
+#define HD_PUBLISH_H
+
+#include "buf.h"
+#include "policy.h"
+#include "presence.h"
+#include "shaper.h"
+#include "stats.h"
+#include "topic.h"
+
+#include <uv.h>
+
+#define HD_PUBLISH_MAX_OBSERVERS 4
+
+/* Told of every message published on this node, before local fan-out.
+ * frame is NULL when the topic has no subscriber here; the observer
+ * takes a reference if it keeps it. */
+typedef void (*hd_publish_observer)(void *ud, const char *topic, size_t tlen, const char *event,
+                                    size_t elen, const char *data_json, size_t dlen,
+                                    hd_buf *frame);
+
+typedef struct hd_engine {
+    hd_stats *st;
+    hd_policy pol;
+    hd_topics topics;
+    hd_presence pres;
+    hd_shapers shapers;
+    struct {
+        hd_publish_observer fn;
+        void *ud;
+    } obs[HD_PUBLISH_MAX_OBSERVERS];
+    size_t nobs;
+} hd_engine;
+
+/* Prepares the engine on loop. node is this node's id (borrowed). Returns
+ * 0 or HD_ENOMEM (nothing to free then). */
+int hd_engine_init(hd_engine *e, uv_loop_t *loop, const hd_config *cfg, hd_stats *st,
+                   const char *node);
+/* Closes the engine's handles (the presence timer; cb gets it, its data
+ * then being data). */
+void hd_engine_close(hd_engine *e, uv_close_cb cb, void *data);
+/* Frees what is left; every topic must be gone. */
+void hd_engine_free(hd_engine *e);
+
+/* Registers an observer (at start-up). Returns 0 or HD_ELIMIT. */
+int hd_publish_observe(hd_engine *e, hd_publish_observer fn, void *ud);
+
+/* Publishes data (JSON text) under event to one topic as its origin: the
+ * observers, then hd_publish_local. Publish hooks are not run here (the
+ * callers that have them run them first). Returns the number of local
+ * connections the frame was queued on (0 when held by a shaper). */
+size_t hd_publish(hd_engine *e, const char *topic, size_t tlen, const char *event, size_t elen,
+                  const char *data_json, size_t dlen);
+
+/* Delivers a built frame (borrowed) on this node: shaped when the topic's
+ * policy says so, else fanned out. event names it for coalescing. Returns
+ * the connections it was queued on now. */
+size_t hd_publish_local(hd_engine *e, const char *topic, size_t tlen, const char *event,
+                        size_t elen, hd_buf *frame);
+
+/* The same, never shaped: a message shaped at its origin node. */
+size_t hd_publish_local_unshaped(hd_engine *e, const char *topic, size_t tlen, hd_buf *frame);
+
+#endif

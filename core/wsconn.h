@@ -1,0 +1,45 @@
+/* A WebSocket session over a connection: the RFC 6455 handshake, frames
+ * in (core/ws.c's parser), ping/pong, and the close handshake. It knows
+ * nothing of what the messages mean: the application is a handler it was
+ * given at start-up (h2o's lib/websocket.c is the model), and channel.c is
+ * that handler for Phoenix. */
+#ifndef HD_WSCONN_H
+#define HD_WSCONN_H
+
+#include "conn.h"
+#include "http.h"
+#include "ws.h"
+
+typedef struct hd_ws_handler {
+    /* A complete data message (HD_WS_TEXT, UTF-8 already checked, or
+     * HD_WS_BINARY); data is writable and valid during the call. Return 0
+     * to go on, non-zero after closing (parsing stops). */
+    int (*on_message)(void *ud, hd_conn *c, int opcode, uint8_t *data, size_t len);
+    /* The session is closing (our close began, or the connection is
+     * closing): unlink whatever refers to c. May be called more than once. */
+    void (*on_close)(void *ud, hd_conn *c);
+} hd_ws_handler;
+
+typedef struct hd_ws_ctx {
+    hd_conn_ops ops;             /* first: c->ops of a WebSocket connection points here */
+    const hd_config *cfg;        /* max_message_bytes, ws_close_ms */
+    hd_stats *st;
+    const hd_ws_handler *h;
+    void *ud;
+} hd_ws_ctx;
+
+void hd_wsconn_init(hd_ws_ctx *w, const hd_config *cfg, hd_stats *st, const hd_ws_handler *h,
+                    void *ud);
+
+/* Checks the RFC 6455 parts of a handshake request (method, Upgrade,
+ * Connection, Sec-WebSocket-Version, Sec-WebSocket-Key). Returns 0 with the
+ * Sec-WebSocket-Accept value in accept, or -1 after answering the error
+ * (the caller counts the refusal). */
+int hd_wsconn_check(hd_conn *c, hd_http_req *r, int upgrade, char accept[29]);
+
+/* Answers 101 (offering subprotocol when not NULL) and switches c to a
+ * WebSocket session of w. Returns 0, or HD_ENOMEM after answering 503. */
+int hd_wsconn_accept(hd_ws_ctx *w, hd_conn *c, hd_http_req *r, const char accept[29],
+                     const char *subprotocol);
+
+#endif
