@@ -65,7 +65,11 @@ int hd_str_printf(hd_str *s, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (n < 0 || grow(s, (size_t)n)) return HD_ENOMEM;
+    if (n < 0) {
+        s->oom = 1; /* a formatting error truncates the string like a failed append */
+        return HD_ENOMEM;
+    }
+    if (grow(s, (size_t)n)) return HD_ENOMEM;
     va_start(ap, fmt);
     vsnprintf(s->p + s->len, (size_t)n + 1, fmt, ap);
     va_end(ap);

@@ -8,12 +8,14 @@
 #include <cmocka.h>
 
 #include "buf.h"
+#include "err.h"
 #include "util.h"
 
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <wchar.h>
 
 static void test_refcount(void **st)
 {
@@ -84,6 +86,22 @@ static void test_str(void **st)
     assert_int_equal(s.len, 0);
     assert_int_equal(s.cap, 0);
     hd_str_free(&s); /* twice is fine */
+}
+
+/* A format that cannot be written (here a wide character the C locale
+ * cannot encode) fails and marks the string, like a failed append, so
+ * that a caller checking only s.oom at the end sees it. */
+static void test_printf_error(void **st)
+{
+    (void)st;
+    hd_str s = HD_STR_INIT;
+    hd_str_adds(&s, "x");
+    static const wchar_t bad[] = {0xD800, 0};
+    assert_int_equal(hd_str_printf(&s, "%ls", bad), HD_ENOMEM);
+    assert_int_equal(s.oom, 1);
+    assert_int_equal(s.len, 1);
+    assert_int_equal(hd_str_adds(&s, "y"), HD_ENOMEM); /* truncated from here on */
+    hd_str_free(&s);
 }
 
 static void json_of(const char *in, size_t n, const char *want)
@@ -175,6 +193,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_str),
+        cmocka_unit_test(test_printf_error),
         cmocka_unit_test(test_json_escape),
         cmocka_unit_test(test_json_roundtrip),
     };
