@@ -271,6 +271,17 @@ static int l_b64_decode(lua_State *L)
     return 1;
 }
 
+static int l_glob(lua_State *L)
+{
+    size_t pl, sl;
+    const char *p = luaL_checklstring(L, 1, &pl);
+    const char *s = luaL_checklstring(L, 2, &sl);
+    /* hd_glob_match reads the pattern up to its NUL: one inside would cut it. */
+    if (memchr(p, 0, pl)) return luaL_argerror(L, 1, "pattern contains a NUL byte");
+    lua_pushboolean(L, hd_glob_match(p, s, sl));
+    return 1;
+}
+
 static int l_now(lua_State *L)
 {
     struct timeval tv;
@@ -381,7 +392,7 @@ void hd_luapi_push_pure(lua_State *L)
         {"ct_equal", l_ct_equal},       {"b64_encode", l_b64_encode},
         {"b64url_encode", l_b64url_encode}, {"b64_decode", l_b64_decode},
         {"now", l_now},                 {"monotonic_ms", l_monotonic_ms},
-        {NULL, NULL},
+        {"glob", l_glob},               {NULL, NULL},
     };
     lua_newtable(L);
     luaL_register(L, NULL, fns);

@@ -1,7 +1,7 @@
 /* The C functions Lua sees that need no server: JSON, hashing, base64,
- * clocks. script.c adds the server-bound ones (publish, timers, ...); the
- * same pure set is built as the Lua module "herald.c" so that busted specs
- * of lua/ and plugins/ run against the real code. */
+ * clocks, glob matching. script.c adds the server-bound ones (publish,
+ * timers, ...); the same pure set is built as the Lua module "herald.c"
+ * so that busted specs of lua/ and plugins/ run against the real code. */
 #ifndef HD_LUAPI_H
 #define HD_LUAPI_H
 
@@ -19,7 +19,11 @@
  *   sha256(data) -> 32 bytes                 ct_equal(a, b) -> bool
  *   b64_encode(s) / b64url_encode(s) -> string
  *   b64_decode(s) -> string | nil (standard or URL-safe, padding optional)
- *   now() -> seconds since the epoch (float)  monotonic_ms() -> ms (float) */
+ *   now() -> seconds since the epoch (float)  monotonic_ms() -> ms (float)
+ *   glob(pattern, s) -> bool: hd_glob_match ('*' matches any run of bytes,
+ *     also none; every other byte itself; s may hold any bytes). Raises
+ *     on a pattern with a NUL byte and on arguments that are neither
+ *     strings nor numbers. */
 void hd_luapi_push_pure(lua_State *L);
 
 /* The largest string string.rep may build. */

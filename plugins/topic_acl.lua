@@ -3,12 +3,13 @@
 --             { match = "public:*", allow = "all" },
 --             { match = "admin:*", allow = { role = "admin" } } },
 --   default = "deny"          -- or "allow", or "defer" (let other hooks decide)
--- "*" matches any run of characters (possibly empty); "{id}" matches any
--- non-empty run, and admits only the socket whose identity it is (rules
--- "owner" and assigns tables). The first matching rule decides; refusals
--- answer "unauthorized".
+-- "*" matches any run of characters (possibly empty), as in herald.glob;
+-- "{id}" matches any non-empty run, and admits only the socket whose
+-- identity it is, taken literally (rules "owner" and assigns tables). The
+-- first matching rule decides; refusals answer "unauthorized".
 return function(options)
   local function fail(fmt, ...) error("plugin topic_acl: " .. fmt:format(...), 0) end
+  local glob = herald.glob
 
   local rules = options.rules
   if type(rules) ~= "table" then fail("option rules must be a list of { match = ..., allow = ... }") end
@@ -20,21 +21,52 @@ return function(options)
     fail('option default must be "deny", "allow" or "defer"')
   end
 
-  -- Escapes Lua pattern magic; "*" and "{id}" are dealt with after.
-  local function escape(s) return (s:gsub("[%^%$%(%)%%%.%[%]%+%-%?%*]", "%%%0")) end
+  -- Does topic split as parts[1] S parts[2] S ... S parts[#parts], each
+  -- part matching as a glob, where every S is fill taken literally ("*"
+  -- included: an identity is not a pattern) or, when fill is nil, one byte
+  -- (compile makes {id}, a non-empty run, one byte and a "*" that starts
+  -- the next part)?
+  local function fits(parts, topic, fill)
+    -- One glob first, with fill spelled into the pattern when it holds
+    -- neither "*" nor NUL (then this is the answer), else "*" for each S
+    -- (then it matches whenever fits does).
+    local plain = fill and not fill:find("*", 1, true) and not fill:find("\0", 1, true)
+    if not glob(table.concat(parts, plain and fill or "*"), topic) then return false end
+    if plain or #parts == 1 then return true end
+    local n = #topic
+    local function from(i, pos) -- parts[i] starts at pos
+      local p = parts[i]
+      if i == #parts then return glob(p, topic:sub(pos)) end
+      local exact = not p:find("*", 1, true) and pos + #p -- a literal part: S right after it
+      local s = exact or pos
+      while true do
+        if fill then s = topic:find(fill, s, true) elseif s > n then s = nil end
+        if not s or (exact and s ~= exact) then return false end
+        if glob(p, topic:sub(pos, s - 1)) then
+          -- Without fill the next part starts with "*" and so fits from s + 1
+          -- if it fits from anywhere later: the first s is the one to try.
+          if not fill then return from(i + 1, s + 1) end
+          if from(i + 1, s + #fill) then return true end
+        end
+        s = s + 1
+      end
+    end
+    return from(1, 1)
+  end
 
-  -- A rule's pattern with {id} standing for any non-empty run (does the
-  -- rule match at all?) and, if it has {id}, a function making the pattern
-  -- for one identity (is this socket the one the topic names?).
+  -- A rule's pattern as glob parts around its {id}s: `owner` for "is this
+  -- socket the one the topic names?" (fits with the identity as fill),
+  -- `any` for "does the rule match at all?" ({id} as one byte and then a
+  -- "*" run: fits without fill).
   local function compile(p, i)
     if type(p) ~= "string" or p == "" then fail("rule %d: match must be a non-empty string", i) end
-    local parts = {}
-    for piece in (p .. "{id}"):gmatch("(.-){id}") do
-      parts[#parts + 1] = escape(piece):gsub("%%%*", ".*")
-    end
-    local any = "^" .. table.concat(parts, "(.+)") .. "$"
-    if #parts == 1 then return any, nil end
-    return any, function(id) return "^" .. table.concat(parts, escape(id)) .. "$" end
+    if p:find("\0", 1, true) then fail("rule %d: match must not contain a NUL byte", i) end
+    local owner = {}
+    for piece in (p .. "{id}"):gmatch("(.-){id}") do owner[#owner + 1] = piece end
+    local has_id = #owner > 1
+    local any = { owner[1] }
+    for k = 2, #owner do any[k] = "*" .. owner[k] end
+    return any, has_id and owner or nil
   end
 
   local compiled = {}
@@ -63,7 +95,7 @@ return function(options)
     local a = rule.allow
     if a == "all" then return true end
     if a == "none" then return false end
-    if rule.owner and not topic:find(rule.owner(tostring(socket.id))) then return false end
+    if rule.owner and not fits(rule.owner, topic, tostring(socket.id)) then return false end
     if a == "owner" then return true end
     local assigns = socket.assigns or {}
     for k, v in pairs(a) do
@@ -75,7 +107,7 @@ return function(options)
   local M = {}
   function M.join(socket, topic)
     for _, rule in ipairs(compiled) do
-      if topic:find(rule.any) then
+      if fits(rule.any, topic) then
         if permitted(rule, socket, topic) then return true end
         return false, "unauthorized"
       end

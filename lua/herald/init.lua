@@ -46,6 +46,16 @@ herald.crypto = {
 herald.now = c.now                    -- seconds since the epoch (float)
 herald.monotonic_ms = c.monotonic_ms
 
+-- True when name matches the glob pattern: "*" matches any run of bytes
+-- (also none), every other byte only itself (no Lua pattern magic). The
+-- matcher of the config's topic rules (hd_glob_match in core/util.c).
+function herald.glob(pattern, name)
+  check(type(pattern) == "string", 1, "glob", "pattern must be a string")
+  check(not pattern:find("\0", 1, true), 1, "glob", "pattern must not contain a NUL byte")
+  check(type(name) == "string", 2, "glob", "name must be a string")
+  return (c.glob(pattern, name))
+end
+
 function herald.publish(topic, event, data)
   check(type(topic) == "string", 1, "publish", "topic must be a string")
   check(type(event) == "string", 2, "publish", "event must be a string")

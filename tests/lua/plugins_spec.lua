@@ -193,6 +193,72 @@ describe("plugin topic_acl", function()
     assert.is_false(a.join(bob, "aXb%c(x)"))
   end)
 
+  it("takes an identity literally, '*' and pattern bytes included", function()
+    local a = helper.plugin("topic_acl", { rules = { { match = "user:{id}", allow = "owner" } } })
+    assert.is_false(a.join(socket("*"), "user:bob"))   -- not a wildcard
+    assert.is_false(a.join(socket("*"), "user:"))
+    assert.is_true(a.join(socket("*"), "user:*"))
+    assert.is_false(a.join(socket("a*"), "user:abc"))
+    assert.is_true(a.join(socket("a*"), "user:a*"))
+    assert.is_false(a.join(socket("a*c"), "user:abc"))
+    assert.is_true(a.join(socket("%d.+"), "user:%d.+"))
+    assert.is_false(a.join(socket("%d.+"), "user:5xx"))
+    assert.is_true(a.join(socket(42), "user:42"))     -- a number identity, as tostring writes it
+    -- {id} between "*"s and with an identity holding "*": only the literal split counts.
+    local b = helper.plugin("topic_acl", { rules = { { match = "*:{id}:*", allow = "owner" } } })
+    assert.is_true(b.join(socket("x*y"), "a:x*y:b"))
+    assert.is_true(b.join(socket("x*y"), "a:b:x*y:c:d"))
+    assert.is_false(b.join(socket("x*y"), "a:xzy:b"))
+    assert.is_false(b.join(socket("x*"), "a:xy:b"))
+    assert.is_false(b.join(socket(""), "a::b")) -- {id} is never empty: the default (deny) decides
+  end)
+
+  it("{id} stands for a non-empty run, also next to '*'", function()
+    local a = helper.plugin("topic_acl", { rules = {
+      { match = "x*{id}", allow = "all" },
+      { match = "{id}*y", allow = "all" },
+      { match = "p{id}{id}q", allow = "all" },
+    }, default = "deny" })
+    assert.is_false(a.join(bob, "x"))       -- x, then at least one byte
+    assert.is_true(a.join(bob, "xa"))
+    assert.is_true(a.join(bob, "xx"))
+    assert.is_false(a.join(bob, "y"))
+    assert.is_true(a.join(bob, "ay"))
+    assert.is_false(a.join(bob, "pq"))
+    assert.is_false(a.join(bob, "paq"))     -- two {id}s: two bytes at least
+    assert.is_true(a.join(bob, "pabq"))
+  end)
+
+  it("an identity must fill every {id} of a rule", function()
+    local a = helper.plugin("topic_acl", { rules = { { match = "dm:{id}:{id}", allow = "owner" } } })
+    assert.is_true(a.join(socket("a"), "dm:a:a"))
+    assert.is_false(a.join(socket("a"), "dm:a:b"))
+    assert.is_true(a.join(socket("a:a"), "dm:a:a:a:a"))
+    assert.is_true(a.join(socket("*"), "dm:*:*"))
+    assert.is_false(a.join(socket("*"), "dm:*:x"))
+    local ok, why = a.join(socket("a"), "dm:b:b")
+    assert.is_false(ok)
+    assert.are.equal("unauthorized", why)
+  end)
+
+  it("matches topics holding '*', NUL and high bytes", function()
+    local a = helper.plugin("topic_acl", { rules = {
+      { match = "pub:*", allow = "all" },
+      { match = "é:{id}", allow = "owner" },
+    } })
+    assert.is_true(a.join(bob, "pub:*"))
+    assert.is_true(a.join(bob, "pub:\0x"))
+    assert.is_true(a.join(bob, "pub:a\0b"))
+    assert.is_true(a.join(socket("ü"), "é:ü"))
+    assert.is_false(a.join(socket("u"), "é:ü"))
+  end)
+
+  it("refuses a NUL byte in match (it used to cut the pattern short)", function()
+    assert.has_error(function()
+      helper.plugin("topic_acl", { rules = { { match = "news\0x", allow = "none" } } })
+    end, "plugin topic_acl: rule 1: match must not contain a NUL byte")
+  end)
+
   it("refuses bad options, naming the plugin", function()
     local function rejects(options, msg)
       assert.has_error(function() helper.plugin("topic_acl", options) end, msg)
@@ -220,6 +286,33 @@ describe("plugin big_topics", function()
     assert.is_nil(b.topic("newsroom"))
     assert.is_nil(b.topic("aXb"))
     assert.is_nil(b.topic("xpublic:x"))
+  end)
+  it("matches '*' runs and takes every other byte literally", function()
+    local p = helper.plugin("big_topics", { patterns = { "a.b%c(*)", "*:live", "x**y", "[z]-?^$+" } })
+    assert.are.same({ tracked = false }, p.topic("a.b%c(xyz)"))
+    assert.are.same({ tracked = false }, p.topic("a.b%c()"))
+    assert.is_nil(p.topic("aXb%c(x)"))
+    assert.is_nil(p.topic("a.b%c(x"))
+    assert.are.same({ tracked = false }, p.topic("game:1:live"))
+    assert.are.same({ tracked = false }, p.topic(":live"))
+    assert.is_nil(p.topic("live"))
+    assert.are.same({ tracked = false }, p.topic("xy"))
+    assert.are.same({ tracked = false }, p.topic("x*y"))
+    assert.are.same({ tracked = false }, p.topic("[z]-?^$+"))
+    assert.is_nil(p.topic("z"))
+    assert.is_nil(p.topic(""))
+    assert.are.same({ tracked = false }, helper.plugin("big_topics", { patterns = { "*" } }).topic(""))
+  end)
+  it("matches topics holding NUL and high bytes", function()
+    local p = helper.plugin("big_topics", { patterns = { "bin:*", "é" } })
+    assert.are.same({ tracked = false }, p.topic("bin:\0\255"))
+    assert.are.same({ tracked = false }, p.topic("é"))
+    assert.is_nil(p.topic("e"))
+    assert.is_nil(p.topic("é\0"))
+  end)
+  it("refuses a NUL byte in a pattern (it used to cut the pattern short)", function()
+    assert.has_error(function() helper.plugin("big_topics", { patterns = { "news\0x" } }) end,
+      "plugin big_topics: option patterns: entry 1 must not contain a NUL byte")
   end)
   it("refuses bad options", function()
     assert.has_error(function() helper.plugin("big_topics", {}) end,
@@ -298,5 +391,99 @@ describe("the plugin sandbox", function()
     assert.is_nil(env.os.execute)
     assert.is_function(env.os.getenv)
     assert.are.equal(herald, env.herald)
+  end)
+end)
+
+-- The plugins matched with Lua patterns built from their options before
+-- herald.glob; these are those translations, to compare against.
+describe("plugins big_topics and topic_acl against their former Lua patterns", function()
+  local function escape(s) return (s:gsub("[%^%$%(%)%%%.%[%]%+%-%?%*]", "%%%0")) end
+  local function lua_glob(p) return (escape(p):gsub("%%%*", ".*")) end
+  local function old_big_topics(patterns, name)
+    for _, p in ipairs(patterns) do
+      if name:find("^" .. lua_glob(p) .. "$") then return true end
+    end
+    return false
+  end
+  local function old_topic_acl(rules, default, sock, topic)
+    for _, r in ipairs(rules) do
+      local parts = {}
+      for piece in (r.match .. "{id}"):gmatch("(.-){id}") do parts[#parts + 1] = lua_glob(piece) end
+      if topic:find("^" .. table.concat(parts, "(.+)") .. "$") then
+        local a = r.allow
+        if a == "all" then return true end
+        if a == "none" then return false, "unauthorized" end
+        if #parts > 1 and not topic:find("^" .. table.concat(parts, escape(tostring(sock.id))) .. "$") then
+          return false, "unauthorized"
+        end
+        if a == "owner" then return true end
+        for k, v in pairs(a) do
+          if (sock.assigns or {})[k] ~= v then return false, "unauthorized" end
+        end
+        return true
+      end
+    end
+    if default == "allow" then return true end
+    if default == "deny" then return false, "unauthorized" end
+  end
+
+  -- A fixed pseudo-random sequence (the same cases on every run).
+  local seed = 12345
+  local function rand(n)
+    seed = (seed * 1103515245 + 12345) % 2147483648
+    return math.floor(seed / 65536) % n + 1
+  end
+  local function gen(alphabet, max, min)
+    local out = {}
+    for i = 1, rand(max - (min or 0) + 1) - 1 + (min or 0) do out[i] = alphabet[rand(#alphabet)] end
+    return table.concat(out)
+  end
+  local pattern_bytes = { "a", "b", "*", "**", "%", ".", ":", "(", "[", "-", "?", "^", "$", "{id}", "{", "}", "é" }
+  local topic_bytes = { "a", "b", "*", "%", ".", ":", "(", "[", "-", "?", "^", "$", "{", "}", "é", "\0", "ab", "a:b" }
+  local id_bytes = { "a", "b", "*", "%", ".", ":", "ab", "a*", "(", "-", "é" }
+
+  it("big_topics: the same verdict on generated patterns and topics", function()
+    local hits = 0
+    for _ = 1, 1500 do
+      local patterns = {}
+      for i = 1, rand(3) do patterns[i] = gen(pattern_bytes, 6, 1) end
+      local p = helper.plugin("big_topics", { patterns = patterns })
+      for _ = 1, 8 do
+        local name = gen(topic_bytes, 8)
+        local want = old_big_topics(patterns, name)
+        if want then hits = hits + 1 end
+        assert.are.equal(want, p.topic(name) ~= nil, ("patterns %q, topic %q"):format(table.concat(patterns, "|"), name))
+      end
+    end
+    assert.is_true(hits > 300) -- the cases do match, not only miss (462 of 12,000)
+  end)
+
+  it("topic_acl: the same verdict on generated rules, identities and topics", function()
+    local allows = { "all", "none", "owner", { role = "x" } }
+    local defaults = { "deny", "allow", "defer" }
+    local admitted = 0
+    for _ = 1, 1500 do
+      local rules = {}
+      for i = 1, rand(3) do
+        local m, allow = gen(pattern_bytes, 6, 1), allows[rand(#allows)]
+        if allow == "owner" and not m:find("{id}", 1, true) then m = m .. "{id}" end
+        rules[i] = { match = m, allow = allow }
+      end
+      local default = defaults[rand(3)]
+      local acl = helper.plugin("topic_acl", { rules = rules, default = default })
+      for _ = 1, 8 do
+        local sock = socket(gen(id_bytes, 3), { role = rand(2) == 1 and "x" or "y" })
+        local topic = gen(topic_bytes, 8)
+        local ok, why = old_topic_acl(rules, default, sock, topic)
+        if ok then admitted = admitted + 1 end
+        local got_ok, got_why = acl.join(sock, topic)
+        local ms = {}
+        for i, r in ipairs(rules) do ms[i] = r.match end
+        local where = ("rules %q, id %q, topic %q"):format(table.concat(ms, "|"), sock.id, topic)
+        assert.are.equal(ok, got_ok, where)
+        assert.are.equal(why, got_why, where)
+      end
+    end
+    assert.is_true(admitted > 1000)
   end)
 end)
