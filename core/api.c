@@ -1,5 +1,6 @@
 #include "api.h"
 #include "err.h"
+#include "hooks.h"
 #include "log.h"
 #include "util.h"
 
@@ -24,7 +25,7 @@ static int api_allowed(hd_api *api, hd_conn *c, const hd_http_req *r)
 {
     hd_hook_req view;
     hd_http_hook_req(r, &view);
-    int v = hd_script_api_auth(api->sc, c, &view);
+    int v = hd_hook_api_auth(api->sc, c, &view);
     if (v >= 0) return v;
     const char *tok = api->cfg->api_token;
     if (!tok) return hd_conn_is_loopback(c);
@@ -46,7 +47,7 @@ size_t hd_api_publish(hd_api *api, const char *topic, size_t tlen, const char *e
     size_t n = 0;
     if (!ev || !data) {
         hd_error("out of memory before a publish hook");
-    } else if (hd_script_publish(api->sc, topic, tlen, &ev, &data)) {
+    } else if (hd_hook_publish(api->sc, topic, tlen, &ev, &data)) {
         n = hd_publish(api->eng, topic, tlen, ev, strlen(ev), data, strlen(data));
     } else {
         api->st->publishes++;

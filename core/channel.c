@@ -1,5 +1,6 @@
 #include "channel.h"
 #include "err.h"
+#include "hooks.h"
 #include "log.h"
 #include "phx.h"
 #include "util.h"
@@ -62,7 +63,7 @@ size_t hd_channel_recheck(hd_channel_ctx *ch, hd_conn *c)
         hd_sub *next = s->cnext;
         hd_str reply = HD_STR_INIT;
         char reason[256];
-        if (!hd_script_join(ch->sc, c, s->topic->name, s->topic->len, NULL, &reply, NULL, reason,
+        if (!hd_hook_join(ch->sc, c, s->topic->name, s->topic->len, NULL, &reply, NULL, reason,
                             sizeof reason) &&
             hd_conn_open(c)) {
             send_phx_close(c, s->join_ref, s->topic->name);
@@ -87,7 +88,7 @@ static void on_join(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *
     }
     hd_str answer = HD_STR_INIT, meta = HD_STR_INIT;
     char reason[256];
-    if (!hd_script_join(ch->sc, c, topic, tlen, payload, &answer, &meta, reason, sizeof reason)) {
+    if (!hd_hook_join(ch->sc, c, topic, tlen, payload, &answer, &meta, reason, sizeof reason)) {
         hd_str_free(&answer);
         hd_str_free(&meta);
         ch->st->joins_refused++;
@@ -153,7 +154,7 @@ static void on_client_push(hd_channel_ctx *ch, hd_conn *c, const char *jr, const
 {
     hd_str answer = HD_STR_INIT;
     char reason[256];
-    int r = hd_script_message(ch->sc, c, topic, tlen, event, payload, &answer, reason,
+    int r = hd_hook_message(ch->sc, c, topic, tlen, event, payload, &answer, reason,
                               sizeof reason);
     if (r == 1 && hd_conn_open(c)) reply(c, jr, ref, topic, "ok", answer.p ? answer.p : "{}");
     else if (r == 2 && hd_conn_open(c)) reply_error(c, jr, ref, topic, reason);
@@ -267,7 +268,7 @@ static int authenticate(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int *pho
     if (proto) parse_protocols(proto, pl, phoenix, &token);
     hd_hook_req view;
     hd_http_hook_req(r, &view);
-    int ok = hd_script_authenticate(ch->sc, c, &view, token, &identity, &assigns, reason, rlen);
+    int ok = hd_hook_authenticate(ch->sc, c, &view, token, &identity, &assigns, reason, rlen);
     free(token);
     if (ok && hd_conn_set_identity(c, identity)) {
         snprintf(reason, rlen, "out of memory");

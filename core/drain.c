@@ -1,4 +1,5 @@
 #include "drain.h"
+#include "hooks.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -23,7 +24,7 @@ static void enter(hd_drain *dr, hd_phase p)
     }
     dr->phase = p;
     d->phase_started_ms = now;
-    hd_script_shutdown(dr->sc, names[p]);
+    hd_hook_shutdown(dr->sc, names[p]);
 }
 
 static int queued_anywhere(hd_drain *dr)

@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/time.h>
 #include <uv.h>
 
@@ -50,10 +49,12 @@ struct hd_script {
     uint64_t insns;
     uint64_t max_insns;
     int exceeded;
+    int handler;             /* registry ref: the message handler (traceback) */
     char failure[512];       /* the error of the last call that failed */
+    char trace[1024];        /* its stack traceback, on one line ("" if none) */
 };
 
-/* What guarded() runs besides hooks: a timer callback, or a chunk loading. */
+/* What hd_script__guarded() runs besides hooks: a timer callback, a chunk loading. */
 #define RUN_TIMER HD_HOOK_COUNT
 #define RUN_LOAD (HD_HOOK_COUNT + 1)
 
@@ -113,11 +114,33 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     }
 }
 
-/* [-(nargs+1), +nres | +0] Calls the function below the nargs arguments
- * under the budget. On success leaves nres results (LUA_MULTRET: all) and
- * returns 0; on failure logs with file:line, counts, pops everything and
- * returns -1. */
-static int guarded(hd_script *s, int hook, const char *src, int nargs, int nres)
+/* [-1, +1] lua_pcall's message handler (upvalue: the hd_script): leaves
+ * the error as it is and notes the stack traceback of where it was raised
+ * in s->trace, on one line, for the log. */
+static int traceback(lua_State *L)
+{
+    hd_script *s = lua_touserdata(L, lua_upvalueindex(1));
+    luaL_traceback(L, L, NULL, 1); /* "stack traceback:\n\t<frame>\n\t<frame>..." */
+    const char *t = lua_tostring(L, -1);
+    size_t n = 0;
+    for (int frames = 0; t && *t && n < sizeof s->trace - 4; t++) {
+        if (*t != '\n') {
+            s->trace[n++] = *t;
+        } else { /* "stack traceback: <frame> | <frame> | ..." */
+            const char *sep = frames++ ? " | " : " ";
+            memcpy(s->trace + n, sep, strlen(sep));
+            n += strlen(sep);
+            if (t[1] == '\t') t++;
+        }
+    }
+    s->trace[n] = 0;
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* [-(nargs+1), +nres | +0] 0 with the results, or -1 after logging the
+ * error with its traceback (script.h). */
+int hd_script__guarded(hd_script *s, int hook, const char *src, int nargs, int nres)
 {
     lua_State *L = s->L;
     int outer = s->depth == 0;
@@ -129,11 +152,16 @@ static int guarded(hd_script *s, int hook, const char *src, int nargs, int nres)
         s->max_insns = ms * INSNS_PER_MS;
         s->exceeded = 0;
     }
+    int fn = lua_gettop(L) - nargs;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->handler);
+    lua_insert(L, fn);
+    s->trace[0] = 0; /* memory errors skip the handler */
     s->cur = hook;
     s->depth++;
-    int rc = lua_pcall(L, nargs, nres, 0);
+    int rc = lua_pcall(L, nargs, nres, fn);
     s->depth--;
     s->cur = saved;
+    lua_remove(L, fn); /* the handler, below the results or the error */
     if (rc == 0) {
         if (hook < HD_HOOK_COUNT) s->sc->ss.calls[hook]++;
         if (outer) s->exceeded = 0;
@@ -148,7 +176,8 @@ static int guarded(hd_script *s, int hook, const char *src, int nargs, int nres)
     if (hook < HD_HOOK_COUNT) s->sc->ss.errors[hook]++;
     else if (hook == RUN_TIMER) s->sc->ss.timer_errors++;
     char name[32];
-    hd_error("%s (%s) failed: %s", run_name(hook, name, sizeof name), src ? src : "?", s->failure);
+    hd_error("%s (%s) failed: %s%s%s", run_name(hook, name, sizeof name), src ? src : "?",
+             s->failure, s->trace[0] ? "; " : "", s->trace);
     lua_pop(L, 1);
     if (outer) s->exceeded = 0;
     return -1;
@@ -242,7 +271,7 @@ static void on_timer(uv_timer_t *h)
     if (!s) return;
     int id = t->id, repeating = uv_timer_get_repeat(h) > 0;
     lua_rawgeti(s->L, LUA_REGISTRYINDEX, t->fnref);
-    if (guarded(s, RUN_TIMER, "timer", 0, 0) != 0) {
+    if (hd_script__guarded(s, RUN_TIMER, "timer", 0, 0) != 0) {
         /* A failing repeating timer would fail forever: stop it. */
         repeating = 0;
     }
@@ -516,7 +545,7 @@ static int load_chunk(hd_script *s, const char *src, const char *text, size_t le
     if (jit_off) luaJIT_setmode(L, -1, LUAJIT_MODE_ALLFUNC | LUAJIT_MODE_OFF);
     push_env(L);
     lua_setfenv(L, -2);
-    if (guarded(s, RUN_LOAD, src, 0, 1) != 0) {
+    if (hd_script__guarded(s, RUN_LOAD, src, 0, 1) != 0) {
         snprintf(err, errlen, "%s", s->failure);
         return -1;
     }
@@ -528,7 +557,7 @@ static int load_chunk(hd_script *s, const char *src, const char *text, size_t le
             return -1;
         }
         hd_luapi_push_json_text(L, plugin_opts, strlen(plugin_opts));
-        if (guarded(s, RUN_LOAD, src, 1, 1) != 0) {
+        if (hd_script__guarded(s, RUN_LOAD, src, 1, 1) != 0) {
             snprintf(err, errlen, "%s: options rejected: %s", src, s->failure);
             return -1;
         }
@@ -567,6 +596,9 @@ static hd_script *build(hd_scripts *sc, char *err, size_t errlen)
     lua_pushlightuserdata(L, s);
     lua_rawset(L, LUA_REGISTRYINDEX);
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    lua_pushlightuserdata(L, s);
+    lua_pushcclosure(L, traceback, 1);
+    s->handler = luaL_ref(L, LUA_REGISTRYINDEX);
     for (int h = 0; h < HD_HOOK_COUNT; h++) {
         lua_newtable(L);
         s->fns[h] = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -582,7 +614,7 @@ static hd_script *build(hd_scripts *sc, char *err, size_t errlen)
         goto fail;
     }
     push_c_api(L);
-    if (guarded(s, RUN_LOAD, "lua/herald/init.lua", 1, 1) != 0) {
+    if (hd_script__guarded(s, RUN_LOAD, "lua/herald/init.lua", 1, 1) != 0) {
         snprintf(err, errlen, "internal: lua/herald/init.lua failed: %s", s->failure);
         goto fail;
     }
@@ -622,26 +654,18 @@ static hd_script *build(hd_scripts *sc, char *err, size_t errlen)
     }
     /* init() hooks: a script may refuse to start (its own checks). */
     for (int i = 1; i <= s->nfns[HD_HOOK_INIT]; i++) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, s->fns[HD_HOOK_INIT]);
-        lua_rawgeti(L, -1, i);
-        lua_remove(L, -2);
-        lua_rawgeti(L, LUA_REGISTRYINDEX, s->srcs[HD_HOOK_INIT]);
-        lua_rawgeti(L, -1, i);
-        const char *src = lua_tostring(L, -1);
-        char srcbuf[512];
-        snprintf(srcbuf, sizeof srcbuf, "%s", src ? src : "?");
-        lua_pop(L, 2);
-        if (guarded(s, HD_HOOK_INIT, srcbuf, 0, 2) != 0) {
-            snprintf(err, errlen, "%s: init() failed: %s", srcbuf, s->failure);
+        hd_script__push_hook(s, HD_HOOK_INIT, i); /* src, fn */
+        const char *src = lua_tostring(L, -2);
+        if (hd_script__guarded(s, HD_HOOK_INIT, src, 0, 2) != 0) {
+            snprintf(err, errlen, "%s: init() failed: %s", src, s->failure);
             goto fail;
         }
         if (lua_isboolean(L, -2) && !lua_toboolean(L, -2)) {
-            snprintf(err, errlen, "%s: init() refused: %s", srcbuf,
+            snprintf(err, errlen, "%s: init() refused: %s", src,
                      lua_isstring(L, -1) ? lua_tostring(L, -1) : "no reason given");
-            lua_pop(L, 2);
             goto fail;
         }
-        lua_pop(L, 2);
+        lua_pop(L, 3);
     }
     lua_settop(L, 0);
     return s;
@@ -702,518 +726,24 @@ int hd_script_has(hd_scripts *sc, hd_hook h)
     return sc->cur && sc->cur->nfns[h] > 0;
 }
 
-/* ---- hook calls ----------------------------------------------------------------- */
+/* ---- for hooks.c ----------------------------------------------------------------- */
 
-/* Pushes hook function i (1-based) of h and sets *src to its file. */
-static void push_hook(hd_script *s, hd_hook h, int i, char *src, size_t srclen)
+/* The generation's Lua state. */
+lua_State *hd_script__state(hd_script *s) { return s->L; }
+
+/* How many functions the generation has for hook h. */
+int hd_script__nhooks(hd_script *s, hd_hook h) { return s->nfns[h]; }
+
+/* [-0, +2] Pushes the file and the function of hook function i of h. */
+void hd_script__push_hook(hd_script *s, hd_hook h, int i)
 {
     lua_State *L = s->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->srcs[h]);
     lua_rawgeti(L, -1, i);
-    snprintf(src, srclen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
-    lua_pop(L, 2);
+    lua_replace(L, -2);
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->fns[h]);
     lua_rawgeti(L, -1, i);
-    lua_remove(L, -2);
-}
-
-/* [-0, +1] {k = v} of the request's headers (names lower-cased). */
-static void push_headers(lua_State *L, const hd_hook_req *r)
-{
-    lua_createtable(L, 0, (int)r->nh);
-    for (uint32_t i = 0; i < r->nh; i++) {
-        const hd_hdr *h = &r->h[i];
-        char name[128];
-        size_t n = h->name_len < sizeof name - 1 ? h->name_len : sizeof name - 1;
-        for (size_t j = 0; j < n; j++) {
-            char ch = r->hbuf[h->name_off + j];
-            name[j] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
-        }
-        lua_pushlstring(L, name, n);
-        lua_pushlstring(L, r->hbuf + h->val_off, h->val_len);
-        lua_rawset(L, -3);
-    }
-}
-
-/* [-0, +1] {k = v} of the query string, URL-decoded. */
-static void push_params(lua_State *L, const hd_hook_req *r)
-{
-    lua_newtable(L);
-    const char *q = r->query, *end = r->query ? r->query + r->query_len : NULL;
-    hd_query_pair p;
-    while (hd_query_next(&q, end, &p)) {
-        if (!p.kl) continue;
-        /* The scratch buffer is a userdata: the collector owns it, so a
-         * memory error raised by a push below cannot leak it. */
-        char *buf = lua_newuserdata(L, p.kl + p.vl);
-        memcpy(buf, p.k, p.kl);
-        size_t kl = hd_url_decode(buf, p.kl);
-        char *v = buf + p.kl;
-        memcpy(v, p.v, p.vl);
-        size_t vl = hd_url_decode(v, p.vl);
-        lua_pushlstring(L, buf, kl);
-        lua_pushlstring(L, v, vl);
-        lua_rawset(L, -4);
-        lua_pop(L, 1);
-    }
-}
-
-/* [-0, +1] The socket table hooks see: {id, conn_id, assigns}. */
-static void push_socket(lua_State *L, hd_conn *c)
-{
-    lua_createtable(L, 0, 4);
-    const char *id = hd_conn_identity(c);
-    if (id) lua_pushstring(L, id);
-    else lua_pushfstring(L, "%d", (int)c->id);
-    lua_setfield(L, -2, "id");
-    lua_pushnumber(L, (lua_Number)c->id);
-    lua_setfield(L, -2, "conn_id");
-    const char *assigns = c->assigns;
-    if (assigns) hd_luapi_push_json_text(L, assigns, strlen(assigns));
-    else lua_newtable(L);
-    lua_setfield(L, -2, "assigns");
-    char peer[64];
-    hd_conn_peer(c, peer, sizeof peer);
-    lua_pushstring(L, peer);
-    lua_setfield(L, -2, "remote_addr");
-}
-
-static void copy_reason(lua_State *L, int idx, char *reason, size_t rlen, const char *dflt)
-{
-    const char *r = lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx) : dflt;
-    snprintf(reason, rlen, "%s", r);
-}
-
-int hd_script_authenticate(hd_scripts *sc, hd_conn *c, const hd_hook_req *r, const char *token,
-                           char **id, char **assigns_json, char *reason, size_t rlen)
-{
-    *id = *assigns_json = NULL;
-    hd_script *s = sc->cur;
-    if (!s || !s->nfns[HD_HOOK_AUTHENTICATE]) return 1;
-    lua_State *L = s->L;
-    int base = lua_gettop(L);
-    lua_createtable(L, 0, 6);
-    push_params(L, r);
-    lua_setfield(L, -2, "params");
-    push_headers(L, r);
-    lua_setfield(L, -2, "headers");
-    if (token) {
-        lua_pushstring(L, token);
-        lua_setfield(L, -2, "token");
-    }
-    char peer[64];
-    hd_conn_peer(c, peer, sizeof peer);
-    lua_pushstring(L, peer);
-    lua_setfield(L, -2, "remote_addr");
-    lua_pushlstring(L, r->path, r->path_len);
-    lua_setfield(L, -2, "path");
-    int req = lua_gettop(L);
-    lua_newtable(L); /* merged assigns */
-    int assigns = lua_gettop(L);
-    int ok = 1;
-    for (int i = 1; i <= s->nfns[HD_HOOK_AUTHENTICATE] && ok; i++) {
-        char src[512];
-        push_hook(s, HD_HOOK_AUTHENTICATE, i, src, sizeof src);
-        lua_pushvalue(L, req);
-        int top = lua_gettop(L) - 2;
-        if (guarded(s, HD_HOOK_AUTHENTICATE, src, 1, LUA_MULTRET) != 0) {
-            snprintf(reason, rlen, "unauthorized");
-            ok = 0;
-            break;
-        }
-        int nres = lua_gettop(L) - top;
-        if (nres == 0) continue; /* no opinion */
-        int v = top + 1;
-        if (lua_istable(L, v)) {
-            lua_getfield(L, v, "id");
-            if (!*id && (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER))
-                *id = strdup(lua_tostring(L, -1));
-            lua_pop(L, 1);
-            lua_getfield(L, v, "assigns");
-            if (lua_istable(L, -1)) {
-                lua_pushnil(L);
-                while (lua_next(L, -2)) {
-                    lua_pushvalue(L, -2);
-                    lua_insert(L, -2);
-                    lua_rawset(L, assigns);
-                }
-            }
-            lua_pop(L, 1);
-        } else if (!lua_toboolean(L, v)) {
-            copy_reason(L, v + 1, reason, rlen, "unauthorized");
-            ok = 0;
-        }
-        lua_settop(L, top);
-    }
-    if (ok) {
-        hd_str js = HD_STR_INIT;
-        const char *e = hd_luapi_to_json(L, assigns, &js);
-        if (e) {
-            hd_error("authenticate: assigns cannot be kept: %s", e);
-            sc->ss.errors[HD_HOOK_AUTHENTICATE]++;
-            snprintf(reason, rlen, "unauthorized");
-            ok = 0;
-            hd_str_free(&js);
-        } else {
-            *assigns_json = js.p;
-        }
-    }
-    if (!ok) {
-        free(*id);
-        *id = NULL;
-    }
-    lua_settop(L, base);
-    return ok;
-}
-
-/* Encodes the table field key of the table at idx as a JSON object into
- * out (replacing it). Returns 0, or -1 after logging. */
-static int field_object(lua_State *L, int idx, const char *key, hd_str *out, const char *what,
-                        const char *src)
-{
-    lua_getfield(L, idx, key);
-    int rc = 0;
-    if (!lua_isnil(L, -1)) {
-        hd_str js = HD_STR_INIT;
-        const char *e = hd_luapi_to_json(L, -1, &js);
-        if (e || js.len == 0 || js.p[0] != '{') {
-            hd_error("%s hook (%s): %s must be a JSON object: %s", what, src, key,
-                     e ? e : "not an object");
-            rc = -1;
-        } else {
-            hd_str_reset(out);
-            hd_str_add(out, js.p, js.len);
-            rc = 1;
-        }
-        hd_str_free(&js);
-    }
-    lua_pop(L, 1);
-    return rc;
-}
-
-int hd_script_join(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen, json_t *payload,
-                   hd_str *reply_json, hd_str *meta_json, char *reason, size_t rlen)
-{
-    hd_script *s = sc->cur;
-    if (!s || !s->nfns[HD_HOOK_JOIN]) {
-        hd_str_adds(reply_json, "{}");
-        return 1;
-    }
-    lua_State *L = s->L;
-    int base = lua_gettop(L);
-    push_socket(L, c);
-    int sock = lua_gettop(L);
-    lua_pushlstring(L, topic, tlen);
-    int tidx = lua_gettop(L);
-    if (payload) hd_luapi_push_json(L, payload);
-    else lua_newtable(L);
-    int pidx = lua_gettop(L);
-    int ok = 1, have_reply = 0;
-    for (int i = 1; i <= s->nfns[HD_HOOK_JOIN] && ok; i++) {
-        char src[512];
-        push_hook(s, HD_HOOK_JOIN, i, src, sizeof src);
-        lua_pushvalue(L, sock);
-        lua_pushvalue(L, tidx);
-        lua_pushvalue(L, pidx);
-        int top = lua_gettop(L) - 4;
-        if (guarded(s, HD_HOOK_JOIN, src, 3, LUA_MULTRET) != 0) {
-            snprintf(reason, rlen, "join crashed");
-            ok = 0;
-            break;
-        }
-        if (!hd_conn_open(c)) { /* the hook disconnected this socket */
-            snprintf(reason, rlen, "closed");
-            ok = 0;
-            break;
-        }
-        int nres = lua_gettop(L) - top;
-        if (nres == 0) continue;
-        int v = top + 1;
-        if (!lua_toboolean(L, v)) {
-            copy_reason(L, v + 1, reason, rlen, "unauthorized");
-            ok = 0;
-        } else if (nres >= 2 && lua_istable(L, v + 1)) {
-            int r = field_object(L, v + 1, "reply", reply_json, "join", src);
-            if (r > 0) have_reply = 1;
-            int m = meta_json ? field_object(L, v + 1, "meta", meta_json, "join", src) : 0;
-            if (r < 0 || m < 0) sc->ss.errors[HD_HOOK_JOIN]++;
-        }
-        lua_settop(L, top);
-    }
-    if (ok && !have_reply) hd_str_adds(reply_json, "{}");
-    lua_settop(L, base);
-    return ok;
-}
-
-int hd_script_api_auth(hd_scripts *sc, hd_conn *c, const hd_hook_req *r)
-{
-    hd_script *s = sc->cur;
-    if (!s || !s->nfns[HD_HOOK_API_AUTH]) return -1;
-    lua_State *L = s->L;
-    int base = lua_gettop(L);
-    lua_createtable(L, 0, 6);
-    lua_pushstring(L, r->method);
-    lua_setfield(L, -2, "method");
-    lua_pushlstring(L, r->path, r->path_len);
-    lua_setfield(L, -2, "path");
-    push_params(L, r);
-    lua_setfield(L, -2, "params");
-    push_headers(L, r);
-    lua_getfield(L, -1, "authorization");
-    if (lua_isstring(L, -1)) {
-        size_t l;
-        const char *a = lua_tolstring(L, -1, &l);
-        if (l > 7 && strncasecmp(a, "bearer ", 7) == 0) {
-            lua_pushstring(L, a + 7);
-            lua_setfield(L, -4, "token");
-        }
-    }
-    lua_pop(L, 1);
-    lua_setfield(L, -2, "headers");
-    char peer[64];
-    hd_conn_peer(c, peer, sizeof peer);
-    lua_pushstring(L, peer);
-    lua_setfield(L, -2, "remote_addr");
-    int req = lua_gettop(L);
-    int verdict = -1;
-    for (int i = 1; i <= s->nfns[HD_HOOK_API_AUTH]; i++) {
-        char src[512];
-        push_hook(s, HD_HOOK_API_AUTH, i, src, sizeof src);
-        lua_pushvalue(L, req);
-        int top = lua_gettop(L) - 2;
-        if (guarded(s, HD_HOOK_API_AUTH, src, 1, LUA_MULTRET) != 0) {
-            verdict = 0;
-            break;
-        }
-        int nres = lua_gettop(L) - top;
-        if (nres == 0) continue;
-        int allow = lua_toboolean(L, top + 1);
-        lua_settop(L, top);
-        if (!allow) {
-            verdict = 0;
-            break;
-        }
-        verdict = 1;
-    }
-    lua_settop(L, base);
-    return verdict;
-}
-
-static int policy_uint(lua_State *L, const char *key, uint32_t *out, const char *src)
-{
-    lua_getfield(L, -1, key);
-    int rc = 0;
-    if (!lua_isnil(L, -1)) {
-        lua_Number v = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
-        if (v < 0 || v > 4294967295.0 || v != (lua_Number)(uint32_t)v) {
-            hd_error("topic hook (%s): %s must be a non-negative integer", src, key);
-            rc = -1;
-        } else {
-            *out = (uint32_t)v;
-        }
-    }
-    lua_pop(L, 1);
-    return rc;
-}
-
-static int policy_bool(lua_State *L, const char *key, uint8_t *out, const char *src)
-{
-    lua_getfield(L, -1, key);
-    int rc = 0;
-    if (lua_isboolean(L, -1)) *out = (uint8_t)lua_toboolean(L, -1);
-    else if (!lua_isnil(L, -1)) {
-        hd_error("topic hook (%s): %s must be true or false", src, key);
-        rc = -1;
-    }
-    lua_pop(L, 1);
-    return rc;
-}
-
-static int policy_enum(lua_State *L, const char *key, uint8_t *out, const char *a,
-                       const char *b, const char *src)
-{
-    lua_getfield(L, -1, key);
-    int rc = 0;
-    if (!lua_isnil(L, -1)) {
-        const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
-        if (strcmp(v, a) == 0) *out = 0;
-        else if (strcmp(v, b) == 0) *out = 1;
-        else {
-            hd_error("topic hook (%s): %s must be \"%s\" or \"%s\"", src, key, a, b);
-            rc = -1;
-        }
-    }
-    lua_pop(L, 1);
-    return rc;
-}
-
-void hd_script_resolve(void *ud, const char *topic, size_t tlen, hd_topic_policy *p)
-{
-    hd_script_topic(ud, topic, tlen, p);
-}
-
-void hd_script_topic(hd_scripts *sc, const char *topic, size_t tlen, hd_topic_policy *p)
-{
-    hd_script *s = sc->cur;
-    if (!s || !s->nfns[HD_HOOK_TOPIC]) return;
-    lua_State *L = s->L;
-    int base = lua_gettop(L);
-    for (int i = 1; i <= s->nfns[HD_HOOK_TOPIC]; i++) {
-        char src[512];
-        push_hook(s, HD_HOOK_TOPIC, i, src, sizeof src);
-        lua_pushlstring(L, topic, tlen);
-        if (guarded(s, HD_HOOK_TOPIC, src, 1, 1) != 0) continue;
-        if (lua_istable(L, -1)) {
-            hd_topic_policy q = *p; /* all fields or none: a bad field voids the result */
-            int bad = policy_bool(L, "tracked", &q.tracked, src) |
-                      policy_bool(L, "presence", &q.presence, src) |
-                      policy_uint(L, "throttle_ms", &q.throttle_ms, src) |
-                      policy_uint(L, "debounce_ms", &q.debounce_ms, src) |
-                      policy_uint(L, "max_wait_ms", &q.max_wait_ms, src) |
-                      policy_uint(L, "max_queue_bytes", &q.max_queue_bytes, src) |
-                      policy_enum(L, "coalesce", &q.coalesce, "none", "latest", src) |
-                      policy_enum(L, "on_overflow", &q.on_overflow, "close", "drop_oldest", src);
-            if (bad) sc->ss.errors[HD_HOOK_TOPIC]++;
-            else *p = q;
-        } else if (!lua_isnil(L, -1)) {
-            hd_error("topic hook (%s): must return a table or nil", src);
-            sc->ss.errors[HD_HOOK_TOPIC]++;
-        }
-        lua_settop(L, base);
-    }
-}
-
-int hd_script_publish(hd_scripts *sc, const char *topic, size_t tlen, char **event,
-                      char **data_json)
-{
-    hd_script *s = sc->cur;
-    if (!s || !s->nfns[HD_HOOK_PUBLISH]) return 1;
-    lua_State *L = s->L;
-    int base = lua_gettop(L);
-    lua_createtable(L, 0, 3);
-    lua_pushlstring(L, topic, tlen);
-    lua_setfield(L, -2, "topic");
-    lua_pushstring(L, *event);
-    lua_setfield(L, -2, "event");
-    hd_luapi_push_json_text(L, *data_json, strlen(*data_json));
-    lua_setfield(L, -2, "data");
-    int msg = lua_gettop(L);
-    int deliver = 1;
-    for (int i = 1; i <= s->nfns[HD_HOOK_PUBLISH]; i++) {
-        char src[512];
-        push_hook(s, HD_HOOK_PUBLISH, i, src, sizeof src);
-        lua_pushvalue(L, msg);
-        int top = lua_gettop(L) - 2;
-        if (guarded(s, HD_HOOK_PUBLISH, src, 1, LUA_MULTRET) != 0) {
-            /* Safe default: deliver the message as it came in. */
-            lua_settop(L, base);
-            return 1;
-        }
-        int nres = lua_gettop(L) - top;
-        if (nres > 0 && lua_istable(L, top + 1)) {
-            lua_replace(L, msg);
-        } else if (nres > 0 && lua_isboolean(L, top + 1) && !lua_toboolean(L, top + 1)) {
-            deliver = 0;
-            lua_settop(L, top);
-            break;
-        }
-        lua_settop(L, top);
-    }
-    if (deliver) {
-        lua_getfield(L, msg, "event");
-        const char *ev = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-        lua_getfield(L, msg, "data");
-        hd_str js = HD_STR_INIT;
-        const char *e = hd_luapi_to_json(L, -1, &js);
-        if (!ev || e) {
-            hd_error("publish hook: the message's %s", !ev ? "event must be a string"
-                                                           : "data cannot be encoded as JSON");
-            sc->ss.errors[HD_HOOK_PUBLISH]++;
-            hd_str_free(&js);
-        } else {
-            char *nev = strdup(ev);
-            if (nev && js.p) {
-                free(*event);
-                free(*data_json);
-                *event = nev;
-                *data_json = js.p;
-            } else {
-                free(nev);
-                hd_str_free(&js);
-            }
-        }
-    } else {
-        sc->ss.publish_dropped++;
-    }
-    lua_settop(L, base);
-    return deliver;
-}
-
-int hd_script_message(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
-                      const char *event, json_t *payload, hd_str *reply_json, char *reason,
-                      size_t rlen)
-{
-    hd_script *s = sc->cur;
-    if (!s || !s->nfns[HD_HOOK_MESSAGE]) return 0;
-    lua_State *L = s->L;
-    int base = lua_gettop(L);
-    int result = 0;
-    for (int i = 1; i <= s->nfns[HD_HOOK_MESSAGE] && result == 0; i++) {
-        char src[512];
-        push_hook(s, HD_HOOK_MESSAGE, i, src, sizeof src);
-        push_socket(L, c);
-        lua_pushlstring(L, topic, tlen);
-        lua_pushstring(L, event);
-        hd_luapi_push_json(L, payload);
-        int top = lua_gettop(L) - 5;
-        if (guarded(s, HD_HOOK_MESSAGE, src, 4, LUA_MULTRET) != 0) {
-            snprintf(reason, rlen, "internal error");
-            result = 2;
-            break;
-        }
-        if (!hd_conn_open(c)) break;
-        int nres = lua_gettop(L) - top;
-        if (nres == 0) continue;
-        int v = top + 1;
-        if (lua_istable(L, v)) {
-            hd_str js = HD_STR_INIT;
-            const char *e = hd_luapi_to_json(L, v, &js);
-            if (e || js.p[0] != '{') {
-                hd_error("message hook (%s): a reply must be a JSON object", src);
-                sc->ss.errors[HD_HOOK_MESSAGE]++;
-                snprintf(reason, rlen, "internal error");
-                result = 2;
-            } else {
-                hd_str_add(reply_json, js.p, js.len);
-                result = 1;
-            }
-            hd_str_free(&js);
-        } else if (lua_toboolean(L, v)) {
-            hd_str_adds(reply_json, "{}");
-            result = 1;
-        } else if (lua_isboolean(L, v) || nres >= 2) {
-            copy_reason(L, v + 1, reason, rlen, "refused");
-            result = 2;
-        }
-        lua_settop(L, top);
-    }
-    lua_settop(L, base);
-    return result;
-}
-
-void hd_script_shutdown(hd_scripts *sc, const char *phase)
-{
-    hd_script *s = sc->cur;
-    if (!s || !s->nfns[HD_HOOK_SHUTDOWN]) return;
-    lua_State *L = s->L;
-    int base = lua_gettop(L);
-    for (int i = 1; i <= s->nfns[HD_HOOK_SHUTDOWN]; i++) {
-        char src[512];
-        push_hook(s, HD_HOOK_SHUTDOWN, i, src, sizeof src);
-        lua_pushstring(L, phase);
-        guarded(s, HD_HOOK_SHUTDOWN, src, 1, 0);
-        lua_settop(L, base);
-    }
+    lua_replace(L, -2);
 }
 
 void hd_script_status_json(hd_scripts *sc, hd_str *out)

@@ -10,7 +10,9 @@
  * Every hook call goes through one guarded call: pcall with a traceback, an
  * instruction budget and a wall-clock budget (JIT off for operator chunks so
  * the count hook fires in loops). On failure the hook's safe default
- * applies, the log names file:line and herald_hook_errors_total counts it. */
+ * applies, the log names file:line and the call chain, and
+ * herald_hook_errors_total counts it. The hook entry points, which run a
+ * hook's functions and read their results, are in hooks.h. */
 #ifndef HD_SCRIPT_H
 #define HD_SCRIPT_H
 
@@ -19,6 +21,7 @@
 #include "publish.h"
 
 #include <jansson.h>
+#include <lua.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -99,50 +102,26 @@ void hd_script_stop(hd_scripts *sc);
 /* True when the running scripts define hook h. */
 int hd_script_has(hd_scripts *sc, hd_hook h);
 
-/* authenticate(req). Returns 1 to allow (*id and *assigns_json are set,
- * malloc'd, either may be NULL), 0 to deny with reason (a client-safe
- * text). Without the hook: allow. On failure: deny, "unauthorized". */
-int hd_script_authenticate(hd_scripts *sc, hd_conn *c, const hd_hook_req *r,
-                           const char *token, char **id, char **assigns_json, char *reason,
-                           size_t rlen);
-
-/* join(socket, topic, payload). Returns 1 to allow (reply_json receives the
- * reply object, "{}" by default; meta_json, if not NULL, the presence meta
- * object a hook returned, else stays empty), 0 to deny with reason.
- * Without the hook: allow. On failure: deny, "join crashed". */
-int hd_script_join(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
-                   json_t *payload, hd_str *reply_json, hd_str *meta_json, char *reason,
-                   size_t rlen);
-
-/* api_auth(req). Returns 1 allow, 0 deny, -1 no hook or every hook deferred
- * (the static token rule applies). On failure: deny. */
-int hd_script_api_auth(hd_scripts *sc, hd_conn *c, const hd_hook_req *r);
-
-/* The same as a policy resolver (hd_policy_resolver; ud is the hd_scripts). */
-void hd_script_resolve(void *ud, const char *topic, size_t tlen, hd_topic_policy *p);
-
-/* topic(name): fills *p (already holding the defaults) from the merged
- * results. On failure p keeps the defaults. */
-void hd_script_topic(hd_scripts *sc, const char *topic, size_t tlen,
-                     hd_topic_policy *p);
-
-/* publish(msg) for one topic. *event and *data_json are in/out (malloc'd
- * strings, replaced when a hook changes them). Returns 1 to deliver, 0 when
- * a hook dropped the message. On failure: deliver unchanged. */
-int hd_script_publish(hd_scripts *sc, const char *topic, size_t tlen, char **event,
-                      char **data_json);
-
-/* message(socket, topic, event, payload). Returns 0 for no reply, 1 with an
- * ok reply (reply_json), 2 with an error reply (reason). */
-int hd_script_message(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
-                      const char *event, json_t *payload, hd_str *reply_json, char *reason,
-                      size_t rlen);
-
-/* shutdown(phase). */
-void hd_script_shutdown(hd_scripts *sc, const char *phase);
-
 /* Appends a JSON object describing the scripts (generation, files, last
  * reload result) to out. */
 void hd_script_status_json(hd_scripts *sc, hd_str *out);
+
+/* ---- for hooks.c only (the hook runner) ------------------------------------- */
+
+/* The Lua state of generation s. */
+lua_State *hd_script__state(hd_script *s);
+/* How many functions s has for hook h (in load order, 1-based). */
+int hd_script__nhooks(hd_script *s, hd_hook h);
+/* [-0, +2] Pushes the file name (a string) and the function of hook
+ * function i of h. */
+void hd_script__push_hook(hd_script *s, hd_hook h, int i);
+/* [-(nargs+1), +nres | +0] Calls the function below the nargs arguments
+ * under the budget, with a traceback handler; run is an hd_hook (or one of
+ * script.c's own kinds of call) and src names the file, for the log. On
+ * success leaves nres results (LUA_MULTRET: all), counts the call and
+ * returns 0; on failure logs "<run> (<src>) failed: <error>; <traceback>",
+ * counts it, keeps the error (without the traceback) in the generation for
+ * the caller, pops everything and returns -1. */
+int hd_script__guarded(hd_script *s, int run, const char *src, int nargs, int nres);
 
 #endif

@@ -1,5 +1,6 @@
 #include "server.h"
 #include "err.h"
+#include "hooks.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -172,7 +173,7 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     srv->net.on_empty = on_net_empty;
     hd_scripts_init(&srv->sc, loop, cfg, &srv->eng, &srv->net, srv->node_id);
     /* The way up, registered here: topic policy asks the scripts. */
-    srv->eng.pol.resolve = hd_script_resolve;
+    srv->eng.pol.resolve = hd_hook_resolve;
     srv->eng.pol.resolve_ud = &srv->sc;
     hd_channel_init(&srv->ch, cfg, &srv->st, &srv->net, &srv->eng, &srv->sc);
     hd_api_init(&srv->api, cfg, &srv->st, &srv->eng, &srv->sc, &srv->ch);

@@ -4,6 +4,7 @@
  *   hook-bench [CALLS]   (default 200000) */
 #include "config.h"
 #include "conn.h"
+#include "hooks.h"
 #include "script.h"
 #include "server.h"
 
@@ -31,25 +32,25 @@ static void call(int h, hd_scripts *srv, hd_conn *c, hd_hook_req *r, json_t *pay
     hd_topic_policy p;
     switch (h) {
     case 0:
-        hd_script_authenticate(srv, c, r, NULL, &id, &assigns, reason, sizeof reason);
+        hd_hook_authenticate(srv, c, r, NULL, &id, &assigns, reason, sizeof reason);
         free(id);
         free(assigns);
         break;
-    case 1: hd_script_join(srv, c, "room:1", 6, payload, &reply, NULL, reason, sizeof reason); break;
-    case 2: hd_script_api_auth(srv, c, r); break;
+    case 1: hd_hook_join(srv, c, "room:1", 6, payload, &reply, NULL, reason, sizeof reason); break;
+    case 2: hd_hook_api_auth(srv, c, r); break;
     case 3:
         hd_topic_policy_default(&p);
-        hd_script_topic(srv, "room:1", 6, &p);
+        hd_hook_topic(srv, "room:1", 6, &p);
         break;
     case 4: {
         char *ev = strdup("e"), *data = strdup("{\"a\":1,\"b\":\"text\"}");
-        hd_script_publish(srv, "room:1", 6, &ev, &data);
+        hd_hook_publish(srv, "room:1", 6, &ev, &data);
         free(ev);
         free(data);
         break;
     }
     default:
-        hd_script_message(srv, c, "room:1", 6, "ev", payload, &reply, reason, sizeof reason);
+        hd_hook_message(srv, c, "room:1", 6, "ev", payload, &reply, reason, sizeof reason);
     }
     hd_str_free(&reply);
 }

@@ -1,0 +1,64 @@
+/* The hook entry points: what the protocol and service layers call to ask
+ * the operator's scripts. Each builds its hook's arguments once, runs the
+ * hook's functions in load order through one runner (each call guarded:
+ * budget, traceback, counted), and folds their results:
+ *   authenticate, join, api_auth: the first refusal wins and ends the run;
+ *   publish: the hooks chain (each sees the message the one before returned);
+ *   topic: the results merge, each table all or nothing;
+ *   message: the first hook with an answer ends the run;
+ *   shutdown: every hook runs.
+ * A bare `return` is no opinion everywhere. Without scripts (or without the
+ * hook) each returns its default at once, without touching Lua. */
+#ifndef HD_HOOKS_H
+#define HD_HOOKS_H
+
+#include "buf.h"
+#include "conn.h"
+#include "policy.h"
+#include "script.h"
+
+#include <jansson.h>
+#include <stddef.h>
+
+/* authenticate(req). Returns 1 to allow (*id and *assigns_json are set,
+ * malloc'd, either may be NULL), 0 to deny with reason (a client-safe
+ * text). Without the hook: allow. On failure: deny, "unauthorized". */
+int hd_hook_authenticate(hd_scripts *sc, hd_conn *c, const hd_hook_req *r, const char *token,
+                         char **id, char **assigns_json, char *reason, size_t rlen);
+
+/* join(socket, topic, payload). Returns 1 to allow (reply_json receives the
+ * reply object, "{}" by default; meta_json, if not NULL, the presence meta
+ * object a hook returned, else stays empty), 0 to deny with reason.
+ * Without the hook: allow. On failure: deny, "join crashed"; when a hook
+ * closed the socket: deny, "closed". */
+int hd_hook_join(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen, json_t *payload,
+                 hd_str *reply_json, hd_str *meta_json, char *reason, size_t rlen);
+
+/* api_auth(req). Returns 1 allow, 0 deny, -1 no hook or every hook deferred
+ * (the static token rule applies). On failure: deny. */
+int hd_hook_api_auth(hd_scripts *sc, hd_conn *c, const hd_hook_req *r);
+
+/* topic(name): fills *p (already holding the defaults) from the merged
+ * results. On failure p keeps what the other hooks gave. */
+void hd_hook_topic(hd_scripts *sc, const char *topic, size_t tlen, hd_topic_policy *p);
+
+/* The same as a policy resolver (hd_policy_resolver; ud is the hd_scripts). */
+void hd_hook_resolve(void *ud, const char *topic, size_t tlen, hd_topic_policy *p);
+
+/* publish(msg) for one topic. *event and *data_json are in/out (malloc'd
+ * strings, replaced when a hook changes them). Returns 1 to deliver, 0 when
+ * a hook dropped the message. On failure: deliver unchanged. */
+int hd_hook_publish(hd_scripts *sc, const char *topic, size_t tlen, char **event,
+                    char **data_json);
+
+/* message(socket, topic, event, payload). Returns 0 for no reply, 1 with an
+ * ok reply (reply_json), 2 with an error reply (reason). On failure: 2,
+ * "internal error". */
+int hd_hook_message(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
+                    const char *event, json_t *payload, hd_str *reply_json, char *reason,
+                    size_t rlen);
+
+/* shutdown(phase): every hook, whatever the others did. */
+void hd_hook_shutdown(hd_scripts *sc, const char *phase);
+
+#endif

@@ -1,0 +1,471 @@
+/* tests/unit/test_hooks.c: the hook runner (core/hooks.c) against a real
+ * server with operator scripts loaded: how the results of several scripts
+ * defining one hook combine, what a failing hook logs (the error, then the
+ * traceback naming file:line of each frame, on one log line), and that the
+ * budget stops a runaway loop, also one inside pcall, every time. Hooks are
+ * called directly, with a real WebSocket connection of the server. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "buf.h"
+#include "config.h"
+#include "err.h"
+#include "hooks.h"
+#include "log.h"
+#include "script.h"
+#include "server.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static char dir[] = "/tmp/herald-test-hooks-XXXXXX";
+static char path_a[64], path_b[64];
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fputs(text, f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* Starts the server with script a (and b, unless NULL), in that order. */
+static void start(const char *a, const char *b, int budget_ms)
+{
+    write_file(path_a, a);
+    if (b) write_file(path_b, b);
+    char conf[1024];
+    snprintf(conf, sizeof conf, "%sscripts = { '%s'%s%s%s, budget_ms = %d }\n", base_config,
+             path_a, b ? ", '" : "", b ? path_b : "", b ? "'" : "", budget_ms);
+    setup_with(conf);
+}
+
+/* The server's side of a new WebSocket client. */
+static hd_conn *server_conn(cli **client)
+{
+    *client = ws_client();
+    hd_conn *c = srv.net.conns;
+    assert_non_null(c);
+    assert_null(c->next);
+    assert_int_equal(c->kind, HD_CONN_WS);
+    return c;
+}
+
+/* Log lines go to memory between capture() and captured(). */
+static FILE *real_stderr, *mem;
+static char *logbuf;
+static size_t loglen;
+
+static void capture(void)
+{
+    mem = open_memstream(&logbuf, &loglen);
+    assert_non_null(mem);
+    stderr = mem;
+}
+
+/* The log since capture() (caller frees). */
+static char *captured(void)
+{
+    fflush(stderr);
+    stderr = real_stderr;
+    fclose(mem);
+    char *r = logbuf;
+    logbuf = NULL;
+    return r;
+}
+
+/* After a test: a failed assertion may have left the log in memory; it
+ * goes to the real stderr then, with the failure. */
+static int teardown_hooks(void **st)
+{
+    if (stderr != real_stderr) {
+        char *log = captured();
+        fputs(log ? log : "", stderr);
+        free(log);
+    }
+    return teardown(st);
+}
+
+static size_t count_of(const char *s, const char *what)
+{
+    size_t n = 0;
+    for (const char *p = strstr(s, what); p; p = strstr(p + 1, what)) n++;
+    return n;
+}
+
+/* hd_hook_join with a fresh reply and meta; returns the verdict. */
+static int join_hook(hd_conn *c, const char *topic, char *reply, char *meta, char *reason)
+{
+    hd_str r = HD_STR_INIT, m = HD_STR_INIT;
+    reason[0] = 0;
+    int ok = hd_hook_join(&srv.sc, c, topic, strlen(topic), NULL, &r, &m, reason, 128);
+    snprintf(reply, 128, "%s", r.p ? r.p : "");
+    snprintf(meta, 128, "%s", m.p ? m.p : "");
+    hd_str_free(&r);
+    hd_str_free(&m);
+    return ok;
+}
+
+/* ---- tests ------------------------------------------------------------------------------- */
+
+/* join: the first refusal wins and the later scripts are not called; a
+ * bare return is no opinion; replies and meta come from whichever hook
+ * gave them; a hook that closes the socket denies with "closed". */
+static void test_join_first_refusal_wins(void **st)
+{
+    (void)st;
+    start("return { join = function(socket, topic)\n"
+          "  if topic == 'deny' then return false, 'a says no' end\n"
+          "  if topic == 'quiet' then return end\n"
+          "  if topic == 'bye' then herald.disconnect(socket.id) return true end\n"
+          "  return true, { reply = { from = 'a' } }\n"
+          "end }\n",
+          "return { join = function(socket, topic)\n"
+          "  herald.log('warn', 'b.join ' .. topic)\n"
+          "  if topic == 'b-deny' then return nil, 'b says no' end\n"
+          "  return true, { meta = { who = 'b' } }\n"
+          "end }\n",
+          1000);
+    cli *client;
+    hd_conn *c = server_conn(&client);
+    assert_int_equal(hd_conn_set_identity(c, "user:1"), 0);
+    char reply[128], meta[128], reason[128];
+    const uint64_t *calls = &srv.sc.ss.calls[HD_HOOK_JOIN];
+
+    capture();
+    assert_int_equal(join_hook(c, "deny", reply, meta, reason), 0);
+    char *log = captured();
+    assert_string_equal(reason, "a says no");
+    assert_int_equal(*calls, 1); /* b was not called */
+    assert_null(strstr(log ? log : "", "b.join"));
+    free(log);
+
+    capture();
+    assert_int_equal(join_hook(c, "room", reply, meta, reason), 1);
+    log = captured();
+    assert_string_equal(reply, "{\"from\":\"a\"}");
+    assert_string_equal(meta, "{\"who\":\"b\"}");
+    assert_int_equal(*calls, 3);
+    assert_int_equal(count_of(log, "[warn] [lua] "), 1);
+    assert_non_null(strstr(log, ":2: b.join room\n"));
+    free(log);
+
+    assert_int_equal(join_hook(c, "quiet", reply, meta, reason), 1);
+    assert_string_equal(reply, "{}"); /* nobody gave a reply: the default */
+    assert_int_equal(join_hook(c, "b-deny", reply, meta, reason), 0);
+    assert_string_equal(reason, "b says no");
+    assert_int_equal(*calls, 7);
+    assert_int_equal(srv.sc.ss.errors[HD_HOOK_JOIN], 0);
+
+    /* a closes the socket: the join fails whatever a returned, b never runs. */
+    assert_int_equal(join_hook(c, "bye", reply, meta, reason), 0);
+    assert_string_equal(reason, "closed");
+    assert_int_equal(*calls, 8);
+    expect_frame(client, 8, "\x03\xe9" "disconnected", 14); /* 1001 */
+    cli_free(client);
+}
+
+/* publish: each hook gets the message the one before returned (or
+ * changed); false drops it and ends the run; a failure delivers the
+ * message as it came in. */
+static void test_publish_hooks_chain(void **st)
+{
+    (void)st;
+    start("return { publish = function(msg)\n"
+          "  if msg.event == 'drop' then return false end\n"
+          "  msg.data.trail = (msg.data.trail or '') .. 'a'\n"
+          "  if msg.event == 'two' then return msg, 'and more' end\n"
+          "  if msg.event == 'keep' then return end\n"
+          "  return msg\n"
+          "end }\n",
+          "return { publish = function(msg)\n"
+          "  if msg.event == 'boom' then error('b failed') end\n"
+          "  return { event = msg.event .. '!', data = { trail = msg.data.trail .. 'b' } }\n"
+          "end }\n",
+          1000);
+    static const struct {
+        const char *event, *data;
+        int deliver;
+        const char *want_event, *want_data;
+    } cases[] = {
+        {"e", "{\"x\":1}", 1, "e!", "{\"trail\":\"ab\"}"},
+        {"keep", "{}", 1, "keep!", "{\"trail\":\"ab\"}"}, /* changed in place, no return */
+        {"two", "{}", 1, "two!", "{\"trail\":\"ab\"}"},   /* the first result is the message */
+        {"drop", "{\"x\":1}", 0, "drop", "{\"x\":1}"},
+        {"boom", "{\"x\":1}", 1, "boom", "{\"x\":1}"},    /* unchanged, though a changed it */
+    };
+    capture();
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *ev = strdup(cases[i].event), *data = strdup(cases[i].data);
+        assert_int_equal(hd_hook_publish(&srv.sc, "room:1", 6, &ev, &data), cases[i].deliver);
+        assert_string_equal(ev, cases[i].want_event);
+        assert_string_equal(data, cases[i].want_data);
+        free(ev);
+        free(data);
+    }
+    char *log = captured();
+    /* 4 + 4 calls, minus b for drop and b's failure. */
+    assert_int_equal(srv.sc.ss.calls[HD_HOOK_PUBLISH], 8);
+    assert_int_equal(srv.sc.ss.errors[HD_HOOK_PUBLISH], 1);
+    assert_int_equal(srv.sc.ss.publish_dropped, 1);
+    assert_int_equal(count_of(log, "[error]"), 1);
+    assert_non_null(strstr(log, "b.lua:2: b failed"));
+    free(log);
+}
+
+/* topic: every hook runs and the results merge in load order; a table
+ * with one bad field counts for nothing; a failing hook leaves what the
+ * others gave. */
+static void test_topic_results_merge(void **st)
+{
+    (void)st;
+    start("return { topic = function(name) return { tracked = false, throttle_ms = 50 } end }\n",
+          "return { topic = function(name)\n"
+          "  if name == 'bad' then return { debounce_ms = 5, presence = 'yes' } end\n"
+          "  if name == 'err' then error('no policy for ' .. name) end\n"
+          "  if name == 'none' then return nil end\n"
+          "  return { throttle_ms = 100, coalesce = 'latest' }\n"
+          "end }\n",
+          1000);
+    hd_topic_policy def, p;
+    hd_topic_policy_default(&def);
+
+    p = def;
+    hd_hook_topic(&srv.sc, "room", 4, &p);
+    assert_int_equal(p.tracked, 0);
+    assert_int_equal(p.throttle_ms, 100);
+    assert_int_equal(p.coalesce, HD_COALESCE_LATEST);
+    assert_int_equal(p.debounce_ms, def.debounce_ms);
+    assert_int_equal(p.presence, def.presence);
+
+    capture();
+    for (int i = 0; i < 3; i++) {
+        static const char *const names[] = {"bad", "err", "none"};
+        p = def;
+        hd_hook_topic(&srv.sc, names[i], strlen(names[i]), &p);
+        assert_int_equal(p.tracked, 0); /* a's result */
+        assert_int_equal(p.throttle_ms, 50);
+        assert_int_equal(p.debounce_ms, def.debounce_ms);
+        assert_int_equal(p.presence, def.presence);
+        assert_int_equal(p.coalesce, def.coalesce);
+    }
+    char *log = captured();
+    assert_int_equal(srv.sc.ss.errors[HD_HOOK_TOPIC], 2);
+    assert_int_equal(srv.sc.ss.calls[HD_HOOK_TOPIC], 7); /* b's failure is not a call */
+    assert_non_null(strstr(log, "b.lua): presence must be true or false\n"));
+    assert_non_null(strstr(log, "b.lua:3: no policy for err"));
+    free(log);
+}
+
+/* authenticate merges (the first id, every assigns); api_auth's first
+ * refusal wins and no opinion from all is -1; message's first answer
+ * wins; shutdown runs every hook. */
+static void test_other_hooks(void **st)
+{
+    (void)st;
+    start("return {\n"
+          "  authenticate = function(req)\n"
+          "    if req.params.user == 'x' then return nil, 'no x' end\n"
+          "    return { id = 'a', assigns = { x = 1, who = 'a' } }\n"
+          "  end,\n"
+          "  api_auth = function(req) if req.path == '/a' then return false end end,\n"
+          "  message = function(socket, topic, event)\n"
+          "    if event == 'a' then return { by = 'a' } end\n"
+          "  end,\n"
+          "  shutdown = function(phase) herald.log('warn', 'a ' .. phase) end,\n"
+          "}\n",
+          "return {\n"
+          "  authenticate = function(req)\n"
+          "    return { id = 'b', assigns = { y = 2, who = 'b' } }\n"
+          "  end,\n"
+          "  api_auth = function(req) if req.path == '/b' then return true end end,\n"
+          "  message = function(socket, topic, event)\n"
+          "    if event == 'b' then return nil, 'b refuses' end\n"
+          "    if event == 'a' then error('never called') end\n"
+          "  end,\n"
+          "  shutdown = function(phase) herald.log('warn', 'b ' .. phase) end,\n"
+          "}\n",
+          1000);
+    cli *client;
+    hd_conn *c = server_conn(&client);
+    hd_hook_req r;
+    memset(&r, 0, sizeof r);
+    r.method = "GET";
+    r.path = "/a";
+    r.path_len = 2;
+    r.query = "user=7";
+    r.query_len = 6;
+    r.hbuf = "";
+    char reason[128], *id, *assigns;
+    /* The upgrade ran authenticate already: both scripts' hooks. */
+    assert_int_equal(srv.sc.ss.calls[HD_HOOK_AUTHENTICATE], 2);
+    assert_string_equal(hd_conn_identity(c), "a");
+    assert_int_equal(hd_hook_authenticate(&srv.sc, c, &r, NULL, &id, &assigns, reason, 128), 1);
+    assert_string_equal(id, "a");
+    json_t *js = json_loads(assigns, 0, NULL); /* key order is the Lua table's */
+    assert_non_null(js);
+    assert_int_equal(json_object_size(js), 3);
+    assert_string_equal(json_string_value(json_object_get(js, "who")), "b"); /* later wins */
+    assert_int_equal(json_integer_value(json_object_get(js, "x")), 1);
+    assert_int_equal(json_integer_value(json_object_get(js, "y")), 2);
+    json_decref(js);
+    free(id);
+    free(assigns);
+    r.query = "user=x";
+    assert_int_equal(hd_hook_authenticate(&srv.sc, c, &r, NULL, &id, &assigns, reason, 128), 0);
+    assert_string_equal(reason, "no x");
+    assert_null(id);
+    assert_null(assigns);
+    assert_int_equal(srv.sc.ss.calls[HD_HOOK_AUTHENTICATE], 5);
+
+    assert_int_equal(hd_hook_api_auth(&srv.sc, c, &r), 0);
+    assert_int_equal(srv.sc.ss.calls[HD_HOOK_API_AUTH], 1);
+    r.path = "/b";
+    assert_int_equal(hd_hook_api_auth(&srv.sc, c, &r), 1);
+    r.path = "/c";
+    assert_int_equal(hd_hook_api_auth(&srv.sc, c, &r), -1);
+
+    json_t *payload = json_object();
+    hd_str reply = HD_STR_INIT;
+    assert_int_equal(hd_hook_message(&srv.sc, c, "t", 1, "a", payload, &reply, reason, 128), 1);
+    assert_string_equal(reply.p, "{\"by\":\"a\"}");
+    assert_int_equal(hd_hook_message(&srv.sc, c, "t", 1, "b", payload, &reply, reason, 128), 2);
+    assert_string_equal(reason, "b refuses");
+    assert_int_equal(hd_hook_message(&srv.sc, c, "t", 1, "c", payload, &reply, reason, 128), 0);
+    assert_int_equal(srv.sc.ss.errors[HD_HOOK_MESSAGE], 0);
+    hd_str_free(&reply);
+    json_decref(payload);
+
+    capture();
+    hd_hook_shutdown(&srv.sc, "drain");
+    char *log = captured();
+    const char *a = strstr(log, "a drain\n"), *b = strstr(log, "b drain\n");
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_true(a < b);
+    free(log);
+    cli_free(client);
+}
+
+/* A failing hook logs one line: the error as the error text is kept for
+ * reload and the API, then the traceback with file:line of every frame. */
+static void test_error_traceback(void **st)
+{
+    (void)st;
+    start("local function helper(x)\n"
+          "  error('boom ' .. x)\n"
+          "end\n"
+          "local function middle(x)\n"
+          "  helper(x)\n"
+          "end\n"
+          "return { join = function(socket, topic)\n"
+          "  middle(topic)\n"
+          "end }\n",
+          NULL, 1000);
+    cli *client;
+    hd_conn *c = server_conn(&client);
+    char reply[128], meta[128], reason[128];
+    capture();
+    assert_int_equal(join_hook(c, "room", reply, meta, reason), 0);
+    char *log = captured();
+    assert_string_equal(reason, "join crashed");
+    assert_int_equal(srv.sc.ss.errors[HD_HOOK_JOIN], 1);
+    assert_int_equal(count_of(log, "\n"), 1); /* one line */
+    char want[1024];
+    snprintf(want, sizeof want,
+             "[error] join hook (%s) failed: %s:2: boom room; stack traceback: "
+             "[C]: in function 'error' | %s:2: in function 'helper' | "
+             "%s:5: in function 'middle' | %s:8: in function <%s:7>\n",
+             path_a, path_a, path_a, path_a, path_a, path_a);
+    assert_non_null(strstr(log, " [error] "));
+    assert_string_equal(strstr(log, "[error]"), want);
+    free(log);
+    cli_free(client);
+
+    /* A reload whose script fails: the error comes back without the
+     * traceback; the log has it. */
+    write_file(path_a, "local t = {}\nt.x.y = 1\nreturn {}\n");
+    char err[512];
+    capture();
+    assert_int_equal(hd_script_reload(&srv.sc, err, sizeof err), HD_ECONFIG);
+    log = captured();
+    char short_msg[512];
+    snprintf(short_msg, sizeof short_msg, "%s:2: attempt to index field 'x' (a nil value)", path_a);
+    assert_string_equal(err, short_msg);
+    assert_string_equal(srv.sc.ss.last_error, short_msg);
+    snprintf(want, sizeof want,
+             "[error] loading (%s) failed: %s; stack traceback: %s:2: in main chunk\n", path_a,
+             short_msg, path_a);
+    assert_non_null(strstr(log, want));
+    free(log);
+}
+
+/* The budget stops a runaway loop, also one inside pcall, and keeps doing
+ * so: the count hook survives the errors it raises. */
+static void test_budget_stops_loops(void **st)
+{
+    (void)st;
+    start("return { join = function(socket, topic)\n"
+          "  if topic == 'spin' then while true do end end\n"
+          "  if topic == 'swallow' then pcall(function() while true do end end) end\n"
+          "  return true\n"
+          "end }\n",
+          NULL, 20);
+    cli *client;
+    hd_conn *c = server_conn(&client);
+    char reply[128], meta[128], reason[128];
+    static const char *const topics[] = {"spin", "swallow", "room", "spin"};
+    static const int want[] = {0, 0, 1, 0};
+    capture();
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(join_hook(c, topics[i], reply, meta, reason), want[i]);
+        if (!want[i]) assert_string_equal(reason, "join crashed");
+    }
+    char *log = captured();
+    assert_int_equal(srv.sc.ss.budget_exceeded, 3);
+    assert_int_equal(srv.sc.ss.errors[HD_HOOK_JOIN], 3);
+    assert_int_equal(srv.sc.ss.calls[HD_HOOK_JOIN], 1);
+    assert_int_equal(count_of(log, "\n"), 3);
+    char want_spin[1024], want_swallow[1024];
+    snprintf(want_spin, sizeof want_spin,
+             "[error] join hook (%s) failed: %s:2: join hook exceeded its budget of 20 ms; "
+             "stack traceback: %s:2: in function <%s:1>\n",
+             path_a, path_a, path_a, path_a);
+    snprintf(want_swallow, sizeof want_swallow,
+             "[error] join hook (%s) failed: %s:3: join hook exceeded its budget of 20 ms; "
+             "stack traceback: [C]: in function 'pcall' | %s:3: in function <%s:1>\n",
+             path_a, path_a, path_a, path_a);
+    assert_int_equal(count_of(log, want_spin), 2);
+    assert_int_equal(count_of(log, want_swallow), 1);
+    free(log);
+    cli_free(client);
+}
+
+int main(void)
+{
+    real_stderr = stderr;
+    if (!mkdtemp(dir)) return 1;
+    snprintf(path_a, sizeof path_a, "%s/a.lua", dir);
+    snprintf(path_b, sizeof path_b, "%s/b.lua", dir);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_join_first_refusal_wins, teardown_hooks),
+        cmocka_unit_test_teardown(test_publish_hooks_chain, teardown_hooks),
+        cmocka_unit_test_teardown(test_topic_results_merge, teardown_hooks),
+        cmocka_unit_test_teardown(test_other_hooks, teardown_hooks),
+        cmocka_unit_test_teardown(test_error_traceback, teardown_hooks),
+        cmocka_unit_test_teardown(test_budget_stops_loops, teardown_hooks),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    unlink(path_a);
+    unlink(path_b);
+    rmdir(dir);
+    return rc;
+}
