@@ -168,11 +168,11 @@ static void consume(hd_conn *c, size_t n)
     }
 }
 
-static void mark_reap(hd_conn *c, uint16_t code)
+/* Marks a slow consumer for a 1013 close by the writer. */
+static void mark_reap(hd_conn *c)
 {
     if (c->flags & HD_CF_REAP) return;
     c->flags |= HD_CF_REAP;
-    c->reap_code = code;
     c->reap_next = c->net->reap;
     c->net->reap = c;
     wake(c->net);
@@ -229,7 +229,7 @@ int hd_conn_send_topic(hd_conn *c, hd_buf *b, uint64_t topic_id, size_t limit, i
             }
         } else {
             net->st->dropped_slow++;
-            mark_reap(c, 1013);
+            mark_reap(c);
             return HD_EFULL;
         }
     }
@@ -262,7 +262,6 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 {
     hd_conn *c = req->data;
     free(req);
-    c->sreq = NULL;
     if (status < 0) hd_conn_close(c);
     /* Otherwise wait for the peer's EOF (read callback) or the deadline. */
 }
@@ -271,15 +270,16 @@ static void begin_shutdown(hd_conn *c)
 {
     if (c->flags & (HD_CF_SHUTDOWN | HD_CF_CLOSED)) return;
     c->flags |= HD_CF_SHUTDOWN;
-    c->sreq = malloc(sizeof *c->sreq);
-    if (!c->sreq) {
+    /* The request lives until on_shutdown (libuv calls it, with
+     * UV_ECANCELED if the handle closes first). */
+    uv_shutdown_t *req = malloc(sizeof *req);
+    if (!req) {
         hd_conn_close(c);
         return;
     }
-    c->sreq->data = c;
-    if (uv_shutdown(c->sreq, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
-        free(c->sreq);
-        c->sreq = NULL;
+    req->data = c;
+    if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+        free(req);
         hd_conn_close(c);
     }
 }
@@ -288,7 +288,6 @@ static void on_write(uv_write_t *req, int status)
 {
     hd_conn *c = req->data;
     free(req);
-    c->wreq = NULL;
     c->flags &= ~HD_CF_WRITING;
     if (c->flags & HD_CF_CLOSED) return; /* the queue is freed in on_close */
     if (status < 0) {
@@ -335,17 +334,16 @@ void hd_conn_flush(hd_conn *c)
          * writes it when the socket drains. The buffers stay queued (and
          * referenced) until on_write. */
         n = fill_iov(c, iov, &total);
-        c->wreq = malloc(sizeof *c->wreq);
-        if (!c->wreq) {
+        uv_write_t *req = malloc(sizeof *req); /* freed in on_write */
+        if (!req) {
             hd_conn_close(c);
             return;
         }
-        c->wreq->data = c;
+        req->data = c;
         c->inflight = total;
         c->flags |= HD_CF_WRITING;
-        if (uv_write(c->wreq, (uv_stream_t *)&c->tcp, iov, (unsigned)n, on_write) < 0) {
-            free(c->wreq);
-            c->wreq = NULL;
+        if (uv_write(req, (uv_stream_t *)&c->tcp, iov, (unsigned)n, on_write) < 0) {
+            free(req);
             c->flags &= ~HD_CF_WRITING;
             hd_conn_close(c);
         }
@@ -430,7 +428,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (c->flags & (HD_CF_CLOSED | HD_CF_NO_INPUT)) return;
-    c->last_active = uv_now(c->net->loop);
+    /* Once closing, the word holds the deadline: input does not extend it. */
+    if (!(c->flags & (HD_CF_FINISH | HD_CF_SHUTDOWN | HD_CF_WS_CLOSE_SENT)))
+        c->last_active = uv_now(c->net->loop);
     c->ops->on_read(c, (uint8_t *)buf->base, (size_t)nread);
 }
 
@@ -766,12 +766,10 @@ void hd_net_reap(hd_net *net)
         hd_conn *c = net->reap;
         net->reap = c->reap_next;
         c->flags &= ~HD_CF_REAP;
-        if (c->reap_code == 1013) {
-            net->st->slow_closes++;
-            hd_info("conn %llu: send queue over %zu bytes: closing with 1013",
-                    (unsigned long long)c->id, net->cfg->send_queue_bytes);
-        }
-        hd_conn_shut_now(c, c->reap_code, "slow consumer");
+        net->st->slow_closes++;
+        hd_info("conn %llu: send queue over %zu bytes: closing with 1013",
+                (unsigned long long)c->id, net->cfg->send_queue_bytes);
+        hd_conn_shut_now(c, 1013, "slow consumer");
     }
     if (net->need_shed) shed(net);
 }

@@ -96,13 +96,12 @@ typedef struct hd_conn {
     hd_wq_item *wq_head, *wq_tail;
     size_t wq_bytes;             /* queued bytes not yet written */
     size_t inflight;             /* bytes handed to uv_write */
-    uv_write_t *wreq;            /* allocated while a write is in flight */
-    uv_shutdown_t *sreq;
     uint64_t id;
-    uint64_t last_active;        /* loop time (ms) of the last input */
-    uint64_t deadline;           /* while closing: forced close at this time */
+    union {                      /* (one word: an open connection has no deadline) */
+        uint64_t last_active;    /* while open: loop time (ms) of the last input */
+        uint64_t deadline;       /* once closing: forced close at this time */
+    };
     uint32_t flags;              /* HD_CF_* */
-    uint16_t reap_code;          /* close code for a reaped connection */
     uint8_t kind;                /* hd_conn_kind */
     uint32_t nsubs;              /* entries on subs */
     struct hd_sub *subs;         /* joined topics (the engine's, topic.c links them) */

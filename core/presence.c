@@ -52,9 +52,9 @@ static void new_ref(hd_presence *pr, char out[24])
     for (size_t i = 0; i < l; i++) out[i] = out[i] == '+' ? '-' : out[i] == '/' ? '_' : out[i];
 }
 
-/* Builds {"online_at":ms,"phx_ref":ref,...extra} (plus phx_ref_prev); the
- * new ref goes to ref. */
-static char *make_meta(hd_presence *pr, const char *extra_json, const char *prev_ref,
+/* Builds {"online_at":ms,"phx_ref":ref,...extra} (plus phx_ref_prev:
+ * prev, plen bytes); the new ref goes to ref. */
+static char *make_meta(hd_presence *pr, const char *extra_json, const char *prev, size_t plen,
                        char ref[24])
 {
     json_t *meta = extra_json ? json_loads(extra_json, 0, NULL) : NULL;
@@ -70,7 +70,7 @@ static char *make_meta(hd_presence *pr, const char *extra_json, const char *prev
         json_object_set_new(meta, "online_at",
                             json_integer((json_int_t)tv.tv_sec * 1000 + tv.tv_usec / 1000));
     json_object_set_new(meta, "phx_ref", json_string(ref));
-    if (prev_ref) json_object_set_new(meta, "phx_ref_prev", json_string(prev_ref));
+    if (prev) json_object_set_new(meta, "phx_ref_prev", json_stringn(prev, plen));
     else json_object_del(meta, "phx_ref_prev");
     char *s = json_dumps(meta, JSON_COMPACT);
     json_decref(meta);
@@ -79,26 +79,55 @@ static char *make_meta(hd_presence *pr, const char *extra_json, const char *prev
 
 static const char *key_of(const hd_pres *e) { return e->text; }
 static const char *meta_of(const hd_pres *e) { return e->text + e->meta_off; }
-static const char *ref_of(const hd_pres *e) { return e->text + e->ref_off; }
+/* ref_off's top bit: the ref was copied after the meta (NUL-terminated);
+ * else it is the bytes of the meta's "phx_ref" value, ended by a quote. */
+#define REF_COPIED 0x80000000u
+static const char *ref_of(const hd_pres *e) { return e->text + (e->ref_off & ~REF_COPIED); }
+static size_t ref_len(const hd_pres *e)
+{
+    return e->ref_off & REF_COPIED ? strlen(ref_of(e)) : strcspn(ref_of(e), "\"");
+}
 
-/* A new entry; node NULL: this node's (not copied). */
+static int ref_is(const hd_pres *e, const char *ref)
+{
+    size_t n = strlen(ref);
+    return ref_len(e) == n && memcmp(ref_of(e), ref, n) == 0;
+}
+
+/* A new entry; node NULL: this node's (not copied). The meta's compact
+ * JSON holds "phx_ref":"<ref>" literally unless ref needs escaping; only
+ * then is the ref copied. */
 static hd_pres *entry_new(hd_presence *pr, const char *key, const char *meta, const char *ref,
                           const char *node)
 {
-    size_t kl = strlen(key) + 1, ml = strlen(meta) + 1, rl = strlen(ref) + 1;
+    size_t kl = strlen(key) + 1, ml = strlen(meta) + 1, rl = strlen(ref);
     size_t nl = node ? strlen(node) + 1 : 0;
-    if (kl + ml + rl > UINT32_MAX) return NULL;
-    hd_pres *e = malloc(sizeof *e + kl + ml + rl + nl);
+    /* Literal only when JSON would not escape it. */
+    int plain = 1;
+    for (size_t i = 0; i < rl; i++)
+        if (ref[i] == '"' || ref[i] == '\\' || (unsigned char)ref[i] < 0x20) plain = 0;
+    const char *at = NULL;
+    for (const char *p = meta; plain && !at && (p = strstr(p, "\"phx_ref\":\"")); p++) {
+        const char *v = p + 11;
+        if (strncmp(v, ref, rl) == 0 && v[rl] == '"') at = v;
+    }
+    size_t extra = at ? 0 : rl + 1;
+    if (kl + ml + extra + nl >= REF_COPIED) return NULL;
+    hd_pres *e = malloc(sizeof *e + kl + ml + extra + nl);
     if (!e) return NULL;
     e->prev = e->next = NULL;
     e->sub = NULL;
     memcpy(e->text, key, kl);
     e->meta_off = (uint32_t)kl;
     memcpy(e->text + kl, meta, ml);
-    e->ref_off = (uint32_t)(kl + ml);
-    memcpy(e->text + kl + ml, ref, rl);
+    if (at) {
+        e->ref_off = (uint32_t)(kl + (size_t)(at - meta));
+    } else {
+        e->ref_off = (uint32_t)(kl + ml) | REF_COPIED;
+        memcpy(e->text + kl + ml, ref, rl + 1);
+    }
     if (node) {
-        char *n = e->text + kl + ml + rl;
+        char *n = e->text + kl + ml + extra;
         memcpy(n, node, nl);
         e->node = n;
     } else {
@@ -132,29 +161,48 @@ static void replace_entry(hd_topic *tp, hd_pres *o, hd_pres *n)
     if (o->next) o->next->prev = n;
 }
 
-/* Adds meta under key to the topic's pending joins or leaves. */
+/* Drops the metas with phx_ref ref from key's list on one side of a
+ * pending diff (and the key, if none is left). */
+static void drop_ref(json_t *side, const char *key, json_t *ref)
+{
+    json_t *metas = json_object_get(json_object_get(side, key), "metas");
+    for (size_t i = json_array_size(metas); i-- > 0;)
+        if (json_equal(json_object_get(json_array_get(metas, i), "phx_ref"), ref))
+            json_array_remove(metas, i);
+    if (metas && json_array_size(metas) == 0) json_object_del(side, key);
+}
+
+/* Adds meta under key to the topic's pending joins or leaves. Per key and
+ * phx_ref the window's last event wins: phoenix.js applies a diff's joins
+ * before its leaves, so a leave and a join of one phx_ref in one diff (an
+ * entry replaced, or removed and added back) would remove an entry the
+ * client should keep. */
 static void record(hd_presence *pr, hd_topic *tp, const char *key, const char *meta, int join)
 {
-    void **slot = join ? &tp->pjoins : &tp->pleaves;
-    if (!*slot) *slot = json_object();
-    json_t *side = *slot;
+    hd_pres_diff *d = tp->diff;
+    if (!d && (d = calloc(1, sizeof *d))) {
+        d->topic = tp;
+        d->next = pr->pending;
+        pr->pending = d;
+        tp->diff = d;
+    }
+    void **slot = d ? (join ? &d->joins : &d->leaves) : NULL;
+    if (slot && !*slot) *slot = json_object();
+    json_t *side = slot ? *slot : NULL;
     json_t *m = json_loads(meta, 0, NULL);
     if (!side || !m) {
         json_decref(m);
         hd_error("presence: out of memory recording a diff");
         return;
     }
+    drop_ref(d->joins, key, json_object_get(m, "phx_ref"));
+    drop_ref(d->leaves, key, json_object_get(m, "phx_ref"));
     json_t *entry = json_object_get(side, key);
     if (!entry) {
         entry = json_pack("{s:[]}", "metas");
         json_object_set_new(side, key, entry);
     }
     json_array_append_new(json_object_get(entry, "metas"), m);
-    if (!tp->pres_pending) {
-        tp->pres_pending = 1;
-        tp->pres_next = pr->pending;
-        pr->pending = tp;
-    }
     if (!uv_is_active((uv_handle_t *)&pr->timer))
         uv_timer_start(&pr->timer, on_batch, pr->cfg->presence_batch_ms, 0);
 }
@@ -164,7 +212,7 @@ int hd_presence_track(hd_presence *pr, hd_sub *sub, const char *meta_json)
     const hd_topic_policy *p = hd_topic_policy_of(pr->topics, sub->topic);
     if (!p->tracked) return 0;
     char ref[24], kb[32];
-    char *meta = make_meta(pr, meta_json, NULL, ref);
+    char *meta = make_meta(pr, meta_json, NULL, 0, ref);
     if (!meta) return HD_ENOMEM;
     const char *key = hd_presence_key(sub->conn, kb, sizeof kb);
     hd_pres *e = entry_new(pr, key, meta, ref, NULL);
@@ -194,7 +242,7 @@ int hd_presence_update(hd_presence *pr, hd_sub *sub, const char *meta_json)
     hd_pres *o = sub->pres;
     if (!o) return HD_ELIMIT;
     char ref[24];
-    char *meta = make_meta(pr, meta_json, ref_of(o), ref);
+    char *meta = make_meta(pr, meta_json, ref_of(o), ref_len(o), ref);
     if (!meta) return HD_ENOMEM;
     hd_pres *n = entry_new(pr, key_of(o), meta, ref, NULL);
     free(meta);
@@ -214,7 +262,7 @@ static hd_pres *find_remote(hd_topic *tp, const char *node, const char *key, con
 {
     for (hd_pres *e = tp->pres; e; e = e->next)
         if (!e->sub && strcmp(e->node, node) == 0 && strcmp(key_of(e), key) == 0 &&
-            strcmp(ref_of(e), ref) == 0)
+            ref_is(e, ref))
             return e;
     return NULL;
 }
@@ -232,10 +280,10 @@ int hd_presence_add(hd_presence *pr, hd_topic *tp, const char *node, const char 
     char *meta = json_dumps(m, JSON_COMPACT);
     hd_pres *n = meta ? entry_new(pr, key, meta, ref, node) : NULL;
     free(meta);
-    json_decref(m);
+    hd_pres *o = n ? find_remote(tp, node, key, ref) : NULL;
+    json_decref(m); /* ref points into m */
     if (!n) return HD_ENOMEM;
     int tell = hd_topic_policy_of(pr->topics, tp)->presence;
-    hd_pres *o = find_remote(tp, node, key, ref_of(n));
     if (o && strcmp(meta_of(o), meta_of(n)) == 0) { /* known already: no news */
         free(n);
         return 0;
@@ -358,33 +406,33 @@ void hd_presence_send_state(hd_presence *pr, hd_sub *sub)
     hd_str_free(&s);
 }
 
-static void clear(hd_topic *tp)
+static void diff_free(hd_pres_diff *d)
 {
-    json_decref(tp->pjoins);
-    json_decref(tp->pleaves);
-    tp->pjoins = tp->pleaves = NULL;
-    tp->pres_pending = 0;
+    json_decref(d->joins);
+    json_decref(d->leaves);
+    free(d);
 }
 
 void hd_presence_flush(hd_presence *pr)
 {
-    /* Work from pr->flushing: a fan-out below may close connections, free
-     * topics (hd_presence_forget unlinks them from this list too) and
-     * record new diffs (onto a fresh pr->pending). */
+    /* Work from pr->flushing: a fan-out below may free topics
+     * (hd_presence_forget unlinks their diffs from this list too) and record
+     * new diffs (onto a fresh pr->pending). */
     pr->flushing = pr->pending;
     pr->pending = NULL;
     while (pr->flushing) {
-        hd_topic *tp = pr->flushing;
-        pr->flushing = tp->pres_next;
-        tp->pres_next = NULL;
-        json_t *diff = json_pack("{s:O?,s:O?}", "joins", tp->pjoins, "leaves", tp->pleaves);
+        hd_pres_diff *d = pr->flushing;
+        pr->flushing = d->next;
+        hd_topic *tp = d->topic;
+        tp->diff = NULL;
+        json_t *diff = json_pack("{s:O?,s:O?}", "joins", d->joins, "leaves", d->leaves);
         if (diff && json_is_null(json_object_get(diff, "joins")))
             json_object_set_new(diff, "joins", json_object());
         if (diff && json_is_null(json_object_get(diff, "leaves")))
             json_object_set_new(diff, "leaves", json_object());
         char *text = diff ? json_dumps(diff, JSON_COMPACT) : NULL;
         json_decref(diff);
-        clear(tp);
+        diff_free(d);
         if (!text) continue;
         hd_buf *f = hd_phx_presence_diff(tp->name, tp->len, text, strlen(text));
         free(text);
@@ -396,11 +444,11 @@ void hd_presence_flush(hd_presence *pr)
     }
 }
 
-static int unlink_from(hd_topic **head, hd_topic *tp)
+static int unlink_from(hd_pres_diff **head, hd_pres_diff *d)
 {
-    for (hd_topic **pp = head; *pp; pp = &(*pp)->pres_next)
-        if (*pp == tp) {
-            *pp = tp->pres_next;
+    for (hd_pres_diff **pp = head; *pp; pp = &(*pp)->next)
+        if (*pp == d) {
+            *pp = d->next;
             return 1;
         }
     return 0;
@@ -414,7 +462,9 @@ void hd_presence_forget(hd_presence *pr, hd_topic *tp)
         free(e);
     }
     tp->pres = NULL;
-    if (!tp->pres_pending) return;
-    if (!unlink_from(&pr->pending, tp)) unlink_from(&pr->flushing, tp);
-    clear(tp);
+    hd_pres_diff *d = tp->diff;
+    if (!d) return;
+    if (!unlink_from(&pr->pending, d)) unlink_from(&pr->flushing, d);
+    tp->diff = NULL;
+    diff_free(d);
 }

@@ -19,15 +19,24 @@
 
 #include <uv.h>
 
-/* One entry. text holds "<key>\0<meta>\0<phx_ref>\0" and, for another
- * node's entry, "<node>\0" after them (node then points there). */
+/* One entry. text holds "<key>\0<meta>\0"; the phx_ref's bytes are found
+ * inside the meta (ref_off, ref_len), else copied after it. For another
+ * node's entry "<node>\0" comes last (node then points there). */
 typedef struct hd_pres {
     struct hd_pres *prev, *next;  /* the topic's entries, newest first */
     hd_sub *sub;                  /* this node's subscription, or NULL */
     const char *node;             /* the owning node's id */
-    uint32_t meta_off, ref_off;   /* offsets of the meta and the phx_ref in text */
+    uint32_t meta_off;            /* offset of the meta in text */
+    uint32_t ref_off;             /* offset of the phx_ref's bytes in text */
     char text[];                  /* the key first */
 } hd_pres;
+
+/* A topic's joins and leaves of the current batch window. */
+typedef struct hd_pres_diff {
+    struct hd_pres_diff *next;    /* the pending (or flushing) list */
+    hd_topic *topic;
+    void *joins, *leaves;         /* json_t objects, or NULL */
+} hd_pres_diff;
 
 typedef struct hd_presence {
     uv_loop_t *loop;
@@ -35,8 +44,8 @@ typedef struct hd_presence {
     hd_stats *st;
     hd_topics *topics;
     const char *node;             /* this node's id (borrowed) */
-    hd_topic *pending;            /* topics with a diff waiting */
-    hd_topic *flushing;           /* the ones being sent right now */
+    hd_pres_diff *pending;        /* diffs waiting for the batch timer */
+    hd_pres_diff *flushing;       /* the ones being sent right now */
     uint64_t seq;                 /* phx_ref counter */
     uv_timer_t timer;             /* the batch window */
 } hd_presence;

@@ -71,9 +71,7 @@ hd_sub *hd_topics_subscribe(hd_topics *t, const char *name, size_t len, hd_conn 
         tp->subs = NULL;
         tp->policy_gen = 0; /* generations start at 1: the first use asks */
         tp->id = ++t->next_id;
-        tp->pres_next = NULL;
-        tp->pjoins = tp->pleaves = NULL;
-        tp->pres_pending = 0;
+        tp->diff = NULL;
         tp->pres = NULL;
         tp->shaper = NULL;
         memcpy(tp->name, name, len);

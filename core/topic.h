@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 struct hd_pres;
+struct hd_pres_diff;
 
 typedef struct hd_sub {
     struct hd_sub *tprev, *tnext; /* the topic's subscribers */
@@ -32,10 +33,8 @@ typedef struct hd_topic {
     hd_topic_policy policy;       /* valid when policy_gen is the policy generation */
     uint64_t policy_gen;
     uint64_t id;                  /* unique for the registry's life (tags queued frames) */
-    struct hd_topic *pres_next;   /* on the presence pending list while a diff waits */
-    void *pjoins, *pleaves;       /* json_t objects of the pending diff, or NULL */
     struct hd_pres *pres;         /* presence entries, every node's (presence.c) */
-    uint8_t pres_pending;         /* on the pending or flushing list */
+    struct hd_pres_diff *diff;    /* the presence diff waiting to be sent, or NULL */
     struct hd_shaper *shaper;     /* rate shaping state, or NULL */
     hd_sub *subs;                 /* subscribers, newest first */
     uint32_t hash;
