@@ -89,8 +89,10 @@ static size_t deliver(hd_engine *e, const char *topic, size_t tlen, const char *
         n = hd_shaper_submit(&e->shapers, tp, p, event, elen, frame);
     } else {
         /* A reload may have turned shaping off: what was held goes first
-         * (the shaper counts its own deliveries). */
-        held = tp->shaper ? hd_shaper_release(&e->shapers, tp) : 0;
+         * (the shaper counts its own deliveries). A message shaped at
+         * another node leaves what a still-shaping topic holds to its
+         * window. */
+        held = tp->shaper && !hd_shaper_applies(p) ? hd_shaper_release(&e->shapers, tp) : 0;
         n = hd_topics_publish(&e->topics, tp, frame);
     }
     e->st->deliveries += n;
