@@ -116,6 +116,23 @@ static void push_socket(lua_State *L, hd_conn *c)
 
 /* ---- results --------------------------------------------------------------------- */
 
+/* [-0, +0] No opinion: nothing returned, or nil with no reason after it
+ * (only false, or nil with a reason, refuses). */
+static int no_opinion(lua_State *L, int v, int nres)
+{
+    return nres == 0 || (nres > 0 && lua_isnil(L, v) && (nres == 1 || lua_isnil(L, v + 1)));
+}
+
+/* [-0, +1] Pushes t[key] of the table at idx without metamethods: a
+ * script's __index can neither raise outside the guarded call nor loop
+ * past the budget. */
+static void raw_field(lua_State *L, int idx, const char *key)
+{
+    if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
+    lua_pushstring(L, key);
+    lua_rawget(L, idx);
+}
+
 /* [-0, +0] Copies the string at idx into reason, or dflt when it is none. */
 static void copy_reason(lua_State *L, int idx, char *reason, size_t rlen, const char *dflt)
 {
@@ -129,7 +146,7 @@ static void copy_reason(lua_State *L, int idx, char *reason, size_t rlen, const 
 static int field_object(lua_State *L, int idx, const char *key, hd_str *out, const char *what,
                         const char *src)
 {
-    lua_getfield(L, idx, key);
+    raw_field(L, idx, key);
     int rc = 0;
     if (!lua_isnil(L, -1)) {
         hd_str js = HD_STR_INIT;
@@ -170,18 +187,18 @@ static int auth_result(lua_State *L, void *ud, int v, int nres, const char *src)
         a->ok = 0;
         return STOP;
     }
-    if (nres == 0) return CONTINUE; /* no opinion */
+    if (no_opinion(L, v, nres)) return CONTINUE;
     if (!lua_istable(L, v)) {
         if (lua_toboolean(L, v)) return CONTINUE;
         copy_reason(L, v + 1, a->reason, a->rlen, "unauthorized");
         a->ok = 0;
         return STOP;
     }
-    lua_getfield(L, v, "id");
+    raw_field(L, v, "id");
     if (!*a->id && (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER))
         *a->id = strdup(lua_tostring(L, -1));
     lua_pop(L, 1);
-    lua_getfield(L, v, "assigns");
+    raw_field(L, v, "assigns");
     if (lua_istable(L, -1)) {
         lua_pushnil(L);
         while (lua_next(L, -2)) { /* key, value -> key */
@@ -252,7 +269,7 @@ typedef struct {
     int ok, have_reply;
 } join_call;
 
-/* [-0, +0] false or nil denies (stop), true allows, with an optional
+/* [-0, +0] false, or nil with a reason, denies (stop); true allows, with an optional
  * {reply = ..., meta = ...}; a failure or a hook that closed the socket
  * denies. Returns the verdict. */
 static int join_result(lua_State *L, void *ud, int v, int nres, const char *src)
@@ -263,7 +280,7 @@ static int join_result(lua_State *L, void *ud, int v, int nres, const char *src)
         j->ok = 0;
         return STOP;
     }
-    if (nres == 0) return CONTINUE;
+    if (no_opinion(L, v, nres)) return CONTINUE;
     if (!lua_toboolean(L, v)) {
         copy_reason(L, v + 1, j->reason, j->rlen, "unauthorized");
         j->ok = 0;
@@ -301,12 +318,12 @@ int hd_hook_join(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen, jso
 
 /* ---- api_auth ---------------------------------------------------------------------- */
 
-/* [-0, +0] A true value allows, false or nil (or a failure) denies and
- * stops. Returns the verdict. */
+/* [-0, +0] A true value allows; false, nil with a reason, or a failure
+ * denies and stops. Returns the verdict. */
 static int api_auth_result(lua_State *L, void *ud, int v, int nres, const char *src)
 {
     int *verdict = ud;
-    if (nres == 0) return CONTINUE;
+    if (no_opinion(L, v, nres)) return CONTINUE;
     *verdict = nres > 0 && lua_toboolean(L, v);
     return *verdict ? CONTINUE : STOP;
 }
@@ -352,7 +369,7 @@ int hd_hook_api_auth(hd_scripts *sc, hd_conn *c, const hd_hook_req *r)
  * uint32. Returns 0 (also when nil), or -1 after logging. */
 static int policy_uint(lua_State *L, int idx, const char *key, uint32_t *out, const char *src)
 {
-    lua_getfield(L, idx, key);
+    raw_field(L, idx, key);
     int rc = 0;
     if (!lua_isnil(L, -1)) {
         lua_Number v = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
@@ -370,7 +387,7 @@ static int policy_uint(lua_State *L, int idx, const char *key, uint32_t *out, co
 /* [-0, +0] The same for a boolean. */
 static int policy_bool(lua_State *L, int idx, const char *key, uint8_t *out, const char *src)
 {
-    lua_getfield(L, idx, key);
+    raw_field(L, idx, key);
     int rc = 0;
     if (lua_isboolean(L, -1)) *out = (uint8_t)lua_toboolean(L, -1);
     else if (!lua_isnil(L, -1)) {
@@ -385,7 +402,7 @@ static int policy_bool(lua_State *L, int idx, const char *key, uint8_t *out, con
 static int policy_enum(lua_State *L, int idx, const char *key, uint8_t *out, const char *a,
                        const char *b, const char *src)
 {
-    lua_getfield(L, idx, key);
+    raw_field(L, idx, key);
     int rc = 0;
     if (!lua_isnil(L, -1)) {
         const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
@@ -481,9 +498,9 @@ static int publish_result(lua_State *L, void *ud, int v, int nres, const char *s
  * it came in). */
 static void take_message(hd_scripts *sc, lua_State *L, int idx, char **event, char **data_json)
 {
-    lua_getfield(L, idx, "event");
+    raw_field(L, idx, "event");
     const char *ev = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    lua_getfield(L, idx, "data");
+    raw_field(L, idx, "data");
     hd_str js = HD_STR_INIT;
     const char *e = hd_luapi_to_json(L, -1, &js);
     if (!ev || e) {

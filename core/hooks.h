@@ -7,7 +7,9 @@
  *   topic: the results merge, each table all or nothing;
  *   message: the first hook with an answer ends the run;
  *   shutdown: every hook runs.
- * A bare `return` is no opinion everywhere. Without scripts (or without the
+ * A bare `return`, or `return nil`, is no opinion everywhere (only false,
+ * or nil with a reason, refuses); returned tables are read raw (no
+ * metamethods). Without scripts (or without the
  * hook) each returns its default at once, without touching Lua. */
 #ifndef HD_HOOKS_H
 #define HD_HOOKS_H

@@ -449,6 +449,52 @@ static void test_budget_stops_loops(void **st)
     cli_free(client);
 }
 
+/* return nil is no opinion in every hook (only false, or nil with a
+ * reason, refuses), and a returned table with a hostile metatable is read
+ * raw: its __index neither raises outside the guarded call (a Lua panic:
+ * the process aborted) nor runs unbudgeted. */
+static void test_nil_and_metatables(void **st)
+{
+    (void)st;
+    start("local evil = setmetatable({}, { __index = function() error('boom') end })\n"
+          "local spin = setmetatable({}, { __index = function() while true do end end })\n"
+          "return {\n"
+          "  authenticate = function(req) return nil end,\n"
+          "  api_auth = function(req) return nil end,\n"
+          "  join = function(socket, topic)\n"
+          "    if topic == 'nil' then return nil end\n"
+          "    return true, evil\n"
+          "  end,\n"
+          "  publish = function(msg) return spin end,\n"
+          "  topic = function(name) return evil end,\n"
+          "}\n",
+          NULL, 1000);
+    cli *client;
+    hd_conn *c = server_conn(&client);
+    char reply[128], meta[128], reason[128];
+    assert_int_equal(join_hook(c, "nil", reply, meta, reason), 1); /* no opinion: allowed */
+    assert_string_equal(reply, "{}");
+    assert_int_equal(join_hook(c, "room", reply, meta, reason), 1); /* no reply, no meta */
+    assert_string_equal(reply, "{}");
+    assert_string_equal(meta, "");
+    hd_hook_req r = {.method = "GET", .path = "/x", .path_len = 2, .hbuf = ""};
+    assert_int_equal(hd_hook_api_auth(&srv.sc, c, &r), -1); /* no opinion: the token rule */
+    char *id = NULL, *assigns = NULL;
+    assert_int_equal(hd_hook_authenticate(&srv.sc, c, &r, NULL, &id, &assigns, reason, 128), 1);
+    free(id);
+    free(assigns);
+    hd_topic_policy p;
+    hd_topic_policy_default(&p);
+    hd_hook_topic(&srv.sc, "t", 1, &p); /* every field raw-read as nil: the defaults */
+    assert_int_equal(p.tracked, 1);
+    char *ev = strdup("e"), *data = strdup("{}");
+    assert_int_equal(hd_hook_publish(&srv.sc, "t", 1, &ev, &data), 1);
+    assert_string_equal(ev, "e"); /* spin has no event: logged, sent as it came */
+    free(ev);
+    free(data);
+    cli_free(client);
+}
+
 int main(void)
 {
     real_stderr = stderr;
@@ -462,6 +508,7 @@ int main(void)
         cmocka_unit_test_teardown(test_other_hooks, teardown_hooks),
         cmocka_unit_test_teardown(test_error_traceback, teardown_hooks),
         cmocka_unit_test_teardown(test_budget_stops_loops, teardown_hooks),
+        cmocka_unit_test_teardown(test_nil_and_metatables, teardown_hooks),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     unlink(path_a);
