@@ -1,0 +1,327 @@
+/* tests/unit/test_phx.c: the Phoenix frame encoders. Every frame is
+ * checked to the byte, WebSocket header included, and its payload is
+ * parsed back with jansson as the [join_ref, ref, topic, event, payload]
+ * array a Phoenix client reads. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "phx.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The payload length of a server text frame, after checking its header:
+ * FIN + text, unmasked, the 2-byte form below 126 bytes, 126 + 16-bit
+ * length up to 65535, 127 + 64-bit length beyond. *hl gets the header's
+ * length. */
+static size_t text_frame_len(const hd_buf *f, size_t *hl)
+{
+    assert_true(f->len >= 2);
+    assert_int_equal(f->data[0], 0x81);
+    size_t n = f->data[1];
+    assert_int_equal(n & 0x80, 0); /* never masked */
+    if (n < 126) {
+        *hl = 2;
+    } else if (n == 126) {
+        *hl = 4;
+        n = (size_t)f->data[2] << 8 | f->data[3];
+        assert_true(n >= 126);
+    } else {
+        *hl = 10;
+        n = 0;
+        for (int i = 0; i < 8; i++)
+            n = n << 8 | f->data[2 + i];
+        assert_true(n > 0xFFFF);
+    }
+    assert_int_equal(f->len, *hl + n);
+    return n;
+}
+
+/* Checks that f is exactly one text frame carrying want (wlen bytes) and
+ * that jansson reads it as a 5-element array; returns the array (the
+ * caller frees it) and drops f. */
+static json_t *expect_frame_n(hd_buf *f, const char *want, size_t wlen)
+{
+    assert_non_null(f);
+    assert_int_equal(f->refs, 1);
+    size_t hl, n = text_frame_len(f, &hl);
+    assert_int_equal(n, wlen);
+    assert_memory_equal(f->data + hl, want, wlen);
+    json_error_t err;
+    json_t *a = json_loadb((const char *)f->data + hl, n, JSON_ALLOW_NUL, &err);
+    if (!a) fail_msg("payload is not JSON: %s: %.*s", err.text, (int)n, f->data + hl);
+    assert_true(json_is_array(a));
+    assert_int_equal(json_array_size(a), 5);
+    hd_buf_unref(f);
+    return a;
+}
+
+static json_t *expect_frame(hd_buf *f, const char *want)
+{
+    return expect_frame_n(f, want, strlen(want));
+}
+
+/* Element i of a is the string s (NULL: JSON null). */
+static void assert_elem(json_t *a, size_t i, const char *s)
+{
+    json_t *v = json_array_get(a, i);
+    if (!s) {
+        assert_true(json_is_null(v));
+        return;
+    }
+    assert_true(json_is_string(v));
+    assert_string_equal(json_string_value(v), s);
+}
+
+/* The four string-or-null fields of a frame. */
+static void assert_head(json_t *a, const char *join_ref, const char *ref, const char *topic,
+                        const char *event)
+{
+    assert_elem(a, 0, join_ref);
+    assert_elem(a, 1, ref);
+    assert_elem(a, 2, topic);
+    assert_elem(a, 3, event);
+}
+
+/* The payload (element 4) equals the JSON text want. */
+static void assert_payload(json_t *a, const char *want)
+{
+    json_t *w = json_loads(want, 0, NULL);
+    assert_non_null(w);
+    assert_true(json_equal(json_array_get(a, 4), w));
+    json_decref(w);
+}
+
+static void test_msg(void **st)
+{
+    (void)st;
+    json_t *a =
+        expect_frame(hd_phx_msg("room:1", 6, "new", 3, "{\"a\":1}", 7),
+                     "[null,null,\"room:1\",\"msg\",{\"data\":{\"a\":1},\"event\":\"new\"}]");
+    assert_head(a, NULL, NULL, "room:1", "msg");
+    assert_payload(a, "{\"event\":\"new\",\"data\":{\"a\":1}}");
+    json_decref(a);
+}
+
+/* The header bytes themselves, for a short frame: 0x81 and the length. */
+static void test_msg_header_bytes(void **st)
+{
+    (void)st;
+    hd_buf *f = hd_phx_msg("t", 1, "e", 1, "1", 1);
+    static const char want[] = "\x81\x2c[null,null,\"t\",\"msg\",{\"data\":1,\"event\":\"e\"}]";
+    assert_int_equal(f->len, sizeof want - 1);
+    assert_memory_equal(f->data, want, sizeof want - 1);
+    hd_buf_unref(f);
+}
+
+/* Lengths bound topic, event and data: bytes past them are not read. */
+static void test_msg_lengths(void **st)
+{
+    (void)st;
+    json_t *a = expect_frame(hd_phx_msg("room:1xyz", 6, "newxyz", 3, "[1,2]xyz", 5),
+                             "[null,null,\"room:1\",\"msg\",{\"data\":[1,2],\"event\":\"new\"}]");
+    json_decref(a);
+}
+
+/* Topic and event are escaped: quotes, backslashes, control characters
+ * (short forms where JSON has them), NUL inside the length, DEL and valid
+ * UTF-8 as they are, and every byte of an invalid sequence as U+FFFD. */
+static void test_msg_escapes(void **st)
+{
+    (void)st;
+    static const char topic[] = "a\"b\\c\n\r\t\b\f\x01\x1f\x7f\0z";
+    static const char event[] = "\xc3\xa9\xff\xc0\xaf\xe2\x82\xed\xa0\x80\xf0\x9f\x98\x80";
+    json_t *a = expect_frame(
+        hd_phx_msg(topic, sizeof topic - 1, event, sizeof event - 1, "null", 4),
+        "[null,null,\"a\\\"b\\\\c\\n\\r\\t\\b\\f\\u0001\\u001f\x7f\\u0000z\",\"msg\","
+        "{\"data\":null,\"event\":\"\xc3\xa9\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd"
+        "\\ufffd\xf0\x9f\x98\x80\"}]");
+    /* jansson reads back the raw topic, NUL and all... */
+    json_t *t = json_array_get(a, 2);
+    assert_int_equal(json_string_length(t), sizeof topic - 1);
+    assert_memory_equal(json_string_value(t), topic, sizeof topic - 1);
+    /* ...and the event with U+FFFD (EF BF BD) for each bad byte. */
+    const char *ev = json_string_value(json_object_get(json_array_get(a, 4), "event"));
+    assert_string_equal(ev, "\xc3\xa9"
+                            "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+                            "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+                            "\xf0\x9f\x98\x80");
+    json_decref(a);
+}
+
+/* data_json is copied verbatim: spacing, key order, escapes untouched. */
+static void test_msg_data_verbatim(void **st)
+{
+    (void)st;
+    static const char data[] = "{ \"z\" : [1, 2.50 ,\"\\u00e9\\n\"], \"a\":{} }";
+    json_t *a =
+        expect_frame(hd_phx_msg("t", 1, "e", 1, data, sizeof data - 1),
+                     "[null,null,\"t\",\"msg\",{\"data\":{ \"z\" : [1, 2.50 ,\"\\u00e9\\n\"],"
+                     " \"a\":{} },\"event\":\"e\"}]");
+    assert_payload(a, "{\"event\":\"e\",\"data\":{\"a\":{},\"z\":[1,2.5,\"\xc3\xa9\\n\"]}}");
+    json_decref(a);
+}
+
+/* A msg payload of exactly n bytes: data is a JSON string padded to fit. */
+static void msg_of_payload_len(size_t n, size_t want_header)
+{
+    static const char fixed[] = "[null,null,\"t\",\"msg\",{\"data\":,\"event\":\"e\"}]";
+    size_t dl = n - (sizeof fixed - 1);
+    char *data = malloc(dl), *want = malloc(n);
+    data[0] = '"';
+    memset(data + 1, 'x', dl - 2);
+    data[dl - 1] = '"';
+    int w = snprintf(want, n, "[null,null,\"t\",\"msg\",{\"data\":");
+    memcpy(want + w, data, dl);
+    memcpy(want + w + dl, ",\"event\":\"e\"}]", n - w - dl);
+    hd_buf *f = hd_phx_msg("t", 1, "e", 1, data, dl);
+    size_t hl;
+    text_frame_len(f, &hl);
+    assert_int_equal(hl, want_header);
+    json_decref(expect_frame_n(f, want, n));
+    free(data);
+    free(want);
+}
+
+/* 125 bytes: the 2-byte header; 126 and 65535: 126 + 16 bits; 65536: 127
+ * + 64 bits. */
+static void test_msg_header_forms(void **st)
+{
+    (void)st;
+    msg_of_payload_len(125, 2);
+    msg_of_payload_len(126, 4);
+    msg_of_payload_len(65535, 4);
+    msg_of_payload_len(65536, 10);
+}
+
+static void test_reply(void **st)
+{
+    (void)st;
+    json_t *a = expect_frame(hd_phx_reply("1", "2", "room:1", "ok", "{\"x\":[1]}"),
+                             "[\"1\",\"2\",\"room:1\",\"phx_reply\","
+                             "{\"status\":\"ok\",\"response\":{\"x\":[1]}}]");
+    assert_head(a, "1", "2", "room:1", "phx_reply");
+    assert_payload(a, "{\"status\":\"ok\",\"response\":{\"x\":[1]}}");
+    json_decref(a);
+
+    /* A heartbeat's reply: no join_ref. */
+    a = expect_frame(hd_phx_reply(NULL, "7", "phoenix", "ok", "{}"),
+                     "[null,\"7\",\"phoenix\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]");
+    assert_head(a, NULL, "7", "phoenix", "phx_reply");
+    json_decref(a);
+
+    /* Both refs null; refs are escaped like any string. */
+    a = expect_frame(hd_phx_reply(NULL, NULL, "t", "error", "{}"),
+                     "[null,null,\"t\",\"phx_reply\",{\"status\":\"error\",\"response\":{}}]");
+    assert_head(a, NULL, NULL, "t", "phx_reply");
+    json_decref(a);
+    a = expect_frame(
+        hd_phx_reply("a\"b", "\\", "t", "ok", "{}"),
+        "[\"a\\\"b\",\"\\\\\",\"t\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]");
+    assert_head(a, "a\"b", "\\", "t", "phx_reply");
+    json_decref(a);
+}
+
+static void test_reply_error(void **st)
+{
+    (void)st;
+    json_t *a = expect_frame(hd_phx_reply_error("3", "4", "private:x", "unauthorized"),
+                             "[\"3\",\"4\",\"private:x\",\"phx_reply\",{\"status\":\"error\","
+                             "\"response\":{\"reason\":\"unauthorized\"}}]");
+    assert_head(a, "3", "4", "private:x", "phx_reply");
+    assert_payload(a, "{\"status\":\"error\",\"response\":{\"reason\":\"unauthorized\"}}");
+    json_decref(a);
+
+    /* The reason is raw text (from a hook): escaped, bad bytes replaced. */
+    a = expect_frame(hd_phx_reply_error(NULL, "4", "t", "say \"no\"\\\n\x02\xff"),
+                     "[null,\"4\",\"t\",\"phx_reply\",{\"status\":\"error\","
+                     "\"response\":{\"reason\":\"say \\\"no\\\"\\\\\\n\\u0002\\ufffd\"}}]");
+    const char *reason = json_string_value(
+        json_object_get(json_object_get(json_array_get(a, 4), "response"), "reason"));
+    assert_string_equal(reason, "say \"no\"\\\n\x02\xef\xbf\xbd");
+    json_decref(a);
+}
+
+static void test_close(void **st)
+{
+    (void)st;
+    json_t *a = expect_frame(hd_phx_close("5", "room:\"1\""),
+                             "[\"5\",\"5\",\"room:\\\"1\\\"\",\"phx_close\",{}]");
+    assert_head(a, "5", "5", "room:\"1\"", "phx_close");
+    assert_payload(a, "{}");
+    json_decref(a);
+    a = expect_frame(hd_phx_close(NULL, "t"), "[null,null,\"t\",\"phx_close\",{}]");
+    json_decref(a);
+}
+
+static void test_presence_state(void **st)
+{
+    (void)st;
+    static const char state[] = "{\"u1\":{\"metas\":[{\"phx_ref\":\"r\",\"online_at\":1}]}}";
+    json_t *a = expect_frame(hd_phx_presence_state("9", "room:1xx", 6, state, sizeof state - 1),
+                             "[\"9\",null,\"room:1\",\"presence_state\","
+                             "{\"u1\":{\"metas\":[{\"phx_ref\":\"r\",\"online_at\":1}]}}]");
+    assert_head(a, "9", NULL, "room:1", "presence_state");
+    assert_payload(a, state);
+    json_decref(a);
+    a = expect_frame(hd_phx_presence_state(NULL, "t\t", 2, "{}", 2),
+                     "[null,null,\"t\\t\",\"presence_state\",{}]");
+    assert_head(a, NULL, NULL, "t\t", "presence_state");
+    json_decref(a);
+}
+
+static void test_presence_diff(void **st)
+{
+    (void)st;
+    static const char diff[] =
+        "{\"joins\":{\"u\":{\"metas\":[{\"phx_ref\":\"a\"}]}},\"leaves\":{}}";
+    json_t *a =
+        expect_frame(hd_phx_presence_diff("room:\xff", 6, diff, sizeof diff - 1),
+                     "[null,null,\"room:\\ufffd\",\"presence_diff\","
+                     "{\"joins\":{\"u\":{\"metas\":[{\"phx_ref\":\"a\"}]}},\"leaves\":{}}]");
+    assert_head(a, NULL, NULL, "room:\xef\xbf\xbd", "presence_diff");
+    assert_payload(a, diff);
+    json_decref(a);
+}
+
+/* A presence_state of 300 bytes takes the 126 form too (not only msg). */
+static void test_presence_state_long(void **st)
+{
+    (void)st;
+    char state[300];
+    memset(state, ' ', sizeof state);
+    state[0] = '{';
+    state[sizeof state - 1] = '}';
+    hd_buf *f = hd_phx_presence_state(NULL, "t", 1, state, sizeof state);
+    size_t want = sizeof "[null,null,\"t\",\"presence_state\",]" - 1 + sizeof state;
+    assert_int_equal(f->data[1], 126);
+    assert_int_equal((size_t)f->data[2] << 8 | f->data[3], want);
+    size_t hl;
+    assert_int_equal(text_frame_len(f, &hl), want);
+    assert_memory_equal(f->data + 4 + want - sizeof state - 1, state, sizeof state);
+    assert_int_equal(f->data[f->len - 1], ']');
+    hd_buf_unref(f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_msg),
+        cmocka_unit_test(test_msg_header_bytes),
+        cmocka_unit_test(test_msg_lengths),
+        cmocka_unit_test(test_msg_escapes),
+        cmocka_unit_test(test_msg_data_verbatim),
+        cmocka_unit_test(test_msg_header_forms),
+        cmocka_unit_test(test_reply),
+        cmocka_unit_test(test_reply_error),
+        cmocka_unit_test(test_close),
+        cmocka_unit_test(test_presence_state),
+        cmocka_unit_test(test_presence_diff),
+        cmocka_unit_test(test_presence_state_long),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
