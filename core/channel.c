@@ -81,7 +81,7 @@ size_t hd_channel_recheck(hd_channel_ctx *ch, hd_conn *c)
 static void on_join(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *ref,
                     const char *topic, size_t tlen, json_t *payload)
 {
-    if (tlen == 0 || tlen > HD_TOPIC_MAX_BYTES || memchr(topic, 0, tlen)) {
+    if (tlen == 0 || tlen > HD_TOPIC_MAX_BYTES) {
         ch->st->joins_refused++;
         reply_error(c, jr, ref, topic, "invalid topic");
         return;
@@ -139,10 +139,17 @@ static void on_leave(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char 
     drop_sub(ch, s);
 }
 
+/* A string with no NUL in it: the refs, topic and event are C strings
+ * from here on ("\u0000" is valid JSON, kept only inside payloads). */
+static int c_string(json_t *v)
+{
+    return json_is_string(v) && strlen(json_string_value(v)) == json_string_length(v);
+}
+
 static const char *str_or_null(json_t *v, int *ok)
 {
     if (json_is_null(v)) return NULL;
-    if (json_is_string(v)) return json_string_value(v);
+    if (c_string(v)) return json_string_value(v);
     *ok = 0;
     return NULL;
 }
@@ -166,7 +173,7 @@ static int on_phoenix(hd_channel_ctx *ch, hd_conn *c, const uint8_t *data, size_
 {
     ch->st->ws_msgs_in++;
     json_error_t jerr;
-    json_t *msg = json_loadb((const char *)data, len, 0, &jerr);
+    json_t *msg = json_loadb((const char *)data, len, JSON_ALLOW_NUL, &jerr);
     int ok = msg && json_is_array(msg) && json_array_size(msg) >= 5;
     const char *jr = NULL, *ref = NULL;
     json_t *topic = NULL, *event = NULL;
@@ -175,8 +182,7 @@ static int on_phoenix(hd_channel_ctx *ch, hd_conn *c, const uint8_t *data, size_
         ref = str_or_null(json_array_get(msg, 1), &ok);
         topic = json_array_get(msg, 2);
         event = json_array_get(msg, 3);
-        ok = ok && json_is_string(topic) && json_is_string(event) &&
-             json_is_object(json_array_get(msg, 4));
+        ok = ok && c_string(topic) && c_string(event) && json_is_object(json_array_get(msg, 4));
     }
     if (!ok) {
         ch->st->ws_bad_msgs++;

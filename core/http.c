@@ -71,7 +71,10 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     if (count_header_bytes(p, len)) return fail(p, 431);
     /* No blank in a field name (RFC 9112 5.1: "Host : x" must be refused;
      * llhttp 8.1 lets it through). */
-    if (memchr(at, ' ', len) || memchr(at, '\t', len)) return fail(p, 400);
+    if (memchr(at, ' ', len) || memchr(at, '\t', len)) {
+        llhttp_set_error_reason(p, "blank in a header name");
+        return fail(p, 400);
+    }
     if (!r->in_field) {
         if (r->nh >= HD_HTTP_MAX_HEADERS) return fail(p, 431);
         r->in_field = 1;
@@ -150,8 +153,10 @@ static int on_message_complete(llhttp_t *p)
     if (r->method == HTTP_CONNECT) r->keep_alive = 0;
     ctx->on_request(ctx->ud, c, r, llhttp_get_upgrade(p));
     /* After an upgrade llhttp stops by itself (HPE_PAUSED_UPGRADE); after a
-     * response that closes the connection, stop: what follows is not ours. */
-    if (c->ops == &ctx->ops && !hd_conn_open(c)) return HPE_PAUSED;
+     * response that closes the connection, or a switch of protocol on a
+     * request llhttp did not flag as an upgrade, stop: what follows is not
+     * ours (on_read hands the rest to the new protocol). */
+    if (c->ops != &ctx->ops || !hd_conn_open(c)) return HPE_PAUSED;
     return 0;
 }
 
@@ -231,8 +236,8 @@ static void on_read(hd_conn *c, uint8_t *data, size_t len)
     if (e == HPE_OK || e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) return;
     int status = h->req.err_status ? h->req.err_status : 400;
     char msg[256];
-    if (status == 400)
-        snprintf(msg, sizeof msg, "bad request: %s", llhttp_get_error_reason(&h->parser));
+    const char *why = llhttp_get_error_reason(&h->parser);
+    if (status == 400) snprintf(msg, sizeof msg, "bad request: %s", why ? why : "malformed");
     else
         snprintf(msg, sizeof msg, "%s", limit_message(status));
     hd_debug("conn %llu: HTTP %d: %s", (unsigned long long)c->id, status, msg);
@@ -263,9 +268,17 @@ int hd_http_query_param(const hd_http_req *r, const char *key, char *out, size_t
         if (p.kl >= sizeof kbuf) continue;
         memcpy(kbuf, p.k, p.kl);
         if (hd_url_decode(kbuf, p.kl) != kl || memcmp(kbuf, key, kl) != 0) continue;
-        size_t vl = p.vl < outlen ? p.vl : outlen - 1;
-        if (vl) memcpy(out, p.v, vl);
-        out[hd_url_decode(out, vl)] = 0;
+        /* Decode first, then truncate: the cut must fall on decoded bytes. */
+        char *v = malloc(p.vl + 1);
+        size_t vl = 0;
+        if (v) {
+            memcpy(v, p.v, p.vl);
+            vl = hd_url_decode(v, p.vl);
+            if (vl > outlen - 1) vl = outlen - 1;
+            memcpy(out, v, vl);
+            free(v);
+        }
+        out[vl] = 0;
         return 1;
     }
     return 0;

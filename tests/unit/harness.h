@@ -374,4 +374,139 @@ static void join(cli *c, const char *jr, const char *topic)
     expect_text(c, want);
 }
 
+/* ---- known bugs, scripts, bodies, presence (test_http.c, test_channel.c, test_api.c) -- */
+
+/* A connection built by hand on net as hd_net_accept would make it, but
+ * with a TCP handle that is never connected (so its peer is unknown: not
+ * loopback): bytes go in through c->ops->on_read, answers stay queued
+ * until a writer turn runs. hd_conn_close() and the loop free it. */
+static hd_conn *conn_by_hand(hd_net *net, const hd_conn_ops *ops)
+{
+    hd_conn *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    assert_int_equal(uv_tcp_init(net->loop, &c->tcp), 0);
+    c->tcp.data = c;
+    c->net = net;
+    c->ops = ops;
+    c->kind = HD_CONN_HTTP;
+    c->id = ++net->next_conn_id;
+    c->next = net->conns;
+    if (net->conns) net->conns->prev = c;
+    net->conns = c;
+    net->nconns++;
+    return c;
+}
+
+/* Feeds n bytes to c as the transport does: never once c stopped taking
+ * input, and from a buffer of exactly n bytes (ASan sees a read past the
+ * end). */
+static void conn_feed(hd_conn *c, const char *d, size_t n)
+{
+    if (n == 0 || (c->flags & (HD_CF_CLOSED | HD_CF_NO_INPUT))) return;
+    uint8_t *copy = malloc(n);
+    memcpy(copy, d, n);
+    c->ops->on_read(c, copy, n);
+    free(copy);
+}
+
+/* Everything queued on c, NUL-terminated (caller frees). */
+static char *queued_text(const hd_conn *c)
+{
+    hd_str s = HD_STR_INIT;
+    hd_str_add(&s, "", 0);
+    for (const hd_wq_item *it = c->wq_head; it; it = it->next)
+        hd_str_add(&s, it->buf->data + it->off, it->buf->len - it->off);
+    return s.p;
+}
+
+/* setup_with(config) plus scripts = { <a file holding lua> }: config
+ * must not set scripts itself. The file goes once the scripts loaded. */
+static int setup_with_script(const char *config, const char *lua)
+{
+    char path[] = "/tmp/herald-test-script-XXXXXX.lua";
+    int fd = mkstemps(path, 4);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, lua, strlen(lua)), (ssize_t)strlen(lua));
+    close(fd);
+    size_t n = strlen(config) + strlen(path) + 64;
+    char *text = malloc(n);
+    snprintf(text, n, "%s\nscripts = { '%s' }\n", config, path);
+    int rc = setup_with(text);
+    unlink(path);
+    free(text);
+    return rc;
+}
+
+/* Sends req on a new client, expects one answer with status line
+ * "HTTP/1.1 <status>" and returns its body (caller frees). */
+static char *request_body(const char *req, const char *status)
+{
+    cli *c = cli_new();
+    cli_sends(c, req);
+    char *r = next_response(c);
+    char line[64];
+    snprintf(line, sizeof line, "HTTP/1.1 %s\r\n", status);
+    if (strncmp(r, line, strlen(line)) != 0) fail_msg("wanted %s, got: %s", line, r);
+    char *body = strdup(strstr(r, "\r\n\r\n") + 4);
+    free(r);
+    cli_free(c);
+    return body;
+}
+
+/* The body of a 200 answer to GET path. */
+static char *get_body(const char *path)
+{
+    char req[1024];
+    snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path);
+    return request_body(req, "200 OK");
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* GET /api/presence/<topic> (topic URL-encoded by the caller) as
+ * "key:metas,key:metas" sorted by key, after checking that every meta
+ * carries a phx_ref string and an online_at integer. "" when empty. */
+static char *presence_summary(const char *topic)
+{
+    char path[512];
+    snprintf(path, sizeof path, "/api/presence/%s", topic);
+    char *body = get_body(path);
+    json_error_t e;
+    json_t *o = json_loads(body, 0, &e);
+    if (!json_is_object(o)) fail_msg("presence is not a JSON object: %s", body);
+    char *keys[64];
+    size_t n = 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v)
+    {
+        json_t *metas = json_object_get(v, "metas");
+        assert_true(json_is_array(metas));
+        size_t i;
+        json_t *m;
+        json_array_foreach(metas, i, m)
+        {
+            assert_true(json_is_string(json_object_get(m, "phx_ref")));
+            assert_true(json_is_integer(json_object_get(m, "online_at")));
+        }
+        assert_true(n < 64);
+        keys[n] = malloc(strlen(k) + 24);
+        sprintf(keys[n++], "%s:%zu", k, json_array_size(metas));
+    }
+    qsort(keys, n, sizeof *keys, cmp_str);
+    hd_str out = HD_STR_INIT;
+    hd_str_add(&out, "", 0);
+    for (size_t i = 0; i < n; i++) {
+        if (i) hd_str_addc(&out, ',');
+        hd_str_adds(&out, keys[i]);
+        free(keys[i]);
+    }
+    json_decref(o);
+    free(body);
+    return out.p;
+}
+
 #endif
