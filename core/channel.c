@@ -66,7 +66,7 @@ size_t hd_channel_recheck(hd_channel_ctx *ch, hd_conn *c)
         if (!hd_hook_join(ch->sc, c, s->topic->name, s->topic->len, NULL, &reply, NULL, reason,
                             sizeof reason) &&
             hd_conn_open(c)) {
-            send_phx_close(c, s->join_ref, s->topic->name);
+            send_phx_close(c, hd_sub_join_ref(s), s->topic->name);
             drop_sub(ch, s);
             closed++;
         }
@@ -98,7 +98,7 @@ static void on_join(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *
     hd_sub *old = hd_topics_sub_of(c, topic, tlen);
     if (old) {
         /* A duplicate join closes the old channel first (Phoenix does). */
-        send_phx_close(c, old->join_ref, topic);
+        send_phx_close(c, hd_sub_join_ref(old), topic);
         drop_sub(ch, old);
     } else if (c->nsubs >= ch->cfg->max_topics_per_socket) {
         hd_str_free(&answer);
@@ -132,10 +132,10 @@ static void on_leave(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char 
 {
     hd_sub *s = hd_topics_sub_of(c, topic, tlen);
     /* A leave carrying a stale join_ref raced a newer join: drop it. */
-    if (s && jr && s->join_ref && strcmp(jr, s->join_ref) != 0) return;
+    if (s && jr && hd_sub_join_ref(s) && strcmp(jr, hd_sub_join_ref(s)) != 0) return;
     reply(c, jr, ref, topic, "ok", "{}");
     if (!s) return;
-    send_phx_close(c, s->join_ref, topic);
+    send_phx_close(c, hd_sub_join_ref(s), topic);
     drop_sub(ch, s);
 }
 
@@ -203,7 +203,7 @@ static int on_phoenix(hd_channel_ctx *ch, hd_conn *c, const uint8_t *data, size_
         hd_sub *s = hd_topics_sub_of(c, t, tlen);
         if (!s) {
             reply_error(c, NULL, ref, t, "unmatched topic");
-        } else if (!jr || !s->join_ref || strcmp(jr, s->join_ref) == 0) {
+        } else if (!jr || !hd_sub_join_ref(s) || strcmp(jr, hd_sub_join_ref(s)) == 0) {
             /* (A stale join_ref is dropped silently, as Phoenix does.) */
             on_client_push(ch, c, jr, ref, t, tlen, ev, json_array_get(msg, 4));
         }

@@ -13,6 +13,7 @@
 
 #define WQ_FREELIST_MAX 4096
 #define IOV_BATCH 64
+#define WRITE_BATCH_MAX (1u << 30) /* bytes of one writev, so inflight fits 32 bits */
 
 /* Descriptors kept for herald's own files (loop, log, scripts, watches). */
 #define FD_RESERVE 64
@@ -306,8 +307,11 @@ static int fill_iov(hd_conn *c, uv_buf_t *iov, size_t *total)
     int n = 0;
     *total = 0;
     for (hd_wq_item *it = c->wq_head; it && n < IOV_BATCH; it = it->next) {
-        iov[n] = uv_buf_init((char *)it->buf->data + it->off, it->buf->len - it->off);
-        *total += iov[n].len;
+        size_t len = it->buf->len - it->off;
+        if (n && *total + len > WRITE_BATCH_MAX) break;
+        if (len > WRITE_BATCH_MAX) len = WRITE_BATCH_MAX;
+        iov[n] = uv_buf_init((char *)it->buf->data + it->off, (unsigned)len);
+        *total += len;
         n++;
     }
     return n;
@@ -340,7 +344,7 @@ void hd_conn_flush(hd_conn *c)
             return;
         }
         req->data = c;
-        c->inflight = total;
+        c->inflight = (uint32_t)total;
         c->flags |= HD_CF_WRITING;
         if (uv_write(req, (uv_stream_t *)&c->tcp, iov, (unsigned)n, on_write) < 0) {
             free(req);

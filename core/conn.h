@@ -95,15 +95,15 @@ typedef struct hd_conn {
     struct hd_conn *reap_next;   /* net->reap */
     hd_wq_item *wq_head, *wq_tail;
     size_t wq_bytes;             /* queued bytes not yet written */
-    size_t inflight;             /* bytes handed to uv_write */
     uint64_t id;
     union {                      /* (one word: an open connection has no deadline) */
         uint64_t last_active;    /* while open: loop time (ms) of the last input */
         uint64_t deadline;       /* once closing: forced close at this time */
     };
+    uint32_t inflight;           /* bytes handed to uv_write (a batch is at most 1 GiB) */
     uint32_t flags;              /* HD_CF_* */
-    uint8_t kind;                /* hd_conn_kind */
     uint32_t nsubs;              /* entries on subs */
+    uint8_t kind;                /* hd_conn_kind */
     struct hd_sub *subs;         /* joined topics (the engine's, topic.c links them) */
     hd_ident *ident;             /* identity from authenticate, or NULL (then the id) */
     char *assigns;               /* assigns from authenticate as JSON, or NULL */

@@ -397,7 +397,7 @@ void hd_presence_send_state(hd_presence *pr, hd_sub *sub)
     hd_str s = HD_STR_INIT;
     hd_presence_state(pr, sub->topic, &s);
     hd_buf *f = s.oom ? NULL
-                      : hd_phx_presence_state(sub->join_ref, sub->topic->name, sub->topic->len,
+                      : hd_phx_presence_state(hd_sub_join_ref(sub), sub->topic->name, sub->topic->len,
                                               s.p, s.len);
     if (f) {
         hd_conn_send(sub->conn, f);

@@ -58,9 +58,13 @@ hd_sub *hd_topics_subscribe(hd_topics *t, const char *name, size_t len, hd_conn 
                             const char *join_ref)
 {
     size_t rl = join_ref ? strlen(join_ref) + 1 : 0;
-    hd_sub *s = calloc(1, sizeof *s + rl);
+    /* Sized to the ref, not to sizeof's tail padding: most refs are short. */
+    hd_sub *s = calloc(1, offsetof(hd_sub, ref) + rl);
     if (!s) return NULL;
-    if (join_ref) s->join_ref = memcpy(s->ref, join_ref, rl);
+    if (join_ref) {
+        memcpy(s->ref, join_ref, rl);
+        s->has_ref = 1;
+    }
     hd_topic *tp = hd_topics_find(t, name, len);
     if (!tp) {
         tp = malloc(sizeof *tp + len + 1);

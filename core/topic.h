@@ -24,9 +24,12 @@ typedef struct hd_sub {
     struct hd_topic *topic;
     hd_conn *conn;
     struct hd_pres *pres;         /* its presence entry (presence.c), NULL when untracked */
-    char *join_ref;               /* the client's join_ref (in ref[]), or NULL */
-    char ref[];
+    uint8_t has_ref;              /* ref holds the client's join_ref */
+    char ref[];                   /* (allocated to fit: offsetof(hd_sub, ref) + length + 1) */
 } hd_sub;
+
+/* The client's join_ref of the subscription, or NULL. */
+static inline const char *hd_sub_join_ref(const hd_sub *s) { return s->has_ref ? s->ref : NULL; }
 
 typedef struct hd_topic {
     struct hd_topic *hnext;       /* hash chain */

@@ -28,7 +28,7 @@ static void test_subscribe_unsubscribe(void **st)
     hd_sub *a = hd_topics_subscribe(&t, "room:1", 6, NULL, "1");
     hd_sub *b = hd_topics_subscribe(&t, "room:1", 6, NULL, NULL);
     assert_ptr_equal(a->topic, b->topic);
-    assert_string_equal(a->join_ref, "1");
+    assert_string_equal(hd_sub_join_ref(a), "1");
     hd_topic *tp = hd_topics_find(&t, "room:1", 6);
     assert_non_null(tp);
     assert_int_equal(tp->nsubs, 2);
@@ -127,7 +127,7 @@ static void test_names(void **st)
     assert_null(hd_topics_find(&t, "a\0", 2));
     assert_int_equal(a->topic->len, 3);
     assert_memory_equal(a->topic->name, "a\0b\0", 4); /* NUL-terminated too */
-    assert_string_equal(g->join_ref, "join-ref");
+    assert_string_equal(hd_sub_join_ref(g), "join-ref");
     hd_topics_unsubscribe(&t, a);
     hd_topics_unsubscribe(&t, b);
     hd_topics_unsubscribe(&t, c);
