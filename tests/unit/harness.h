@@ -19,6 +19,7 @@
 #include "log.h"
 #include "script.h"
 #include "server.h"
+#include "byhand.h"
 
 #include <jansson.h>
 #include <signal.h>
@@ -376,26 +377,6 @@ static void join(cli *c, const char *jr, const char *topic)
 
 /* ---- known bugs, scripts, bodies, presence (test_http.c, test_channel.c, test_api.c) -- */
 
-/* A connection built by hand on net as hd_net_accept would make it, but
- * with a TCP handle that is never connected (so its peer is unknown: not
- * loopback): bytes go in through c->ops->on_read, answers stay queued
- * until a writer turn runs. hd_conn_close() and the loop free it. */
-static hd_conn *conn_by_hand(hd_net *net, const hd_conn_ops *ops)
-{
-    hd_conn *c = calloc(1, sizeof *c);
-    assert_non_null(c);
-    assert_int_equal(uv_tcp_init(net->loop, &c->tcp), 0);
-    c->tcp.data = c;
-    c->net = net;
-    c->ops = ops;
-    c->kind = HD_CONN_HTTP;
-    c->id = ++net->next_conn_id;
-    c->next = net->conns;
-    if (net->conns) net->conns->prev = c;
-    net->conns = c;
-    net->nconns++;
-    return c;
-}
 
 /* Feeds n bytes to c as the transport does: never once c stopped taking
  * input, and from a buffer of exactly n bytes (ASan sees a read past the

@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "byhand.h"
+
 #include "conn.h"
 #include "err.h"
 #include "presence.h"
@@ -80,20 +82,7 @@ static const hd_conn_ops conn_ops = {conn_read, conn_shut, conn_closed, conn_fre
 /* An open WebSocket connection on f's net (identity may be NULL). */
 static hd_conn *conn_new(fx *f, const char *identity)
 {
-    hd_net *net = &f->net;
-    hd_conn *c = calloc(1, sizeof *c);
-    assert_non_null(c);
-    uv_tcp_init(&f->loop, &c->tcp);
-    c->tcp.data = c;
-    c->net = net;
-    c->ops = &conn_ops;
-    c->kind = HD_CONN_WS;
-    c->id = ++net->next_conn_id;
-    c->next = net->conns;
-    if (net->conns) net->conns->prev = c;
-    net->conns = c;
-    net->nconns++;
-    net->nws++;
+    hd_conn *c = ws_conn_by_hand(&f->net, &conn_ops);
     if (identity) assert_int_equal(hd_conn_set_identity(c, identity), 0);
     return c;
 }

@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "byhand.h"
+
 #include "conn.h"
 #include "err.h"
 #include "phx.h"
@@ -90,20 +92,7 @@ static const hd_conn_ops conn_ops = {conn_read, conn_shut, conn_closed, conn_fre
 /* An open WebSocket connection subscribed to topic. */
 static hd_conn *subscriber(fx *f, const char *topic)
 {
-    hd_net *net = &f->net;
-    hd_conn *c = calloc(1, sizeof *c);
-    assert_non_null(c);
-    uv_tcp_init(&f->loop, &c->tcp);
-    c->tcp.data = c;
-    c->net = net;
-    c->ops = &conn_ops;
-    c->kind = HD_CONN_WS;
-    c->id = ++net->next_conn_id;
-    c->next = net->conns;
-    if (net->conns) net->conns->prev = c;
-    net->conns = c;
-    net->nconns++;
-    net->nws++;
+    hd_conn *c = ws_conn_by_hand(&f->net, &conn_ops);
     assert_non_null(hd_topics_subscribe(&f->e.topics, topic, strlen(topic), c, NULL));
     return c;
 }
