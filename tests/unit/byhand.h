@@ -32,6 +32,15 @@ static hd_conn *conn_by_hand(hd_net *net, const hd_conn_ops *ops)
     return c;
 }
 
+/* The parts of a test's vtable that do nothing (or close at once). */
+static void byhand_read(hd_conn *c, uint8_t *data, size_t len) { (void)c, (void)data, (void)len; }
+static void byhand_shut(hd_conn *c, uint16_t code, const char *reason)
+{
+    (void)code, (void)reason;
+    hd_conn_close(c);
+}
+static void byhand_free(hd_conn *c) { (void)c; }
+
 /* The same as an open WebSocket connection. */
 static hd_conn *ws_conn_by_hand(hd_net *net, const hd_conn_ops *ops)
 {

@@ -59,25 +59,12 @@ static void leave(fx *f, hd_sub *sub)
 
 /* A connection without a socket: its protocol only leaves its topics when
  * it closes. */
-static void conn_read(hd_conn *c, uint8_t *data, size_t len)
-{
-    (void)c, (void)data, (void)len;
-}
-static void conn_shut(hd_conn *c, uint16_t code, const char *reason)
-{
-    (void)code, (void)reason;
-    hd_conn_close(c);
-}
 static void conn_closed(hd_conn *c)
 {
     while (c->subs)
         leave(c->net->data, c->subs);
 }
-static void conn_free(hd_conn *c)
-{
-    (void)c;
-}
-static const hd_conn_ops conn_ops = {conn_read, conn_shut, conn_closed, conn_free};
+static const hd_conn_ops conn_ops = {byhand_read, byhand_shut, conn_closed, byhand_free};
 
 /* An open WebSocket connection on f's net (identity may be NULL). */
 static hd_conn *conn_new(fx *f, const char *identity)

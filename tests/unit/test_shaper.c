@@ -52,26 +52,13 @@ static void on_topic_free(void *data, hd_topic *tp)
 
 /* ---- connections without a socket ------------------------------------------------ */
 
-static void conn_read(hd_conn *c, uint8_t *data, size_t len)
-{
-    (void)c, (void)data, (void)len;
-}
-static void conn_shut(hd_conn *c, uint16_t code, const char *reason)
-{
-    (void)code, (void)reason;
-    hd_conn_close(c);
-}
 static void conn_closed(hd_conn *c)
 {
     fx *f = c->net->data;
     while (c->subs)
         hd_topics_unsubscribe(&f->topics, c->subs);
 }
-static void conn_free(hd_conn *c)
-{
-    (void)c;
-}
-static const hd_conn_ops conn_ops = {conn_read, conn_shut, conn_closed, conn_free};
+static const hd_conn_ops conn_ops = {byhand_read, byhand_shut, conn_closed, byhand_free};
 
 /* An open WebSocket connection subscribed to topic. */
 static hd_conn *subscriber(fx *f, const char *topic)
