@@ -4,6 +4,7 @@
 #include "luapi.h"
 #include "err.h"
 #include "log.h"
+#include "util.h"
 
 #include <errno.h>
 #include <lauxlib.h>
@@ -149,6 +150,23 @@ static void read_rule(lua_State *L, hd_topic_rule *r)
     lua_pop(L, 2);
 }
 
+/* [-1, +(1|2)] redis_url(url) -> true | nil, reason: hd_redis_url_parse for
+ * the schema (M.redis_url), so that the config check and the cluster read
+ * URLs with the same parser. */
+static int l_redis_url(lua_State *L)
+{
+    const char *url = luaL_checkstring(L, 1);
+    hd_redis_url u;
+    char why[128];
+    if (hd_redis_url_parse(url, &u, why, sizeof why) == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushnil(L);
+    lua_pushstring(L, why);
+    return 2;
+}
+
 /* [-0, +0] Copies the normalized table at the top of the stack into c. */
 static int read_normalized(lua_State *L, hd_config *c, const char *dir)
 {
@@ -156,7 +174,9 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     lua_getfield(L, t, "listen");
     c->host = dup_field(L, -1, "host");
     c->port = (int)num_field(L, -1, "port");
-    lua_pop(L, 1);
+    lua_getfield(L, -1, "reuseport");
+    c->reuseport = lua_toboolean(L, -1);
+    lua_pop(L, 2);
 
     lua_getfield(L, t, "api");
     c->api_token = dup_field(L, -1, "token");
@@ -280,6 +300,27 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     c->drain_disconnect_sockets = lua_toboolean(L, -1);
     lua_pop(L, 2);
 
+    lua_getfield(L, t, "cluster");
+    c->cluster_node_timeout_ms = (uint64_t)num_field(L, -1, "node_timeout_ms");
+    c->cluster_heartbeat_ms = (uint64_t)num_field(L, -1, "heartbeat_ms");
+    c->cluster_queue_max = (size_t)num_field(L, -1, "queue_max");
+    lua_getfield(L, -1, "required");
+    c->cluster_required = lua_toboolean(L, -1);
+    lua_getfield(L, -2, "redis"); /* a list of URLs, or false */
+    if (lua_istable(L, -1)) {
+        n = lua_objlen(L, -1);
+        c->cluster_urls = calloc(n + 1, sizeof *c->cluster_urls);
+        if (!c->cluster_urls) return HD_ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+            lua_rawgeti(L, -1, (int)i + 1);
+            char *u = strdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+            if (!u) return HD_ENOMEM;
+            c->cluster_urls[c->ncluster_urls++] = u;
+        }
+    }
+    lua_pop(L, 3);
+
     lua_getfield(L, t, "log");
     char *lvl = dup_field(L, -1, "level");
     c->log_level = lvl ? hd_log_parse_level(lvl) : HD_LOG_INFO;
@@ -315,6 +356,8 @@ int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen)
     lua_getfield(L, -1, "getenv");
     lua_setfield(L, schema, "getenv");
     lua_pop(L, 1);
+    lua_pushcfunction(L, l_redis_url);
+    lua_setfield(L, schema, "redis_url");
 
     /* The operator's chunk, read as source text (bytecode is refused). */
     int lrc;
@@ -420,6 +463,8 @@ void hd_config_free(hd_config *c)
     free(c->plugins);
     for (size_t i = 0; i < c->ntopic_rules; i++) free(c->topic_rules[i].match);
     free(c->topic_rules);
+    for (size_t i = 0; i < c->ncluster_urls; i++) free(c->cluster_urls[i]);
+    free(c->cluster_urls);
     memset(c, 0, sizeof *c);
 }
 

@@ -53,6 +53,7 @@ typedef struct hd_config {
     char *source;            /* the file name, or "(embedded default)" */
     char *host;
     int port;                /* 0 = ephemeral */
+    int reuseport;           /* listen.reuseport: SO_REUSEPORT, processes share the port */
     char *api_token;         /* NULL when none is set */
     char **ws_paths;         /* "<mount>/websocket", nmounts entries */
     size_t nmounts;
@@ -90,6 +91,15 @@ typedef struct hd_config {
     uint64_t drain_http_ms;          /* longest wait for HTTP connections to finish */
     int drain_disconnect_sockets;    /* close WebSockets with 1012 */
     uint64_t drain_disconnect_rate;  /* closes per second, at most */
+    /* cluster: absent means a single node (cluster_urls NULL, count 0);
+     * the other fields hold their defaults either way. */
+    char **cluster_urls;             /* cluster.redis, one per shard, in config order; each
+                                      * parses with hd_redis_url_parse (checked at load) */
+    size_t ncluster_urls;            /* the array is NULL-terminated too */
+    uint64_t cluster_node_timeout_ms; /* a silent node's liveness key expires after this */
+    uint64_t cluster_heartbeat_ms;   /* liveness refresh; < cluster_node_timeout_ms / 2 */
+    int cluster_required;            /* /readyz 503 until every shard's link is up */
+    size_t cluster_queue_max;        /* outbound messages kept while a link is down */
 } hd_config;
 
 /* Loads the config file at path, or the embedded default when path is NULL.

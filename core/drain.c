@@ -29,6 +29,8 @@ static void enter(hd_drain *dr, hd_phase p)
 
 static int queued_anywhere(hd_drain *dr)
 {
+    /* Cross-node publishes waiting for a link that is up go out too. */
+    if (dr->cluster && hd_cluster_up(dr->cluster) && hd_cluster_pending(dr->cluster)) return 1;
     for (hd_conn *c = dr->net->conns; c; c = c->next)
         if (!(c->flags & HD_CF_CLOSED) && c->wq_bytes > 0) return 1;
     return 0;

@@ -17,6 +17,7 @@
 #ifndef HD_DRAIN_H
 #define HD_DRAIN_H
 
+#include "cluster.h"
 #include "conn.h"
 #include "http.h"
 #include "publish.h"
@@ -55,6 +56,7 @@ typedef struct hd_drain {
     hd_net *net;
     hd_engine *eng;
     hd_scripts *sc;              /* shutdown(phase) */
+    hd_cluster *cluster;         /* flushed too; NULL when single node */
     /* The node's part, registered at start-up: close the listener; stop
      * (everything is done, or the budget ran out). */
     void (*close_listener)(void *ud);

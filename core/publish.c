@@ -5,11 +5,20 @@
 
 #include <string.h>
 
+static void on_topic_create(void *data, hd_topic *tp)
+{
+    hd_engine *e = data;
+    for (size_t i = 0; i < e->ntobs; i++)
+        if (e->tobs[i].on_first) e->tobs[i].on_first(e->tobs[i].ud, tp->name, tp->len);
+}
+
 static void on_topic_free(void *data, hd_topic *tp)
 {
     hd_engine *e = data;
     hd_presence_forget(&e->pres, tp);
     hd_shaper_forget(&e->shapers, tp);
+    for (size_t i = 0; i < e->ntobs; i++)
+        if (e->tobs[i].on_last) e->tobs[i].on_last(e->tobs[i].ud, tp->name, tp->len);
 }
 
 int hd_engine_init(hd_engine *e, uv_loop_t *loop, const hd_config *cfg, hd_stats *st,
@@ -26,6 +35,7 @@ int hd_engine_init(hd_engine *e, uv_loop_t *loop, const hd_config *cfg, hd_stats
     }
     e->topics.pol = &e->pol;
     e->topics.st = st;
+    e->topics.on_create = on_topic_create;
     e->topics.on_free = on_topic_free;
     e->topics.on_free_data = e;
     hd_presence_init(&e->pres, loop, cfg, st, &e->topics, node);
@@ -50,6 +60,13 @@ int hd_publish_observe(hd_engine *e, hd_publish_observer fn, void *ud)
     e->obs[e->nobs].fn = fn;
     e->obs[e->nobs].ud = ud;
     e->nobs++;
+    return 0;
+}
+
+int hd_engine_observe_topics(hd_engine *e, const hd_topic_observer *o)
+{
+    if (e->ntobs >= HD_PUBLISH_MAX_OBSERVERS) return HD_ELIMIT;
+    e->tobs[e->ntobs++] = *o;
     return 0;
 }
 

@@ -35,6 +35,14 @@ typedef void (*hd_publish_observer)(void *ud, const char *topic, size_t tlen, co
                                     size_t elen, const char *data_json, size_t dlen,
                                     hd_buf *frame);
 
+/* Told when a topic gets its first subscriber on this node, and when it
+ * loses its last (the cluster subscribes to what this node delivers). */
+typedef struct hd_topic_observer {
+    void (*on_first)(void *ud, const char *topic, size_t tlen);
+    void (*on_last)(void *ud, const char *topic, size_t tlen);
+    void *ud;
+} hd_topic_observer;
+
 typedef struct hd_engine {
     hd_stats *st;
     hd_policy pol;
@@ -46,6 +54,8 @@ typedef struct hd_engine {
         void *ud;
     } obs[HD_PUBLISH_MAX_OBSERVERS];
     size_t nobs;
+    hd_topic_observer tobs[HD_PUBLISH_MAX_OBSERVERS];
+    size_t ntobs;
 } hd_engine;
 
 /* Prepares the engine on loop. node is this node's id (borrowed). Returns
@@ -60,6 +70,8 @@ void hd_engine_free(hd_engine *e);
 
 /* Registers an observer (at start-up). Returns 0 or HD_ELIMIT. */
 int hd_publish_observe(hd_engine *e, hd_publish_observer fn, void *ud);
+/* Registers a topic observer (at start-up; copied). Returns 0 or HD_ELIMIT. */
+int hd_engine_observe_topics(hd_engine *e, const hd_topic_observer *o);
 
 /* Publishes data (JSON text) under event to one topic as its origin: the
  * observers, then hd_publish_local. Publish hooks are not run here (the

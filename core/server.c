@@ -4,9 +4,11 @@
 #include "log.h"
 #include "metrics.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void watch_scripts(hd_server *srv);
 static void unwatch_scripts(hd_server *srv);
@@ -62,11 +64,15 @@ static void route_healthz(void *ud, hd_conn *c, hd_http_req *r)
 static void route_readyz(void *ud, hd_conn *c, hd_http_req *r)
 {
     hd_server *srv = ud;
-    const char *s = srv->state == HD_READY      ? "{\"status\":\"ready\"}"
+    /* With cluster.required, READY waits for every Redis link too. */
+    int waiting = srv->state == HD_READY && srv->clustered && srv->cfg->cluster_required &&
+                  !hd_cluster_up(&srv->cluster);
+    const char *s = waiting                       ? "{\"status\":\"waiting for the cluster\"}"
+                    : srv->state == HD_READY      ? "{\"status\":\"ready\"}"
                     : srv->state == HD_STARTING ? "{\"status\":\"starting\"}"
                                                 : "{\"status\":\"draining\"}";
-    hd_http_respond(c, r, srv->state == HD_READY ? 200 : 503, "application/json", s, strlen(s),
-                    NULL, 0);
+    int ok = srv->state == HD_READY && !waiting;
+    hd_http_respond(c, r, ok ? 200 : 503, "application/json", s, strlen(s), NULL, 0);
 }
 
 static void route_metrics(void *ud, hd_conn *c, hd_http_req *r)
@@ -76,6 +82,7 @@ static void route_metrics(void *ud, hd_conn *c, hd_http_req *r)
     hd_metrics_render(&out, &srv->st, &srv->net, &srv->eng, &srv->sc);
     hd_metrics_gauge(&out, "herald_ready", "1 while the server is READY.", srv->state == HD_READY);
     hd_drain_metrics(&srv->drain, &out);
+    if (srv->clustered) hd_cluster_metrics(&srv->cluster, &out);
     hd_http_respond(c, r, 200, "text/plain; version=0.0.4", out.p ? out.p : "", out.len, NULL, 0);
     hd_str_free(&out);
 }
@@ -111,6 +118,9 @@ static void route_status(void *ud, hd_conn *c, hd_http_req *r)
     hd_str_printf(&out, ",\"connections\":%zu,\"topics\":%zu,\"scripts\":", srv->net.nws,
                   srv->eng.topics.count);
     hd_script_status_json(&srv->sc, &out);
+    hd_str_adds(&out, ",\"cluster\":");
+    if (srv->clustered) hd_cluster_status_json(&srv->cluster, &out);
+    else hd_str_adds(&out, "null");
     hd_str_addc(&out, '}');
     hd_api_respond_json(c, r, 200, &out);
     hd_str_free(&out);
@@ -168,6 +178,14 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     /* What can fail comes first, before any handle joins the loop. */
     int rc = hd_engine_init(&srv->eng, loop, cfg, &srv->st, srv->node_id);
     if (rc) return rc;
+    if (cfg->ncluster_urls) {
+        rc = hd_cluster_init(&srv->cluster, loop, cfg, &srv->eng, srv->node_id);
+        if (rc) {
+            hd_engine_free(&srv->eng);
+            return rc;
+        }
+        srv->clustered = 1;
+    }
     hd_net_init(&srv->net, loop, cfg, &srv->st);
     srv->net.data = srv;
     srv->net.on_empty = on_net_empty;
@@ -194,8 +212,10 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     srv->sweeper.data = srv;
     uv_tcp_init(loop, &srv->listener);
     srv->listener.data = srv;
-    /* listener, sweeper, drain timer, presence timer, writer, spinner */
-    srv->handles_open = 6;
+    srv->drain.cluster = srv->clustered ? &srv->cluster : NULL;
+    /* listener, sweeper, drain timer, presence timer, writer, spinner (and
+     * the cluster's ticker and sync) */
+    srv->handles_open = srv->clustered ? 8 : 6;
     return 0;
 }
 
@@ -220,6 +240,8 @@ static void on_connection(uv_stream_t *l, int status)
 int hd_server_start(hd_server *srv)
 {
     const hd_config *cfg = srv->cfg;
+    /* Redis connects first (in the background): the listener opens last. */
+    if (srv->clustered) hd_cluster_start(&srv->cluster);
     struct sockaddr_storage addr;
     int rc = uv_ip4_addr(cfg->host, cfg->port, (struct sockaddr_in *)&addr);
     if (rc) rc = uv_ip6_addr(cfg->host, cfg->port, (struct sockaddr_in6 *)&addr);
@@ -227,7 +249,23 @@ int hd_server_start(hd_server *srv)
         hd_error("listen.host %s is not an IP address", cfg->host);
         return rc;
     }
-    rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
+    if (cfg->reuseport) {
+        /* listen.reuseport: several processes share the port, the kernel
+         * spreads connections among them. libuv 1.44 has no
+         * UV_TCP_REUSEPORT, so the socket is made here and handed over. */
+        int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+        socklen_t alen = addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                    : sizeof(struct sockaddr_in);
+        rc = fd < 0 ? uv_translate_sys_error(errno) : 0;
+        if (!rc && (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
+                    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) ||
+                    bind(fd, (struct sockaddr *)&addr, alen)))
+            rc = uv_translate_sys_error(errno);
+        if (!rc) rc = uv_tcp_open(&srv->listener, fd); /* the handle owns fd from here */
+        if (rc && fd >= 0) close(fd);
+    } else {
+        rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
+    }
     if (!rc) uv_tcp_nodelay(&srv->listener, 1); /* inherited by accepted sockets */
     if (!rc) rc = uv_listen((uv_stream_t *)&srv->listener, 4096, on_connection);
     if (rc) {
@@ -292,12 +330,14 @@ void hd_server_stop(hd_server *srv)
     hd_net_close_handles(&srv->net, on_handle_closed, srv);
     hd_engine_close(&srv->eng, on_handle_closed, srv);
     hd_drain_close(&srv->drain, on_handle_closed, srv);
+    if (srv->clustered) hd_cluster_close(&srv->cluster, on_handle_closed, srv);
 }
 
 void hd_server_free(hd_server *srv)
 {
     hd_script_stop(&srv->sc);
     hd_net_free(&srv->net);
+    if (srv->clustered) hd_cluster_free(&srv->cluster);
     hd_engine_free(&srv->eng);
 }
 

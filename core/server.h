@@ -11,6 +11,7 @@
 
 #include "api.h"
 #include "channel.h"
+#include "cluster.h"
 #include "config.h"
 #include "conn.h"
 #include "drain.h"
@@ -33,6 +34,8 @@ typedef struct hd_server {
     hd_stats st;                   /* every layer's counters */
     hd_net net;                    /* L1: connections, the writer */
     hd_engine eng;                 /* L2: topics, policy, presence, shaping, publish */
+    hd_cluster cluster;            /* L2: the other nodes, over Redis (when configured) */
+    int clustered;                 /* cluster is in use */
     hd_scripts sc;                 /* L3: the Lua generations */
     hd_http_ctx http;              /* L4: HTTP, every new connection's protocol */
     hd_channel_ctx ch;             /* L4: WebSocket sessions carrying Phoenix channels */

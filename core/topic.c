@@ -85,6 +85,7 @@ hd_sub *hd_topics_subscribe(hd_topics *t, const char *name, size_t len, hd_conn 
         tp->hnext = t->slots[i];
         t->slots[i] = tp;
         t->count++;
+        if (t->on_create) t->on_create(t->on_free_data, tp);
     }
     s->topic = tp;
     s->conn = conn;

@@ -53,8 +53,10 @@ typedef struct hd_topics {
     uint64_t next_id;
     hd_policy *pol;               /* borrowed; NULL: defaults */
     hd_stats *st;                 /* borrowed; may be NULL in tests */
-    /* Called before a topic is freed (its last subscriber left), to drop
-     * pending presence diffs and shaped messages. */
+    /* Called when a topic is created (its first subscriber joined), and
+     * before one is freed (its last subscriber left: to drop pending
+     * presence diffs and shaped messages). Either may be NULL. */
+    void (*on_create)(void *data, hd_topic *topic);
     void (*on_free)(void *data, hd_topic *topic);
     void *on_free_data;
 } hd_topics;

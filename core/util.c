@@ -1,5 +1,8 @@
 #include "util.h"
+#include "err.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 /* ---- SHA-1 (FIPS 180-1); used only for Sec-WebSocket-Accept ---------- */
@@ -341,4 +344,154 @@ int hd_query_next(const char **q, const char *end, hd_query_pair *p)
     p->vl = eq ? (size_t)(pe - eq - 1) : 0;
     *q = amp ? amp + 1 : NULL;
     return 1;
+}
+
+/* ---- Redis URLs (cluster.redis) ------------------------------------------- */
+
+static int url_fail(hd_redis_url *out, char *err, size_t errlen, const char *fmt, ...)
+{
+    /* Nothing half-parsed (a password) is left behind. */
+    memset(out, 0, sizeof *out);
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return HD_ECONFIG;
+}
+
+/* Decodes the %XX escapes of [p, p+n) into dst (HD_REDIS_URL_MAX + 1
+ * bytes). Returns the decoded length, -1 on a malformed escape or a NUL,
+ * -2 when it would not fit. */
+static long url_userinfo(const char *p, size_t n, char *dst)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c == '%') {
+            if (i + 2 >= n) return -1;
+            int hi = hexval(p[i + 1]), lo = hexval(p[i + 2]);
+            if (hi < 0 || lo < 0) return -1;
+            c = (char)(hi * 16 + lo);
+            if (!c) return -1;
+            i += 2;
+        }
+        if (o == HD_REDIS_URL_MAX) return -2;
+        dst[o++] = c;
+    }
+    dst[o] = 0;
+    return (long)o;
+}
+
+/* Reads the decimal number [p, p+n) into *v (capped, so that a long run of
+ * digits is out of range rather than wrapped). Returns -1 when empty or not
+ * all digits. */
+static int url_number(const char *p, size_t n, long *v)
+{
+    if (!n) return -1;
+    *v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') return -1;
+        if (*v < 1000000) *v = *v * 10 + (p[i] - '0');
+    }
+    return 0;
+}
+
+static int host_char(char c, int bracketed)
+{
+    if (bracketed) return hexval(c) >= 0 || c == ':' || c == '.';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '-' || c == '_';
+}
+
+int hd_redis_url_parse(const char *url, hd_redis_url *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    out->port = 6379;
+    if (!url) return url_fail(out, err, errlen, "no URL");
+    for (const char *q = url; *q; q++)
+        if ((unsigned char)*q <= ' ' || *q == 0x7f)
+            return url_fail(out, err, errlen, "spaces and control characters are not allowed");
+    const char *sep = strstr(url, "://");
+    if (!sep) return url_fail(out, err, errlen, "expected redis://host[:port][/db]");
+    if (!hd_strieq(url, (size_t)(sep - url), "redis")) {
+        if (hd_strieq(url, (size_t)(sep - url), "rediss"))
+            return url_fail(out, err, errlen, "rediss:// (TLS) is not supported, only redis://");
+        return url_fail(out, err, errlen, "only the redis:// scheme is supported");
+    }
+    const char *p = sep + 3;
+
+    /* user:password@ ends at the last '@': the rest has none. */
+    const char *at = strrchr(p, '@');
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        if (at == p) return url_fail(out, err, errlen, "'@' without user:password before it");
+        if (!colon)
+            return url_fail(out, err, errlen,
+                            "a user without a password (expected user:password@ or :password@)");
+        long n = url_userinfo(p, (size_t)(colon - p), out->user);
+        if (n == -2)
+            return url_fail(out, err, errlen, "user is longer than %d bytes", HD_REDIS_URL_MAX);
+        if (n < 0) return url_fail(out, err, errlen, "bad %%-escape in the user");
+        n = url_userinfo(colon + 1, (size_t)(at - colon - 1), out->password);
+        if (n == -2)
+            return url_fail(out, err, errlen, "password is longer than %d bytes", HD_REDIS_URL_MAX);
+        if (n < 0) return url_fail(out, err, errlen, "bad %%-escape in the password");
+        if (n == 0) return url_fail(out, err, errlen, "empty password");
+        p = at + 1;
+    }
+
+    if (strchr(p, '?')) return url_fail(out, err, errlen, "query strings are not supported");
+    if (strchr(p, '#')) return url_fail(out, err, errlen, "fragments are not supported");
+
+    /* host, or [IPv6] */
+    const char *h = p, *he;
+    int bracketed = *p == '[';
+    if (bracketed) {
+        h = p + 1;
+        he = strchr(h, ']');
+        if (!he) return url_fail(out, err, errlen, "IPv6 host without its closing ']'");
+        p = he + 1;
+    } else {
+        he = h + strcspn(h, ":/");
+        p = he;
+    }
+    if (he == h) return url_fail(out, err, errlen, "host is required");
+    for (const char *q = h; q < he; q++) {
+        if (host_char(*q, bracketed)) continue;
+        if ((unsigned char)*q >= 0x80) /* keep the reason ASCII: it goes to logs */
+            return url_fail(out, err, errlen, "bad character (byte 0x%02X) in the host",
+                            (unsigned char)*q);
+        return url_fail(out, err, errlen, "bad character '%c' in the host", *q);
+    }
+    if (he - h > HD_REDIS_URL_MAX)
+        return url_fail(out, err, errlen, "host is longer than %d bytes", HD_REDIS_URL_MAX);
+    memcpy(out->host, h, (size_t)(he - h));
+    out->host[he - h] = 0;
+
+    long v;
+    if (*p == ':') {
+        const char *pe = p + 1 + strcspn(p + 1, "/");
+        if (pe == p + 1) return url_fail(out, err, errlen, "empty port");
+        if (url_number(p + 1, (size_t)(pe - p - 1), &v))
+            return url_fail(out, err, errlen, "port is not a number");
+        if (v < 1 || v > 65535) return url_fail(out, err, errlen, "port out of range (1-65535)");
+        out->port = (int)v;
+        p = pe;
+    }
+    if (*p == '/') {
+        p++;
+        size_t n = strlen(p);
+        if (n) {
+            if (url_number(p, n, &v)) return url_fail(out, err, errlen, "db is not a number");
+            if (v > 15) return url_fail(out, err, errlen, "db out of range (0-15)");
+            out->db = (int)v;
+        }
+        p += n;
+    }
+    if ((unsigned char)*p >= 0x80)
+        return url_fail(out, err, errlen, "unexpected byte 0x%02X after the host", (unsigned char)*p);
+    if (*p) return url_fail(out, err, errlen, "unexpected '%c' after the host", *p);
+    return 0;
 }

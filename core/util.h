@@ -62,4 +62,30 @@ typedef struct hd_query_pair {
 /* Splits the next pair off the query string [*q, end) (q may be NULL: no
  * query) and advances *q. Returns 0 when no pair is left. */
 int hd_query_next(const char **q, const char *end, hd_query_pair *p);
+
+/* A Redis server address (cluster.redis). Strings are NUL-terminated. */
+#define HD_REDIS_URL_MAX 255 /* longest host, user or password, in bytes */
+typedef struct hd_redis_url {
+    char host[HD_REDIS_URL_MAX + 1];     /* a name or an IP; IPv6 without its brackets */
+    int port;                            /* 1-65535; 6379 when the URL has none */
+    char password[HD_REDIS_URL_MAX + 1]; /* "" when none */
+    char user[HD_REDIS_URL_MAX + 1];     /* "" when none (then AUTH password alone) */
+    int db;                              /* 0-15; 0 when the URL has none */
+} hd_redis_url;
+/* Parses url, one of
+ *   redis://host   redis://host:port   redis://[::1]:port
+ *   redis://:password@host:port/db   redis://user:password@host:port/db
+ * (the scheme in any case; port 1-65535; db 0-15; "redis://host/" is db 0).
+ * User and password may hold any bytes but NUL: %XX escapes in them are
+ * decoded, and the last '@' ends them (so a raw '@', ':', '/', '?' or '#'
+ * in a password works too; a space must be %20). The host is letters,
+ * digits, '.', '-' and '_', or an IPv6 address in brackets. Refused:
+ * another scheme (rediss://: no TLS), a missing host, a user without a
+ * password, an empty password, a query string or fragment, spaces and
+ * control characters, and a host, user or password over HD_REDIS_URL_MAX
+ * bytes (refused, never truncated).
+ * Returns 0 and fills *out, or HD_ECONFIG with *out zeroed and a reason
+ * that never repeats the URL (it may hold a password) written to err
+ * (errlen bytes, may be 0). */
+int hd_redis_url_parse(const char *url, hd_redis_url *out, char *err, size_t errlen);
 #endif

@@ -15,7 +15,8 @@ local function is_int(v) return type(v) == "number" and v == floor(v) and v > -2
 -- Strings reach C as NUL-terminated: one with a NUL inside would be cut.
 local function is_str(v) return type(v) == "string" and not find(v, "\0", 1, true) end
 
--- Checkers return the (possibly converted) value, or nil and what was expected.
+-- Checkers return the (possibly converted) value, or nil and what was
+-- expected (and, optionally, how to show the value in the error).
 local function int_range(lo, hi)
   return function(v)
     if is_int(v) and v >= lo and v <= hi then return v end
@@ -63,7 +64,21 @@ end
 local function boolean(v) if type(v) == "boolean" then return v end return nil, "true or false" end
 
 -- Sections later issues define; accepted as tables and passed through.
-M.reserved = { cluster = true }
+M.reserved = {}
+
+-- cluster.redis: one URL or a list of them (one per shard), returned as a
+-- list. Here only the shape is checked; normalize then parses each URL with
+-- M.redis_url, which core/config.c sets to hd_redis_url_parse (core/util.c)
+-- so that the check and the cluster read URLs with one parser. Without it
+-- (busted), URLs are not parsed.
+local redis_list = list_of(str, 16)
+local function redis_urls(v)
+  if is_str(v) then return { v } end
+  if type(v) == "table" then return redis_list(v) end
+  -- The third value is what the error shows instead of v: a URL may hold a password.
+  return nil, "a redis:// URL or a non-empty list of them (at most 16)",
+    type(v) == "string" and "a string with a NUL byte" or nil
+end
 
 -- A topic policy's fields (the topic hook returns the same shape).
 local policy_fields = {
@@ -146,6 +161,7 @@ M.schema = {
   listen = {
     host = { "0.0.0.0", str },
     port = { 4000, int_range(0, 65535) },
+    reuseport = { false, boolean },
   },
   api = {
     token = { false, opt_str },
@@ -188,10 +204,18 @@ M.schema = {
   topics = { {}, topic_rules },
   scripts = { scripts({}), scripts },
   plugins = { {}, plugins },
+  -- Absent: a single node (redis = false). Present: redis is required.
+  cluster = {
+    redis = { false, redis_urls },
+    node_timeout_ms = { 30000, int_range(1000, 3600000) },
+    heartbeat_ms = { 1500, int_range(100, 600000) },
+    required = { false, boolean },
+    queue_max = { 10000, int_range(1, 10000000) },
+  },
 }
 
 local order = { "listen", "api", "mounts", "limits", "timeouts", "log", "reload", "drain", "presence",
-                "topics", "scripts", "plugins" }
+                "topics", "scripts", "plugins", "cluster" }
 
 local function copy(v)
   if type(v) ~= "table" then return v end
@@ -235,14 +259,35 @@ function M.normalize(settings, source)
         if x == nil then
           sec[k] = d[1]
         else
-          local ok, want = d[2](x)
+          local ok, want, shown = d[2](x)
           if ok == nil then
-            return fail(name .. "." .. k, want, type(x) == "string" and ("%q"):format(x) or tostring(x))
+            local got = shown or type(x) == "string" and ("%q"):format(x)
+              or type(x) == "table" and "a table" or tostring(x)
+            return fail(name .. "." .. k, want, got)
           end
           sec[k] = ok
         end
       end
       out[name] = sec
+    end
+  end
+  -- What one key's checker cannot see.
+  local cl, given = out.cluster, settings.cluster
+  if given ~= nil then
+    if not cl.redis then
+      return fail("cluster.redis", "a redis:// URL or a list of them (a cluster needs Redis)", "nil")
+    end
+    if not (cl.heartbeat_ms * 2 < cl.node_timeout_ms) then
+      return fail("cluster.heartbeat_ms",
+        ("less than half of cluster.node_timeout_ms (%d)"):format(cl.node_timeout_ms), tostring(cl.heartbeat_ms))
+    end
+    if M.redis_url then
+      -- The reason never repeats the URL: it may hold a password.
+      local label = type(given.redis) == "string" and "cluster.redis" or "cluster.redis[%d]"
+      for i, url in ipairs(cl.redis) do
+        local ok, why = M.redis_url(url)
+        if not ok then return nil, ("%s: %s: %s"):format(source, label:format(i), why) end
+      end
     end
   end
   for name in pairs(M.reserved) do

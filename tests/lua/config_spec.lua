@@ -49,10 +49,112 @@ describe("herald.config.normalize", function()
     assert.matches("unknown setting 'limits.max_conections'", e2, 1, true)
   end)
 
-  it("allows helper functions and reserved sections", function()
-    assert.truthy(norm({ helper = function() end, scripts = { "policy.lua" }, cluster = {} }))
-    local _, err = norm({ cluster = 5 })
-    assert.matches("cluster: expected a table", err, 1, true)
+  it("allows helper functions", function()
+    assert.truthy(norm({ helper = function() end, scripts = { "policy.lua" } }))
+  end)
+
+  it("defaults listen.reuseport to false and checks it", function()
+    assert.are.equal(false, assert(norm({})).listen.reuseport)
+    assert.are.equal(true, assert(norm({ listen = { reuseport = true } })).listen.reuseport)
+    local _, err = norm({ listen = { reuseport = "yes" } })
+    assert.matches('test.lua: listen.reuseport: expected true or false, got "yes"', err, 1, true)
+  end)
+
+  describe("cluster", function()
+    after_each(function() config.redis_url = nil end)
+
+    it("is a single node when absent, with the other defaults", function()
+      local c = assert(norm({})).cluster
+      assert.are.same({ redis = false, node_timeout_ms = 30000, heartbeat_ms = 1500, required = false,
+                        queue_max = 10000 }, c)
+    end)
+
+    it("takes one URL or a list of shards, always as a list", function()
+      local c = assert(norm({ cluster = { redis = "redis://127.0.0.1:6379" } })).cluster
+      assert.are.same({ "redis://127.0.0.1:6379" }, c.redis)
+      assert.are.equal(30000, c.node_timeout_ms)
+      c = assert(norm({ cluster = { redis = { "redis://a", "redis://b" }, node_timeout_ms = 1000,
+                                    heartbeat_ms = 499, required = true, queue_max = 1 } })).cluster
+      assert.are.same({ redis = { "redis://a", "redis://b" }, node_timeout_ms = 1000, heartbeat_ms = 499,
+                        required = true, queue_max = 1 }, c)
+    end)
+
+    it("needs redis when the section is given", function()
+      local _, err = norm({ cluster = {} })
+      assert.matches("test.lua: cluster.redis: expected a redis:// URL or a list of them", err, 1, true)
+      _, err = norm({ cluster = { required = true } })
+      assert.matches("got nil", err, 1, true)
+      _, err = norm({ cluster = 5 })
+      assert.matches("test.lua: cluster: expected a table", err, 1, true)
+    end)
+
+    it("checks the shape of redis", function()
+      local _, err = norm({ cluster = { redis = {} } })
+      assert.matches("cluster.redis: expected a non-empty list", err, 1, true)
+      _, err = norm({ cluster = { redis = 6379 } })
+      assert.matches("cluster.redis: expected a redis:// URL or a non-empty list of them (at most 16), got 6379",
+                     err, 1, true)
+      _, err = norm({ cluster = { redis = { "redis://a", true } } })
+      assert.matches("cluster.redis: expected a list whose item 2 is a string", err, 1, true)
+      local many = {}
+      for i = 1, 17 do many[i] = "redis://h:" .. i end
+      _, err = norm({ cluster = { redis = many } })
+      assert.matches("at most 16 items", err, 1, true)
+      many[17] = nil
+      assert.are.equal(16, #assert(norm({ cluster = { redis = many } })).cluster.redis)
+      _, err = norm({ cluster = { redis = "redis://:hunter2@h\0" } }) -- never shown: a password
+      assert.matches("cluster.redis: expected a redis:// URL or a non-empty list of them (at most 16), "
+                     .. "got a string with a NUL byte", err, 1, true)
+      assert.is_nil(err:find("hunter2", 1, true))
+      _, err = norm({ cluster = { redis = "redis://h", shards = 2 } })
+      assert.matches("unknown setting 'cluster.shards'", err, 1, true)
+    end)
+
+    it("checks the ranges", function()
+      local cases = {
+        { "node_timeout_ms", 999, "an integer from 1000 to 3600000" },
+        { "node_timeout_ms", 3600001, "an integer from 1000 to 3600000" },
+        { "heartbeat_ms", 99, "an integer from 100 to 600000" },
+        { "heartbeat_ms", 600001, "an integer from 100 to 600000" },
+        { "queue_max", 0, "an integer from 1 to 10000000" },
+        { "queue_max", 10000001, "an integer from 1 to 10000000" },
+        { "queue_max", 1.5, "an integer from 1 to 10000000" },
+        { "required", 1, "true or false" },
+      }
+      for _, case in ipairs(cases) do
+        local key, v, want = case[1], case[2], case[3]
+        local cl = { redis = "redis://h" }
+        if key == "heartbeat_ms" then cl.node_timeout_ms = 3600000 end -- so the relation holds
+        cl[key] = v
+        local _, err = norm({ cluster = cl })
+        assert.matches(("test.lua: cluster.%s: expected %s, got %s"):format(key, want, tostring(v)), err, 1, true)
+      end
+    end)
+
+    it("keeps heartbeat_ms under half of node_timeout_ms", function()
+      assert.truthy(norm({ cluster = { redis = "redis://h", node_timeout_ms = 1000, heartbeat_ms = 499 } }))
+      local _, err = norm({ cluster = { redis = "redis://h", node_timeout_ms = 1000, heartbeat_ms = 500 } })
+      assert.matches("test.lua: cluster.heartbeat_ms: expected less than half of cluster.node_timeout_ms (1000), got 500",
+                     err, 1, true)
+      _, err = norm({ cluster = { redis = "redis://h", node_timeout_ms = 3000 } }) -- default heartbeat 1500
+      assert.matches("cluster.heartbeat_ms: expected less than half", err, 1, true)
+    end)
+
+    it("parses each URL with redis_url and names the item", function()
+      -- core/config.c sets redis_url to hd_redis_url_parse; a stand-in here.
+      local seen = {}
+      config.redis_url = function(url)
+        seen[#seen + 1] = url
+        if url:find(":70000", 1, true) then return nil, "port out of range (1-65535)" end
+        return true
+      end
+      assert.truthy(norm({ cluster = { redis = { "redis://a", "redis://b" } } }))
+      assert.are.same({ "redis://a", "redis://b" }, seen)
+      local _, err = norm({ cluster = { redis = { "redis://a", "redis://:pw@b:70000" } } })
+      assert.are.equal("test.lua: cluster.redis[2]: port out of range (1-65535)", err)
+      _, err = norm({ cluster = { redis = "redis://:pw@b:70000" } })
+      assert.are.equal("test.lua: cluster.redis: port out of range (1-65535)", err)
+    end)
   end)
 
   it("normalizes mounts and refuses bad ones", function()

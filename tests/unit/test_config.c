@@ -1,5 +1,6 @@
 /* tests/unit/test_config.c: loading, defaults, errors naming file, line
- * and setting, the sandbox and its instruction budget, topic globs. */
+ * and setting, the sandbox and its instruction budget, topic globs, the
+ * cluster section and listen.reuseport. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -98,6 +99,14 @@ static void test_defaults(void **st)
     assert_int_equal(c.hook_budget_ms, 10);
     assert_int_equal(c.script_memory_mb, 256);
     assert_int_equal(c.nplugins, 0);
+    assert_int_equal(c.reuseport, 0);
+    /* No cluster section: a single node, the cluster fields at their defaults. */
+    assert_null(c.cluster_urls);
+    assert_int_equal(c.ncluster_urls, 0);
+    assert_int_equal(c.cluster_node_timeout_ms, 30000);
+    assert_int_equal(c.cluster_heartbeat_ms, 1500);
+    assert_int_equal(c.cluster_required, 0);
+    assert_int_equal(c.cluster_queue_max, 10000);
     if (!getenv("HERALD_API_TOKEN")) assert_null(c.api_token);
     hd_config_free(&c);
     hd_config_free(&c); /* safe twice */
@@ -117,7 +126,7 @@ static void test_values(void **st)
     char err[512];
     int rc = load("-- a comment\n"
                   "local base = 1000\n"
-                  "listen = { host = '127.0.0.1', port = 0 }\n"
+                  "listen = { host = '127.0.0.1', port = 0, reuseport = true }\n"
                   "mounts = { '/ws', '/', '/a/b/' }\n"
                   "limits = { max_body_bytes = 10, max_message_bytes = 128, max_connections = 7,\n"
                   "           send_queue_bytes = 2048, max_header_bytes = 256, max_url_bytes = 64,\n"
@@ -136,11 +145,20 @@ static void test_values(void **st)
                   "             coalesce = 'latest', on_overflow = 'drop_oldest',\n"
                   "             max_queue_bytes = 1000, presence = true } }\n"
                   "function helper() return 1 end -- functions are allowed\n"
-                  "cluster = { anything = true }  -- reserved, passed through\n",
+                  "cluster = { redis = 'redis://:pw@10.0.0.1:7000/2', node_timeout_ms = 1000,\n"
+                  "            heartbeat_ms = 499, required = true, queue_max = 1 }\n",
                   &c, err, sizeof err);
     if (rc) fail_msg("%s", err);
     assert_string_equal(c.host, "127.0.0.1");
     assert_int_equal(c.port, 0);
+    assert_int_equal(c.reuseport, 1);
+    assert_int_equal(c.ncluster_urls, 1);
+    assert_string_equal(c.cluster_urls[0], "redis://:pw@10.0.0.1:7000/2"); /* as written */
+    assert_null(c.cluster_urls[1]);
+    assert_int_equal(c.cluster_node_timeout_ms, 1000);
+    assert_int_equal(c.cluster_heartbeat_ms, 499);
+    assert_int_equal(c.cluster_required, 1);
+    assert_int_equal(c.cluster_queue_max, 1);
     assert_int_equal(c.nmounts, 3);
     assert_string_equal(c.ws_paths[0], "/ws/websocket");
     assert_string_equal(c.ws_paths[1], "/websocket");
@@ -255,6 +273,123 @@ static void test_errors(void **st)
     assert_int_equal(load("limitz = {}", &c, tiny, 5), HD_ECONFIG);
     assert_int_equal(strlen(tiny), 4);
     assert_int_equal(tiny[5], 'Z');
+}
+
+/* cluster: shards in config order, each URL checked by hd_redis_url_parse
+ * at load (so by `herald check` too), errors naming the setting and, in a
+ * list, the item. */
+static void test_cluster(void **st)
+{
+    (void)st;
+    hd_config c;
+    char err[1024];
+    /* A list of shards; unset keys take their defaults. */
+    int rc = load("local port = 6380\n"
+                  "cluster = { redis = { 'redis://a', 'redis://b:' .. port, 'redis://u:p@[::1]/15' } }\n",
+                  &c, err, sizeof err);
+    if (rc) fail_msg("%s", err);
+    assert_int_equal(c.ncluster_urls, 3);
+    assert_string_equal(c.cluster_urls[0], "redis://a");
+    assert_string_equal(c.cluster_urls[1], "redis://b:6380");
+    assert_string_equal(c.cluster_urls[2], "redis://u:p@[::1]/15");
+    assert_null(c.cluster_urls[3]);
+    assert_int_equal(c.cluster_node_timeout_ms, 30000);
+    assert_int_equal(c.cluster_heartbeat_ms, 1500);
+    assert_int_equal(c.cluster_required, 0);
+    assert_int_equal(c.cluster_queue_max, 10000);
+    assert_int_equal(c.reuseport, 0);
+    hd_config_free(&c);
+    assert_null(c.cluster_urls);
+    assert_int_equal(c.ncluster_urls, 0);
+    /* The bounds of every range are accepted. */
+    rc = load("cluster = { redis = 'redis://h', node_timeout_ms = 3600000, heartbeat_ms = 600000,\n"
+              "            queue_max = 10000000, required = false }\n",
+              &c, err, sizeof err);
+    if (rc) fail_msg("%s", err);
+    assert_int_equal(c.cluster_node_timeout_ms, 3600000);
+    assert_int_equal(c.cluster_heartbeat_ms, 600000);
+    assert_int_equal(c.cluster_queue_max, 10000000);
+    hd_config_free(&c);
+    rc = load("cluster = { redis = { 'redis://h' }, node_timeout_ms = 1000, heartbeat_ms = 100 }\n",
+              &c, err, sizeof err);
+    if (rc) fail_msg("%s", err);
+    assert_int_equal(c.ncluster_urls, 1);
+    assert_int_equal(c.cluster_node_timeout_ms, 1000);
+    assert_int_equal(c.cluster_heartbeat_ms, 100);
+    hd_config_free(&c);
+    /* 16 shards at most. */
+    rc = load("local t = {} for i = 1, 16 do t[i] = 'redis://h:' .. i end cluster = { redis = t }",
+              &c, err, sizeof err);
+    if (rc) fail_msg("%s", err);
+    assert_int_equal(c.ncluster_urls, 16);
+    assert_string_equal(c.cluster_urls[15], "redis://h:16");
+    assert_null(c.cluster_urls[16]);
+    hd_config_free(&c);
+    bad("local t = {} for i = 1, 17 do t[i] = 'redis://h:' .. i end cluster = { redis = t }",
+        "$F: cluster.redis: expected a list of at most 16 items", NULL);
+
+    /* URLs: the parser's reason, the setting, the item (from 1). */
+    bad("cluster = { redis = { 'redis://a', 'redis://b:70000' } }",
+        "$F: cluster.redis[2]: port out of range", NULL);
+    bad("cluster = { redis = { 'redis://a:0' } }", "$F: cluster.redis[1]: port out of range", NULL);
+    bad("cluster = { redis = 'redis://b:70000' }", "$F: cluster.redis: port out of range", NULL);
+    bad("cluster = { redis = 'rediss://b' }", "$F: cluster.redis: rediss:// (TLS) is not supported", NULL);
+    bad("cluster = { redis = 'http://b' }", "cluster.redis: only the redis:// scheme", NULL);
+    bad("cluster = { redis = 'b:6379' }", "cluster.redis: expected redis://host", NULL);
+    bad("cluster = { redis = 'redis://' }", "cluster.redis: host is required", NULL);
+    bad("cluster = { redis = 'redis://h/16' }", "cluster.redis: db out of range", NULL);
+    bad("cluster = { redis = 'redis://h?x=1' }", "cluster.redis: query strings are not supported", NULL);
+    bad("cluster = { redis = 'redis://user@h' }", "cluster.redis: a user without a password", NULL);
+    bad("cluster = { redis = { 'redis://h', 'redis://' .. ('a'):rep(256) } }",
+        "cluster.redis[2]: host is longer than 255 bytes", NULL);
+    /* The reason never repeats the URL (it may hold a password). */
+    hd_config c2;
+    assert_int_equal(load("cluster = { redis = 'redis://:hunter2@h:0' }", &c2, err, sizeof err),
+                     HD_ECONFIG);
+    assert_non_null(strstr(err, "cluster.redis: port out of range"));
+    assert_null(strstr(err, "hunter2"));
+    /* Shapes. */
+    bad("cluster = { redis = {} }", "$F: cluster.redis: expected a non-empty list", NULL);
+    bad("cluster = { redis = 6379 }", "cluster.redis: expected a redis:// URL or a non-empty list", "got 6379",
+        NULL);
+    bad("cluster = { redis = { 'redis://h', 5 } }", "cluster.redis: expected a list whose item 2 is a string",
+        NULL);
+    bad("cluster = { redis = { 'redis://h', x = 'redis://i' } }", "cluster.redis: expected a list", NULL);
+    bad("cluster = { redis = 'redis://:hunter2@h\\0' }", "cluster.redis: expected a redis:// URL",
+        "got a string with a NUL byte", NULL);
+    assert_int_equal(load("cluster = { redis = 'redis://:hunter2@h\\0' }", &c2, err, sizeof err),
+                     HD_ECONFIG);
+    assert_null(strstr(err, "hunter2"));
+    bad("cluster = {}", "$F: cluster.redis: expected a redis:// URL or a list of them", "got nil", NULL);
+    bad("cluster = { required = true }", "cluster.redis", "got nil", NULL);
+    bad("cluster = 'redis://h'", "$F: cluster: expected a table", NULL);
+    bad("cluster = { redis = 'redis://h', nodes = 3 }", "$F: unknown setting 'cluster.nodes'", NULL);
+    /* Ranges. */
+    bad("cluster = { redis = 'redis://h', node_timeout_ms = 999 }",
+        "$F: cluster.node_timeout_ms: expected an integer from 1000 to 3600000, got 999", NULL);
+    bad("cluster = { redis = 'redis://h', node_timeout_ms = 3600001 }", "cluster.node_timeout_ms", NULL);
+    bad("cluster = { redis = 'redis://h', node_timeout_ms = 1500.5 }", "cluster.node_timeout_ms", NULL);
+    bad("cluster = { redis = 'redis://h', heartbeat_ms = 99 }",
+        "$F: cluster.heartbeat_ms: expected an integer from 100 to 600000, got 99", NULL);
+    bad("cluster = { redis = 'redis://h', heartbeat_ms = 600001, node_timeout_ms = 3600000 }",
+        "cluster.heartbeat_ms: expected an integer from 100 to 600000", NULL);
+    bad("cluster = { redis = 'redis://h', queue_max = 0 }",
+        "$F: cluster.queue_max: expected an integer from 1 to 10000000, got 0", NULL);
+    bad("cluster = { redis = 'redis://h', queue_max = 10000001 }", "cluster.queue_max", NULL);
+    bad("cluster = { redis = 'redis://h', required = 'yes' }",
+        "$F: cluster.required: expected true or false, got \"yes\"", NULL);
+    bad("cluster = { redis = 'redis://h', required = 1 }", "cluster.required: expected true or false", NULL);
+    /* heartbeat_ms < node_timeout_ms / 2: equal to half is refused. */
+    bad("cluster = { redis = 'redis://h', node_timeout_ms = 1000, heartbeat_ms = 500 }",
+        "$F: cluster.heartbeat_ms: expected less than half of cluster.node_timeout_ms (1000), got 500",
+        NULL);
+    bad("cluster = { redis = 'redis://h', heartbeat_ms = 15000 }",
+        "cluster.heartbeat_ms: expected less than half of cluster.node_timeout_ms (30000), got 15000", NULL);
+    bad("cluster = { redis = 'redis://h', node_timeout_ms = 2000 }", /* the default heartbeat 1500 */
+        "cluster.heartbeat_ms: expected less than half of cluster.node_timeout_ms (2000), got 1500", NULL);
+    /* listen.reuseport */
+    bad("listen = { reuseport = 1 }", "$F: listen.reuseport: expected true or false, got 1", NULL);
+    bad("listen = { reuseport = 'true' }", "listen.reuseport", NULL);
 }
 
 /* The sandbox: only the allow-listed globals exist. */
@@ -475,7 +610,7 @@ int main(void)
         cmocka_unit_test(test_errors),   cmocka_unit_test(test_sandbox),
         cmocka_unit_test(test_sandbox_tables), cmocka_unit_test(test_nul_in_strings),
         cmocka_unit_test(test_budget),   cmocka_unit_test(test_env_port),
-        cmocka_unit_test(test_glob),
+        cmocka_unit_test(test_glob),     cmocka_unit_test(test_cluster),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

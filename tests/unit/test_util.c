@@ -1,4 +1,5 @@
-/* tests/unit/test_util.c: hashes, base64, UTF-8, URL and header helpers.
+/* tests/unit/test_util.c: hashes, base64, UTF-8, URL and header helpers,
+ * Redis URLs.
  * UTF-8 validation is compared with a reference written from Unicode's
  * table of well-formed byte sequences (Table 3-7), exhaustively up to three
  * bytes and on boundary and random inputs beyond. */
@@ -8,6 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "err.h"
 #include "util.h"
 #include "ws.h"
 
@@ -391,6 +393,166 @@ static void test_loopback(void **st)
     assert_false(hd_addr_is_loopback("?"));
 }
 
+/* ---- Redis URLs --------------------------------------------------------- */
+
+static void url_ok(const char *url, const char *host, int port, const char *user,
+                   const char *password, int db)
+{
+    hd_redis_url u;
+    char err[128] = "";
+    if (hd_redis_url_parse(url, &u, err, sizeof err)) fail_msg("%s: refused: %s", url, err);
+    assert_string_equal(u.host, host);
+    assert_int_equal(u.port, port);
+    assert_string_equal(u.user, user);
+    assert_string_equal(u.password, password);
+    assert_int_equal(u.db, db);
+}
+
+/* Expects url refused with a reason containing want, *out zeroed, and the
+ * reason not repeating the URL's secret (when given). */
+static void url_bad(const char *url, const char *want)
+{
+    hd_redis_url u, zero;
+    memset(&u, 'x', sizeof u);
+    memset(&zero, 0, sizeof zero);
+    char err[128] = "";
+    if (hd_redis_url_parse(url, &u, err, sizeof err) != HD_ECONFIG)
+        fail_msg("%s: accepted (host %s port %d), expected \"%s\"", url, u.host, u.port, want);
+    if (!strstr(err, want)) fail_msg("%s: reason \"%s\" lacks \"%s\"", url, err, want);
+    assert_memory_equal(&u, &zero, sizeof u);
+    assert_null(strstr(err, "s3cret"));
+}
+
+static void test_redis_url_forms(void **st)
+{
+    (void)st;
+    url_ok("redis://127.0.0.1:6379", "127.0.0.1", 6379, "", "", 0);
+    url_ok("redis://localhost", "localhost", 6379, "", "", 0);
+    url_ok("redis://redis-1.internal_net.example:7000", "redis-1.internal_net.example", 7000, "", "", 0);
+    url_ok("redis://:s3cret@10.0.0.2:6380/3", "10.0.0.2", 6380, "", "s3cret", 3);
+    url_ok("redis://app:s3cret@h:1/2", "h", 1, "app", "s3cret", 2);
+    url_ok("redis://h:65535/15", "h", 65535, "", "", 15);
+    url_ok("redis://h/0", "h", 6379, "", "", 0);
+    url_ok("redis://h/", "h", 6379, "", "", 0);      /* an empty path is db 0 */
+    url_ok("redis://h:00080", "h", 80, "", "", 0);  /* leading zeros */
+    url_ok("REDIS://H", "H", 6379, "", "", 0);      /* the scheme in any case */
+    url_ok("Redis://h", "h", 6379, "", "", 0);
+    url_ok("redis://[::1]:7000/1", "::1", 7000, "", "", 1);
+    url_ok("redis://[::1]", "::1", 6379, "", "", 0);
+    url_ok("redis://:pw@[fe80::1:2]", "fe80::1:2", 6379, "", "pw", 0);
+    /* The last '@' ends the password: raw '@', ':', '/', '?', '#' in it. */
+    url_ok("redis://:a@b:c/d?e#f@h:1", "h", 1, "", "a@b:c/d?e#f", 0);
+    url_ok("redis://u:p:q@h", "h", 6379, "u", "p:q", 0);
+    /* %XX escapes in user and password are decoded (either case). */
+    url_ok("redis://us%65r:p%40ss%2fw%3A%20d@h", "h", 6379, "user", "p@ss/w: d", 0);
+    url_ok("redis://:%C3%A9@h", "h", 6379, "", "\xC3\xA9", 0);
+}
+
+static void test_redis_url_errors(void **st)
+{
+    (void)st;
+    url_bad("rediss://h", "rediss:// (TLS) is not supported");
+    url_bad("http://h", "only the redis:// scheme");
+    url_bad("://h", "only the redis:// scheme");
+    url_bad("h:6379", "expected redis://host");
+    url_bad("redis:/h", "expected redis://host");
+    url_bad("", "expected redis://host");
+    url_bad(NULL, "no URL");
+    url_bad("redis://", "host is required");
+    url_bad("redis://:6379", "host is required");
+    url_bad("redis:///1", "host is required");
+    url_bad("redis://:s3cret@", "host is required");
+    url_bad("redis://:s3cret@:1", "host is required");
+    url_bad("redis://[]:1", "host is required");
+    url_bad("redis://[::1", "without its closing ']'");
+    url_bad("redis://[::1]x", "unexpected 'x' after the host");
+    url_bad("redis://[zz::1]", "bad character 'z' in the host");
+    url_bad("redis://ho%73t", "bad character '%' in the host");
+    url_bad("redis://h\xC3\xA9", "bad character (byte 0xC3) in the host");
+    url_bad("redis://[::1]\xC3", "unexpected byte 0xC3 after the host");
+    url_bad("redis://[fe80::1%eth0]", "bad character '%' in the host"); /* no zones */
+    url_bad("redis://h:", "empty port");
+    url_bad("redis://h:/1", "empty port");
+    url_bad("redis://h:0", "port out of range");
+    url_bad("redis://h:65536", "port out of range");
+    url_bad("redis://h:99999999999999999999999", "port out of range"); /* never wraps */
+    url_bad("redis://h:-1", "port is not a number");
+    url_bad("redis://h:6379x", "port is not a number");
+    url_bad("redis://h:1:2", "port is not a number");
+    url_bad("redis://h/16", "db out of range (0-15)");
+    url_bad("redis://h/99999999999999999999", "db out of range");
+    url_bad("redis://h/x", "db is not a number");
+    url_bad("redis://h/1/2", "db is not a number");
+    url_bad("redis://h/-1", "db is not a number");
+    url_bad("redis://h?db=1", "query strings are not supported");
+    url_bad("redis://:s3cret@h:1/2?x", "query strings are not supported");
+    url_bad("redis://h#x", "fragments are not supported");
+    url_bad("redis://s3cret@h", "a user without a password");
+    url_bad("redis://@h", "'@' without user:password");
+    url_bad("redis://:@h", "empty password");
+    url_bad("redis://u:@h", "empty password");
+    url_bad("redis://:s3cret%zz@h", "bad %-escape in the password");
+    url_bad("redis://:s3cret%4@h", "bad %-escape in the password");
+    url_bad("redis://:s3cret%@h", "bad %-escape in the password");
+    url_bad("redis://:s3cret%00x@h", "bad %-escape in the password"); /* no NUL inside */
+    url_bad("redis://u%g1:s3cret@h", "bad %-escape in the user");
+    url_bad("redis:// h", "spaces and control characters");
+    url_bad("redis://h\t", "spaces and control characters");
+    url_bad("redis://:s3 cret@h", "spaces and control characters");
+    url_bad("redis://h\x7f", "spaces and control characters");
+    url_bad("redis://h\n", "spaces and control characters");
+    /* No room for the reason, or none given: still refused, nothing written. */
+    hd_redis_url u;
+    char tiny[6];
+    memset(tiny, 'Z', sizeof tiny);
+    assert_int_equal(hd_redis_url_parse("redis://h:0", &u, tiny, 4), HD_ECONFIG);
+    assert_string_equal(tiny, "por");
+    assert_int_equal(tiny[4], 'Z');
+    assert_int_equal(hd_redis_url_parse("redis://h:0", &u, NULL, 0), HD_ECONFIG);
+    assert_int_equal(hd_redis_url_parse("redis://h:0", &u, tiny, 0), HD_ECONFIG);
+    assert_int_equal(tiny[0], 'p');
+}
+
+/* Host, user and password hold up to HD_REDIS_URL_MAX (255) bytes: one
+ * more is refused, never truncated (a truncated password would fail AUTH
+ * far from the config). The password's limit is on its decoded bytes. */
+static void test_redis_url_lengths(void **st)
+{
+    (void)st;
+    char url[1200], longs[800], esc[800];
+    assert_int_equal(HD_REDIS_URL_MAX, 255);
+    memset(longs, 'a', 256);
+    longs[256] = 0;
+    for (int i = 0; i < 256; i++) memcpy(esc + 3 * i, "%61", 3);
+    esc[3 * 256] = 0;
+
+    snprintf(url, sizeof url, "redis://%.255s:1", longs);
+    hd_redis_url u;
+    char err[128];
+    assert_int_equal(hd_redis_url_parse(url, &u, err, sizeof err), 0);
+    assert_int_equal(strlen(u.host), 255);
+    assert_int_equal(u.port, 1);
+    snprintf(url, sizeof url, "redis://%s:1", longs);
+    url_bad(url, "host is longer than 255 bytes");
+
+    snprintf(url, sizeof url, "redis://%.255s:%.255s@h", longs, longs);
+    assert_int_equal(hd_redis_url_parse(url, &u, err, sizeof err), 0);
+    assert_int_equal(strlen(u.user), 255);
+    assert_int_equal(strlen(u.password), 255);
+    assert_string_equal(u.host, "h");
+    snprintf(url, sizeof url, "redis://%s:pw@h", longs);
+    url_bad(url, "user is longer than 255 bytes");
+    snprintf(url, sizeof url, "redis://:%s@h", longs);
+    url_bad(url, "password is longer than 255 bytes");
+    /* 255 escapes decode to 255 bytes (765 in the URL): fine; 256: refused. */
+    snprintf(url, sizeof url, "redis://:%.765s@h", esc);
+    assert_int_equal(hd_redis_url_parse(url, &u, err, sizeof err), 0);
+    assert_int_equal(strlen(u.password), 255);
+    assert_int_equal(u.password[254], 'a');
+    snprintf(url, sizeof url, "redis://:%s@h", esc);
+    url_bad(url, "password is longer than 255 bytes");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -405,6 +567,9 @@ int main(void)
         cmocka_unit_test(test_url_decode),
         cmocka_unit_test(test_header_token),
         cmocka_unit_test(test_loopback),
+        cmocka_unit_test(test_redis_url_forms),
+        cmocka_unit_test(test_redis_url_errors),
+        cmocka_unit_test(test_redis_url_lengths),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

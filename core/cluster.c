@@ -1,0 +1,767 @@
+#include "cluster.h"
+#include "err.h"
+#include "log.h"
+#include "phx.h"
+#include "util.h"
+#include "ws.h"
+
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHAN_PREFIX "herald:t:{"
+#define NODE_PREFIX "herald:n:{"
+#define SUB_BATCH 512          /* channels per SUBSCRIBE */
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define PROBE_IDLE_MS 5000     /* a subscribed link silent this long is probed */
+#define PROBE_WAIT_MS 5000     /* and declared dead if the probe does not come back */
+
+/* A publish waiting for the link. */
+typedef struct qmsg {
+    struct qmsg *next;
+    uint64_t at;               /* loop time it was queued */
+    size_t clen, plen;
+    char bytes[];              /* channel, then payload */
+} qmsg;
+
+/* A channel name in a shard's subscribed set, or on its pending list. */
+typedef struct cname {
+    struct cname *next;
+    size_t len;
+    char name[];               /* the topic (not the channel) */
+} cname;
+
+/* One of a shard's two connections; ac->data points here. */
+typedef struct rlink {
+    struct hd_shard *s;
+    redisAsyncContext *ac;     /* NULL while down (hiredis frees it) */
+    int ready;                 /* connected, AUTH and SELECT done */
+    int setup;                 /* set-up replies still to come */
+} rlink;
+
+typedef struct hd_shard {
+    hd_cluster *c;
+    size_t index;
+    hd_redis_url url;
+    char shown[320];           /* redis://host:port[/db], no password */
+    rlink cmd;                 /* commands */
+    rlink sub;                 /* subscribed */
+    int up;                    /* both ready and every local topic subscribed */
+    uint64_t backoff_ms;
+    uint64_t retry_at;         /* loop time of the next connect, 0: now */
+    qmsg *qhead, *qtail;
+    size_t queued;
+    size_t inflight;           /* PUBLISHes awaiting their reply */
+    cname **set;               /* topics subscribed on the current link */
+    size_t nset, setcap;
+    cname *pending;            /* topics whose subscription may have to change */
+    uint64_t last_in;          /* loop time anything came on the subscribed link */
+    uint64_t probe_at;         /* loop time a probe went out, 0: none */
+    uint64_t reconnects;
+} hd_shard;
+
+/* ---- hashing ------------------------------------------------------------------- */
+
+static uint64_t fnv64(const char *p, size_t n)
+{
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)p[i]) * 1099511628211ULL;
+    return h;
+}
+
+size_t hd_cluster_shard_of(const char *topic, size_t tlen, size_t n)
+{
+    /* Jump consistent hash (Lamping and Veach). */
+    uint64_t key = fnv64(topic, tlen);
+    int64_t b = -1, j = 0;
+    while (j < (int64_t)n) {
+        b = j;
+        key = key * 2862933555777941757ULL + 1;
+        j = (int64_t)((double)(b + 1) * ((double)(1LL << 31) / (double)((key >> 33) + 1)));
+    }
+    return (size_t)(b < 0 ? 0 : b);
+}
+
+static uint32_t name_hash(const char *p, size_t n) { return (uint32_t)fnv64(p, n); }
+
+/* ---- a shard's subscribed set ------------------------------------------------------- */
+
+static cname *cname_new(const char *name, size_t len)
+{
+    cname *n = malloc(sizeof *n + len + 1);
+    if (!n) return NULL;
+    n->next = NULL;
+    n->len = len;
+    memcpy(n->name, name, len);
+    n->name[len] = 0;
+    return n;
+}
+
+static cname **set_slot(hd_shard *s, const char *name, size_t len)
+{
+    cname **pp = &s->set[name_hash(name, len) & (s->setcap - 1)];
+    while (*pp && !((*pp)->len == len && memcmp((*pp)->name, name, len) == 0)) pp = &(*pp)->next;
+    return pp;
+}
+
+static int set_has(hd_shard *s, const char *name, size_t len)
+{
+    return s->setcap && *set_slot(s, name, len) != NULL;
+}
+
+static void set_clear(hd_shard *s)
+{
+    for (size_t i = 0; i < s->setcap; i++)
+        for (cname *n = s->set[i], *next; n; n = next) {
+            next = n->next;
+            free(n);
+        }
+    if (s->set) memset(s->set, 0, s->setcap * sizeof *s->set);
+    s->nset = 0;
+}
+
+static void set_grow(hd_shard *s)
+{
+    size_t cap = s->setcap ? s->setcap * 2 : 64;
+    cname **t = calloc(cap, sizeof *t);
+    if (!t) return;
+    for (size_t i = 0; i < s->setcap; i++)
+        for (cname *n = s->set[i], *next; n; n = next) {
+            next = n->next;
+            size_t b = name_hash(n->name, n->len) & (cap - 1);
+            n->next = t[b];
+            t[b] = n;
+        }
+    free(s->set);
+    s->set = t;
+    s->setcap = cap;
+}
+
+static int set_add(hd_shard *s, const char *name, size_t len)
+{
+    if (s->nset >= s->setcap) set_grow(s);
+    if (!s->setcap) return HD_ENOMEM;
+    cname **pp = set_slot(s, name, len);
+    if (*pp) return 0;
+    if (!(*pp = cname_new(name, len))) return HD_ENOMEM;
+    s->nset++;
+    return 0;
+}
+
+static void set_del(hd_shard *s, const char *name, size_t len)
+{
+    if (!s->setcap) return;
+    cname **pp = set_slot(s, name, len);
+    if (!*pp) return;
+    cname *n = *pp;
+    *pp = n->next;
+    free(n);
+    s->nset--;
+}
+
+/* ---- channels and envelopes ------------------------------------------------------------- */
+
+/* "herald:t:{<topic>}" into out (malloc'd); returns its length. */
+static char *channel_of(const char *topic, size_t tlen, size_t *len)
+{
+    size_t pl = sizeof CHAN_PREFIX - 1;
+    char *ch = malloc(pl + tlen + 2);
+    if (!ch) return NULL;
+    memcpy(ch, CHAN_PREFIX, pl);
+    memcpy(ch + pl, topic, tlen);
+    ch[pl + tlen] = '}';
+    ch[pl + tlen + 1] = 0;
+    *len = pl + tlen + 1;
+    return ch;
+}
+
+/* The payload of a frame (past its WebSocket header). */
+static const uint8_t *frame_payload(const hd_buf *f, size_t *len)
+{
+    size_t n = f->data[1] & 0x7F, h = n == 126 ? 4 : n == 127 ? 10 : 2;
+    *len = f->len - h;
+    return f->data + h;
+}
+
+/* ---- commands -------------------------------------------------------------------------- */
+
+static void link_down(hd_shard *s, const char *why);
+static void flush_queue(hd_shard *s);
+
+static void on_publish_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    hd_shard *s = privdata;
+    redisReply *r = reply;
+    if (s->inflight) s->inflight--;
+    if (!r || r->type == REDIS_REPLY_ERROR) s->c->cs.lost++;
+    else if (s->qhead) flush_queue(s); /* room in flight again */
+}
+
+static void send_publish(hd_shard *s, const char *ch, size_t clen, const char *p, size_t plen)
+{
+    const char *argv[3] = {"PUBLISH", ch, p};
+    size_t lens[3] = {7, clen, plen};
+    if (redisAsyncCommandArgv(s->cmd.ac, on_publish_reply, s, 3, argv, lens) != REDIS_OK) {
+        s->c->cs.lost++;
+        return;
+    }
+    s->inflight++;
+    s->c->cs.out++;
+}
+
+static void flush_queue(hd_shard *s)
+{
+    size_t max = s->c->cfg->cluster_queue_max;
+    while (s->qhead && s->up && s->inflight < max) {
+        qmsg *m = s->qhead;
+        s->qhead = m->next;
+        if (!s->qhead) s->qtail = NULL;
+        s->queued--;
+        send_publish(s, m->bytes, m->clen, m->bytes + m->clen, m->plen);
+        free(m);
+    }
+}
+
+static void drop_queue(hd_shard *s)
+{
+    while (s->qhead) {
+        qmsg *m = s->qhead;
+        s->qhead = m->next;
+        free(m);
+        s->c->cs.lost++;
+    }
+    s->qtail = NULL;
+    s->queued = 0;
+}
+
+/* (UN)SUBSCRIBE of up to SUB_BATCH channels at once. */
+typedef struct batch {
+    const char *argv[SUB_BATCH + 1];
+    size_t lens[SUB_BATCH + 1];
+    char *owned[SUB_BATCH];
+    int n;
+} batch;
+
+static void on_message(redisAsyncContext *ac, void *reply, void *privdata);
+
+static void batch_send(hd_shard *s, batch *b, const char *verb)
+{
+    if (b->n == 0) return;
+    b->argv[0] = verb;
+    b->lens[0] = strlen(verb);
+    int subscribe = verb[0] == 'S';
+    /* SUBSCRIBE registers on_message for each channel; UNSUBSCRIBE has no
+     * reply of its own (hiredis). */
+    redisAsyncCommandArgv(s->sub.ac, subscribe ? on_message : NULL, s, b->n + 1, b->argv, b->lens);
+    for (int i = 0; i < b->n; i++) free(b->owned[i]);
+    b->n = 0;
+}
+
+static void batch_add(hd_shard *s, batch *b, const char *verb, const char *topic, size_t tlen)
+{
+    size_t cl;
+    char *ch = channel_of(topic, tlen, &cl);
+    if (!ch) return;
+    b->owned[b->n] = ch;
+    b->argv[b->n + 1] = ch;
+    b->lens[b->n + 1] = cl;
+    if (++b->n == SUB_BATCH) batch_send(s, b, verb);
+}
+
+/* Applies what changed since the last turn: a topic now with local
+ * subscribers that the link does not have is subscribed, one without is
+ * unsubscribed. */
+static void sync_pending(hd_shard *s)
+{
+    if (!s->pending) return;
+    batch sub = {.n = 0}, unsub = {.n = 0};
+    while (s->pending) {
+        cname *n = s->pending;
+        s->pending = n->next;
+        if (s->up) {
+            int want = hd_topics_find(&s->c->eng->topics, n->name, n->len) != NULL;
+            int have = set_has(s, n->name, n->len);
+            if (want && !have && set_add(s, n->name, n->len) == 0)
+                batch_add(s, &sub, "SUBSCRIBE", n->name, n->len);
+            else if (!want && have) {
+                set_del(s, n->name, n->len);
+                batch_add(s, &unsub, "UNSUBSCRIBE", n->name, n->len);
+            }
+        }
+        free(n);
+    }
+    batch_send(s, &sub, "SUBSCRIBE");
+    batch_send(s, &unsub, "UNSUBSCRIBE");
+}
+
+/* Subscribes every local topic of this shard (and the node's own probe
+ * channel), then reports the link up and sends what waited. */
+static void resubscribe(hd_shard *s)
+{
+    hd_cluster *c = s->c;
+    set_clear(s);
+    while (s->pending) { /* all of them are covered below */
+        cname *n = s->pending;
+        s->pending = n->next;
+        free(n);
+    }
+    batch b = {.n = 0};
+    char own[300];
+    int ol = snprintf(own, sizeof own, NODE_PREFIX "%s}", c->node);
+    const char *argv[2] = {"SUBSCRIBE", own};
+    size_t lens[2] = {9, (size_t)ol};
+    redisAsyncCommandArgv(s->sub.ac, on_message, s, 2, argv, lens);
+    hd_topics *t = &c->eng->topics;
+    for (size_t i = 0; i < t->nslots; i++)
+        for (hd_topic *tp = t->slots[i]; tp; tp = tp->hnext) {
+            if (hd_cluster_shard_of(tp->name, tp->len, c->nshards) != s->index) continue;
+            if (set_add(s, tp->name, tp->len) == 0) batch_add(s, &b, "SUBSCRIBE", tp->name, tp->len);
+        }
+    batch_send(s, &b, "SUBSCRIBE");
+    s->up = 1;
+    s->backoff_ms = 0;
+    s->last_in = uv_now(c->loop);
+    s->probe_at = 0;
+    hd_info("cluster: %s up (%zu topic(s) subscribed)", s->shown, s->nset);
+    flush_queue(s);
+}
+
+/* ---- inbound --------------------------------------------------------------------------------- */
+
+/* A message on a topic channel: "h1 <node> <elen>\n<event><phoenix json>". */
+static void deliver(hd_shard *s, const char *ch, size_t clen, const char *p, size_t plen)
+{
+    hd_cluster *c = s->c;
+    size_t pl = sizeof CHAN_PREFIX - 1;
+    if (clen < pl + 1 || memcmp(ch, CHAN_PREFIX, pl) != 0 || ch[clen - 1] != '}') goto bad;
+    const char *nl = memchr(p, '\n', plen);
+    if (plen < 3 || memcmp(p, "h1 ", 3) != 0 || !nl) goto bad;
+    const char *node = p + 3, *sp = memchr(node, ' ', (size_t)(nl - node));
+    if (!sp) goto bad;
+    size_t nodelen = (size_t)(sp - node);
+    if (nodelen == strlen(c->node) && memcmp(node, c->node, nodelen) == 0) return; /* our own */
+    char *end;
+    unsigned long elen = strtoul(sp + 1, &end, 10);
+    const char *body = nl + 1;
+    if (end != nl || elen > (size_t)(p + plen - body)) goto bad;
+    const char *topic = ch + pl;
+    size_t tlen = clen - pl - 1;
+    if (!hd_topics_find(&c->eng->topics, topic, tlen)) return; /* left meanwhile */
+    hd_buf *f = hd_ws_frame(HD_WS_TEXT, body + elen, (size_t)(p + plen - body) - elen);
+    if (!f) {
+        hd_error("cluster: out of memory framing a message");
+        return;
+    }
+    c->cs.in++;
+    hd_publish_local(c->eng, topic, tlen, body, elen, f);
+    hd_buf_unref(f);
+    return;
+bad:
+    c->cs.bad++;
+    hd_debug("cluster: a message on %.*s that is not Herald's", (int)clen, ch);
+}
+
+static void on_message(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    hd_shard *s = privdata;
+    redisReply *r = reply;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 3) return;
+    s->last_in = uv_now(s->c->loop);
+    s->probe_at = 0;
+    redisReply *kind = r->element[0], *ch = r->element[1], *msg = r->element[2];
+    if (kind->type != REDIS_REPLY_STRING || strcmp(kind->str, "message") != 0) return;
+    if (ch->type != REDIS_REPLY_STRING || msg->type != REDIS_REPLY_STRING) return;
+    if (ch->len > sizeof NODE_PREFIX - 1 && memcmp(ch->str, NODE_PREFIX, sizeof NODE_PREFIX - 1) == 0)
+        return; /* a probe came back */
+    deliver(s, ch->str, ch->len, msg->str, msg->len);
+}
+
+/* ---- the link's life ---------------------------------------------------------------------------- */
+
+static void check_ready(hd_shard *s)
+{
+    if (s->cmd.ready && s->sub.ready && !s->up) resubscribe(s);
+}
+
+/* A reply to AUTH or SELECT: an error ends the link; the last one makes
+ * the connection ready. */
+static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    rlink *l = privdata;
+    redisReply *r = reply;
+    if (!r) return; /* the link went: on_disconnect deals with it */
+    if (r->type == REDIS_REPLY_ERROR) {
+        hd_warn("cluster: %s refused the connection set-up: %s", l->s->shown, r->str);
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    if (--l->setup == 0) {
+        l->ready = 1;
+        check_ready(l->s);
+    }
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    rlink *l = ac->data;
+    hd_shard *s = l->s;
+    if (l->ac != ac) return; /* already given up */
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this callback. */
+        hd_debug("cluster: cannot connect to %s: %s", s->shown, ac->errstr);
+        l->ac = NULL;
+        link_down(s, ac->errstr);
+        return;
+    }
+    redisAsyncContext *w = (redisAsyncContext *)ac;
+    l->setup = 0;
+    if (s->url.password[0]) {
+        l->setup++;
+        if (s->url.user[0])
+            redisAsyncCommand(w, on_setup_reply, l, "AUTH %s %s", s->url.user, s->url.password);
+        else
+            redisAsyncCommand(w, on_setup_reply, l, "AUTH %s", s->url.password);
+    }
+    if (s->url.db) {
+        l->setup++;
+        redisAsyncCommand(w, on_setup_reply, l, "SELECT %d", s->url.db);
+    }
+    if (l->setup == 0) {
+        l->ready = 1;
+        check_ready(s);
+    }
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    rlink *l = ac->data;
+    if (l->ac != ac) return; /* we let it go (link_down, close) */
+    l->ac = NULL;            /* hiredis frees it after this callback */
+    link_down(l->s, status == REDIS_OK ? "disconnected" : ac->errstr);
+}
+
+static void connect_link(hd_shard *s, rlink *l)
+{
+    l->ready = 0;
+    l->ac = redisAsyncConnect(s->url.host, s->url.port);
+    if (!l->ac || l->ac->err) {
+        hd_debug("cluster: cannot connect to %s: %s", s->shown, l->ac ? l->ac->errstr : "no memory");
+        if (l->ac) redisAsyncFree(l->ac);
+        l->ac = NULL;
+        return;
+    }
+    l->ac->data = l;
+    if (redisLibuvAttach(l->ac, s->c->loop) != REDIS_OK) {
+        redisAsyncFree(l->ac);
+        l->ac = NULL;
+        return;
+    }
+    redisAsyncSetConnectCallback(l->ac, on_connect);
+    redisAsyncSetDisconnectCallback(l->ac, on_disconnect);
+}
+
+/* Either connection is gone (or never came): end the other too, count
+ * what was in flight, and retry after a jittered backoff. */
+/* Lets both connections go now: pending callbacks run with no reply
+ * (in-flight publishes are counted lost there). Safe inside a callback
+ * (hiredis defers the free). */
+static void let_go(hd_shard *s)
+{
+    redisAsyncContext *a = s->cmd.ac, *b = s->sub.ac;
+    s->cmd.ac = s->sub.ac = NULL;
+    s->cmd.ready = s->sub.ready = 0;
+    if (a) redisAsyncFree(a);
+    if (b) redisAsyncFree(b);
+}
+
+static void link_down(hd_shard *s, const char *why)
+{
+    hd_cluster *c = s->c;
+    int was_up = s->up;
+    s->up = 0;
+    set_clear(s);
+    let_go(s); /* both come back together */
+    if (c->closing) return;
+    if (was_up) {
+        s->reconnects++;
+        c->cs.reconnects++;
+        hd_warn("cluster: %s down (%s): local delivery goes on, cross-node publishes queue",
+                s->shown, why ? why : "?");
+    }
+    uint64_t b = s->backoff_ms ? s->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (b > BACKOFF_MAX_MS) b = BACKOFF_MAX_MS;
+    s->backoff_ms = b;
+    uint32_t rnd = 0;
+    uv_random(NULL, NULL, &rnd, sizeof rnd, 0, NULL);
+    s->retry_at = uv_now(c->loop) + b / 2 + rnd % (b + 1); /* 0.5 to 1.5 times */
+}
+
+static void connect_shard(hd_shard *s)
+{
+    s->retry_at = 0;
+    connect_link(s, &s->cmd);
+    connect_link(s, &s->sub);
+    if (!s->cmd.ac || !s->sub.ac) link_down(s, "cannot create a connection");
+}
+
+/* ---- observers -------------------------------------------------------------------------------------- */
+
+static void on_publish(void *ud, const char *topic, size_t tlen, const char *event, size_t elen,
+                       const char *data_json, size_t dlen, hd_buf *frame)
+{
+    hd_cluster *c = ud;
+    if (c->closing) return;
+    hd_buf *own = frame ? NULL : hd_phx_msg(topic, tlen, event, elen, data_json, dlen);
+    const hd_buf *f = frame ? frame : own;
+    size_t cl = 0, jl = 0;
+    char *ch = f ? channel_of(topic, tlen, &cl) : NULL;
+    const uint8_t *json = f ? frame_payload(f, &jl) : NULL;
+    char head[400];
+    int hl = snprintf(head, sizeof head, "h1 %s %zu\n", c->node, elen);
+    size_t plen = (size_t)hl + elen + (json ? jl : 0);
+    hd_shard *s = &c->shards[hd_cluster_shard_of(topic, tlen, c->nshards)];
+    size_t max = c->cfg->cluster_queue_max;
+    qmsg *m = ch && (s->queued < max) ? malloc(sizeof *m + cl + plen) : NULL;
+    if (!m) {
+        c->cs.lost++; /* out of memory, or the queue is full */
+    } else {
+        m->next = NULL;
+        m->at = uv_now(c->loop);
+        m->clen = cl;
+        m->plen = plen;
+        memcpy(m->bytes, ch, cl);
+        memcpy(m->bytes + cl, head, (size_t)hl);
+        memcpy(m->bytes + cl + hl, event, elen);
+        memcpy(m->bytes + cl + hl + elen, json, jl);
+        if (s->qtail) s->qtail->next = m;
+        else s->qhead = m;
+        s->qtail = m;
+        s->queued++;
+        flush_queue(s);
+    }
+    free(ch);
+    hd_buf_unref(own);
+}
+
+static void on_sync(uv_idle_t *h);
+
+static void note_topic(void *ud, const char *topic, size_t tlen)
+{
+    hd_cluster *c = ud;
+    if (c->closing) return;
+    hd_shard *s = &c->shards[hd_cluster_shard_of(topic, tlen, c->nshards)];
+    if (!s->up) return; /* resubscribe() covers it when the link comes */
+    cname *n = cname_new(topic, tlen);
+    if (!n) {
+        hd_error("cluster: out of memory noting a topic");
+        return;
+    }
+    n->next = s->pending;
+    s->pending = n;
+    /* Applied at the next tick of the turn: one batch per loop turn. */
+    if (!uv_is_active((uv_handle_t *)&c->sync)) uv_idle_start(&c->sync, on_sync);
+}
+
+static void on_sync(uv_idle_t *h)
+{
+    hd_cluster *c = h->data;
+    uv_idle_stop(h);
+    for (size_t i = 0; i < c->nshards; i++) sync_pending(&c->shards[i]);
+}
+
+/* Every 100 ms: connect what is due, probe silent links. */
+static void on_tick(uv_timer_t *t)
+{
+    hd_cluster *c = t->data;
+    uint64_t now = uv_now(c->loop);
+    for (size_t i = 0; i < c->nshards; i++) {
+        hd_shard *s = &c->shards[i];
+        if (!s->cmd.ac && !s->sub.ac) {
+            if (now >= s->retry_at) connect_shard(s);
+            continue;
+        }
+        if (!s->up) continue;
+        if (s->probe_at && now - s->probe_at >= PROBE_WAIT_MS) {
+            hd_warn("cluster: %s: the subscribed link stopped answering: reconnecting", s->shown);
+            link_down(s, "probe lost");
+        } else if (!s->probe_at && now - s->last_in >= PROBE_IDLE_MS) {
+            char own[300];
+            int ol = snprintf(own, sizeof own, NODE_PREFIX "%s}", c->node);
+            const char *argv[3] = {"PUBLISH", own, "probe"};
+            size_t lens[3] = {7, (size_t)ol, 5};
+            redisAsyncCommandArgv(s->cmd.ac, NULL, NULL, 3, argv, lens);
+            s->probe_at = now;
+        }
+    }
+}
+
+static const hd_topic_observer topic_observer = {note_topic, note_topic, NULL};
+
+int hd_cluster_init(hd_cluster *c, uv_loop_t *loop, const hd_config *cfg, hd_engine *eng,
+                    const char *node)
+{
+    memset(c, 0, sizeof *c);
+    c->loop = loop;
+    c->cfg = cfg;
+    c->eng = eng;
+    c->node = node;
+    c->shards = calloc(cfg->ncluster_urls, sizeof *c->shards);
+    if (!c->shards) return HD_ENOMEM;
+    c->nshards = cfg->ncluster_urls;
+    for (size_t i = 0; i < c->nshards; i++) {
+        hd_shard *s = &c->shards[i];
+        char err[256];
+        if (hd_redis_url_parse(cfg->cluster_urls[i], &s->url, err, sizeof err)) {
+            hd_error("cluster.redis[%zu]: %s", i + 1, err);
+            free(c->shards);
+            c->shards = NULL;
+            return HD_ECONFIG;
+        }
+        s->c = c;
+        s->index = i;
+        s->cmd.s = s->sub.s = s;
+        const char *colon = strchr(s->url.host, ':') ? "[%s]" : "%s";
+        char host[HD_REDIS_URL_MAX + 3];
+        snprintf(host, sizeof host, colon, s->url.host);
+        if (s->url.db) snprintf(s->shown, sizeof s->shown, "redis://%s:%d/%d", host, s->url.port, s->url.db);
+        else snprintf(s->shown, sizeof s->shown, "redis://%s:%d", host, s->url.port);
+    }
+    hd_topic_observer o = topic_observer;
+    o.ud = c;
+    if (hd_publish_observe(eng, on_publish, c) || hd_engine_observe_topics(eng, &o)) {
+        free(c->shards);
+        c->shards = NULL;
+        return HD_ELIMIT;
+    }
+    uv_timer_init(loop, &c->ticker);
+    c->ticker.data = c;
+    uv_idle_init(loop, &c->sync);
+    c->sync.data = c;
+    return 0;
+}
+
+void hd_cluster_start(hd_cluster *c)
+{
+    for (size_t i = 0; i < c->nshards; i++) connect_shard(&c->shards[i]);
+    uv_timer_start(&c->ticker, on_tick, 100, 100);
+}
+
+int hd_cluster_up(const hd_cluster *c)
+{
+    for (size_t i = 0; i < c->nshards; i++)
+        if (!c->shards[i].up) return 0;
+    return 1;
+}
+
+size_t hd_cluster_pending(const hd_cluster *c)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < c->nshards; i++) n += c->shards[i].queued + c->shards[i].inflight;
+    return n;
+}
+
+void hd_cluster_close(hd_cluster *c, uv_close_cb cb, void *data)
+{
+    c->closing = 1;
+    for (size_t i = 0; i < c->nshards; i++) {
+        hd_shard *s = &c->shards[i];
+        s->up = 0;
+        let_go(s);
+        drop_queue(s);
+    }
+    uv_timer_stop(&c->ticker);
+    c->ticker.data = c->sync.data = data;
+    uv_close((uv_handle_t *)&c->ticker, cb);
+    uv_close((uv_handle_t *)&c->sync, cb);
+}
+
+void hd_cluster_free(hd_cluster *c)
+{
+    for (size_t i = 0; c->shards && i < c->nshards; i++) {
+        hd_shard *s = &c->shards[i];
+        set_clear(s);
+        free(s->set);
+        while (s->pending) {
+            cname *n = s->pending;
+            s->pending = n->next;
+            free(n);
+        }
+        drop_queue(s);
+    }
+    free(c->shards);
+    c->shards = NULL;
+    c->nshards = 0;
+}
+
+static uint64_t oldest_ms(const hd_cluster *c)
+{
+    uint64_t now = uv_now(c->loop), oldest = 0;
+    for (size_t i = 0; i < c->nshards; i++) {
+        const qmsg *m = c->shards[i].qhead;
+        if (m && now - m->at > oldest) oldest = now - m->at;
+    }
+    return oldest;
+}
+
+static size_t queued_of(const hd_cluster *c)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < c->nshards; i++) n += c->shards[i].queued;
+    return n;
+}
+
+void hd_cluster_status_json(const hd_cluster *c, hd_str *out)
+{
+    hd_str_adds(out, "{\"node\":");
+    hd_str_add_json(out, c->node, strlen(c->node));
+    hd_str_adds(out, ",\"shards\":[");
+    for (size_t i = 0; i < c->nshards; i++) {
+        const hd_shard *s = &c->shards[i];
+        if (i) hd_str_addc(out, ',');
+        hd_str_adds(out, "{\"url\":");
+        hd_str_add_json(out, s->shown, strlen(s->shown));
+        hd_str_printf(out, ",\"up\":%s,\"reconnects\":%llu,\"topics\":%zu}", s->up ? "true" : "false",
+                      (unsigned long long)s->reconnects, s->nset);
+    }
+    size_t queued = queued_of(c);
+    hd_str_printf(out,
+                  "],\"messages_out\":%llu,\"messages_in\":%llu,\"lost\":%llu,\"queued\":%zu,"
+                  "\"oldest_queued_ms\":%llu}",
+                  (unsigned long long)c->cs.out, (unsigned long long)c->cs.in,
+                  (unsigned long long)c->cs.lost, queued, (unsigned long long)oldest_ms(c));
+}
+
+void hd_cluster_metrics(const hd_cluster *c, hd_str *o)
+{
+    hd_str_adds(o, "# HELP herald_cluster_link_up 1 while the link to a Redis shard is up.\n"
+                   "# TYPE herald_cluster_link_up gauge\n");
+    for (size_t i = 0; i < c->nshards; i++)
+        hd_str_printf(o, "herald_cluster_link_up{shard=\"%zu\"} %d\n", i, c->shards[i].up);
+    hd_str_printf(o,
+                  "# HELP herald_cluster_reconnects_total Links to Redis that went down and "
+                  "were set up again.\n# TYPE herald_cluster_reconnects_total counter\n"
+                  "herald_cluster_reconnects_total %llu\n"
+                  "# HELP herald_cluster_messages_total Cross-node messages: PUBLISHes sent (out), "
+                  "messages of other nodes delivered here (in).\n"
+                  "# TYPE herald_cluster_messages_total counter\n"
+                  "herald_cluster_messages_total{direction=\"out\"} %llu\n"
+                  "herald_cluster_messages_total{direction=\"in\"} %llu\n"
+                  "# HELP herald_cluster_publishes_lost_total Cross-node publishes dropped: the "
+                  "queue was full (cluster.queue_max) or the link broke with them in flight.\n"
+                  "# TYPE herald_cluster_publishes_lost_total counter\n"
+                  "herald_cluster_publishes_lost_total %llu\n"
+                  "# HELP herald_cluster_queued Cross-node publishes waiting for a link.\n"
+                  "# TYPE herald_cluster_queued gauge\nherald_cluster_queued %zu\n"
+                  "# HELP herald_cluster_bad_messages_total Messages on Herald's channels that "
+                  "were not Herald's.\n# TYPE herald_cluster_bad_messages_total counter\n"
+                  "herald_cluster_bad_messages_total %llu\n",
+                  (unsigned long long)c->cs.reconnects, (unsigned long long)c->cs.out,
+                  (unsigned long long)c->cs.in, (unsigned long long)c->cs.lost,
+                  queued_of(c), (unsigned long long)c->cs.bad);
+}

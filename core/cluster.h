@@ -1,0 +1,84 @@
+/* The cluster: nodes joined by Redis (hiredis's async API on the loop).
+ *
+ * Fan-out: one Redis channel per topic, "herald:t:{<topic>}" (hash-tagged
+ * so names survive a move to Redis Cluster). A node SUBSCRIBEs while it has
+ * local subscribers of a topic (a topic observer of the engine) and
+ * UNSUBSCRIBEs after the last; commands of one loop turn go out as one
+ * batch. Every publish made on this node (a publish observer) becomes one
+ * PUBLISH of "h1 <origin node>\n<the Phoenix message text>"; a node drops
+ * its own messages (no echo) and delivers the others through
+ * hd_publish_local, framing each once.
+ *
+ * Shards: with several Redis URLs a topic lives on one of them, chosen by
+ * a jump consistent hash of FNV-1a 64 of its name (Centrifugo's choice).
+ *
+ * Each shard has two connections, one for commands and one subscribed.
+ * The link is up when both are connected (AUTH and SELECT done) and every
+ * local topic is subscribed again. Redis going away never touches local
+ * delivery: publishes wait in a bounded queue (cluster.queue_max) and what
+ * overflows, or was in flight on a broken link, is counted lost. The
+ * links reconnect with jittered exponential backoff; an idle subscribed
+ * link is probed (a PUBLISH to the node's own channel that must come
+ * back), so a silently dead one is noticed. The loop never waits for
+ * Redis. */
+#ifndef HD_CLUSTER_H
+#define HD_CLUSTER_H
+
+#include "buf.h"
+#include "config.h"
+#include "publish.h"
+#include "stats.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct hd_shard;
+
+typedef struct hd_cluster_stats {
+    uint64_t reconnects;          /* links that went down and were set up again */
+    uint64_t out;                 /* PUBLISHes sent */
+    uint64_t in;                  /* messages from other nodes delivered here */
+    uint64_t lost;                /* cross-node publishes dropped (queue full, broken link) */
+    uint64_t bad;                 /* messages from Redis that could not be read */
+} hd_cluster_stats;
+
+typedef struct hd_cluster {
+    uv_loop_t *loop;
+    const hd_config *cfg;
+    hd_engine *eng;
+    const char *node;             /* this node's id (borrowed) */
+    struct hd_shard *shards;
+    size_t nshards;
+    uv_timer_t ticker;            /* every 100 ms: reconnects, probes */
+    uv_idle_t sync;               /* applies the turn's (un)subscriptions in one batch */
+    int closing;
+    hd_cluster_stats cs;
+} hd_cluster;
+
+/* Prepares c for cfg's cluster (cfg->ncluster_urls > 0) and registers its
+ * observers with eng. Returns 0, HD_ECONFIG (a URL that does not parse:
+ * config validation catches that first) or HD_ENOMEM. */
+int hd_cluster_init(hd_cluster *c, uv_loop_t *loop, const hd_config *cfg, hd_engine *eng,
+                    const char *node);
+/* Starts connecting (returns at once). */
+void hd_cluster_start(hd_cluster *c);
+/* 1 when every shard's link is up. */
+int hd_cluster_up(const hd_cluster *c);
+/* Outbound messages waiting (queued or in flight). */
+size_t hd_cluster_pending(const hd_cluster *c);
+/* Disconnects and closes the ticker; cb gets it (its data then being
+ * data). hiredis closes its own handles. */
+void hd_cluster_close(hd_cluster *c, uv_close_cb cb, void *data);
+/* Frees what is left (after the loop ran the close callbacks). */
+void hd_cluster_free(hd_cluster *c);
+
+/* Appends {"node":...,"shards":[{"url","up","reconnects"}],...} to out. */
+void hd_cluster_status_json(const hd_cluster *c, hd_str *out);
+/* Appends the cluster's Prometheus lines to out. */
+void hd_cluster_metrics(const hd_cluster *c, hd_str *out);
+
+/* The shard of a topic among n: jump consistent hash of FNV-1a 64. */
+size_t hd_cluster_shard_of(const char *topic, size_t tlen, size_t n);
+
+#endif

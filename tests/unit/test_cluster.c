@@ -1,0 +1,305 @@
+/* tests/unit/test_cluster.c: two nodes in one loop joined by a real
+ * redis-server that the test starts on a free port and stops by its PID.
+ * Cross-node delivery (exact bytes, exactly once, no echo), subscriptions
+ * that follow local interest, what a Redis outage does (local delivery
+ * goes on, cross-node publishes wait in the queue and go out after the
+ * reconnect), foreign messages, and the shard hash. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "harness.h"
+#include "cluster.h"
+
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+/* ---- redis-server ------------------------------------------------------------------- */
+
+static pid_t redis_pid;
+static int redis_port;
+
+static int free_port(void)
+{
+    uv_tcp_t t;
+    uv_tcp_init(&loop, &t);
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    assert_int_equal(uv_tcp_bind(&t, (struct sockaddr *)&a, 0), 0);
+    struct sockaddr_storage b;
+    int len = sizeof b;
+    uv_tcp_getsockname(&t, (struct sockaddr *)&b, &len);
+    int port = ntohs(((struct sockaddr_in *)&b)->sin_port);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    return port;
+}
+
+/* A blocking client for the test's own look at Redis; NULL until it answers. */
+static redisContext *redis_cli(void)
+{
+    struct timeval tv = {1, 0};
+    redisContext *r = redisConnectWithTimeout("127.0.0.1", redis_port, tv);
+    if (r && r->err) {
+        redisFree(r);
+        return NULL;
+    }
+    return r;
+}
+
+static void redis_start(void)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", redis_port);
+    redis_pid = fork();
+    assert_true(redis_pid >= 0);
+    if (redis_pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) dup2(devnull, 1);
+        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--daemonize", "no", (char *)NULL);
+        _exit(127);
+    }
+    /* Ready when it answers PING (bounded). */
+    for (int i = 0; i < 500; i++) {
+        redisContext *r = redis_cli();
+        if (r) {
+            redisReply *rep = redisCommand(r, "PING");
+            int ok = rep && rep->type == REDIS_REPLY_STATUS;
+            freeReplyObject(rep);
+            redisFree(r);
+            if (ok) return;
+        }
+        usleep(10000);
+    }
+    fail_msg("redis-server did not start on port %d", redis_port);
+}
+
+static void redis_stop(void)
+{
+    if (redis_pid <= 0) return;
+    kill(redis_pid, SIGKILL);
+    waitpid(redis_pid, NULL, 0);
+    redis_pid = 0;
+}
+
+static long long numsub(const char *topic)
+{
+    redisContext *r = redis_cli();
+    if (!r) return -1;
+    char ch[300];
+    snprintf(ch, sizeof ch, "herald:t:{%s}", topic);
+    redisReply *rep = redisCommand(r, "PUBSUB NUMSUB %s", ch);
+    long long n = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2
+                      ? rep->element[1]->integer
+                      : -1;
+    freeReplyObject(rep);
+    redisFree(r);
+    return n;
+}
+
+/* ---- two nodes -------------------------------------------------------------------------- */
+
+static hd_config cfg_b;
+static hd_server node_b;
+static int b_stopped;
+
+static void on_b_stopped(hd_server *s)
+{
+    (void)s;
+    b_stopped++;
+}
+
+static char cluster_conf[512];
+
+static int setup_cluster(void **st)
+{
+    (void)st;
+    assert_int_equal(uv_loop_init(&loop), 0); /* free_port needs a loop */
+    redis_port = free_port();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    redis_start();
+    snprintf(cluster_conf, sizeof cluster_conf,
+             "listen = { host = '127.0.0.1', port = 0 }\n"
+             "log = { level = 'error' }\n"
+             "cluster = { redis = 'redis://127.0.0.1:%d', queue_max = 100 }\n",
+             redis_port);
+    setup_with(cluster_conf); /* node A is the harness's srv */
+    char path[] = "/tmp/herald-test-cluster-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, cluster_conf, strlen(cluster_conf)), (ssize_t)strlen(cluster_conf));
+    close(fd);
+    char err[512];
+    assert_int_equal(hd_config_load(&cfg_b, path, err, sizeof err), 0);
+    unlink(path);
+    b_stopped = 0;
+    assert_int_equal(hd_server_init(&node_b, &loop, &cfg_b), 0);
+    node_b.on_stopped = on_b_stopped;
+    assert_int_equal(hd_script_start(&node_b.sc, err, sizeof err), 0);
+    assert_int_equal(hd_server_start(&node_b), 0);
+    RUN_UNTIL(hd_cluster_up(&srv.cluster) && hd_cluster_up(&node_b.cluster));
+    return 0;
+}
+
+static int teardown_cluster(void **st)
+{
+    hd_server_stop(&node_b);
+    RUN_UNTIL(b_stopped == 1);
+    hd_server_free(&node_b);
+    hd_config_free(&cfg_b);
+    int rc = teardown(st);
+    redis_stop();
+    return rc;
+}
+
+/* A WebSocket client of node B (the harness's clients talk to srv). */
+static cli *ws_client_of(hd_server *s)
+{
+    int saved = srv.port;
+    srv.port = s->port;
+    cli *c = ws_client();
+    srv.port = saved;
+    return c;
+}
+
+static const char msg_frame[] = "[null,null,\"room:1\",\"msg\",{\"data\":{\"n\":1},\"event\":\"hi\"}]";
+
+/* ---- tests ------------------------------------------------------------------------------------ */
+
+/* A publish on A reaches B's subscriber once, as the same bytes A's own
+ * subscriber gets, and A's subscriber once (no echo). B subscribes to the
+ * topic's channel only while it has a subscriber. */
+static void test_fanout_across_nodes(void **st)
+{
+    (void)st;
+    cli *a = ws_client();
+    cli *b = ws_client_of(&node_b);
+    join(a, "1", "room:1");
+    join(b, "1", "room:1");
+    RUN_UNTIL(numsub("room:1") == 2);
+    assert_int_equal(hd_api_publish(&srv.api, "room:1", 6, "hi", 2, "{\"n\":1}", 7), 1);
+    expect_text(b, msg_frame);
+    expect_text(a, msg_frame);
+    /* A marker after it: nothing else came in between (exactly once). */
+    assert_int_equal(hd_api_publish(&srv.api, "room:1", 6, "end", 3, "0", 1), 1);
+    expect_text(b, "[null,null,\"room:1\",\"msg\",{\"data\":0,\"event\":\"end\"}]");
+    expect_text(a, "[null,null,\"room:1\",\"msg\",{\"data\":0,\"event\":\"end\"}]");
+    assert_int_equal(srv.cluster.cs.out, 2);
+    assert_int_equal(node_b.cluster.cs.in, 2);
+    assert_int_equal(srv.cluster.cs.in, 0); /* its own messages came back and were dropped */
+    assert_int_equal(srv.cluster.cs.lost, 0);
+    /* B's subscriber leaves: B unsubscribes; A still listens. */
+    cli_free(b);
+    RUN_UNTIL(numsub("room:1") == 1);
+    cli_free(a);
+    RUN_UNTIL(numsub("room:1") == 0);
+}
+
+/* Redis goes away: local delivery goes on; the cross-node publish waits in
+ * the queue; after Redis is back both links come up again by themselves,
+ * resubscribe, and the queued publish reaches B. */
+static void test_outage(void **st)
+{
+    (void)st;
+    cli *a = ws_client();
+    cli *b = ws_client_of(&node_b);
+    join(a, "1", "room:1");
+    join(b, "1", "room:1");
+    RUN_UNTIL(numsub("room:1") == 2);
+    redis_stop();
+    RUN_UNTIL(!hd_cluster_up(&srv.cluster) && !hd_cluster_up(&node_b.cluster));
+    uint64_t out = srv.cluster.cs.out;
+    assert_int_equal(hd_api_publish(&srv.api, "room:1", 6, "hi", 2, "{\"n\":1}", 7), 1);
+    expect_text(a, msg_frame); /* local delivery never stops */
+    assert_int_equal(hd_cluster_pending(&srv.cluster), 1);
+    assert_int_equal(srv.cluster.cs.out, out); /* waiting, not sent */
+    redis_start();
+    RUN_UNTIL(hd_cluster_up(&srv.cluster) && hd_cluster_up(&node_b.cluster) &&
+              numsub("room:1") == 2);
+    /* A's queue went out once its link was up (B may have come up after
+     * it, then that one message is B's to miss: Redis keeps no PUB/SUB). */
+    assert_true(srv.cluster.cs.reconnects >= 1);
+    assert_true(node_b.cluster.cs.reconnects >= 1);
+    RUN_UNTIL(hd_cluster_pending(&srv.cluster) == 0);
+    assert_int_equal(srv.cluster.cs.out, out + 1);
+    assert_int_equal(srv.cluster.cs.lost, 0);
+    hd_str status = HD_STR_INIT;
+    hd_cluster_status_json(&srv.cluster, &status);
+    assert_non_null(strstr(status.p, "\"up\":true"));
+    hd_str_free(&status);
+    /* After the outage, cross-node delivery works again. */
+    assert_int_equal(hd_api_publish(&srv.api, "room:1", 6, "end", 3, "0", 1), 1);
+    int got_end = 0, got_hi = 0;
+    while (!got_end) {
+        int op;
+        char *f = next_frame(b, &op);
+        if (strcmp(f, msg_frame) == 0) got_hi++;
+        else if (strstr(f, "\"end\"")) got_end = 1;
+        else fail_msg("unexpected frame on B: %s", f);
+        free(f);
+    }
+    /* The queued message arrived, or (B not subscribed yet when A's link
+     * came up first) it is the only one that could be missing: never twice. */
+    assert_true(got_hi <= 1);
+    cli_free(a);
+    cli_free(b);
+}
+
+/* What is not Herald's on Herald's channels is counted and dropped. */
+static void test_foreign_messages(void **st)
+{
+    (void)st;
+    cli *b = ws_client_of(&node_b);
+    join(b, "1", "room:1");
+    RUN_UNTIL(numsub("room:1") == 1);
+    redisContext *r = redis_cli();
+    assert_non_null(r);
+    freeReplyObject(redisCommand(r, "PUBLISH herald:t:{room:1} %s", "not herald"));
+    freeReplyObject(redisCommand(r, "PUBLISH herald:t:{room:1} %s", "h1 x 99\nshort"));
+    redisFree(r);
+    RUN_UNTIL(node_b.cluster.cs.bad == 2);
+    assert_int_equal(hd_api_publish(&srv.api, "room:1", 6, "hi", 2, "{\"n\":1}", 7), 0);
+    expect_text(b, msg_frame); /* the next real one still arrives, nothing before it */
+    cli_free(b);
+}
+
+/* The shard of a topic is stable and spreads topics over the shards. */
+static void test_shard_hash(void **st)
+{
+    (void)st;
+    size_t count[4] = {0};
+    char name[32];
+    for (int i = 0; i < 4000; i++) {
+        int n = snprintf(name, sizeof name, "topic:%d", i);
+        size_t s = hd_cluster_shard_of(name, (size_t)n, 4);
+        assert_true(s < 4);
+        assert_int_equal(s, hd_cluster_shard_of(name, (size_t)n, 4));
+        count[s]++;
+        assert_int_equal(hd_cluster_shard_of(name, (size_t)n, 1), 0);
+    }
+    for (int i = 0; i < 4; i++) assert_true(count[i] > 800 && count[i] < 1200);
+    /* Jump hash: going from 3 shards to 4 moves only topics to the new one. */
+    for (int i = 0; i < 4000; i++) {
+        int n = snprintf(name, sizeof name, "topic:%d", i);
+        size_t s3 = hd_cluster_shard_of(name, (size_t)n, 3), s4 = hd_cluster_shard_of(name, (size_t)n, 4);
+        assert_true(s4 == s3 || s4 == 3);
+    }
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_shard_hash),
+        cmocka_unit_test_setup_teardown(test_fanout_across_nodes, setup_cluster, teardown_cluster),
+        cmocka_unit_test_setup_teardown(test_outage, setup_cluster, teardown_cluster),
+        cmocka_unit_test_setup_teardown(test_foreign_messages, setup_cluster, teardown_cluster),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
