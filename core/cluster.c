@@ -273,6 +273,305 @@ static void batch_add(hd_shard *s, batch *b, const char *verb, const char *topic
     if (++b->n == SUB_BATCH) batch_send(s, b, verb);
 }
 
+/* ---- presence across nodes ------------------------------------------------------------
+ *
+ * Each node owns its entries on topics with presence events. It keeps them
+ * in a hash per topic, "herald:p:{<topic>}", field "<node> <phx_ref>",
+ * value "<key>\n<meta>", and announces every change on the topic's
+ * channel: "p1 <node>\n+<ref>\n<key>\n<meta>", "p1 <node>\n-<ref>\n<key>",
+ * or "p1 <node>\n!" (all of that node's entries go: a drain). A node that
+ * gets its first subscriber of such a topic, or whose link comes back,
+ * loads the hash (and drops what it holds of other nodes that the hash no
+ * longer has). A node's liveness key, "herald:n:{<node>}:alive", lives
+ * node_timeout_ms and is refreshed every heartbeat_ms (on the first shard);
+ * a node whose key is gone has its entries withdrawn and deleted by
+ * whichever peer notices first. */
+
+static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac, (void)reply;
+    hd_shard *s = privdata;
+    if (s->inflight) s->inflight--;
+}
+
+/* A command on the shard's link when it is up (else dropped: the next
+ * link-up republishes what matters). */
+static void command(hd_shard *s, redisCallbackFn *fn, void *privdata, int argc, const char **argv,
+                    const size_t *lens)
+{
+    if (!s->up || !s->cmd.ac) return;
+    if (redisAsyncCommandArgv(s->cmd.ac, fn ? fn : on_cmd_reply, fn ? privdata : s, argc, argv,
+                              lens) == REDIS_OK && !fn)
+        s->inflight++;
+}
+
+static hd_shard *shard_for(hd_cluster *c, const char *topic, size_t tlen)
+{
+    return &c->shards[hd_cluster_shard_of(topic, tlen, c->nshards)];
+}
+
+/* "herald:p:{<topic>}" (malloc'd). */
+static char *pres_key(const char *topic, size_t tlen, size_t *len)
+{
+    char *k = channel_of(topic, tlen, len);
+    if (k) k[7] = 'p'; /* herald:t:{ -> herald:p:{ */
+    return k;
+}
+
+static int presence_topic(hd_cluster *c, hd_topic *tp)
+{
+    return hd_topic_policy_of(&c->eng->topics, tp)->presence;
+}
+
+/* HSET or HDEL of a local entry, and its announcement. */
+static void announce(hd_cluster *c, hd_topic *tp, const hd_pres *e, int joined)
+{
+    hd_shard *s = shard_for(c, tp->name, tp->len);
+    if (!s->up) return;
+    size_t rl, hl, cl;
+    const char *ref = hd_pres_ref(e, &rl);
+    const char *key = hd_pres_key(e), *meta = hd_pres_meta(e);
+    char *hash = pres_key(tp->name, tp->len, &hl), *ch = channel_of(tp->name, tp->len, &cl);
+    hd_str field = HD_STR_INIT, value = HD_STR_INIT, msg = HD_STR_INIT;
+    hd_str_printf(&field, "%s %.*s", c->node, (int)rl, ref);
+    hd_str_printf(&msg, "p1 %s\n%c%.*s\n%s", c->node, joined ? '+' : '-', (int)rl, ref, key);
+    if (joined) {
+        hd_str_printf(&value, "%s\n%s", key, meta);
+        hd_str_printf(&msg, "\n%s", meta);
+    }
+    if (hash && ch && !field.oom && !value.oom && !msg.oom) {
+        const char *argv[4] = {joined ? "HSET" : "HDEL", hash, field.p, value.p};
+        size_t lens[4] = {4, hl, field.len, value.len};
+        command(s, NULL, NULL, joined ? 4 : 3, argv, lens);
+        const char *pargv[3] = {"PUBLISH", ch, msg.p};
+        size_t plens[3] = {7, cl, msg.len};
+        command(s, NULL, NULL, 3, pargv, plens);
+    } else {
+        hd_error("cluster: out of memory announcing presence");
+    }
+    free(hash);
+    free(ch);
+    hd_str_free(&field);
+    hd_str_free(&value);
+    hd_str_free(&msg);
+}
+
+static void on_local(void *ud, hd_topic *tp, const hd_pres *e, int joined)
+{
+    hd_cluster *c = ud;
+    if (!c->closing) announce(c, tp, e, joined);
+}
+
+/* What a peer's presence message says; *p is past "p1 <node>\n". */
+static void presence_message(hd_cluster *c, hd_topic *tp, const char *node, const char *p,
+                             size_t n)
+{
+    hd_presence *pr = &c->eng->pres;
+    if (n == 1 && p[0] == '!') {
+        hd_presence_withdraw(pr, tp, node);
+        return;
+    }
+    const char *nl = n > 1 ? memchr(p, '\n', n) : NULL;
+    if (!nl || (p[0] != '+' && p[0] != '-')) goto bad;
+    const char *key = nl + 1, *end = p + n;
+    const char *nl2 = memchr(key, '\n', (size_t)(end - key));
+    if (p[0] == '+' && !nl2) goto bad;
+    char *ref = strndup(p + 1, (size_t)(nl - p - 1));
+    char *k = strndup(key, (size_t)((nl2 ? nl2 : end) - key));
+    char *meta = nl2 ? strndup(nl2 + 1, (size_t)(end - nl2 - 1)) : NULL;
+    if (ref && k) {
+        if (p[0] == '-') hd_presence_remove(pr, tp, node, k, ref);
+        else if (meta && hd_presence_add(pr, tp, node, k, meta) == HD_EJSON) c->cs.bad++;
+    }
+    free(ref);
+    free(k);
+    free(meta);
+    return;
+bad:
+    c->cs.bad++;
+}
+
+/* A hash field and value: "<node> <ref>", "<key>\n<meta>". Returns 0 and
+ * the parts (malloc'd), or -1. */
+static int parse_entry(const redisReply *f, const redisReply *v, char **node, char **ref, char **key,
+                       char **meta)
+{
+    *node = *ref = *key = *meta = NULL;
+    if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) return -1;
+    const char *sp = memchr(f->str, ' ', f->len), *nl = memchr(v->str, '\n', v->len);
+    if (!sp || !nl) return -1;
+    *node = strndup(f->str, (size_t)(sp - f->str));
+    *ref = strndup(sp + 1, f->len - (size_t)(sp - f->str) - 1);
+    *key = strndup(v->str, (size_t)(nl - v->str));
+    *meta = strndup(nl + 1, v->len - (size_t)(nl - v->str) - 1);
+    return *node && *ref && *key && *meta ? 0 : -1;
+}
+
+typedef struct load_req {
+    hd_cluster *c;
+    size_t len;
+    char topic[];
+} load_req;
+
+/* HGETALL of a topic's hash: the other nodes' entries become ours to
+ * show; what we held of theirs that the hash no longer has goes. */
+static void on_loaded(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    load_req *q = privdata;
+    hd_cluster *c = q->c;
+    redisReply *r = reply;
+    hd_topic *tp = c->closing ? NULL : hd_topics_find(&c->eng->topics, q->topic, q->len);
+    if (tp && r && r->type == REDIS_REPLY_ARRAY) {
+        hd_presence *pr = &c->eng->pres;
+        for (size_t i = 0; i + 1 < r->elements; i += 2) {
+            char *node, *ref, *key, *meta;
+            if (parse_entry(r->element[i], r->element[i + 1], &node, &ref, &key, &meta) == 0 &&
+                strcmp(node, c->node) != 0)
+                hd_presence_add(pr, tp, node, key, meta);
+            free(node), free(ref), free(key), free(meta);
+        }
+        for (hd_pres *e = tp->pres, *next; e; e = next) {
+            next = e->next;
+            if (e->sub) continue;
+            size_t rl;
+            const char *ref = hd_pres_ref(e, &rl);
+            int found = 0;
+            for (size_t i = 0; !found && i + 1 < r->elements; i += 2) {
+                const redisReply *f = r->element[i];
+                size_t nl = strlen(e->node);
+                found = f->type == REDIS_REPLY_STRING && f->len == nl + 1 + rl &&
+                        memcmp(f->str, e->node, nl) == 0 && f->str[nl] == ' ' &&
+                        memcmp(f->str + nl + 1, ref, rl) == 0;
+            }
+            if (!found) {
+                char *rs = strndup(ref, rl);
+                if (rs) hd_presence_remove(pr, tp, e->node, hd_pres_key(e), rs);
+                free(rs);
+            }
+        }
+    }
+    free(q);
+}
+
+static void load_presence(hd_cluster *c, hd_topic *tp)
+{
+    hd_shard *s = shard_for(c, tp->name, tp->len);
+    size_t hl;
+    char *hash = pres_key(tp->name, tp->len, &hl);
+    load_req *q = malloc(sizeof *q + tp->len);
+    if (hash && q) {
+        q->c = c;
+        q->len = tp->len;
+        memcpy(q->topic, tp->name, tp->len);
+        const char *argv[2] = {"HGETALL", hash};
+        size_t lens[2] = {7, hl};
+        if (s->up && redisAsyncCommandArgv(s->cmd.ac, on_loaded, q, 2, argv, lens) == REDIS_OK) q = NULL;
+    }
+    free(q);
+    free(hash);
+}
+
+/* This node's liveness key: set now, for node_timeout_ms. */
+static void beat(hd_cluster *c)
+{
+    char key[320];
+    int kl = snprintf(key, sizeof key, NODE_PREFIX "%s}:alive", c->node);
+    char px[32];
+    int pl = snprintf(px, sizeof px, "%llu", (unsigned long long)c->cfg->cluster_node_timeout_ms);
+    const char *argv[5] = {"SET", key, "1", "PX", px};
+    size_t lens[5] = {3, (size_t)kl, 1, 2, (size_t)pl};
+    command(&c->shards[0], NULL, NULL, 5, argv, lens);
+}
+
+typedef struct alive_req {
+    hd_cluster *c;
+    char node[];
+} alive_req;
+
+/* EXISTS of a peer's liveness key: 0, and its entries are withdrawn here
+ * and deleted from the hashes. */
+static void on_alive(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    alive_req *q = privdata;
+    hd_cluster *c = q->c;
+    redisReply *r = reply;
+    if (!c->closing && r && r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
+        hd_topics *t = &c->eng->topics;
+        size_t n = 0;
+        for (size_t i = 0; i < t->nslots; i++)
+            for (hd_topic *tp = t->slots[i]; tp; tp = tp->hnext) {
+                hd_shard *s = shard_for(c, tp->name, tp->len);
+                size_t hl;
+                char *hash = NULL;
+                for (hd_pres *e = tp->pres; e; e = e->next) {
+                    if (e->sub || strcmp(e->node, q->node) != 0) continue;
+                    if (!hash && !(hash = pres_key(tp->name, tp->len, &hl))) break;
+                    size_t rl;
+                    const char *ref = hd_pres_ref(e, &rl);
+                    hd_str field = HD_STR_INIT;
+                    hd_str_printf(&field, "%s %.*s", q->node, (int)rl, ref);
+                    const char *argv[3] = {"HDEL", hash, field.p};
+                    size_t lens[3] = {4, hl, field.len};
+                    if (!field.oom) command(s, NULL, NULL, 3, argv, lens);
+                    hd_str_free(&field);
+                }
+                free(hash);
+                n += hd_presence_withdraw(&c->eng->pres, tp, q->node);
+            }
+        if (n) hd_info("cluster: node %s is gone: %zu presence entr%s withdrawn", q->node, n,
+                       n == 1 ? "y" : "ies");
+    }
+    free(q);
+}
+
+/* Asks whether each peer that has entries here is still alive. */
+static void check_peers(hd_cluster *c)
+{
+    hd_shard *s = &c->shards[0];
+    if (!s->up) return;
+    const char *asked[64];
+    size_t nasked = 0;
+    hd_topics *t = &c->eng->topics;
+    for (size_t i = 0; i < t->nslots; i++)
+        for (hd_topic *tp = t->slots[i]; tp; tp = tp->hnext)
+            for (hd_pres *e = tp->pres; e; e = e->next) {
+                if (e->sub) continue;
+                size_t k = 0;
+                while (k < nasked && strcmp(asked[k], e->node) != 0) k++;
+                if (k < nasked || nasked == sizeof asked / sizeof *asked) continue;
+                asked[nasked++] = e->node;
+                size_t nl = strlen(e->node);
+                alive_req *q = malloc(sizeof *q + nl + 1);
+                if (!q) continue;
+                q->c = c;
+                memcpy(q->node, e->node, nl + 1);
+                char key[320];
+                int kl = snprintf(key, sizeof key, NODE_PREFIX "%s}:alive", e->node);
+                const char *argv[2] = {"EXISTS", key};
+                size_t lens[2] = {6, (size_t)kl};
+                if (redisAsyncCommandArgv(s->cmd.ac, on_alive, q, 2, argv, lens) != REDIS_OK) free(q);
+            }
+}
+
+/* On link-up: this node's entries of the shard's topics again (the peers
+ * dedupe), and the others' loaded. */
+static void republish(hd_shard *s)
+{
+    hd_cluster *c = s->c;
+    if (s->index == 0) beat(c);
+    hd_topics *t = &c->eng->topics;
+    for (size_t i = 0; i < t->nslots; i++)
+        for (hd_topic *tp = t->slots[i]; tp; tp = tp->hnext) {
+            if (hd_cluster_shard_of(tp->name, tp->len, c->nshards) != s->index) continue;
+            if (!presence_topic(c, tp)) continue;
+            for (hd_pres *e = tp->pres; e; e = e->next)
+                if (e->sub) announce(c, tp, e, 1);
+            load_presence(c, tp);
+        }
+}
+
 /* Applies what changed since the last turn: a topic now with local
  * subscribers that the link does not have is subscribed, one without is
  * unsubscribed. */
@@ -286,8 +585,11 @@ static void sync_pending(hd_shard *s)
         if (s->up) {
             int want = hd_topics_find(&s->c->eng->topics, n->name, n->len) != NULL;
             int have = set_has(s, n->name, n->len);
-            if (want && !have && set_add(s, n->name, n->len) == 0)
+            if (want && !have && set_add(s, n->name, n->len) == 0) {
                 batch_add(s, &sub, "SUBSCRIBE", n->name, n->len);
+                hd_topic *tp = hd_topics_find(&s->c->eng->topics, n->name, n->len);
+                if (presence_topic(s->c, tp)) load_presence(s->c, tp);
+            }
             else if (!want && have) {
                 set_del(s, n->name, n->len);
                 batch_add(s, &unsub, "UNSUBSCRIBE", n->name, n->len);
@@ -328,6 +630,7 @@ static void resubscribe(hd_shard *s)
     s->last_in = uv_now(c->loop);
     s->probe_at = 0;
     hd_info("cluster: %s up (%zu topic(s) subscribed)", s->shown, s->nset);
+    republish(s);
     flush_queue(s);
 }
 
@@ -340,6 +643,16 @@ static void deliver(hd_shard *s, const char *ch, size_t clen, const char *p, siz
     size_t pl = sizeof CHAN_PREFIX - 1;
     if (clen < pl + 1 || memcmp(ch, CHAN_PREFIX, pl) != 0 || ch[clen - 1] != '}') goto bad;
     const char *nl = memchr(p, '\n', plen);
+    if (plen >= 3 && memcmp(p, "p1 ", 3) == 0 && nl) {
+        const char *node = p + 3;
+        size_t nodelen = (size_t)(nl - node);
+        if (nodelen == strlen(c->node) && memcmp(node, c->node, nodelen) == 0) return;
+        hd_topic *tp = hd_topics_find(&c->eng->topics, ch + pl, clen - pl - 1);
+        char *n = strndup(node, nodelen);
+        if (tp && n) presence_message(c, tp, n, nl + 1, (size_t)(p + plen - nl - 1));
+        free(n);
+        return;
+    }
     if (plen < 3 || memcmp(p, "h1 ", 3) != 0 || !nl) goto bad;
     const char *node = p + 3, *sp = memchr(node, ' ', (size_t)(nl - node));
     if (!sp) goto bad;
@@ -580,6 +893,11 @@ static void on_tick(uv_timer_t *t)
 {
     hd_cluster *c = t->data;
     uint64_t now = uv_now(c->loop);
+    if (now - c->last_beat >= c->cfg->cluster_heartbeat_ms) {
+        c->last_beat = now;
+        beat(c);
+        check_peers(c);
+    }
     for (size_t i = 0; i < c->nshards; i++) {
         hd_shard *s = &c->shards[i];
         if (!s->cmd.ac && !s->sub.ac) {
@@ -634,6 +952,9 @@ int hd_cluster_init(hd_cluster *c, uv_loop_t *loop, const hd_config *cfg, hd_eng
     }
     hd_topic_observer o = topic_observer;
     o.ud = c;
+    eng->pres.on_local = on_local;
+    eng->pres.on_local_ud = c;
+    eng->pres.qualify_keys = 1;
     if (hd_publish_observe(eng, on_publish, c) || hd_engine_observe_topics(eng, &o)) {
         free(c->shards);
         c->shards = NULL;
@@ -650,6 +971,39 @@ void hd_cluster_start(hd_cluster *c)
 {
     for (size_t i = 0; i < c->nshards; i++) connect_shard(&c->shards[i]);
     uv_timer_start(&c->ticker, on_tick, 100, 100);
+}
+
+void hd_cluster_withdraw(hd_cluster *c)
+{
+    hd_topics *t = &c->eng->topics;
+    for (size_t i = 0; i < t->nslots; i++)
+        for (hd_topic *tp = t->slots[i]; tp; tp = tp->hnext) {
+            if (!presence_topic(c, tp)) continue;
+            int mine = 0;
+            for (hd_pres *e = tp->pres; e; e = e->next)
+                if (e->sub) {
+                    announce(c, tp, e, 0);
+                    mine = 1;
+                }
+            if (!mine) continue;
+            size_t cl;
+            char *ch = channel_of(tp->name, tp->len, &cl);
+            hd_str msg = HD_STR_INIT;
+            hd_str_printf(&msg, "p1 %s\n!", c->node);
+            const char *argv[3] = {"PUBLISH", ch, msg.p};
+            size_t lens[3] = {7, cl, msg.len};
+            if (ch && !msg.oom) command(shard_for(c, tp->name, tp->len), NULL, NULL, 3, argv, lens);
+            free(ch);
+            hd_str_free(&msg);
+        }
+    /* Not among the living any more: no peer waits for a timeout. */
+    char key[320];
+    int kl = snprintf(key, sizeof key, NODE_PREFIX "%s}:alive", c->node);
+    const char *argv[2] = {"DEL", key};
+    size_t lens[2] = {3, (size_t)kl};
+    command(&c->shards[0], NULL, NULL, 2, argv, lens);
+    /* Later changes (sockets still closing) are not announced. */
+    c->eng->pres.on_local = NULL;
 }
 
 int hd_cluster_up(const hd_cluster *c)

@@ -53,6 +53,7 @@ typedef struct hd_cluster {
     uv_timer_t ticker;            /* every 100 ms: reconnects, probes */
     uv_idle_t sync;               /* applies the turn's (un)subscriptions in one batch */
     int closing;
+    uint64_t last_beat;           /* loop time the liveness key was last set */
     hd_cluster_stats cs;
 } hd_cluster;
 
@@ -63,6 +64,11 @@ int hd_cluster_init(hd_cluster *c, uv_loop_t *loop, const hd_config *cfg, hd_eng
                     const char *node);
 /* Starts connecting (returns at once). */
 void hd_cluster_start(hd_cluster *c);
+/* Withdraws this node's presence from the cluster at once (the drain's
+ * presence phase): its entries leave the hashes, peers are told, its
+ * liveness key goes. hd_cluster_pending() counts the commands until they
+ * are answered. */
+void hd_cluster_withdraw(hd_cluster *c);
 /* 1 when every shard's link is up. */
 int hd_cluster_up(const hd_cluster *c);
 /* Outbound messages waiting (queued or in flight). */

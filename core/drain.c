@@ -6,6 +6,7 @@
 #include <string.h>
 
 #define TICK_MS 10
+#define PRESENCE_MS 2000 /* longest wait for Redis to take the presence withdrawal */
 
 static const char *const names[HD_PHASE_COUNT] = {
     "none", "announce", "stop_accepting", "http", "flush", "disconnect", "presence", "stopped",
@@ -152,9 +153,19 @@ static void step(uv_timer_t *t)
         }
         if (cfg->drain_disconnect_sockets && dr->net->nconns > 0) return;
         enter(dr, HD_PHASE_PRESENCE);
+        /* The peers drop this node's presence now, not after a timeout. */
+        if (dr->cluster) hd_cluster_withdraw(dr->cluster);
+        in_phase = 0;
+    }
+    /* fall through */
+    case HD_PHASE_PRESENCE:
+        /* Until Redis has taken the withdrawal (bounded by what is left of
+         * the budget, and by PRESENCE_MS). */
+        if (dr->cluster && hd_cluster_pending(dr->cluster) && hd_cluster_up(dr->cluster) &&
+            in_phase < PRESENCE_MS && elapsed < cfg->drain_timeout_ms)
+            return;
         finish(dr);
         return;
-    }
     default:
         return;
     }

@@ -10,11 +10,12 @@
 #include <string.h>
 #include <sys/time.h>
 
-const char *hd_presence_key(const hd_conn *c, char *buf, size_t len)
+const char *hd_presence_key(const hd_presence *pr, const hd_conn *c, char *buf, size_t len)
 {
     const char *id = hd_conn_identity(c);
     if (id) return id;
-    snprintf(buf, len, "%llu", (unsigned long long)c->id);
+    if (pr->qualify_keys) snprintf(buf, len, "%llu@%s", (unsigned long long)c->id, pr->node);
+    else snprintf(buf, len, "%llu", (unsigned long long)c->id);
     return buf;
 }
 
@@ -86,6 +87,21 @@ static const char *ref_of(const hd_pres *e) { return e->text + (e->ref_off & ~RE
 static size_t ref_len(const hd_pres *e)
 {
     return e->ref_off & REF_COPIED ? strlen(ref_of(e)) : strcspn(ref_of(e), "\"");
+}
+
+const char *hd_pres_key(const hd_pres *e) { return key_of(e); }
+const char *hd_pres_meta(const hd_pres *e) { return meta_of(e); }
+const char *hd_pres_ref(const hd_pres *e, size_t *len)
+{
+    *len = ref_len(e);
+    return ref_of(e);
+}
+
+/* Tells the cluster of a local entry on a topic with presence events. */
+static void tell_local(hd_presence *pr, hd_topic *tp, const hd_pres *e, int joined)
+{
+    if (pr->on_local && hd_topic_policy_of(pr->topics, tp)->presence)
+        pr->on_local(pr->on_local_ud, tp, e, joined);
 }
 
 static int ref_is(const hd_pres *e, const char *ref)
@@ -211,10 +227,10 @@ int hd_presence_track(hd_presence *pr, hd_sub *sub, const char *meta_json)
 {
     const hd_topic_policy *p = hd_topic_policy_of(pr->topics, sub->topic);
     if (!p->tracked) return 0;
-    char ref[24], kb[32];
+    char ref[24], kb[96];
     char *meta = make_meta(pr, meta_json, NULL, 0, ref);
     if (!meta) return HD_ENOMEM;
-    const char *key = hd_presence_key(sub->conn, kb, sizeof kb);
+    const char *key = hd_presence_key(pr, sub->conn, kb, sizeof kb);
     hd_pres *e = entry_new(pr, key, meta, ref, NULL);
     free(meta);
     if (!e) return HD_ENOMEM;
@@ -222,6 +238,7 @@ int hd_presence_track(hd_presence *pr, hd_sub *sub, const char *meta_json)
     sub->pres = e;
     link_head(sub->topic, e);
     if (p->presence) record(pr, sub->topic, key, meta_of(e), 1);
+    tell_local(pr, sub->topic, e, 1);
     return 0;
 }
 
@@ -232,6 +249,7 @@ void hd_presence_untrack(hd_presence *pr, hd_sub *sub)
     const hd_topic_policy *p = hd_topic_policy_of(pr->topics, sub->topic);
     /* The last subscriber leaving has nobody left to tell. */
     if (p->presence && sub->topic->nsubs > 1) record(pr, sub->topic, key_of(e), meta_of(e), 0);
+    tell_local(pr, sub->topic, e, 0);
     unlink_entry(sub->topic, e);
     free(e);
     sub->pres = NULL;
@@ -254,6 +272,8 @@ int hd_presence_update(hd_presence *pr, hd_sub *sub, const char *meta_json)
     }
     replace_entry(sub->topic, o, n);
     sub->pres = n;
+    tell_local(pr, sub->topic, o, 0);
+    tell_local(pr, sub->topic, n, 1);
     free(o);
     return 0;
 }
@@ -316,18 +336,24 @@ int hd_presence_remove(hd_presence *pr, hd_topic *tp, const char *node, const ch
     return 1;
 }
 
+size_t hd_presence_withdraw(hd_presence *pr, hd_topic *tp, const char *node)
+{
+    size_t n = 0;
+    for (hd_pres *e = tp->pres, *next; e; e = next) {
+        next = e->next;
+        if (e->sub || strcmp(e->node, node) != 0) continue;
+        drop_remote(pr, tp, e);
+        n++;
+    }
+    return n;
+}
+
 size_t hd_presence_withdraw_node(hd_presence *pr, const char *node)
 {
     size_t n = 0;
     hd_topics *t = pr->topics;
     for (size_t i = 0; i < t->nslots; i++)
-        for (hd_topic *tp = t->slots[i]; tp; tp = tp->hnext)
-            for (hd_pres *e = tp->pres, *next; e; e = next) {
-                next = e->next;
-                if (e->sub || strcmp(e->node, node) != 0) continue;
-                drop_remote(pr, tp, e);
-                n++;
-            }
+        for (hd_topic *tp = t->slots[i]; tp; tp = tp->hnext) n += hd_presence_withdraw(pr, tp, node);
     return n;
 }
 

@@ -48,7 +48,19 @@ typedef struct hd_presence {
     hd_pres_diff *flushing;       /* the ones being sent right now */
     uint64_t seq;                 /* phx_ref counter */
     uv_timer_t timer;             /* the batch window */
+    /* Told when one of this node's entries on a topic with presence events
+     * is added (joined 1) or removed (0): the cluster stores and announces
+     * them. NULL: nobody. */
+    void (*on_local)(void *ud, hd_topic *topic, const hd_pres *e, int joined);
+    void *on_local_ud;
+    int qualify_keys;             /* anonymous keys carry the node (a cluster) */
 } hd_presence;
+
+/* An entry's key, meta (JSON object text) and phx_ref (*len bytes, not
+ * NUL-terminated). */
+const char *hd_pres_key(const hd_pres *e);
+const char *hd_pres_meta(const hd_pres *e);
+const char *hd_pres_ref(const hd_pres *e, size_t *len);
 
 /* Prepares pr (initialises its timer on loop). */
 void hd_presence_init(hd_presence *pr, uv_loop_t *loop, const hd_config *cfg, hd_stats *st,
@@ -80,6 +92,8 @@ int hd_presence_remove(hd_presence *pr, hd_topic *topic, const char *node, const
 /* Removes every entry of node on every topic, recording the leaves (a
  * node that drained or died). Returns how many. */
 size_t hd_presence_withdraw_node(hd_presence *pr, const char *node);
+/* The same on one topic. */
+size_t hd_presence_withdraw(hd_presence *pr, hd_topic *topic, const char *node);
 
 /* Appends the topic's presence state {"key":{"metas":[...]},...} to out
  * ({} for an untracked or unknown topic). */
@@ -92,7 +106,9 @@ void hd_presence_flush(hd_presence *pr);
 /* Drops a topic's pending diff and its entries (the topic is being freed). */
 void hd_presence_forget(hd_presence *pr, hd_topic *topic);
 
-/* The presence key of a connection (identity or conn id) in buf or not. */
-const char *hd_presence_key(const hd_conn *c, char *buf, size_t len);
+/* The presence key of a connection: its identity, else its connection id,
+ * qualified as "<id>@<node>" when pr->qualify_keys (in a cluster, ids are
+ * unique per node only). Written to buf when it is not the identity. */
+const char *hd_presence_key(const hd_presence *pr, const hd_conn *c, char *buf, size_t len);
 
 #endif

@@ -127,7 +127,10 @@ static int setup_cluster(void **st)
     snprintf(cluster_conf, sizeof cluster_conf,
              "listen = { host = '127.0.0.1', port = 0 }\n"
              "log = { level = 'error' }\n"
-             "cluster = { redis = 'redis://127.0.0.1:%d', queue_max = 100 }\n",
+             "cluster = { redis = 'redis://127.0.0.1:%d', queue_max = 100,\n"
+             "            node_timeout_ms = 1000, heartbeat_ms = 100 }\n"
+             "topics = { { match = 'p:*', presence = true } }\n"
+             "presence = { batch_ms = 5 }\n",
              redis_port);
     setup_with(cluster_conf); /* node A is the harness's srv */
     char path[] = "/tmp/herald-test-cluster-XXXXXX";
@@ -150,7 +153,7 @@ static int setup_cluster(void **st)
 static int teardown_cluster(void **st)
 {
     hd_server_stop(&node_b);
-    RUN_UNTIL(b_stopped == 1);
+    RUN_UNTIL(b_stopped >= 1);
     hd_server_free(&node_b);
     hd_config_free(&cfg_b);
     int rc = teardown(st);
@@ -269,6 +272,99 @@ static void test_foreign_messages(void **st)
     cli_free(b);
 }
 
+/* Waits for a presence_diff on c and returns it (caller frees). */
+static char *next_diff(cli *c)
+{
+    for (;;) {
+        int op;
+        char *f = next_frame(c, &op);
+        if (strstr(f, "\"presence_diff\"")) return f;
+        free(f);
+    }
+}
+
+static int state_has(hd_server *s, const char *topic, const char *what)
+{
+    hd_str out = HD_STR_INIT;
+    hd_presence_state(&s->eng.pres, hd_topics_find(&s->eng.topics, topic, strlen(topic)), &out);
+    int has = out.p && strstr(out.p, what) != NULL;
+    hd_str_free(&out);
+    return has;
+}
+
+/* Presence across nodes: a user on B shows on A (state and diff) and
+ * leaves there when the socket closes; a drained node's presence goes at
+ * once; a node whose liveness key is gone (a crash) is withdrawn by its
+ * peers and deleted from Redis. Anonymous keys carry their node. */
+static void test_presence_across_nodes(void **st)
+{
+    (void)st;
+    cli *a = ws_client();
+    join(a, "1", "p:1");
+    RUN_UNTIL(numsub("p:1") == 1);
+    cli *b = ws_client_of(&node_b);
+    join(b, "1", "p:1");
+    /* A's client hears of B's user, keyed with B's node. */
+    char *d = next_diff(a);
+    assert_non_null(strstr(d, node_b.node_id));
+    assert_non_null(strstr(d, "\"joins\":{\""));
+    free(d);
+    /* Each node's state holds both users. */
+    RUN_UNTIL(state_has(&node_b, "p:1", srv.node_id));
+    assert_true(state_has(&srv, "p:1", node_b.node_id));
+    /* B's socket goes: A's client sees it leave. */
+    cli_free(b);
+    d = next_diff(a);
+    assert_non_null(strstr(d, node_b.node_id));
+    assert_non_null(strstr(d, "\"joins\":{}"));
+    free(d);
+    assert_false(state_has(&srv, "p:1", node_b.node_id));
+
+    /* A ghost: an entry of a node with no liveness key (it died). */
+    redisContext *r = redis_cli();
+    assert_non_null(r);
+    freeReplyObject(redisCommand(r, "HSET herald:p:{p:1} %s %s", "ghost R1",
+                                 "u:9\n{\"phx_ref\":\"R1\"}"));
+    freeReplyObject(redisCommand(r, "PUBLISH herald:t:{p:1} %s", "p1 ghost\n+R1\nu:9\n{\"phx_ref\":\"R1\"}"));
+    d = next_diff(a);
+    assert_non_null(strstr(d, "\"u:9\""));
+    free(d);
+    d = next_diff(a); /* withdrawn once a heartbeat found it dead */
+    assert_non_null(strstr(d, "\"leaves\":{\"u:9\""));
+    free(d);
+    RUN_UNTIL(!state_has(&srv, "p:1", "u:9"));
+    redisReply *rep = redisCommand(r, "HEXISTS herald:p:{p:1} %s", "ghost R1");
+    assert_non_null(rep);
+    assert_int_equal(rep->integer, 0); /* deleted by the peer that noticed */
+    freeReplyObject(rep);
+
+    /* B drains: its presence is withdrawn from Redis and from A at once. */
+    b = ws_client_of(&node_b);
+    join(b, "2", "p:1");
+    d = next_diff(a);
+    assert_non_null(strstr(d, node_b.node_id));
+    free(d);
+    hd_server_drain(&node_b, "test");
+    d = next_diff(a);
+    assert_non_null(strstr(d, node_b.node_id));
+    assert_non_null(strstr(d, "\"joins\":{}"));
+    free(d);
+    cli_free(b); /* (the client does not answer the 1012 close itself) */
+    RUN_UNTIL(b_stopped == 1);
+    assert_false(state_has(&srv, "p:1", node_b.node_id));
+    rep = redisCommand(r, "HLEN herald:p:{p:1}");
+    assert_non_null(rep);
+    assert_int_equal(rep->integer, 1); /* A's own entry only */
+    freeReplyObject(rep);
+    char key[128];
+    snprintf(key, sizeof key, "herald:n:{%s}:alive", node_b.node_id);
+    rep = redisCommand(r, "EXISTS %s", key);
+    assert_int_equal(rep->integer, 0);
+    freeReplyObject(rep);
+    redisFree(r);
+    cli_free(a);
+}
+
 /* The shard of a topic is stable and spreads topics over the shards. */
 static void test_shard_hash(void **st)
 {
@@ -300,6 +396,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fanout_across_nodes, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_outage, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_foreign_messages, setup_cluster, teardown_cluster),
+        cmocka_unit_test_setup_teardown(test_presence_across_nodes, setup_cluster, teardown_cluster),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
