@@ -285,6 +285,51 @@ static char *path_suffix(hd_conn *c, hd_http_req *r, const char *prefix, size_t 
     return t;
 }
 
+/* The answer of GET /api/topics/<t>. An untracked topic always answers
+ * "listening" (PushEx's rule). */
+static void topic_answer(hd_conn *c, hd_http_req *r, const char *t, size_t tl, size_t n,
+                         const hd_topic_policy *p, int listening)
+{
+    hd_str out = HD_STR_INIT;
+    hd_str_adds(&out, "{\"topic\":");
+    hd_str_add_json(&out, t, tl);
+    hd_str_printf(&out, ",\"subscribers\":%zu,\"listening\":%s", n,
+                  listening || n || !p->tracked ? "true" : "false");
+    hd_str_printf(&out,
+                  ",\"policy\":{\"tracked\":%s,\"presence\":%s,\"throttle_ms\":%u,"
+                  "\"debounce_ms\":%u,\"max_wait_ms\":%u,\"coalesce\":\"%s\","
+                  "\"max_queue_bytes\":%u,\"on_overflow\":\"%s\"}",
+                  p->tracked ? "true" : "false", p->presence ? "true" : "false", p->throttle_ms,
+                  p->debounce_ms, p->max_wait_ms,
+                  p->coalesce == HD_COALESCE_LATEST ? "latest" : "none", p->max_queue_bytes,
+                  p->on_overflow == HD_OVERFLOW_DROP_OLDEST ? "drop_oldest" : "close");
+    hd_str_addc(&out, '}');
+    hd_api_respond_json(c, r, 200, &out);
+    hd_str_free(&out);
+}
+
+/* A topic question waiting for Redis: the connection is found again by id
+ * (it may have gone meanwhile). */
+typedef struct topic_ask {
+    hd_api *api;
+    uint64_t conn;
+    hd_topic_policy policy;
+    size_t len;
+    char topic[];
+} topic_ask;
+
+static void on_numsub(void *ud, long long nodes)
+{
+    topic_ask *q = ud;
+    hd_conn *c = hd_net_find(q->api->net, q->conn);
+    hd_http_req *r = c ? hd_http_deferred(c) : NULL;
+    if (r) {
+        topic_answer(c, r, q->topic, q->len, 0, &q->policy, nodes > 0);
+        hd_http_resume(c);
+    }
+    free(q);
+}
+
 static void handle_topic(void *ud, hd_conn *c, hd_http_req *r)
 {
     hd_api *api = ud;
@@ -296,25 +341,23 @@ static void handle_topic(void *ud, hd_conn *c, hd_http_req *r)
     hd_topic_policy fresh;
     const hd_topic_policy *p = tp ? hd_topic_policy_of(&api->eng->topics, tp) : &fresh;
     if (!tp) hd_policy_for(&api->eng->pol, t, tl, &fresh);
-    hd_str out = HD_STR_INIT;
-    hd_str_adds(&out, "{\"topic\":");
-    hd_str_add_json(&out, t, tl);
-    /* An untracked topic always answers "listening" (PushEx's rule). */
-    hd_str_printf(&out, ",\"subscribers\":%zu,\"listening\":%s", n,
-                  n || !p->tracked ? "true" : "false");
-    {
-        hd_str_printf(&out,
-                      ",\"policy\":{\"tracked\":%s,\"presence\":%s,\"throttle_ms\":%u,"
-                      "\"debounce_ms\":%u,\"max_wait_ms\":%u,\"coalesce\":\"%s\","
-                      "\"max_queue_bytes\":%u,\"on_overflow\":\"%s\"}",
-                      p->tracked ? "true" : "false", p->presence ? "true" : "false",
-                      p->throttle_ms, p->debounce_ms, p->max_wait_ms,
-                      p->coalesce == HD_COALESCE_LATEST ? "latest" : "none", p->max_queue_bytes,
-                      p->on_overflow == HD_OVERFLOW_DROP_OLDEST ? "drop_oldest" : "close");
+    /* Nobody here: in a cluster, ask Redis whether another node listens
+     * (answered later; with the link down, this node's view). */
+    topic_ask *q = !n && p->tracked && api->cluster ? malloc(sizeof *q + tl) : NULL;
+    if (q) {
+        q->api = api;
+        q->conn = c->id;
+        q->policy = *p;
+        q->len = tl;
+        memcpy(q->topic, t, tl);
+        if (hd_cluster_numsub(api->cluster, t, tl, on_numsub, q) == 0) {
+            hd_http_defer(c);
+            free(t);
+            return;
+        }
+        free(q);
     }
-    hd_str_addc(&out, '}');
-    hd_api_respond_json(c, r, 200, &out);
-    hd_str_free(&out);
+    topic_answer(c, r, t, tl, n, p, 0);
     free(t);
 }
 

@@ -9,6 +9,7 @@
 #define HD_API_H
 
 #include "channel.h"
+#include "cluster.h"
 #include "http.h"
 #include "publish.h"
 #include "script.h"
@@ -42,6 +43,8 @@ typedef struct hd_api {
     hd_engine *eng;
     hd_scripts *sc;
     hd_channel_ctx *ch;          /* the WebSocket mounts' handshake */
+    hd_cluster *cluster;         /* "listening" cluster-wide; NULL: this node's view */
+    hd_net *net;                 /* finds a connection again after a deferred answer */
     hd_route routes[HD_API_MAX_ROUTES];
     size_t nroutes;
 } hd_api;

@@ -1006,6 +1006,47 @@ void hd_cluster_withdraw(hd_cluster *c)
     c->eng->pres.on_local = NULL;
 }
 
+typedef struct numsub_req {
+    void (*cb)(void *ud, long long n);
+    void *ud;
+} numsub_req;
+
+static void on_numsub(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    numsub_req *q = privdata;
+    redisReply *r = reply;
+    long long n = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+                          r->element[1]->type == REDIS_REPLY_INTEGER
+                      ? r->element[1]->integer
+                      : -1;
+    q->cb(q->ud, n);
+    free(q);
+}
+
+int hd_cluster_numsub(hd_cluster *c, const char *topic, size_t tlen,
+                      void (*cb)(void *ud, long long n), void *ud)
+{
+    hd_shard *s = shard_for(c, topic, tlen);
+    size_t cl;
+    char *ch = s->up && !c->closing ? channel_of(topic, tlen, &cl) : NULL;
+    numsub_req *q = ch ? malloc(sizeof *q) : NULL;
+    int rc = -1;
+    if (q) {
+        q->cb = cb;
+        q->ud = ud;
+        const char *argv[3] = {"PUBSUB", "NUMSUB", ch};
+        size_t lens[3] = {6, 6, cl};
+        if (redisAsyncCommandArgv(s->cmd.ac, on_numsub, q, 3, argv, lens) == REDIS_OK) {
+            q = NULL;
+            rc = 0;
+        }
+    }
+    free(q);
+    free(ch);
+    return rc;
+}
+
 int hd_cluster_up(const hd_cluster *c)
 {
     for (size_t i = 0; i < c->nshards; i++)

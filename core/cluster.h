@@ -69,6 +69,12 @@ void hd_cluster_start(hd_cluster *c);
  * liveness key goes. hd_cluster_pending() counts the commands until they
  * are answered. */
 void hd_cluster_withdraw(hd_cluster *c);
+/* How many nodes subscribe to the topic's channel (PUBSUB NUMSUB on its
+ * shard): cb(ud, n) later, or n = -1 when the link broke meanwhile.
+ * Returns 0, or -1 at once when the shard's link is down (cb is not
+ * called then). */
+int hd_cluster_numsub(hd_cluster *c, const char *topic, size_t tlen,
+                      void (*cb)(void *ud, long long n), void *ud);
 /* 1 when every shard's link is up. */
 int hd_cluster_up(const hd_cluster *c);
 /* Outbound messages waiting (queued or in flight). */

@@ -514,6 +514,17 @@ void hd_net_accept_backlog(hd_net *net, uv_stream_t *listener)
     }
 }
 
+void hd_conn_read_stop(hd_conn *c)
+{
+    if (!(c->flags & HD_CF_CLOSED)) uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+int hd_conn_read_start(hd_conn *c)
+{
+    if (c->flags & HD_CF_CLOSED) return HD_ECLOSED;
+    return uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
 int hd_conn_is_loopback(hd_conn *c)
 {
     if (!(c->flags & HD_CF_PEER_KNOWN)) {

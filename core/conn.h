@@ -216,6 +216,11 @@ static inline void hd_conn_shut(hd_conn *c, uint16_t code, const char *reason) {
 /* Drops what is queued (counted), then hd_conn_shut: for slow consumers. */
 void hd_conn_shut_now(hd_conn *c, uint16_t code, const char *reason);
 
+/* Stops reading c (a protocol waiting for something before it can take
+ * more input), and reads again. */
+void hd_conn_read_stop(hd_conn *c);
+int hd_conn_read_start(hd_conn *c);
+
 /* Returns 1 when c's peer is a loopback address (looked up once). */
 int hd_conn_is_loopback(hd_conn *c);
 /* Writes the peer address of c into buf ("?" when unknown). */

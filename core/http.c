@@ -14,6 +14,8 @@ typedef struct hd_http_conn {
     hd_http_req req;
     hd_conn *c;
     int busy;                    /* a request is being received */
+    int deferred;                /* its answer comes later (hd_http_defer) */
+    hd_str stash;                /* bytes after a deferred request, read already */
 } hd_http_conn;
 
 static hd_http_conn *state_of(llhttp_t *p) { return p->data; }
@@ -156,7 +158,7 @@ static int on_message_complete(llhttp_t *p)
      * response that closes the connection, or a switch of protocol on a
      * request llhttp did not flag as an upgrade, stop: what follows is not
      * ours (on_read hands the rest to the new protocol). */
-    if (c->ops != &ctx->ops || !hd_conn_open(c)) return HPE_PAUSED;
+    if (c->ops != &ctx->ops || !hd_conn_open(c) || state_of(p)->deferred) return HPE_PAUSED;
     return 0;
 }
 
@@ -185,6 +187,7 @@ static hd_http_conn *state_new(hd_conn *c)
 
 static void state_free(hd_http_conn *h)
 {
+    if (h) hd_str_free(&h->stash);
     if (!h) return;
     hd_str_free(&h->req.url);
     hd_str_free(&h->req.hbuf);
@@ -212,7 +215,18 @@ static void on_read(hd_conn *c, uint8_t *data, size_t len)
         hd_conn_close(c);
         return;
     }
+    if (h->deferred) { /* (read in the same turn as the deferred request) */
+        hd_str_add(&h->stash, data, len);
+        return;
+    }
     llhttp_errno_t e = llhttp_execute(&h->parser, (const char *)data, len);
+    if (e == HPE_PAUSED && h->deferred && c->ops == &ctx->ops) {
+        /* The rest waits for the answer: kept, and no more is read. */
+        size_t used = (size_t)((const uint8_t *)llhttp_get_error_pos(&h->parser) - data);
+        if (used < len) hd_str_add(&h->stash, data + used, len - used);
+        hd_conn_read_stop(c);
+        return;
+    }
     while (e == HPE_PAUSED_UPGRADE && c->ops == &ctx->ops && hd_conn_open(c)) {
         /* An upgrade request answered as plain HTTP: the connection stays
          * HTTP, and what follows is the next request. */
@@ -378,7 +392,38 @@ void hd_http_init(hd_http_ctx *ctx, const hd_config *cfg, hd_stats *st,
 int hd_http_busy(const hd_conn *c)
 {
     const hd_http_conn *h = c->kind == HD_CONN_HTTP ? c->proto : NULL;
-    return h && h->busy;
+    return h && (h->busy || h->deferred);
+}
+
+void hd_http_defer(hd_conn *c)
+{
+    hd_http_conn *h = c->kind == HD_CONN_HTTP ? c->proto : NULL;
+    if (h) h->deferred = 1;
+}
+
+hd_http_req *hd_http_deferred(hd_conn *c)
+{
+    hd_http_conn *h = c->kind == HD_CONN_HTTP && !(c->flags & HD_CF_CLOSED) ? c->proto : NULL;
+    return h && h->deferred ? &h->req : NULL;
+}
+
+void hd_http_resume(hd_conn *c)
+{
+    hd_http_conn *h = c->kind == HD_CONN_HTTP ? c->proto : NULL;
+    if (!h || !h->deferred) return;
+    h->deferred = 0;
+    hd_str rest = h->stash; /* on_read may defer (and stash) again */
+    h->stash = (hd_str)HD_STR_INIT;
+    if (hd_conn_open(c)) { /* (an answer that closes: what follows is not read) */
+        llhttp_resume(&h->parser);
+        if (rest.len) on_read(c, (uint8_t *)rest.p, rest.len);
+    } else {
+        c->flags |= HD_CF_NO_INPUT;
+    }
+    hd_str_free(&rest);
+    /* on_read may have upgraded c (h is gone then) or deferred again. */
+    hd_http_conn *now = c->kind == HD_CONN_HTTP ? c->proto : NULL;
+    if (!(now && now->deferred)) hd_conn_read_start(c);
 }
 
 void hd_http_hook_req(const hd_http_req *r, hd_hook_req *out)

@@ -52,8 +52,21 @@ typedef struct hd_http_ctx {
 void hd_http_init(hd_http_ctx *ctx, const hd_config *cfg, hd_stats *st,
                   hd_http_request_fn on_request, void *ud);
 
-/* 1 while an HTTP connection is receiving a request. */
+/* 1 while an HTTP connection is receiving a request (or has a deferred
+ * answer). */
 int hd_http_busy(const hd_conn *c);
+
+/* Defers the answer to the request being handled (call it from the
+ * request callback, instead of answering): parsing and reading stop, and
+ * the request stays valid, until hd_http_resume. Pipelined requests stay
+ * in order behind it. */
+void hd_http_defer(hd_conn *c);
+/* The request whose answer c defers, or NULL (the connection is no longer
+ * HTTP, or nothing is deferred). */
+hd_http_req *hd_http_deferred(hd_conn *c);
+/* After the deferred answer was queued: parses what had arrived meanwhile
+ * and reads again. */
+void hd_http_resume(hd_conn *c);
 
 /* Fills what hooks see of r (pointers into r). */
 void hd_http_hook_req(const hd_http_req *r, hd_hook_req *out);

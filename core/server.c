@@ -195,6 +195,8 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     srv->eng.pol.resolve_ud = &srv->sc;
     hd_channel_init(&srv->ch, cfg, &srv->st, &srv->net, &srv->eng, &srv->sc);
     hd_api_init(&srv->api, cfg, &srv->st, &srv->eng, &srv->sc, &srv->ch);
+    srv->api.net = &srv->net;
+    srv->api.cluster = srv->clustered ? &srv->cluster : NULL;
     hd_http_init(&srv->http, cfg, &srv->st, hd_api_dispatch, &srv->api);
     srv->net.accept_ops = &srv->http.ops;
     stop_taking(srv); /* until READY */

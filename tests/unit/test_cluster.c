@@ -365,6 +365,37 @@ static void test_presence_across_nodes(void **st)
     cli_free(a);
 }
 
+/* GET /api/topics/<t> on a node with no subscriber asks Redis whether
+ * another node listens; the answer waits for it, and a request pipelined
+ * behind it is answered after it, in order. */
+static void test_listening_cluster_wide(void **st)
+{
+    (void)st;
+    cli *b = ws_client_of(&node_b);
+    join(b, "1", "room:9");
+    RUN_UNTIL(numsub("room:9") == 1);
+    cli *c = cli_new();
+    cli_sends(c, "GET /api/topics/room:9 HTTP/1.1\r\nHost: x\r\n\r\n"
+                 "GET /api/topics/room:8 HTTP/1.1\r\nHost: x\r\n\r\n"
+                 "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    char *r1 = next_response(c), *r2 = next_response(c), *r3 = next_response(c);
+    assert_non_null(strstr(r1, "{\"topic\":\"room:9\",\"subscribers\":0,\"listening\":true,"));
+    assert_non_null(strstr(r2, "{\"topic\":\"room:8\",\"subscribers\":0,\"listening\":false,"));
+    assert_non_null(strstr(r3, "{\"status\":\"ok\"}"));
+    free(r1), free(r2), free(r3);
+    /* With the link down, this node's view. */
+    redis_stop();
+    RUN_UNTIL(!hd_cluster_up(&srv.cluster));
+    cli_sends(c, "GET /api/topics/room:9 HTTP/1.1\r\nHost: x\r\n\r\n");
+    r1 = next_response(c);
+    assert_non_null(strstr(r1, "\"listening\":false"));
+    free(r1);
+    redis_start();
+    RUN_UNTIL(hd_cluster_up(&srv.cluster) && hd_cluster_up(&node_b.cluster));
+    cli_free(c);
+    cli_free(b);
+}
+
 /* The shard of a topic is stable and spreads topics over the shards. */
 static void test_shard_hash(void **st)
 {
@@ -397,6 +428,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_outage, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_foreign_messages, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_presence_across_nodes, setup_cluster, teardown_cluster),
+        cmocka_unit_test_setup_teardown(test_listening_cluster_wide, setup_cluster, teardown_cluster),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
