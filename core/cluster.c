@@ -5,7 +5,6 @@
 #include "util.h"
 #include "ws.h"
 
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
@@ -19,6 +18,70 @@
 #define BACKOFF_MAX_MS 5000
 #define PROBE_IDLE_MS 5000     /* a subscribed link silent this long is probed */
 #define PROBE_WAIT_MS 5000     /* and declared dead if the probe does not come back */
+#define CONNECT_MS 2000        /* longest wait for a connection (or the link's confirmations) */
+
+/* ---- hiredis on libuv -------------------------------------------------------------
+ *
+ * Our own adapter: hiredis 0.14's adapters/libuv.h returns from its poll
+ * callback on any error status, so a refused or reset connection is never
+ * handed to hiredis (no connect or disconnect callback: the link would be
+ * dead for good). Here an error status is handed on as the events being
+ * waited for, and hiredis finds the socket error itself (hiredis 1.x does
+ * the same). */
+
+typedef struct uvev {
+    redisAsyncContext *ac;
+    uv_poll_t poll;
+    int events;
+} uvev;
+
+static void uvev_poll(uv_poll_t *h, int status, int events)
+{
+    uvev *p = h->data;
+    int ev = status ? p->events : events;
+    if (p->ac && (ev & UV_READABLE)) redisAsyncHandleRead(p->ac);
+    if (p->ac && (ev & UV_WRITABLE)) redisAsyncHandleWrite(p->ac);
+}
+
+static void uvev_update(uvev *p, int add, int del)
+{
+    p->events = (p->events | add) & ~del;
+    if (p->events) uv_poll_start(&p->poll, p->events, uvev_poll);
+    else uv_poll_stop(&p->poll);
+}
+
+static void uvev_add_read(void *d) { uvev_update(d, UV_READABLE, 0); }
+static void uvev_del_read(void *d) { uvev_update(d, 0, UV_READABLE); }
+static void uvev_add_write(void *d) { uvev_update(d, UV_WRITABLE, 0); }
+static void uvev_del_write(void *d) { uvev_update(d, 0, UV_WRITABLE); }
+static void uvev_closed(uv_handle_t *h) { free(h->data); }
+
+static void uvev_cleanup(void *d)
+{
+    uvev *p = d;
+    p->ac = NULL; /* the context goes */
+    uv_close((uv_handle_t *)&p->poll, uvev_closed);
+}
+
+static int uvev_attach(redisAsyncContext *ac, uv_loop_t *loop)
+{
+    if (ac->ev.data) return REDIS_ERR;
+    uvev *p = calloc(1, sizeof *p);
+    if (!p) return REDIS_ERR;
+    if (uv_poll_init_socket(loop, &p->poll, ac->c.fd) != 0) {
+        free(p);
+        return REDIS_ERR;
+    }
+    p->ac = ac;
+    p->poll.data = p;
+    ac->ev.addRead = uvev_add_read;
+    ac->ev.delRead = uvev_del_read;
+    ac->ev.addWrite = uvev_add_write;
+    ac->ev.delWrite = uvev_del_write;
+    ac->ev.cleanup = uvev_cleanup;
+    ac->ev.data = p;
+    return REDIS_OK;
+}
 
 /* A publish waiting for the link. */
 typedef struct qmsg {
@@ -50,7 +113,11 @@ typedef struct hd_shard {
     char shown[320];           /* redis://host:port[/db], no password */
     rlink cmd;                 /* commands */
     rlink sub;                 /* subscribed */
-    int up;                    /* both ready and every local topic subscribed */
+    int linked;                /* both ready: the topics' SUBSCRIBE went out */
+    int up;                    /* linked, and Redis confirmed every one of them */
+    size_t confirm;            /* confirmations still to come */
+    uint64_t linked_at;        /* loop time linked turned 1 */
+    uint64_t connect_at;       /* loop time the connections were started */
     uint64_t backoff_ms;
     uint64_t retry_at;         /* loop time of the next connect, 0: now */
     qmsg *qhead, *qtail;
@@ -299,7 +366,7 @@ static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *privdata)
 static void command(hd_shard *s, redisCallbackFn *fn, void *privdata, int argc, const char **argv,
                     const size_t *lens)
 {
-    if (!s->up || !s->cmd.ac) return;
+    if (!s->linked || !s->cmd.ac) return;
     if (redisAsyncCommandArgv(s->cmd.ac, fn ? fn : on_cmd_reply, fn ? privdata : s, argc, argv,
                               lens) == REDIS_OK && !fn)
         s->inflight++;
@@ -327,7 +394,7 @@ static int presence_topic(hd_cluster *c, hd_topic *tp)
 static void announce(hd_cluster *c, hd_topic *tp, const hd_pres *e, int joined)
 {
     hd_shard *s = shard_for(c, tp->name, tp->len);
-    if (!s->up) return;
+    if (!s->linked) return;
     size_t rl, hl, cl;
     const char *ref = hd_pres_ref(e, &rl);
     const char *key = hd_pres_key(e), *meta = hd_pres_meta(e);
@@ -466,7 +533,8 @@ static void load_presence(hd_cluster *c, hd_topic *tp)
         memcpy(q->topic, tp->name, tp->len);
         const char *argv[2] = {"HGETALL", hash};
         size_t lens[2] = {7, hl};
-        if (s->up && redisAsyncCommandArgv(s->cmd.ac, on_loaded, q, 2, argv, lens) == REDIS_OK) q = NULL;
+        if (s->linked && redisAsyncCommandArgv(s->cmd.ac, on_loaded, q, 2, argv, lens) == REDIS_OK)
+            q = NULL;
     }
     free(q);
     free(hash);
@@ -582,7 +650,7 @@ static void sync_pending(hd_shard *s)
     while (s->pending) {
         cname *n = s->pending;
         s->pending = n->next;
-        if (s->up) {
+        if (s->linked) {
             int want = hd_topics_find(&s->c->eng->topics, n->name, n->len) != NULL;
             int have = set_has(s, n->name, n->len);
             if (want && !have && set_add(s, n->name, n->len) == 0) {
@@ -625,10 +693,21 @@ static void resubscribe(hd_shard *s)
             if (set_add(s, tp->name, tp->len) == 0) batch_add(s, &b, "SUBSCRIBE", tp->name, tp->len);
         }
     batch_send(s, &b, "SUBSCRIBE");
-    s->up = 1;
+    /* Up once Redis confirmed each of them (and the node's own channel):
+     * only then do the queued publishes go out. */
+    s->linked = 1;
+    s->linked_at = uv_now(c->loop);
+    s->confirm = s->nset + 1;
     s->backoff_ms = 0;
-    s->last_in = uv_now(c->loop);
+    s->last_in = s->linked_at;
     s->probe_at = 0;
+}
+
+/* Every channel of the link is confirmed: this node's presence goes out
+ * again, the others' is loaded, and what waited is sent. */
+static void link_up(hd_shard *s)
+{
+    s->up = 1;
     hd_info("cluster: %s up (%zu topic(s) subscribed)", s->shown, s->nset);
     republish(s);
     flush_queue(s);
@@ -688,7 +767,12 @@ static void on_message(redisAsyncContext *ac, void *reply, void *privdata)
     s->last_in = uv_now(s->c->loop);
     s->probe_at = 0;
     redisReply *kind = r->element[0], *ch = r->element[1], *msg = r->element[2];
-    if (kind->type != REDIS_REPLY_STRING || strcmp(kind->str, "message") != 0) return;
+    if (kind->type != REDIS_REPLY_STRING) return;
+    if (strcmp(kind->str, "subscribe") == 0) {
+        if (s->confirm && --s->confirm == 0 && s->linked) link_up(s);
+        return;
+    }
+    if (strcmp(kind->str, "message") != 0) return;
     if (ch->type != REDIS_REPLY_STRING || msg->type != REDIS_REPLY_STRING) return;
     if (ch->len > sizeof NODE_PREFIX - 1 && memcmp(ch->str, NODE_PREFIX, sizeof NODE_PREFIX - 1) == 0)
         return; /* a probe came back */
@@ -699,7 +783,7 @@ static void on_message(redisAsyncContext *ac, void *reply, void *privdata)
 
 static void check_ready(hd_shard *s)
 {
-    if (s->cmd.ready && s->sub.ready && !s->up) resubscribe(s);
+    if (s->cmd.ready && s->sub.ready && !s->linked) resubscribe(s);
 }
 
 /* A reply to AUTH or SELECT: an error ends the link; the last one makes
@@ -770,7 +854,7 @@ static void connect_link(hd_shard *s, rlink *l)
         return;
     }
     l->ac->data = l;
-    if (redisLibuvAttach(l->ac, s->c->loop) != REDIS_OK) {
+    if (uvev_attach(l->ac, s->c->loop) != REDIS_OK) {
         redisAsyncFree(l->ac);
         l->ac = NULL;
         return;
@@ -796,8 +880,9 @@ static void let_go(hd_shard *s)
 static void link_down(hd_shard *s, const char *why)
 {
     hd_cluster *c = s->c;
-    int was_up = s->up;
-    s->up = 0;
+    int was_up = s->linked;
+    s->up = s->linked = 0;
+    s->confirm = 0;
     set_clear(s);
     let_go(s); /* both come back together */
     if (c->closing) return;
@@ -818,6 +903,7 @@ static void link_down(hd_shard *s, const char *why)
 static void connect_shard(hd_shard *s)
 {
     s->retry_at = 0;
+    s->connect_at = uv_now(s->c->loop);
     connect_link(s, &s->cmd);
     connect_link(s, &s->sub);
     if (!s->cmd.ac || !s->sub.ac) link_down(s, "cannot create a connection");
@@ -869,7 +955,7 @@ static void note_topic(void *ud, const char *topic, size_t tlen)
     hd_cluster *c = ud;
     if (c->closing) return;
     hd_shard *s = &c->shards[hd_cluster_shard_of(topic, tlen, c->nshards)];
-    if (!s->up) return; /* resubscribe() covers it when the link comes */
+    if (!s->linked) return; /* resubscribe() covers it when the link comes */
     cname *n = cname_new(topic, tlen);
     if (!n) {
         hd_error("cluster: out of memory noting a topic");
@@ -902,6 +988,12 @@ static void on_tick(uv_timer_t *t)
         hd_shard *s = &c->shards[i];
         if (!s->cmd.ac && !s->sub.ac) {
             if (now >= s->retry_at) connect_shard(s);
+            continue;
+        }
+        /* A connect (or its confirmations) that takes too long is given up. */
+        if ((!s->linked && now - s->connect_at >= CONNECT_MS) ||
+            (s->linked && !s->up && now - s->linked_at >= CONNECT_MS)) {
+            link_down(s, "timed out");
             continue;
         }
         if (!s->up) continue;
@@ -1029,7 +1121,7 @@ int hd_cluster_numsub(hd_cluster *c, const char *topic, size_t tlen,
 {
     hd_shard *s = shard_for(c, topic, tlen);
     size_t cl;
-    char *ch = s->up && !c->closing ? channel_of(topic, tlen, &cl) : NULL;
+    char *ch = s->linked && !c->closing ? channel_of(topic, tlen, &cl) : NULL;
     numsub_req *q = ch ? malloc(sizeof *q) : NULL;
     int rc = -1;
     if (q) {
@@ -1066,7 +1158,7 @@ void hd_cluster_close(hd_cluster *c, uv_close_cb cb, void *data)
     c->closing = 1;
     for (size_t i = 0; i < c->nshards; i++) {
         hd_shard *s = &c->shards[i];
-        s->up = 0;
+        s->up = s->linked = 0;
         let_go(s);
         drop_queue(s);
     }

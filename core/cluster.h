@@ -5,16 +5,17 @@
  * local subscribers of a topic (a topic observer of the engine) and
  * UNSUBSCRIBEs after the last; commands of one loop turn go out as one
  * batch. Every publish made on this node (a publish observer) becomes one
- * PUBLISH of "h1 <origin node>\n<the Phoenix message text>"; a node drops
- * its own messages (no echo) and delivers the others through
- * hd_publish_local, framing each once.
+ * PUBLISH of "h1 <origin node> <event length>\n<event><the Phoenix message
+ * text>" (the event for coalescing); a node drops its own messages (no
+ * echo) and delivers the others through hd_publish_local, framing each
+ * once.
  *
  * Shards: with several Redis URLs a topic lives on one of them, chosen by
  * a jump consistent hash of FNV-1a 64 of its name (Centrifugo's choice).
  *
  * Each shard has two connections, one for commands and one subscribed.
- * The link is up when both are connected (AUTH and SELECT done) and every
- * local topic is subscribed again. Redis going away never touches local
+ * The link is up when both are connected (AUTH and SELECT done) and Redis
+ * has confirmed the SUBSCRIBE of every local topic. Redis going away never touches local
  * delivery: publishes wait in a bounded queue (cluster.queue_max) and what
  * overflows, or was in flight on a broken link, is counted lost. The
  * links reconnect with jittered exponential backoff; an idle subscribed
