@@ -904,6 +904,7 @@ static void connect_shard(hd_shard *s)
 {
     s->retry_at = 0;
     s->connect_at = uv_now(s->c->loop);
+    s->c->cs.attempts++;
     connect_link(s, &s->cmd);
     connect_link(s, &s->sub);
     if (!s->cmd.ac || !s->sub.ac) link_down(s, "cannot create a connection");

@@ -42,6 +42,7 @@ typedef struct hd_cluster_stats {
     uint64_t in;                  /* messages from other nodes delivered here */
     uint64_t lost;                /* cross-node publishes dropped (queue full, broken link) */
     uint64_t bad;                 /* messages from Redis that could not be read */
+    uint64_t attempts;            /* connects started (each shard's pair counts once) */
 } hd_cluster_stats;
 
 typedef struct hd_cluster {

@@ -254,6 +254,26 @@ static void test_outage(void **st)
     cli_free(b);
 }
 
+/* Redis refusing connections for a while (several attempts refused, each
+ * noticed and retried with backoff), then back: the links come up by
+ * themselves and deliver again. */
+static void test_refused_then_back(void **st)
+{
+    (void)st;
+    redis_stop();
+    RUN_UNTIL(!hd_cluster_up(&srv.cluster));
+    uint64_t tries = srv.cluster.cs.attempts;
+    RUN_UNTIL(srv.cluster.cs.attempts >= tries + 3); /* refused, noticed, retried */
+    redis_start();
+    RUN_UNTIL(hd_cluster_up(&srv.cluster) && hd_cluster_up(&node_b.cluster));
+    cli *b = ws_client_of(&node_b);
+    join(b, "1", "room:1");
+    RUN_UNTIL(numsub("room:1") == 1);
+    assert_int_equal(hd_api_publish(&srv.api, "room:1", 6, "hi", 2, "{\"n\":1}", 7), 0);
+    expect_text(b, msg_frame);
+    cli_free(b);
+}
+
 /* What is not Herald's on Herald's channels is counted and dropped. */
 static void test_foreign_messages(void **st)
 {
@@ -427,6 +447,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fanout_across_nodes, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_outage, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_foreign_messages, setup_cluster, teardown_cluster),
+        cmocka_unit_test_setup_teardown(test_refused_then_back, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_presence_across_nodes, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_listening_cluster_wide, setup_cluster, teardown_cluster),
     };
