@@ -6,6 +6,7 @@
 #include "ws.h"
 
 #include <hiredis/async.h>
+#include <jansson.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -715,6 +716,23 @@ static void link_up(hd_shard *s)
 
 /* ---- inbound --------------------------------------------------------------------------------- */
 
+/* 1 when text is [null,null,<topic>,"msg",{...}]: what goes to clients
+ * as it is must be a Phoenix message of this topic (Redis is shared: its
+ * bytes are outside input). Parsed once per node, not per subscriber. */
+static int phoenix_msg_of(const char *text, size_t len, const char *topic, size_t tlen)
+{
+    json_error_t e;
+    json_t *j = json_loadb(text, len, JSON_ALLOW_NUL, &e); /* ("\u0000" is JSON) */
+    json_t *t = json_array_get(j, 2), *ev = json_array_get(j, 3);
+    int ok = json_is_array(j) && json_array_size(j) == 5 && json_is_null(json_array_get(j, 0)) &&
+             json_is_null(json_array_get(j, 1)) && json_is_string(t) &&
+             json_string_length(t) == tlen && memcmp(json_string_value(t), topic, tlen) == 0 &&
+             json_is_string(ev) && strcmp(json_string_value(ev), "msg") == 0 &&
+             json_is_object(json_array_get(j, 4));
+    json_decref(j);
+    return ok;
+}
+
 /* A message on a topic channel: "h1 <node> <elen>\n<event><phoenix json>". */
 static void deliver(hd_shard *s, const char *ch, size_t clen, const char *p, size_t plen)
 {
@@ -744,7 +762,10 @@ static void deliver(hd_shard *s, const char *ch, size_t clen, const char *p, siz
     const char *topic = ch + pl;
     size_t tlen = clen - pl - 1;
     if (!hd_topics_find(&c->eng->topics, topic, tlen)) return; /* left meanwhile */
-    hd_buf *f = hd_ws_frame(HD_WS_TEXT, body + elen, (size_t)(p + plen - body) - elen);
+    const char *msg = body + elen;
+    size_t mlen = (size_t)(p + plen - body) - elen;
+    if (!phoenix_msg_of(msg, mlen, topic, tlen)) goto bad;
+    hd_buf *f = hd_ws_frame(HD_WS_TEXT, msg, mlen);
     if (!f) {
         hd_error("cluster: out of memory framing a message");
         return;
