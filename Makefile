@@ -5,7 +5,7 @@ BUILD_FUZZ ?= build-fuzz
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build run test test-asan fuzz bench bench-compare clean
+.PHONY: all deps build run test test-asan fuzz bench bench-compare bench-cluster clean
 
 all: build
 
@@ -47,6 +47,10 @@ bench: build
 
 bench-compare: build
 	bash scripts/bench-compare.sh
+
+# One node against two joined by Redis (a redis-server of its own): scripts/cluster-bench.sh.
+bench-cluster: build
+	bash scripts/cluster-bench.sh
 
 # libFuzzer (clang) on every parser, FUZZ_SECONDS each.
 fuzz: deps

@@ -4,6 +4,10 @@
 #
 #   scripts/bench.sh [SCENARIO...]     default: idle fanout fanout-paced fanout-burst many-topics connect api
 #
+# cluster-fanout (one node against two joined by Redis) is known but not in
+# the default list: scripts/cluster-bench.sh runs it (after the others), with
+# a redis-server of its own; make bench-cluster runs it alone.
+#
 # Environment:
 #   BENCH_RUNS=N     repeat every scenario N times (default 1); the table shows medians
 #   BENCH_ARGS=...   extra herald-bench flags for every run (e.g. "-n 2000 -v")
@@ -20,11 +24,14 @@ case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 RUNS=${BENCH_RUNS:-1}
 BENCH_ARGS=${BENCH_ARGS:-}
 ALL=(idle fanout fanout-paced fanout-burst many-topics connect api)
+EXTRA=(cluster-fanout) # known, not run by default
 
 scenarios=("$@")
 [ ${#scenarios[@]} -eq 0 ] && scenarios=("${ALL[@]}")
+cluster=
 for s in "${scenarios[@]}"; do
-  case " ${ALL[*]} " in *" $s "*) ;; *) echo "bench: unknown scenario '$s' (known: ${ALL[*]})" >&2; exit 2 ;; esac
+  case " ${ALL[*]} ${EXTRA[*]} " in *" $s "*) ;; *) echo "bench: unknown scenario '$s' (known: ${ALL[*]} ${EXTRA[*]})" >&2; exit 2 ;; esac
+  [ "$s" = cluster-fanout ] && cluster=1
 done
 case $RUNS in '' | *[!0-9]* | 0) echo "bench: BENCH_RUNS must be a positive number" >&2; exit 2 ;; esac
 
@@ -45,10 +52,13 @@ trap 'echo "bench: interrupted" >&2; exit 130' INT TERM
 echo "herald bench: ${scenarios[*]} (runs: $RUNS); results in $OUT" >&2
 for ((run = 1; run <= RUNS; run++)); do
   for s in "${scenarios[@]}"; do
+    [ "$s" = cluster-fanout ] && continue
     echo "-- $s (run $run/$RUNS)" >&2
     hb_run "$s" herald "$OUT"
   done
 done
+# its own runs (BENCH_RUNS of each variant), its lines added to $OUT, its own table
+[ -n "$cluster" ] && BUILD=$BUILD BENCH_OUT=$OUT bash "$ROOT/scripts/cluster-bench.sh"
 
 echo
 if command -v python3 >/dev/null 2>&1; then

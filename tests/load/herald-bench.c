@@ -49,6 +49,7 @@
 #define MAXW 64           /* worker processes */
 #define MAXPUB 64         /* publisher connections */
 #define MAXPID 8          /* server pids to sample */
+#define MAXPORT 8         /* --sub-ports: servers the subscribers are spread over */
 #define HB_N 4608         /* latency histogram buckets (see hbucket) */
 #define RBUF_MAX (16u << 20)
 #define WS_KEY "dGhlIHNhbXBsZSBub25jZQ=="
@@ -72,6 +73,9 @@ typedef struct {
     int port;
     int pids[MAXPID];
     int npids;
+    int sub_ports[MAXPORT]; /* --sub-ports; none: every client on port */
+    int nsub_ports;
+    const char *mark_cmd;   /* --mark: run with "start" before publishing, "end" after */
     int clients, workers, addrs, concurrency;
     int messages, publishers, size;
     double rate;
@@ -226,6 +230,7 @@ typedef struct {
     wstat_t *st;
     uint64_t tick;
     uint64_t rng;
+    int port; /* the server this worker's clients connect to */
     struct sockaddr_in dst;
     char buf[65536];
 } worker_t;
@@ -614,7 +619,7 @@ static void on_connect(uv_connect_t *req, int status)
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: " WS_KEY "\r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n",
-                     path, O.host, O.port);
+                     path, O.host, WK->port);
     c->state = CS_HANDSHAKE;
     int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (!rc) rc = write_raw((uv_stream_t *)&c->tcp, reqbuf, (size_t)n);
@@ -695,6 +700,13 @@ static void on_heartbeat(uv_timer_t *t)
     }
 }
 
+/* With --sub-ports, worker id's clients all go to port id % n, so that each
+ * server's figures are those of its workers. */
+static int worker_port(int id)
+{
+    return O.nsub_ports ? O.sub_ports[id % O.nsub_ports] : O.port;
+}
+
 static void worker_main(int id, uint32_t first, uint32_t count)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -715,7 +727,8 @@ static void worker_main(int id, uint32_t first, uint32_t count)
         w->st->failed = count;
         _exit(1);
     }
-    uv_ip4_addr(O.host, O.port, &w->dst);
+    w->port = worker_port(id);
+    uv_ip4_addr(O.host, w->port, &w->dst);
     uv_timer_init(&w->loop, &w->poll);
     uv_timer_start(&w->poll, on_poll, 5, 5);
     uv_timer_init(&w->loop, &w->hb);
@@ -847,6 +860,8 @@ static struct {
     int round, nrounds;
     uint64_t sent, done, errors, reconnects, target;
     uint64_t expected, own_rr, n_joined;
+    uint64_t node_joined[MAXPORT]; /* --sub-ports: joined clients of each server */
+    int marked;                    /* --mark: 1 after "start", 2 after "end" */
     uint64_t round_start[2], round_end[2], round_done[2], round_err[2];
     uint64_t phist[HB_N], pmax_us;
     int last_status;
@@ -1236,6 +1251,50 @@ static void round_complete(void)
     P.last_deliv_count = totals().deliveries;
 }
 
+/* ---- --mark */
+
+/* Runs "<--mark> WHAT" with /bin/sh and waits for it, at most 10 s (then
+ * SIGKILL). The coordinator's loop stands still meanwhile, so this is only
+ * called outside the measured windows: after the settle, before the first
+ * publish, and after the last delivery (the clients still connected). */
+static void run_mark(const char *what)
+{
+    if (!O.mark_cmd) return;
+    size_t n = strlen(O.mark_cmd) + strlen(what) + 2;
+    char *cmd = malloc(n);
+    if (!cmd) {
+        set_err(P.err, sizeof P.err, "--mark %s: out of memory", what);
+        return;
+    }
+    snprintf(cmd, n, "%s %s", O.mark_cmd, what);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        signal(SIGPIPE, SIG_DFL);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    free(cmd);
+    if (pid < 0) {
+        set_err(P.err, sizeof P.err, "--mark %s: fork: %s", what, strerror(errno));
+        return;
+    }
+    int stt = 0;
+    pid_t r = 0;
+    for (int i = 0; i < 2000 && (r = waitpid(pid, &stt, WNOHANG)) == 0; i++) {
+        struct timespec ts = {0, 5000000}; /* 5 ms, 10 s in all */
+        nanosleep(&ts, NULL);
+    }
+    if (r == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &stt, 0);
+        set_err(P.err, sizeof P.err, "--mark %s: still running after 10 s, killed", what);
+    } else if (r < 0 || !WIFEXITED(stt) || WEXITSTATUS(stt) != 0) {
+        set_err(P.err, sizeof P.err, "--mark %s: failed (status %d)", what,
+                r < 0 ? -1 : WIFEXITED(stt) ? WEXITSTATUS(stt) : 128 + WTERMSIG(stt));
+    }
+}
+
 /* ---- the coordinator's clock */
 
 static void progress(const totals_t *t, uint64_t now)
@@ -1286,8 +1345,13 @@ static void on_tick(uv_timer_t *tm)
             P.rss_hold = servers_kb("VmRSS");
             P.n_joined = 0;
             for (int i = 0; i < O.clients; i++) P.n_joined += JOINED[i];
+            for (int w = 0; w < P.nw && O.nsub_ports; w++)
+                for (uint32_t i = P.wfirst[w]; i < P.wfirst[w] + P.wcount[w]; i++)
+                    P.node_joined[w % O.nsub_ports] += JOINED[i];
             if (O.messages > 0 && O.publishers > 0) {
                 P.stage = ST_PUBLISH;
+                run_mark("start");
+                P.marked = 1;
                 round_begin();
             } else {
                 finish(NULL);
@@ -1316,6 +1380,10 @@ static void on_tick(uv_timer_t *tm)
             if (!P.scpu_pub1 && P.scpu_pub0) {
                 P.scpu_pub1 = P.scpu_end;
                 P.ccpu_pub1 = client_cpu_now();
+            }
+            if (P.marked == 1) { /* after the samples, before the clients go */
+                run_mark("end");
+                P.marked = 2;
             }
         }
         P.t_finish = now;
@@ -1362,6 +1430,57 @@ static void on_signal(uv_signal_t *s, int signum)
 }
 
 /* ---- report */
+
+static void jnum(const char *k, double v, int prec);
+static void jint(const char *k, long long v);
+
+/* --sub-ports: "nodes":[{port, clients, ready, ..., latency}] per server,
+ * from the workers that connected to it. */
+static void report_nodes(void)
+{
+    static uint64_t h[HB_N];
+    printf(",\"sub_ports\":[");
+    for (int k = 0; k < O.nsub_ports; k++) printf("%s%d", k ? "," : "", O.sub_ports[k]);
+    printf("],\"nodes\":[");
+    for (int k = 0; k < O.nsub_ports; k++) {
+        memset(h, 0, sizeof h);
+        uint64_t clients = 0, ready = 0, failed = 0, closed = 0, deliv = 0, last = 0, maxlat = 0;
+        uint64_t nlat = 0;
+        for (int w = k; w < P.nw; w += O.nsub_ports) {
+            wstat_t *s = &SH->w[w];
+            clients += P.wcount[w];
+            ready += LD(s->ready);
+            failed += LD(s->failed);
+            closed += LD(s->closed);
+            deliv += LD(s->deliveries);
+            if (LD(s->last_deliv_ns) > last) last = LD(s->last_deliv_ns);
+            if (LD(s->max_lat_us) > maxlat) maxlat = LD(s->max_lat_us);
+            for (int i = 0; i < HB_N; i++) h[i] += s->hist[i];
+        }
+        for (int i = 0; i < HB_N; i++) nlat += h[i];
+        uint64_t t0 = O.api ? P.round_start[1] : P.round_start[0];
+        double ds = deliv && t0 && last > t0 ? (double)(last - t0) / 1e9 : 0;
+        printf("%s{\"port\":%d", k ? "," : "", O.sub_ports[k]);
+        jint("clients", (long long)clients);
+        jint("ready", (long long)ready);
+        jint("failed", (long long)failed);
+        jint("closed_by_server", (long long)closed);
+        if (O.topic_mode == TM_ONE && !O.api) { /* every publish is due to every joined client */
+            uint64_t exp = P.node_joined[k] * P.sent;
+            jint("expected", (long long)exp);
+            jint("missing", exp > deliv ? (long long)(exp - deliv) : 0);
+        }
+        jint("deliveries", (long long)deliv);
+        jnum("deliver_s", ds, 3);
+        jnum("deliveries_per_s", ds > 0 ? (double)deliv / ds : 0, 1);
+        jnum("lat_p50_ms", hpercentile(h, nlat, 0.50) / 1000, 3);
+        jnum("lat_p90_ms", hpercentile(h, nlat, 0.90) / 1000, 3);
+        jnum("lat_p99_ms", hpercentile(h, nlat, 0.99) / 1000, 3);
+        jnum("lat_max_ms", (double)maxlat / 1000, 3);
+        printf("}");
+    }
+    printf("]");
+}
 
 static void jnum(const char *k, double v, int prec)
 {
@@ -1458,6 +1577,7 @@ static void report(void)
     jnum("lat_p90_ms", hpercentile(hist, nlat, 0.90) / 1000, 3);
     jnum("lat_p99_ms", hpercentile(hist, nlat, 0.99) / 1000, 3);
     jnum("lat_max_ms", (double)t.max_lat_us / 1000, 3);
+    if (O.nsub_ports) report_nodes();
 
     jint("rss_base_kb", P.rss_base);
     jint("rss_connected_kb", P.rss_conn);
@@ -1527,11 +1647,14 @@ static void usage(FILE *f)
     fprintf(f,
         "usage: herald-bench -s SCENARIO -p PORT [options]\n"
         "  -s, --scenario NAME    idle | fanout | fanout-paced | fanout-burst | many-topics |\n"
-        "                         connect | api\n"
+        "                         connect | api | cluster-fanout\n"
         "  -S, --server KIND      herald (Phoenix join, POST /api/push; default) |\n"
         "                         nchan (ws /sub/T, POST /pub/T) | node (ws /sub?topic=T, POST /pub?topic=T)\n"
         "  -H, --host ADDR        server address, loopback only (default 127.0.0.1)\n"
-        "  -p, --port PORT        server port (required)\n"
+        "  -p, --port PORT        server port (required): publishers, and subscribers unless\n"
+        "                         --sub-ports\n"
+        "      --sub-ports P,Q..  spread the subscribers over these servers' ports (worker w\n"
+        "                         connects to the (w mod n)-th); figures per server in \"nodes\"\n"
         "  -P, --pid PID          server process to sample (RSS, CPU); repeatable\n"
         "  -n, --clients N        WebSocket clients\n"
         "  -w, --workers W        worker processes (default: enough for the file limit, at least 2)\n"
@@ -1552,6 +1675,8 @@ static void usage(FILE *f)
         "      --ws-path PATH     herald: WebSocket path (default /socket/websocket?vsn=2.0.0);\n"
         "                         nchan/node: path prefix (default /sub/ or /sub?)\n"
         "      --pub-path PATH    herald: /api/push; nchan/node: prefix (/pub/ or /pub?topic=)\n"
+        "      --mark CMD         run 'CMD start' (sh) before the first publish and 'CMD end'\n"
+        "                         after the last delivery, clients still connected (at most 10 s)\n"
         "  -v, --verbose          progress on stderr every second\n"
         "Prints one JSON line on stdout.\n");
 }
@@ -1570,6 +1695,12 @@ static int apply_scenario(const char *s)
         O.clients = 18000;
         O.hold_ms = 10000;
     } else if (!strcmp(s, "fanout")) {
+        O.clients = 10000;
+        O.topic_mode = TM_ONE;
+        O.messages = 200;
+    } else if (!strcmp(s, "cluster-fanout")) {
+        /* fanout's load under its own name, for runs with --sub-ports:
+         * scripts/cluster-bench.sh (one node against two joined by Redis) */
         O.clients = 10000;
         O.topic_mode = TM_ONE;
         O.messages = 200;
@@ -1620,7 +1751,7 @@ static int parse_int(const char *s, const char *what, long lo, long hi)
 int main(int argc, char **argv)
 {
     enum { O_PUBS = 1000, O_SIZE, O_RATE, O_TOPICS, O_SHARED, O_HOLD, O_SETTLE, O_HB, O_CTO,
-           O_QUIET, O_WSPATH, O_PUBPATH };
+           O_QUIET, O_WSPATH, O_PUBPATH, O_SUBPORTS, O_MARK };
     static const struct option lo[] = {
         {"scenario", 1, 0, 's'},   {"server", 1, 0, 'S'},      {"host", 1, 0, 'H'},
         {"port", 1, 0, 'p'},       {"pid", 1, 0, 'P'},         {"clients", 1, 0, 'n'},
@@ -1630,6 +1761,7 @@ int main(int argc, char **argv)
         {"hold", 1, 0, O_HOLD},    {"settle", 1, 0, O_SETTLE}, {"heartbeat", 1, 0, O_HB},
         {"connect-timeout", 1, 0, O_CTO}, {"quiet", 1, 0, O_QUIET}, {"timeout", 1, 0, 't'},
         {"ws-path", 1, 0, O_WSPATH}, {"pub-path", 1, 0, O_PUBPATH}, {"verbose", 0, 0, 'v'},
+        {"sub-ports", 1, 0, O_SUBPORTS}, {"mark", 1, 0, O_MARK},
         {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
 
     O.server = SRV_HERALD;
@@ -1657,7 +1789,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "herald-bench: unknown scenario '%s'\n", scen);
         return 2;
     }
-    int workers = 0, opt;
+    int workers = 0, workers_given = 0, opt;
     while ((opt = getopt_long(argc, argv, "s:S:H:p:P:n:w:a:c:m:t:vh", lo, NULL)) != -1) {
         switch (opt) {
         case 's': break;
@@ -1680,7 +1812,10 @@ int main(int argc, char **argv)
             O.pids[O.npids++] = parse_int(optarg, "pid", 1, 1 << 30);
             break;
         case 'n': O.clients = parse_int(optarg, "clients", 0, 1000000); break;
-        case 'w': workers = parse_int(optarg, "workers", 1, MAXW); break;
+        case 'w':
+            workers = parse_int(optarg, "workers", 1, MAXW);
+            workers_given = 1;
+            break;
         case 'a': O.addrs = parse_int(optarg, "addrs", 1, 254); break;
         case 'c': O.concurrency = parse_int(optarg, "concurrency", 1, 100000); break;
         case 'm': O.messages = parse_int(optarg, "messages", 0, 100000000); break;
@@ -1705,6 +1840,24 @@ int main(int argc, char **argv)
         case 't': O.timeout_s = parse_int(optarg, "timeout", 1, 3600); break;
         case O_WSPATH: O.ws_path = optarg; break;
         case O_PUBPATH: O.pub_path = optarg; break;
+        case O_SUBPORTS: {
+            O.nsub_ports = 0;
+            char *list = strdup(optarg), *save = NULL;
+            for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+                if (O.nsub_ports == MAXPORT) {
+                    fprintf(stderr, "herald-bench: at most %d --sub-ports\n", MAXPORT);
+                    return 2;
+                }
+                O.sub_ports[O.nsub_ports++] = parse_int(tok, "sub-ports port", 1, 65535);
+            }
+            free(list);
+            if (!O.nsub_ports) {
+                fprintf(stderr, "herald-bench: --sub-ports needs at least one port\n");
+                return 2;
+            }
+            break;
+        }
+        case O_MARK: O.mark_cmd = optarg; break;
         case 'v': O.verbose = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -1739,6 +1892,16 @@ int main(int argc, char **argv)
     }
     if (workers > O.clients) workers = O.clients > 0 ? O.clients : 1;
     if (workers > MAXW) workers = MAXW;
+    if (O.nsub_ports > 1 && workers % O.nsub_ports) {
+        /* every server gets the same number of workers (hence of clients) */
+        if (workers_given) {
+            fprintf(stderr, "herald-bench: --workers must be a multiple of the %d --sub-ports\n",
+                    O.nsub_ports);
+            return 2;
+        }
+        workers += O.nsub_ports - workers % O.nsub_ports;
+        if (workers > MAXW) workers = MAXW - MAXW % O.nsub_ports;
+    }
     if ((O.clients + workers - 1) / workers > per) {
         fprintf(stderr,
                 "herald-bench: %d clients over %d workers exceed %ld files per process; use "
@@ -1800,9 +1963,11 @@ int main(int argc, char **argv)
     uv_signal_start(&P.sigterm, on_signal, SIGTERM);
     if (O.verbose)
         fprintf(stderr,
-                "herald-bench: %s against %s 127.0.0.1:%d: %d clients, %d workers, %d source "
+                "herald-bench: %s against %s 127.0.0.1:%d%s: %d clients, %d workers, %d source "
                 "addresses\n",
-                O.scenario, server_names[O.server], O.port, O.clients, workers, O.addrs);
+                O.scenario, server_names[O.server], O.port,
+                O.nsub_ports ? " (subscribers spread over --sub-ports)" : "", O.clients, workers,
+                O.addrs);
     uv_run(&P.loop, UV_RUN_DEFAULT);
     report();
     return P.err[0] && !strcmp(P.err, "interrupted") ? 130 : 0;
