@@ -771,7 +771,7 @@ static void deliver(hd_shard *s, const char *ch, size_t clen, const char *p, siz
         return;
     }
     c->cs.in++;
-    hd_publish_local(c->eng, topic, tlen, body, elen, f);
+    hd_publish_local(c->eng, topic, tlen, f); /* shaped at its origin */
     hd_buf_unref(f);
     return;
 bad:

@@ -2,14 +2,12 @@
  * API, herald.publish, a shaper release, a message from another node),
  * goes through here. Split by reach, as redis does:
  *
- *   hd_publish_local   this node: shaping (at the origin only: see below)
- *                      and local fan-out of a frame already built;
  *   hd_publish         the origin of a message: builds the frame once,
- *                      tells the observers (the cluster, history), then
- *                      hd_publish_local.
- *
- * Messages arriving from another node were shaped at their origin and
- * enter at hd_publish_local_unshaped.
+ *                      shapes it (throttle, debounce, coalesce: once, at
+ *                      the origin), tells the observers (the cluster,
+ *                      history) of what goes out, fans it out here;
+ *   hd_publish_local   this node only: fan-out of a frame already built
+ *                      and shaped (messages from another node).
  *
  * hd_engine bundles the engine's modules: policy, topics, presence,
  * shaping, and the publish observers. Each keeps its own struct; upper
@@ -28,9 +26,10 @@
 
 #define HD_PUBLISH_MAX_OBSERVERS 4
 
-/* Told of every message published on this node, before local fan-out.
- * frame is NULL when the topic has no subscriber here; the observer
- * takes a reference if it keeps it. */
+/* Told of every message this node publishes, as it goes out (after
+ * shaping), before the local fan-out. The observer takes a reference of
+ * frame if it keeps it. data_json is NULL (dlen 0) for a frame a shaper
+ * held. */
 typedef void (*hd_publish_observer)(void *ud, const char *topic, size_t tlen, const char *event,
                                     size_t elen, const char *data_json, size_t dlen,
                                     hd_buf *frame);
@@ -74,19 +73,17 @@ int hd_publish_observe(hd_engine *e, hd_publish_observer fn, void *ud);
 int hd_engine_observe_topics(hd_engine *e, const hd_topic_observer *o);
 
 /* Publishes data (JSON text) under event to one topic as its origin: the
- * observers, then hd_publish_local. Publish hooks are not run here (the
- * callers that have them run them first). Returns the number of local
- * connections the frame was queued on (0 when held by a shaper). */
+ * topic's shaper when its policy shapes, which lets frames go later;
+ * every frame let go is told to the observers, then fanned out here.
+ * Publish hooks are not run here (the callers that have them run them
+ * first). Returns the number of local connections the frame was queued on
+ * now (0 when held by a shaper). */
 size_t hd_publish(hd_engine *e, const char *topic, size_t tlen, const char *event, size_t elen,
                   const char *data_json, size_t dlen);
 
-/* Delivers a built frame (borrowed) on this node: shaped when the topic's
- * policy says so, else fanned out. event names it for coalescing. Returns
- * the connections it was queued on now. */
-size_t hd_publish_local(hd_engine *e, const char *topic, size_t tlen, const char *event,
-                        size_t elen, hd_buf *frame);
-
-/* The same, never shaped: a message shaped at its origin node. */
-size_t hd_publish_local_unshaped(hd_engine *e, const char *topic, size_t tlen, hd_buf *frame);
+/* Fans a built frame (borrowed) out to this node's subscribers, unshaped:
+ * a message of another node, shaped at its origin. Returns the
+ * connections it was queued on. */
+size_t hd_publish_local(hd_engine *e, const char *topic, size_t tlen, hd_buf *frame);
 
 #endif

@@ -13,30 +13,89 @@ typedef struct held {
 
 typedef struct hd_shaper {
     uv_timer_t timer;
+    struct hd_shaper *hnext;       /* the name's hash chain */
     struct hd_shaper *prev, *next; /* on hd_shapers.list */
     hd_shapers *set;
-    hd_topic *topic;
+    hd_topic_policy policy;        /* of the last submit */
     held *head, *tail;
     size_t count;
     uint64_t first_pending;        /* loop time of the oldest held frame */
     int window_open;               /* throttle: a window is running */
+    uint32_t hash;
+    size_t len;
+    char name[];
 } hd_shaper;
 
 static uint64_t loop_now(hd_shapers *sh) { return uv_now(sh->loop); }
 
-void hd_shapers_init(hd_shapers *sh, uv_loop_t *loop, hd_stats *st, hd_topics *topics)
+static uint32_t hash(const char *p, size_t n)
 {
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)p[i]) * 16777619u;
+    return h;
+}
+
+void hd_shapers_init(hd_shapers *sh, uv_loop_t *loop, hd_stats *st, hd_policy *pol,
+                     hd_shaper_release_fn release, void *ud)
+{
+    memset(sh, 0, sizeof *sh);
     sh->loop = loop;
     sh->st = st;
-    sh->topics = topics;
-    sh->list = NULL;
+    sh->pol = pol;
+    sh->release = release;
+    sh->release_ud = ud;
     sh->now = loop_now;
 }
 
 int hd_shaper_applies(const hd_topic_policy *p) { return p->throttle_ms || p->debounce_ms; }
 
+static hd_shaper **slot_of(const hd_shapers *set, const char *name, size_t len, uint32_t h)
+{
+    hd_shaper **pp = &set->slots[h & (set->nslots - 1)];
+    while (*pp && !((*pp)->len == len && memcmp((*pp)->name, name, len) == 0)) pp = &(*pp)->hnext;
+    return pp;
+}
+
+static hd_shaper *find(const hd_shapers *set, const char *name, size_t len)
+{
+    return set->nslots ? *slot_of(set, name, len, hash(name, len)) : NULL;
+}
+
+int hd_shaper_active(const hd_shapers *set, const char *topic, size_t tlen)
+{
+    return find(set, topic, tlen) != NULL;
+}
+
+static void grow(hd_shapers *set)
+{
+    size_t n = set->nslots ? set->nslots * 2 : 64;
+    hd_shaper **s = calloc(n, sizeof *s);
+    if (!s) return; /* longer chains; still correct */
+    for (hd_shaper *sh = set->list; sh; sh = sh->next) {
+        sh->hnext = s[sh->hash & (n - 1)];
+        s[sh->hash & (n - 1)] = sh;
+    }
+    free(set->slots);
+    set->slots = s;
+    set->nslots = n;
+}
+
 static void on_closed(uv_handle_t *h) { free(h->data); }
 
+/* Unlinks sh and closes it (freed in the close callback). */
+static void end(hd_shaper *sh)
+{
+    hd_shapers *set = sh->set;
+    hd_shaper **pp = slot_of(set, sh->name, sh->len, sh->hash);
+    if (*pp == sh) *pp = sh->hnext;
+    if (sh->prev) sh->prev->next = sh->next;
+    else set->list = sh->next;
+    if (sh->next) sh->next->prev = sh->prev;
+    set->count--;
+    uv_close((uv_handle_t *)&sh->timer, on_closed);
+}
+
+/* Sends every held frame; returns local deliveries. */
 static size_t release(hd_shaper *sh)
 {
     hd_shapers *set = sh->set;
@@ -44,18 +103,10 @@ static size_t release(hd_shaper *sh)
     sh->head = sh->tail = NULL;
     sh->count = 0;
     size_t n = 0;
-    /* A fan-out may free the topic (its last subscriber closed as a slow
-     * consumer); hd_shaper_forget then clears sh->topic. */
     while (h) {
         held *next = h->next;
-        if (sh->topic) {
-            size_t d = hd_topics_publish(set->topics, sh->topic, h->frame);
-            set->st->deliveries += d;
-            set->st->shaped_released++;
-            n += d;
-        } else {
-            set->st->publishes_no_subs++;
-        }
+        n += set->release(set->release_ud, sh->name, sh->len, h->event, h->elen, h->frame);
+        set->st->shaped_released++;
         hd_buf_unref(h->frame);
         free(h);
         h = next;
@@ -66,32 +117,37 @@ static size_t release(hd_shaper *sh)
 static void on_timer(uv_timer_t *t)
 {
     hd_shaper *sh = t->data;
-    if (!sh->topic) return;
-    const hd_topic_policy *p = hd_topic_policy_of(sh->set->topics, sh->topic);
+    const hd_topic_policy *p = &sh->policy;
     int had = sh->count > 0;
     release(sh);
-    if (!sh->topic) return;
     if (p->debounce_ms == 0 && p->throttle_ms && had) {
         /* Throttle: what was released opens the next window. */
         uv_timer_start(&sh->timer, on_timer, p->throttle_ms, 0);
     } else {
-        sh->window_open = 0;
+        end(sh); /* quiet: nothing held, no window */
     }
 }
 
-static hd_shaper *shaper_of(hd_shapers *set, hd_topic *tp)
+static hd_shaper *shaper_of(hd_shapers *set, const char *name, size_t len)
 {
-    if (tp->shaper) return tp->shaper;
-    hd_shaper *sh = calloc(1, sizeof *sh);
+    hd_shaper *sh = find(set, name, len);
+    if (sh) return sh;
+    if (set->count >= set->nslots) grow(set);
+    if (!set->nslots) return NULL;
+    sh = calloc(1, sizeof *sh + len + 1);
     if (!sh) return NULL;
     sh->set = set;
-    sh->topic = tp;
+    sh->len = len;
+    memcpy(sh->name, name, len);
+    sh->hash = hash(name, len);
     uv_timer_init(set->loop, &sh->timer);
     sh->timer.data = sh;
+    hd_shaper **pp = slot_of(set, name, len, sh->hash);
+    *pp = sh;
     sh->next = set->list;
     if (set->list) set->list->prev = sh;
     set->list = sh;
-    tp->shaper = sh;
+    set->count++;
     return sh;
 }
 
@@ -105,7 +161,7 @@ static int hold(hd_shaper *sh, const hd_topic_policy *p, const char *event, size
                 hd_buf_unref(h->frame);
                 h->frame = hd_buf_ref(frame);
                 set->st->shaped_coalesced++;
-                if (set->topics->pol) hd_policy_count(set->topics->pol, p, HD_TC_COALESCED, 1);
+                if (set->pol) hd_policy_count(set->pol, p, HD_TC_COALESCED, 1);
                 return 0;
             }
         }
@@ -123,18 +179,25 @@ static int hold(hd_shaper *sh, const hd_topic_policy *p, const char *event, size
     return 0;
 }
 
-size_t hd_shaper_submit(hd_shapers *set, hd_topic *tp, const hd_topic_policy *p, const char *event,
-                        size_t elen, hd_buf *frame)
+/* Out of memory: the frame goes at once rather than not at all. */
+static size_t at_once(hd_shapers *set, const char *topic, size_t tlen, const char *event,
+                      size_t elen, hd_buf *frame)
+{
+    hd_error("shaper: out of memory; delivering at once");
+    set->st->shaped_released++;
+    return set->release(set->release_ud, topic, tlen, event, elen, frame);
+}
+
+size_t hd_shaper_submit(hd_shapers *set, const char *topic, size_t tlen,
+                        const hd_topic_policy *p, const char *event, size_t elen, hd_buf *frame)
 {
     set->st->shaped_received++;
-    hd_shaper *sh = shaper_of(set, tp);
-    if (!sh) {
-        hd_error("shaper: out of memory; delivering at once");
-        return hd_topics_publish(set->topics, tp, frame);
-    }
+    hd_shaper *sh = shaper_of(set, topic, tlen);
+    if (!sh) return at_once(set, topic, tlen, event, elen, frame);
+    sh->policy = *p;
     uint64_t now = set->now(set);
     if (p->debounce_ms) {
-        if (hold(sh, p, event, elen, frame)) return hd_topics_publish(set->topics, tp, frame);
+        if (hold(sh, p, event, elen, frame)) return at_once(set, topic, tlen, event, elen, frame);
         uint64_t due = now + p->debounce_ms;
         if (p->max_wait_ms && sh->first_pending + p->max_wait_ms < due)
             due = sh->first_pending + p->max_wait_ms;
@@ -144,54 +207,50 @@ size_t hd_shaper_submit(hd_shapers *set, hd_topic *tp, const hd_topic_policy *p,
     if (!sh->window_open) {
         sh->window_open = 1;
         uv_timer_start(&sh->timer, on_timer, p->throttle_ms, 0);
-        size_t n = hd_topics_publish(set->topics, tp, frame);
         set->st->shaped_released++;
-        return n;
+        return set->release(set->release_ud, topic, tlen, event, elen, frame);
     }
-    if (hold(sh, p, event, elen, frame)) return hd_topics_publish(set->topics, tp, frame);
+    if (hold(sh, p, event, elen, frame)) return at_once(set, topic, tlen, event, elen, frame);
     return 0;
 }
 
-size_t hd_shaper_release(hd_shapers *set, hd_topic *tp)
+size_t hd_shaper_release(hd_shapers *set, const char *topic, size_t tlen)
 {
-    (void)set;
-    hd_shaper *sh = tp->shaper;
-    if (!sh || !sh->count) return 0;
+    hd_shaper *sh = find(set, topic, tlen);
+    if (!sh) return 0;
     uv_timer_stop(&sh->timer);
-    sh->window_open = 0;
-    return release(sh);
+    size_t n = release(sh);
+    end(sh);
+    return n;
 }
 
 void hd_shaper_release_all(hd_shapers *set)
 {
-    /* release() may free topics and so shapers: walk by re-reading the list
-     * head after each step, releasing one shaper with pending frames at a time. */
-    for (;;) {
+    /* A release may publish (through the observers) but never creates or
+     * ends shapers, so the list is safe to walk; each then ends. */
+    while (set->list) {
         hd_shaper *sh = set->list;
-        while (sh && (!sh->count || !sh->topic)) sh = sh->next;
-        if (!sh) return;
         uv_timer_stop(&sh->timer);
-        sh->window_open = 0;
         release(sh);
+        end(sh);
     }
 }
 
-void hd_shaper_forget(hd_shapers *set, hd_topic *tp)
+void hd_shapers_close(hd_shapers *set)
 {
-    hd_shaper *sh = tp->shaper;
-    if (!sh) return;
-    tp->shaper = NULL;
-    sh->topic = NULL;
-    for (held *h = sh->head, *next; h; h = next) {
-        next = h->next;
-        set->st->publishes_no_subs++;
-        hd_buf_unref(h->frame);
-        free(h);
+    while (set->list) {
+        hd_shaper *sh = set->list;
+        for (held *h = sh->head, *next; h; h = next) {
+            next = h->next;
+            set->st->publishes_no_subs++;
+            hd_buf_unref(h->frame);
+            free(h);
+        }
+        sh->head = sh->tail = NULL;
+        sh->count = 0;
+        end(sh);
     }
-    sh->head = sh->tail = NULL;
-    sh->count = 0;
-    if (sh->prev) sh->prev->next = sh->next;
-    else set->list = sh->next;
-    if (sh->next) sh->next->prev = sh->prev;
-    uv_close((uv_handle_t *)&sh->timer, on_closed);
+    free(set->slots);
+    set->slots = NULL;
+    set->nslots = 0;
 }

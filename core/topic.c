@@ -77,7 +77,6 @@ hd_sub *hd_topics_subscribe(hd_topics *t, const char *name, size_t len, hd_conn 
         tp->id = ++t->next_id;
         tp->diff = NULL;
         tp->pres = NULL;
-        tp->shaper = NULL;
         memcpy(tp->name, name, len);
         tp->name[len] = 0;
         if (t->count >= t->nslots) grow(t);

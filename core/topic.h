@@ -38,7 +38,6 @@ typedef struct hd_topic {
     uint64_t id;                  /* unique for the registry's life (tags queued frames) */
     struct hd_pres *pres;         /* presence entries, every node's (presence.c) */
     struct hd_pres_diff *diff;    /* the presence diff waiting to be sent, or NULL */
-    struct hd_shaper *shaper;     /* rate shaping state, or NULL */
     hd_sub *subs;                 /* subscribers, newest first */
     uint32_t hash;
     uint32_t nsubs;

@@ -129,7 +129,8 @@ static int setup_cluster(void **st)
              "log = { level = 'error' }\n"
              "cluster = { redis = 'redis://127.0.0.1:%d', queue_max = 100,\n"
              "            node_timeout_ms = 1000, heartbeat_ms = 100 }\n"
-             "topics = { { match = 'p:*', presence = true } }\n"
+             "topics = { { match = 'p:*', presence = true },\n"
+             "           { match = 'thr:*', throttle_ms = 200 } }\n"
              "presence = { batch_ms = 5 }\n",
              redis_port);
     setup_with(cluster_conf); /* node A is the harness's srv */
@@ -416,6 +417,30 @@ static void test_listening_cluster_wide(void **st)
     cli_free(b);
 }
 
+/* Rate shaping happens once, at the origin: a throttled topic's held
+ * messages leave node A (one PUBLISH each) only when A's window ends, even
+ * though A has no subscriber of the topic; B delivers what comes unshaped. */
+static void test_shaping_at_origin(void **st)
+{
+    (void)st;
+    cli *b = ws_client_of(&node_b);
+    join(b, "1", "thr:1");
+    RUN_UNTIL(numsub("thr:1") == 1);
+    uint64_t out = srv.cluster.cs.out;
+    for (int i = 1; i <= 3; i++) {
+        char data[8];
+        int n = snprintf(data, sizeof data, "%d", i);
+        assert_int_equal(hd_api_publish(&srv.api, "thr:1", 5, "e", 1, data, (size_t)n), 0);
+    }
+    assert_int_equal(srv.cluster.cs.out, out + 1); /* the first went; two are held at A */
+    expect_text(b, "[null,null,\"thr:1\",\"msg\",{\"data\":1,\"event\":\"e\"}]");
+    RUN_UNTIL(srv.cluster.cs.out == out + 3); /* A's window ended */
+    expect_text(b, "[null,null,\"thr:1\",\"msg\",{\"data\":2,\"event\":\"e\"}]");
+    expect_text(b, "[null,null,\"thr:1\",\"msg\",{\"data\":3,\"event\":\"e\"}]");
+    assert_int_equal(node_b.st.shaped_received, 0); /* B shaped nothing */
+    cli_free(b);
+}
+
 /* The shard of a topic is stable and spreads topics over the shards. */
 static void test_shard_hash(void **st)
 {
@@ -450,6 +475,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refused_then_back, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_presence_across_nodes, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_listening_cluster_wide, setup_cluster, teardown_cluster),
+        cmocka_unit_test_setup_teardown(test_shaping_at_origin, setup_cluster, teardown_cluster),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -59,7 +59,7 @@ static void observe(void *ud, const char *topic, size_t tlen, const char *event,
     seen *s = &f->obs[f->nobs++];
     snprintf(s->topic, sizeof s->topic, "%.*s", (int)tlen, topic);
     snprintf(s->event, sizeof s->event, "%.*s", (int)elen, event);
-    snprintf(s->data, sizeof s->data, "%.*s", (int)dlen, data);
+    snprintf(s->data, sizeof s->data, "%.*s", (int)dlen, data ? data : ""); /* NULL: shaped */
     s->refs = frame ? frame->refs : 0;
     s->frame = frame ? hd_buf_ref(frame) : NULL;
 }
@@ -173,15 +173,16 @@ static void test_engine_init(void **state)
     assert_ptr_equal(f->e.topics.pol, &f->e.pol);
     assert_ptr_equal(f->e.topics.st, &f->st);
     assert_ptr_equal(f->e.pres.topics, &f->e.topics);
-    assert_ptr_equal(f->e.shapers.topics, &f->e.topics);
+    assert_ptr_equal(f->e.shapers.pol, &f->e.pol);
     assert_string_equal(f->e.pres.node, "A");
     assert_int_equal(f->e.pol.gen, 1);
     assert_int_equal(f->e.nobs, 0);
 }
 
 /* A topic freed with presence entries (another node's too) and held
- * frames: the engine forgets both (ASan: no leak; the frames count as
- * unheard). */
+ * frames: the engine forgets the entries (ASan: no leak); the frames stay
+ * with the topic's shaper (it is the origin's, not the subscribers') and
+ * count as unheard when they go out to nobody. */
 static void test_engine_frees_topic_state(void **state)
 {
     fx *f = *state;
@@ -194,6 +195,9 @@ static void test_engine_frees_topic_state(void **state)
     publish(f, "thr:1", "m3");
     hd_conn_close(c);
     assert_null(hd_topics_find(&f->e.topics, "thr:1", 5));
+    assert_true(hd_shaper_active(&f->e.shapers, "thr:1", 5));
+    hd_shaper_release_all(&f->e.shapers);
+    assert_false(hd_shaper_active(&f->e.shapers, "thr:1", 5));
     assert_int_equal(f->st.publishes, 3);
     assert_int_equal(f->st.publishes_no_subs, 2);
     assert_int_equal(f->st.deliveries, 1);
@@ -201,8 +205,10 @@ static void test_engine_frees_topic_state(void **state)
 
 /* ---- hd_publish ------------------------------------------------------------------ */
 
-/* Nobody listens here: no frame is built (the observers get NULL),
- * nothing is queued, and the publish counts as unheard. */
+/* Nobody listens here: with nobody to tell either, nothing is built (see
+ * test_observers); with an observer the frame is built for it (the
+ * cluster), its policy computed for the publish, nothing is queued, and
+ * the publish counts as unheard. */
 static void test_publish_without_subscribers(void **state)
 {
     fx *f = *state;
@@ -213,13 +219,14 @@ static void test_publish_without_subscribers(void **state)
     assert_string_equal(f->obs[0].topic, "room:1");
     assert_string_equal(f->obs[0].event, "new");
     assert_string_equal(f->obs[0].data, "{\"x\":1}");
-    assert_null(f->obs[0].frame);
+    assert_non_null(f->obs[0].frame);
+    assert_int_equal(f->obs[0].refs, 1); /* the publisher's only: queued nowhere */
     assert_int_equal(nframes(other), 0);
     assert_int_equal(f->st.publishes, 1);
     assert_int_equal(f->st.publishes_no_subs, 1);
     assert_int_equal(f->st.deliveries, 0);
     assert_int_equal(f->e.pol.counts[0][HD_TC_RECEIVED], 0);
-    assert_int_equal(f->resolved, 0); /* no topic: no policy asked for */
+    assert_int_equal(f->resolved, 1); /* the policy of the publish */
 }
 
 /* One frame, exact bytes, shared by every subscriber of the topic. */
@@ -276,9 +283,10 @@ static void test_observers(void **state)
 
     publish(f, "nobody", "x");
     assert_int_equal(f->nobs, 2);
-    assert_null(f->obs[1].frame);
+    assert_non_null(f->obs[1].frame); /* built for the observers */
     assert_int_equal(other.nobs, 2);
-    assert_null(other.obs[1].frame);
+    assert_ptr_equal(other.obs[1].frame, f->obs[1].frame);
+    hd_buf_unref(other.obs[1].frame);
 
     assert_int_equal(hd_publish_observe(&f->e, observe, &other), 0);
     assert_int_equal(hd_publish_observe(&f->e, observe, &other), 0);
@@ -289,7 +297,9 @@ static void test_observers(void **state)
 /* ---- shaping --------------------------------------------------------------------- */
 
 /* hd_publish on a throttled topic: the first frame goes, the next is held;
- * the one frame is shared by the queues and the shaper. */
+ * the one frame is shared by the queues and the shaper; the observers are
+ * told of each frame as it goes out (shaping is at the origin: the other
+ * nodes deliver what is let go). */
 static void test_publish_shapes(void **state)
 {
     fx *f = *state;
@@ -299,52 +309,40 @@ static void test_publish_shapes(void **state)
     assert_int_equal(publish(f, "thr:1", "m2"), 0);
     assert_events(a, "m1");
     assert_events(b, "m1");
+    assert_int_equal(f->nobs, 1); /* m2 is held: not told yet */
     assert_int_equal(f->obs[0].frame->refs, 3); /* the observer's, two queues */
-    assert_int_equal(f->obs[1].frame->refs, 2); /* the observer's, the shaper's */
     assert_int_equal(f->st.shaped_received, 2);
     assert_int_equal(f->st.deliveries, 2);
 
     hd_shaper_release_all(&f->e.shapers);
     assert_events(a, "m1 m2");
     assert_events(b, "m1 m2");
-    assert_int_equal(f->obs[1].frame->refs, 3);
+    assert_int_equal(f->nobs, 2);
+    assert_string_equal(f->obs[1].event, "m2");
+    assert_string_equal(f->obs[1].data, ""); /* a held frame comes without its data */
+    assert_int_equal(f->obs[1].frame->refs, 3); /* the observer's, two queues */
     assert_int_equal(f->st.deliveries, 4);
     assert_int_equal(f->e.pol.counts[1][HD_TC_RECEIVED], 2);
     assert_int_equal(f->e.pol.counts[1][HD_TC_DELIVERED], 4);
 }
 
-/* hd_publish_local shapes a frame built elsewhere (borrowed: the caller
- * keeps its reference). */
-static void test_publish_local_shapes(void **state)
-{
-    fx *f = *state;
-    hd_conn *c = subscriber(f, "thr:1");
-    hd_buf *m1 = msg("thr:1", "m1"), *m2 = msg("thr:1", "m2");
-    assert_int_equal(hd_publish_local(&f->e, "thr:1", 5, "m1", 2, m1), 1);
-    assert_int_equal(hd_publish_local(&f->e, "thr:1", 5, "m2", 2, m2), 0);
-    assert_int_equal(m1->refs, 2); /* ours and the queue's */
-    assert_int_equal(m2->refs, 2); /* ours and the shaper's */
-    assert_events(c, "m1");
-    assert_int_equal(f->st.shaped_received, 2);
-    assert_int_equal(f->st.publishes, 0); /* hd_publish's counter */
-    assert_int_equal(hd_publish_local(&f->e, "none", 4, "m3", 2, m1), 0);
-    assert_int_equal(f->st.publishes_no_subs, 1);
-    hd_buf_unref(m1);
-    hd_buf_unref(m2);
-}
-
-/* hd_publish_local_unshaped never shapes: both go at once. */
-static void test_publish_local_unshaped(void **state)
+/* hd_publish_local fans out a frame built elsewhere (borrowed: the caller
+ * keeps its reference), never shaped: it was shaped at its origin. */
+static void test_publish_local(void **state)
 {
     fx *f = *state;
     hd_conn *c = subscriber(f, "thr:1");
     hd_buf *r1 = msg("thr:1", "r1"), *r2 = msg("thr:1", "r2");
-    assert_int_equal(hd_publish_local_unshaped(&f->e, "thr:1", 5, r1), 1);
-    assert_int_equal(hd_publish_local_unshaped(&f->e, "thr:1", 5, r2), 1);
+    assert_int_equal(hd_publish_local(&f->e, "thr:1", 5, r1), 1);
+    assert_int_equal(hd_publish_local(&f->e, "thr:1", 5, r2), 1);
     assert_events(c, "r1 r2");
+    assert_int_equal(r1->refs, 2); /* ours and the queue's */
     assert_int_equal(f->st.shaped_received, 0);
+    assert_int_equal(f->st.publishes, 0); /* hd_publish's counter */
     assert_int_equal(f->st.deliveries, 2);
     assert_int_equal(f->e.pol.counts[1][HD_TC_RECEIVED], 2);
+    assert_int_equal(hd_publish_local(&f->e, "none", 4, r1), 0);
+    assert_int_equal(f->st.publishes_no_subs, 1);
     hd_buf_unref(r1);
     hd_buf_unref(r2);
 }
@@ -358,7 +356,7 @@ static void test_unshaped_leaves_held_frames(void **state)
     assert_int_equal(publish(f, "thr:1", "m1"), 1);
     assert_int_equal(publish(f, "thr:1", "m2"), 0);
     hd_buf *r1 = msg("thr:1", "r1");
-    size_t n = hd_publish_local_unshaped(&f->e, "thr:1", 5, r1);
+    size_t n = hd_publish_local(&f->e, "thr:1", 5, r1);
     hd_buf_unref(r1);
     assert_int_equal(n, 1);
     assert_events(c, "m1 r1");
@@ -405,8 +403,7 @@ int main(void)
         T(test_publish_fans_out_one_frame),
         T(test_observers),
         T(test_publish_shapes),
-        T(test_publish_local_shapes),
-        T(test_publish_local_unshaped),
+        T(test_publish_local),
         T(test_unshaped_leaves_held_frames),
         T(test_reload_turns_shaping_off),
     };

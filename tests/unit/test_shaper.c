@@ -14,6 +14,7 @@
 #include "byhand.h"
 
 #include "../../core/shaper.c"
+#include "topic.h"
 
 #include "conn.h"
 
@@ -45,9 +46,20 @@ static uint64_t fake_now(hd_shapers *sh)
     return ((fx *)((char *)sh - offsetof(fx, sh)))->now;
 }
 
-static void on_topic_free(void *data, hd_topic *tp)
+/* The release callback, as the engine's: this node's subscribers. */
+static size_t fan(void *ud, const char *topic, size_t tlen, const char *event, size_t elen,
+                  hd_buf *frame)
 {
-    hd_shaper_forget(data, tp);
+    (void)event, (void)elen;
+    fx *f = ud;
+    hd_topic *tp = hd_topics_find(&f->topics, topic, tlen);
+    if (!tp) {
+        f->st.publishes_no_subs++;
+        return 0;
+    }
+    size_t n = hd_topics_publish(&f->topics, tp, frame);
+    f->st.deliveries += n;
+    return n;
 }
 
 /* ---- connections without a socket ------------------------------------------------ */
@@ -82,9 +94,7 @@ static int setup(void **state)
     assert_int_equal(hd_topics_init(&f->topics), 0);
     f->topics.pol = &f->pol;
     f->topics.st = &f->st;
-    f->topics.on_free = on_topic_free;
-    f->topics.on_free_data = &f->sh;
-    hd_shapers_init(&f->sh, &f->loop, &f->st, &f->topics);
+    hd_shapers_init(&f->sh, &f->loop, &f->st, &f->pol, fan, f);
     f->sh.now = fake_now;
     assert_int_equal(hd_net_init(&f->net, &f->loop, &f->cfg, &f->st), 0);
     f->net.data = f;
@@ -92,12 +102,13 @@ static int setup(void **state)
     return 0;
 }
 
-/* Closing the connections frees the topics and so the shapers, whose
- * timers close in the loop run; then nothing may be left. */
+/* Closing the connections frees the topics; the shapers end with the
+ * engine (their timers close in the loop run); then nothing may be left. */
 static int teardown(void **state)
 {
     fx *f = *state;
     hd_net_close_all(&f->net);
+    hd_shapers_close(&f->sh);
     hd_net_close_handles(&f->net, NULL, NULL);
     uv_run(&f->loop, UV_RUN_DEFAULT);
     assert_null(f->sh.list);
@@ -125,24 +136,33 @@ static size_t submit(fx *f, uint64_t now, const char *name, const char *event, c
     f->now = now;
     hd_topic *tp = topic(f, name);
     hd_buf *b = hd_buf_copy(label, strlen(label));
-    size_t n =
-        hd_shaper_submit(&f->sh, tp, hd_topic_policy_of(&f->topics, tp), event, strlen(event), b);
+    size_t n = hd_shaper_submit(&f->sh, name, strlen(name), hd_topic_policy_of(&f->topics, tp),
+                                event, strlen(event), b);
     hd_buf_unref(b);
     return n;
 }
 
 static hd_shaper *shaper(fx *f, const char *name)
 {
-    hd_shaper *s = topic(f, name)->shaper;
+    hd_shaper *s = find(&f->sh, name, strlen(name));
     assert_non_null(s);
     return s;
 }
 
+/* Frames the topic's shaper holds (0: none, or no shaper). */
+static size_t held_of(fx *f, const char *name)
+{
+    hd_shaper *s = find(&f->sh, name, strlen(name));
+    return s ? s->count : 0;
+}
+
 /* The delay the shaper's timer was started with (the loop's clock does
- * not move in these tests), or -1 when it is not running. */
+ * not move in these tests), or -1 when it is not running (or the shaper
+ * ended: nothing held and no window). */
 static int64_t due(fx *f, const char *name)
 {
-    hd_shaper *s = shaper(f, name);
+    hd_shaper *s = find(&f->sh, name, strlen(name));
+    if (!s) return -1;
     return uv_is_active((uv_handle_t *)&s->timer) ? (int64_t)uv_timer_get_due_in(&s->timer) : -1;
 }
 
@@ -184,32 +204,32 @@ static void test_throttle(void **state)
     assert_int_equal(submit(f, 1090, "thr:1", "e", "m3"), 0);
     assert_queue(a, "m1");
     assert_int_equal(due(f, "thr:1"), 100); /* held frames do not move the window */
-    assert_int_equal(shaper(f, "thr:1")->count, 2);
+    assert_int_equal(held_of(f, "thr:1"), 2);
     assert_int_equal(f->st.shaped_received, 3);
     assert_int_equal(f->st.shaped_released, 1);
-    assert_int_equal(f->st.deliveries, 0); /* the caller counts what goes at once */
+    assert_int_equal(f->st.deliveries, 2); /* m1, at once */
 
     fire(f, 1100, "thr:1");
     assert_queue(a, "m1 m2 m3");
     assert_queue(b, "m1 m2 m3");
-    assert_int_equal(shaper(f, "thr:1")->count, 0);
+    assert_int_equal(held_of(f, "thr:1"), 0);
     assert_int_equal(f->st.shaped_released, 3);
-    assert_int_equal(f->st.deliveries, 4);  /* the released ones, counted here */
+    assert_int_equal(f->st.deliveries, 6);  /* and the released ones */
     assert_int_equal(due(f, "thr:1"), 100); /* the next window */
     assert_int_equal(submit(f, 1150, "thr:1", "e", "m4"), 0);
 
     fire(f, 1200, "thr:1");
     assert_queue(a, "m1 m2 m3 m4");
     assert_int_equal(due(f, "thr:1"), 100);
-    fire(f, 1300, "thr:1"); /* nothing held: the window closes */
+    fire(f, 1300, "thr:1"); /* nothing held: the window closes, the shaper ends */
     assert_int_equal(due(f, "thr:1"), -1);
-    assert_false(shaper(f, "thr:1")->window_open);
+    assert_false(hd_shaper_active(&f->sh, "thr:1", 5));
     assert_int_equal(submit(f, 5000, "thr:1", "e", "m5"), 2);
     assert_queue(b, "m1 m2 m3 m4 m5");
     assert_int_equal(due(f, "thr:1"), 100);
     assert_int_equal(f->st.shaped_received, 5);
     assert_int_equal(f->st.shaped_released, 5);
-    assert_int_equal(f->st.deliveries, 6);
+    assert_int_equal(f->st.deliveries, 10);
     assert_int_equal(f->pol.counts[1][HD_TC_DELIVERED], 10); /* 5 frames x 2, rule 0 */
 }
 
@@ -291,7 +311,7 @@ static void test_coalesce_latest(void **state)
     submit(f, 40, "co:1", "ab", "ab1"); /* another name, though "a" is its prefix */
     submit(f, 50, "co:1", "b", "b2");
     submit(f, 60, "co:1", "", "n1");
-    assert_int_equal(shaper(f, "co:1")->count, 4);
+    assert_int_equal(held_of(f, "co:1"), 4);
     assert_int_equal(f->st.shaped_coalesced, 2);
     assert_int_equal(f->pol.counts[4][HD_TC_COALESCED], 2);
     assert_int_equal(f->pol.counts[0][HD_TC_COALESCED], 0);
@@ -300,7 +320,7 @@ static void test_coalesce_latest(void **state)
     assert_queue(a, "a1 a3 b2 ab1 n1");
     assert_int_equal(f->st.shaped_received, 7);
     assert_int_equal(f->st.shaped_released, 5);
-    assert_int_equal(f->st.deliveries, 4);
+    assert_int_equal(f->st.deliveries, 5);
 
     /* A release empties the held set: "a" is new again. */
     submit(f, 110, "co:1", "a", "a4");
@@ -320,9 +340,9 @@ static void test_coalesce_drops_the_replaced_frame(void **state)
     hd_buf *old = hd_buf_copy("old", 3), *young = hd_buf_copy("new", 3);
     hd_topic *tp = topic(f, "co:1");
     const hd_topic_policy *p = hd_topic_policy_of(&f->topics, tp);
-    assert_int_equal(hd_shaper_submit(&f->sh, tp, p, "a", 1, old), 0);
+    assert_int_equal(hd_shaper_submit(&f->sh, "co:1", 4, p, "a", 1, old), 0);
     assert_int_equal(old->refs, 2);
-    assert_int_equal(hd_shaper_submit(&f->sh, tp, p, "a", 1, young), 0);
+    assert_int_equal(hd_shaper_submit(&f->sh, "co:1", 4, p, "a", 1, young), 0);
     assert_int_equal(old->refs, 1);
     assert_int_equal(young->refs, 2);
     hd_buf_unref(old);
@@ -331,7 +351,8 @@ static void test_coalesce_drops_the_replaced_frame(void **state)
 
 /* ---- release, drain, forget ------------------------------------------------------ */
 
-/* hd_shaper_release: one topic's held frames now; returns deliveries. */
+/* hd_shaper_release: one topic's held frames now (its policy no longer
+ * shapes), and the shaper ends; returns deliveries. */
 static void test_release(void **state)
 {
     fx *f = *state;
@@ -339,13 +360,14 @@ static void test_release(void **state)
     submit(f, 0, "thr:1", "e", "m1");
     submit(f, 10, "thr:1", "e", "m2");
     submit(f, 20, "thr:1", "e", "m3");
-    assert_int_equal(hd_shaper_release(&f->sh, topic(f, "thr:1")), 4);
+    assert_int_equal(hd_shaper_release(&f->sh, "thr:1", 5), 4);
     assert_queue(a, "m1 m2 m3");
     assert_queue(b, "m1 m2 m3");
     assert_int_equal(due(f, "thr:1"), -1);
-    assert_int_equal(hd_shaper_release(&f->sh, topic(f, "thr:1")), 0); /* nothing held */
-    assert_int_equal(submit(f, 30, "thr:1", "e", "m4"), 2);            /* a new window */
-    assert_int_equal(f->st.deliveries, 4);
+    assert_false(hd_shaper_active(&f->sh, "thr:1", 5));
+    assert_int_equal(hd_shaper_release(&f->sh, "thr:1", 5), 0); /* no shaper */
+    assert_int_equal(submit(f, 30, "thr:1", "e", "m4"), 2);     /* a new window */
+    assert_int_equal(f->st.deliveries, 8);
 }
 
 /* The drain: every shaper's held frames go out, windows and waits end. */
@@ -360,46 +382,42 @@ static void test_release_all(void **state)
     submit(f, 3, "deb:1", "e", "d2");
     submit(f, 4, "co:1", "e", "c1");
     submit(f, 5, "cap:1", "e", "x1");
-    hd_shaper_release(&f->sh, topic(f, "cap:1")); /* now one with nothing held */
+    assert_int_equal(hd_shaper_release(&f->sh, "cap:1", 5), 1); /* x1; that one ends */
     hd_shaper_release_all(&f->sh);
     assert_queue(t, "t1 t2");
     assert_queue(d, "d1 d2");
     assert_queue(c, "c1");
+    /* Every shaper ended: nothing held, no window, no wait (co:1 too). */
     for (const char *const *n = (const char *const[]){"thr:1", "deb:1", "co:1", "cap:1", NULL}; *n;
-         n++)
-        assert_int_equal(shaper(f, *n)->count, 0);
-    /* Those that held frames stop waiting (co:1 held none: its window runs on). */
-    for (const char *const *n = (const char *const[]){"thr:1", "deb:1", NULL}; *n; n++) {
+         n++) {
+        assert_int_equal(held_of(f, *n), 0);
         assert_int_equal(due(f, *n), -1);
-        assert_false(shaper(f, *n)->window_open);
+        assert_false(hd_shaper_active(&f->sh, *n, strlen(*n)));
     }
     assert_int_equal(f->st.shaped_received, 6);
     assert_int_equal(f->st.shaped_released, 6);
-    assert_int_equal(f->st.deliveries, 4); /* t2, d1, d2, x1; t1 and c1 went at once */
+    assert_int_equal(f->st.deliveries, 6); /* each frame to its one subscriber */
 }
 
-/* The topic is freed with frames held: they are counted as unheard and
- * dropped (ASan: no leak); the shaper leaves the list and its timer
- * closes. */
-static void test_forget(void **state)
+/* The topic is freed with frames held: they stay with its shaper (the
+ * origin shapes whether or not it has subscribers: in a cluster other
+ * nodes do) and go out at the window's end, unheard here (counted). */
+static void test_topic_freed_keeps_held(void **state)
 {
     fx *f = *state;
     hd_conn *a = subscriber(f, "thr:1");
-    subscriber(f, "deb:1");
     submit(f, 0, "thr:1", "e", "m1");
     submit(f, 10, "thr:1", "e", "m2");
     submit(f, 20, "thr:1", "e", "m3");
-    submit(f, 30, "deb:1", "e", "d1");
-    hd_shaper *s = shaper(f, "thr:1");
     hd_conn_close(a); /* its only subscriber */
     assert_null(hd_topics_find(&f->topics, "thr:1", 5));
+    assert_int_equal(held_of(f, "thr:1"), 2);
+    assert_int_equal(f->st.publishes_no_subs, 0);
+    fire(f, 100, "thr:1");
+    assert_int_equal(f->st.shaped_released, 3);
     assert_int_equal(f->st.publishes_no_subs, 2);
-    assert_true(uv_is_closing((uv_handle_t *)&s->timer));
-    assert_ptr_equal(f->sh.list, shaper(f, "deb:1"));
-    assert_null(f->sh.list->next);
-    hd_shaper_release_all(&f->sh); /* the other one is untouched */
-    assert_int_equal(f->st.shaped_released, 2);
-    assert_int_equal(f->st.publishes_no_subs, 2);
+    fire(f, 200, "thr:1"); /* nothing held: it ends */
+    assert_false(hd_shaper_active(&f->sh, "thr:1", 5));
 }
 
 int main(void)
@@ -410,7 +428,7 @@ int main(void)
         T(test_debounce),        T(test_debounce_max_wait),
         T(test_coalesce_latest), T(test_coalesce_drops_the_replaced_frame),
         T(test_release),         T(test_release_all),
-        T(test_forget),
+        T(test_topic_freed_keeps_held),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
