@@ -236,19 +236,20 @@ function luaString(s) { return JSON.stringify(String(s)); } // a JSON string is 
 //   cluster = { redis = <url>, <cluster> }
 // followed by `config` (Lua text). redis: a startRedis handle, a URL, a
 // port, a list of those (shards), or null for no cluster key at all.
+// files: { name: text } written beside each node's config (scripts).
 // Resolves with a list of node handles:
 //   { srv, port, url, pid, log, stop(), kill9(), status(), metrics(), readyz(), topic(t) }
 // Nodes are stopped when the test ends; the test then fails if one logged an
 // [error] line (unless allowErrors) or did not exit 0 after SIGTERM (unless
 // it was killed with kill9()).
-async function startNodes(t, n, { redis, cluster = '', config = '', allowErrors = false } = {}) {
+async function startNodes(t, n, { redis, cluster = '', config = '', files = {}, allowErrors = false } = {}) {
   const urlOf = (x) => (typeof x === 'number' ? `redis://127.0.0.1:${x}` : typeof x === 'string' ? x : x.url);
   let text = config;
   if (redis !== null && redis !== undefined) {
     const urls = Array.isArray(redis) ? `{ ${redis.map((x) => luaString(urlOf(x))).join(', ')} }` : luaString(urlOf(redis));
     text = `cluster = { redis = ${urls}${cluster ? `, ${cluster}` : ''} }\n${config}`;
   }
-  const started = await Promise.allSettled(Array.from({ length: n }, () => h.startHerald(text)));
+  const started = await Promise.allSettled(Array.from({ length: n }, () => h.startHerald(text, files)));
   const nodes = [];
   for (const s of started) {
     if (s.status !== 'fulfilled') continue;
@@ -280,8 +281,8 @@ async function startNodes(t, n, { redis, cluster = '', config = '', allowErrors 
 
 // A phoenix.js client on port joined to topic, recording every message of
 // `events` as { event, payload } in `got`. until(pred) resolves with the
-// first recorded message matching pred (already there or still to come).
-// Disconnected when the test ends.
+// first recorded message matching pred (already there or still to come);
+// joinReply is the join's reply. Disconnected when the test ends.
 async function subscribe(t, port, topic, { events = ['msg'], params } = {}) {
   const socket = h.phoenixSocket(port, { reconnectAfterMs: () => 50, rejoinAfterMs: () => 50 });
   const got = [];
@@ -315,7 +316,7 @@ async function subscribe(t, port, topic, { events = ['msg'], params } = {}) {
       for (const w of waiters.slice()) if (w.pred(m)) { waiters.splice(waiters.indexOf(w), 1); w.resolve(m); }
     });
   }
-  await h.join(c.channel);
+  c.joinReply = await h.join(c.channel);
   return c;
 }
 
