@@ -5,7 +5,7 @@ BUILD_FUZZ ?= build-fuzz
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build run test test-asan fuzz bench bench-compare bench-cluster clean
+.PHONY: all deps build run test test-asan fuzz bench bench-compare bench-cluster bench-cluster-large clean
 
 all: build
 
@@ -51,6 +51,11 @@ bench-compare: build
 # One node against two joined by Redis (a redis-server of its own): scripts/cluster-bench.sh.
 bench-cluster: build
 	bash scripts/cluster-bench.sh
+
+# 100,000 joined clients over 6 herald processes sharing one port, one topic,
+# 5 publishes (scripts/cluster-large.sh; CLUSTER_LARGE_CLIENTS=N for another count).
+bench-cluster-large: build
+	bash scripts/cluster-large.sh
 
 # libFuzzer (clang) on every parser, FUZZ_SECONDS each.
 fuzz: deps

@@ -12,6 +12,8 @@
 #
 #   scripts/cluster-bench.sh                        every variant, BENCH_RUNS times
 #   BENCH_CLUSTER_VARIANTS="1node 2nodes" scripts/cluster-bench.sh
+#   scripts/cluster-bench.sh large [CLIENTS]        the cluster-large benchmark
+#                                                   (scripts/cluster-large.sh)
 #
 # Environment: BENCH_RUNS, BENCH_ARGS, BUILD, BENCH_OUT as for scripts/bench.sh.
 # Each run starts every variant on fresh herald processes (stopped by PID
@@ -20,6 +22,7 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+[ "${1:-}" = large ] && { shift; exec bash "$ROOT/scripts/cluster-large.sh" "$@"; }
 BUILD=${BUILD:-$ROOT/build}
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 RUNS=${BENCH_RUNS:-1}

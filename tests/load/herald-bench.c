@@ -23,6 +23,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -50,6 +51,7 @@
 #define MAXPUB 64         /* publisher connections */
 #define MAXPID 8          /* server pids to sample */
 #define MAXPORT 8         /* --sub-ports: servers the subscribers are spread over */
+#define MAXSEQ 64         /* --await: messages tracked one by one */
 #define HB_N 4608         /* latency histogram buckets (see hbucket) */
 #define RBUF_MAX (16u << 20)
 #define WS_KEY "dGhlIHNhbXBsZSBub25jZQ=="
@@ -82,6 +84,7 @@ typedef struct {
     int hold_ms, timeout_s, quiet_ms, heartbeat_ms, connect_timeout_s, settle_ms;
     int topic_mode, shared_every;
     int api; /* two publish rounds: to a topic nobody joined, then to one subscriber */
+    int await_; /* --await: each publish waits until the previous reached every client */
     const char *ws_path, *pub_path;
     int verbose;
 } opts_t;
@@ -104,11 +107,19 @@ typedef struct {
     int32_t phase; /* 0 run, 1 finish */
     int32_t pad_;
     wstat_t w[MAXW];
-    /* followed by uint8_t joined[clients] */
+    /* followed by uint8_t joined[clients], then (--await) seqstat_t [workers][NSEQ] */
 } shared_t;
+
+/* --await: one message's deliveries at one worker (the payload's "i" says which). */
+typedef struct {
+    uint64_t n, last_ns, max_us;
+    uint64_t hist[HB_N];
+} seqstat_t;
 
 static shared_t *SH;
 static uint8_t *JOINED;
+static seqstat_t *SEQS; /* SEQS[worker * NSEQ + i] */
+static int NSEQ;        /* messages tracked one by one (0 without --await) */
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -204,6 +215,22 @@ static int find_t(const char *p, size_t n, uint64_t *t)
     return 1;
 }
 
+/* --await: the message number in {"t":...,"i":<digits>,...}; -1 if none. */
+static int find_seq(const char *p, size_t n)
+{
+    const char *q = memmem(p, n, ",\"i\":", 5);
+    if (!q) return -1;
+    q += 5;
+    const char *e = p + n;
+    int v = 0, digits = 0;
+    while (q < e && *q >= '0' && *q <= '9' && digits < 9) {
+        v = v * 10 + (*q - '0');
+        q++;
+        digits++;
+    }
+    return digits ? v : -1;
+}
+
 static void topic_name(char *out, size_t cap, uint32_t idx) { snprintf(out, cap, "t%u", idx); }
 
 /* ------------------------------------------------------------------- worker */
@@ -214,6 +241,7 @@ typedef struct client {
     uv_tcp_t tcp; /* first: the handle pointer is the client pointer */
     uint32_t idx;
     uint8_t state, joins_pending, in_frag, frag_has_t;
+    int32_t frag_seq;
     uint64_t frag_t;
     uint64_t t_start;
     char *rbuf;
@@ -351,7 +379,7 @@ static void send_frame(client_t *c, int opcode, const char *p, size_t n)
 
 static void send_text(client_t *c, const char *s) { send_frame(c, 1, s, strlen(s)); }
 
-static void record_delivery(int have_t, uint64_t t)
+static void record_delivery(int have_t, uint64_t t, int seq)
 {
     wstat_t *st = WK->st;
     uint64_t now = now_ns();
@@ -362,6 +390,13 @@ static void record_delivery(int have_t, uint64_t t)
         uint64_t us = now > t ? (now - t) / 1000 : 0;
         st->hist[hbucket(us)]++;
         if (us > LD(st->max_lat_us)) ST(st->max_lat_us, us);
+        if (seq >= 0 && seq < NSEQ) {
+            seqstat_t *q = &SEQS[(size_t)WK->id * (size_t)NSEQ + (size_t)seq];
+            q->hist[hbucket(us)]++;
+            if (us > LD(q->max_us)) ST(q->max_us, us);
+            ST(q->last_ns, now);
+            INC(q->n);
+        }
     }
 }
 
@@ -369,12 +404,13 @@ static void record_delivery(int have_t, uint64_t t)
 static void on_message(client_t *c, const char *p, size_t n, int have_t, uint64_t t)
 {
     wstat_t *st = WK->st;
+    int seq = NSEQ && have_t ? find_seq(p, n) : -1;
     if (O.server != SRV_HERALD) {
-        record_delivery(have_t, t);
+        record_delivery(have_t, t, seq);
         return;
     }
     if (n >= 11 && memcmp(p, "[null,null,", 11) == 0) {
-        record_delivery(have_t, t);
+        record_delivery(have_t, t, seq);
         return;
     }
     if (c->state == CS_JOINING && n > 2 && p[0] == '[' && p[1] == '"' &&
@@ -406,6 +442,7 @@ static void on_frame(client_t *c, int fin, int opcode, const char *p, size_t n)
         } else {
             c->in_frag = 1;
             c->frag_has_t = (uint8_t)find_t(p, n, &c->frag_t);
+            c->frag_seq = NSEQ ? find_seq(p, n) : -1;
             /* Phoenix replies are never fragmented by herald; a fragmented
              * data message counts as one delivery when it completes. */
         }
@@ -417,9 +454,10 @@ static void on_frame(client_t *c, int fin, int opcode, const char *p, size_t n)
             return;
         }
         if (!c->frag_has_t) c->frag_has_t = (uint8_t)find_t(p, n, &c->frag_t);
+        if (c->frag_seq < 0 && NSEQ) c->frag_seq = find_seq(p, n);
         if (fin) {
             c->in_frag = 0;
-            record_delivery(c->frag_has_t, c->frag_t);
+            record_delivery(c->frag_has_t, c->frag_t, c->frag_seq);
         }
         return;
     case 0x8: {
@@ -825,6 +863,21 @@ static double machine_busy_s(void)
     return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
 }
 
+/* Open file descriptors of pid (each connection is one). */
+static long proc_fds(int pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", pid);
+    DIR *d = opendir(path);
+    if (!d) return -1;
+    long n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
+}
+
 static int servers_alive(void)
 {
     for (int i = 0; i < O.npids; i++)
@@ -868,8 +921,16 @@ static struct {
     char last_body[160];
     uint64_t last_deliv_count, last_progress_ns;
     char *pad; /* O.size bytes of 'x' */
+    /* --await: message i went out at seq_sent_ns[i] to seq_expect[i] clients */
+    uint64_t seq_sent_ns[MAXSEQ], seq_expect[MAXSEQ];
+    int await_open;                /* the previous message is delivered (or given up) */
+    uint64_t await_n, await_since; /* its deliveries when last seen grow, and when */
     /* samples */
     long rss_base, rss_conn, rss_hold, rss_end, rss_peak;
+    /* each --pid apart: RSS (kB), open files (connections), CPU */
+    long prss_base[MAXPID], prss_hold[MAXPID], prss_end[MAXPID];
+    long pfds_base[MAXPID], pfds_hold[MAXPID];
+    double pcpu_begin[MAXPID], pcpu_conn[MAXPID], pcpu_pub0[MAXPID], pcpu_end[MAXPID];
     double scpu_begin, scpu_conn, scpu_pub0, scpu_pub1, scpu_end;
     double busy_begin, busy_end;
     uint64_t ccpu_conn, ccpu_pub0, ccpu_pub1;
@@ -917,6 +978,31 @@ static totals_t totals(void)
 }
 
 static uint64_t client_cpu_now(void) { return self_cpu_us(RUSAGE_SELF) + totals().cpu_us; }
+
+/* what: 'b' begin, 'c' connected, 'h' held, 'p' first publish, 'e' end: the
+ * samples of each pid */
+static void sample_procs(char what)
+{
+    for (int i = 0; i < O.npids; i++) {
+        int pid = O.pids[i];
+        switch (what) {
+        case 'b':
+            P.prss_base[i] = proc_status_kb(pid, "VmRSS");
+            P.pfds_base[i] = proc_fds(pid);
+            P.pcpu_begin[i] = proc_cpu_s(pid);
+            break;
+        case 'c': P.pcpu_conn[i] = proc_cpu_s(pid); break;
+        case 'p': P.pcpu_pub0[i] = proc_cpu_s(pid); break;
+        case 'h':
+            P.prss_hold[i] = proc_status_kb(pid, "VmRSS");
+            P.pfds_hold[i] = proc_fds(pid);
+            break;
+        default:
+            P.prss_end[i] = proc_status_kb(pid, "VmRSS");
+            P.pcpu_end[i] = proc_cpu_s(pid);
+        }
+    }
+}
 
 static void finish(const char *why)
 {
@@ -1109,6 +1195,7 @@ static void pub_next(pubconn_t *pc)
 {
     if (P.stage != ST_PUBLISH || pc->busy || !pc->connected || pc->closing) return;
     if (P.sent >= P.target) return;
+    if (O.await_ && P.sent > 0 && !P.await_open) return; /* on_tick opens it */
     uint64_t now = now_ns();
     if (O.rate > 0) {
         uint64_t due = P.round_start[P.round] + (uint64_t)((double)P.sent * 1e9 / O.rate);
@@ -1124,7 +1211,17 @@ static void pub_next(pubconn_t *pc)
     const char *topic = round_topic(tbuf, sizeof tbuf, i, &expect);
     P.expected += expect;
     uint64_t t = now_ns();
-    int dl = snprintf(data, sizeof data, "{\"t\":%" PRIu64 ",\"pad\":\"", t);
+    int dl;
+    if (O.await_ && i < MAXSEQ) {
+        P.seq_sent_ns[i] = t;
+        P.seq_expect[i] = expect;
+        P.await_open = 0;
+        P.await_n = 0;
+        P.await_since = t;
+        dl = snprintf(data, sizeof data, "{\"t\":%" PRIu64 ",\"i\":%" PRIu64 ",\"pad\":\"", t, i);
+    } else {
+        dl = snprintf(data, sizeof data, "{\"t\":%" PRIu64 ",\"pad\":\"", t);
+    }
     int padn = O.size - dl - 2;
     if (padn < 0) padn = 0;
     /* body = prefix + data + pad + "\"}" + suffix */
@@ -1220,6 +1317,7 @@ static void round_begin(void)
     if (P.round == 0) {
         P.scpu_pub0 = servers_cpu();
         P.ccpu_pub0 = client_cpu_now();
+        sample_procs('p');
     }
     for (int i = 0; i < O.publishers; i++) {
         pubconn_t *pc = &P.pub[i];
@@ -1295,6 +1393,35 @@ static void run_mark(const char *what)
     }
 }
 
+/* --await: message i's deliveries so far, over all workers. */
+static uint64_t seq_deliveries(int i)
+{
+    uint64_t n = 0;
+    for (int w = 0; w < P.nw; w++) n += LD(SEQS[(size_t)w * (size_t)NSEQ + (size_t)i].n);
+    return n;
+}
+
+/* --await: once the last message sent has reached every client it was due
+ * to (or its deliveries stood still for --quiet ms), the next may go. */
+static void await_check(uint64_t now)
+{
+    if (P.await_open || P.sent == 0 || P.sent >= P.target) return;
+    int i = (int)P.sent - 1;
+    uint64_t n = seq_deliveries(i);
+    if (n >= P.seq_expect[i]) {
+        P.await_open = 1;
+    } else if (n != P.await_n) {
+        P.await_n = n;
+        P.await_since = now;
+    } else if (now - P.await_since > (uint64_t)O.quiet_ms * 1000000ull) {
+        set_err(P.err, sizeof P.err, "message %d: deliveries stopped at %" PRIu64 " of %" PRIu64,
+                i, n, P.seq_expect[i]);
+        P.await_open = 1;
+    }
+    if (P.await_open)
+        for (int k = 0; k < O.publishers; k++) pub_next(&P.pub[k]);
+}
+
 /* ---- the coordinator's clock */
 
 static void progress(const totals_t *t, uint64_t now)
@@ -1322,6 +1449,7 @@ static void on_tick(uv_timer_t *tm)
             finish("scenario timeout");
         }
     }
+    if (P.stage == ST_PUBLISH && O.await_) await_check(now);
     switch (P.stage) {
     case ST_CONNECT:
         if (t.ready + t.failed >= (uint64_t)O.clients ||
@@ -1332,6 +1460,7 @@ static void on_tick(uv_timer_t *tm)
             P.t_connected = t.ready ? t.last_ready_ns : now;
             P.rss_conn = servers_kb("VmRSS");
             P.scpu_conn = servers_cpu();
+            sample_procs('c');
             P.ccpu_conn = client_cpu_now();
             P.n_joined = 0;
             for (int i = 0; i < O.clients; i++) P.n_joined += JOINED[i];
@@ -1343,6 +1472,7 @@ static void on_tick(uv_timer_t *tm)
     case ST_HOLD:
         if (now >= P.t_hold_end) {
             P.rss_hold = servers_kb("VmRSS");
+            sample_procs('h');
             P.n_joined = 0;
             for (int i = 0; i < O.clients; i++) P.n_joined += JOINED[i];
             for (int w = 0; w < P.nw && O.nsub_ports; w++)
@@ -1375,6 +1505,7 @@ static void on_tick(uv_timer_t *tm)
             if (O.npids && !servers_alive()) P.server_alive = 0;
             P.rss_end = servers_kb("VmRSS");
             P.rss_peak = servers_kb("VmHWM");
+            sample_procs('e');
             P.scpu_end = servers_cpu();
             P.busy_end = machine_busy_s();
             if (!P.scpu_pub1 && P.scpu_pub0) {
@@ -1433,6 +1564,66 @@ static void on_signal(uv_signal_t *s, int signum)
 
 static void jnum(const char *k, double v, int prec);
 static void jint(const char *k, long long v);
+
+/* Several --pid: "procs":[{pid, RSS before / after the joins / at the end,
+ * open files before and after the joins (their difference: the connections
+ * that server holds), CPU of the connect phase and from the first publish to
+ * the end}]. */
+static void report_procs(void)
+{
+    printf(",\"procs\":[");
+    for (int i = 0; i < O.npids; i++) {
+        long conns =
+            P.pfds_hold[i] >= 0 && P.pfds_base[i] >= 0 ? P.pfds_hold[i] - P.pfds_base[i] : -1;
+        printf("%s{\"pid\":%d", i ? "," : "", O.pids[i]);
+        jint("rss_base_kb", P.prss_base[i]);
+        jint("rss_held_kb", P.prss_hold[i]);
+        jint("rss_end_kb", P.prss_end[i]);
+        jint("fds_base", P.pfds_base[i]);
+        jint("fds_held", P.pfds_hold[i]);
+        jint("conns", conns);
+        if (conns >= 100 && P.prss_hold[i] > 0 && P.prss_base[i] > 0)
+            jnum("rss_per_conn_bytes",
+                 (double)(P.prss_hold[i] - P.prss_base[i]) * 1024.0 / (double)conns, 0);
+        else
+            printf(",\"rss_per_conn_bytes\":null");
+        jnum("cpu_connect_s", P.pcpu_conn[i] - P.pcpu_begin[i], 2);
+        if (P.pcpu_pub0[i] > 0) jnum("cpu_publish_s", P.pcpu_end[i] - P.pcpu_pub0[i], 2);
+        printf("}");
+    }
+    printf("]");
+}
+
+/* --await: "per_message":[{i, expected, deliveries, missing, last_ms (from
+ * the send to its last delivery), latency percentiles}]. */
+static void report_messages(void)
+{
+    static uint64_t h[HB_N];
+    int n = (int)(P.sent < (uint64_t)NSEQ ? P.sent : (uint64_t)NSEQ);
+    printf(",\"per_message\":[");
+    for (int i = 0; i < n; i++) {
+        memset(h, 0, sizeof h);
+        uint64_t deliv = 0, last = 0, maxus = 0, nlat = 0;
+        for (int w = 0; w < P.nw; w++) {
+            seqstat_t *q = &SEQS[(size_t)w * (size_t)NSEQ + (size_t)i];
+            deliv += q->n;
+            if (q->last_ns > last) last = q->last_ns;
+            if (q->max_us > maxus) maxus = q->max_us;
+            for (int b = 0; b < HB_N; b++) h[b] += q->hist[b];
+        }
+        for (int b = 0; b < HB_N; b++) nlat += h[b];
+        printf("%s{\"i\":%d", i ? "," : "", i);
+        jint("expected", (long long)P.seq_expect[i]);
+        jint("deliveries", (long long)deliv);
+        jint("missing", P.seq_expect[i] > deliv ? (long long)(P.seq_expect[i] - deliv) : 0);
+        jnum("last_ms", last > P.seq_sent_ns[i] ? (double)(last - P.seq_sent_ns[i]) / 1e6 : 0, 3);
+        jnum("lat_p50_ms", hpercentile(h, nlat, 0.50) / 1000, 3);
+        jnum("lat_p99_ms", hpercentile(h, nlat, 0.99) / 1000, 3);
+        jnum("lat_max_ms", (double)maxus / 1000, 3);
+        printf("}");
+    }
+    printf("]");
+}
 
 /* --sub-ports: "nodes":[{port, clients, ready, ..., latency}] per server,
  * from the workers that connected to it. */
@@ -1544,6 +1735,7 @@ static void report(void)
     jnum("conn_max_ms", (double)t.max_conn_us / 1000, 3);
 
     jint("messages", O.api ? O.messages * 2 : O.messages);
+    if (O.await_) printf(",\"await\":true");
     jint("publishers", O.publishers);
     jint("size", O.size);
     jint("published", (long long)P.done);
@@ -1578,6 +1770,8 @@ static void report(void)
     jnum("lat_p99_ms", hpercentile(hist, nlat, 0.99) / 1000, 3);
     jnum("lat_max_ms", (double)t.max_lat_us / 1000, 3);
     if (O.nsub_ports) report_nodes();
+    if (NSEQ) report_messages();
+    if (O.npids > 1) report_procs();
 
     jint("rss_base_kb", P.rss_base);
     jint("rss_connected_kb", P.rss_conn);
@@ -1647,7 +1841,7 @@ static void usage(FILE *f)
     fprintf(f,
         "usage: herald-bench -s SCENARIO -p PORT [options]\n"
         "  -s, --scenario NAME    idle | fanout | fanout-paced | fanout-burst | many-topics |\n"
-        "                         connect | api | cluster-fanout\n"
+        "                         connect | api | cluster-fanout | cluster-large\n"
         "  -S, --server KIND      herald (Phoenix join, POST /api/push; default) |\n"
         "                         nchan (ws /sub/T, POST /pub/T) | node (ws /sub?topic=T, POST /pub?topic=T)\n"
         "  -H, --host ADDR        server address, loopback only (default 127.0.0.1)\n"
@@ -1664,6 +1858,8 @@ static void usage(FILE *f)
         "      --publishers P     keep-alive publisher connections\n"
         "      --size BYTES       size of each message's data {\"t\":...,\"pad\":\"...\"}\n"
         "      --rate R           publishes per second in all (default 0: as fast as answered)\n"
+        "      --await            send each publish once the previous reached every joined\n"
+        "                         client (or --quiet ms passed); figures per message (at most %d)\n"
         "      --topics MODE      one | own | own+shared\n"
         "      --shared-every K   own+shared: every K-th publish goes to the shared topic\n"
         "      --hold MS          hold the connections this long before publishing/measuring\n"
@@ -1678,7 +1874,7 @@ static void usage(FILE *f)
         "      --mark CMD         run 'CMD start' (sh) before the first publish and 'CMD end'\n"
         "                         after the last delivery, clients still connected (at most 10 s)\n"
         "  -v, --verbose          progress on stderr every second\n"
-        "Prints one JSON line on stdout.\n");
+        "Prints one JSON line on stdout.\n", MAXSEQ);
 }
 
 static int apply_scenario(const char *s)
@@ -1691,6 +1887,7 @@ static int apply_scenario(const char *s)
     O.hold_ms = 0;
     O.api = 0;
     O.rate = 0;
+    O.await_ = 0;
     if (!strcmp(s, "idle")) {
         O.clients = 18000;
         O.hold_ms = 10000;
@@ -1704,6 +1901,19 @@ static int apply_scenario(const char *s)
         O.clients = 10000;
         O.topic_mode = TM_ONE;
         O.messages = 200;
+    } else if (!strcmp(s, "cluster-large")) {
+        /* 100,000 clients of one topic (over herald processes sharing a
+         * port: scripts/cluster-large.sh), 5 messages each sent once the
+         * previous reached everyone: connect rate, delivery time, RSS */
+        O.clients = 100000;
+        O.topic_mode = TM_ONE;
+        O.messages = 5;
+        O.await_ = 1;
+        /* 3,125 clients per source address: connect() finds a free port
+         * at once (at 17,500 an address it took 8x the CPU) */
+        O.addrs = 32;
+        O.timeout_s = 240;
+        O.connect_timeout_s = 150;
     } else if (!strcmp(s, "fanout-paced")) {
         /* the same fan-out at a rate every server sustains (nchan's one
          * worker tops out near 10 a second here): latency without queueing */
@@ -1751,7 +1961,7 @@ static int parse_int(const char *s, const char *what, long lo, long hi)
 int main(int argc, char **argv)
 {
     enum { O_PUBS = 1000, O_SIZE, O_RATE, O_TOPICS, O_SHARED, O_HOLD, O_SETTLE, O_HB, O_CTO,
-           O_QUIET, O_WSPATH, O_PUBPATH, O_SUBPORTS, O_MARK };
+           O_QUIET, O_WSPATH, O_PUBPATH, O_SUBPORTS, O_MARK, O_AWAIT };
     static const struct option lo[] = {
         {"scenario", 1, 0, 's'},   {"server", 1, 0, 'S'},      {"host", 1, 0, 'H'},
         {"port", 1, 0, 'p'},       {"pid", 1, 0, 'P'},         {"clients", 1, 0, 'n'},
@@ -1761,7 +1971,7 @@ int main(int argc, char **argv)
         {"hold", 1, 0, O_HOLD},    {"settle", 1, 0, O_SETTLE}, {"heartbeat", 1, 0, O_HB},
         {"connect-timeout", 1, 0, O_CTO}, {"quiet", 1, 0, O_QUIET}, {"timeout", 1, 0, 't'},
         {"ws-path", 1, 0, O_WSPATH}, {"pub-path", 1, 0, O_PUBPATH}, {"verbose", 0, 0, 'v'},
-        {"sub-ports", 1, 0, O_SUBPORTS}, {"mark", 1, 0, O_MARK},
+        {"sub-ports", 1, 0, O_SUBPORTS}, {"mark", 1, 0, O_MARK}, {"await", 0, 0, O_AWAIT},
         {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
 
     O.server = SRV_HERALD;
@@ -1858,6 +2068,7 @@ int main(int argc, char **argv)
             break;
         }
         case O_MARK: O.mark_cmd = optarg; break;
+        case O_AWAIT: O.await_ = 1; break;
         case 'v': O.verbose = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -1881,6 +2092,12 @@ int main(int argc, char **argv)
                      : O.server == SRV_NCHAN ? "/pub/"
                                              : "/pub?topic=";
     if (O.topic_mode == TM_OWN_SHARED && !O.shared_every) O.shared_every = 1000;
+    if (O.await_ && (O.messages > MAXSEQ || O.api)) {
+        fprintf(stderr,
+                "herald-bench: --await takes at most %d --messages (and not the api scenario)\n",
+                MAXSEQ);
+        return 2;
+    }
     if (O.publishers > MAXPUB) O.publishers = MAXPUB;
 
     raise_nofile();
@@ -1910,13 +2127,17 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    size_t shsize = sizeof(shared_t) + (size_t)O.clients + 64;
+    NSEQ = O.await_ ? O.messages : 0;
+    size_t joined_sz = ((size_t)O.clients + 64 + 63) & ~(size_t)63;
+    size_t shsize =
+        sizeof(shared_t) + joined_sz + (size_t)workers * (size_t)NSEQ * sizeof(seqstat_t);
     SH = mmap(NULL, shsize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (SH == MAP_FAILED) {
         perror("mmap");
         return 1;
     }
     JOINED = (uint8_t *)(SH + 1);
+    SEQS = (seqstat_t *)(JOINED + joined_sz);
     signal(SIGPIPE, SIG_IGN);
 
     P.server_alive = 1;
@@ -1929,6 +2150,7 @@ int main(int argc, char **argv)
     memset(P.pad, 'x', (size_t)O.size + 1);
     P.rss_base = servers_kb("VmRSS");
     P.scpu_begin = servers_cpu();
+    sample_procs('b');
     P.busy_begin = machine_busy_s();
     if (O.npids && (P.rss_base < 0 || P.scpu_begin < 0)) {
         fprintf(stderr, "herald-bench: cannot read /proc of the server pid(s)\n");
