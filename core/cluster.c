@@ -519,10 +519,15 @@ static void on_loaded(redisAsyncContext *ac, void *reply, void *privdata)
             }
         }
     }
+    /* The joiners that waited get their presence_state now (also when the
+     * link broke: then with this node's view). The diff of the joins
+     * above repeats part of it: phoenix.js dedupes by phx_ref. */
+    if (tp) hd_presence_loaded(&c->eng->pres, tp);
     free(q);
 }
 
-static void load_presence(hd_cluster *c, hd_topic *tp)
+/* Issues HGETALL of the topic's hash; returns 1 when sent. */
+static int load_presence(hd_cluster *c, hd_topic *tp)
 {
     hd_shard *s = shard_for(c, tp->name, tp->len);
     size_t hl;
@@ -537,8 +542,10 @@ static void load_presence(hd_cluster *c, hd_topic *tp)
         if (s->linked && redisAsyncCommandArgv(s->cmd.ac, on_loaded, q, 2, argv, lens) == REDIS_OK)
             q = NULL;
     }
+    int sent = hash && !q;
     free(q);
     free(hash);
+    return sent;
 }
 
 /* This node's liveness key: set now, for node_timeout_ms. */
@@ -652,17 +659,20 @@ static void sync_pending(hd_shard *s)
         cname *n = s->pending;
         s->pending = n->next;
         if (s->linked) {
-            int want = hd_topics_find(&s->c->eng->topics, n->name, n->len) != NULL;
-            int have = set_has(s, n->name, n->len);
-            if (want && !have && set_add(s, n->name, n->len) == 0) {
+            hd_topic *tp = hd_topics_find(&s->c->eng->topics, n->name, n->len);
+            int have = set_has(s, n->name, n->len), loading = 0;
+            if (tp && !have && set_add(s, n->name, n->len) == 0) {
                 batch_add(s, &sub, "SUBSCRIBE", n->name, n->len);
-                hd_topic *tp = hd_topics_find(&s->c->eng->topics, n->name, n->len);
-                if (presence_topic(s->c, tp)) load_presence(s->c, tp);
-            }
-            else if (!want && have) {
+                if (presence_topic(s->c, tp)) loading = load_presence(s->c, tp);
+            } else if (!tp && have) {
                 set_del(s, n->name, n->len);
                 batch_add(s, &unsub, "UNSUBSCRIBE", n->name, n->len);
             }
+            /* Joiners waiting for a load that was not needed: now. */
+            if (tp && tp->pres_loading && !loading) hd_presence_loaded(&s->c->eng->pres, tp);
+        } else {
+            hd_topic *tp = hd_topics_find(&s->c->eng->topics, n->name, n->len);
+            if (tp) hd_presence_loaded(&s->c->eng->pres, tp);
         }
         free(n);
     }
@@ -904,6 +914,11 @@ static void link_down(hd_shard *s, const char *why)
     int was_up = s->linked;
     s->up = s->linked = 0;
     s->confirm = 0;
+    hd_topics *t = &c->eng->topics;
+    for (size_t i = 0; !c->closing && i < t->nslots; i++)
+        for (hd_topic *tp = t->slots[i]; tp; tp = tp->hnext)
+            if (tp->pres_loading && hd_cluster_shard_of(tp->name, tp->len, c->nshards) == s->index)
+                hd_presence_loaded(&c->eng->pres, tp);
     set_clear(s);
     let_go(s); /* both come back together */
     if (c->closing) return;
@@ -978,6 +993,10 @@ static void note_topic(void *ud, const char *topic, size_t tlen)
     if (c->closing) return;
     hd_shard *s = &c->shards[hd_cluster_shard_of(topic, tlen, c->nshards)];
     if (!s->linked) return; /* resubscribe() covers it when the link comes */
+    /* A new topic with presence events: its first joiners' presence_state
+     * waits until the other nodes' entries are loaded (sync_pending). */
+    hd_topic *tp = hd_topics_find(&c->eng->topics, topic, tlen);
+    if (tp && tp->nsubs == 0 && presence_topic(c, tp)) tp->pres_loading = 1;
     cname *n = cname_new(topic, tlen);
     if (!n) {
         hd_error("cluster: out of memory noting a topic");

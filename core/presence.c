@@ -418,8 +418,23 @@ void hd_presence_state(hd_presence *pr, hd_topic *tp, hd_str *out)
     json_decref(first);
 }
 
+void hd_presence_loaded(hd_presence *pr, hd_topic *tp)
+{
+    if (!tp->pres_loading) return;
+    tp->pres_loading = 0;
+    for (hd_sub *s = tp->subs; s; s = s->tnext)
+        if (s->state_due) {
+            s->state_due = 0;
+            hd_presence_send_state(pr, s);
+        }
+}
+
 void hd_presence_send_state(hd_presence *pr, hd_sub *sub)
 {
+    if (sub->topic->pres_loading) {
+        sub->state_due = 1;
+        return;
+    }
     hd_str s = HD_STR_INIT;
     hd_presence_state(pr, sub->topic, &s);
     hd_buf *f = s.oom ? NULL

@@ -98,8 +98,13 @@ size_t hd_presence_withdraw(hd_presence *pr, hd_topic *topic, const char *node);
 /* Appends the topic's presence state {"key":{"metas":[...]},...} to out
  * ({} for an untracked or unknown topic). */
 void hd_presence_state(hd_presence *pr, hd_topic *topic, hd_str *out);
-/* Sends presence_state to sub's connection (after its join reply). */
+/* Sends presence_state to sub's connection (after its join reply); while
+ * the topic's pres_loading is set (the cluster loads the other nodes'
+ * entries), it waits for hd_presence_loaded. */
 void hd_presence_send_state(hd_presence *pr, hd_sub *sub);
+/* The topic's load is over (or given up): the presence_state of those who
+ * waited goes out now. */
+void hd_presence_loaded(hd_presence *pr, hd_topic *topic);
 
 /* Sends every pending diff now (the batch timer, and the drain). */
 void hd_presence_flush(hd_presence *pr);

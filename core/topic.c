@@ -76,6 +76,7 @@ hd_sub *hd_topics_subscribe(hd_topics *t, const char *name, size_t len, hd_conn 
         tp->policy_gen = 0; /* generations start at 1: the first use asks */
         tp->id = ++t->next_id;
         tp->diff = NULL;
+        tp->pres_loading = 0;
         tp->pres = NULL;
         memcpy(tp->name, name, len);
         tp->name[len] = 0;

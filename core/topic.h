@@ -25,6 +25,7 @@ typedef struct hd_sub {
     hd_conn *conn;
     struct hd_pres *pres;         /* its presence entry (presence.c), NULL when untracked */
     uint8_t has_ref;              /* ref holds the client's join_ref */
+    uint8_t state_due;            /* presence_state waits for the topic's load */
     char ref[];                   /* (allocated to fit: offsetof(hd_sub, ref) + length + 1) */
 } hd_sub;
 
@@ -42,6 +43,7 @@ typedef struct hd_topic {
     uint32_t hash;
     uint32_t nsubs;
     uint32_t len;
+    uint8_t pres_loading;         /* other nodes' presence is being loaded (cluster) */
     char name[];                  /* NUL-terminated */
 } hd_topic;
 

@@ -325,6 +325,14 @@ static void test_presence_across_nodes(void **st)
     RUN_UNTIL(numsub("p:1") == 1);
     cli *b = ws_client_of(&node_b);
     join(b, "1", "p:1");
+    /* B's joiner gets a presence_state that already holds A's user: B
+     * loaded the others' entries before sending it. */
+    int op;
+    char *state = next_frame(b, &op);
+    assert_non_null(strstr(state, "\"presence_state\""));
+    assert_non_null(strstr(state, srv.node_id));
+    assert_non_null(strstr(state, node_b.node_id));
+    free(state);
     /* A's client hears of B's user, keyed with B's node. */
     char *d = next_diff(a);
     assert_non_null(strstr(d, node_b.node_id));
