@@ -560,6 +560,70 @@ static void beat(hd_cluster *c)
     command(&c->shards[0], NULL, NULL, 5, argv, lens);
 }
 
+/* A node that is gone (its liveness key expired, or a newer incarnation
+ * of it speaks): its entries are withdrawn here and deleted from the
+ * hashes. */
+static void bury(hd_cluster *c, const char *node, const char *why)
+{
+    hd_topics *t = &c->eng->topics;
+    size_t n = 0;
+    for (size_t i = 0; i < t->nslots; i++)
+        for (hd_topic *tp = t->slots[i]; tp; tp = tp->hnext) {
+            hd_shard *s = shard_for(c, tp->name, tp->len);
+            size_t hl;
+            char *hash = NULL;
+            for (hd_pres *e = tp->pres; e; e = e->next) {
+                if (e->sub || strcmp(e->node, node) != 0) continue;
+                if (!hash && !(hash = pres_key(tp->name, tp->len, &hl))) break;
+                size_t rl;
+                const char *ref = hd_pres_ref(e, &rl);
+                hd_str field = HD_STR_INIT;
+                hd_str_printf(&field, "%s %.*s", node, (int)rl, ref);
+                const char *argv[3] = {"HDEL", hash, field.p};
+                size_t lens[3] = {4, hl, field.len};
+                if (!field.oom) command(s, NULL, NULL, 3, argv, lens);
+                hd_str_free(&field);
+            }
+            free(hash);
+            n += hd_presence_withdraw(&c->eng->pres, tp, node);
+        }
+    if (n) hd_info("cluster: node %s %s: %zu presence entr%s withdrawn", node, why, n,
+                   n == 1 ? "y" : "ies");
+}
+
+/* A copy of the id of an older incarnation of node (the same "<name>~")
+ * that has entries here, or NULL. */
+static char *older_incarnation(hd_cluster *c, const char *node, size_t nl)
+{
+    hd_topics *t = &c->eng->topics;
+    for (size_t i = 0; i < t->nslots; i++)
+        for (hd_topic *tp = t->slots[i]; tp; tp = tp->hnext)
+            for (hd_pres *e = tp->pres; e; e = e->next)
+                if (!e->sub && strncmp(e->node, node, nl) == 0 && strcmp(e->node, node) != 0)
+                    return strdup(e->node);
+    return NULL;
+}
+
+/* A named node's message ("<name>~<boot>"): the entries of its older
+ * incarnations go at once (a restart under the same name). Once per node
+ * id heard: a scan of every entry is not for each message. */
+static void supersede(hd_cluster *c, const char *node)
+{
+    const char *tilde = strchr(node, '~');
+    if (!tilde) return;
+    size_t ring = sizeof c->seen / sizeof *c->seen;
+    for (size_t i = 0; i < ring && i < c->nseen; i++)
+        if (c->seen[i] && strcmp(c->seen[i], node) == 0) return;
+    size_t at = c->nseen++ % ring;
+    free(c->seen[at]);
+    c->seen[at] = strdup(node);
+    char *old;
+    while ((old = older_incarnation(c, node, (size_t)(tilde - node) + 1))) {
+        bury(c, old, "was restarted");
+        free(old);
+    }
+}
+
 typedef struct alive_req {
     hd_cluster *c;
     char node[];
@@ -573,32 +637,8 @@ static void on_alive(redisAsyncContext *ac, void *reply, void *privdata)
     alive_req *q = privdata;
     hd_cluster *c = q->c;
     redisReply *r = reply;
-    if (!c->closing && r && r->type == REDIS_REPLY_INTEGER && r->integer == 0) {
-        hd_topics *t = &c->eng->topics;
-        size_t n = 0;
-        for (size_t i = 0; i < t->nslots; i++)
-            for (hd_topic *tp = t->slots[i]; tp; tp = tp->hnext) {
-                hd_shard *s = shard_for(c, tp->name, tp->len);
-                size_t hl;
-                char *hash = NULL;
-                for (hd_pres *e = tp->pres; e; e = e->next) {
-                    if (e->sub || strcmp(e->node, q->node) != 0) continue;
-                    if (!hash && !(hash = pres_key(tp->name, tp->len, &hl))) break;
-                    size_t rl;
-                    const char *ref = hd_pres_ref(e, &rl);
-                    hd_str field = HD_STR_INIT;
-                    hd_str_printf(&field, "%s %.*s", q->node, (int)rl, ref);
-                    const char *argv[3] = {"HDEL", hash, field.p};
-                    size_t lens[3] = {4, hl, field.len};
-                    if (!field.oom) command(s, NULL, NULL, 3, argv, lens);
-                    hd_str_free(&field);
-                }
-                free(hash);
-                n += hd_presence_withdraw(&c->eng->pres, tp, q->node);
-            }
-        if (n) hd_info("cluster: node %s is gone: %zu presence entr%s withdrawn", q->node, n,
-                       n == 1 ? "y" : "ies");
-    }
+    if (!c->closing && r && r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+        bury(c, q->node, "is gone");
     free(q);
 }
 
@@ -756,6 +796,7 @@ static void deliver(hd_shard *s, const char *ch, size_t clen, const char *p, siz
         if (nodelen == strlen(c->node) && memcmp(node, c->node, nodelen) == 0) return;
         hd_topic *tp = hd_topics_find(&c->eng->topics, ch + pl, clen - pl - 1);
         char *n = strndup(node, nodelen);
+        if (n) supersede(c, n);
         if (tp && n) presence_message(c, tp, n, nl + 1, (size_t)(p + plen - nl - 1));
         free(n);
         return;
@@ -1211,6 +1252,10 @@ void hd_cluster_close(hd_cluster *c, uv_close_cb cb, void *data)
 
 void hd_cluster_free(hd_cluster *c)
 {
+    for (size_t i = 0; i < sizeof c->seen / sizeof *c->seen; i++) {
+        free(c->seen[i]);
+        c->seen[i] = NULL;
+    }
     for (size_t i = 0; c->shards && i < c->nshards; i++) {
         hd_shard *s = &c->shards[i];
         set_clear(s);

@@ -56,6 +56,8 @@ typedef struct hd_cluster {
     uv_idle_t sync;               /* applies the turn's (un)subscriptions in one batch */
     int closing;
     uint64_t last_beat;           /* loop time the liveness key was last set */
+    char *seen[64];               /* node ids heard from (a ring): supersede once each */
+    size_t nseen;
     hd_cluster_stats cs;
 } hd_cluster;
 

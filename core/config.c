@@ -304,6 +304,7 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     c->cluster_node_timeout_ms = (uint64_t)num_field(L, -1, "node_timeout_ms");
     c->cluster_heartbeat_ms = (uint64_t)num_field(L, -1, "heartbeat_ms");
     c->cluster_queue_max = (size_t)num_field(L, -1, "queue_max");
+    c->cluster_node = dup_field(L, -1, "node");
     lua_getfield(L, -1, "required");
     c->cluster_required = lua_toboolean(L, -1);
     lua_getfield(L, -2, "redis"); /* a list of URLs, or false */
@@ -452,6 +453,7 @@ void hd_config_free(hd_config *c)
     free(c->source);
     free(c->host);
     free(c->api_token);
+    free(c->cluster_node);
     for (size_t i = 0; i < c->nmounts; i++) free(c->ws_paths[i]);
     free(c->ws_paths);
     for (size_t i = 0; i < c->nscripts; i++) free(c->scripts[i]);

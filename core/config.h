@@ -100,6 +100,7 @@ typedef struct hd_config {
     uint64_t cluster_heartbeat_ms;   /* liveness refresh; < cluster_node_timeout_ms / 2 */
     int cluster_required;            /* /readyz 503 until every shard's link is up */
     size_t cluster_queue_max;        /* outbound messages kept while a link is down */
+    char *cluster_node;              /* a stable node name (cluster.node), or NULL */
 } hd_config;
 
 /* Loads the config file at path, or the embedded default when path is NULL.

@@ -174,7 +174,10 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     uv_os_gethostname(host, &hl);
     uint32_t rnd = 0;
     uv_random(NULL, NULL, &rnd, sizeof rnd, 0, NULL);
-    snprintf(srv->node_id, sizeof srv->node_id, "%s-%d-%08x", host, (int)uv_os_getpid(), rnd);
+    /* A named node's id is its name and this incarnation's boot id: peers
+     * drop an older incarnation's presence as soon as the new one speaks. */
+    if (cfg->cluster_node) snprintf(srv->node_id, sizeof srv->node_id, "%s~%08x", cfg->cluster_node, rnd);
+    else snprintf(srv->node_id, sizeof srv->node_id, "%s-%d-%08x", host, (int)uv_os_getpid(), rnd);
     /* What can fail comes first, before any handle joins the loop. */
     int rc = hd_engine_init(&srv->eng, loop, cfg, &srv->st, srv->node_id);
     if (rc) return rc;

@@ -62,6 +62,12 @@ local function list_of(check, max)
   end
 end
 local function boolean(v) if type(v) == "boolean" then return v end return nil, "true or false" end
+-- A stable node name: letters, digits, '.', '_', '-' (1 to 48 bytes), or nil.
+local function node_name(v)
+  if v == nil or v == false then return false end
+  if type(v) == "string" and #v >= 1 and #v <= 48 and not find(v, "[^%w%._%-]") then return v end
+  return nil, "a name of 1 to 48 letters, digits, '.', '_' or '-', or nil"
+end
 
 -- Sections later issues define; accepted as tables and passed through.
 M.reserved = {}
@@ -211,6 +217,7 @@ M.schema = {
     heartbeat_ms = { 1500, int_range(100, 600000) },
     required = { false, boolean },
     queue_max = { 10000, int_range(1, 10000000) },
+    node = { false, node_name },
   },
 }
 

@@ -66,7 +66,7 @@ describe("herald.config.normalize", function()
     it("is a single node when absent, with the other defaults", function()
       local c = assert(norm({})).cluster
       assert.are.same({ redis = false, node_timeout_ms = 30000, heartbeat_ms = 1500, required = false,
-                        queue_max = 10000 }, c)
+                        queue_max = 10000, node = false }, c)
     end)
 
     it("takes one URL or a list of shards, always as a list", function()
@@ -76,7 +76,16 @@ describe("herald.config.normalize", function()
       c = assert(norm({ cluster = { redis = { "redis://a", "redis://b" }, node_timeout_ms = 1000,
                                     heartbeat_ms = 499, required = true, queue_max = 1 } })).cluster
       assert.are.same({ redis = { "redis://a", "redis://b" }, node_timeout_ms = 1000, heartbeat_ms = 499,
-                        required = true, queue_max = 1 }, c)
+                        required = true, queue_max = 1, node = false }, c)
+    end)
+
+    it("takes a stable node name", function()
+      local c = assert(norm({ cluster = { redis = "redis://a", node = "web-1.eu_2" } })).cluster
+      assert.are.equal("web-1.eu_2", c.node)
+      for _, bad in ipairs({ "", "a b", "a~b", string.rep("x", 49), 5 }) do
+        local _, err = norm({ cluster = { redis = "redis://a", node = bad } })
+        assert.matches("cluster.node: expected a name of 1 to 48 letters", err, 1, true)
+      end
     end)
 
     it("needs redis when the section is given", function()

@@ -449,6 +449,44 @@ static void test_shaping_at_origin(void **st)
     cli_free(b);
 }
 
+/* A node restarted under the same name (cluster.node: its id is
+ * "<name>~<boot>"): the old incarnation's entries go at once, when the new
+ * one first speaks, not after node_timeout_ms. (Both are kept alive here
+ * by their liveness keys, so only that can remove the old ones.) */
+static void test_restart_same_name(void **st)
+{
+    (void)st;
+    cli *a = ws_client();
+    join(a, "1", "p:2");
+    RUN_UNTIL(numsub("p:2") == 1);
+    redisContext *r = redis_cli();
+    assert_non_null(r);
+    freeReplyObject(redisCommand(r, "SET herald:n:{web~aaaa}:alive 1"));
+    freeReplyObject(redisCommand(r, "SET herald:n:{web~bbbb}:alive 1"));
+    freeReplyObject(redisCommand(r, "HSET herald:p:{p:2} %s %s", "web~aaaa R1",
+                                 "u:5\n{\"phx_ref\":\"R1\"}"));
+    freeReplyObject(redisCommand(r, "PUBLISH herald:t:{p:2} %s",
+                                 "p1 web~aaaa\n+R1\nu:5\n{\"phx_ref\":\"R1\"}"));
+    char *d = next_diff(a);
+    assert_non_null(strstr(d, "\"R1\""));
+    free(d);
+    /* The new incarnation speaks: the old one's entry leaves. */
+    freeReplyObject(redisCommand(r, "PUBLISH herald:t:{p:2} %s",
+                                 "p1 web~bbbb\n+R2\nu:5\n{\"phx_ref\":\"R2\"}"));
+    RUN_UNTIL(!state_has(&srv, "p:2", "\"R1\"") && state_has(&srv, "p:2", "\"R2\""));
+    redisReply *rep = NULL;
+    for (int i = 0; i < 500; i++) { /* the HDEL is on its way: bounded */
+        freeReplyObject(rep);
+        rep = redisCommand(r, "HEXISTS herald:p:{p:2} %s", "web~aaaa R1");
+        if (rep && rep->integer == 0) break;
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    assert_int_equal(rep->integer, 0);
+    freeReplyObject(rep);
+    redisFree(r);
+    cli_free(a);
+}
+
 /* The shard of a topic is stable and spreads topics over the shards. */
 static void test_shard_hash(void **st)
 {
@@ -484,6 +522,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_presence_across_nodes, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_listening_cluster_wide, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_shaping_at_origin, setup_cluster, teardown_cluster),
+        cmocka_unit_test_setup_teardown(test_restart_same_name, setup_cluster, teardown_cluster),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

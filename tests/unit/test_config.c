@@ -317,6 +317,16 @@ static void test_cluster(void **st)
     assert_int_equal(c.cluster_node_timeout_ms, 1000);
     assert_int_equal(c.cluster_heartbeat_ms, 100);
     hd_config_free(&c);
+    /* A stable node name. */
+    assert_null(c.cluster_node);
+    rc = load("cluster = { redis = 'redis://h', node = 'web-1.eu_2' }\n", &c, err, sizeof err);
+    if (rc) fail_msg("%s", err);
+    assert_string_equal(c.cluster_node, "web-1.eu_2");
+    hd_config_free(&c);
+    assert_null(c.cluster_node);
+    rc = load("cluster = { redis = 'redis://h', node = 'a b' }\n", &c, err, sizeof err);
+    assert_int_not_equal(rc, 0);
+    assert_non_null(strstr(err, "cluster.node: expected a name of 1 to 48 letters"));
     /* 16 shards at most. */
     rc = load("local t = {} for i = 1, 16 do t[i] = 'redis://h:' .. i end cluster = { redis = t }",
               &c, err, sizeof err);
