@@ -106,7 +106,7 @@ EOF
 # enrich LINE DIR VARIANT RUN: the herald-bench line with the Redis and
 # cluster figures of the publish phase added.
 enrich() {
-  python3 - "$1" "$2" "$3" "$4" <<'PY'
+  HB_LOAD="$ROOT/tests/load" python3 - "$1" "$2" "$3" "$4" <<'PY'
 import json, os, re, sys
 line, d, variant, run = sys.argv[1:5]
 try:
@@ -119,54 +119,9 @@ r["server"] = "herald " + variant  # keeps the variants apart in bench-summary.p
 r["nodes_n"] = 2 if variant == "2nodes" else 1
 r["cluster"] = variant != "1node"
 
-def info(path):
-    cmds, vals = {}, {}
-    try:
-        text = open(path).read()
-    except OSError:
-        return None, None
-    for l in text.splitlines():
-        m = re.match(r"cmdstat_([^:]+):calls=(\d+),usec=(\d+)", l)
-        if m:
-            cmds[m.group(1)] = (int(m.group(2)), int(m.group(3)))
-        elif ":" in l and not l.startswith("#"):
-            k, v = l.split(":", 1)
-            vals[k] = v.strip()
-    return cmds, vals
-
-c0, v0 = info(os.path.join(d, "info-start"))
-c1, v1 = info(os.path.join(d, "info-end"))
-pub = r.get("published") or 0
-if c0 is not None and c1 is not None:
-    delta = {}
-    for k, (calls, usec) in c1.items():
-        dc = calls - c0.get(k, (0, 0))[0]
-        du = usec - c0.get(k, (0, 0))[1]
-        if k == "info":
-            dc -= 1  # our own INFO at the start
-        if dc > 0:
-            delta[k] = (dc, du)
-    total = sum(v[0] for v in delta.values())
-    pc, pu = delta.get("publish", (0, 0))
-    r["redis_cmds"] = {k: v[0] for k, v in sorted(delta.items())}
-    r["redis_cmds_total"] = total
-    r["redis_publish_calls"] = pc
-    r["redis_other_cmds"] = total - pc
-    r["redis_cmds_per_publish"] = round(total / pub, 3) if pub else None
-    r["redis_publish_per_publish"] = round(pc / pub, 3) if pub else None
-    r["redis_usec_per_publish"] = round(pu / pc, 2) if pc else None
-    try:
-        cpu = lambda v: float(v["used_cpu_sys"]) + float(v["used_cpu_user"])
-        r["redis_cpu_publish_s"] = round(cpu(v1) - cpu(v0), 3)
-    except (KeyError, ValueError):
-        pass
-else:
-    r["redis_error"] = "no INFO snapshots (the --mark command did not run or failed)"
-try:
-    m = re.search(r"^(\d+)\s*$", open(os.path.join(d, "numsub")).read().split("\n", 1)[1], re.M)
-    r["redis_numsub_fan"] = int(m.group(1)) if m else None
-except (OSError, IndexError):
-    pass
+sys.path.insert(0, os.environ["HB_LOAD"])
+import redis_window
+redis_window.add_window(r, d)
 
 def metric(path, name):
     try:

@@ -153,7 +153,7 @@ EOF
 # enrich LINE DIR RUN: the herald-bench line with the Redis figures of the
 # publish phase and a few summaries added.
 enrich() {
-  python3 - "$1" "$2" "$3" "$NODES" <<'PY'
+  HB_LOAD="$ROOT/tests/load" python3 - "$1" "$2" "$3" "$NODES" <<'PY'
 import json, os, re, statistics, sys
 line, d, run, nodes = sys.argv[1:5]
 try:
@@ -164,43 +164,10 @@ r["run"] = int(run)
 r["nodes_n"] = int(nodes)
 r["server"] = "herald %sx reuseport" % nodes
 
-def info(path):
-    cmds, vals = {}, {}
-    try:
-        text = open(path).read()
-    except OSError:
-        return None, None
-    for l in text.splitlines():
-        m = re.match(r"cmdstat_([^:]+):calls=(\d+),usec=(\d+)", l)
-        if m:
-            cmds[m.group(1)] = (int(m.group(2)), int(m.group(3)))
-        elif ":" in l and not l.startswith("#"):
-            k, v = l.split(":", 1)
-            vals[k] = v.strip()
-    return cmds, vals
-
-c0, v0 = info(os.path.join(d, "info-start"))
-c1, v1 = info(os.path.join(d, "info-end"))
+sys.path.insert(0, os.environ["HB_LOAD"])
+import redis_window
+redis_window.add_window(r, d)
 pub = r.get("published") or 0
-if c0 is not None and c1 is not None:
-    delta = {}
-    for k, (calls, usec) in c1.items():
-        dc = calls - c0.get(k, (0, 0))[0]
-        du = usec - c0.get(k, (0, 0))[1]
-        if k == "info":
-            dc -= 1  # our own INFO at the start
-        if dc > 0:
-            delta[k] = (dc, du)
-    total = sum(v[0] for v in delta.values())
-    pc, pu = delta.get("publish", (0, 0))
-    r["redis_cmds"] = {k: v[0] for k, v in sorted(delta.items())}
-    r["redis_cmds_total"] = total
-    r["redis_publish_calls"] = pc
-    r["redis_cmds_per_publish"] = round(total / pub, 3) if pub else None
-    r["redis_publish_per_publish"] = round(pc / pub, 3) if pub else None
-    r["redis_usec_per_publish"] = round(pu / pc, 2) if pc else None
-else:
-    r["redis_error"] = "no INFO snapshots (the --mark command did not run or failed)"
 # MONITOR: the window's PUBLISH commands by channel (the topic's, or a node's
 # own probe channel herald:n:{<node>})
 try:
@@ -215,11 +182,7 @@ try:
     r["redis_topic_publish_per_publish"] = round(pubs.get("topic", 0) / pub, 3) if pub else None
 except OSError:
     pass
-try:
-    m = re.search(r"^(\d+)\s*$", open(os.path.join(d, "numsub")).read().split("\n", 1)[1], re.M)
-    r["redis_numsub_fan"] = int(m.group(1)) if m else None
-except (OSError, IndexError):
-    pass
+
 pm = r.get("per_message") or []
 last = [m["last_ms"] for m in pm if m.get("deliveries")]
 if last:
