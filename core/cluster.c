@@ -1331,10 +1331,14 @@ void hd_cluster_metrics(const hd_cluster *c, hd_str *o)
                   "herald_cluster_publishes_lost_total %llu\n"
                   "# HELP herald_cluster_queued Cross-node publishes waiting for a link.\n"
                   "# TYPE herald_cluster_queued gauge\nherald_cluster_queued %zu\n"
+                  "# HELP herald_cluster_oldest_queued_seconds Age of the oldest cross-node "
+                  "publish waiting for a link (0: none).\n"
+                  "# TYPE herald_cluster_oldest_queued_seconds gauge\n"
+                  "herald_cluster_oldest_queued_seconds %.3f\n"
                   "# HELP herald_cluster_bad_messages_total Messages on Herald's channels that "
                   "were not Herald's.\n# TYPE herald_cluster_bad_messages_total counter\n"
                   "herald_cluster_bad_messages_total %llu\n",
                   (unsigned long long)c->cs.reconnects, (unsigned long long)c->cs.out,
                   (unsigned long long)c->cs.in, (unsigned long long)c->cs.lost,
-                  queued_of(c), (unsigned long long)c->cs.bad);
+                  queued_of(c), (double)oldest_ms(c) / 1000.0, (unsigned long long)c->cs.bad);
 }

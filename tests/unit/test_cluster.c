@@ -223,6 +223,12 @@ static void test_outage(void **st)
     expect_text(a, msg_frame); /* local delivery never stops */
     assert_int_equal(hd_cluster_pending(&srv.cluster), 1);
     assert_int_equal(srv.cluster.cs.out, out); /* waiting, not sent */
+    hd_str m = HD_STR_INIT;
+    hd_cluster_metrics(&srv.cluster, &m);
+    assert_non_null(strstr(m.p, "herald_cluster_queued 1\n"));
+    assert_non_null(strstr(m.p, "herald_cluster_link_up{shard=\"0\"} 0\n"));
+    assert_non_null(strstr(m.p, "herald_cluster_oldest_queued_seconds "));
+    hd_str_free(&m);
     redis_start();
     RUN_UNTIL(hd_cluster_up(&srv.cluster) && hd_cluster_up(&node_b.cluster) &&
               numsub("room:1") == 2);
