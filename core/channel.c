@@ -286,12 +286,28 @@ static int authenticate(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int *pho
     return ok;
 }
 
+/* ws.allowed_origins: a browser's Origin must be one of them (cross-site
+ * WebSocket hijacking); a request without Origin (not a browser) passes. */
+static int origin_allowed(const hd_config *cfg, const hd_http_req *r)
+{
+    if (!cfg->nallowed_origins) return 1;
+    size_t ol = 0;
+    const char *o = hd_http_header(r, "origin", &ol);
+    if (!o) return 1;
+    for (size_t i = 0; i < cfg->nallowed_origins; i++)
+        if (hd_origin_match(cfg->allowed_origins[i], o, ol)) return 1;
+    return 0;
+}
+
 void hd_channel_handshake(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int upgrade)
 {
     char vsn[32], accept[29], reason[256];
     int phoenix = 0;
     if (hd_wsconn_check(c, r, upgrade, accept) != 0) {
         /* answered */
+    } else if (!origin_allowed(ch->cfg, r)) {
+        ch->st->ws_bad_origin++;
+        hd_http_error(c, r, 403, "origin not allowed", NULL, 1);
     } else if (!hd_http_query_param(r, "vsn", vsn, sizeof vsn) || strncmp(vsn, "2.", 2) != 0) {
         hd_http_error(c, r, 403, "unsupported vsn", NULL, 1);
     } else if (!ch->accepting) {

@@ -182,6 +182,22 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     c->api_token = dup_field(L, -1, "token");
     lua_pop(L, 1);
 
+    lua_getfield(L, t, "ws");
+    lua_getfield(L, -1, "allowed_origins"); /* a list, or false: any origin */
+    if (lua_istable(L, -1)) {
+        size_t no = lua_objlen(L, -1);
+        c->allowed_origins = calloc(no + 1, sizeof *c->allowed_origins);
+        if (!c->allowed_origins) return HD_ENOMEM;
+        for (size_t i = 0; i < no; i++) {
+            lua_rawgeti(L, -1, (int)i + 1);
+            char *o = strdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+            if (!o) return HD_ENOMEM;
+            c->allowed_origins[c->nallowed_origins++] = o;
+        }
+    }
+    lua_pop(L, 2);
+
     lua_getfield(L, t, "mounts");
     size_t n = lua_objlen(L, -1);
     c->ws_paths = calloc(n ? n : 1, sizeof *c->ws_paths);
@@ -453,6 +469,10 @@ void hd_config_free(hd_config *c)
     free(c->source);
     free(c->host);
     free(c->api_token);
+    for (size_t i = 0; i < c->nallowed_origins; i++) free(c->allowed_origins[i]);
+    free(c->allowed_origins);
+    c->allowed_origins = NULL;
+    c->nallowed_origins = 0;
     free(c->cluster_node);
     for (size_t i = 0; i < c->nmounts; i++) free(c->ws_paths[i]);
     free(c->ws_paths);

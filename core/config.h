@@ -56,6 +56,8 @@ typedef struct hd_config {
     int reuseport;           /* listen.reuseport: SO_REUSEPORT, processes share the port */
     char *api_token;         /* NULL when none is set */
     char **ws_paths;         /* "<mount>/websocket", nmounts entries */
+    char **allowed_origins;  /* ws.allowed_origins, lower-case; NULL: any origin */
+    size_t nallowed_origins;
     size_t nmounts;
     size_t max_connections;
     size_t max_message_bytes;

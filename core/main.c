@@ -62,6 +62,9 @@ static void on_stopped(hd_server *srv)
 
 static void warn_about(const hd_config *cfg)
 {
+    if (!cfg->nallowed_origins)
+        hd_warn("no ws.allowed_origins configured: any web page may open a WebSocket here with "
+                "its visitors' cookies");
     if (!cfg->api_token)
         hd_warn("no API token configured (api.token): /api accepts requests from loopback "
                 "addresses only");

@@ -30,6 +30,9 @@ void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd
             m->http_errors_4xx);
     hd_metrics_counter(o, "herald_ws_upgrades_total", "WebSocket handshakes accepted.", m->ws_upgrades);
     hd_metrics_counter(o, "herald_ws_rejected_total", "WebSocket handshakes refused.", m->ws_rejected);
+    hd_metrics_counter(o, "herald_ws_bad_origin_total",
+                       "WebSocket handshakes refused for their Origin (ws.allowed_origins).",
+                       m->ws_bad_origin);
     hd_metrics_counter(o, "herald_ws_messages_total", "Phoenix messages received.", m->ws_msgs_in);
     hd_metrics_counter(o, "herald_ws_bad_messages_total",
             "Malformed WebSocket frames or Phoenix messages received.", m->ws_bad_msgs);

@@ -495,3 +495,16 @@ int hd_redis_url_parse(const char *url, hd_redis_url *out, char *err, size_t err
     if (*p) return url_fail(out, err, errlen, "unexpected '%c' after the host", *p);
     return 0;
 }
+
+int hd_origin_match(const char *allowed, const char *origin, size_t len)
+{
+    if (allowed[0] != '*') return hd_strieq(origin, len, allowed);
+    /* "*.domain": the host part is "<label>...<.domain>". */
+    const char *sep = memchr(origin, ':', len);
+    if (!sep || (size_t)(origin + len - sep) < 4 || sep[1] != '/' || sep[2] != '/') return 0;
+    const char *host = sep + 3, *end = origin + len;
+    const char *colon = memchr(host, ':', (size_t)(end - host));
+    if (colon) end = colon;
+    size_t hl = (size_t)(end - host), dl = strlen(allowed) - 1; /* ".domain" */
+    return hl > dl && hd_strieq(host + hl - dl, dl, allowed + 1) && host[hl - dl - 1] != '.';
+}

@@ -54,6 +54,12 @@ int hd_ct_equal(const void *a, size_t al, const void *b, size_t bl);
  * itself. */
 int hd_glob_match(const char *pattern, const char *s, size_t len);
 
+/* Returns 1 when the Origin header value (len bytes) matches the allowed
+ * origin or pattern (lower-case, as the config keeps them):
+ * "scheme://host[:port]" exactly (ASCII case-insensitive), or "*.domain":
+ * a host that is a subdomain of domain, any scheme, any port. */
+int hd_origin_match(const char *allowed, const char *origin, size_t len);
+
 /* One key=value pair of a query string, both still URL-encoded. */
 typedef struct hd_query_pair {
     const char *k, *v;

@@ -62,6 +62,21 @@ local function list_of(check, max)
   end
 end
 local function boolean(v) if type(v) == "boolean" then return v end return nil, "true or false" end
+-- An allowed Origin: "scheme://host[:port]" exactly, or "*.domain" (any
+-- subdomain of domain, any scheme and port).
+local function origin(v)
+  if type(v) == "string" and #v <= 255 and
+     (v:match("^[%a][%w+.-]*://[%w.-]+$") or v:match("^[%a][%w+.-]*://[%w.-]+:%d+$") or
+      v:match("^%*%.[%w-]+[%w.-]*$")) then
+    return v:lower()
+  end
+  return nil, 'an origin such as "https://app.example.com" or a pattern such as "*.example.org"'
+end
+local origins = list_of(origin, 256)
+local function opt_origins(v)
+  if v == nil or v == false then return false end
+  return origins(v)
+end
 -- A stable node name: letters, digits, '.', '_', '-' (1 to 48 bytes), or nil.
 local function node_name(v)
   if v == nil or v == false then return false end
@@ -173,6 +188,9 @@ M.schema = {
     token = { false, opt_str },
   },
   mounts = { { "/push_socket", "/socket" }, list_of(mount, 16) },
+  ws = {
+    allowed_origins = { false, opt_origins },
+  },
   limits = {
     max_connections = { 100000, positive },
     max_message_bytes = { 65536, int_range(128, 64 * 1024 * 1024) },
@@ -221,7 +239,7 @@ M.schema = {
   },
 }
 
-local order = { "listen", "api", "mounts", "limits", "timeouts", "log", "reload", "drain", "presence",
+local order = { "listen", "api", "mounts", "ws", "limits", "timeouts", "log", "reload", "drain", "presence",
                 "topics", "scripts", "plugins", "cluster" }
 
 local function copy(v)

@@ -587,6 +587,43 @@ static void test_bad_frames(void **st)
     assert_int_equal(metric("herald_ws_bad_messages_total"), 1);
 }
 
+/* ws.allowed_origins: a browser's Origin must be allowed (an exact origin
+ * or a subdomain pattern); a request without Origin is not a browser's and
+ * passes; a refusal is 403 before the upgrade, counted. */
+static int setup_origins(void **st)
+{
+    (void)st;
+    return setup_with("listen = { host = '127.0.0.1', port = 0 }\n"
+                      "log = { level = 'warn' }\n"
+                      "ws = { allowed_origins = { 'https://App.Example.com', '*.example.org' } }\n");
+}
+
+static void test_allowed_origins(void **st)
+{
+    (void)st;
+    cli_free(ws_open("vsn=2.0.0", "Origin: https://app.example.com\r\n", NULL));
+    cli_free(ws_open("vsn=2.0.0", "Origin: http://chat.example.org:8080\r\n", NULL));
+    cli_free(ws_open("vsn=2.0.0", NULL, NULL)); /* no Origin: not a browser */
+    static const char *const refused[] = {"https://evil.example.net", "https://example.org",
+                                          "http://app.example.com", "null"};
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        cli *c = cli_new();
+        char req[512];
+        snprintf(req, sizeof req,
+                 "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 "Sec-WebSocket-Version: 13\r\nOrigin: %s\r\n\r\n",
+                 refused[i]);
+        cli_sends(c, req);
+        expect_response(c, 403, "Forbidden", "close", "", "{\"error\":\"origin not allowed\"}");
+        RUN_UNTIL(c->eof);
+        cli_free(c);
+    }
+    assert_int_equal(srv.st.ws_bad_origin, 4);
+    assert_int_equal(srv.st.ws_rejected, 4);
+    assert_int_equal(metric("herald_ws_bad_origin_total"), 4);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -602,6 +639,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_push_without_hook, setup, teardown),
         cmocka_unit_test_setup_teardown(test_push_with_hook, setup_hooks_many, teardown),
         cmocka_unit_test_setup_teardown(test_bad_frames, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_allowed_origins, setup_origins, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -317,6 +317,23 @@ static void test_cluster(void **st)
     assert_int_equal(c.cluster_node_timeout_ms, 1000);
     assert_int_equal(c.cluster_heartbeat_ms, 100);
     hd_config_free(&c);
+    /* ws.allowed_origins: kept lower-case; none = any origin. */
+    assert_null(c.allowed_origins);
+    rc = load("ws = { allowed_origins = { 'https://App.Example.com:8443', '*.Example.org' } }\n", &c, err,
+              sizeof err);
+    if (rc) fail_msg("%s", err);
+    assert_int_equal(c.nallowed_origins, 2);
+    assert_string_equal(c.allowed_origins[0], "https://app.example.com:8443");
+    assert_string_equal(c.allowed_origins[1], "*.example.org");
+    hd_config_free(&c);
+    for (const char *const *b = (const char *const[]){"'example.com'", "'https://a/b'", "'*'", "'**.x'",
+                                                       "5", NULL};
+         *b; b++) {
+        char text[128];
+        snprintf(text, sizeof text, "ws = { allowed_origins = { %s } }\n", *b);
+        assert_int_not_equal(load(text, &c, err, sizeof err), 0);
+        assert_non_null(strstr(err, "ws.allowed_origins: expected a list whose item 1 is an origin"));
+    }
     /* A stable node name. */
     assert_null(c.cluster_node);
     rc = load("cluster = { redis = 'redis://h', node = 'web-1.eu_2' }\n", &c, err, sizeof err);

@@ -553,9 +553,41 @@ static void test_redis_url_lengths(void **st)
     url_bad(url, "password is longer than 255 bytes");
 }
 
+/* ws.allowed_origins: exact origins (case-insensitive) and "*.domain"
+ * patterns (a subdomain, any scheme, any port; not the domain itself, not
+ * a look-alike). */
+static void test_origin_match(void **st)
+{
+    (void)st;
+    static const struct {
+        const char *allowed, *origin;
+        int ok;
+    } cases[] = {
+        {"https://app.example.com", "https://app.example.com", 1},
+        {"https://app.example.com", "HTTPS://App.Example.COM", 1},
+        {"https://app.example.com", "http://app.example.com", 0},
+        {"https://app.example.com", "https://app.example.com:8443", 0},
+        {"https://app.example.com:8443", "https://app.example.com:8443", 1},
+        {"https://app.example.com", "https://app.example.com.evil.net", 0},
+        {"*.example.org", "https://a.example.org", 1},
+        {"*.example.org", "http://a.b.example.org:8080", 1},
+        {"*.example.org", "https://example.org", 0},
+        {"*.example.org", "https://badexample.org", 0},
+        {"*.example.org", "https://.example.org", 0},
+        {"*.example.org", "https://a.example.org.evil.net", 0},
+        {"*.example.org", "a.example.org", 0},
+        {"*.example.org", "null", 0},
+        {"*.example.org", "", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        if (hd_origin_match(cases[i].allowed, cases[i].origin, strlen(cases[i].origin)) != cases[i].ok)
+            fail_msg("%s against %s: expected %d", cases[i].origin, cases[i].allowed, cases[i].ok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_origin_match),
         cmocka_unit_test(test_sha1),
         cmocka_unit_test(test_accept_key),
         cmocka_unit_test(test_sha256_hmac),
