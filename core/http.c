@@ -15,6 +15,7 @@ typedef struct hd_http_conn {
     hd_conn *c;
     int busy;                    /* a request is being received */
     int deferred;                /* its answer comes later (hd_http_defer) */
+    uint64_t head_since;         /* loop time the current head began; 0: none pending */
     hd_str stash;                /* bytes after a deferred request, read already */
 } hd_http_conn;
 
@@ -56,6 +57,7 @@ static int on_message_begin(llhttp_t *p)
 {
     req_reset(req_of(p));
     state_of(p)->busy = 1;
+    state_of(p)->head_since = uv_now(conn_of(p)->net->loop);
     return 0;
 }
 
@@ -119,6 +121,7 @@ static int on_header_value_complete(llhttp_t *p)
 static int on_headers_complete(llhttp_t *p)
 {
     hd_http_req *r = req_of(p);
+    state_of(p)->head_since = 0;
     r->method = llhttp_get_method(p);
     r->keep_alive = llhttp_should_keep_alive(p);
     if (!r->url.p) hd_str_add(&r->url, "", 0);
@@ -387,6 +390,21 @@ void hd_http_init(hd_http_ctx *ctx, const hd_config *cfg, hd_stats *st,
     ctx->st = st;
     ctx->on_request = on_request;
     ctx->ud = ud;
+}
+
+int hd_http_check_head(hd_conn *c, uint64_t now)
+{
+    hd_http_ctx *ctx = ctx_of(c);
+    hd_http_conn *h = c->proto;
+    uint64_t since = h ? h->head_since : c->last_active; /* no byte yet: since it connected */
+    if (!since || now - since < ctx->cfg->http_head_ms || (h && h->deferred)) return 0;
+    ctx->st->http_head_timeouts++;
+    hd_http_req none;
+    memset(&none, 0, sizeof none);
+    hd_http_error(c, h ? &h->req : &none, 408, "request head not complete in time", NULL, 1);
+    c->flags |= HD_CF_NO_INPUT;
+    if (h) h->head_since = 0;
+    return 1;
 }
 
 int hd_http_busy(const hd_conn *c)

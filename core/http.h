@@ -68,6 +68,12 @@ hd_http_req *hd_http_deferred(hd_conn *c);
  * and reads again. */
 void hd_http_resume(hd_conn *c);
 
+/* The head deadline (timeouts.http_head_ms): an HTTP connection that has
+ * sent nothing since it connected, or whose current request head started
+ * that long before now and is not complete, gets 408 and is closed (bytes
+ * trickling in do not extend it). Returns 1 when it did. */
+int hd_http_check_head(hd_conn *c, uint64_t now);
+
 /* Fills what hooks see of r (pointers into r). */
 void hd_http_hook_req(const hd_http_req *r, hd_hook_req *out);
 

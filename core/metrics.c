@@ -28,6 +28,10 @@ void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd
     hd_metrics_counter(o, "herald_http_requests_total", "HTTP requests answered.", m->http_requests);
     hd_metrics_counter(o, "herald_http_client_errors_total", "HTTP requests answered with a 4xx status.",
             m->http_errors_4xx);
+    hd_metrics_counter(o, "herald_http_head_timeouts_total",
+                       "Requests (or silent connections) answered 408: no complete head within "
+                       "timeouts.http_head_ms.",
+                       m->http_head_timeouts);
     hd_metrics_counter(o, "herald_ws_upgrades_total", "WebSocket handshakes accepted.", m->ws_upgrades);
     hd_metrics_counter(o, "herald_ws_rejected_total", "WebSocket handshakes refused.", m->ws_rejected);
     hd_metrics_counter(o, "herald_ws_bad_origin_total",

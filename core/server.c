@@ -35,6 +35,8 @@ static void on_sweep(uv_timer_t *t)
                 srv->st.idle_closes++;
                 hd_conn_shut(c, 1001, "idle timeout");
             }
+        } else if (hd_http_check_head(c, now)) {
+            continue;
         } else if (now - c->last_active >= cfg->http_idle_ms) {
             srv->st.idle_closes++;
             c->flags |= HD_CF_NO_INPUT;
@@ -47,6 +49,7 @@ static uint64_t sweep_interval(const hd_config *cfg)
 {
     uint64_t t = cfg->ws_idle_ms;
     if (cfg->http_idle_ms < t) t = cfg->http_idle_ms;
+    if (cfg->http_head_ms < t) t = cfg->http_head_ms;
     if (cfg->ws_close_ms < t) t = cfg->ws_close_ms;
     t /= 4;
     return t < 10 ? 10 : t > 1000 ? 1000 : t;

@@ -493,10 +493,57 @@ static void test_two_servers_one_loop(void **st)
     cli_free(b);
 }
 
+/* timeouts.http_head_ms: a request head (the WebSocket handshake too) that
+ * is not complete in time gets 408 and the connection closes, however the
+ * bytes trickle; a connection that sends nothing at all too; a complete
+ * head is not cut while its answer is on the way, and keep-alive between
+ * requests is http_idle_ms's business. */
+static int setup_head(void **st)
+{
+    (void)st;
+    return setup_with("listen = { host = '127.0.0.1', port = 0 }\n"
+                      "timeouts = { http_head_ms = 150, http_idle_ms = 60000 }\n"
+                      "log = { level = 'warn' }\n");
+}
+
+static void test_head_deadline(void **st)
+{
+    (void)st;
+    static const char body[] = "{\"error\":\"request head not complete in time\"}";
+    /* Trickled: one byte each loop turn until the answer comes (bounded). */
+    cli *slow = cli_new();
+    const char *head = "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nX-Pad: ";
+    uint64_t last = 0;
+    for (size_t i = 0, n = 0; response_len(slow) == 0 && n < 300 && i < 1000000; i++) {
+        uv_update_time(&loop);
+        if (uv_now(&loop) - last >= 10) { /* a byte every 10 ms of loop time */
+            last = uv_now(&loop);
+            cli_send(slow, n < strlen(head) ? head + n : "a", 1);
+            n++;
+        }
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    expect_response(slow, 408, "Request Timeout", "close", "", body);
+    RUN_UNTIL(slow->eof);
+    /* Silent. */
+    cli *quiet = cli_new();
+    expect_response(quiet, 408, "Request Timeout", "close", "", body);
+    RUN_UNTIL(quiet->eof);
+    assert_int_equal(srv.st.http_head_timeouts, 2);
+    /* A whole request is answered, and the connection is kept. */
+    cli *ok = cli_new();
+    cli_sends(ok, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect_response(ok, 200, "OK", "keep-alive", "", "{\"status\":\"ok\"}");
+    cli_free(slow);
+    cli_free(quiet);
+    cli_free(ok);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_head_deadline, setup_head, teardown),
         cmocka_unit_test_setup_teardown(test_http_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_elsewhere, setup, teardown),
