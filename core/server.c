@@ -31,7 +31,9 @@ static void on_sweep(uv_timer_t *t)
             continue;
         }
         if (c->kind == HD_CONN_WS) {
-            if (now - c->last_active >= cfg->ws_idle_ms) {
+            if (hd_wsconn_check_message(c, now)) {
+                continue;
+            } else if (now - c->last_active >= cfg->ws_idle_ms) {
                 srv->st.idle_closes++;
                 hd_conn_shut(c, 1001, "idle timeout");
             }
@@ -50,6 +52,7 @@ static uint64_t sweep_interval(const hd_config *cfg)
     uint64_t t = cfg->ws_idle_ms;
     if (cfg->http_idle_ms < t) t = cfg->http_idle_ms;
     if (cfg->http_head_ms < t) t = cfg->http_head_ms;
+    if (cfg->ws_message_ms < t) t = cfg->ws_message_ms;
     if (cfg->ws_close_ms < t) t = cfg->ws_close_ms;
     t /= 4;
     return t < 10 ? 10 : t > 1000 ? 1000 : t;

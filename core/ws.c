@@ -20,6 +20,11 @@ void hd_ws_parser_free(hd_ws_parser *p)
     p->ctl = NULL;
 }
 
+int hd_ws_parser_pending(const hd_ws_parser *p)
+{
+    return p->msg || p->msg_opcode || p->in_payload || p->hdr_len;
+}
+
 static int is_control(int op) { return op >= 0x8; }
 
 static void unmask(uint8_t *d, size_t n, const uint8_t mask[4], uint64_t off)

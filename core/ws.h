@@ -69,6 +69,10 @@ void hd_ws_parser_free(hd_ws_parser *p);
 int hd_ws_parse(hd_ws_parser *p, uint8_t *data, size_t len, const hd_ws_callbacks *cb, void *ud,
                 size_t *used);
 
+/* Non-zero while part of a frame or of a fragmented message has arrived
+ * and the rest has not (timeouts.ws_message_ms runs meanwhile). */
+int hd_ws_parser_pending(const hd_ws_parser *p);
+
 /* The close code for an hd_ws_parse error. */
 uint16_t hd_ws_close_code(int err);
 

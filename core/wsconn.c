@@ -9,6 +9,12 @@
 
 static hd_ws_ctx *ctx_of(const hd_conn *c) { return (hd_ws_ctx *)c->ops; }
 
+/* A WebSocket connection's state (c->proto). */
+typedef struct ws_state {
+    hd_ws_parser p;
+    uint64_t pending_since; /* loop time a partial frame or message began; 0: none */
+} ws_state;
+
 /* ---- the close handshake ------------------------------------------------------- */
 
 static void queue_close_frame(hd_conn *c, uint16_t code, const char *reason)
@@ -79,21 +85,45 @@ static int on_control(void *ud, int opcode, uint8_t *data, size_t len)
 
 static const hd_ws_callbacks parser_callbacks = {on_message, on_control};
 
+/* Nothing more from the peer can be trusted: send the close frame, drop
+ * any partial message, and end the connection once the frame is written. */
+static void ws_abort(hd_conn *c, uint16_t code, const char *reason)
+{
+    ws_state *s = c->proto;
+    ws_close(c, code, reason);
+    c->flags |= HD_CF_NO_INPUT;
+    hd_ws_parser_free(&s->p);
+    s->pending_since = 0;
+    hd_conn_finish(c, ctx_of(c)->cfg->ws_close_ms);
+}
+
 static void ws_on_read(hd_conn *c, uint8_t *data, size_t len)
 {
-    hd_ws_parser *p = c->proto;
-    int rc = hd_ws_parse(p, data, len, &parser_callbacks, c, NULL);
-    if (rc >= 0) return;
-    /* The framing is broken: nothing after this point can be trusted.
-     * Send the close frame and end the connection once it is written. */
+    ws_state *s = c->proto;
+    int rc = hd_ws_parse(&s->p, data, len, &parser_callbacks, c, NULL);
+    if (rc >= 0) {
+        if (!hd_ws_parser_pending(&s->p)) s->pending_since = 0;
+        else if (!s->pending_since) s->pending_since = uv_now(c->net->loop);
+        return;
+    }
     hd_ws_ctx *w = ctx_of(c);
     uint16_t code = hd_ws_close_code(rc);
     w->st->ws_bad_msgs++;
     hd_debug("conn %llu: WebSocket error %s: closing with %u", (unsigned long long)c->id,
              hd_strerror(rc), code);
-    ws_close(c, code, hd_strerror(rc));
-    c->flags |= HD_CF_NO_INPUT;
-    hd_conn_finish(c, w->cfg->ws_close_ms);
+    ws_abort(c, code, hd_strerror(rc));
+}
+
+int hd_wsconn_check_message(hd_conn *c, uint64_t now)
+{
+    ws_state *s = c->kind == HD_CONN_WS ? c->proto : NULL;
+    hd_ws_ctx *w = ctx_of(c);
+    if (!s || !s->pending_since || now - s->pending_since < w->cfg->ws_message_ms) return 0;
+    w->st->ws_message_timeouts++;
+    hd_debug("conn %llu: WebSocket message not complete in time: closing with 1008",
+             (unsigned long long)c->id);
+    ws_abort(c, 1008, "message not complete in time");
+    return 1;
 }
 
 static void ws_on_closed(hd_conn *c)
@@ -104,10 +134,10 @@ static void ws_on_closed(hd_conn *c)
 
 static void ws_free(hd_conn *c)
 {
-    hd_ws_parser *p = c->proto;
-    if (!p) return;
-    hd_ws_parser_free(p);
-    free(p);
+    ws_state *s = c->proto;
+    if (!s) return;
+    hd_ws_parser_free(&s->p);
+    free(s);
     c->proto = NULL;
 }
 
@@ -159,12 +189,12 @@ int hd_wsconn_check(hd_conn *c, hd_http_req *r, int upgrade, char accept[29])
 int hd_wsconn_accept(hd_ws_ctx *w, hd_conn *c, hd_http_req *r, const char accept[29],
                      const char *subprotocol)
 {
-    hd_ws_parser *p = malloc(sizeof *p);
-    if (!p) {
+    ws_state *s = calloc(1, sizeof *s);
+    if (!s) {
         hd_http_error(c, r, 503, "out of memory", NULL, 1);
         return HD_ENOMEM;
     }
-    hd_ws_parser_init(p, w->cfg->max_message_bytes);
+    hd_ws_parser_init(&s->p, w->cfg->max_message_bytes);
     char head[256];
     int n = snprintf(head, sizeof head,
                      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
@@ -173,7 +203,7 @@ int hd_wsconn_accept(hd_ws_ctx *w, hd_conn *c, hd_http_req *r, const char accept
                      subprotocol ? subprotocol : "", subprotocol ? "\r\n" : "");
     hd_conn_send_copy(c, head, (size_t)n);
     /* The HTTP state is the HTTP layer's to free once this request returns. */
-    hd_conn_upgrade(c, HD_CONN_WS, &w->ops, p);
+    hd_conn_upgrade(c, HD_CONN_WS, &w->ops, s);
     w->st->ws_upgrades++;
     w->st->http_requests++;
     return 0;

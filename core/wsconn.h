@@ -31,6 +31,12 @@ typedef struct hd_ws_ctx {
 void hd_wsconn_init(hd_ws_ctx *w, const hd_config *cfg, hd_stats *st, const hd_ws_handler *h,
                     void *ud);
 
+/* The message deadline (timeouts.ws_message_ms), for the sweeper: a
+ * WebSocket connection part-way through a frame or a fragmented message for
+ * longer than that is closed with 1008 and its partial message freed (frames
+ * trickling in do not extend it). Returns 1 when it closed c. */
+int hd_wsconn_check_message(hd_conn *c, uint64_t now);
+
 /* Checks the RFC 6455 parts of a handshake request (method, Upgrade,
  * Connection, Sec-WebSocket-Version, Sec-WebSocket-Key). Returns 0 with the
  * Sec-WebSocket-Accept value in accept, or -1 after answering the error

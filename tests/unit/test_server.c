@@ -539,11 +539,74 @@ static void test_head_deadline(void **st)
     cli_free(ok);
 }
 
+/* timeouts.ws_message_ms: a fragmented message, or a frame, begun and not
+ * finished in time closes the connection with 1008, however slowly the
+ * fragments trickle (each one would reset the idle timer); a fragmented
+ * message finished in time is answered. */
+static int setup_message(void **st)
+{
+    (void)st;
+    return setup_with("listen = { host = '127.0.0.1', port = 0 }\n"
+                      "timeouts = { ws_message_ms = 150, ws_idle_ms = 60000 }\n"
+                      "log = { level = 'warn' }\n");
+}
+
+static void expect_close_code(cli *ws, uint16_t code)
+{
+    int op;
+    char *p = next_frame(ws, &op);
+    assert_int_equal(op, 8);
+    assert_int_equal((uint8_t)p[0] << 8 | (uint8_t)p[1], code);
+    assert_string_equal(p + 2, "message not complete in time");
+    free(p);
+    RUN_UNTIL(ws->eof);
+}
+
+static void test_message_deadline(void **st)
+{
+    (void)st;
+    /* Finished in time: answered, and the connection stays. */
+    cli *ok = ws_client();
+    ws_send_b0(ok, 0x01, "[null", 5);
+    const char *rest = ",\"1\",\"phoenix\",\"heartbeat\",{}]";
+    ws_send_b0(ok, 0x80, rest, strlen(rest));
+    expect_text(ok, "[null,\"1\",\"phoenix\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]");
+    /* Trickled: a continuation frame each 10 ms of loop time until the
+     * close comes (bounded). */
+    cli *slow = ws_client();
+    ws_send_b0(slow, 0x01, "[null", 5);
+    uint64_t last = uv_now(&loop);
+    int op;
+    size_t pl, pn;
+    for (size_t i = 0, n = 0; !frame_len(slow, &op, &pl, &pn) && n < 300 && i < 1000000; i++) {
+        uv_update_time(&loop);
+        if (uv_now(&loop) - last >= 10) {
+            last = uv_now(&loop);
+            ws_send_b0(slow, 0x00, " ", 1);
+            n++;
+        }
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    expect_close_code(slow, 1008);
+    /* Half a frame header, then nothing. */
+    cli *half = ws_client();
+    cli_send(half, "\x81", 1);
+    expect_close_code(half, 1008);
+    assert_int_equal(srv.st.ws_message_timeouts, 2);
+    /* The first client was never cut. */
+    ws_text(ok, "[null,\"2\",\"phoenix\",\"heartbeat\",{}]");
+    expect_text(ok, "[null,\"2\",\"phoenix\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]");
+    cli_free(ok);
+    cli_free(slow);
+    cli_free(half);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_head_deadline, setup_head, teardown),
+        cmocka_unit_test_setup_teardown(test_message_deadline, setup_message, teardown),
         cmocka_unit_test_setup_teardown(test_http_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_elsewhere, setup, teardown),
