@@ -219,6 +219,7 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     lua_getfield(L, t, "limits");
     c->max_connections = (size_t)num_field(L, -1, "max_connections");
     c->max_message_bytes = (size_t)num_field(L, -1, "max_message_bytes");
+    c->max_inbound_bytes = (size_t)num_field(L, -1, "max_inbound_bytes");
     c->send_queue_bytes = (size_t)num_field(L, -1, "send_queue_bytes");
     c->max_header_bytes = (size_t)num_field(L, -1, "max_header_bytes");
     c->max_url_bytes = (size_t)num_field(L, -1, "max_url_bytes");

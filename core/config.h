@@ -61,6 +61,7 @@ typedef struct hd_config {
     size_t nmounts;
     size_t max_connections;
     size_t max_message_bytes;
+    size_t max_inbound_bytes; /* all connections' partial inbound messages together */
     size_t send_queue_bytes;
     size_t max_header_bytes;
     size_t max_url_bytes;

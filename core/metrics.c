@@ -41,6 +41,10 @@ void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd
                        "WebSocket connections closed (1008) because a frame or fragmented message "
                        "was not complete within timeouts.ws_message_ms.",
                        m->ws_message_timeouts);
+    hd_metrics_counter(o, "herald_ws_inbound_limit_closes_total",
+                       "WebSocket connections closed (1009) holding the largest partial message "
+                       "while all partial messages together were over limits.max_inbound_bytes.",
+                       m->ws_inbound_closes);
     hd_metrics_counter(o, "herald_ws_messages_total", "Phoenix messages received.", m->ws_msgs_in);
     hd_metrics_counter(o, "herald_ws_bad_messages_total",
             "Malformed WebSocket frames or Phoenix messages received.", m->ws_bad_msgs);

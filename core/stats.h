@@ -16,6 +16,7 @@ typedef struct hd_stats {
     uint64_t ws_rejected;         /* handshakes refused */
     uint64_t ws_bad_origin;       /* ... of which for their Origin (ws.allowed_origins) */
     uint64_t ws_message_timeouts; /* closed 1008: a message not complete within timeouts.ws_message_ms */
+    uint64_t ws_inbound_closes;   /* closed 1009: the largest partial message over limits.max_inbound_bytes */
     uint64_t ws_closes_sent[16];  /* server-sent close codes 1000..1015 */
     uint64_t ws_msgs_in;          /* Phoenix messages received */
     uint64_t ws_bad_msgs;         /* malformed Phoenix messages */

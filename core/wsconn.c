@@ -13,7 +13,16 @@ static hd_ws_ctx *ctx_of(const hd_conn *c) { return (hd_ws_ctx *)c->ops; }
 typedef struct ws_state {
     hd_ws_parser p;
     uint64_t pending_since; /* loop time a partial frame or message began; 0: none */
+    size_t held;            /* bytes of a partial message, counted in inbound_bytes */
 } ws_state;
+
+/* Brings s->held, and the node's total, to what the parser holds now. */
+static void account(hd_ws_ctx *w, ws_state *s)
+{
+    size_t now = s->p.msg ? s->p.msg_len : 0;
+    w->inbound_bytes = w->inbound_bytes - s->held + now;
+    s->held = now;
+}
 
 /* ---- the close handshake ------------------------------------------------------- */
 
@@ -94,19 +103,44 @@ static void ws_abort(hd_conn *c, uint16_t code, const char *reason)
     c->flags |= HD_CF_NO_INPUT;
     hd_ws_parser_free(&s->p);
     s->pending_since = 0;
+    account(ctx_of(c), s);
     hd_conn_finish(c, ctx_of(c)->cfg->ws_close_ms);
+}
+
+/* All partial messages together are over limits.max_inbound_bytes: close
+ * the connections holding the largest until they are not. A linear walk,
+ * only when over the limit. */
+static void shed_inbound(hd_ws_ctx *w, hd_net *net)
+{
+    while (w->inbound_bytes > w->cfg->max_inbound_bytes) {
+        hd_conn *big = NULL;
+        size_t most = 0;
+        for (hd_conn *c = net->conns; c; c = c->next) {
+            if (c->kind != HD_CONN_WS || c->ops != &w->ops || (c->flags & HD_CF_CLOSED)) continue;
+            ws_state *s = c->proto;
+            if (s && s->held > most) most = s->held, big = c;
+        }
+        if (!big) return; /* cannot happen: the total is the sum of the helds */
+        w->st->ws_inbound_closes++;
+        hd_info("conn %llu: closing with 1009: its partial message (%zu bytes) is the largest and "
+                "all together are over limits.max_inbound_bytes",
+                (unsigned long long)big->id, most);
+        ws_abort(big, 1009, "inbound memory limit");
+    }
 }
 
 static void ws_on_read(hd_conn *c, uint8_t *data, size_t len)
 {
     ws_state *s = c->proto;
+    hd_ws_ctx *w = ctx_of(c);
     int rc = hd_ws_parse(&s->p, data, len, &parser_callbacks, c, NULL);
     if (rc >= 0) {
         if (!hd_ws_parser_pending(&s->p)) s->pending_since = 0;
         else if (!s->pending_since) s->pending_since = uv_now(c->net->loop);
+        account(w, s);
+        if (w->inbound_bytes > w->cfg->max_inbound_bytes) shed_inbound(w, c->net);
         return;
     }
-    hd_ws_ctx *w = ctx_of(c);
     uint16_t code = hd_ws_close_code(rc);
     w->st->ws_bad_msgs++;
     hd_debug("conn %llu: WebSocket error %s: closing with %u", (unsigned long long)c->id,
@@ -137,6 +171,7 @@ static void ws_free(hd_conn *c)
     ws_state *s = c->proto;
     if (!s) return;
     hd_ws_parser_free(&s->p);
+    account(ctx_of(c), s);
     free(s);
     c->proto = NULL;
 }

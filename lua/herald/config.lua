@@ -194,6 +194,7 @@ M.schema = {
   limits = {
     max_connections = { 100000, positive },
     max_message_bytes = { 65536, int_range(128, 64 * 1024 * 1024) },
+    max_inbound_bytes = { 67108864, int_range(1024, 2^40) },
     send_queue_bytes = { 1048576, int_range(1024, 1024 * 1024 * 1024) },
     max_header_bytes = { 16384, int_range(256, 1024 * 1024) },
     max_url_bytes = { 8192, int_range(64, 1024 * 1024) },

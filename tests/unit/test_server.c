@@ -551,13 +551,14 @@ static int setup_message(void **st)
                       "log = { level = 'warn' }\n");
 }
 
-static void expect_close_code(cli *ws, uint16_t code)
+/* The next frame is a close with code and reason; then TCP ends. */
+static void expect_close(cli *ws, uint16_t code, const char *reason)
 {
     int op;
     char *p = next_frame(ws, &op);
     assert_int_equal(op, 8);
     assert_int_equal((uint8_t)p[0] << 8 | (uint8_t)p[1], code);
-    assert_string_equal(p + 2, "message not complete in time");
+    assert_string_equal(p + 2, reason);
     free(p);
     RUN_UNTIL(ws->eof);
 }
@@ -587,11 +588,11 @@ static void test_message_deadline(void **st)
         }
         uv_run(&loop, UV_RUN_ONCE);
     }
-    expect_close_code(slow, 1008);
+    expect_close(slow, 1008, "message not complete in time");
     /* Half a frame header, then nothing. */
     cli *half = ws_client();
     cli_send(half, "\x81", 1);
-    expect_close_code(half, 1008);
+    expect_close(half, 1008, "message not complete in time");
     assert_int_equal(srv.st.ws_message_timeouts, 2);
     /* The first client was never cut. */
     ws_text(ok, "[null,\"2\",\"phoenix\",\"heartbeat\",{}]");
@@ -601,12 +602,64 @@ static void test_message_deadline(void **st)
     cli_free(half);
 }
 
+/* limits.max_inbound_bytes: when all partial messages together go over
+ * it, the connection holding the largest is closed with 1009 and the others
+ * carry on. */
+static int setup_inbound(void **st)
+{
+    (void)st;
+    return setup_with("listen = { host = '127.0.0.1', port = 0 }\n"
+                      "limits = { max_inbound_bytes = 4096 }\n"
+                      "log = { level = 'warn' }\n");
+}
+
+/* A first fragment of a heartbeat padded with n spaces of JSON whitespace. */
+static void begin_padded(cli *ws, size_t n)
+{
+    char *f = malloc(n + 5);
+    memcpy(f, "[null", 5);
+    memset(f + 5, ' ', n);
+    ws_send_b0(ws, 0x01, f, n + 5);
+    free(f);
+}
+
+static void test_inbound_limit(void **st)
+{
+    (void)st;
+    static const char rest[] = ",\"1\",\"phoenix\",\"heartbeat\",{}]";
+    static const char reply[] = "[null,\"1\",\"phoenix\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]";
+    cli *a = ws_client(), *b = ws_client(), *c = ws_client();
+    begin_padded(a, 1000);
+    RUN_UNTIL(srv.ch.ws.inbound_bytes == 1005);
+    begin_padded(b, 2000);
+    RUN_UNTIL(srv.ch.ws.inbound_bytes == 3010);
+    assert_int_equal(srv.st.ws_inbound_closes, 0);
+    begin_padded(c, 1500); /* 4515 > 4096: b holds the most */
+    expect_close(b, 1009, "inbound memory limit");
+    assert_int_equal(srv.st.ws_inbound_closes, 1);
+    assert_int_equal(srv.ch.ws.inbound_bytes, 1005 + 1505);
+    /* The others finish their messages and are answered. */
+    ws_send_b0(a, 0x80, rest, strlen(rest));
+    expect_text(a, reply);
+    ws_send_b0(c, 0x80, rest, strlen(rest));
+    expect_text(c, reply);
+    assert_int_equal(srv.ch.ws.inbound_bytes, 0);
+    /* A partial message freed with its connection leaves the total. */
+    begin_padded(a, 500);
+    RUN_UNTIL(srv.ch.ws.inbound_bytes == 505);
+    cli_free(a);
+    RUN_UNTIL(srv.ch.ws.inbound_bytes == 0);
+    cli_free(b);
+    cli_free(c);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_head_deadline, setup_head, teardown),
         cmocka_unit_test_setup_teardown(test_message_deadline, setup_message, teardown),
+        cmocka_unit_test_setup_teardown(test_inbound_limit, setup_inbound, teardown),
         cmocka_unit_test_setup_teardown(test_http_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_elsewhere, setup, teardown),
