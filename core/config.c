@@ -417,7 +417,7 @@ int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen)
     lua_pushlightuserdata(L, &bud);
     lua_rawset(L, LUA_REGISTRYINDEX);
     lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
-    if (lua_pcall(L, 0, 0, 0)) {
+    if (lua_pcall(L, 0, 1, 0)) {
         lua_sethook(L, NULL, 0, 0);
         if (bud.exceeded == OUT_OF_INSNS)
             snprintf(err, errlen, "%s: did not finish within %d Lua instructions (a loop that never ends?)",
@@ -428,6 +428,15 @@ int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen)
         goto out;
     }
     lua_sethook(L, NULL, 0, 0);
+    /* A config sets globals; a hook script or a plugin returns its hooks. */
+    if (!lua_isnil(L, -1)) {
+        snprintf(err, errlen,
+                 "%s: returns a %s, as a hook script or a plugin does; a config sets settings "
+                 "(listen = { ... }) and names its scripts in scripts = { ... }",
+                 c->source, luaL_typename(L, -1));
+        goto out;
+    }
+    lua_pop(L, 1);
 
     /* settings table = raw contents of env (globals the file set). */
     lua_getfield(L, schema, "normalize");

@@ -74,6 +74,7 @@ static void test_defaults(void **st)
     /* limits, as lua/herald/config.lua defines them */
     assert_int_equal(c.max_connections, 100000);
     assert_int_equal(c.max_message_bytes, 65536);
+    assert_int_equal(c.max_inbound_bytes, 64 << 20);
     assert_int_equal(c.send_queue_bytes, 1048576);
     assert_int_equal(c.max_header_bytes, 16384);
     assert_int_equal(c.max_url_bytes, 8192);
@@ -82,6 +83,8 @@ static void test_defaults(void **st)
     assert_int_equal(c.max_queued_bytes, 268435456);
     assert_int_equal(c.ws_idle_ms, 45000);
     assert_int_equal(c.http_idle_ms, 60000);
+    assert_int_equal(c.http_head_ms, 10000);
+    assert_int_equal(c.ws_message_ms, 30000);
     assert_int_equal(c.ws_close_ms, 5000);
     assert_int_equal(c.log_level, HD_LOG_INFO);
     assert_int_equal(c.recheck_joins, 0);
@@ -233,6 +236,12 @@ static void test_errors(void **st)
     bad("listen = 4000", "listen", "a table", NULL);
     bad("limits = { max_message_bytes = 127 }", "limits.max_message_bytes", NULL);
     bad("timeouts = { ws_idle_ms = 0 }", "timeouts.ws_idle_ms", NULL);
+    bad("timeouts = { ws_message_ms = 5 }", "timeouts.ws_message_ms", NULL);
+    bad("limits = { max_inbound_bytes = 100 }", "limits.max_inbound_bytes", NULL);
+    /* A hook script or a plugin given as a config. */
+    bad("return { authenticate = function() end }", "$F: returns a table",
+        "as a hook script or a plugin does", NULL);
+    bad("return function(options) end", "$F: returns a function", NULL);
     bad("log = { level = 'loud' }", "log.level", NULL);
     bad("api = { token = 5 }", "api.token", NULL);
     bad("reload = { recheck_joins = 1 }", "reload.recheck_joins", NULL);
