@@ -427,6 +427,9 @@ void hd_presence_loaded(hd_presence *pr, hd_topic *tp)
             s->state_due = 0;
             hd_presence_send_state(pr, s);
         }
+    /* A diff held back during the load goes out after the states. */
+    if (tp->diff && !uv_is_active((uv_handle_t *)&pr->timer))
+        uv_timer_start(&pr->timer, on_batch, pr->cfg->presence_batch_ms, 0);
 }
 
 void hd_presence_send_state(hd_presence *pr, hd_sub *sub)
@@ -465,6 +468,13 @@ void hd_presence_flush(hd_presence *pr)
         hd_pres_diff *d = pr->flushing;
         pr->flushing = d->next;
         hd_topic *tp = d->topic;
+        if (tp->pres_loading) {
+            /* Its subscribers are all waiting for their presence_state,
+             * which must come first: the diff waits for the load too. */
+            d->next = pr->pending;
+            pr->pending = d;
+            continue;
+        }
         tp->diff = NULL;
         json_t *diff = json_pack("{s:O?,s:O?}", "joins", d->joins, "leaves", d->leaves);
         if (diff && json_is_null(json_object_get(diff, "joins")))

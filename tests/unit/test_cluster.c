@@ -516,6 +516,36 @@ static void test_shard_hash(void **st)
     }
 }
 
+/* A joiner's presence_state comes before any presence_diff of its topic,
+ * even when loading the other nodes' entries takes longer than a batch:
+ * Redis is paused for 300 ms here, against presence.batch_ms of 5. */
+static void test_state_before_diff(void **st)
+{
+    (void)st;
+    cli *a = ws_client();
+    join(a, "1", "p:order");
+    RUN_UNTIL(numsub("p:order") == 1);
+    redisContext *r = redis_cli();
+    assert_non_null(r);
+    redisReply *rep = redisCommand(r, "CLIENT PAUSE 300 ALL");
+    assert_true(rep && rep->type == REDIS_REPLY_STATUS);
+    freeReplyObject(rep);
+    redisFree(r);
+    cli *b = ws_client_of(&node_b);
+    join(b, "1", "p:order");
+    int op;
+    char *state = next_frame(b, &op);
+    assert_non_null(strstr(state, "\"presence_state\""));
+    assert_non_null(strstr(state, srv.node_id)); /* A's user, loaded */
+    free(state);
+    /* The diff held back during the load follows: B's own user joined. */
+    char *d = next_diff(b);
+    assert_non_null(strstr(d, node_b.node_id));
+    free(d);
+    cli_free(a);
+    cli_free(b);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -526,6 +556,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_foreign_messages, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_refused_then_back, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_presence_across_nodes, setup_cluster, teardown_cluster),
+        cmocka_unit_test_setup_teardown(test_state_before_diff, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_listening_cluster_wide, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_shaping_at_origin, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_restart_same_name, setup_cluster, teardown_cluster),
