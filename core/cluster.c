@@ -676,7 +676,7 @@ static void check_peers(hd_cluster *c)
 static void republish(hd_shard *s)
 {
     hd_cluster *c = s->c;
-    if (s->index == 0) beat(c);
+    if (s->index == 0 && !c->withdrawn) beat(c);
     hd_topics *t = &c->eng->topics;
     for (size_t i = 0; i < t->nslots; i++)
         for (hd_topic *tp = t->slots[i]; tp; tp = tp->hnext) {
@@ -1061,7 +1061,7 @@ static void on_tick(uv_timer_t *t)
 {
     hd_cluster *c = t->data;
     uint64_t now = uv_now(c->loop);
-    if (now - c->last_beat >= c->cfg->cluster_heartbeat_ms) {
+    if (!c->withdrawn && now - c->last_beat >= c->cfg->cluster_heartbeat_ms) {
         c->last_beat = now;
         beat(c);
         check_peers(c);
@@ -1176,8 +1176,10 @@ void hd_cluster_withdraw(hd_cluster *c)
     const char *argv[2] = {"DEL", key};
     size_t lens[2] = {3, (size_t)kl};
     command(&c->shards[0], NULL, NULL, 2, argv, lens);
-    /* Later changes (sockets still closing) are not announced. */
+    /* Later changes (sockets still closing) are not announced, and no
+     * heartbeat sets the key again while the drain finishes. */
     c->eng->pres.on_local = NULL;
+    c->withdrawn = 1;
 }
 
 typedef struct numsub_req {

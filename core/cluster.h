@@ -55,6 +55,7 @@ typedef struct hd_cluster {
     uv_timer_t ticker;            /* every 100 ms: reconnects, probes */
     uv_idle_t sync;               /* applies the turn's (un)subscriptions in one batch */
     int closing;
+    int withdrawn;                 /* hd_cluster_withdraw ran: no more heartbeats */
     uint64_t last_beat;           /* loop time the liveness key was last set */
     char *seen[64];               /* node ids heard from (a ring): supersede once each */
     size_t nseen;
