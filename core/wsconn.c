@@ -151,8 +151,9 @@ static void ws_on_read(hd_conn *c, uint8_t *data, size_t len)
 int hd_wsconn_check_message(hd_conn *c, uint64_t now)
 {
     ws_state *s = c->kind == HD_CONN_WS ? c->proto : NULL;
+    if (!s || !s->pending_since) return 0;
     hd_ws_ctx *w = ctx_of(c);
-    if (!s || !s->pending_since || now - s->pending_since < w->cfg->ws_message_ms) return 0;
+    if (now - s->pending_since < w->cfg->ws_message_ms) return 0;
     w->st->ws_message_timeouts++;
     hd_debug("conn %llu: WebSocket message not complete in time: closing with 1008",
              (unsigned long long)c->id);

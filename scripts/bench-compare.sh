@@ -49,11 +49,7 @@ for s in "${servers[@]}"; do
   esac
 done
 
-HB_TMP=$(mktemp -d /tmp/herald-bench.XXXXXX)
-HB_KEEP=$BUILD/bench
-mkdir -p "$HB_KEEP"
-OUT=${BENCH_OUT:-$HB_KEEP/compare-$(date +%Y%m%d-%H%M%S).jsonl}
-: >"$OUT"
+hb_outputs bench compare
 cleanup() { hb_stop_server; rm -rf "$HB_TMP"; }
 trap cleanup EXIT
 trap 'echo "bench-compare: interrupted" >&2; exit 130' INT TERM

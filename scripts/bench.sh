@@ -40,11 +40,7 @@ case $RUNS in '' | *[!0-9]* | 0) echo "bench: BENCH_RUNS must be a positive numb
 
 hb_build || { echo "bench: build failed" >&2; exit 1; }
 
-HB_TMP=$(mktemp -d /tmp/herald-bench.XXXXXX)
-HB_KEEP=$BUILD/bench
-mkdir -p "$HB_KEEP"
-OUT=${BENCH_OUT:-$HB_KEEP/results-$(date +%Y%m%d-%H%M%S).jsonl}
-: >"$OUT"
+hb_outputs bench results
 cleanup() { hb_stop_server; rm -rf "$HB_TMP"; }
 trap cleanup EXIT
 trap 'echo "bench: interrupted" >&2; exit 130' INT TERM

@@ -40,16 +40,8 @@ command -v curl >/dev/null 2>&1 || { echo "cluster-bench: curl is needed" >&2; e
 
 hb_build || { echo "cluster-bench: build failed" >&2; exit 1; }
 
-HB_TMP=$(mktemp -d /tmp/herald-cluster-bench.XXXXXX)
-HB_KEEP=$BUILD/bench
-mkdir -p "$HB_KEEP"
 # BENCH_OUT is appended to (scripts/bench.sh passes its own file); ours starts empty
-if [ -n "${BENCH_OUT:-}" ]; then
-  OUT=$BENCH_OUT
-else
-  OUT=$HB_KEEP/cluster-$(date +%Y%m%d-%H%M%S).jsonl
-  : >"$OUT"
-fi
+hb_outputs cluster-bench cluster append
 NODE_PIDS=()
 NODE_PORTS=()
 NODE_LOGS=()

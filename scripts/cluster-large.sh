@@ -48,15 +48,7 @@ command -v python3 >/dev/null 2>&1 || { echo "cluster-large: python3 is needed" 
 
 hb_build || { echo "cluster-large: build failed" >&2; exit 1; }
 
-HB_TMP=$(mktemp -d /tmp/herald-cluster-large.XXXXXX)
-HB_KEEP=$BUILD/bench
-mkdir -p "$HB_KEEP"
-if [ -n "${BENCH_OUT:-}" ]; then
-  OUT=$BENCH_OUT
-else
-  OUT=$HB_KEEP/cluster-large-$(date +%Y%m%d-%H%M%S).jsonl
-  : >"$OUT"
-fi
+hb_outputs cluster-large cluster-large append
 NODE_PIDS=()
 NODE_LOGS=()
 PORT=

@@ -273,6 +273,18 @@ hb_stop_redis() {
   REDIS_PID=
 }
 
+# hb_outputs TMPNAME OUTNAME [append]: HB_TMP (a fresh /tmp/herald-TMPNAME.*
+# for the caller to remove), HB_KEEP ($BUILD/bench) and OUT, the JSON lines'
+# file: BENCH_OUT, or $HB_KEEP/OUTNAME-<time>.jsonl. OUT starts empty, except
+# a BENCH_OUT given with "append" (a file scripts/bench.sh passes down).
+hb_outputs() {
+  HB_TMP=$(mktemp -d "/tmp/herald-$1.XXXXXX")
+  HB_KEEP=$BUILD/bench
+  mkdir -p "$HB_KEEP"
+  OUT=${BENCH_OUT:-$HB_KEEP/$2-$(date +%Y%m%d-%H%M%S).jsonl}
+  if [ -z "${BENCH_OUT:-}" ] || [ "${3:-}" != append ]; then : >"$OUT"; fi
+}
+
 # hb_run SCENARIO SERVER RESULTS_FILE: one herald-bench run against a fresh
 # server; prints its JSON line and appends it to RESULTS_FILE.
 hb_run() {
