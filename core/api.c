@@ -423,13 +423,17 @@ static int is_ws_path(const hd_config *cfg, const hd_http_req *r)
 void hd_api_dispatch(void *ud, hd_conn *c, hd_http_req *r, int upgrade)
 {
     hd_api *api = ud;
-    if (is_ws_path(api->cfg, r)) {
+    /* The admin listener serves the node's routes only; with one, the
+     * public port no longer serves the private ones. */
+    unsigned skip = c->flags & HD_CF_ADMIN ? 0 : api->cfg->admin_host ? HD_ROUTE_PRIVATE : 0;
+    unsigned need = c->flags & HD_CF_ADMIN ? HD_ROUTE_NODE : 0;
+    if (!need && is_ws_path(api->cfg, r)) {
         hd_channel_handshake(api->ch, c, r, upgrade);
         return;
     }
     for (size_t i = 0; i < api->nroutes; i++) {
         const hd_route *rt = &api->routes[i];
-        if (!matches(rt, r)) continue;
+        if ((rt->flags & skip) || (rt->flags & need) != need || !matches(rt, r)) continue;
         int get = r->method == HTTP_GET || r->method == HTTP_HEAD;
         if ((rt->flags & HD_ROUTE_GET) && !get) return method_not_allowed(c, r, "GET, HEAD");
         if ((rt->flags & HD_ROUTE_POST) && r->method != HTTP_POST)

@@ -25,6 +25,8 @@ enum {
     HD_ROUTE_POST = 1 << 1,
     HD_ROUTE_PREFIX = 1 << 2,    /* path is a prefix; the rest must be non-empty */
     HD_ROUTE_AUTH = 1 << 3,      /* the api_auth hook or the token rule applies */
+    HD_ROUTE_NODE = 1 << 4,      /* served on the admin listener too */
+    HD_ROUTE_PRIVATE = 1 << 5,   /* with an admin listener, served only there */
 };
 
 /* Answers r on c. */

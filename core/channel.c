@@ -302,7 +302,8 @@ static int origin_allowed(const hd_config *cfg, const hd_http_req *r)
 void hd_channel_handshake(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int upgrade)
 {
     char vsn[32], accept[29], reason[256];
-    int phoenix = 0;
+    int phoenix = 0, why;
+    unsigned retry;
     if (hd_wsconn_check(c, r, upgrade, accept) != 0) {
         /* answered */
     } else if (!origin_allowed(ch->cfg, r)) {
@@ -311,9 +312,14 @@ void hd_channel_handshake(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int up
     } else if (!hd_http_query_param(r, "vsn", vsn, sizeof vsn) || strncmp(vsn, "2.", 2) != 0) {
         hd_http_error(c, r, 403, "unsupported vsn", NULL, 1);
     } else if (!ch->accepting) {
-        hd_http_error(c, r, 503, "server is shutting down", NULL, 1);
+        hd_net_count_refusal(ch->net, HD_REFUSE_DRAINING);
+        hd_http_refuse(c, r, HD_REFUSE_DRAINING, 0);
     } else if (ch->net->nws >= ch->net->ws_cap) {
-        hd_http_error(c, r, 503, "server at capacity", NULL, 1);
+        hd_net_count_refusal(ch->net, HD_REFUSE_WS_CAPACITY);
+        hd_http_refuse(c, r, HD_REFUSE_WS_CAPACITY, 0);
+    } else if ((c->flags & HD_CF_XFF) && !hd_conn_admit(c, &why, &retry)) {
+        /* (a client named by X-Forwarded-For is admitted here, at its upgrade) */
+        hd_http_refuse(c, r, why, retry);
     } else if (!authenticate(ch, c, r, &phoenix, reason, sizeof reason)) {
         hd_http_error(c, r, 403, reason, NULL, 1);
     } else if (hd_wsconn_accept(&ch->ws, c, r, accept, phoenix ? "phoenix" : NULL) == 0) {

@@ -167,6 +167,14 @@ static int l_redis_url(lua_State *L)
     return 2;
 }
 
+/* [-1, +1] cidr(s) -> boolean: hd_cidr_parse for the schema (M.cidr). */
+static int l_cidr(lua_State *L)
+{
+    hd_cidr c;
+    lua_pushboolean(L, hd_cidr_parse(&c, luaL_checkstring(L, 1)) == 0);
+    return 1;
+}
+
 /* [-0, +0] Copies the normalized table at the top of the stack into c. */
 static int read_normalized(lua_State *L, hd_config *c, const char *dir)
 {
@@ -176,6 +184,24 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     c->port = (int)num_field(L, -1, "port");
     lua_getfield(L, -1, "reuseport");
     c->reuseport = lua_toboolean(L, -1);
+    lua_getfield(L, -2, "trusted_proxies");
+    size_t nt = lua_objlen(L, -1);
+    c->trusted = calloc(nt ? nt : 1, sizeof *c->trusted);
+    if (!c->trusted) return HD_ENOMEM;
+    for (size_t i = 0; i < nt; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        if (hd_cidr_parse(&c->trusted[c->ntrusted], lua_tostring(L, -1)) == 0) c->ntrusted++;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 3);
+
+    lua_getfield(L, t, "admin");
+    lua_getfield(L, -1, "on");
+    if (lua_toboolean(L, -1)) {
+        c->admin_host = dup_field(L, -2, "host");
+        if (!c->admin_host) return HD_ENOMEM;
+        c->admin_port = (int)num_field(L, -2, "port");
+    }
     lua_pop(L, 2);
 
     lua_getfield(L, t, "api");
@@ -218,6 +244,9 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
 
     lua_getfield(L, t, "limits");
     c->max_connections = (size_t)num_field(L, -1, "max_connections");
+    c->max_conns_per_ip = (size_t)num_field(L, -1, "max_connections_per_ip");
+    c->connect_rate = (uint32_t)num_field(L, -1, "connect_rate");
+    c->connect_rate_per_ip = (uint32_t)num_field(L, -1, "connect_rate_per_ip");
     c->max_message_bytes = (size_t)num_field(L, -1, "max_message_bytes");
     c->max_inbound_bytes = (size_t)num_field(L, -1, "max_inbound_bytes");
     c->send_queue_bytes = (size_t)num_field(L, -1, "send_queue_bytes");
@@ -378,6 +407,8 @@ int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_redis_url);
     lua_setfield(L, schema, "redis_url");
+    lua_pushcfunction(L, l_cidr);
+    lua_setfield(L, schema, "cidr");
 
     /* The operator's chunk, read as source text (bytecode is refused). */
     int lrc;
@@ -481,6 +512,8 @@ void hd_config_free(hd_config *c)
     free(c->source);
     free(c->host);
     free(c->api_token);
+    free(c->trusted);
+    free(c->admin_host);
     for (size_t i = 0; i < c->nallowed_origins; i++) free(c->allowed_origins[i]);
     free(c->allowed_origins);
     c->allowed_origins = NULL;

@@ -4,6 +4,8 @@
 #ifndef HD_CONFIG_H
 #define HD_CONFIG_H
 
+#include "addr.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -54,12 +56,19 @@ typedef struct hd_config {
     char *host;
     int port;                /* 0 = ephemeral */
     int reuseport;           /* listen.reuseport: SO_REUSEPORT, processes share the port */
+    hd_cidr *trusted;        /* listen.trusted_proxies: may name the client (XFF, PROXY) */
+    size_t ntrusted;
+    char *admin_host;        /* the admin listener's address, or NULL: none */
+    int admin_port;          /* 0 = ephemeral */
     char *api_token;         /* NULL when none is set */
     char **ws_paths;         /* "<mount>/websocket", nmounts entries */
     char **allowed_origins;  /* ws.allowed_origins, lower-case; NULL: any origin */
     size_t nallowed_origins;
     size_t nmounts;
     size_t max_connections;
+    size_t max_conns_per_ip; /* connections from one client address (0: no limit) */
+    uint32_t connect_rate;   /* new connections per second for the node (0: no limit) */
+    uint32_t connect_rate_per_ip; /* the same for one client address */
     size_t max_message_bytes;
     size_t max_inbound_bytes; /* all connections' partial inbound messages together */
     size_t send_queue_bytes;

@@ -4,6 +4,7 @@
 #include "log.h"
 #include "util.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,7 @@ static void on_close(uv_handle_t *h);
 static int ids_put(hd_net *net, hd_conn *c);
 static void ids_del(hd_net *net, hd_conn *c);
 static void ident_del(hd_net *net, hd_ident *e);
+static void detach(hd_conn *c);
 static void on_spin(uv_idle_t *h) { (void)h; }
 
 static hd_wq_item *item_new(hd_net *net)
@@ -404,6 +406,8 @@ static void on_close(uv_handle_t *h)
     if (c->next) c->next->prev = c->prev;
     net->nconns--;
     if (c->kind == HD_CONN_WS) net->nws--;
+    if (c->flags & HD_CF_ADMIN) net->nadmin--;
+    detach(c);
     ids_del(net, c);
     if (c->ident) ident_del(net, c->ident);
     c->ops->free(c);
@@ -438,33 +442,140 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     c->ops->on_read(c, (uint8_t *)buf->base, (size_t)nread);
 }
 
-/* Over the connection cap, but holding a descriptor: answer 503 without
- * reading the request, then close gracefully (input is read and ignored
- * so that the close is a FIN, not a reset that could lose the answer). */
-static void refuse(hd_conn *c)
+/* ---- taking new connections --------------------------------------------------------- */
+
+/* Admin connections at most at once, and the descriptors past the TCP cap
+ * they may use (out of FD_RESERVE). */
+#define ADMIN_MAX 32
+
+static const char *const refusal_messages[HD_REFUSE_COUNT] = {
+    [HD_REFUSE_DESCRIPTORS] = "server at capacity",
+    [HD_REFUSE_CAPACITY] = "server at capacity",
+    [HD_REFUSE_WS_CAPACITY] = "server at capacity",
+    [HD_REFUSE_PER_IP] = "too many connections from this address",
+    [HD_REFUSE_RATE] = "connection rate exceeded",
+    [HD_REFUSE_RATE_PER_IP] = "connection rate exceeded",
+    [HD_REFUSE_DRAINING] = "server is shutting down",
+};
+
+static const char *const refusal_names[HD_REFUSE_COUNT] = {
+    [HD_REFUSE_DESCRIPTORS] = "out of descriptors",
+    [HD_REFUSE_CAPACITY] = "over the connection cap",
+    [HD_REFUSE_WS_CAPACITY] = "over the WebSocket cap",
+    [HD_REFUSE_PER_IP] = "over limits.max_connections_per_ip",
+    [HD_REFUSE_RATE] = "over limits.connect_rate",
+    [HD_REFUSE_RATE_PER_IP] = "over limits.connect_rate_per_ip",
+    [HD_REFUSE_DRAINING] = "draining",
+};
+
+const char *hd_refusal_message(int reason) { return refusal_messages[reason]; }
+
+void hd_net_count_refusal(hd_net *net, int reason)
 {
-    static const char answer[] = "HTTP/1.1 503 Service Unavailable\r\n"
-                                 "Content-Type: application/json\r\n"
-                                 "Content-Length: 30\r\n"
-                                 "Cache-Control: no-store\r\n"
-                                 "Connection: close\r\n\r\n"
-                                 "{\"error\":\"server at capacity\"}";
-    c->net->st->tcp_refused++;
-    c->flags |= HD_CF_NO_INPUT;
-    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0 ||
-        hd_conn_send_copy(c, answer, sizeof answer - 1) < 0) {
-        hd_conn_close(c);
-        return;
-    }
-    hd_conn_finish(c, c->net->cfg->ws_close_ms);
+    net->st->tcp_refused[reason]++;
+    net->refused_unlogged++;
+    uint64_t now = uv_now(net->loop);
+    if (net->refused_logged && now - net->refused_logged < 1000) return;
+    hd_warn("refused %llu connection(s) in the last second, the last %s (%zu connections open)",
+            (unsigned long long)net->refused_unlogged, refusal_names[reason], net->nconns);
+    net->refused_logged = now;
+    net->refused_unlogged = 0;
 }
 
-/* Takes a new connection: from the listener (fd < 0) or an accepted fd. */
-static void take(hd_net *net, uv_stream_t *listener, int fd)
+void hd_net_refuse_fd(hd_net *net, int fd, int reason, unsigned retry_s)
 {
+    hd_net_count_refusal(net, reason);
+    /* What the client sent already is read first, so that the close is a
+     * FIN and not a reset that could destroy the answer. */
+    char sink[4096];
+    for (int i = 0; i < 16 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++) {}
+    char answer[512];
+    const char *msg = refusal_messages[reason];
+    char retry[48] = "";
+    if (retry_s) snprintf(retry, sizeof retry, "Retry-After: %u\r\n", retry_s);
+    int n = snprintf(answer, sizeof answer,
+                     "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nCache-Control: no-store\r\n%sConnection: close\r\n\r\n"
+                     "{\"error\":\"%s\"}",
+                     strlen(msg) + 12, retry, msg);
+    if (send(fd, answer, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) hd_debug("refuse: %s", strerror(errno));
+    close(fd);
+}
+
+/* Per-address limits of client p (not yet counting the connection being
+ * admitted when counted is 0). */
+static int admit_peer(hd_net *net, hd_peer *p, int counted, int *reason, unsigned *retry_s)
+{
+    const hd_config *cfg = net->cfg;
+    *retry_s = 0;
+    if (p->trusted) return 1; /* a trusted proxy's own connections */
+    if (cfg->max_conns_per_ip && p->conns + (counted ? 0 : 1) > cfg->max_conns_per_ip) {
+        *reason = HD_REFUSE_PER_IP;
+        return 0;
+    }
+    if (cfg->connect_rate_per_ip &&
+        !hd_bucket_take(&p->bucket, cfg->connect_rate_per_ip, uv_now(net->loop), retry_s)) {
+        *reason = HD_REFUSE_RATE_PER_IP;
+        return 0;
+    }
+    return 1;
+}
+
+static void attach(hd_conn *c, hd_peer *p)
+{
+    c->peer = p;
+    p->conns++;
+}
+
+static void detach(hd_conn *c)
+{
+    if (!c->peer) return;
+    hd_peer_release(&c->net->peers, c->peer, c->net->cfg->connect_rate_per_ip, uv_now(c->net->loop));
+    c->peer = NULL;
+}
+
+/* Frees p if no connection came to use it (and its bucket is full). */
+static void forget(hd_net *net, hd_peer *p)
+{
+    p->conns++;
+    hd_peer_release(&net->peers, p, net->cfg->connect_rate_per_ip, uv_now(net->loop));
+}
+
+static hd_peer *peer_of_fd(hd_net *net, int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    hd_addr a;
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) != 0 || hd_addr_from_sockaddr(&a, (struct sockaddr *)&ss))
+        return NULL;
+    return hd_peer_get(&net->peers, &a, net->cfg->trusted, net->cfg->ntrusted);
+}
+
+void hd_net_take(hd_net *net, int fd, int admin)
+{
+    const hd_config *cfg = net->cfg;
+    int reason;
+    unsigned retry = 0;
+    if (admin ? net->nadmin >= ADMIN_MAX || net->nconns >= net->conn_cap + ADMIN_MAX
+              : net->nconns >= net->conn_cap)
+        return hd_net_refuse_fd(net, fd, HD_REFUSE_CAPACITY, 0);
+    if (!admin && cfg->connect_rate && !hd_bucket_take(&net->rate, cfg->connect_rate, uv_now(net->loop), &retry))
+        return hd_net_refuse_fd(net, fd, HD_REFUSE_RATE, retry);
+    hd_peer *p = peer_of_fd(net, fd);
+    if (!p) { /* gone already, or out of memory */
+        close(fd);
+        return;
+    }
+    if (!admin && !admit_peer(net, p, 0, &reason, &retry)) {
+        hd_net_refuse_fd(net, fd, reason, retry);
+        forget(net, p);
+        return;
+    }
     hd_conn *c = calloc(1, sizeof *c);
     if (!c) {
         hd_error("accept: out of memory");
+        forget(net, p);
+        close(fd);
         return;
     }
     uv_tcp_init(net->loop, &c->tcp);
@@ -473,45 +584,28 @@ static void take(hd_net *net, uv_stream_t *listener, int fd)
     c->ops = net->accept_ops;
     c->id = ++net->next_conn_id;
     c->last_active = uv_now(net->loop);
+    c->kind = HD_CONN_HTTP;
     c->next = net->conns;
     if (net->conns) net->conns->prev = c;
     net->conns = c;
     net->nconns++;
-    int rc = fd < 0 ? uv_accept(listener, (uv_stream_t *)&c->tcp)
-                    : uv_tcp_open(&c->tcp, (uv_os_sock_t)fd);
+    attach(c, p);
+    if (p->trusted) c->flags |= HD_CF_TRUSTED_PEER;
+    if (admin) {
+        c->flags |= HD_CF_ADMIN;
+        net->nadmin++;
+    }
+    int rc = uv_tcp_open(&c->tcp, (uv_os_sock_t)fd);
     if (rc < 0) {
-        if (fd >= 0 && !uv_is_closing((uv_handle_t *)&c->tcp)) close(fd);
+        close(fd);
         hd_debug("accept failed: %s", uv_strerror(rc));
         hd_conn_close(c);
         return;
     }
     net->st->tcp_accepted++;
-    /* HTTP connections beyond the WebSocket cap plus a margin for API
-     * clients are refused at once, so a flood cannot exhaust descriptors. */
-    if (net->nconns > net->conn_cap) {
-        refuse(c);
-        return;
-    }
     /* TCP_NODELAY is inherited from the listener (Linux copies it to
-     * accepted sockets); the peer address is read only when needed. */
-    c->kind = HD_CONN_HTTP;
-    if (ids_put(net, c) || uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
-        hd_conn_close(c);
-        return;
-    }
-}
-
-void hd_net_accept(hd_net *net, uv_stream_t *listener) { take(net, listener, -1); }
-
-void hd_net_accept_backlog(hd_net *net, uv_stream_t *listener)
-{
-    uv_os_fd_t lfd;
-    if (uv_fileno((uv_handle_t *)listener, &lfd) != 0) return;
-    for (int n = 0; n < 65536; n++) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) return; /* EAGAIN: nothing left waiting */
-        take(net, listener, fd);
-    }
+     * accepted sockets). */
+    if (ids_put(net, c) || uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) hd_conn_close(c);
 }
 
 void hd_conn_read_stop(hd_conn *c)
@@ -525,28 +619,48 @@ int hd_conn_read_start(hd_conn *c)
     return uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
-int hd_conn_is_loopback(hd_conn *c)
+int hd_conn_is_loopback(hd_conn *c) { return c->peer && c->peer->loopback; }
+
+void hd_conn_client(hd_conn *c, char *buf, size_t len)
 {
-    if (!(c->flags & HD_CF_PEER_KNOWN)) {
-        char peer[64];
-        hd_conn_peer(c, peer, sizeof peer);
-        c->flags |= HD_CF_PEER_KNOWN;
-        if (hd_addr_is_loopback(peer)) c->flags |= HD_CF_LOOPBACK;
-    }
-    return (c->flags & HD_CF_LOOPBACK) != 0;
+    if (c->peer) hd_addr_format(&c->peer->addr, buf, len);
+    else snprintf(buf, len, "?");
 }
 
-void hd_conn_peer(hd_conn *c, char *buf, size_t len)
+int hd_conn_set_client(hd_conn *c, const hd_addr *a, int xff)
 {
-    struct sockaddr_storage ss;
-    int sl = sizeof ss;
-    snprintf(buf, len, "?");
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
-        if (ss.ss_family == AF_INET6)
-            uv_ip6_name((struct sockaddr_in6 *)&ss, buf, len);
-        else
-            uv_ip4_name((struct sockaddr_in *)&ss, buf, len);
+    hd_net *net = c->net;
+    hd_peer *p;
+    if (a) {
+        p = hd_peer_get(&net->peers, a, net->cfg->trusted, net->cfg->ntrusted);
+    } else {
+        uv_os_fd_t fd;
+        p = uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 ? peer_of_fd(net, fd) : NULL;
     }
+    if (!p) return HD_ENOMEM;
+    if (p == c->peer) {
+        if (!xff) c->flags &= ~HD_CF_XFF;
+        return 0;
+    }
+    p->conns++; /* held while the old one is released (it may be freed) */
+    detach(c);
+    p->conns--;
+    attach(c, p);
+    c->flags &= ~HD_CF_XFF;
+    if (a && xff) c->flags |= HD_CF_XFF;
+    return 0;
+}
+
+int hd_conn_admit(hd_conn *c, int *reason, unsigned *retry_s)
+{
+    if (!c->peer || admit_peer(c->net, c->peer, 1, reason, retry_s)) return 1;
+    hd_net_count_refusal(c->net, *reason);
+    return 0;
+}
+
+void hd_net_sweep_peers(hd_net *net)
+{
+    hd_peers_sweep(&net->peers, net->cfg->connect_rate_per_ip, uv_now(net->loop));
 }
 
 void hd_conn_shut_now(hd_conn *c, uint16_t code, const char *reason)
@@ -855,6 +969,7 @@ void hd_net_free(hd_net *net)
     free(net->ids);
     net->ids = NULL;
     net->ids_cap = net->ids_count = 0;
+    hd_peers_free(&net->peers);
     free(net->idents);
     net->idents = NULL;
     net->idents_cap = net->idents_count = 0;

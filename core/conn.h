@@ -30,6 +30,7 @@
 
 #include "buf.h"
 #include "config.h"
+#include "peer.h"
 #include "stats.h"
 
 #include <stdint.h>
@@ -57,9 +58,11 @@ enum {
     HD_CF_WS_CLOSE_SENT = 1 << 6,/* our close frame is queued (the protocol's close began) */
     HD_CF_WS_CLOSE_RECV = 1 << 7,/* the peer's close frame arrived */
     HD_CF_NO_INPUT = 1 << 8,     /* ignore further input (after an error) */
-    HD_CF_LOOPBACK = 1 << 9,     /* peer address is loopback (valid with PEER_KNOWN) */
-    HD_CF_PEER_KNOWN = 1 << 10,  /* the peer address was looked up */
+    HD_CF_TRUSTED_PEER = 1 << 9, /* the TCP peer is a trusted proxy (listen.trusted_proxies) */
+    HD_CF_PROXIED = 1 << 10,     /* a PROXY protocol header came: X-Forwarded-For is not read */
     HD_CF_HELD = 1 << 11,        /* an HTTP answer held back: on the held list */
+    HD_CF_XFF = 1 << 12,         /* the client was named by X-Forwarded-For (admitted at upgrade) */
+    HD_CF_ADMIN = 1 << 13,       /* accepted on the admin listener */
 };
 
 /* A protocol, as the transport sees it. Every entry is required. */
@@ -106,6 +109,7 @@ typedef struct hd_conn {
     uint8_t kind;                /* hd_conn_kind */
     struct hd_sub *subs;         /* joined topics (the engine's, topic.c links them) */
     hd_ident *ident;             /* identity from authenticate, or NULL (then the id) */
+    hd_peer *peer;               /* the client address it counts against (net->peers) */
     char *assigns;               /* assigns from authenticate as JSON, or NULL */
 } hd_conn;
 
@@ -127,7 +131,11 @@ typedef struct hd_net {
     int hold;                    /* fan-out backpressure may hold HTTP answers */
     int fanout_hot;              /* subscribers' queues are deep: hold HTTP answers */
     uint64_t hot_since;          /* loop time fanout_hot was set */
-    uint64_t emfile_logged;      /* loop time of the last "out of descriptors" warning */
+    uint64_t refused_logged;     /* loop time of the last refusal warning */
+    uint64_t refused_unlogged;   /* refusals since then */
+    size_t nadmin;               /* connections from the admin listener */
+    hd_peers peers;              /* client address -> connections, connect-rate bucket */
+    hd_bucket rate;              /* limits.connect_rate */
     uint64_t next_conn_id;
     hd_wq_item *wq_free;         /* freelist of write-queue items */
     size_t wq_nfree;
@@ -159,11 +167,20 @@ void hd_net_close_handles(hd_net *net, uv_close_cb cb, void *data);
 /* Frees what is left (freelist, indexes); after the handles closed. */
 void hd_net_free(hd_net *net);
 
-/* Accepts a pending connection on listener. */
-void hd_net_accept(hd_net *net, uv_stream_t *listener);
-/* Accepts every connection still waiting in the listener's backlog (just
- * before the listener closes, which would reset them). */
-void hd_net_accept_backlog(hd_net *net, uv_stream_t *listener);
+/* Takes a socket just accepted (non-blocking; net owns fd from here):
+ * admits it by the caps and the limits on its client address and the
+ * connect rates, or answers 503 and closes it at once (counted, and a
+ * warning a second at most). admin: from the admin listener (its own
+ * small cap, no per-address limits). */
+void hd_net_take(hd_net *net, int fd, int admin);
+/* Answers 503 on a just-accepted socket and closes it now: for refusals
+ * before a connection exists (reason HD_REFUSE_*; retry_s > 0 adds
+ * Retry-After). */
+void hd_net_refuse_fd(hd_net *net, int fd, int reason, unsigned retry_s);
+/* Counts a refusal and warns (at most once a second). */
+void hd_net_count_refusal(hd_net *net, int reason);
+/* The JSON error of a refusal reason. */
+const char *hd_refusal_message(int reason);
 
 /* The open connection with this id, or NULL. */
 hd_conn *hd_net_find(hd_net *net, uint64_t id);
@@ -221,10 +238,22 @@ void hd_conn_shut_now(hd_conn *c, uint16_t code, const char *reason);
 void hd_conn_read_stop(hd_conn *c);
 int hd_conn_read_start(hd_conn *c);
 
-/* Returns 1 when c's peer is a loopback address (looked up once). */
+/* Returns 1 when c's client address is a loopback address. */
 int hd_conn_is_loopback(hd_conn *c);
-/* Writes the peer address of c into buf ("?" when unknown). */
-void hd_conn_peer(hd_conn *c, char *buf, size_t len);
+/* Writes c's client address into buf ("?" when unknown): the TCP peer,
+ * or the client a trusted proxy named. */
+void hd_conn_client(hd_conn *c, char *buf, size_t len);
+/* Attributes c to client a, named by a trusted proxy (NULL: back to the
+ * TCP peer itself); xff: named by X-Forwarded-For (admitted later with
+ * hd_conn_admit), else by a PROXY header. Returns 0 or HD_ENOMEM. */
+int hd_conn_set_client(hd_conn *c, const hd_addr *a, int xff);
+/* Checks c's client against limits.max_connections_per_ip and
+ * limits.connect_rate_per_ip (a trusted proxy's own address is exempt).
+ * Returns 1 when admitted; else 0, counted, with *reason (HD_REFUSE_*) and
+ * *retry_s (0 when waiting would not help). */
+int hd_conn_admit(hd_conn *c, int *reason, unsigned *retry_s);
+/* Frees client addresses no connection uses (the sweeper calls it). */
+void hd_net_sweep_peers(hd_net *net);
 
 /* True while c accepts new outbound data. */
 static inline int hd_conn_open(const hd_conn *c)

@@ -109,7 +109,7 @@ static void push_socket(lua_State *L, hd_conn *c)
     else lua_newtable(L);
     lua_setfield(L, -2, "assigns");
     char peer[64];
-    hd_conn_peer(c, peer, sizeof peer);
+    hd_conn_client(c, peer, sizeof peer);
     lua_pushstring(L, peer);
     lua_setfield(L, -2, "remote_addr");
 }
@@ -231,7 +231,7 @@ int hd_hook_authenticate(hd_scripts *sc, hd_conn *c, const hd_hook_req *r, const
         lua_setfield(L, -2, "token");
     }
     char peer[64];
-    hd_conn_peer(c, peer, sizeof peer);
+    hd_conn_client(c, peer, sizeof peer);
     lua_pushstring(L, peer);
     lua_setfield(L, -2, "remote_addr");
     lua_pushlstring(L, r->path, r->path_len);
@@ -354,7 +354,7 @@ int hd_hook_api_auth(hd_scripts *sc, hd_conn *c, const hd_hook_req *r)
     lua_pop(L, 1);
     lua_setfield(L, -2, "headers");
     char peer[64];
-    hd_conn_peer(c, peer, sizeof peer);
+    hd_conn_client(c, peer, sizeof peer);
     lua_pushstring(L, peer);
     lua_setfield(L, -2, "remote_addr");
     int verdict = -1;

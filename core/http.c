@@ -3,6 +3,7 @@
 #include "log.h"
 #include "util.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,7 @@ typedef struct hd_http_conn {
     int busy;                    /* a request is being received */
     int deferred;                /* its answer comes later (hd_http_defer) */
     uint64_t head_since;         /* loop time the current head began; 0: none pending */
+    int preface;                 /* a PROXY protocol header may come first (trusted peer) */
     hd_str stash;                /* bytes after a deferred request, read already */
 } hd_http_conn;
 
@@ -145,6 +147,26 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     return hd_str_add(&r->body, at, len) ? fail(p, 503) : 0;
 }
 
+/* A request through a trusted proxy: its X-Forwarded-For (the last such
+ * header, the one the proxy wrote) names the client, else the proxy
+ * itself is. */
+static void forwarded_for(hd_conn *c, const hd_http_req *r)
+{
+    const hd_config *cfg = ctx_of(c)->cfg;
+    const char *v = NULL;
+    size_t vl = 0;
+    for (uint32_t i = 0; i < r->nh; i++) {
+        const hd_http_hdr *x = &r->h[i];
+        if (hd_strieq(r->hbuf.p + x->name_off, x->name_len, "x-forwarded-for")) {
+            v = r->hbuf.p + x->val_off;
+            vl = x->val_len;
+        }
+    }
+    hd_addr a;
+    if (v && hd_xff_client(v, vl, cfg->trusted, cfg->ntrusted, &a)) hd_conn_set_client(c, &a, 1);
+    else if (c->flags & HD_CF_XFF) hd_conn_set_client(c, NULL, 0);
+}
+
 static int on_message_complete(llhttp_t *p)
 {
     hd_conn *c = conn_of(p);
@@ -156,6 +178,7 @@ static int on_message_complete(llhttp_t *p)
      * parsing goes on (on_read resumes); after CONNECT the bytes are a
      * tunnel's, so that answer closes. */
     if (r->method == HTTP_CONNECT) r->keep_alive = 0;
+    if ((c->flags & (HD_CF_TRUSTED_PEER | HD_CF_PROXIED)) == HD_CF_TRUSTED_PEER) forwarded_for(c, r);
     ctx->on_request(ctx->ud, c, r, llhttp_get_upgrade(p));
     /* After an upgrade llhttp stops by itself (HPE_PAUSED_UPGRADE); after a
      * response that closes the connection, or a switch of protocol on a
@@ -185,6 +208,10 @@ static hd_http_conn *state_new(hd_conn *c)
     h->parser.data = h;
     h->c = c;
     req_reset(&h->req);
+    if (c->flags & HD_CF_TRUSTED_PEER) { /* (the head deadline covers the preface) */
+        h->preface = 1;
+        h->head_since = uv_now(c->net->loop);
+    }
     return h;
 }
 
@@ -209,15 +236,62 @@ static const char *limit_message(int status)
     }
 }
 
+static void parse(hd_conn *c, hd_http_conn *h, uint8_t *data, size_t len);
+
+/* A connection from a trusted proxy may begin with a PROXY protocol
+ * header (v1 or v2) that names the client; it is then admitted by the
+ * per-address limits as if it had connected itself. Bytes are kept in the
+ * stash until the header is complete (HD_PROXY_MAX at most). */
+static void preface(hd_conn *c, hd_http_conn *h, uint8_t *data, size_t len)
+{
+    if (h->stash.len) {
+        if (hd_str_add(&h->stash, data, len)) return hd_conn_close(c);
+        data = (uint8_t *)h->stash.p;
+        len = h->stash.len;
+    }
+    hd_addr a;
+    int named = 0, why = 0;
+    size_t used = 0;
+    unsigned retry = 0;
+    int rc = hd_proxy_parse(data, len, &a, &named, &used);
+    if (rc == HD_PROXY_MORE) {
+        if (!h->stash.len && hd_str_add(&h->stash, data, len)) hd_conn_close(c);
+        return;
+    }
+    h->preface = 0;
+    hd_str rest = h->stash; /* (data may point into it) */
+    h->stash = (hd_str)HD_STR_INIT;
+    if (rc == HD_PROXY_OK) c->flags |= HD_CF_PROXIED;
+    if (rc == HD_PROXY_BAD) {
+        hd_http_error(c, &h->req, 400, "bad request: malformed PROXY protocol header", NULL, 1);
+        c->flags |= HD_CF_NO_INPUT;
+    } else if (named && hd_conn_set_client(c, &a, 0)) {
+        hd_http_error(c, &h->req, 503, "out of memory", NULL, 1);
+        c->flags |= HD_CF_NO_INPUT;
+    } else if (named && !hd_conn_admit(c, &why, &retry)) {
+        hd_http_refuse(c, &h->req, why, retry);
+        c->flags |= HD_CF_NO_INPUT;
+    } else if (used < len) {
+        parse(c, h, data + used, len - used);
+    }
+    hd_str_free(&rest);
+}
+
 static void on_read(hd_conn *c, uint8_t *data, size_t len)
 {
-    hd_http_ctx *ctx = ctx_of(c);
     hd_http_conn *h = c->proto;
     if (!h && !(h = c->proto = state_new(c))) {
         hd_error("conn %llu: out of memory for a request", (unsigned long long)c->id);
         hd_conn_close(c);
         return;
     }
+    if (h->preface) preface(c, h, data, len);
+    else parse(c, h, data, len);
+}
+
+static void parse(hd_conn *c, hd_http_conn *h, uint8_t *data, size_t len)
+{
+    hd_http_ctx *ctx = ctx_of(c);
     if (h->deferred) { /* (read in the same turn as the deferred request) */
         hd_str_add(&h->stash, data, len);
         return;
@@ -261,6 +335,13 @@ static void on_read(hd_conn *c, uint8_t *data, size_t len)
     h->req.keep_alive = 0;
     hd_http_error(c, &h->req, status, msg, NULL, 1);
     c->flags |= HD_CF_NO_INPUT;
+}
+
+void hd_http_refuse(hd_conn *c, const hd_http_req *r, int reason, unsigned retry_s)
+{
+    char retry[48] = "";
+    if (retry_s) snprintf(retry, sizeof retry, "Retry-After: %u\r\n", retry_s);
+    hd_http_error(c, r, 503, hd_refusal_message(reason), retry_s ? retry : NULL, 1);
 }
 
 const char *hd_http_header(const hd_http_req *r, const char *name, size_t *len)
@@ -434,7 +515,7 @@ void hd_http_resume(hd_conn *c)
     h->stash = (hd_str)HD_STR_INIT;
     if (hd_conn_open(c)) { /* (an answer that closes: what follows is not read) */
         llhttp_resume(&h->parser);
-        if (rest.len) on_read(c, (uint8_t *)rest.p, rest.len);
+        if (rest.len) parse(c, h, (uint8_t *)rest.p, rest.len);
     } else {
         c->flags |= HD_CF_NO_INPUT;
     }

@@ -94,6 +94,10 @@ void hd_http_respond(hd_conn *c, const hd_http_req *r, int status,
 void hd_http_error(hd_conn *c, const hd_http_req *r, int status, const char *msg,
                    const char *extra_headers, int close);
 
+/* Answers 503 for a refusal (HD_REFUSE_*: its message), with Retry-After
+ * when retry_s > 0, and closes. */
+void hd_http_refuse(hd_conn *c, const hd_http_req *r, int reason, unsigned retry_s);
+
 /* The reason phrase of an HTTP status. */
 const char *hd_http_reason(int status);
 

@@ -45,6 +45,7 @@ static void on_sweep(uv_timer_t *t)
             hd_conn_finish(c, 1000);
         }
     }
+    if (cfg->connect_rate_per_ip) hd_net_sweep_peers(&srv->net);
 }
 
 static uint64_t sweep_interval(const hd_config *cfg)
@@ -148,13 +149,12 @@ static void on_net_empty(hd_net *net) { hd_server_stop(net->data); }
 static void close_listener(void *ud)
 {
     hd_server *srv = ud;
-    if (!uv_is_closing((uv_handle_t *)&srv->listener)) {
+    if (hd_listener_is_open(&srv->listener)) {
         /* Connections the kernel completed but we had not accepted yet would
          * be reset by the close: take them first, so every request that
          * reached this node is answered (with Connection: close). */
-        if (srv->state == HD_DRAINING && !srv->stopping)
-            hd_net_accept_backlog(&srv->net, (uv_stream_t *)&srv->listener);
-        uv_close((uv_handle_t *)&srv->listener, on_handle_closed);
+        if (srv->state == HD_DRAINING && !srv->stopping) hd_listener_take_backlog(&srv->listener);
+        hd_listener_close(&srv->listener, on_handle_closed, srv);
     }
     unwatch_scripts(srv);
 }
@@ -209,43 +209,25 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     hd_http_init(&srv->http, cfg, &srv->st, hd_api_dispatch, &srv->api);
     srv->net.accept_ops = &srv->http.ops;
     stop_taking(srv); /* until READY */
-    hd_api_route(&srv->api, "/healthz", HD_ROUTE_GET, route_healthz, srv);
-    hd_api_route(&srv->api, "/readyz", HD_ROUTE_GET, route_readyz, srv);
-    hd_api_route(&srv->api, "/metrics", HD_ROUTE_GET, route_metrics, srv);
-    hd_api_route(&srv->api, "/admin/reload", HD_ROUTE_POST | HD_ROUTE_AUTH, route_reload, srv);
-    hd_api_route(&srv->api, "/admin/drain", HD_ROUTE_POST | HD_ROUTE_AUTH, route_drain, srv);
-    hd_api_route(&srv->api, "/admin/status", HD_ROUTE_GET | HD_ROUTE_AUTH, route_status, srv);
+    const unsigned node = HD_ROUTE_NODE, private = HD_ROUTE_NODE | HD_ROUTE_PRIVATE;
+    hd_api_route(&srv->api, "/healthz", HD_ROUTE_GET | node, route_healthz, srv);
+    hd_api_route(&srv->api, "/readyz", HD_ROUTE_GET | node, route_readyz, srv);
+    hd_api_route(&srv->api, "/metrics", HD_ROUTE_GET | private, route_metrics, srv);
+    hd_api_route(&srv->api, "/admin/reload", HD_ROUTE_POST | HD_ROUTE_AUTH | private, route_reload, srv);
+    hd_api_route(&srv->api, "/admin/drain", HD_ROUTE_POST | HD_ROUTE_AUTH | private, route_drain, srv);
+    hd_api_route(&srv->api, "/admin/status", HD_ROUTE_GET | HD_ROUTE_AUTH | private, route_status, srv);
     hd_drain_init(&srv->drain, loop, cfg, &srv->net, &srv->eng, &srv->sc);
     srv->drain.close_listener = close_listener;
     srv->drain.stop = drain_done;
     srv->drain.ud = srv;
     uv_timer_init(loop, &srv->sweeper);
     srv->sweeper.data = srv;
-    uv_tcp_init(loop, &srv->listener);
-    srv->listener.data = srv;
+    srv->listener.fd = srv->admin.fd = -1;
     srv->drain.cluster = srv->clustered ? &srv->cluster : NULL;
-    /* listener, sweeper, drain timer, presence timer, writer, spinner (and
-     * the cluster's ticker and sync) */
-    srv->handles_open = srv->clustered ? 8 : 6;
+    /* sweeper, drain timer, presence timer, writer, spinner (and the
+     * cluster's ticker and sync); each listener once open */
+    srv->handles_open = srv->clustered ? 7 : 5;
     return 0;
-}
-
-static void on_connection(uv_stream_t *l, int status)
-{
-    hd_server *srv = l->data;
-    if (status < 0) {
-        /* libuv keeps a spare descriptor for EMFILE: it accepts and closes
-         * the waiting connections, so the loop never spins on a failing
-         * accept. One warning a second at most. */
-        srv->st.tcp_refused++;
-        uint64_t now = uv_now(srv->loop);
-        if (!srv->net.emfile_logged || now - srv->net.emfile_logged >= 1000) {
-            srv->net.emfile_logged = now;
-            hd_warn("accept: %s (%zu connections open)", uv_strerror(status), srv->net.nconns);
-        }
-        return;
-    }
-    hd_net_accept(&srv->net, l);
 }
 
 int hd_server_start(hd_server *srv)
@@ -253,40 +235,16 @@ int hd_server_start(hd_server *srv)
     const hd_config *cfg = srv->cfg;
     /* Redis connects first (in the background): the listener opens last. */
     if (srv->clustered) hd_cluster_start(&srv->cluster);
-    struct sockaddr_storage addr;
-    int rc = uv_ip4_addr(cfg->host, cfg->port, (struct sockaddr_in *)&addr);
-    if (rc) rc = uv_ip6_addr(cfg->host, cfg->port, (struct sockaddr_in6 *)&addr);
-    if (rc) {
-        hd_error("listen.host %s is not an IP address", cfg->host);
-        return rc;
+    int rc = hd_listener_open(&srv->listener, &srv->net, cfg->host, cfg->port, cfg->reuseport, 0);
+    if (rc) return rc;
+    srv->handles_open++;
+    srv->port = srv->listener.port;
+    if (cfg->admin_host) {
+        rc = hd_listener_open(&srv->admin, &srv->net, cfg->admin_host, cfg->admin_port, 0, 1);
+        if (rc) return rc;
+        srv->handles_open++;
+        srv->admin_port = srv->admin.port;
     }
-    if (cfg->reuseport) {
-        /* listen.reuseport: several processes share the port, the kernel
-         * spreads connections among them. libuv 1.44 has no
-         * UV_TCP_REUSEPORT, so the socket is made here and handed over. */
-        int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
-        socklen_t alen = addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                                    : sizeof(struct sockaddr_in);
-        rc = fd < 0 ? uv_translate_sys_error(errno) : 0;
-        if (!rc && (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
-                    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) ||
-                    bind(fd, (struct sockaddr *)&addr, alen)))
-            rc = uv_translate_sys_error(errno);
-        if (!rc) rc = uv_tcp_open(&srv->listener, fd); /* the handle owns fd from here */
-        if (rc && fd >= 0) close(fd);
-    } else {
-        rc = uv_tcp_bind(&srv->listener, (struct sockaddr *)&addr, 0);
-    }
-    if (!rc) uv_tcp_nodelay(&srv->listener, 1); /* inherited by accepted sockets */
-    if (!rc) rc = uv_listen((uv_stream_t *)&srv->listener, 4096, on_connection);
-    if (rc) {
-        hd_error("cannot listen on %s:%d: %s", cfg->host, cfg->port, uv_strerror(rc));
-        return rc;
-    }
-    struct sockaddr_storage bound;
-    int len = sizeof bound;
-    uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &len);
-    srv->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
     hd_net_start(&srv->net);
     uint64_t iv = sweep_interval(cfg);
     uv_timer_start(&srv->sweeper, on_sweep, iv, iv);
@@ -300,6 +258,11 @@ int hd_server_start(hd_server *srv)
     snprintf(host, sizeof host, shown, cfg->host);
     hd_info("listening on http://%s:%d (WebSocket at %s%s, API at /api/push)", host, srv->port,
             cfg->ws_paths[0], cfg->nmounts > 1 ? " and more" : "");
+    if (cfg->admin_host) {
+        snprintf(host, sizeof host, strchr(cfg->admin_host, ':') ? "[%s]" : "%s", cfg->admin_host);
+        hd_info("admin listening on http://%s:%d (/metrics, /healthz, /readyz, /admin/*)", host,
+                srv->admin_port);
+    }
     return 0;
 }
 
@@ -330,6 +293,7 @@ void hd_server_stop(hd_server *srv)
         srv->state = HD_DRAINING;
         stop_taking(srv);
         close_listener(srv);
+        hd_listener_close(&srv->admin, on_handle_closed, srv);
         hd_drain_cancel(&srv->drain);
         if (srv->net.nconns) hd_info("stopping: closing %zu connection(s)", srv->net.nconns);
         hd_net_close_all(&srv->net);

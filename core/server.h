@@ -4,6 +4,8 @@
  * node's own routes (/healthz, /readyz, /metrics, /admin/...).
  *
  * Lifecycle: STARTING -> READY (listener open) -> DRAINING -> STOPPED.
+ * The admin listener (admin = {...}) serves the node's routes from its own
+ * socket and stays open through the drain.
  * All mutable state hangs off hd_server, so several servers can run in one
  * process (the unit tests do). */
 #ifndef HD_SERVER_H
@@ -16,6 +18,7 @@
 #include "conn.h"
 #include "drain.h"
 #include "http.h"
+#include "listen.h"
 #include "publish.h"
 #include "script.h"
 #include "stats.h"
@@ -41,9 +44,11 @@ typedef struct hd_server {
     hd_channel_ctx ch;             /* L4: WebSocket sessions carrying Phoenix channels */
     hd_api api;                    /* L5: the routes */
     hd_drain drain;                /* L6: the drain sequence */
-    uv_tcp_t listener;
+    hd_listener listener;          /* the public port */
+    hd_listener admin;             /* the admin listener (admin = {...}), when configured */
     uv_timer_t sweeper;            /* idle and close-deadline checks */
     int port;                      /* the bound port, once listening */
+    int admin_port;                /* the admin listener's, once listening */
     char node_id[64];              /* this node's id: host-pid-random */
     int handles_open;              /* server handles not yet closed */
     void (*on_stopped)(struct hd_server *);

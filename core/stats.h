@@ -6,9 +6,21 @@
 
 #include <stdint.h>
 
+/* Why a connection was refused (herald_tcp_refused_total{reason}). */
+enum {
+    HD_REFUSE_DESCRIPTORS,        /* accept failed for want of a descriptor (EMFILE) */
+    HD_REFUSE_CAPACITY,           /* over the TCP cap, or the admin listener's */
+    HD_REFUSE_WS_CAPACITY,        /* an upgrade over the WebSocket cap */
+    HD_REFUSE_PER_IP,             /* limits.max_connections_per_ip */
+    HD_REFUSE_RATE,               /* limits.connect_rate */
+    HD_REFUSE_RATE_PER_IP,        /* limits.connect_rate_per_ip */
+    HD_REFUSE_DRAINING,           /* an upgrade while the node drains */
+    HD_REFUSE_COUNT
+};
+
 typedef struct hd_stats {
     uint64_t tcp_accepted;        /* TCP connections accepted */
-    uint64_t tcp_refused;         /* refused at accept (capacity) */
+    uint64_t tcp_refused[HD_REFUSE_COUNT]; /* refused, by reason */
     uint64_t http_requests;       /* HTTP requests answered (any status) */
     uint64_t http_errors_4xx;     /* ... of which 4xx */
     uint64_t http_head_timeouts;  /* requests (or silent connections) cut by timeouts.http_head_ms */

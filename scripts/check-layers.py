@@ -31,8 +31,8 @@ import sys
 # the structure of core/ means changing this table in the same commit.
 # Lowest first; within a layer, the listed order is also the rank order.
 LAYERS = [
-    ("L0", "pure", ["err", "util", "buf", "log", "embed", "stats", "ws", "phx", "luapi", "config"]),
-    ("L1", "transport", ["conn"]),
+    ("L0", "pure", ["err", "util", "addr", "buf", "log", "embed", "stats", "ws", "phx", "luapi", "config"]),
+    ("L1", "transport", ["peer", "conn", "listen"]),
     ("L2", "engine", ["policy", "topic", "presence", "shaper", "publish", "cluster"]),
     ("L3", "policy", ["script", "hooks"]),
     ("L4", "protocol", ["http", "wsconn", "channel"]),

@@ -84,6 +84,28 @@ local function node_name(v)
   return nil, "a name of 1 to 48 letters, digits, '.', '_' or '-', or nil"
 end
 
+-- listen.trusted_proxies: addresses and ranges ("10.0.0.0/8", "::1"); an
+-- empty list trusts none. Each is parsed by M.cidr, which core/config.c
+-- sets to hd_cidr_parse (core/addr.c), so that the check and the server
+-- read them with one parser.
+local function cidrs(v)
+  if type(v) ~= "table" then return nil, 'a list of addresses or ranges such as "10.0.0.0/8" (or {})' end
+  local out = {}
+  for i, item in ipairs(v) do
+    if not is_str(item) or (M.cidr and not M.cidr(item)) then
+      return nil, ('a list whose item %d is an address or a range such as "10.0.0.0/8"'):format(i)
+    end
+    out[i] = item
+  end
+  for k in pairs(v) do
+    if type(k) ~= "number" or k < 1 or k > #v or k ~= floor(k) then
+      return nil, "a list (found key " .. tostring(k) .. ")"
+    end
+  end
+  if #out > 256 then return nil, "a list of at most 256 items" end
+  return out
+end
+
 -- Sections later issues define; accepted as tables and passed through.
 M.reserved = {}
 
@@ -183,6 +205,12 @@ M.schema = {
     host = { "0.0.0.0", str },
     port = { 4000, int_range(0, 65535) },
     reuseport = { false, boolean },
+    trusted_proxies = { { "127.0.0.0/8", "::1" }, cidrs },
+  },
+  -- Absent: no admin listener. Present: one on host:port.
+  admin = {
+    host = { "127.0.0.1", str },
+    port = { 4001, int_range(0, 65535) },
   },
   api = {
     token = { false, opt_str },
@@ -193,6 +221,9 @@ M.schema = {
   },
   limits = {
     max_connections = { 100000, positive },
+    max_connections_per_ip = { 1000, int_range(0, 2^40) },
+    connect_rate = { 0, int_range(0, 10000000) },
+    connect_rate_per_ip = { 0, int_range(0, 10000000) },
     max_message_bytes = { 65536, int_range(128, 64 * 1024 * 1024) },
     max_inbound_bytes = { 67108864, int_range(1024, 2^40) },
     send_queue_bytes = { 1048576, int_range(1024, 1024 * 1024 * 1024) },
@@ -242,7 +273,7 @@ M.schema = {
   },
 }
 
-local order = { "listen", "api", "mounts", "ws", "limits", "timeouts", "log", "reload", "drain", "presence",
+local order = { "listen", "admin", "api", "mounts", "ws", "limits", "timeouts", "log", "reload", "drain", "presence",
                 "topics", "scripts", "plugins", "cluster" }
 
 local function copy(v)
@@ -318,6 +349,7 @@ function M.normalize(settings, source)
       end
     end
   end
+  out.admin.on = settings.admin ~= nil
   for name in pairs(M.reserved) do
     local v = settings[name]
     if v ~= nil then

@@ -3,7 +3,8 @@
 // limits.max_connections far above it: it says so at start-up, caps
 // WebSocket connections below the limit (503 to the upgrade beyond), answers
 // 503 to connections over its TCP cap without reading them, survives
-// connections beyond its descriptors (libuv's spare-descriptor accept), and
+// connections beyond its descriptors (a spare descriptor makes room to
+// accept, answer 503 and close each), counts every refusal by reason, and
 // serves again once clients leave.
 const test = require('node:test');
 const assert = require('node:assert/strict');
@@ -50,8 +51,8 @@ test('connections beyond RLIMIT_NOFILE are refused with 503, and the server reco
   over.end();
 
   // Connections that keep descriptors busy without a request: those over
-  // the TCP cap are answered 503 and closed at once; beyond the process's
-  // descriptors the connection is accepted and closed by libuv. None hangs.
+  // the TCP cap are answered 503 and closed at once, and so are those
+  // beyond the process's descriptors. None hangs.
   const before = await h.metrics(srv.port);
   const idle = [];
   t.after(() => { for (const c of idle) c.socket.destroy(); });
@@ -66,7 +67,12 @@ test('connections beyond RLIMIT_NOFILE are refused with 503, and the server reco
   for (const c of clients.splice(0, 10)) c.end();
   await h.eventually(async () => (await h.metrics(srv.port)).herald_connections <= cap - 10, 20000, 'the closed clients to be gone');
   const after = await h.metrics(srv.port);
-  assert.ok(after.herald_tcp_refused_total > before.herald_tcp_refused_total, 'refusals are counted');
+  const refused = (m) => h.metricSum(m, 'herald_tcp_refused_total');
+  assert.ok(refused(after) > refused(before), 'refusals are counted');
+  assert.ok(after['herald_tcp_refused_total{reason="capacity"}'] > before['herald_tcp_refused_total{reason="capacity"}'],
+    'refusals over the TCP cap are counted under their reason');
+  assert.ok(after['herald_tcp_refused_total{reason="ws_capacity"}'] >= 1, 'the upgrade over the cap is counted');
+  assert.match(srv.log, /refused \d+ connection\(s\) in the last second/);
   const again = await h.rawWs(srv.port);
   assert.equal(again.status, 101);
   again.end();

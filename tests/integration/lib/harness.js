@@ -496,6 +496,13 @@ function parseMetrics(text) {
   return m;
 }
 
+// The sum of a metric over its labels (name{a="x"} and name{a="y"}).
+function metricSum(m, name) {
+  let sum = 0;
+  for (const [k, v] of Object.entries(m)) if (k === name || k.startsWith(`${name}{`)) sum += v;
+  return sum;
+}
+
 async function metrics(port, headers) {
   const r = await request(port, 'GET', '/metrics', { headers });
   return parseMetrics(r.body);
@@ -516,5 +523,5 @@ async function eventually(fn, ms = 10000, what = 'condition') {
 module.exports = {
   ROOT, BIN, WS_GUID, startHerald, serve, finish, badLogLines, request, push, parseResponses, httpConn, rawExchange, frame,
   closePayload, acceptFor, upgradeRequest, rawWs, wsClient, phoenixSocket, connect, join, leave, nextEvent,
-  nextSocketMessage, parseMetrics, metrics, eventually, within, deadline, Inbox, Socket, Presence, WebSocket,
+  nextSocketMessage, parseMetrics, metricSum, metrics, eventually, within, deadline, Inbox, Socket, Presence, WebSocket,
 };
