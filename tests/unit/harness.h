@@ -143,10 +143,16 @@ static void cli_connected(uv_connect_t *r, int status)
     uv_read_start((uv_stream_t *)&c->tcp, cli_alloc, cli_read);
 }
 
-static cli *cli_new(void)
+/* A client from source address src (NULL: any) to port. */
+static cli *cli_new_at(const char *src, int port)
 {
     cli *c = calloc(1, sizeof *c);
     uv_tcp_init(&loop, &c->tcp);
+    if (src) {
+        struct sockaddr_in b;
+        uv_ip4_addr(src, 0, &b);
+        assert_int_equal(uv_tcp_bind(&c->tcp, (struct sockaddr *)&b, 0), 0);
+    }
     c->tcp.data = c->cr.data = c;
     hd_str_add(&c->in, "", 0);
     for (size_t i = 0; i < sizeof clients / sizeof *clients; i++)
@@ -155,11 +161,13 @@ static cli *cli_new(void)
             break;
         }
     struct sockaddr_in a;
-    uv_ip4_addr("127.0.0.1", srv.port, &a);
+    uv_ip4_addr("127.0.0.1", port, &a);
     uv_tcp_connect(&c->cr, &c->tcp, (struct sockaddr *)&a, cli_connected);
     RUN_UNTIL(c->connected);
     return c;
 }
+
+static cli *cli_new(void) { return cli_new_at(NULL, srv.port); }
 
 static void cli_closed(uv_handle_t *h) { ((cli *)h->data)->closed = 1; }
 
