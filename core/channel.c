@@ -168,8 +168,11 @@ static void on_client_push(hd_channel_ctx *ch, hd_conn *c, const char *jr, const
     hd_str_free(&answer);
 }
 
-/* Handles one text message; returns 0, or non-zero after closing. */
-static int on_phoenix(hd_channel_ctx *ch, hd_conn *c, const uint8_t *data, size_t len)
+/* Handles one text message; returns 0, or non-zero after closing. A
+ * refused one (over the client message rate) is answered "rate limited"
+ * when it has a ref, and goes no further: no join, no hook. */
+static int on_phoenix(hd_channel_ctx *ch, hd_conn *c, const uint8_t *data, size_t len,
+                      int refused)
 {
     ch->st->ws_msgs_in++;
     json_error_t jerr;
@@ -193,7 +196,9 @@ static int on_phoenix(hd_channel_ctx *ch, hd_conn *c, const uint8_t *data, size_
     }
     const char *t = json_string_value(topic), *ev = json_string_value(event);
     size_t tlen = json_string_length(topic);
-    if (strcmp(ev, "heartbeat") == 0 && strcmp(t, "phoenix") == 0) {
+    if (refused) {
+        if (ref) reply_error(c, jr, ref, t, "rate limited");
+    } else if (strcmp(ev, "heartbeat") == 0 && strcmp(t, "phoenix") == 0) {
         reply(c, NULL, ref, t, "ok", "{}");
     } else if (strcmp(ev, "phx_join") == 0) {
         on_join(ch, c, jr, ref, t, tlen, json_array_get(msg, 4));
@@ -212,13 +217,13 @@ static int on_phoenix(hd_channel_ctx *ch, hd_conn *c, const uint8_t *data, size_
     return 0;
 }
 
-static int on_message(void *ud, hd_conn *c, int opcode, uint8_t *data, size_t len)
+static int on_message(void *ud, hd_conn *c, int opcode, uint8_t *data, size_t len, int refused)
 {
     if (opcode == HD_WS_BINARY) {
         hd_conn_shut(c, 1003, "binary frames are not supported");
         return 1;
     }
-    return on_phoenix(ud, c, data, len);
+    return on_phoenix(ud, c, data, len, refused);
 }
 
 static const hd_ws_handler handler = {on_message, unlink_all};

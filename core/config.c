@@ -256,6 +256,8 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     c->max_topics_per_socket = (size_t)num_field(L, -1, "max_topics_per_socket");
     c->max_queued_bytes = (size_t)num_field(L, -1, "max_queued_bytes");
     c->fanout_backlog = (unsigned)num_field(L, -1, "fanout_backlog");
+    c->client_messages_per_s = (uint32_t)num_field(L, -1, "client_messages_per_s");
+    c->client_messages_burst = (uint32_t)num_field(L, -1, "client_messages_burst");
     lua_pop(L, 1);
 
     lua_getfield(L, t, "timeouts");

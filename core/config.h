@@ -77,6 +77,8 @@ typedef struct hd_config {
     size_t max_body_bytes;
     size_t max_topics_per_socket;
     size_t max_queued_bytes; /* all connections' queues together */
+    uint32_t client_messages_per_s; /* a WebSocket's message rate (token bucket); 0: no limit */
+    uint32_t client_messages_burst; /* ... and its bucket size (>= 1 when the rate is set) */
     unsigned fanout_backlog; /* hold HTTP answers while a queue is this deep (0: never) */
     uint64_t presence_batch_ms;
     hd_topic_rule *topic_rules;

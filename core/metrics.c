@@ -57,6 +57,14 @@ void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd
     hd_metrics_counter(o, "herald_ws_messages_total", "Phoenix messages received.", m->ws_msgs_in);
     hd_metrics_counter(o, "herald_ws_bad_messages_total",
             "Malformed WebSocket frames or Phoenix messages received.", m->ws_bad_msgs);
+    hd_metrics_counter(o, "herald_client_messages_limited_total",
+                       "Client messages refused (an error reply, not processed): over "
+                       "limits.client_messages_per_s.",
+                       m->client_msgs_limited);
+    hd_metrics_counter(o, "herald_client_rate_closes_total",
+                       "WebSocket connections closed (1008) because refused messages kept coming "
+                       "for 5 s.",
+                       m->client_rate_closes);
     hd_metrics_counter(o, "herald_joins_total", "Channel joins accepted.", m->joins);
     hd_metrics_counter(o, "herald_joins_refused_total", "Channel joins refused.", m->joins_refused);
     hd_metrics_counter(o, "herald_publishes_total", "Messages published (one per topic of a push).",

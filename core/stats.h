@@ -32,6 +32,8 @@ typedef struct hd_stats {
     uint64_t ws_closes_sent[16];  /* server-sent close codes 1000..1015 */
     uint64_t ws_msgs_in;          /* Phoenix messages received */
     uint64_t ws_bad_msgs;         /* malformed Phoenix messages */
+    uint64_t client_msgs_limited; /* messages refused: over limits.client_messages_per_s */
+    uint64_t client_rate_closes;  /* closed 1008: refused messages kept coming for 5 s */
     uint64_t joins;               /* successful joins */
     uint64_t joins_refused;       /* refused joins */
     uint64_t publishes;           /* publish requests accepted (per topic) */

@@ -2,7 +2,13 @@
  * in (core/ws.c's parser), ping/pong, and the close handshake. It knows
  * nothing of what the messages mean: the application is a handler it was
  * given at start-up (h2o's lib/websocket.c is the model), and channel.c is
- * that handler for Phoenix. */
+ * that handler for Phoenix.
+ *
+ * It also holds each client to limits.client_messages_per_s: a token
+ * bucket per session counts data messages (not control frames); one over
+ * the rate still goes to the handler, marked refused, and a client whose
+ * messages are still refused after 5 s is closed with 1008 "message rate
+ * exceeded". */
 #ifndef HD_WSCONN_H
 #define HD_WSCONN_H
 
@@ -12,9 +18,12 @@
 
 typedef struct hd_ws_handler {
     /* A complete data message (HD_WS_TEXT, UTF-8 already checked, or
-     * HD_WS_BINARY); data is writable and valid during the call. Return 0
-     * to go on, non-zero after closing (parsing stops). */
-    int (*on_message)(void *ud, hd_conn *c, int opcode, uint8_t *data, size_t len);
+     * HD_WS_BINARY); data is writable and valid during the call. refused:
+     * the message is over the client message rate
+     * (limits.client_messages_per_s): answer it as refused and act on
+     * nothing in it. Return 0 to go on, non-zero after closing (parsing
+     * stops). */
+    int (*on_message)(void *ud, hd_conn *c, int opcode, uint8_t *data, size_t len, int refused);
     /* The session is closing (our close began, or the connection is
      * closing): unlink whatever refers to c. May be called more than once. */
     void (*on_close)(void *ud, hd_conn *c);
@@ -22,7 +31,7 @@ typedef struct hd_ws_handler {
 
 typedef struct hd_ws_ctx {
     hd_conn_ops ops;             /* first: c->ops of a WebSocket connection points here */
-    const hd_config *cfg;        /* max_message_bytes, ws_close_ms */
+    const hd_config *cfg;        /* max_message_bytes, ws_close_ms, client_messages_* */
     hd_stats *st;
     const hd_ws_handler *h;
     void *ud;

@@ -233,6 +233,8 @@ M.schema = {
     max_topics_per_socket = { 100, int_range(1, 100000) },
     max_queued_bytes = { 268435456, int_range(1024, 2^40) },
     fanout_backlog = { 1, int_range(0, 1000000) },
+    client_messages_per_s = { 100, int_range(0, 1000000) },
+    client_messages_burst = { 200, int_range(0, 1000000) },
   },
   timeouts = {
     ws_idle_ms = { 45000, int_range(10, 86400000) },
@@ -331,6 +333,10 @@ function M.normalize(settings, source)
     end
   end
   -- What one key's checker cannot see.
+  local lim = out.limits
+  if lim.client_messages_per_s > 0 and lim.client_messages_burst < 1 then
+    return fail("limits.client_messages_burst", "at least 1 while limits.client_messages_per_s is set", "0")
+  end
   local cl, given = out.cluster, settings.cluster
   if given ~= nil then
     if not cl.redis then

@@ -53,6 +53,22 @@ describe("herald.config.normalize", function()
     assert.truthy(norm({ helper = function() end, scripts = { "policy.lua" } }))
   end)
 
+  it("checks the client message rate: non-negative integers, a burst of at least 1 when on", function()
+    local l = assert(norm({})).limits
+    assert.are.equal(100, l.client_messages_per_s)
+    assert.are.equal(200, l.client_messages_burst)
+    l = assert(norm({ limits = { client_messages_per_s = 0, client_messages_burst = 0 } })).limits
+    assert.are.equal(0, l.client_messages_per_s)
+    assert.truthy(norm({ limits = { client_messages_per_s = 1, client_messages_burst = 1 } }))
+    local _, err = norm({ limits = { client_messages_per_s = 5, client_messages_burst = 0 } })
+    assert.are.equal("test.lua: limits.client_messages_burst: expected at least 1 while "
+                     .. "limits.client_messages_per_s is set, got 0", err)
+    _, err = norm({ limits = { client_messages_per_s = -1 } })
+    assert.matches("limits.client_messages_per_s: expected an integer from 0 to 1000000", err, 1, true)
+    _, err = norm({ limits = { client_messages_burst = 2.5 } })
+    assert.matches("limits.client_messages_burst: expected an integer from 0 to 1000000", err, 1, true)
+  end)
+
   it("defaults listen.reuseport to false and checks it", function()
     assert.are.equal(false, assert(norm({})).listen.reuseport)
     assert.are.equal(true, assert(norm({ listen = { reuseport = true } })).listen.reuseport)

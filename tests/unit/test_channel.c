@@ -30,6 +30,7 @@
 
 static const char hooks[] =
     "local M = {}\n"
+    "local calls = 0 -- pushes of event 'count' the hook saw\n"
     "function M.authenticate(req)\n"
     "  local p = req.params\n"
     "  if p.crash then error('boom') end\n"
@@ -47,6 +48,7 @@ static const char hooks[] =
     "  if event == 'kick' then return { n = herald.disconnect(payload.id) } end\n"
     "  if event == 'echo' then return payload end\n"
     "  if event == 'refuse' then return false, 'nope' end\n"
+    "  if event == 'count' then calls = calls + 1; return { n = calls } end\n"
     "end\n"
     "return M\n";
 
@@ -587,6 +589,204 @@ static void test_bad_frames(void **st)
     assert_int_equal(metric("herald_ws_bad_messages_total"), 1);
 }
 
+/* ---- the client message rate ---------------------------------------------------------- */
+
+/* limits.client_messages_per_s = 5, _burst = 10: a full bucket at the
+ * upgrade; a refill of 1 token takes 200 ms. */
+static int setup_rate(void **st)
+{
+    (void)st;
+    return setup_with_script("listen = { host = '127.0.0.1', port = 0 }\n"
+                             "limits = { client_messages_per_s = 5, client_messages_burst = 10 }\n"
+                             "log = { level = 'error' }\n",
+                             hooks);
+}
+
+/* The next frame is the reply to the message (jr as JSON, ref, topic):
+ * its ok reply with response, or the "rate limited" error. Returns 1 for
+ * the error. */
+static int reply_or_limited(cli *ws, const char *jr, const char *ref, const char *topic,
+                            const char *response)
+{
+    char ok[256], limited[256];
+    snprintf(ok, sizeof ok, "[%s,\"%s\",\"%s\",\"phx_reply\",{\"status\":\"ok\",\"response\":%s}]",
+             jr, ref, topic, response);
+    snprintf(limited, sizeof limited,
+             "[%s,\"%s\",\"%s\",\"phx_reply\",{\"status\":\"error\",\"response\":"
+             "{\"reason\":\"rate limited\"}}]",
+             jr, ref, topic);
+    int op;
+    char *got = next_frame(ws, &op);
+    assert_int_equal(op, 1);
+    int refused = strcmp(got, limited) == 0;
+    if (!refused && strcmp(got, ok) != 0) fail_msg("got %s, wanted %s or %s", got, ok, limited);
+    free(got);
+    return refused;
+}
+
+/* n heartbeats with refs <prefix>1..<prefix>n in one write, then their
+ * replies in order; returns how many were refused, after checking that the
+ * first burst of them was not (a full bucket of 10). */
+static int heartbeats(cli *ws, const char *prefix, int n)
+{
+    char m[128], ref[32];
+    for (int i = 1; i <= n; i++) {
+        snprintf(m, sizeof m, "[null,\"%s%d\",\"phoenix\",\"heartbeat\",{}]", prefix, i);
+        ws_text(ws, m);
+    }
+    int refused = 0;
+    for (int i = 1; i <= n; i++) {
+        snprintf(ref, sizeof ref, "%s%d", prefix, i);
+        int r = reply_or_limited(ws, "null", ref, "phoenix", "{}");
+        if (i <= 10) assert_int_equal(r, 0);
+        refused += r;
+    }
+    return refused;
+}
+
+/* Lets the loop run for ms: the bucket refills with loop time, which the
+ * server and this test share. */
+static void run_for(uint64_t ms)
+{
+    uint64_t end = uv_now(&loop) + ms;
+    RUN_UNTIL(uv_now(&loop) >= end);
+}
+
+/* 30 messages at once: the burst (10) is processed, the rest (all but what
+ * a refill in the meantime allows) get the error reply with their own
+ * join_ref, ref and topic, whatever they are (a join, heartbeats, pushes),
+ * counted in herald_client_messages_limited_total; none reaches the
+ * message hook and one without a ref gets no reply. Once tokens are back,
+ * messages are processed again. */
+static void test_rate_limited(void **st)
+{
+    (void)st;
+    cli *ws = ws_client();
+    char m[128], ref[16];
+    ws_text(ws, "[\"1\",\"1\",\"room\",\"phx_join\",{}]");
+    for (int i = 2; i <= 30; i++) {
+        if (i % 2) snprintf(m, sizeof m, "[null,\"%d\",\"phoenix\",\"heartbeat\",{}]", i);
+        else snprintf(m, sizeof m, "[\"1\",\"%d\",\"room\",\"count\",{}]", i);
+        ws_text(ws, m);
+    }
+    ws_text(ws, "[\"1\",null,\"room\",\"count\",{}]"); /* no ref: no reply either way */
+    ws_text(ws, "[\"2\",\"31\",\"lobby\",\"phx_join\",{}]");
+    assert_int_equal(reply_or_limited(ws, "\"1\"", "1", "room", "{}"), 0);
+    int refused = 0, counted = 0;
+    for (int i = 2; i <= 30; i++) {
+        snprintf(ref, sizeof ref, "%d", i);
+        char response[32];
+        snprintf(response, sizeof response, "{\"n\":%d}", counted + 1);
+        int r = i % 2 ? reply_or_limited(ws, "null", ref, "phoenix", "{}")
+                      : reply_or_limited(ws, "\"1\"", ref, "room", response);
+        if (i <= 10) assert_int_equal(r, 0);
+        if (!r && !(i % 2)) counted++;
+        refused += r;
+    }
+    /* The ref-less push, if a refill let it through, is answered (ref null)
+     * before the join of lobby. */
+    int op;
+    char *got = next_frame(ws, &op);
+    char nul_ok[96];
+    snprintf(nul_ok, sizeof nul_ok,
+             "[\"1\",null,\"room\",\"phx_reply\",{\"status\":\"ok\",\"response\":{\"n\":%d}}]",
+             counted + 1);
+    int nul_refused = strcmp(got, nul_ok) != 0;
+    if (!nul_refused) {
+        counted++;
+        free(got);
+        got = next_frame(ws, &op);
+    }
+    const char lobby_limited[] = "[\"2\",\"31\",\"lobby\",\"phx_reply\",{\"status\":\"error\","
+                                 "\"response\":{\"reason\":\"rate limited\"}}]";
+    const char lobby_ok[] = "[\"2\",\"31\",\"lobby\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]";
+    int lobby_refused = strcmp(got, lobby_limited) == 0;
+    if (!lobby_refused && strcmp(got, lobby_ok) != 0) fail_msg("got %s for the join of lobby", got);
+    free(got);
+    refused += nul_refused + lobby_refused;
+    assert_true(refused >= 15);
+    assert_int_equal(srv.st.client_msgs_limited, refused);
+    assert_int_equal(srv.st.ws_msgs_in, 32); /* refused ones were received all the same */
+    /* A refused join joined nothing. */
+    if (lobby_refused) assert_null(hd_topics_find(&srv.eng.topics, "lobby", 5));
+    /* 600 ms refill 3 tokens: a heartbeat and a push are processed, and
+     * the hook has seen only the pushes that were not refused. */
+    run_for(600);
+    heartbeat(ws, "h");
+    ws_text(ws, "[\"1\",\"c\",\"room\",\"count\",{}]");
+    snprintf(m, sizeof m, "{\"n\":%d}", counted + 1);
+    assert_int_equal(reply_or_limited(ws, "\"1\"", "c", "room", m), 0);
+    assert_int_equal(metric("herald_client_messages_limited_total"), refused);
+    assert_int_equal(metric("herald_client_rate_closes_total"), 0);
+    cli_free(ws);
+    RUN_UNTIL(srv.net.nconns == 0);
+}
+
+/* A client that keeps sending into an empty bucket is closed with 1008
+ * once refusals have gone on for 5 s; meanwhile another that burst (30 at
+ * once) and then stopped is not, nor when it bursts again after the 5 s:
+ * its first refusals were long over. */
+static void test_rate_flood_closes(void **st)
+{
+    (void)st;
+    cli *flood = ws_client(), *burst = ws_client();
+    assert_true(heartbeats(burst, "a", 30) >= 15);
+    /* A heartbeat a loop turn (the ticker's 5 ms: 200/s against 5/s),
+     * until the close frame; at most 10 s. */
+    uint64_t end = uv_now(&loop) + 10000;
+    char *close = NULL;
+    size_t close_len = 0;
+    for (int i = 0; !close; i++) {
+        if (uv_now(&loop) > end) fail_msg("the flood was not closed");
+        char m[64];
+        snprintf(m, sizeof m, "[null,\"f%d\",\"phoenix\",\"heartbeat\",{}]", i);
+        ws_text(flood, m);
+        uv_run(&loop, UV_RUN_ONCE);
+        int op;
+        size_t pl, pn;
+        while (!close && frame_len(flood, &op, &pl, &pn) > 0) {
+            char *f = next_frame_n(flood, &op, &close_len);
+            if (op == 8) close = f;
+            else free(f);
+        }
+    }
+    assert_int_equal(close_len, 2 + strlen("message rate exceeded"));
+    assert_int_equal((uint8_t)close[0] << 8 | (uint8_t)close[1], 1008);
+    assert_memory_equal(close + 2, "message rate exceeded", close_len - 2);
+    free(close);
+    RUN_UNTIL(flood->eof);
+    cli_free(flood);
+    assert_int_equal(srv.st.client_rate_closes, 1);
+    assert_int_equal(metric("herald_client_rate_closes_total"), 1);
+    assert_int_equal(metric("herald_ws_closes_sent_total{code=\"1008\"}"), 1);
+    /* The bursting client: a full bucket again, refusals again, open. */
+    assert_true(heartbeats(burst, "b", 30) >= 15);
+    run_for(400);
+    heartbeat(burst, "c");
+    assert_int_equal(srv.st.client_rate_closes, 1);
+    cli_free(burst);
+    RUN_UNTIL(srv.net.nconns == 0);
+}
+
+/* limits.client_messages_per_s = 0: no limit. */
+static int setup_rate_off(void **st)
+{
+    (void)st;
+    return setup_with("listen = { host = '127.0.0.1', port = 0 }\n"
+                      "limits = { client_messages_per_s = 0, client_messages_burst = 0 }\n"
+                      "log = { level = 'warn' }\n");
+}
+
+static void test_rate_off(void **st)
+{
+    (void)st;
+    cli *ws = ws_client();
+    assert_int_equal(heartbeats(ws, "", 300), 0);
+    assert_int_equal(srv.st.client_msgs_limited, 0);
+    cli_free(ws);
+    RUN_UNTIL(srv.net.nconns == 0);
+}
+
 /* ws.allowed_origins: a browser's Origin must be allowed (an exact origin
  * or a subdomain pattern); a request without Origin is not a browser's and
  * passes; a refusal is 403 before the upgrade, counted. */
@@ -640,6 +840,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_push_with_hook, setup_hooks_many, teardown),
         cmocka_unit_test_setup_teardown(test_bad_frames, setup, teardown),
         cmocka_unit_test_setup_teardown(test_allowed_origins, setup_origins, teardown),
+        cmocka_unit_test_setup_teardown(test_rate_limited, setup_rate, teardown),
+        cmocka_unit_test_setup_teardown(test_rate_flood_closes, setup_rate, teardown),
+        cmocka_unit_test_setup_teardown(test_rate_off, setup_rate_off, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

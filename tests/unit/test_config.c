@@ -81,6 +81,8 @@ static void test_defaults(void **st)
     assert_int_equal(c.max_body_bytes, 1048576);
     assert_int_equal(c.max_topics_per_socket, 100);
     assert_int_equal(c.max_queued_bytes, 268435456);
+    assert_int_equal(c.client_messages_per_s, 100);
+    assert_int_equal(c.client_messages_burst, 200);
     assert_int_equal(c.ws_idle_ms, 45000);
     assert_int_equal(c.http_idle_ms, 60000);
     assert_int_equal(c.http_head_ms, 10000);
@@ -238,6 +240,10 @@ static void test_errors(void **st)
     bad("timeouts = { ws_idle_ms = 0 }", "timeouts.ws_idle_ms", NULL);
     bad("timeouts = { ws_message_ms = 5 }", "timeouts.ws_message_ms", NULL);
     bad("limits = { max_inbound_bytes = 100 }", "limits.max_inbound_bytes", NULL);
+    bad("limits = { client_messages_per_s = -1 }", "limits.client_messages_per_s", NULL);
+    bad("limits = { client_messages_burst = 1.5 }", "limits.client_messages_burst", NULL);
+    bad("limits = { client_messages_per_s = 5, client_messages_burst = 0 }",
+        "limits.client_messages_burst", "at least 1 while limits.client_messages_per_s is set", NULL);
     /* A hook script or a plugin given as a config. */
     bad("return { authenticate = function() end }", "$F: returns a table",
         "as a hook script or a plugin does", NULL);
