@@ -52,7 +52,11 @@ test('an unknown plugin or bad plugin options fail start-up with a clear message
   assert.notEqual(bad.result.code, 0);
   assert.match(bad.log, /unknown plugin 'nope'/);
   bad = await h.startHerald('plugins = { jwt = {} }\n', {}, { expectFail: true });
-  assert.match(bad.log, /plugin jwt: option secret must be a non-empty string/);
+  assert.match(bad.log, /herald\.lua: plugins\.jwt\.secret: expected a non-empty string \(required\), got nil/);
+  bad = await h.startHerald('plugins = { rate_limit = { per_secnd = 5 } }\n', {}, { expectFail: true });
+  assert.notEqual(bad.result.code, 0);
+  assert.match(bad.log, /\[error\] \S*herald\.lua: plugins\.rate_limit: unknown option "per_secnd"/);
+  assert.doesNotMatch(bad.log, /listening on/);
 });
 
 test('the example policy loads and uses every hook', async (t) => {
