@@ -415,6 +415,7 @@ int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen)
     }
     if (lrc) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        hd_luapi_hide_string_token(err, errlen);
         goto out;
     }
     /* JIT off for the chunk so that the instruction budget applies. */

@@ -115,7 +115,8 @@ typedef struct hd_config {
  * and, where known, the line or the setting: a file that does not compile
  * or run has one error; the settings of one that runs are all checked, the
  * plugins' options against each plugin's declaration included, and every
- * error found is reported (truncated to errlen). */
+ * error found is reported (truncated to errlen). No error shows the value
+ * of api.token or of a plugin option declared secret. */
 int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen);
 /* Frees what hd_config_load allocated; safe on a zeroed struct. */
 void hd_config_free(hd_config *c);

@@ -539,6 +539,7 @@ static int load_chunk(hd_script *s, const char *src, const char *text, size_t le
     }
     if (luaL_loadbuffer(L, text, len, chunkname)) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        hd_luapi_hide_string_token(err, errlen);
         lua_pop(L, 1);
         return -1;
     }

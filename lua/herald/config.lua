@@ -19,8 +19,8 @@ local function is_int(v) return type(v) == "number" and v == floor(v) and v > -2
 local function is_str(v) return type(v) == "string" and not find(v, "\0", 1, true) end
 
 -- How an error shows a value it refuses: a string quoted, a table as "a
--- table"; a secret (a plugin's secret option) only by its kind, never its
--- bytes, since errors are logged.
+-- table"; a secret (api.token, a plugin's secret option) only by its kind,
+-- never its bytes, since errors are logged.
 local function show(v, secret)
   if type(v) == "string" then
     if not secret or v == "" then return ("%q"):format(v) end
@@ -94,6 +94,14 @@ local function list_of(check, max)
   end
 end
 local function boolean(v) if type(v) == "boolean" then return v end return nil, "true or false" end
+-- A checker whose errors show the value's kind only.
+local function secret(check)
+  return function(v)
+    local ok, want = check(v)
+    if ok == nil then return nil, want, show(v, true) end
+    return ok
+  end
+end
 -- An allowed Origin: "scheme://host[:port]" exactly, or "*.domain" (any
 -- subdomain of domain, any scheme and port).
 local function origin(v)
@@ -387,7 +395,7 @@ M.schema = {
     reuseport = { false, boolean },
   },
   api = {
-    token = { false, opt_str },
+    token = { false, secret(opt_str) },
   },
   mounts = { { "/push_socket", "/socket" }, list_of(mount, 16) },
   ws = {

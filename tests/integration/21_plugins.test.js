@@ -6,13 +6,7 @@ const path = require('node:path');
 const crypto = require('node:crypto');
 const h = require('./lib/harness');
 
-const b64url = (b) => Buffer.from(b).toString('base64url');
-function jwt(claims, secret) {
-  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
-  const body = b64url(JSON.stringify(claims));
-  const sig = crypto.createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
-  return `${head}.${body}.${sig}`;
-}
+const { jwt } = h;
 
 test('the PushEx-style example: JWT connect, private user topics, untracked public topic', async (t) => {
   const example = fs.readFileSync(path.join(h.ROOT, 'examples/pushex.lua'), 'utf8')

@@ -201,6 +201,14 @@ describe("herald.config.normalize", function()
     assert.matches("log.level", err, 1, true)
   end)
 
+  it("never shows api.token's value in an error", function()
+    for _, case in ipairs({ { "hunter2\0x", "a string with a NUL byte" }, { 271828, "a number" },
+                            { { "hunter2" }, "a table" }, { true, "a boolean" } }) do
+      local _, err = norm({ api = { token = case[1] } })
+      assert.are.equal("test.lua: api.token: expected a string without NUL bytes, or nil, got " .. case[2], err)
+    end
+  end)
+
   describe("reports every error it finds", function()
     it("one line each, naming the file and the setting, in a stable order", function()
       local c, err, lines = norm({ listen = { port = "x" }, limits = { max_conections = 5 }, log = { level = "loud" } })

@@ -560,7 +560,28 @@ static void test_sandbox_tables(void **st)
 static void test_nul_in_strings(void **st)
 {
     (void)st;
-    bad("api = { token = 'a\\0long-secret' }", "api.token", NULL);
+    bad("api = { token = 'a\\0long-secret' }", "api.token", "got a string with a NUL byte", NULL);
+    hd_config c;
+    char err[512];
+    assert_int_equal(load("api = { token = 'a\\0long-secret' }", &c, err, sizeof err), HD_ECONFIG);
+    assert_null(strstr(err, "long-secret")); /* errors are logged: a token never is */
+    /* Nor a string literal a syntax error stopped at. */
+    bad("api = { token = \"s3cretvalue }\n", "$F:1: unfinished string near a string literal (not shown)",
+        NULL);
+    bad("api = { token = 's3cretvalue' 'x' }\n", "$F:1:", "near a string literal (not shown)", NULL);
+    bad("api = { token = [==[s3cretvalue]==] [[x]] }\n", "near a string literal (not shown)", NULL);
+    bad("api = { token = 5 6 }\n", "$F:1: '}' expected near '6'", NULL); /* others are shown */
+    assert_int_equal(load("api = { token = \"s3cretvalue }\n", &c, err, sizeof err), HD_ECONFIG);
+    assert_null(strstr(err, "s3cretvalue"));
+    /* The rewrite stays inside a buffer that holds the start of the token
+     * but not all of the replacement. */
+    char shortbuf[128];
+    size_t room = strlen(path) + sizeof ":1: unfinished string near '\"s3c";
+    memset(shortbuf, 'Z', sizeof shortbuf);
+    assert_int_equal(load("api = { token = \"s3cretvalue }\n", &c, shortbuf, room), HD_ECONFIG);
+    assert_int_equal(shortbuf[room], 'Z');
+    assert_int_equal(strlen(shortbuf), room - 1);
+    assert_null(strstr(shortbuf, "s3c"));
     bad("listen = { host = '127.0.0.1\\0x' }", "listen.host", NULL);
     bad("topics = { { match = '\\0p:*', tracked = false } }", "topics", NULL);
     bad("scripts = { 'a.lua\\0.txt' }", "scripts", NULL);
