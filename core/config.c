@@ -175,6 +175,20 @@ static int l_cidr(lua_State *L)
     return 1;
 }
 
+/* [-1, +1] plugin_source(name) -> text | nil: plugins/<name>.lua as compiled
+ * into the binary, for the schema (M.plugin_source), which reads each
+ * plugin's declaration of its options from it. */
+static int l_plugin_source(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    char mod[160];
+    snprintf(mod, sizeof mod, "plugins.%s", name);
+    const hd_embedded *p = strlen(name) < 128 ? hd_embedded_find(mod) : NULL;
+    if (p) lua_pushlstring(L, p->src, p->len);
+    else lua_pushnil(L);
+    return 1;
+}
+
 /* [-0, +0] Copies the normalized table at the top of the stack into c. */
 static int read_normalized(lua_State *L, hd_config *c, const char *dir)
 {
@@ -411,6 +425,8 @@ int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen)
     lua_setfield(L, schema, "redis_url");
     lua_pushcfunction(L, l_cidr);
     lua_setfield(L, schema, "cidr");
+    lua_pushcfunction(L, l_plugin_source);
+    lua_setfield(L, schema, "plugin_source");
 
     /* The operator's chunk, read as source text (bytecode is refused). */
     int lrc;
@@ -432,6 +448,7 @@ int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen)
     }
     if (lrc) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        hd_luapi_hide_string_token(err, errlen);
         goto out;
     }
     /* JIT off for the chunk so that the instruction budget applies. */

@@ -121,8 +121,13 @@ typedef struct hd_config {
 
 /* Loads the config file at path, or the embedded default when path is NULL.
  * On success fills *c (free with hd_config_free) and returns 0. On failure
- * returns HD_ECONFIG or HD_ENOMEM and writes a message naming the file and,
- * where known, the line or the setting into err. */
+ * returns HD_ECONFIG or HD_ENOMEM and writes the errors into err, one line
+ * each (separated by '\n', no newline after the last), each naming the file
+ * and, where known, the line or the setting: a file that does not compile
+ * or run has one error; the settings of one that runs are all checked, the
+ * plugins' options against each plugin's declaration included, and every
+ * error found is reported (truncated to errlen). No error shows the value
+ * of api.token or of a plugin option declared secret. */
 int hd_config_load(hd_config *c, const char *path, char *err, size_t errlen);
 /* Frees what hd_config_load allocated; safe on a zeroed struct. */
 void hd_config_free(hd_config *c);

@@ -3,6 +3,7 @@
 
 #include <lauxlib.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
 #include <uv.h>
@@ -167,6 +168,16 @@ void hd_luapi_push_json_text(lua_State *L, const char *text, size_t len)
     }
     hd_luapi_push_json(L, v);
     json_decref(v);
+}
+
+void hd_luapi_hide_string_token(char *msg, size_t size)
+{
+    static const char near[] = " near '";
+    char *at = strstr(msg, near);
+    if (!at) return;
+    const char *tok = at + sizeof near - 1;
+    if (tok[0] == '"' || tok[0] == '\'' || (tok[0] == '[' && (tok[1] == '[' || tok[1] == '=')))
+        snprintf(at, size - (size_t)(at - msg), " near a string literal (not shown)");
 }
 
 /* ---- the functions ------------------------------------------------------ */

@@ -54,4 +54,12 @@ void hd_luapi_push_json(lua_State *L, json_t *v);
 /* [-0, +1] Pushes JSON text decoded, or nil when it does not parse. */
 void hd_luapi_push_json_text(lua_State *L, const char *text, size_t len);
 
+/* Lua's compile errors quote the token where the parser stopped ("...:3:
+ * unfinished string near '"s3cret }'"). When that token is a string
+ * literal, which may be a secret written into the file (api.token =
+ * "..."), rewrites msg (a NUL-terminated string in a buffer of size bytes)
+ * in place to end "near a string literal (not shown)" instead, truncated
+ * to the buffer. Errors are logged: this keeps such a literal out of it. */
+void hd_luapi_hide_string_token(char *msg, size_t size);
+
 #endif

@@ -78,12 +78,27 @@ static void warn_about(const hd_config *cfg)
     }
 }
 
+/* Logs text, which may hold several lines (a config's errors), one log line
+ * each. */
+static void error_lines(const char *text)
+{
+    while (*text) {
+        size_t n = strcspn(text, "\n");
+        if (n) hd_error("%.*s", (int)n, text);
+        text += n;
+        if (*text) text++;
+    }
+}
+
+/* Room for many errors of a config, each on a line of its own. */
+#define CONFIG_ERR_BYTES 16384
+
 static int run(const char *path)
 {
     hd_config cfg;
-    char err[1024];
+    char err[CONFIG_ERR_BYTES];
     if (hd_config_load(&cfg, path, err, sizeof err)) {
-        hd_error("%s", err);
+        error_lines(err);
         return 2;
     }
     hd_log_set_level((hd_log_level)cfg.log_level);
@@ -115,7 +130,7 @@ static int run(const char *path)
     /* Scripts load before the listener opens: a broken one fails start-up. */
     char serr[1024];
     rc = hd_script_start(&a->srv.sc, serr, sizeof serr);
-    if (rc) hd_error("%s", serr);
+    if (rc) error_lines(serr);
     else {
         if (!hd_script_has(&a->srv.sc, HD_HOOK_AUTHENTICATE))
             hd_warn("no authenticate hook is configured: any client may connect and join any "
@@ -140,7 +155,7 @@ static int run(const char *path)
 static int check(const char *path)
 {
     hd_config cfg;
-    char err[1024];
+    char err[CONFIG_ERR_BYTES];
     if (hd_config_load(&cfg, path, err, sizeof err)) {
         fprintf(stderr, "%s\n", err);
         return 1;

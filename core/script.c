@@ -539,6 +539,7 @@ static int load_chunk(hd_script *s, const char *src, const char *text, size_t le
     }
     if (luaL_loadbuffer(L, text, len, chunkname)) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        hd_luapi_hide_string_token(err, errlen);
         lua_pop(L, 1);
         return -1;
     }
@@ -550,9 +551,18 @@ static int load_chunk(hd_script *s, const char *src, const char *text, size_t le
         return -1;
     }
     if (plugin_opts) {
-        /* A plugin returns a factory: factory(options) -> hooks table. */
+        /* A plugin returns { options = <declaration>, setup = function(options)
+         * -> hooks table }. Its options were checked against the declaration
+         * when the config was loaded (lua/herald/config.lua), defaults filled
+         * in; neither changes at a reload, so setup gets them as they are. */
+        if (lua_istable(L, -1)) lua_getfield(L, -1, "setup");
+        else lua_pushnil(L);
+        lua_remove(L, -2);
         if (!lua_isfunction(L, -1)) {
-            snprintf(err, errlen, "%s: a plugin must return a function(options)", src);
+            snprintf(err, errlen,
+                     "%s: a plugin must return { options = { ... }, "
+                     "setup = function(options) ... end }",
+                     src);
             lua_pop(L, 1);
             return -1;
         }

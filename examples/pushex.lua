@@ -12,8 +12,8 @@
 --    /api/topics/public:... always answers "listening";
 --  * backends publish with POST /api/push (PushEx's body shape) and the
 --    bearer token.
--- Without HERALD_JWT_SECRET the jwt plugin refuses to start (there is no
--- default secret).
+-- Without HERALD_JWT_SECRET herald refuses to start (`herald check` says
+-- so too): plugins.jwt.secret is required, there is no default secret.
 listen = { host = "0.0.0.0", port = 4000 }
 api = { token = os.getenv("HERALD_API_TOKEN") }
 mounts = { "/push_socket" }

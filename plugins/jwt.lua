@@ -5,30 +5,20 @@
 -- The token comes from the connect params (?token=...) or the Phoenix
 -- auth-token subprotocol (phoenix.js `authToken`). Only alg "HS256" is
 -- accepted. Refusals: "missing token", "invalid token", "token expired".
-return function(options)
-  local function bad(option, want)
-    error(("plugin jwt: option %s must be %s"):format(option, want), 0)
-  end
-  local secret = options.secret
-  if type(secret) ~= "string" or secret == "" then bad("secret", "a non-empty string") end
-  local param = options.param == nil and "token" or options.param
-  if type(param) ~= "string" or param == "" then bad("param", "a non-empty string") end
-  local id_claim = options.id_claim == nil and "sub" or options.id_claim
-  if type(id_claim) ~= "string" or id_claim == "" then bad("id_claim", "a non-empty string") end
-  local leeway = options.leeway_s == nil and 0 or options.leeway_s
-  if type(leeway) ~= "number" or leeway < 0 or leeway ~= leeway then bad("leeway_s", "a number >= 0") end
-  local required = options.required
-  if required == nil then required = true end
-  if type(required) ~= "boolean" then bad("required", "true or false") end
-  local copy = options.assigns_claims
-  if copy ~= nil then
-    if type(copy) ~= "table" then bad("assigns_claims", "a list of claim names") end
-    local n = 0
-    for _ in pairs(copy) do n = n + 1 end
-    for i = 1, n do
-      if type(copy[i]) ~= "string" then bad("assigns_claims", "a list of claim names") end
-    end
-  end
+local plugin = {
+  options = {
+    secret = { type = "string", required = true, nonempty = true, secret = true },
+    param = { type = "string", nonempty = true, default = "token" },
+    id_claim = { type = "string", nonempty = true, default = "sub" },
+    leeway_s = { type = "number", min = 0, default = 0 },
+    required = { type = "boolean", default = true },
+    assigns_claims = { type = "list", items = "string" }, -- none: every claim
+  },
+}
+
+function plugin.setup(options)
+  local secret, param, id_claim = options.secret, options.param, options.id_claim
+  local leeway, required, copy = options.leeway_s, options.required, options.assigns_claims
 
   local json, crypto = herald.json, herald.crypto
 
@@ -91,3 +81,5 @@ return function(options)
   end
   return M
 end
+
+return plugin

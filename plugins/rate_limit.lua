@@ -5,18 +5,15 @@
 -- timers; memory is bounded by the sockets active in one window). Over the
 -- limit a join or a message is refused with "rate limited"; otherwise the
 -- plugin has no opinion and the other hooks decide.
-return function(options)
-  local function limit(name, default)
-    local v = options[name]
-    if v == nil then return default end
-    if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
-      error(("plugin rate_limit: option %s must be a positive integer"):format(name), 0)
-    end
-    return v
-  end
-  local joins = limit("joins_per_second", 10)
-  local messages = limit("messages_per_second", 50)
+local plugin = {
+  options = {
+    joins_per_second = { type = "integer", min = 1, default = 10 },
+    messages_per_second = { type = "integer", min = 1, default = 50 },
+  },
+}
 
+function plugin.setup(options)
+  local joins, messages = options.joins_per_second, options.messages_per_second
   local join_counts, message_counts = {}, {}
   herald.every(1000, function()
     join_counts, message_counts = {}, {}
@@ -39,3 +36,5 @@ return function(options)
   end
   return M
 end
+
+return plugin

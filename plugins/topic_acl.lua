@@ -7,19 +7,43 @@
 -- "{id}" matches any non-empty run, and admits only the socket whose
 -- identity it is, taken literally (rules "owner" and assigns tables). The
 -- first matching rule decides; refusals answer "unauthorized".
-return function(options)
-  local function fail(fmt, ...) error("plugin topic_acl: " .. fmt:format(...), 0) end
-  local glob = herald.glob
 
-  local rules = options.rules
-  if type(rules) ~= "table" then fail("option rules must be a list of { match = ..., allow = ... }") end
-  local nrules = 0
-  for _ in pairs(rules) do nrules = nrules + 1 end
-  if nrules ~= #rules then fail("option rules must be a list (found a non-numeric key)") end
-  local default = options.default == nil and "deny" or options.default
-  if default ~= "deny" and default ~= "allow" and default ~= "defer" then
-    fail('option default must be "deny", "allow" or "defer"')
+-- What is wrong with the rules, or nil. Runs when the config is checked
+-- (herald check, start-up), so that setup may take the rules as valid.
+local function bad_rules(rules)
+  for i, r in ipairs(rules) do
+    local allow, match = r.allow, r.match
+    if type(allow) == "table" then
+      local n = 0
+      for k, v in pairs(allow) do
+        n = n + 1
+        local t = type(v)
+        if type(k) ~= "string" or (t ~= "string" and t ~= "number" and t ~= "boolean") then
+          return ("rule %d: an allow table maps assign names to strings, numbers or booleans"):format(i)
+        end
+      end
+      if n == 0 then return ("rule %d: an allow table must name at least one assign"):format(i) end
+    elseif allow ~= "all" and allow ~= "owner" and allow ~= "none" then
+      return ('rule %d: allow must be "all", "owner", "none" or a table of assigns'):format(i)
+    end
+    if type(match) ~= "string" or match == "" then return ("rule %d: match must be a non-empty string"):format(i) end
+    if match:find("\0", 1, true) then return ("rule %d: match must not contain a NUL byte"):format(i) end
+    if allow == "owner" and not match:find("{id}", 1, true) then
+      return ('rule %d: allow = "owner" needs {id} in match'):format(i)
+    end
   end
+end
+
+local plugin = {
+  options = {
+    rules = { type = "list", required = true, items = "table", check = bad_rules },
+    default = { type = "string", one_of = { "deny", "allow", "defer" }, default = "deny" },
+  },
+}
+
+function plugin.setup(options)
+  local glob = herald.glob
+  local rules, default = options.rules, options.default
 
   -- Does topic split as parts[1] S parts[2] S ... S parts[#parts], each
   -- part matching as a glob, where every S is fill taken literally ("*"
@@ -58,9 +82,7 @@ return function(options)
   -- socket the one the topic names?" (fits with the identity as fill),
   -- `any` for "does the rule match at all?" ({id} as one byte and then a
   -- "*" run: fits without fill).
-  local function compile(p, i)
-    if type(p) ~= "string" or p == "" then fail("rule %d: match must be a non-empty string", i) end
-    if p:find("\0", 1, true) then fail("rule %d: match must not contain a NUL byte", i) end
+  local function compile(p)
     local owner = {}
     for piece in (p .. "{id}"):gmatch("(.-){id}") do owner[#owner + 1] = piece end
     local has_id = #owner > 1
@@ -71,24 +93,8 @@ return function(options)
 
   local compiled = {}
   for i, r in ipairs(rules) do
-    if type(r) ~= "table" then fail("rule %d must be a table { match = ..., allow = ... }", i) end
-    local allow = r.allow
-    if type(allow) == "table" then
-      local n = 0
-      for k, v in pairs(allow) do
-        n = n + 1
-        local t = type(v)
-        if type(k) ~= "string" or (t ~= "string" and t ~= "number" and t ~= "boolean") then
-          fail("rule %d: an allow table maps assign names to strings, numbers or booleans", i)
-        end
-      end
-      if n == 0 then fail("rule %d: an allow table must name at least one assign", i) end
-    elseif allow ~= "all" and allow ~= "owner" and allow ~= "none" then
-      fail('rule %d: allow must be "all", "owner", "none" or a table of assigns', i)
-    end
-    local any, owner = compile(r.match, i)
-    if allow == "owner" and not owner then fail('rule %d: allow = "owner" needs {id} in match', i) end
-    compiled[i] = { any = any, owner = owner, allow = allow }
+    local any, owner = compile(r.match)
+    compiled[i] = { any = any, owner = owner, allow = r.allow }
   end
 
   local function permitted(rule, socket, topic)
@@ -118,3 +124,5 @@ return function(options)
   end
   return M
 end
+
+return plugin

@@ -3,17 +3,49 @@
 -- The C core evaluates the operator's config file (plain Lua) in a sandbox,
 -- then calls normalize(settings, source) with the table of globals the file
 -- set. normalize returns a complete table with every default filled in, or
--- nil and an error message that names the file and the setting.
+-- nil, the errors as one message of one line each (every line names the
+-- file and the setting) and the list of those lines. It checks every
+-- setting it can and reports every error it finds, not only the first.
 local M = {}
 
 -- Captured before the operator's file runs: it sees copies of these
 -- libraries, but the validator must not depend on anything it can reach.
-local floor, find, sort = math.floor, string.find, table.sort
+local floor, find, sort, concat = math.floor, string.find, table.sort, table.concat
 local type, pairs, ipairs, next, tostring, tonumber = type, pairs, ipairs, next, tostring, tonumber
+local pcall, loadstring, setfenv, setmetatable = pcall, loadstring, setfenv, setmetatable
 
 local function is_int(v) return type(v) == "number" and v == floor(v) and v > -2^53 and v < 2^53 end
 -- Strings reach C as NUL-terminated: one with a NUL inside would be cut.
 local function is_str(v) return type(v) == "string" and not find(v, "\0", 1, true) end
+
+-- How an error shows a value it refuses: a string quoted, a table as "a
+-- table"; a secret (api.token, a plugin's secret option) only by its kind,
+-- never its bytes, since errors are logged.
+local function show(v, secret)
+  if type(v) == "string" then
+    if not secret or v == "" then return ("%q"):format(v) end
+    return find(v, "\0", 1, true) and "a string with a NUL byte" or "a string"
+  end
+  if type(v) == "table" then return next(v) == nil and "an empty table" or "a table" end
+  if secret and v ~= nil then return "a " .. type(v) end
+  return tostring(v)
+end
+
+local function copy(v)
+  if type(v) ~= "table" then return v end
+  local t = {}
+  for k, x in pairs(v) do t[k] = copy(x) end
+  return t
+end
+
+-- Keys of t in a stable order, so that errors come in the same order on
+-- every run.
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  return keys
+end
 
 -- Checkers return the (possibly converted) value, or nil and what was
 -- expected (and, optionally, how to show the value in the error).
@@ -62,6 +94,14 @@ local function list_of(check, max)
   end
 end
 local function boolean(v) if type(v) == "boolean" then return v end return nil, "true or false" end
+-- A checker whose errors show the value's kind only.
+local function secret(check)
+  return function(v)
+    local ok, want = check(v)
+    if ok == nil then return nil, want, show(v, true) end
+    return ok
+  end
+end
 -- An allowed Origin: "scheme://host[:port]" exactly, or "*.domain" (any
 -- subdomain of domain, any scheme and port).
 local function origin(v)
@@ -198,6 +238,176 @@ local function plugins(v)
   return out
 end
 
+-- ---- plugin options, checked against each plugin's declaration --------------
+--
+-- plugins/<name>.lua returns { options = { <option> = <spec>, ... },
+-- setup = function(options) ... end } (plugins/README.md). A spec is a type
+-- name ("string") or a table:
+--   type      "string" | "number" | "integer" | "boolean" | "list" | "table"
+--   required  true: the option must be given
+--   default   the value setup sees when the option is not given
+--   one_of    the allowed values
+--   min       numbers: the least allowed
+--   nonempty  strings and lists: "" and {} are refused
+--   items     lists: the spec of every item
+--   check     function(value) -> nil, or a sentence saying what is wrong
+--   secret    true: errors never show the value
+-- M.plugin_source(name), which core/config.c sets, returns the file's text
+-- (or nil: no such plugin); without it (busted) options are not checked.
+
+local function is_list(v)
+  if type(v) ~= "table" then return false end
+  local n = 0
+  for _ in pairs(v) do n = n + 1 end
+  return n == #v
+end
+local types = {
+  string = { "a string", is_str },
+  number = { "a number", function(v) return type(v) == "number" and v == v end },
+  integer = { "an integer", is_int },
+  boolean = { "true or false", function(v) return type(v) == "boolean" end },
+  list = { "a list", is_list },
+  table = { "a table", function(v) return type(v) == "table" end },
+}
+-- A spec's fields: the Lua type of each one's value (true: any), and the
+-- option types that take it (nil: all).
+local spec_fields = { type = "string", required = "boolean", default = true, one_of = "table", min = "number",
+                      nonempty = "boolean", items = true, check = "function", secret = "boolean" }
+local field_types = { min = { number = true, integer = true }, nonempty = { string = true, list = true },
+                      items = { list = true } }
+
+-- The spec as a table, or nil and what is wrong with the declaration.
+local function spec_of(spec)
+  if type(spec) == "string" then spec = { type = spec } end
+  if type(spec) ~= "table" then return nil, "must be a type name or a table { type = ... }" end
+  if not types[spec.type] then return nil, "has the unknown type " .. show(spec.type) end
+  for k, x in pairs(spec) do
+    local kind, only = spec_fields[k], field_types[k]
+    if not kind then return nil, "has the unknown field " .. show(k) end
+    if kind ~= true and type(x) ~= kind then return nil, ("has %s = %s, not a %s"):format(k, show(x), kind) end
+    if only and not only[spec.type] then return nil, ("has %s, which type %s does not take"):format(k, spec.type) end
+  end
+  if spec.items ~= nil then
+    local items, why = spec_of(spec.items)
+    if not items then return nil, "items " .. why end
+    spec.items = items
+  end
+  return spec
+end
+
+-- What a spec accepts, in words: "a non-empty string", "an integer >= 1".
+local function describe(spec)
+  if spec.one_of then
+    local shown = {}
+    for i, x in ipairs(spec.one_of) do shown[i] = show(x) end
+    return "one of " .. concat(shown, ", ")
+  end
+  local want = types[spec.type][1]
+  if spec.nonempty then want = "a non-empty " .. spec.type end
+  if spec.min then want = want .. " >= " .. tostring(spec.min) end
+  if spec.items then want = want .. ", each item " .. describe(spec.items) end
+  return want
+end
+
+-- What spec accepts, said for the value v it refused.
+local function wanted(spec, v)
+  local want = describe(spec)
+  if type(v) == "string" and find(v, "\0", 1, true) then want = want .. " without NUL bytes" end
+  return want
+end
+
+-- v checked against spec: v, or nil and the rest of the error line
+-- ("expected ..., got ..." or the reason spec.check gave).
+local function check_value(spec, v, secret_value)
+  local hidden = secret_value or spec.secret
+  local ok = types[spec.type][2](v)
+    and not (spec.nonempty and (v == "" or spec.type == "list" and #v == 0))
+    and not (spec.min and v < spec.min)
+  if ok and spec.one_of then
+    ok = false
+    for _, x in ipairs(spec.one_of) do ok = ok or x == v end
+  end
+  if not ok then return nil, ("expected %s, got %s"):format(wanted(spec, v), show(v, hidden)) end
+  if spec.items then
+    for i, x in ipairs(v) do
+      local fine, tail = check_value(spec.items, x, hidden)
+      if fine == nil then return nil, ("item %d: %s"):format(i, tail) end
+    end
+  end
+  if spec.check then
+    local fine, why = pcall(spec.check, v)
+    if not fine then return nil, "the plugin's check failed: " .. tostring(why) end
+    if why ~= nil then return nil, tostring(why) end
+  end
+  return v
+end
+
+local declare_globals = {
+  assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs, select = select,
+  tonumber = tonumber, tostring = tostring, type = type, unpack = unpack, pcall = pcall,
+  setmetatable = setmetatable, getmetatable = getmetatable, rawequal = rawequal, rawget = rawget,
+  rawset = rawset, string = string, table = table, math = math, bit = bit,
+}
+
+-- What plugins/<name>.lua returns, or nil and an error line. Its top level
+-- runs here without `herald` (that comes when the scripts load and call
+-- setup), so it only declares.
+function M.plugin(name)
+  local src = M.plugin_source(name)
+  if not src then return nil, ("plugins: unknown plugin '%s'"):format(name) end
+  local label = "plugins." .. name .. ": "
+  local chunk, e = loadstring(src, "@plugins/" .. name .. ".lua")
+  if not chunk then return nil, label .. e end
+  setfenv(chunk, setmetatable({}, { __index = declare_globals }))
+  local ran, p = pcall(chunk)
+  if not ran then return nil, label .. tostring(p) end
+  if type(p) ~= "table" or type(p.options) ~= "table" or type(p.setup) ~= "function" then
+    return nil, ("%splugins/%s.lua must return { options = { ... }, setup = function(options) ... end }")
+      :format(label, name)
+  end
+  return p
+end
+
+-- The options given for plugin name, checked against its declaration, with
+-- the defaults filled in; or nil and a list of error lines, each naming the
+-- plugin and the option (not the file: normalize adds it).
+function M.plugin_options(name, given)
+  if not M.plugin_source then return given end
+  local p, why = M.plugin(name)
+  if not p then return nil, { why } end
+  local label, specs, errs = "plugins." .. name, {}, {}
+  for _, k in ipairs(sorted_keys(p.options)) do
+    local spec, bad = spec_of(p.options[k])
+    if not spec then
+      errs[#errs + 1] = ("%s: plugins/%s.lua: option %s %s"):format(label, name, show(k), bad)
+    end
+    specs[k] = spec
+  end
+  if #errs > 0 then return nil, errs end
+  local known = sorted_keys(specs)
+  for _, k in ipairs(sorted_keys(given)) do
+    if not specs[k] then
+      errs[#errs + 1] = ('%s: unknown option %s (%s takes %s)')
+        :format(label, show(k), name, #known > 0 and concat(known, ", ") or "none")
+    end
+  end
+  local out = {}
+  for _, k in ipairs(known) do
+    local spec, v = specs[k], given[k]
+    if v ~= nil then
+      local ok, tail = check_value(spec, v)
+      if ok == nil then errs[#errs + 1] = ("%s.%s: %s"):format(label, k, tail) end
+      out[k] = ok
+    elseif spec.required then
+      errs[#errs + 1] = ("%s.%s: expected %s (required), got nil"):format(label, k, describe(spec))
+    else
+      out[k] = copy(spec.default)
+    end
+  end
+  if #errs > 0 then return nil, errs end
+  return out
+end
+
 
 -- section name -> { key -> {default, checker} } ; or a checker for a whole value.
 M.schema = {
@@ -213,7 +423,7 @@ M.schema = {
     port = { 4001, int_range(0, 65535) },
   },
   api = {
-    token = { false, opt_str },
+    token = { false, secret(opt_str) },
   },
   mounts = { { "/push_socket", "/socket" }, list_of(mount, 16) },
   ws = {
@@ -278,54 +488,46 @@ M.schema = {
 local order = { "listen", "admin", "api", "mounts", "ws", "limits", "timeouts", "log", "reload", "drain", "presence",
                 "topics", "scripts", "plugins", "cluster" }
 
-local function copy(v)
-  if type(v) ~= "table" then return v end
-  local t = {}
-  for k, x in pairs(v) do t[k] = copy(x) end
-  return t
-end
-
 function M.normalize(settings, source)
   source = source or "config"
-  local function fail(key, want, got)
-    return nil, ("%s: %s: expected %s, got %s"):format(source, key, want, got)
-  end
+  local errs = {}
+  local function add(line) errs[#errs + 1] = source .. ": " .. line end
+  local function fail(key, want, got) add(("%s: expected %s, got %s"):format(key, want, got)) end
   local out = {}
-  for name, v in pairs(settings) do
-    if type(name) ~= "string" then return nil, ("%s: unexpected global %s"):format(source, tostring(name)) end
-    if not M.schema[name] and not M.reserved[name] and type(v) ~= "function" then
-      return nil, ("%s: unknown setting '%s'"):format(source, name)
+  for _, name in ipairs(sorted_keys(settings)) do
+    if type(name) ~= "string" then
+      add("unexpected global " .. tostring(name))
+    elseif not M.schema[name] and not M.reserved[name] and type(settings[name]) ~= "function" then
+      add(("unknown setting '%s'"):format(name))
     end
   end
+  -- A setting that fails is left out of out; what depends on it is not checked.
   for _, name in ipairs(order) do
     local spec, v = M.schema[name], settings[name]
-    if spec[2] and type(spec[2]) == "function" then
+    if type(spec[2]) == "function" then
       -- a single value
       if v == nil then
         out[name] = copy(spec[1])
       else
-        local ok, want = spec[2](v)
-        if ok == nil then return fail(name, want, type(v) == "table" and "a table" or tostring(v)) end
+        local ok, want, shown = spec[2](v)
+        if ok == nil then fail(name, want, shown or show(v)) end
         out[name] = ok
       end
+    elseif v ~= nil and type(v) ~= "table" then
+      fail(name, "a table", type(v))
     else
-      if v ~= nil and type(v) ~= "table" then return fail(name, "a table", type(v)) end
       v = v or {}
       local sec = {}
-      for k in pairs(v) do
-        if not spec[k] then return nil, ("%s: unknown setting '%s.%s'"):format(source, name, tostring(k)) end
+      for _, k in ipairs(sorted_keys(v)) do
+        if not spec[k] then add(("unknown setting '%s.%s'"):format(name, tostring(k))) end
       end
-      for k, d in pairs(spec) do
+      for _, k in ipairs(sorted_keys(spec)) do
         local x = v[k]
         if x == nil then
-          sec[k] = d[1]
+          sec[k] = spec[k][1]
         else
-          local ok, want, shown = d[2](x)
-          if ok == nil then
-            local got = shown or type(x) == "string" and ("%q"):format(x)
-              or type(x) == "table" and "a table" or tostring(x)
-            return fail(name .. "." .. k, want, got)
-          end
+          local ok, want, shown = spec[k][2](x)
+          if ok == nil then fail(name .. "." .. k, want, shown or show(x)) end
           sec[k] = ok
         end
       end
@@ -334,32 +536,38 @@ function M.normalize(settings, source)
   end
   -- What one key's checker cannot see.
   local lim = out.limits
-  if lim.client_messages_per_s > 0 and lim.client_messages_burst < 1 then
-    return fail("limits.client_messages_burst", "at least 1 while limits.client_messages_per_s is set", "0")
+  if lim and lim.client_messages_per_s and lim.client_messages_burst and
+     lim.client_messages_per_s > 0 and lim.client_messages_burst < 1 then
+    fail("limits.client_messages_burst", "at least 1 while limits.client_messages_per_s is set", "0")
   end
   local cl, given = out.cluster, settings.cluster
-  if given ~= nil then
-    if not cl.redis then
-      return fail("cluster.redis", "a redis:// URL or a list of them (a cluster needs Redis)", "nil")
+  if cl and given ~= nil then
+    if given.redis == nil then
+      fail("cluster.redis", "a redis:// URL or a list of them (a cluster needs Redis)", "nil")
     end
-    if not (cl.heartbeat_ms * 2 < cl.node_timeout_ms) then
-      return fail("cluster.heartbeat_ms",
+    if cl.heartbeat_ms and cl.node_timeout_ms and not (cl.heartbeat_ms * 2 < cl.node_timeout_ms) then
+      fail("cluster.heartbeat_ms",
         ("less than half of cluster.node_timeout_ms (%d)"):format(cl.node_timeout_ms), tostring(cl.heartbeat_ms))
     end
-    if M.redis_url then
+    if M.redis_url and cl.redis then
       -- The reason never repeats the URL: it may hold a password.
       local label = type(given.redis) == "string" and "cluster.redis" or "cluster.redis[%d]"
       for i, url in ipairs(cl.redis) do
         local ok, why = M.redis_url(url)
-        if not ok then return nil, ("%s: %s: %s"):format(source, label:format(i), why) end
+        if not ok then add(("%s: %s"):format(label:format(i), why)) end
       end
     end
   end
-  out.admin.on = settings.admin ~= nil
+  if out.admin then out.admin.on = settings.admin ~= nil end
+  for _, p in ipairs(out.plugins or {}) do
+    local options, perrs = M.plugin_options(p.name, p.options)
+    for _, line in ipairs(perrs or {}) do add(line) end
+    p.options = options
+  end
   for name in pairs(M.reserved) do
     local v = settings[name]
     if v ~= nil then
-      if type(v) ~= "table" then return fail(name, "a table", type(v)) end
+      if type(v) ~= "table" then fail(name, "a table", type(v)) end
       out[name] = v
     end
   end
@@ -368,10 +576,12 @@ function M.normalize(settings, source)
   if env_port and env_port ~= "" then
     local p = tonumber(env_port)
     if not p or p ~= floor(p) or p < 0 or p > 65535 then
-      return nil, ("HERALD_PORT: expected an integer from 0 to 65535, got %q"):format(env_port)
+      errs[#errs + 1] = ("HERALD_PORT: expected an integer from 0 to 65535, got %q"):format(env_port)
+    elseif out.listen then
+      out.listen.port = p
     end
-    out.listen.port = p
   end
+  if #errs > 0 then return nil, concat(errs, "\n"), errs end
   return out
 end
 

@@ -147,7 +147,9 @@ presence = { batch_ms = 5 }
 topics = { { match = 'p:*', presence = true, throttle_ms = 5, coalesce = 'latest' },
            { match = '*', tracked = false, on_overflow = 'drop_oldest', max_queue_bytes = 100 } }
 scripts = { 'policy.lua', budget_ms = 20, watch = false }
-plugins = { jwt = { secret = 'x', claims = { 1, 2, { a = true } } }, big_topics = true }
+plugins = { jwt = { secret = 'x', assigns_claims = { 'a', 'b' } }, big_topics = { patterns = { 'p:*' } },
+            topic_acl = { rules = { { match = 'u:{id}', allow = { role = 'admin', n = 1, ok = true } } } },
+            rate_limit = true }
 """,
     "code.lua": b"""local base = tonumber(os.getenv('NOPE') or '4000')
 local function mount(n) return '/' .. n:rep(2) end

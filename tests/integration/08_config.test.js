@@ -77,6 +77,35 @@ test('herald check: a runtime error in the config and a missing file', { timeout
   assert.ok(r.out.includes(missing), r.out);
 });
 
+test('herald check reports every error, one line each, and plugin options', { timeout: 30000 }, () => {
+  const r = check('listen = { port = "x" }\nlimits = { max_conections = 5 }\n' +
+    'plugins = { rate_limit = { per_secnd = 5 }, jwt = { secret = "s", leeway_s = "30" } }\n');
+  assert.equal(r.code, 1, r.out);
+  const lines = r.out.trimEnd().split('\n');
+  assert.deepEqual(lines, [
+    `${r.file}: listen.port: expected an integer from 0 to 65535, got "x"`,
+    `${r.file}: unknown setting 'limits.max_conections'`,
+    `${r.file}: plugins.jwt.leeway_s: expected a number >= 0, got "30"`,
+    `${r.file}: plugins.rate_limit: unknown option "per_secnd" (rate_limit takes joins_per_second, messages_per_second)`,
+  ]);
+  const ok = check('plugins = { rate_limit = { joins_per_second = 5 }, big_topics = { patterns = { "public:*" } } }\n');
+  assert.equal(ok.code, 0, ok.out);
+  assert.match(ok.out, /ok \(0 script\(s\), 2 plugin\(s\)\)/);
+});
+
+test('start-up with several errors logs each on its own log line', { timeout: 30000 }, async () => {
+  const bad = await h.startHerald('limits = { max_conections = 5 }\nlog = { level = "loud" }\n' +
+    'plugins = { big_topics = { patterns = {} } }\n', {}, { expectFail: true });
+  assert.notEqual(bad.result.code, 0);
+  const errors = bad.errors();
+  assert.equal(errors.length, 3, bad.log);
+  assert.match(errors[0], /herald\.lua: unknown setting 'limits\.max_conections'$/);
+  assert.match(errors[1], /herald\.lua: log\.level: expected one of/);
+  assert.match(errors[2], /herald\.lua: plugins\.big_topics\.patterns: expected a non-empty list/);
+  assert.deepEqual(h.badLogLines(bad.log), []);
+  fs.rmSync(bad.dir, { recursive: true, force: true });
+});
+
 test('herald version prints a version', { timeout: 30000 }, () => {
   const v = run(['version']);
   assert.equal(v.code, 0, v.out);

@@ -6,13 +6,7 @@ const path = require('node:path');
 const crypto = require('node:crypto');
 const h = require('./lib/harness');
 
-const b64url = (b) => Buffer.from(b).toString('base64url');
-function jwt(claims, secret) {
-  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
-  const body = b64url(JSON.stringify(claims));
-  const sig = crypto.createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
-  return `${head}.${body}.${sig}`;
-}
+const { jwt } = h;
 
 test('the PushEx-style example: JWT connect, private user topics, untracked public topic', async (t) => {
   const example = fs.readFileSync(path.join(h.ROOT, 'examples/pushex.lua'), 'utf8')
@@ -52,7 +46,11 @@ test('an unknown plugin or bad plugin options fail start-up with a clear message
   assert.notEqual(bad.result.code, 0);
   assert.match(bad.log, /unknown plugin 'nope'/);
   bad = await h.startHerald('plugins = { jwt = {} }\n', {}, { expectFail: true });
-  assert.match(bad.log, /plugin jwt: option secret must be a non-empty string/);
+  assert.match(bad.log, /herald\.lua: plugins\.jwt\.secret: expected a non-empty string \(required\), got nil/);
+  bad = await h.startHerald('plugins = { rate_limit = { per_secnd = 5 } }\n', {}, { expectFail: true });
+  assert.notEqual(bad.result.code, 0);
+  assert.match(bad.log, /\[error\] \S*herald\.lua: plugins\.rate_limit: unknown option "per_secnd"/);
+  assert.doesNotMatch(bad.log, /listening on/);
 });
 
 test('the example policy loads and uses every hook', async (t) => {

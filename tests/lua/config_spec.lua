@@ -1,5 +1,5 @@
 -- Specs for lua/herald/config.lua: defaults, checks and error messages.
-package.path = "lua/?.lua;" .. package.path
+package.path = "lua/?.lua;tests/lua/?.lua;" .. package.path
 local config = require("herald.config")
 
 local function norm(t) return config.normalize(t, "test.lua") end
@@ -215,6 +215,133 @@ describe("herald.config.normalize", function()
     assert.are.equal("debug", assert(norm({ log = { level = "debug" } })).log.level)
     local _, err = norm({ log = { level = "loud" } })
     assert.matches("log.level", err, 1, true)
+  end)
+
+  it("never shows api.token's value in an error", function()
+    for _, case in ipairs({ { "hunter2\0x", "a string with a NUL byte" }, { 271828, "a number" },
+                            { { "hunter2" }, "a table" }, { true, "a boolean" } }) do
+      local _, err = norm({ api = { token = case[1] } })
+      assert.are.equal("test.lua: api.token: expected a string without NUL bytes, or nil, got " .. case[2], err)
+    end
+  end)
+
+  describe("reports every error it finds", function()
+    it("one line each, naming the file and the setting, in a stable order", function()
+      local c, err, lines = norm({ listen = { port = "x" }, limits = { max_conections = 5 }, log = { level = "loud" } })
+      assert.is_nil(c)
+      assert.are.same({
+        'test.lua: listen.port: expected an integer from 0 to 65535, got "x"',
+        "test.lua: unknown setting 'limits.max_conections'",
+        'test.lua: log.level: expected one of "debug", "info", "warn", "error", got "loud"',
+      }, lines)
+      assert.are.equal(table.concat(lines, "\n"), err)
+    end)
+
+    it("across sections, unknown settings and relations", function()
+      local _, _, lines = norm({ limitz = {}, mounts = {}, api = 5, listen = { hots = "x", port = -1 },
+                                 cluster = { node_timeout_ms = 1000, heartbeat_ms = 500 } })
+      assert.are.same({
+        "test.lua: unknown setting 'limitz'",
+        "test.lua: unknown setting 'listen.hots'",
+        "test.lua: listen.port: expected an integer from 0 to 65535, got -1",
+        "test.lua: api: expected a table, got number",
+        "test.lua: mounts: expected a non-empty list, got an empty table",
+        "test.lua: cluster.redis: expected a redis:// URL or a list of them (a cluster needs Redis), got nil",
+        "test.lua: cluster.heartbeat_ms: expected less than half of cluster.node_timeout_ms (1000), got 500",
+      }, lines)
+    end)
+
+    it("does not check a relation whose setting already failed", function()
+      local _, _, lines = norm({ cluster = { redis = "redis://h", node_timeout_ms = 5, heartbeat_ms = 100 } })
+      assert.are.same({ "test.lua: cluster.node_timeout_ms: expected an integer from 1000 to 3600000, got 5" }, lines)
+    end)
+
+    it("with HERALD_PORT among them", function()
+      config.getenv = function(k) if k == "HERALD_PORT" then return "nope" end end
+      local _, _, lines = norm({ listen = { port = "x" } })
+      config.getenv = nil
+      assert.are.same({ 'test.lua: listen.port: expected an integer from 0 to 65535, got "x"',
+                        'HERALD_PORT: expected an integer from 0 to 65535, got "nope"' }, lines)
+    end)
+  end)
+
+  describe("plugins", function()
+    -- plugins/*.lua from the tree, or a source a test sets in sources.
+    local tree_source = require("helper").plugin_source
+    local sources = {}
+    local function source_of(name) return sources[name] or tree_source(name) end
+    before_each(function() config.plugin_source = source_of end)
+    after_each(function() config.plugin_source = nil; sources = {} end)
+
+    it("checks every plugin's options against its declaration and fills in defaults", function()
+      local c = assert(norm({ plugins = { jwt = { secret = "k", leeway_s = 5 }, rate_limit = true,
+                                          big_topics = { patterns = { "p:*" } },
+                                          topic_acl = { rules = { { match = "u:{id}", allow = "owner" } } } } }))
+      assert.are.same({
+        { name = "big_topics", options = { patterns = { "p:*" } } },
+        { name = "jwt", options = { secret = "k", param = "token", id_claim = "sub", leeway_s = 5, required = true } },
+        { name = "rate_limit", options = { joins_per_second = 10, messages_per_second = 50 } },
+        { name = "topic_acl", options = { rules = { { match = "u:{id}", allow = "owner" } }, default = "deny" } },
+      }, c.plugins)
+    end)
+
+    it("names the file, the plugin and the option; several errors, several lines", function()
+      local _, err, lines = norm({ listen = { port = "x" },
+                                   plugins = { rate_limit = { per_secnd = 5 }, jwt = { secret = 42 }, nope = {} } })
+      assert.are.same({
+        'test.lua: listen.port: expected an integer from 0 to 65535, got "x"',
+        "test.lua: plugins.jwt.secret: expected a non-empty string, got a number",
+        "test.lua: plugins: unknown plugin 'nope'",
+        'test.lua: plugins.rate_limit: unknown option "per_secnd" (rate_limit takes joins_per_second, messages_per_second)',
+      }, lines)
+      assert.is_nil(err:find("42", 1, true))
+    end)
+
+    it("takes a type name as a spec and reports a bad declaration", function()
+      sources.mine = 'return { options = { a = "string", b = { type = "integr" } }, setup = function() end }'
+      local _, err = norm({ plugins = { mine = { a = "x" } } })
+      assert.are.equal('test.lua: plugins.mine: plugins/mine.lua: option "b" has the unknown type "integr"', err)
+      sources.mine = 'return { options = { a = { type = "string", requried = true } }, setup = function() end }'
+      _, err = norm({ plugins = { mine = {} } })
+      assert.are.equal('test.lua: plugins.mine: plugins/mine.lua: option "a" has the unknown field "requried"', err)
+      sources.mine = 'return { options = { a = { type = "string", min = 1 } }, setup = function() end }'
+      _, err = norm({ plugins = { mine = {} } })
+      assert.are.equal('test.lua: plugins.mine: plugins/mine.lua: option "a" has min, which type string does not take', err)
+      sources.mine = 'return { options = { a = { type = "list", items = { type = "integer", check = 5 } } }, setup = function() end }'
+      _, err = norm({ plugins = { mine = {} } })
+      assert.are.equal('test.lua: plugins.mine: plugins/mine.lua: option "a" items has check = 5, not a function', err)
+      sources.mine = 'return { options = { a = "string" }, setup = function() end }'
+      assert.are.same({ { name = "mine", options = { a = "x" } } }, assert(norm({ plugins = { mine = { a = "x" } } })).plugins)
+      _, err = norm({ plugins = { mine = { a = 1 } } })
+      assert.are.equal("test.lua: plugins.mine.a: expected a string, got 1", err)
+    end)
+
+    it("refuses a plugin that does not declare its options", function()
+      sources.old = "return function(options) return {} end"
+      local _, err = norm({ plugins = { old = true } })
+      assert.are.equal("test.lua: plugins.old: plugins/old.lua must return { options = { ... }, "
+                       .. "setup = function(options) ... end }", err)
+      sources.old = "return { options = {}, setup = function() end, x = herald.glob }"
+      _, err = norm({ plugins = { old = true } })
+      assert.matches("^test.lua: plugins.old: plugins/old.lua:1: attempt to index global 'herald'", err)
+    end)
+
+    it("runs a declared check and reports what it says, or that it failed", function()
+      sources.mine = [[return { options = { n = { type = "integer", check = function(v)
+        if v % 2 == 1 then return "must be even" end
+        if v == 4 then error("boom", 0) end
+      end } }, setup = function() end }]]
+      assert.truthy(norm({ plugins = { mine = { n = 2 } } }))
+      local _, err = norm({ plugins = { mine = { n = 3 } } })
+      assert.are.equal("test.lua: plugins.mine.n: must be even", err)
+      _, err = norm({ plugins = { mine = { n = 4 } } })
+      assert.are.equal("test.lua: plugins.mine.n: the plugin's check failed: boom", err)
+      -- On list items too, with the item named.
+      sources.mine = [[return { options = { l = { type = "list", items = { type = "list", items = { type = "integer",
+        check = function(v) if v < 0 then return "must not be negative" end end } } } }, setup = function() end }]]
+      _, err = norm({ plugins = { mine = { l = { { 1 }, { 2, -3 } } } } })
+      assert.are.equal("test.lua: plugins.mine.l: item 2: item 2: must not be negative", err)
+    end)
   end)
 
   it("lets HERALD_PORT override listen.port and checks it", function()

@@ -21,17 +21,46 @@ function M.sandbox(h)
   return setmetatable({}, { __index = allowed })
 end
 
--- Loads plugins/<name>.lua in a sandbox and calls its factory with options.
--- overrides (optional) replaces some fields of the herald table, for the
--- server-only calls (herald.every) that raise outside the server.
+-- The config schema (lua/herald/config.lua), reading plugins/*.lua from the
+-- source tree where the server reads the copies compiled into it.
+package.path = "lua/?.lua;" .. package.path
+M.config = require("herald.config")
+function M.plugin_source(name)
+  local f = io.open("plugins/" .. name .. ".lua", "rb")
+  if not f then return nil end
+  local text = f:read("*a")
+  f:close()
+  return text
+end
+
+-- config.plugin_options(name, options) reading plugins/ from the tree: the
+-- options with the defaults filled in, or nil and the list of error lines.
+function M.plugin_options(name, options)
+  local config = M.config
+  local saved = config.plugin_source
+  config.plugin_source = M.plugin_source
+  local checked, errs = config.plugin_options(name, options)
+  config.plugin_source = saved
+  return checked, errs
+end
+
+-- Loads plugins/<name>.lua as the server does: its options checked against
+-- its declaration (raising the config's error lines, without the file
+-- name), through JSON, then setup(options) in a sandbox. overrides
+-- (optional) replaces some fields of the herald table, for the server-only
+-- calls (herald.every) that raise outside the server.
 function M.plugin(name, options, overrides)
+  local checked, errs = M.plugin_options(name, options)
+  if not checked then error(table.concat(errs, "\n"), 0) end
   local h = M.herald
+  checked = assert(h.json.decode(assert(h.json.encode(checked))))
   if overrides then h = setmetatable(overrides, { __index = M.herald }) end
   local chunk = assert(loadfile("plugins/" .. name .. ".lua"))
   setfenv(chunk, M.sandbox(h))
-  local factory = chunk()
-  assert(type(factory) == "function", "plugins/" .. name .. ".lua must return a function(options)")
-  return factory(options)
+  local plugin = chunk()
+  assert(type(plugin) == "table" and type(plugin.setup) == "function",
+    "plugins/" .. name .. ".lua must return { options = ..., setup = function(options) }")
+  return plugin.setup(checked)
 end
 
 -- A stand-in for herald.every that records the callbacks instead of

@@ -102,18 +102,50 @@ describe("plugin jwt", function()
     refused(opt, req({ token = helper.jwt({ sub = "u", exp = now - 40 }, secret) }), "token expired")
   end)
 
-  it("refuses bad options, naming the plugin and the option", function()
+  it("refuses bad options, naming the plugin, the option and what it takes", function()
     local function rejects(options, msg)
       assert.has_error(function() helper.plugin("jwt", options) end, msg)
     end
-    rejects({}, "plugin jwt: option secret must be a non-empty string")
-    rejects({ secret = "" }, "plugin jwt: option secret must be a non-empty string")
-    rejects({ secret = "s", leeway_s = -1 }, "plugin jwt: option leeway_s must be a number >= 0")
-    rejects({ secret = "s", required = "yes" }, "plugin jwt: option required must be true or false")
-    rejects({ secret = "s", id_claim = 1 }, "plugin jwt: option id_claim must be a non-empty string")
-    rejects({ secret = "s", param = {} }, "plugin jwt: option param must be a non-empty string")
-    rejects({ secret = "s", assigns_claims = "role" }, "plugin jwt: option assigns_claims must be a list of claim names")
-    rejects({ secret = "s", assigns_claims = { role = true } }, "plugin jwt: option assigns_claims must be a list of claim names")
+    rejects({}, "plugins.jwt.secret: expected a non-empty string (required), got nil")
+    rejects({ secret = "" }, 'plugins.jwt.secret: expected a non-empty string, got ""')
+    rejects({ secret = "s", leeway_s = -1 }, "plugins.jwt.leeway_s: expected a number >= 0, got -1")
+    rejects({ secret = "s", leeway_s = 0 / 0 }, "plugins.jwt.leeway_s: expected a number >= 0, got nan")
+    rejects({ secret = "s", required = "yes" }, 'plugins.jwt.required: expected true or false, got "yes"')
+    rejects({ secret = "s", id_claim = 1 }, "plugins.jwt.id_claim: expected a non-empty string, got 1")
+    rejects({ secret = "s", param = {} }, "plugins.jwt.param: expected a non-empty string, got an empty table")
+    rejects({ secret = "s", assigns_claims = "role" },
+      'plugins.jwt.assigns_claims: expected a list, each item a string, got "role"')
+    rejects({ secret = "s", assigns_claims = { role = true } },
+      "plugins.jwt.assigns_claims: expected a list, each item a string, got a table")
+    rejects({ secret = "s", assigns_claims = { "role", 7 } },
+      "plugins.jwt.assigns_claims: item 2: expected a string, got 7")
+    rejects({ secret = "s", secrte = "s" },
+      'plugins.jwt: unknown option "secrte" (jwt takes assigns_claims, id_claim, leeway_s, param, required, secret)')
+  end)
+
+  it("reports every bad option, one line each", function()
+    assert.has_error(function() helper.plugin("jwt", { sceret = "s", leeway_s = "1", required = 0 }) end,
+      'plugins.jwt: unknown option "sceret" (jwt takes assigns_claims, id_claim, leeway_s, param, required, secret)\n'
+      .. 'plugins.jwt.leeway_s: expected a number >= 0, got "1"\n'
+      .. "plugins.jwt.required: expected true or false, got 0\n"
+      .. "plugins.jwt.secret: expected a non-empty string (required), got nil")
+  end)
+
+  it("never shows the secret in an error", function()
+    local function hidden(secret, shown, want)
+      local ok, err = pcall(helper.plugin, "jwt", { secret = secret })
+      assert.is_false(ok)
+      assert.are.equal(("plugins.jwt.secret: expected %s, got %s"):format(want or "a non-empty string", shown), err)
+    end
+    hidden(1234567, "a number")
+    hidden("hunter2\0", "a string with a NUL byte", "a non-empty string without NUL bytes")
+    hidden({ "hunter2" }, "a table")
+    hidden(true, "a boolean")
+  end)
+
+  it("fills in the defaults", function()
+    local options = assert(helper.plugin_options("jwt", { secret = "s" }))
+    assert.are.same({ secret = "s", param = "token", id_claim = "sub", leeway_s = 0, required = true }, options)
   end)
 end)
 
@@ -256,23 +288,29 @@ describe("plugin topic_acl", function()
   it("refuses a NUL byte in match (it used to cut the pattern short)", function()
     assert.has_error(function()
       helper.plugin("topic_acl", { rules = { { match = "news\0x", allow = "none" } } })
-    end, "plugin topic_acl: rule 1: match must not contain a NUL byte")
+    end, "plugins.topic_acl.rules: rule 1: match must not contain a NUL byte")
   end)
 
-  it("refuses bad options, naming the plugin", function()
+  it("refuses bad options, naming the plugin and the option", function()
     local function rejects(options, msg)
       assert.has_error(function() helper.plugin("topic_acl", options) end, msg)
     end
-    rejects({}, "plugin topic_acl: option rules must be a list of { match = ..., allow = ... }")
-    rejects({ rules = {}, default = "maybe" }, 'plugin topic_acl: option default must be "deny", "allow" or "defer"')
+    rejects({}, "plugins.topic_acl.rules: expected a list, each item a table (required), got nil")
+    rejects({ rules = {}, default = "maybe" },
+      'plugins.topic_acl.default: expected one of "deny", "allow", "defer", got "maybe"')
     rejects({ rules = { { match = "x", allow = "some" } } },
-      'plugin topic_acl: rule 1: allow must be "all", "owner", "none" or a table of assigns')
-    rejects({ rules = { { match = "x:*", allow = "owner" } } }, 'plugin topic_acl: rule 1: allow = "owner" needs {id} in match')
-    rejects({ rules = { { allow = "all" } } }, "plugin topic_acl: rule 1: match must be a non-empty string")
-    rejects({ rules = { { match = "x", allow = {} } } }, "plugin topic_acl: rule 1: an allow table must name at least one assign")
+      'plugins.topic_acl.rules: rule 1: allow must be "all", "owner", "none" or a table of assigns')
+    rejects({ rules = { { match = "x:*", allow = "owner" } } },
+      'plugins.topic_acl.rules: rule 1: allow = "owner" needs {id} in match')
+    rejects({ rules = { { allow = "all" } } }, "plugins.topic_acl.rules: rule 1: match must be a non-empty string")
+    rejects({ rules = { { match = "x", allow = {} } } },
+      "plugins.topic_acl.rules: rule 1: an allow table must name at least one assign")
     rejects({ rules = { { match = "x", allow = { role = { "a" } } } } },
-      "plugin topic_acl: rule 1: an allow table maps assign names to strings, numbers or booleans")
-    rejects({ rules = { x = { match = "x", allow = "all" } } }, "plugin topic_acl: option rules must be a list (found a non-numeric key)")
+      "plugins.topic_acl.rules: rule 1: an allow table maps assign names to strings, numbers or booleans")
+    rejects({ rules = { x = { match = "x", allow = "all" } } },
+      "plugins.topic_acl.rules: expected a list, each item a table, got a table")
+    rejects({ rules = { "user:*" } }, 'plugins.topic_acl.rules: item 1: expected a table, got "user:*"')
+    rejects({ rules = {}, deafult = "allow" }, 'plugins.topic_acl: unknown option "deafult" (topic_acl takes default, rules)')
   end)
 end)
 
@@ -312,15 +350,19 @@ describe("plugin big_topics", function()
   end)
   it("refuses a NUL byte in a pattern (it used to cut the pattern short)", function()
     assert.has_error(function() helper.plugin("big_topics", { patterns = { "news\0x" } }) end,
-      "plugin big_topics: option patterns: entry 1 must not contain a NUL byte")
+      'plugins.big_topics.patterns: item 1: expected a non-empty string without NUL bytes, got "news\\0x"')
   end)
   it("refuses bad options", function()
-    assert.has_error(function() helper.plugin("big_topics", {}) end,
-      "plugin big_topics: option patterns must be a non-empty list of patterns")
-    assert.has_error(function() helper.plugin("big_topics", { patterns = {} }) end,
-      "plugin big_topics: option patterns must be a non-empty list of patterns")
-    assert.has_error(function() helper.plugin("big_topics", { patterns = { "ok", 3 } }) end,
-      "plugin big_topics: option patterns: entry 2 must be a non-empty string")
+    local function rejects(options, msg)
+      assert.has_error(function() helper.plugin("big_topics", options) end, msg)
+    end
+    rejects({}, "plugins.big_topics.patterns: expected a non-empty list, each item a non-empty string (required), got nil")
+    rejects({ patterns = {} },
+      "plugins.big_topics.patterns: expected a non-empty list, each item a non-empty string, got an empty table")
+    rejects({ patterns = { "ok", 3 } }, "plugins.big_topics.patterns: item 2: expected a non-empty string, got 3")
+    rejects({ patterns = { "ok", "" } }, 'plugins.big_topics.patterns: item 2: expected a non-empty string, got ""')
+    rejects({ pattern = { "ok" } }, 'plugins.big_topics: unknown option "pattern" (big_topics takes patterns)\n'
+      .. "plugins.big_topics.patterns: expected a non-empty list, each item a non-empty string (required), got nil")
   end)
 end)
 
@@ -370,15 +412,68 @@ describe("plugin rate_limit", function()
 
   it("refuses bad options", function()
     local every = helper.fake_every()
-    assert.has_error(function() helper.plugin("rate_limit", { joins_per_second = 0 }, { every = every }) end,
-      "plugin rate_limit: option joins_per_second must be a positive integer")
-    assert.has_error(function() helper.plugin("rate_limit", { messages_per_second = 1.5 }, { every = every }) end,
-      "plugin rate_limit: option messages_per_second must be a positive integer")
+    local function rejects(options, msg)
+      assert.has_error(function() helper.plugin("rate_limit", options, { every = every }) end, msg)
+    end
+    rejects({ joins_per_second = 0 }, "plugins.rate_limit.joins_per_second: expected an integer >= 1, got 0")
+    rejects({ messages_per_second = 1.5 }, "plugins.rate_limit.messages_per_second: expected an integer >= 1, got 1.5")
+    rejects({ joins_per_second = "5" }, 'plugins.rate_limit.joins_per_second: expected an integer >= 1, got "5"')
+    rejects({ per_secnd = 5 },
+      'plugins.rate_limit: unknown option "per_secnd" (rate_limit takes joins_per_second, messages_per_second)')
   end)
 
   it("needs the server's timers: outside the server herald.every raises", function()
     assert.error_matches(function() helper.plugin("rate_limit", {}) end, "not available outside the server")
   end)
+end)
+
+-- Every plugin's declaration of its options, as `herald check` applies it
+-- (config.plugin_options): a valid set passes, an unknown key and a wrong
+-- type fail with a line naming the plugin and the key.
+describe("plugin option declarations", function()
+  local cases = {
+    jwt = { valid = { secret = "s", param = "jwt", id_claim = "uid", leeway_s = 1.5, required = false,
+                      assigns_claims = { "role" } },
+            unknown = { secret = "s", leeway = 30 }, key = "leeway",
+            wrong = { secret = "s", required = "no" },
+            says = 'plugins.jwt.required: expected true or false, got "no"' },
+    topic_acl = { valid = { rules = { { match = "public:*", allow = "all" } }, default = "defer" },
+                  unknown = { rules = {}, rule = {} }, key = "rule",
+                  wrong = { rules = "public:*" },
+                  says = 'plugins.topic_acl.rules: expected a list, each item a table, got "public:*"' },
+    big_topics = { valid = { patterns = { "public:*" } },
+                   unknown = { patterns = { "a" }, patern = "b" }, key = "patern",
+                   wrong = { patterns = "public:*" },
+                   says = 'plugins.big_topics.patterns: expected a non-empty list, each item a non-empty string, got "public:*"' },
+    rate_limit = { valid = { joins_per_second = 1, messages_per_second = 1000 },
+                   unknown = { per_secnd = 5 }, key = "per_secnd",
+                   wrong = { messages_per_second = true },
+                   says = "plugins.rate_limit.messages_per_second: expected an integer >= 1, got true" },
+  }
+
+  it("covers every plugin in plugins/", function()
+    for file in io.popen("ls plugins"):lines() do
+      local name = file:match("^(.+)%.lua$")
+      if name then assert.is_table(cases[name], "no case for plugins/" .. file) end
+    end
+  end)
+
+  for name, case in pairs(cases) do
+    describe(name, function()
+      it("accepts a valid set of options", function()
+        assert.is_table(helper.plugin_options(name, case.valid))
+      end)
+      it("refuses an unknown option, naming the plugin and the key", function()
+        local _, errs = helper.plugin_options(name, case.unknown)
+        local prefix = ('plugins.%s: unknown option "%s" (%s takes '):format(name, case.key, name)
+        assert.are.equal(prefix, errs[1]:sub(1, #prefix))
+      end)
+      it("refuses a wrong type, naming the plugin, the key and the type", function()
+        local _, errs = helper.plugin_options(name, case.wrong)
+        assert.are.same({ case.says }, errs)
+      end)
+    end)
+  end
 end)
 
 describe("the plugin sandbox", function()

@@ -144,7 +144,7 @@ static void test_values(void **st)
                   "presence = { batch_ms = 7 }\n"
                   "api = { token = 'abc' }\n"
                   "scripts = { 'p.lua', '/abs/q.lua', budget_ms = 5, watch = true, memory_mb = 64 }\n"
-                  "plugins = { big_topics = { patterns = { 'x:*' } }, jwt = true }\n"
+                  "plugins = { big_topics = { patterns = { 'x:*' } }, rate_limit = true }\n"
                   "topics = { { match = 'public:*', tracked = false },\n"
                   "           { match = 'fast:*', throttle_ms = 50, debounce_ms = 5, max_wait_ms = 9,\n"
                   "             coalesce = 'latest', on_overflow = 'drop_oldest',\n"
@@ -199,8 +199,10 @@ static void test_values(void **st)
     assert_int_equal(c.nplugins, 2); /* in name order */
     assert_string_equal(c.plugins[0].name, "big_topics");
     assert_string_equal(c.plugins[0].options_json, "{\"patterns\":[\"x:*\"]}");
-    assert_string_equal(c.plugins[1].name, "jwt");
-    assert_string_equal(c.plugins[1].options_json, "{}");
+    assert_string_equal(c.plugins[1].name, "rate_limit");
+    /* true: every option at its declared default. */
+    assert_non_null(strstr(c.plugins[1].options_json, "\"joins_per_second\":10"));
+    assert_non_null(strstr(c.plugins[1].options_json, "\"messages_per_second\":50"));
     assert_int_equal(c.ntopic_rules, 2);
     assert_string_equal(c.topic_rules[0].match, "public:*");
     assert_int_equal(c.topic_rules[0].set, HD_TP_TRACKED);
@@ -288,6 +290,72 @@ static void test_errors(void **st)
     assert_int_equal(load("limitz = {}", &c, tiny, 5), HD_ECONFIG);
     assert_int_equal(strlen(tiny), 4);
     assert_int_equal(tiny[5], 'Z');
+}
+
+/* Counts the lines of text (no newline after the last). */
+static int lines_of(const char *text)
+{
+    int n = *text != 0;
+    for (const char *p = text; *p; p++) n += *p == '\n';
+    return n;
+}
+
+/* Every error of a config that runs, one line each, each naming the file. */
+static void test_every_error(void **st)
+{
+    (void)st;
+    hd_config c;
+    char err[4096];
+    int rc = load("listen = { port = 'x' }\nlimits = { max_conections = 5 }\n"
+                  "log = { level = 'loud' }\n",
+                  &c, err, sizeof err);
+    assert_int_equal(rc, HD_ECONFIG);
+    assert_int_equal(lines_of(err), 3);
+    char want[1024];
+    snprintf(want, sizeof want,
+             "%s: listen.port: expected an integer from 0 to 65535, got \"x\"\n"
+             "%s: unknown setting 'limits.max_conections'\n"
+             "%s: log.level: expected one of \"debug\", \"info\", \"warn\", \"error\", got \"loud\"",
+             path, path, path);
+    assert_string_equal(err, want);
+    /* Plugins' options among them, checked against the plugins compiled in. */
+    rc = load("plugins = { rate_limit = { per_secnd = 5 }, jwt = { secret = 31337 }, nope = true,\n"
+              "            big_topics = { patterns = 'x' },\n"
+              "            topic_acl = { rules = { { match = 'a', allow = 'x' } } } }\n"
+              "timeouts = { ws_idle_ms = 0 }\n",
+              &c, err, sizeof err);
+    assert_int_equal(rc, HD_ECONFIG);
+    assert_int_equal(lines_of(err), 6);
+    static const char *const parts[] = {
+        ": timeouts.ws_idle_ms: expected an integer from 10 to 86400000, got 0\n",
+        ": plugins.big_topics.patterns: expected a non-empty list, each item a non-empty string, got \"x\"\n",
+        ": plugins.jwt.secret: expected a non-empty string, got a number\n",
+        ": plugins: unknown plugin 'nope'\n",
+        ": plugins.rate_limit: unknown option \"per_secnd\" (rate_limit takes joins_per_second, "
+        "messages_per_second)\n",
+        ": plugins.topic_acl.rules: rule 1: allow must be \"all\", \"owner\", \"none\" or a table of assigns",
+    };
+    const char *at = err;
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
+        snprintf(want, sizeof want, "%s%s", path, parts[i]);
+        if (strncmp(at, want, strlen(want)) != 0)
+            fail_msg("line %zu: got \"%s\", expected \"%s\"", i + 1, at, want);
+        at += strlen(want);
+    }
+    assert_null(strstr(err, "31337")); /* a secret option's value is never shown */
+    /* A file that does not run has its one error. */
+    rc = load("listen = { port = 'x' }\nerror('stop')\n", &c, err, sizeof err);
+    assert_int_equal(rc, HD_ECONFIG);
+    assert_int_equal(lines_of(err), 1);
+    /* Valid plugin options load, defaults filled in. */
+    rc = load("plugins = { jwt = { secret = 'k', leeway_s = 3 }, topic_acl = { rules = {} } }", &c, err,
+              sizeof err);
+    if (rc) fail_msg("%s", err);
+    assert_int_equal(c.nplugins, 2);
+    assert_non_null(strstr(c.plugins[0].options_json, "\"param\":\"token\""));
+    assert_non_null(strstr(c.plugins[0].options_json, "\"leeway_s\":3"));
+    assert_non_null(strstr(c.plugins[1].options_json, "\"default\":\"deny\""));
+    hd_config_free(&c);
 }
 
 /* cluster: shards in config order, each URL checked by hd_redis_url_parse
@@ -498,7 +566,28 @@ static void test_sandbox_tables(void **st)
 static void test_nul_in_strings(void **st)
 {
     (void)st;
-    bad("api = { token = 'a\\0long-secret' }", "api.token", NULL);
+    bad("api = { token = 'a\\0long-secret' }", "api.token", "got a string with a NUL byte", NULL);
+    hd_config c;
+    char err[512];
+    assert_int_equal(load("api = { token = 'a\\0long-secret' }", &c, err, sizeof err), HD_ECONFIG);
+    assert_null(strstr(err, "long-secret")); /* errors are logged: a token never is */
+    /* Nor a string literal a syntax error stopped at. */
+    bad("api = { token = \"s3cretvalue }\n", "$F:1: unfinished string near a string literal (not shown)",
+        NULL);
+    bad("api = { token = 's3cretvalue' 'x' }\n", "$F:1:", "near a string literal (not shown)", NULL);
+    bad("api = { token = [==[s3cretvalue]==] [[x]] }\n", "near a string literal (not shown)", NULL);
+    bad("api = { token = 5 6 }\n", "$F:1: '}' expected near '6'", NULL); /* others are shown */
+    assert_int_equal(load("api = { token = \"s3cretvalue }\n", &c, err, sizeof err), HD_ECONFIG);
+    assert_null(strstr(err, "s3cretvalue"));
+    /* The rewrite stays inside a buffer that holds the start of the token
+     * but not all of the replacement. */
+    char shortbuf[128];
+    size_t room = strlen(path) + sizeof ":1: unfinished string near '\"s3c";
+    memset(shortbuf, 'Z', sizeof shortbuf);
+    assert_int_equal(load("api = { token = \"s3cretvalue }\n", &c, shortbuf, room), HD_ECONFIG);
+    assert_int_equal(shortbuf[room], 'Z');
+    assert_int_equal(strlen(shortbuf), room - 1);
+    assert_null(strstr(shortbuf, "s3c"));
     bad("listen = { host = '127.0.0.1\\0x' }", "listen.host", NULL);
     bad("topics = { { match = '\\0p:*', tracked = false } }", "topics", NULL);
     bad("scripts = { 'a.lua\\0.txt' }", "scripts", NULL);
@@ -653,6 +742,7 @@ int main(void)
         cmocka_unit_test(test_sandbox_tables), cmocka_unit_test(test_nul_in_strings),
         cmocka_unit_test(test_budget),   cmocka_unit_test(test_env_port),
         cmocka_unit_test(test_glob),     cmocka_unit_test(test_cluster),
+        cmocka_unit_test(test_every_error),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

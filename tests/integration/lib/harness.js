@@ -508,6 +508,16 @@ async function metrics(port, headers) {
   return parseMetrics(r.body);
 }
 
+// An HS256 JSON Web Token of claims signed with secret (what the jwt
+// plugin accepts).
+function jwt(claims, secret) {
+  const b64url = (b) => Buffer.from(b).toString('base64url');
+  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+  const body = b64url(JSON.stringify(claims));
+  const sig = crypto.createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
+  return `${head}.${body}.${sig}`;
+}
+
 // Bounded polling, for state that has no event of its own. Prefer events.
 async function eventually(fn, ms = 10000, what = 'condition') {
   const end = Date.now() + ms;
@@ -523,5 +533,5 @@ async function eventually(fn, ms = 10000, what = 'condition') {
 module.exports = {
   ROOT, BIN, WS_GUID, startHerald, serve, finish, badLogLines, request, push, parseResponses, httpConn, rawExchange, frame,
   closePayload, acceptFor, upgradeRequest, rawWs, wsClient, phoenixSocket, connect, join, leave, nextEvent,
-  nextSocketMessage, parseMetrics, metricSum, metrics, eventually, within, deadline, Inbox, Socket, Presence, WebSocket,
+  nextSocketMessage, parseMetrics, metricSum, metrics, eventually, within, deadline, Inbox, Socket, Presence, WebSocket, jwt,
 };
