@@ -87,6 +87,13 @@ server = {
                                       b"base64url.bearer.phx.dG9rZW4\r\n\r\n") + frame(JOIN),
     "0-ws-push-socket": HANDSHAKE.replace(b"/socket/", b"/push_socket/") + frame(JOIN),
     "0-bad": b"HELLO\r\n\r\n",
+    # a trusted peer (127.0.0.1) may name its client: PROXY v1, v2, X-Forwarded-For
+    "0-proxy-v1": b"PROXY TCP4 192.0.2.9 127.0.0.1 5555 4000\r\n" + get(b"/healthz"),
+    "0-proxy-v2": b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\xc0\x00\x02\x2c\x7f\x00\x00\x01\x15\xb3\x0f\xa0" +
+                  HANDSHAKE + frame(JOIN),
+    "0-proxy-bad": b"PROXY TCP6 nonsense\r\n" + get(b"/healthz"),
+    "0-xff": HANDSHAKE.replace(b"\r\n\r\n", b"\r\nX-Forwarded-For: 198.51.100.1, [2001:db8::1]:80\r\n\r\n") +
+             frame(JOIN),
     # mode 1: frames after the handshake
     "1-join-heartbeat": frame(JOIN) + frame('[null,"2","phoenix","heartbeat",{}]'),
     "1-fragmented": frame('["1","1",', fin=False) + frame(b"ping", 9) +
