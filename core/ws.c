@@ -8,7 +8,7 @@
 void hd_ws_parser_init(hd_ws_parser *p, size_t max_msg)
 {
     memset(p, 0, sizeof *p);
-    p->max_msg = max_msg;
+    p->max_msg = max_msg > UINT32_MAX ? UINT32_MAX : (uint32_t)max_msg;
 }
 
 void hd_ws_parser_free(hd_ws_parser *p)

@@ -42,8 +42,8 @@ typedef struct hd_ws_parser {
     uint64_t remaining;   /* payload bytes of the current frame still to come */
     uint64_t frame_len;   /* payload length of the current frame */
     uint8_t *msg;         /* assembled data message; NULL when none pending */
-    size_t msg_len;
-    size_t max_msg;       /* limit on a whole message's bytes */
+    uint32_t msg_len;
+    uint32_t max_msg;     /* limit on a whole message's bytes (at most 64 MiB) */
     uint8_t hdr[14];      /* header bytes collected so far */
     uint8_t hdr_len;
     uint8_t in_payload;   /* 1 while reading the current frame's payload */

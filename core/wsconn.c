@@ -28,15 +28,16 @@ typedef struct ws_rate {
 /* A WebSocket connection's state (c->proto). */
 typedef struct ws_state {
     hd_ws_parser p;
-    uint64_t pending_since; /* loop time a partial frame or message began; 0: none */
-    size_t held;            /* bytes of a partial message, counted in inbound_bytes */
+    uint32_t pending_since; /* loop time (ms, modulo 2^32, never 0) a partial frame or
+                             * message began; 0: none */
+    uint32_t held;          /* bytes of a partial message, counted in inbound_bytes */
     ws_rate rate;
 } ws_state;
 
 /* Brings s->held, and the node's total, to what the parser holds now. */
 static void account(hd_ws_ctx *w, ws_state *s)
 {
-    size_t now = s->p.msg ? s->p.msg_len : 0;
+    uint32_t now = s->p.msg ? s->p.msg_len : 0;
     w->inbound_bytes = w->inbound_bytes - s->held + now;
     s->held = now;
 }
@@ -212,7 +213,7 @@ static void ws_on_read(hd_conn *c, uint8_t *data, size_t len)
     int rc = hd_ws_parse(&s->p, data, len, &parser_callbacks, c, NULL);
     if (rc >= 0) {
         if (!hd_ws_parser_pending(&s->p)) s->pending_since = 0;
-        else if (!s->pending_since) s->pending_since = uv_now(c->net->loop);
+        else if (!s->pending_since) s->pending_since = (uint32_t)uv_now(c->net->loop) | 1;
         account(w, s);
         if (w->inbound_bytes > w->cfg->max_inbound_bytes) shed_inbound(w, c->net);
         return;
@@ -229,7 +230,7 @@ int hd_wsconn_check_message(hd_conn *c, uint64_t now)
     ws_state *s = c->kind == HD_CONN_WS ? c->proto : NULL;
     if (!s || !s->pending_since) return 0;
     hd_ws_ctx *w = ctx_of(c);
-    if (now - s->pending_since < w->cfg->ws_message_ms) return 0;
+    if ((uint32_t)((uint32_t)now - s->pending_since) < w->cfg->ws_message_ms) return 0;
     w->st->ws_message_timeouts++;
     hd_debug("conn %llu: WebSocket message not complete in time: closing with 1008",
              (unsigned long long)c->id);
