@@ -125,7 +125,7 @@ static size_t v2_header(uint8_t *out, uint8_t cmd, uint8_t fam, const uint8_t *a
     out[13] = fam;
     out[14] = (uint8_t)(alen >> 8);
     out[15] = (uint8_t)alen;
-    memcpy(out + 16, addrs, alen);
+    if (alen) memcpy(out + 16, addrs, alen);
     return 16 + alen;
 }
 
