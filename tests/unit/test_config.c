@@ -331,8 +331,8 @@ static void test_every_error(void **st)
         ": plugins.big_topics.patterns: expected a non-empty list, each item a non-empty string, got \"x\"\n",
         ": plugins.jwt.secret: expected a non-empty string, got a number\n",
         ": plugins: unknown plugin 'nope'\n",
-        ": plugins.rate_limit: unknown option \"per_secnd\" (rate_limit takes joins_per_second, "
-        "messages_per_second)\n",
+        (": plugins.rate_limit: unknown option \"per_secnd\" (rate_limit takes joins_per_second, "
+         "messages_per_second)\n"),
         ": plugins.topic_acl.rules: rule 1: allow must be \"all\", \"owner\", \"none\" or a table of assigns",
     };
     const char *at = err;
