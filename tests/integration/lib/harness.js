@@ -322,8 +322,9 @@ function upgradeRequest(pathq, key, extraHeaders = '') {
 
 // A raw WebSocket client over net: handshake, then frames in and out.
 // `frames` holds the server's frames not yet taken with next().
-async function rawWs(port, pathq = '/socket/websocket?vsn=2.0.0', extraHeaders = '') {
-  const s = net.connect(port, '127.0.0.1');
+// localAddress: the source address (any 127.x.y.z on a Linux loopback).
+async function rawWs(port, pathq = '/socket/websocket?vsn=2.0.0', extraHeaders = '', { localAddress } = {}) {
+  const s = net.connect({ port, host: '127.0.0.1', localAddress });
   await within(once(s, 'connect'), 10000, 'TCP connect');
   const key = crypto.randomBytes(16).toString('base64');
   s.write(upgradeRequest(pathq, key, extraHeaders));

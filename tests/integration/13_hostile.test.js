@@ -1,0 +1,588 @@
+'use strict';
+// Hostile clients (issue 13): a few of them must never lock anyone out, pin
+// memory, or hijack a socket. One herald, one run, all at once:
+//
+//   - slow heads: request heads trickled byte by byte, on the API
+//     (POST /api/push) and on the WebSocket upgrade path: 408 with a JSON
+//     body, closed, before the head is complete (timeouts.http_head_ms);
+//   - silent sockets (connect, send nothing): the same 408;
+//   - fragmented messages trickled in: close 1008 "message not complete in
+//     time" (timeouts.ws_message_ms), each holding a large first fragment;
+//   - foreign Origins: 403 (ws.allowed_origins); no Origin is allowed;
+//   - one address over limits.max_connections_per_ip: 503 before the upgrade;
+//   - connect floods over limits.connect_rate / connect_rate_per_ip: 503 with
+//     Retry-After;
+//   - a message flood on one socket over limits.client_messages_per_s:
+//     "rate limited" error replies, then close 1008 "message rate exceeded";
+//   - the admin listener answering while the public port refuses;
+//
+// while honest phoenix.js clients, each from its own 127.x source address,
+// receive every numbered publish made during the run, and new honest
+// clients still get in. Afterwards herald's RSS is back near its baseline
+// (measured once every hostile connection is closed) and every refusal is
+// counted under its reason in /metrics.
+//
+// A part whose setting this herald does not know yet (`herald check`
+// refuses it) is switched off and named in the test's diagnostics.
+//
+// HERALD_VALGRIND=1 runs herald under `valgrind --leak-check=full` with
+// longer timeouts; a leak or a memory error makes herald exit 99, which
+// fails the test (the harness wants exit 0 after SIGTERM), and valgrind's
+// summary is printed.
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const net = require('node:net');
+const http = require('node:http');
+const { once } = require('node:events');
+const { spawnSync } = require('node:child_process');
+const h = require('./lib/harness');
+
+const VALGRIND = process.env.HERALD_VALGRIND === '1';
+const SLOW = VALGRIND ? 5 : 1; // valgrind runs herald some 20x slower
+
+const HEAD_MS = 1000 * SLOW;   // timeouts.http_head_ms
+const MSG_MS = 1000 * SLOW;    // timeouts.ws_message_ms
+const PER_IP = 20;             // limits.max_connections_per_ip
+const CONNECT_RATE = 400;      // limits.connect_rate (per second, this node)
+const CONNECT_RATE_PER_IP = 40; // limits.connect_rate_per_ip
+const MSG_RATE = 100;          // limits.client_messages_per_s (the default)
+const MSG_BURST = 200;         // limits.client_messages_burst (the default)
+const RSS_SLACK = (VALGRIND ? 200 : 30) * 1024 * 1024; // "near the baseline"
+
+const WS = '/socket/websocket?vsn=2.0.0';
+const TOPIC = 'news:hostile';
+const HONEST = 8;              // honest clients joined before the attack
+const NEWCOMERS = 4;           // honest clients that connect during it
+const SLOW_HEADS = 10;         // per path
+const SILENT = 20;
+const TRICKLERS = 40;
+const FRAGMENT_BYTES = 60 * 1024; // under limits.max_message_bytes (64 KiB)
+const BAD_ORIGINS = ['https://evil.example', 'https://app.example.com.evil.example', 'http://app.example.com', 'null'];
+const MAX_PUBLISHES = 5000;    // bounds of the publisher's loop
+const RUN_MS = 120000 * SLOW;
+
+// Source addresses: every actor has its own, so that the per-address limits
+// only ever meet the actor that is testing them. 127.0.0.1 publishes and
+// reads /metrics.
+const ADDR = {
+  honest: (i) => `127.0.1.${i + 1}`,
+  newcomer: (i) => `127.0.2.${i + 1}`,
+  perIp: () => '127.0.0.5',
+  ratePerIp: () => '127.0.0.6',
+  flood: (i) => `127.0.3.${i + 1}`,
+  slowApi: (i) => `127.0.4.${i + 1}`,
+  slowWs: (i) => `127.0.5.${i + 1}`,
+  silent: (i) => `127.0.6.${i + 1}`,
+  trickle: (i) => `127.0.7.${i + 1}`,
+  origin: (i) => `127.0.8.${i + 1}`,
+  msgFlood: () => '127.0.9.1',
+};
+
+// ---- which parts this herald has ------------------------------------------------
+
+// True when `herald check` accepts the config text.
+function accepts(config) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-hostile-check-'));
+  try {
+    const file = path.join(dir, 'check.lua');
+    fs.writeFileSync(file, config);
+    return spawnSync(h.BIN, ['check', file], { stdio: 'ignore' }).status === 0;
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const FEATURES = {
+  perIp: `limits = { max_connections_per_ip = ${PER_IP} }`,
+  connectRate: `limits = { connect_rate = ${CONNECT_RATE}, connect_rate_per_ip = ${CONNECT_RATE_PER_IP} }`,
+  messageRate: `limits = { client_messages_per_s = ${MSG_RATE}, client_messages_burst = ${MSG_BURST} }`,
+  admin: 'admin = { host = "127.0.0.1", port = 0 }',
+};
+const ON = Object.fromEntries(Object.entries(FEATURES).map(([k, cfg]) => [k, accepts(cfg)]));
+
+function config() {
+  const limits = [];
+  if (ON.perIp) limits.push(`max_connections_per_ip = ${PER_IP}`);
+  if (ON.connectRate) limits.push(`connect_rate = ${CONNECT_RATE}`, `connect_rate_per_ip = ${CONNECT_RATE_PER_IP}`);
+  if (ON.messageRate) limits.push(`client_messages_per_s = ${MSG_RATE}`, `client_messages_burst = ${MSG_BURST}`);
+  return [
+    'ws = { allowed_origins = { "https://app.example.com" } }',
+    `timeouts = { http_head_ms = ${HEAD_MS}, ws_message_ms = ${MSG_MS} }`,
+    limits.length ? `limits = { ${limits.join(', ')} }` : '',
+    ON.admin ? FEATURES.admin : '',
+  ].join('\n') + '\n';
+}
+
+// ---- small tools -----------------------------------------------------------------
+
+// Pacing for the trickles and the publisher; never used to wait for an event.
+const pace = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function rss(pid) {
+  const m = /^VmRSS:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(m[1]) * 1024;
+}
+
+function refused(m, reason) { return m[`herald_tcp_refused_total{reason="${reason}"}`] || 0; }
+
+// A TCP connection from `localAddress` that collects everything the server
+// sends; `closed` resolves with { buf, reset, answer } (the first parsed
+// HTTP response, if any) once the server has closed it.
+async function tcp(port, localAddress) {
+  const s = net.connect({ port, host: '127.0.0.1', localAddress });
+  let buf = Buffer.alloc(0);
+  let reset = false;
+  s.on('data', (d) => { buf = Buffer.concat([buf, d]); });
+  let error = null;
+  s.on('error', (e) => { if (e.code === 'ECONNRESET' || e.code === 'EPIPE') reset = true; else error = e; });
+  const closed = once(s, 'close').then(() => {
+    if (error) throw error;
+    return { buf, reset, answer: h.parseResponses(buf, true).responses[0] };
+  });
+  closed.catch(() => {});
+  await h.within(Promise.race([once(s, 'connect'), closed]), 10000, 'TCP connect');
+  return {
+    closed,
+    get isClosed() { return s.destroyed; },
+    write(bytes) { if (!s.destroyed) s.write(bytes); },
+    end() { s.destroy(); },
+  };
+}
+
+// Asserts the JSON error answer of a refused or timed-out request.
+function assertAnswer(answer, status, error, what) {
+  assert.ok(answer, `${what}: no HTTP answer before the close`);
+  assert.equal(answer.status, status, `${what}: ${answer.head}\n${answer.body}`);
+  assert.match(answer.headers['content-type'] || '', /^application\/json/, `${what}: content-type`);
+  assert.deepEqual(answer.json, { error }, `${what}: body`);
+}
+
+// A phoenix.js transport: `ws` from one source address, noting the status
+// of every refused upgrade in `refusals`.
+function transportFrom(localAddress, refusals) {
+  return class extends h.WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols, { localAddress });
+      this.on('error', (e) => {
+        const m = /Unexpected server response: (\d+)/.exec(e.message);
+        if (m) refusals.push(Number(m[1]));
+      });
+    }
+  };
+}
+
+// An honest phoenix.js client from its own address, joined to TOPIC; `got`
+// collects the numbers published. A newcomer (retry) keeps reconnecting,
+// as phoenix.js does, until it is in. Its socket goes into `sockets` at
+// once (for the test's clean-up).
+async function honest(port, addr, sockets, { retry = false } = {}) {
+  const refusals = [];
+  const socket = h.phoenixSocket(port, {
+    transport: transportFrom(addr, refusals), reconnectAfterMs: () => 100 * SLOW, rejoinAfterMs: () => 100 * SLOW,
+  });
+  sockets.push(socket);
+  let opens = 0, closes = 0;
+  socket.onOpen(() => opens++);
+  socket.onClose(() => closes++);
+  if (retry) {
+    await h.within(new Promise((resolve) => { const id = socket.onOpen(() => { socket.off([id]); resolve(); }); socket.connect(); }),
+      30000 * SLOW, `newcomer ${addr} to get in`);
+  } else {
+    await h.connect(socket, 10000 * SLOW);
+  }
+  const channel = socket.channel(TOPIC);
+  const got = [];
+  let resolveEnd;
+  const ended = new Promise((r) => (resolveEnd = r));
+  channel.on('msg', ({ event, data }) => { if (event === 'n') got.push(data.n); else if (event === 'end') resolveEnd(); });
+  await h.join(channel);
+  const c = { addr, socket, got, ended, refusals, closesAtJoin: closes, opensAtJoin: opens };
+  Object.defineProperties(c, { opens: { get: () => opens }, closes: { get: () => closes } });
+  return c;
+}
+
+// The backend: POST /api/push over one keep-alive connection from 127.0.0.1.
+function publisher(port) {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  let n = 0;
+  const post = (msg) => h.within(new Promise((resolve, reject) => {
+    const body = JSON.stringify(msg);
+    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/api/push', agent, localAddress: '127.0.0.1',
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+      let data = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (data += d));
+      res.on('end', () => resolve({ status: res.statusCode, body: data }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  }), 15000 * SLOW, 'a publish');
+  return {
+    get count() { return n; },
+    async next() {
+      n += 1;
+      const r = await post({ channel: TOPIC, event: 'n', data: { n } });
+      assert.equal(r.status, 200, `publish ${n}: ${r.body}`);
+    },
+    async end() {
+      const r = await post({ channel: TOPIC, event: 'end', data: {} });
+      assert.equal(r.status, 200, r.body);
+    },
+    close() { agent.destroy(); },
+  };
+}
+
+// An actor: `fn(ready)` runs the hostile client to its end, calling ready()
+// once its connections are established (the second wave waits for that).
+function actor(name, fn) {
+  let ready;
+  const readyP = new Promise((r) => (ready = r));
+  const done = Promise.resolve().then(() => fn(ready)).finally(() => ready());
+  done.catch(() => {}); // awaited (and reported) in settle()
+  return { name, ready: readyP, done };
+}
+
+async function settle(actors) {
+  const results = await Promise.allSettled(actors.map((a) => a.done));
+  const failed = results.map((r, i) => [actors[i].name, r]).filter(([, r]) => r.status === 'rejected');
+  if (failed.length) {
+    const e = failed[0][1].reason;
+    e.message = `${failed[0][0]}: ${e.message}` + (failed.length > 1 ? ` (and ${failed.slice(1).map(([n]) => n).join(', ')} failed too)` : '');
+    throw e;
+  }
+  return Object.fromEntries(results.map((r, i) => [actors[i].name, r.value]));
+}
+
+// ---- the hostile clients -----------------------------------------------------------
+
+// A request head sent quickly up to a large padding header, then trickled
+// byte by byte and never finished: 408, closed while still trickling.
+async function slowHead(port, addr, start, ready) {
+  const c = await tcp(port, addr);
+  ready();
+  c.write(`${start}X-Pad: ${'p'.repeat(8192)}\r\n`);
+  const rest = Buffer.from(`X-Trickle: ${'t'.repeat(60)}`); // no CRLF: the head never ends
+  let sent = 0;
+  while (!c.isClosed && sent < rest.length) {
+    c.write(rest.subarray(sent, sent + 1));
+    sent += 1;
+    await Promise.race([c.closed, pace(HEAD_MS / 8)]);
+  }
+  const r = await h.within(c.closed, 5 * HEAD_MS + 10000, `the slow head from ${addr} to be closed`);
+  assertAnswer(r.answer, 408, 'request head not complete in time', `slow head from ${addr}`);
+  assert.ok(sent < rest.length, `the slow head from ${addr} was not closed while it trickled (${sent} of ${rest.length} bytes sent)`);
+  return 1;
+}
+
+async function silentSocket(port, addr, ready) {
+  const c = await tcp(port, addr);
+  ready();
+  const r = await h.within(c.closed, 5 * HEAD_MS + 10000, `the silent socket from ${addr} to be closed`);
+  assertAnswer(r.answer, 408, 'request head not complete in time', `silent socket from ${addr}`);
+  return 1;
+}
+
+// A text frame with FIN=0 carrying FRAGMENT_BYTES, then one-byte
+// continuations, never the last: close 1008 while still trickling.
+async function trickledFragments(port, addr, ready) {
+  const c = await h.rawWs(port, WS, '', { localAddress: addr });
+  assert.equal(c.status, 101, `trickler ${addr}: ${c.response && c.response.head}`);
+  ready();
+  c.send(1, 'x'.repeat(FRAGMENT_BYTES), { fin: false });
+  const closing = c.closeFrame(5 * MSG_MS + 10000);
+  closing.catch(() => {});
+  let frames = 0;
+  let gotClose = false;
+  closing.then(() => (gotClose = true), () => {});
+  while (!gotClose && !c.closed && frames < 100) {
+    c.send(0, 'y', { fin: false });
+    frames += 1;
+    await Promise.race([closing.catch(() => {}), pace(MSG_MS / 8)]);
+  }
+  const cf = await closing;
+  assert.equal(cf.code, 1008, `trickler ${addr}: ${cf.reason}`);
+  assert.equal(cf.reason, 'message not complete in time');
+  assert.ok(frames < 100, `trickler ${addr} was not closed while it trickled`);
+  c.send(8, h.closePayload(1008));
+  await c.waitClosed(10000 * SLOW);
+  return 1;
+}
+
+// Foreign Origins get 403 before the upgrade; the allowed one (any case)
+// and none at all get 101.
+async function origins(port, ready) {
+  let i = 0;
+  const attempt = async (origin) => {
+    const c = await h.rawWs(port, WS, origin === undefined ? '' : `Origin: ${origin}\r\n`, { localAddress: ADDR.origin(i++) });
+    return c;
+  };
+  ready();
+  for (const origin of BAD_ORIGINS) {
+    const c = await attempt(origin);
+    assertAnswer(c.response, 403, 'origin not allowed', `Origin: ${origin}`);
+    await c.waitClosed(10000 * SLOW);
+  }
+  for (const origin of ['https://app.example.com', 'https://APP.Example.com', undefined]) {
+    const c = await attempt(origin);
+    assert.equal(c.status, 101, `Origin: ${origin}: ${c.response.head}`);
+    c.sendText([null, '1', 'phoenix', 'heartbeat', {}]);
+    assert.deepEqual(await c.nextJson(10000 * SLOW), [null, '1', 'phoenix', 'phx_reply', { status: 'ok', response: {} }]);
+    c.end();
+  }
+  return BAD_ORIGINS.length;
+}
+
+// PER_IP WebSockets from one address, then more: each over the limit gets
+// 503 before the upgrade. The held ones stay open until release().
+async function perIpHolder(port, ready, held) {
+  const addr = ADDR.perIp();
+  for (let i = 0; i < PER_IP; i++) {
+    const c = await h.rawWs(port, WS, '', { localAddress: addr });
+    held.push(c);
+    assert.equal(c.status, 101, `connection ${i + 1} of ${PER_IP} from ${addr}: ${c.response && c.response.head}`);
+  }
+  ready();
+  let over = 0;
+  for (let i = 0; i < 5; i++) {
+    const c = await h.rawWs(port, WS, '', { localAddress: addr });
+    assertAnswer(c.response, 503, 'too many connections from this address', `connection ${PER_IP + i + 1} from ${addr}`);
+    await c.waitClosed(10000 * SLOW);
+    over += 1;
+  }
+  // The held ones still work.
+  const last = held[held.length - 1];
+  last.sendText([null, '1', 'phoenix', 'heartbeat', {}]);
+  assert.deepEqual(await last.nextJson(10000 * SLOW), [null, '1', 'phoenix', 'phx_reply', { status: 'ok', response: {} }]);
+  return over;
+}
+
+// `count` upgrades at once from the addresses given; returns how many got
+// in and the refusals ({status, reason}), each with a checked body and
+// Retry-After.
+async function connectFlood(port, addrs, count, onRefusal) {
+  const outcomes = await Promise.all(Array.from({ length: count }, async (_, i) => {
+    const c = await h.rawWs(port, WS, '', { localAddress: addrs[i % addrs.length] });
+    if (c.status === 101) { c.end(); return { ok: true }; }
+    assertAnswer(c.response, 503, 'connection rate exceeded', `flood connection from ${addrs[i % addrs.length]}`);
+    assert.match(c.response.headers['retry-after'] || '', /^[1-9]\d*$/, 'Retry-After: whole seconds');
+    if (onRefusal) onRefusal();
+    await c.waitClosed(10000 * SLOW);
+    return { ok: false };
+  }));
+  return { in: outcomes.filter((o) => o.ok).length, refused: outcomes.filter((o) => !o.ok).length };
+}
+
+// Heartbeats far over client_messages_per_s: error replies "rate limited",
+// then, with the bucket kept empty, close 1008 "message rate exceeded".
+async function messageFlood(port, ready) {
+  const c = await h.rawWs(port, WS, '', { localAddress: ADDR.msgFlood() });
+  assert.equal(c.status, 101);
+  ready();
+  const counts = { ok: 0, limited: 0 };
+  const reading = (async () => {
+    for (;;) {
+      const f = await c.next(10000 * SLOW);
+      if (f.opcode === 8) return { code: f.payload.readUInt16BE(0), reason: f.payload.subarray(2).toString('utf8') };
+      if (f.opcode !== 1) continue;
+      const [, , topic, event, payload] = JSON.parse(f.payload.toString('utf8'));
+      assert.equal(topic, 'phoenix');
+      assert.equal(event, 'phx_reply');
+      if (payload.status === 'ok') counts.ok += 1;
+      else { assert.deepEqual(payload, { status: 'error', response: { reason: 'rate limited' } }); counts.limited += 1; }
+    }
+  })();
+  let closed = false;
+  reading.then(() => (closed = true), () => (closed = true));
+  let ref = 0;
+  for (let batch = 0; !closed && batch < 300; batch++) { // at most 15,000 messages over ~30 s
+    const frames = [];
+    for (let i = 0; i < 50; i++) frames.push(h.frame(1, JSON.stringify([null, String(++ref), 'phoenix', 'heartbeat', {}])));
+    c.write(Buffer.concat(frames));
+    await Promise.race([reading.catch(() => {}), pace(100)]);
+  }
+  const cf = await reading;
+  assert.equal(cf.code, 1008, cf.reason);
+  assert.equal(cf.reason, 'message rate exceeded');
+  assert.ok(counts.ok >= 1, 'the first messages are answered');
+  assert.ok(counts.limited >= 1, 'messages over the rate get "rate limited"');
+  c.send(8, h.closePayload(1008));
+  await c.waitClosed(10000 * SLOW);
+  return counts;
+}
+
+// The admin listener's endpoints, each 200.
+async function adminProbe(adminPort) {
+  for (const [method, p] of [['GET', '/healthz'], ['GET', '/readyz'], ['GET', '/metrics'], ['GET', '/admin/status']]) {
+    const r = await h.request(adminPort, method, p);
+    assert.equal(r.status, 200, `admin ${method} ${p}: ${r.body}`);
+  }
+}
+
+// ---- the run ----------------------------------------------------------------------
+
+test('hostile clients lock no one out, pin no memory, hijack no socket', { timeout: RUN_MS + 120000 }, async (t) => {
+  const off = Object.keys(ON).filter((k) => !ON[k]);
+  t.diagnostic(`switched on: ${Object.keys(ON).filter((k) => ON[k]).join(', ') || 'none'}; ` +
+    `off (herald check refuses the setting): ${off.join(', ') || 'none'}`);
+
+  let valgrindLog;
+  const prefix = [];
+  if (VALGRIND) {
+    valgrindLog = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'herald-valgrind-')), 'valgrind.log');
+    prefix.push('valgrind', '--leak-check=full', '--show-leak-kinds=definite,indirect',
+      '--errors-for-leak-kinds=definite,indirect', '--error-exitcode=99', `--log-file=${valgrindLog}`);
+  }
+  const srv = await h.serve(t, config(), {}, { prefix });
+  if (VALGRIND) {
+    // After the harness has stopped herald (after hooks run in order).
+    t.after(() => {
+      const text = fs.readFileSync(valgrindLog, 'utf8');
+      const summary = text.split('\n').filter((l) =>
+        /ERROR SUMMARY|in use at exit|All heap blocks|definitely lost|indirectly lost|possibly lost|still reachable/.test(l));
+      process.stderr.write(`valgrind:\n${summary.join('\n')}\n`);
+      if (/ERROR SUMMARY: 0 errors/.test(text)) fs.rmSync(path.dirname(valgrindLog), { recursive: true, force: true });
+      else process.stderr.write(`valgrind's report: ${valgrindLog}\n`);
+    });
+  }
+  const port = srv.port;
+  let adminPort;
+  if (ON.admin) {
+    await srv.waitLog(/admin listening on http:\/\/127\.0\.0\.1:(\d+)/);
+    adminPort = Number(/admin listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(srv.log)[1]);
+    assert.notEqual(adminPort, port);
+  }
+  const stats = () => h.metrics(adminPort || port);
+
+  // Honest clients, joined; one publish before the baseline warms things up.
+  const sockets = [];
+  t.after(() => { for (const s of sockets) s.disconnect(); });
+  const clients = [];
+  for (let i = 0; i < HONEST; i++) clients.push(await honest(port, ADDR.honest(i), sockets));
+  const pub = publisher(port);
+  t.after(() => pub.close());
+  await pub.next();
+  const before = await stats();
+  const baseline = rss(srv.proc.pid);
+
+  let publishing = true;
+  const published = (async () => {
+    const until = Date.now() + RUN_MS;
+    while (publishing && pub.count < MAX_PUBLISHES && Date.now() < until) {
+      await pub.next();
+      await pace(20);
+    }
+  })();
+  published.catch(() => {});
+  t.after(() => { publishing = false; });
+
+  // The first wave: every hostile client that holds a connection.
+  const held = [];
+  t.after(() => { for (const c of held) c.end(); });
+  const first = [];
+  for (let i = 0; i < SLOW_HEADS; i++) {
+    first.push(actor(`slow API head ${i}`, (ready) => slowHead(port, ADDR.slowApi(i),
+      'POST /api/push HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n', ready)));
+    first.push(actor(`slow upgrade head ${i}`, (ready) => slowHead(port, ADDR.slowWs(i),
+      `GET ${WS} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`, ready)));
+  }
+  for (let i = 0; i < SILENT; i++) first.push(actor(`silent socket ${i}`, (ready) => silentSocket(port, ADDR.silent(i), ready)));
+  for (let i = 0; i < TRICKLERS; i++) first.push(actor(`trickler ${i}`, (ready) => trickledFragments(port, ADDR.trickle(i), ready)));
+  first.push(actor('foreign origins', (ready) => origins(port, ready)));
+  if (ON.perIp) first.push(actor('per-IP holder', (ready) => perIpHolder(port, ready, held)));
+  if (ON.messageRate) first.push(actor('message flood', (ready) => messageFlood(port, ready)));
+  await Promise.all(first.map((a) => a.ready));
+  const peak = rss(srv.proc.pid);
+
+  // The second wave, while the first still holds its connections: honest
+  // newcomers, the connect floods, the admin listener while the public port
+  // refuses.
+  const second = [];
+  const newcomers = [];
+  for (let i = 0; i < NEWCOMERS; i++) {
+    second.push(actor(`newcomer ${i}`, async () => { newcomers.push(await honest(port, ADDR.newcomer(i), sockets, { retry: true })); }));
+  }
+  if (ON.connectRate) {
+    let refusedOnce;
+    const publicRefuses = new Promise((r) => (refusedOnce = r));
+    second.push(actor('connect flood per IP', () => connectFlood(port, [ADDR.ratePerIp()], 3 * CONNECT_RATE_PER_IP)));
+    second.push(actor('connect flood', () => connectFlood(port, Array.from({ length: 100 }, (_, i) => ADDR.flood(i)),
+      2 * CONNECT_RATE, refusedOnce)));
+    if (ON.admin) second.push(actor('admin while refusing', async () => { await publicRefuses; await adminProbe(adminPort); }));
+  } else if (ON.admin) {
+    second.push(actor('admin during the attack', () => adminProbe(adminPort)));
+  }
+  const results = await settle([...first, ...second]);
+
+  // The attack is over: three more publishes (so every newcomer gets some),
+  // then the end marker every honest client must see.
+  publishing = false;
+  await published;
+  for (let i = 0; i < 3; i++) await pub.next();
+  await pub.end();
+  const everyone = [...clients, ...newcomers];
+  await h.within(Promise.all(everyone.map((c) => c.ended)), 15000 * SLOW, 'every honest client to get the end marker');
+  const all = Array.from({ length: pub.count }, (_, i) => i + 1);
+  for (const c of clients) {
+    assert.deepEqual(c.got, all, `honest client ${c.addr} missed or reordered publishes`);
+    assert.equal(c.closes, 0, `honest client ${c.addr} was disconnected`);
+  }
+  for (const c of newcomers) {
+    assert.ok(c.got.length >= 3, `newcomer ${c.addr} got ${c.got.length} publishes`);
+    assert.deepEqual(c.got, all.slice(all.length - c.got.length), `newcomer ${c.addr} missed or reordered publishes`);
+    assert.equal(c.closes, c.closesAtJoin, `newcomer ${c.addr} was disconnected after its join`);
+  }
+  t.diagnostic(`${pub.count} publishes, each to ${everyone.length} honest clients`);
+
+  // The per-IP slots come back when the held connections go.
+  if (ON.perIp) {
+    for (const c of held.splice(0)) c.end();
+    const again = await h.eventually(async () => {
+      const c = await h.rawWs(port, WS, '', { localAddress: ADDR.perIp() });
+      if (c.status === 101) return c;
+      c.end();
+      return null;
+    }, 10000 * SLOW, `a connection from ${ADDR.perIp()} after its others closed`);
+    again.end();
+  }
+
+  // Every hostile connection is gone: only the honest ones (and the
+  // publisher's and this request's) are left. Then RSS is back near the
+  // baseline.
+  const after = await h.eventually(async () => {
+    const m = await stats();
+    return m.herald_connections === everyone.length && m.herald_tcp_connections <= everyone.length + 2 ? m : null;
+  }, 20000 * SLOW, 'the hostile connections to be gone');
+  const end = rss(srv.proc.pid);
+  const mib = (n) => (n / 1048576).toFixed(1);
+  t.diagnostic(`RSS: baseline ${mib(baseline)} MiB, with the first wave connected ${mib(peak)} MiB, after ${mib(end)} MiB`);
+  assert.ok(end <= baseline + RSS_SLACK, `RSS ${mib(end)} MiB is not near its baseline ${mib(baseline)} MiB`);
+
+  // Every refusal counted under its reason.
+  const delta = (name) => (after[name] || 0) - (before[name] || 0);
+  assert.equal(delta('herald_http_head_timeouts_total'), 2 * SLOW_HEADS + SILENT, 'herald_http_head_timeouts_total');
+  assert.equal(delta('herald_ws_message_timeouts_total'), TRICKLERS, 'herald_ws_message_timeouts_total');
+  assert.equal(delta('herald_ws_bad_origin_total'), results['foreign origins'], 'herald_ws_bad_origin_total');
+  if (ON.perIp) {
+    assert.equal(refused(after, 'per_ip') - refused(before, 'per_ip'), results['per-IP holder'], 'per_ip refusals');
+  }
+  if (ON.connectRate) {
+    const perIp = results['connect flood per IP'], flood = results['connect flood'];
+    assert.ok(perIp.refused > 0 && perIp.in > 0, `per-IP flood: ${JSON.stringify(perIp)}`);
+    assert.ok(flood.refused > 0 && flood.in > 0, `flood: ${JSON.stringify(flood)}`);
+    const newcomerRefusals = newcomers.reduce((n, c) => n + c.refusals.length, 0);
+    assert.equal(refused(after, 'connect_rate_per_ip') - refused(before, 'connect_rate_per_ip'), perIp.refused, 'connect_rate_per_ip refusals');
+    assert.equal(refused(after, 'connect_rate') - refused(before, 'connect_rate'), flood.refused + newcomerRefusals, 'connect_rate refusals');
+  }
+  if (ON.messageRate) {
+    const { limited } = results['message flood'];
+    assert.equal(delta('herald_client_messages_limited_total'), limited, 'herald_client_messages_limited_total');
+    assert.equal(delta('herald_client_rate_closes_total'), 1, 'herald_client_rate_closes_total');
+  }
+
+  // Leave before the server is stopped, so its drain has nothing to wait for.
+  for (const s of sockets) s.disconnect();
+  pub.close();
+});
