@@ -59,7 +59,8 @@ static int on_message_begin(llhttp_t *p)
 {
     req_reset(req_of(p));
     state_of(p)->busy = 1;
-    state_of(p)->head_since = uv_now(conn_of(p)->net->loop);
+    /* Empty lines before it (which llhttp skips) may have started the clock. */
+    if (!state_of(p)->head_since) state_of(p)->head_since = uv_now(conn_of(p)->net->loop);
     return 0;
 }
 
@@ -296,6 +297,11 @@ static void parse(hd_conn *c, hd_http_conn *h, uint8_t *data, size_t len)
         hd_str_add(&h->stash, data, len);
         return;
     }
+    /* Any byte between requests starts the head's clock, even an empty line
+     * that llhttp skips without beginning a message: else CRLFs trickled in
+     * would hold the connection past http_head_ms and, being input, past
+     * http_idle_ms too. */
+    if (!h->busy && !h->head_since) h->head_since = uv_now(c->net->loop);
     llhttp_errno_t e = llhttp_execute(&h->parser, (const char *)data, len);
     if (e == HPE_PAUSED && h->deferred && c->ops == &ctx->ops) {
         /* The rest waits for the answer: kept, and no more is read. */

@@ -3,8 +3,9 @@
 // memory, or hijack a socket. One herald, one run, all at once:
 //
 //   - slow heads: request heads trickled byte by byte, on the API
-//     (POST /api/push) and on the WebSocket upgrade path: 408 with a JSON
-//     body, closed, before the head is complete (timeouts.http_head_ms);
+//     (POST /api/push) and on the WebSocket upgrade path, and empty lines
+//     trickled before any request line: 408 with a JSON body, closed,
+//     before the head is complete (timeouts.http_head_ms);
 //   - silent sockets (connect, send nothing): the same 408;
 //   - fragmented messages trickled in: close 1008 "message not complete in
 //     time" (timeouts.ws_message_ms), each holding a large first fragment;
@@ -56,7 +57,7 @@ const WS = '/socket/websocket?vsn=2.0.0';
 const TOPIC = 'news:hostile';
 const HONEST = 8;              // honest clients joined before the attack
 const NEWCOMERS = 4;           // honest clients that connect during it
-const SLOW_HEADS = 10;         // per path
+const SLOW_HEADS = 10;         // per path, and trickling empty lines
 const SILENT = 20;
 const TRICKLERS = 40;
 const FRAGMENT_BYTES = 60 * 1024; // under limits.max_message_bytes (64 KiB)
@@ -75,6 +76,7 @@ const ADDR = {
   flood: (i) => `127.0.3.${i + 1}`,
   slowApi: (i) => `127.0.4.${i + 1}`,
   slowWs: (i) => `127.0.5.${i + 1}`,
+  blank: (i) => `127.0.10.${i + 1}`,
   silent: (i) => `127.0.6.${i + 1}`,
   trickle: (i) => `127.0.7.${i + 1}`,
   origin: (i) => `127.0.8.${i + 1}`,
@@ -260,11 +262,14 @@ async function settle(actors) {
 
 // A request head sent quickly up to a large padding header, then trickled
 // byte by byte and never finished: 408, closed while still trickling.
+// With start null: empty lines only, which a server skips before a request
+// line.
 async function slowHead(port, addr, start, ready) {
   const c = await tcp(port, addr);
   ready();
-  c.write(`${start}X-Pad: ${'p'.repeat(8192)}\r\n`);
-  const rest = Buffer.from(`X-Trickle: ${'t'.repeat(60)}`); // no CRLF: the head never ends
+  if (start !== null) c.write(`${start}X-Pad: ${'p'.repeat(8192)}\r\n`);
+  // No empty line after a header: the head never ends.
+  const rest = Buffer.from(start === null ? '\r\n'.repeat(30) : `X-Trickle: ${'t'.repeat(60)}`);
   let sent = 0;
   while (!c.isClosed && sent < rest.length) {
     c.write(rest.subarray(sent, sent + 1));
@@ -487,6 +492,7 @@ test('hostile clients lock no one out, pin no memory, hijack no socket', { timeo
       'POST /api/push HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n', ready)));
     first.push(actor(`slow upgrade head ${i}`, (ready) => slowHead(port, ADDR.slowWs(i),
       `GET ${WS} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n`, ready)));
+    first.push(actor(`empty lines ${i}`, (ready) => slowHead(port, ADDR.blank(i), null, ready)));
   }
   for (let i = 0; i < SILENT; i++) first.push(actor(`silent socket ${i}`, (ready) => silentSocket(port, ADDR.silent(i), ready)));
   for (let i = 0; i < TRICKLERS; i++) first.push(actor(`trickler ${i}`, (ready) => trickledFragments(port, ADDR.trickle(i), ready)));
@@ -562,7 +568,7 @@ test('hostile clients lock no one out, pin no memory, hijack no socket', { timeo
 
   // Every refusal counted under its reason.
   const delta = (name) => (after[name] || 0) - (before[name] || 0);
-  assert.equal(delta('herald_http_head_timeouts_total'), 2 * SLOW_HEADS + SILENT, 'herald_http_head_timeouts_total');
+  assert.equal(delta('herald_http_head_timeouts_total'), 3 * SLOW_HEADS + SILENT, 'herald_http_head_timeouts_total');
   assert.equal(delta('herald_ws_message_timeouts_total'), TRICKLERS, 'herald_ws_message_timeouts_total');
   assert.equal(delta('herald_ws_bad_origin_total'), results['foreign origins'], 'herald_ws_bad_origin_total');
   if (ON.perIp) {

@@ -529,13 +529,29 @@ static void test_head_deadline(void **st)
     cli *quiet = cli_new();
     expect_response(quiet, 408, "Request Timeout", "close", "", body);
     RUN_UNTIL(quiet->eof);
-    assert_int_equal(srv.st.http_head_timeouts, 2);
+    /* Empty lines trickled in: llhttp skips them before a request line, but
+     * they are bytes of a head all the same. */
+    cli *blank = cli_new();
+    last = 0;
+    for (size_t i = 0, n = 0; response_len(blank) == 0 && n < 300 && i < 1000000; i++) {
+        uv_update_time(&loop);
+        if (uv_now(&loop) - last >= 10) {
+            last = uv_now(&loop);
+            cli_send(blank, "\r\n", 2);
+            n++;
+        }
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    expect_response(blank, 408, "Request Timeout", "close", "", body);
+    RUN_UNTIL(blank->eof);
+    assert_int_equal(srv.st.http_head_timeouts, 3);
     /* A whole request is answered, and the connection is kept. */
     cli *ok = cli_new();
     cli_sends(ok, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     expect_response(ok, 200, "OK", "keep-alive", "", "{\"status\":\"ok\"}");
     cli_free(slow);
     cli_free(quiet);
+    cli_free(blank);
     cli_free(ok);
 }
 
