@@ -278,6 +278,7 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     c->ws_idle_ms = (uint64_t)num_field(L, -1, "ws_idle_ms");
     c->http_idle_ms = (uint64_t)num_field(L, -1, "http_idle_ms");
     c->http_head_ms = (uint64_t)num_field(L, -1, "http_head_ms");
+    c->http_body_ms = (uint64_t)num_field(L, -1, "http_body_ms");
     c->ws_message_ms = (uint64_t)num_field(L, -1, "ws_message_ms");
     c->ws_close_ms = (uint64_t)num_field(L, -1, "ws_close_ms");
     lua_pop(L, 1);

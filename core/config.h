@@ -86,6 +86,7 @@ typedef struct hd_config {
     uint64_t ws_idle_ms;
     uint64_t http_idle_ms;
     uint64_t http_head_ms;   /* a request head (or handshake) must be complete within it */
+    uint64_t http_body_ms;   /* a request body, once its head is complete, within it */
     uint64_t ws_message_ms;  /* a frame or fragmented message must be complete within it */
     uint64_t ws_close_ms;
     int log_level;           /* hd_log_level */

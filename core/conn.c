@@ -373,6 +373,7 @@ void hd_conn_close(hd_conn *c)
     if (c->flags & HD_CF_CLOSED) return;
     c->ops->on_closed(c);
     c->flags |= HD_CF_CLOSED;
+    if (c->flags & HD_CF_ADMIN) c->net->nadmin--; /* (its place is free for the next one) */
     uv_close((uv_handle_t *)&c->tcp, on_close);
 }
 
@@ -406,7 +407,6 @@ static void on_close(uv_handle_t *h)
     if (c->next) c->next->prev = c->prev;
     net->nconns--;
     if (c->kind == HD_CONN_WS) net->nws--;
-    if (c->flags & HD_CF_ADMIN) net->nadmin--;
     detach(c);
     ids_del(net, c);
     if (c->ident) ident_del(net, c->ident);
@@ -551,11 +551,27 @@ static hd_peer *peer_of_fd(hd_net *net, int fd)
     return hd_peer_get(&net->peers, &a, net->cfg->trusted, net->cfg->ntrusted);
 }
 
+/* The admin listener is full: its connection idle longest goes (of equals,
+ * the one accepted first), so that silent connections cannot lock
+ * monitoring out. */
+static void evict_admin(hd_net *net)
+{
+    hd_conn *oldest = NULL;
+    for (hd_conn *c = net->conns; c; c = c->next)
+        if ((c->flags & HD_CF_ADMIN) && hd_conn_open(c) && (!oldest || c->last_active <= oldest->last_active))
+            oldest = c;
+    if (!oldest) return;
+    hd_info("conn %llu: the admin listener is full: closing its connection idle longest",
+            (unsigned long long)oldest->id);
+    hd_conn_close(oldest);
+}
+
 void hd_net_take(hd_net *net, int fd, int admin)
 {
     const hd_config *cfg = net->cfg;
     int reason;
     unsigned retry = 0;
+    if (admin && net->nadmin >= ADMIN_MAX) evict_admin(net);
     if (admin ? net->nadmin >= ADMIN_MAX || net->nconns >= net->conn_cap + ADMIN_MAX
               : net->nconns >= net->conn_cap)
         return hd_net_refuse_fd(net, fd, HD_REFUSE_CAPACITY, 0);

@@ -127,13 +127,14 @@ typedef struct hd_net {
     size_t ws_cap;               /* WebSocket limit: max_connections within the fd limit */
     size_t conn_cap;             /* TCP connections kept; beyond, closed at accept */
     size_t queued_bytes;         /* all connections' write queues */
+    size_t inbound_bytes;        /* partial inbound messages and request bodies (limits.max_inbound_bytes) */
     int need_shed;               /* queued_bytes went over limits.max_queued_bytes */
     int hold;                    /* fan-out backpressure may hold HTTP answers */
     int fanout_hot;              /* subscribers' queues are deep: hold HTTP answers */
     uint64_t hot_since;          /* loop time fanout_hot was set */
     uint64_t refused_logged;     /* loop time of the last refusal warning */
     uint64_t refused_unlogged;   /* refusals since then */
-    size_t nadmin;               /* connections from the admin listener */
+    size_t nadmin;               /* open connections from the admin listener (at most 32) */
     hd_peers peers;              /* client address -> connections, connect-rate bucket */
     hd_bucket rate;              /* limits.connect_rate */
     uint64_t next_conn_id;

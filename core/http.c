@@ -18,6 +18,9 @@ typedef struct hd_http_conn {
     int deferred;                /* its answer comes later (hd_http_defer) */
     uint64_t head_since;         /* loop time the current head began; 0: none pending */
     int preface;                 /* a PROXY protocol header may come first (trusted peer) */
+    int shed;                    /* refused: its body would keep inbound memory over the limit */
+    uint64_t body_since;         /* loop time the current body began; 0: none pending */
+    size_t held;                 /* bytes of a partial body, counted in net->inbound_bytes */
     hd_str stash;                /* bytes after a deferred request, read already */
 } hd_http_conn;
 
@@ -138,14 +141,69 @@ static int on_headers_complete(llhttp_t *p)
     if ((p->flags & F_CONTENT_LENGTH) &&
         p->content_length > ctx_of(conn_of(p))->cfg->max_body_bytes)
         return fail(p, 413);
+    if (((p->flags & F_CONTENT_LENGTH) && p->content_length > 0) || (p->flags & F_CHUNKED))
+        state_of(p)->body_since = uv_now(conn_of(p)->net->loop);
+    return 0;
+}
+
+/* Counts n bytes of h's partial body in the node's inbound total. */
+static void hold(hd_http_conn *h, size_t n)
+{
+    hd_net *net = h->c->net;
+    net->inbound_bytes = net->inbound_bytes - h->held + n;
+    h->held = n;
+}
+
+/* Partial bodies of large requests kept keep-alive connections' memory
+ * long after their answer: a large buffer is given back. */
+static void release_body(hd_http_conn *h)
+{
+    hold(h, 0);
+    if (h->req.body.cap > 65536) hd_str_free(&h->req.body);
+}
+
+/* All partial bodies and WebSocket messages together are over
+ * limits.max_inbound_bytes: the HTTP requests holding the largest bodies
+ * are answered 503 and closed until they are not. Returns 1 when the one
+ * being parsed (self) is the largest: its caller fails it. */
+static int shed_bodies(hd_http_ctx *ctx, hd_http_conn *self)
+{
+    hd_net *net = self->c->net;
+    while (net->inbound_bytes > ctx->cfg->max_inbound_bytes) {
+        hd_http_conn *big = NULL;
+        for (hd_conn *c = net->conns; c; c = c->next) {
+            hd_http_conn *h = c->kind == HD_CONN_HTTP && c->ops == &ctx->ops ? c->proto : NULL;
+            if (h && !(c->flags & (HD_CF_CLOSED | HD_CF_NO_INPUT)) && (!big || h->held > big->held)) big = h;
+        }
+        if (!big || !big->held) return 0; /* the rest is WebSocket messages' (wsconn.c sheds those) */
+        ctx->st->http_inbound_sheds++;
+        hd_info("conn %llu: answering 503: its partial request body (%zu bytes) is the largest and "
+                "all together are over limits.max_inbound_bytes",
+                (unsigned long long)big->c->id, big->held);
+        if (big == self) {
+            release_body(self);
+            return 1;
+        }
+        big->req.keep_alive = 0;
+        hd_http_error(big->c, &big->req, 503, "inbound memory limit", NULL, 1);
+        big->c->flags |= HD_CF_NO_INPUT;
+        release_body(big);
+    }
     return 0;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     hd_http_req *r = req_of(p);
-    if (r->body.len + len > ctx_of(conn_of(p))->cfg->max_body_bytes) return fail(p, 413);
-    return hd_str_add(&r->body, at, len) ? fail(p, 503) : 0;
+    hd_http_ctx *ctx = ctx_of(conn_of(p));
+    if (r->body.len + len > ctx->cfg->max_body_bytes) return fail(p, 413);
+    if (hd_str_add(&r->body, at, len)) return fail(p, 503);
+    hold(state_of(p), r->body.len);
+    if (ctx->cfg->max_inbound_bytes < conn_of(p)->net->inbound_bytes && shed_bodies(ctx, state_of(p))) {
+        state_of(p)->shed = 1;
+        return fail(p, 503);
+    }
+    return 0;
 }
 
 /* A request through a trusted proxy: its X-Forwarded-For (the last such
@@ -174,6 +232,8 @@ static int on_message_complete(llhttp_t *p)
     hd_http_req *r = req_of(p);
     hd_http_ctx *ctx = ctx_of(c);
     state_of(p)->busy = 0;
+    state_of(p)->body_since = 0;
+    hold(state_of(p), 0);
     if (!r->body.p) hd_str_add(&r->body, "", 0);
     /* An Upgrade the router does not take is ignored (RFC 9110 7.8) and
      * parsing goes on (on_read resumes); after CONNECT the bytes are a
@@ -181,6 +241,7 @@ static int on_message_complete(llhttp_t *p)
     if (r->method == HTTP_CONNECT) r->keep_alive = 0;
     if ((c->flags & (HD_CF_TRUSTED_PEER | HD_CF_PROXIED)) == HD_CF_TRUSTED_PEER) forwarded_for(c, r);
     ctx->on_request(ctx->ud, c, r, llhttp_get_upgrade(p));
+    if (c->ops == &ctx->ops && !state_of(p)->deferred) release_body(state_of(p)); /* (answered) */
     /* After an upgrade llhttp stops by itself (HPE_PAUSED_UPGRADE); after a
      * response that closes the connection, or a switch of protocol on a
      * request llhttp did not flag as an upgrade, stop: what follows is not
@@ -218,8 +279,9 @@ static hd_http_conn *state_new(hd_conn *c)
 
 static void state_free(hd_http_conn *h)
 {
-    if (h) hd_str_free(&h->stash);
     if (!h) return;
+    hold(h, 0);
+    hd_str_free(&h->stash);
     hd_str_free(&h->req.url);
     hd_str_free(&h->req.hbuf);
     hd_str_free(&h->req.body);
@@ -335,6 +397,7 @@ static void parse(hd_conn *c, hd_http_conn *h, uint8_t *data, size_t len)
     char msg[256];
     const char *why = llhttp_get_error_reason(&h->parser);
     if (status == 400) snprintf(msg, sizeof msg, "bad request: %s", why ? why : "malformed");
+    else if (h->shed) snprintf(msg, sizeof msg, "inbound memory limit");
     else
         snprintf(msg, sizeof msg, "%s", limit_message(status));
     hd_debug("conn %llu: HTTP %d: %s", (unsigned long long)c->id, status, msg);
@@ -484,13 +547,25 @@ int hd_http_check_head(hd_conn *c, uint64_t now)
     hd_http_ctx *ctx = ctx_of(c);
     hd_http_conn *h = c->proto;
     uint64_t since = h ? h->head_since : c->last_active; /* no byte yet: since it connected */
-    if (!since || now - since < ctx->cfg->http_head_ms || (h && h->deferred)) return 0;
-    ctx->st->http_head_timeouts++;
+    int body = 0;
+    if (h && !since && h->body_since) { /* a body trickling in: its own deadline */
+        since = h->body_since;
+        body = 1;
+    }
+    uint64_t limit = body ? ctx->cfg->http_body_ms : ctx->cfg->http_head_ms;
+    if (!since || now - since < limit || (h && h->deferred)) return 0;
+    if (body) ctx->st->http_body_timeouts++;
+    else ctx->st->http_head_timeouts++;
     hd_http_req none;
     memset(&none, 0, sizeof none);
-    hd_http_error(c, h ? &h->req : &none, 408, "request head not complete in time", NULL, 1);
+    if (h) h->req.keep_alive = 0;
+    hd_http_error(c, h ? &h->req : &none, 408,
+                  body ? "request body not complete in time" : "request head not complete in time", NULL, 1);
     c->flags |= HD_CF_NO_INPUT;
-    if (h) h->head_since = 0;
+    if (h) {
+        h->head_since = h->body_since = 0;
+        release_body(h);
+    }
     return 1;
 }
 
@@ -517,6 +592,7 @@ void hd_http_resume(hd_conn *c)
     hd_http_conn *h = c->kind == HD_CONN_HTTP ? c->proto : NULL;
     if (!h || !h->deferred) return;
     h->deferred = 0;
+    release_body(h); /* (answered) */
     hd_str rest = h->stash; /* on_read may defer (and stash) again */
     h->stash = (hd_str)HD_STR_INIT;
     if (hd_conn_open(c)) { /* (an answer that closes: what follows is not read) */

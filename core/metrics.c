@@ -41,6 +41,13 @@ void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd
                        "Requests (or silent connections) answered 408: no complete head within "
                        "timeouts.http_head_ms.",
                        m->http_head_timeouts);
+    hd_metrics_counter(o, "herald_http_body_timeouts_total",
+                       "Requests answered 408: a body not complete within timeouts.http_body_ms.",
+                       m->http_body_timeouts);
+    hd_metrics_counter(o, "herald_http_inbound_limit_total",
+                       "Requests answered 503 holding the largest partial body while all partial "
+                       "bodies and WebSocket messages together were over limits.max_inbound_bytes.",
+                       m->http_inbound_sheds);
     hd_metrics_counter(o, "herald_ws_upgrades_total", "WebSocket handshakes accepted.", m->ws_upgrades);
     hd_metrics_counter(o, "herald_ws_rejected_total", "WebSocket handshakes refused.", m->ws_rejected);
     hd_metrics_counter(o, "herald_ws_bad_origin_total",

@@ -53,6 +53,7 @@ static uint64_t sweep_interval(const hd_config *cfg)
     uint64_t t = cfg->ws_idle_ms;
     if (cfg->http_idle_ms < t) t = cfg->http_idle_ms;
     if (cfg->http_head_ms < t) t = cfg->http_head_ms;
+    if (cfg->http_body_ms < t) t = cfg->http_body_ms;
     if (cfg->ws_message_ms < t) t = cfg->ws_message_ms;
     if (cfg->ws_close_ms < t) t = cfg->ws_close_ms;
     t /= 4;

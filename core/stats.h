@@ -24,6 +24,8 @@ typedef struct hd_stats {
     uint64_t http_requests;       /* HTTP requests answered (any status) */
     uint64_t http_errors_4xx;     /* ... of which 4xx */
     uint64_t http_head_timeouts;  /* requests (or silent connections) cut by timeouts.http_head_ms */
+    uint64_t http_body_timeouts;  /* request bodies cut by timeouts.http_body_ms */
+    uint64_t http_inbound_sheds;  /* requests answered 503: the largest partial body over limits.max_inbound_bytes */
     uint64_t ws_upgrades;         /* successful WebSocket handshakes */
     uint64_t ws_rejected;         /* handshakes refused */
     uint64_t ws_bad_origin;       /* ... of which for their Origin (ws.allowed_origins) */

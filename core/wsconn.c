@@ -35,10 +35,10 @@ typedef struct ws_state {
 } ws_state;
 
 /* Brings s->held, and the node's total, to what the parser holds now. */
-static void account(hd_ws_ctx *w, ws_state *s)
+static void account(hd_net *net, ws_state *s)
 {
     uint32_t now = s->p.msg ? s->p.msg_len : 0;
-    w->inbound_bytes = w->inbound_bytes - s->held + now;
+    net->inbound_bytes = net->inbound_bytes - s->held + now;
     s->held = now;
 }
 
@@ -83,7 +83,7 @@ static void ws_abort(hd_conn *c, uint16_t code, const char *reason)
     c->flags |= HD_CF_NO_INPUT;
     hd_ws_parser_free(&s->p);
     s->pending_since = 0;
-    account(ctx_of(c), s);
+    account(c->net, s);
     hd_conn_finish(c, ctx_of(c)->cfg->ws_close_ms);
 }
 
@@ -184,12 +184,13 @@ static int on_control(void *ud, int opcode, uint8_t *data, size_t len)
 
 static const hd_ws_callbacks parser_callbacks = {on_message, on_control};
 
-/* All partial messages together are over limits.max_inbound_bytes: close
- * the connections holding the largest until they are not. A linear walk,
+/* All partial messages together (and partial HTTP bodies, http.c) are
+ * over limits.max_inbound_bytes: close the WebSocket connections holding
+ * the largest until they are not (or none holds any). A linear walk,
  * only when over the limit. */
 static void shed_inbound(hd_ws_ctx *w, hd_net *net)
 {
-    while (w->inbound_bytes > w->cfg->max_inbound_bytes) {
+    while (net->inbound_bytes > w->cfg->max_inbound_bytes) {
         hd_conn *big = NULL;
         size_t most = 0;
         for (hd_conn *c = net->conns; c; c = c->next) {
@@ -214,8 +215,8 @@ static void ws_on_read(hd_conn *c, uint8_t *data, size_t len)
     if (rc >= 0) {
         if (!hd_ws_parser_pending(&s->p)) s->pending_since = 0;
         else if (!s->pending_since) s->pending_since = (uint32_t)uv_now(c->net->loop) | 1;
-        account(w, s);
-        if (w->inbound_bytes > w->cfg->max_inbound_bytes) shed_inbound(w, c->net);
+        account(c->net, s);
+        if (c->net->inbound_bytes > w->cfg->max_inbound_bytes) shed_inbound(w, c->net);
         return;
     }
     uint16_t code = hd_ws_close_code(rc);
@@ -249,7 +250,7 @@ static void ws_free(hd_conn *c)
     ws_state *s = c->proto;
     if (!s) return;
     hd_ws_parser_free(&s->p);
-    account(ctx_of(c), s);
+    account(c->net, s);
     free(s);
     c->proto = NULL;
 }

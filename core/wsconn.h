@@ -35,7 +35,6 @@ typedef struct hd_ws_ctx {
     hd_stats *st;
     const hd_ws_handler *h;
     void *ud;
-    size_t inbound_bytes;        /* partial messages held by all its connections */
 } hd_ws_ctx;
 
 void hd_wsconn_init(hd_ws_ctx *w, const hd_config *cfg, hd_stats *st, const hd_ws_handler *h,

@@ -450,6 +450,7 @@ M.schema = {
     ws_idle_ms = { 45000, int_range(10, 86400000) },
     http_idle_ms = { 60000, int_range(10, 86400000) },
     http_head_ms = { 10000, int_range(10, 3600000) },
+    http_body_ms = { 30000, int_range(10, 3600000) },
     ws_message_ms = { 30000, int_range(10, 3600000) },
     ws_close_ms = { 5000, int_range(10, 600000) },
   },

@@ -86,6 +86,7 @@ static void test_defaults(void **st)
     assert_int_equal(c.ws_idle_ms, 45000);
     assert_int_equal(c.http_idle_ms, 60000);
     assert_int_equal(c.http_head_ms, 10000);
+    assert_int_equal(c.http_body_ms, 30000);
     assert_int_equal(c.ws_message_ms, 30000);
     assert_int_equal(c.ws_close_ms, 5000);
     assert_int_equal(c.log_level, HD_LOG_INFO);

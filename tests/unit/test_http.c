@@ -312,6 +312,7 @@ static int setup_http(void **state)
     cfg.max_url_bytes = 64;
     cfg.max_header_bytes = 256;
     cfg.max_body_bytes = 16;
+    cfg.max_inbound_bytes = 1 << 26;
     cfg.max_connections = 100;
     cfg.send_queue_bytes = 1 << 20;
     cfg.max_queued_bytes = 1 << 26;

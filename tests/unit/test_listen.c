@@ -453,6 +453,18 @@ static void test_admin(void **st)
     expect_response(adm, 404, "Not Found", "keep-alive", "", not_found);
     cli_sends(adm, handshake);
     expect_response(adm, 404, "Not Found", "keep-alive", "", not_found);
+    /* Silent connections filling the admin listener (32) cannot lock it:
+     * a new one closes the one idle longest. */
+    cli *silent[32];
+    for (int i = 0; i < 31; i++) silent[i] = cli_new_at(NULL, srv.admin_port);
+    RUN_UNTIL(srv.net.nadmin == 32);
+    silent[31] = cli_new_at(NULL, srv.admin_port);
+    RUN_UNTIL(adm->eof); /* (adm was idle longest) */
+    cli *late = cli_new_at(NULL, srv.admin_port);
+    expect_ok(late);
+    assert_int_equal(refused(HD_REFUSE_CAPACITY), 0);
+    for (int i = 0; i < 32; i++) cli_free(silent[i]);
+    cli_free(late);
     /* The drain closes the public port; the admin port stays for watching. */
     hd_server_drain(&srv, "test");
     RUN_UNTIL(!hd_listener_is_open(&srv.listener));

@@ -646,27 +646,107 @@ static void test_inbound_limit(void **st)
     static const char reply[] = "[null,\"1\",\"phoenix\",\"phx_reply\",{\"status\":\"ok\",\"response\":{}}]";
     cli *a = ws_client(), *b = ws_client(), *c = ws_client();
     begin_padded(a, 1000);
-    RUN_UNTIL(srv.ch.ws.inbound_bytes == 1005);
+    RUN_UNTIL(srv.net.inbound_bytes == 1005);
     begin_padded(b, 2000);
-    RUN_UNTIL(srv.ch.ws.inbound_bytes == 3010);
+    RUN_UNTIL(srv.net.inbound_bytes == 3010);
     assert_int_equal(srv.st.ws_inbound_closes, 0);
     begin_padded(c, 1500); /* 4515 > 4096: b holds the most */
     expect_close(b, 1009, "inbound memory limit");
     assert_int_equal(srv.st.ws_inbound_closes, 1);
-    assert_int_equal(srv.ch.ws.inbound_bytes, 1005 + 1505);
+    assert_int_equal(srv.net.inbound_bytes, 1005 + 1505);
     /* The others finish their messages and are answered. */
     ws_send_b0(a, 0x80, rest, strlen(rest));
     expect_text(a, reply);
     ws_send_b0(c, 0x80, rest, strlen(rest));
     expect_text(c, reply);
-    assert_int_equal(srv.ch.ws.inbound_bytes, 0);
+    assert_int_equal(srv.net.inbound_bytes, 0);
     /* A partial message freed with its connection leaves the total. */
     begin_padded(a, 500);
-    RUN_UNTIL(srv.ch.ws.inbound_bytes == 505);
+    RUN_UNTIL(srv.net.inbound_bytes == 505);
     cli_free(a);
-    RUN_UNTIL(srv.ch.ws.inbound_bytes == 0);
+    RUN_UNTIL(srv.net.inbound_bytes == 0);
     cli_free(b);
     cli_free(c);
+}
+
+/* Request bodies count in limits.max_inbound_bytes too: over it, the
+ * request holding the largest partial body is answered 503 and closed
+ * (the WebSocket messages are not touched by it); a body trickled in is
+ * cut by timeouts.http_body_ms however often its bytes come. */
+static int setup_bodies(void **st)
+{
+    (void)st;
+    return setup_with("listen = { host = '127.0.0.1', port = 0 }\n"
+                      "limits = { max_inbound_bytes = 4096, max_body_bytes = 100000 }\n"
+                      "timeouts = { http_body_ms = 200, http_idle_ms = 60000 }\n"
+                      "log = { level = 'error' }\n");
+}
+
+static void begin_body(cli *c, size_t total, size_t sent)
+{
+    char head[160];
+    snprintf(head, sizeof head, "POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n", total);
+    cli_sends(c, head);
+    char *pad = malloc(sent);
+    memset(pad, ' ', sent);
+    cli_send(c, pad, sent);
+    free(pad);
+}
+
+static void test_body_limits(void **st)
+{
+    (void)st;
+    static const char shed[] = "{\"error\":\"inbound memory limit\"}";
+    cli *ws = ws_client();
+    begin_padded(ws, 1000); /* 1005 bytes of a WebSocket message */
+    RUN_UNTIL(srv.net.inbound_bytes == 1005);
+    cli *a = cli_new(), *b = cli_new(), *c = cli_new();
+    begin_body(a, 50000, 1000);
+    RUN_UNTIL(srv.net.inbound_bytes == 2005);
+    begin_body(b, 50000, 1800);
+    RUN_UNTIL(srv.net.inbound_bytes == 3805);
+    begin_body(c, 50000, 500); /* 4305 > 4096: b holds the largest body */
+    expect_response(b, 503, "Service Unavailable", "close", "", shed);
+    RUN_UNTIL(b->eof);
+    assert_int_equal(srv.st.http_inbound_sheds, 1);
+    assert_int_equal(srv.net.inbound_bytes, 1005 + 1000 + 500);
+    assert_int_equal(srv.st.ws_inbound_closes, 0);
+    /* The one that pushes over is itself the largest: it is refused. */
+    cli *d = cli_new();
+    begin_body(d, 50000, 3000);
+    expect_response(d, 503, "Service Unavailable", "close", "", shed);
+    RUN_UNTIL(d->eof);
+    assert_int_equal(srv.st.http_inbound_sheds, 2);
+    /* The body deadline: a, then c, trickled, are cut with 408. */
+    static const char late[] = "{\"error\":\"request body not complete in time\"}";
+    uint64_t last = 0;
+    for (size_t i = 0; response_len(c) == 0 && i < 1000000; i++) {
+        uv_update_time(&loop);
+        if (uv_now(&loop) - last >= 10) {
+            last = uv_now(&loop);
+            cli_send(c, " ", 1);
+        }
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    expect_response(c, 408, "Request Timeout", "close", "", late);
+    expect_response(a, 408, "Request Timeout", "close", "", late);
+    assert_int_equal(srv.st.http_body_timeouts, 2);
+    RUN_UNTIL(srv.net.inbound_bytes == 1005);
+    /* A whole body is answered, and what it held is given back. */
+    cli *e = cli_new();
+    cli_sends(e, "POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 36\r\n\r\n{\"channel\":\"x\",\"event\":\"e\",\"data\":1}");
+    char *r = next_response(e);
+    assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
+    free(r);
+    assert_int_equal(srv.net.inbound_bytes, 1005);
+    cli_free(ws);
+    cli_free(a);
+    cli_free(b);
+    cli_free(c);
+    cli_free(d);
+    cli_free(e);
 }
 
 int main(void)
@@ -676,6 +756,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_head_deadline, setup_head, teardown),
         cmocka_unit_test_setup_teardown(test_message_deadline, setup_message, teardown),
         cmocka_unit_test_setup_teardown(test_inbound_limit, setup_inbound, teardown),
+        cmocka_unit_test_setup_teardown(test_body_limits, setup_bodies, teardown),
         cmocka_unit_test_setup_teardown(test_http_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_upgrade_elsewhere, setup, teardown),
