@@ -298,11 +298,13 @@ static void topic_answer(hd_conn *c, hd_http_req *r, const char *t, size_t tl, s
     hd_str_printf(&out,
                   ",\"policy\":{\"tracked\":%s,\"presence\":%s,\"throttle_ms\":%u,"
                   "\"debounce_ms\":%u,\"max_wait_ms\":%u,\"coalesce\":\"%s\","
-                  "\"max_queue_bytes\":%u,\"on_overflow\":\"%s\"}",
+                  "\"max_queue_bytes\":%u,\"on_overflow\":\"%s\",\"history_size\":%u,"
+                  "\"history_ttl_ms\":%u,\"recover_max\":%u}",
                   p->tracked ? "true" : "false", p->presence ? "true" : "false", p->throttle_ms,
                   p->debounce_ms, p->max_wait_ms,
                   p->coalesce == HD_COALESCE_LATEST ? "latest" : "none", p->max_queue_bytes,
-                  p->on_overflow == HD_OVERFLOW_DROP_OLDEST ? "drop_oldest" : "close");
+                  p->on_overflow == HD_OVERFLOW_DROP_OLDEST ? "drop_oldest" : "close",
+                  p->history_size, p->history_ttl_ms, p->recover_max);
     hd_str_addc(&out, '}');
     hd_api_respond_json(c, r, 200, &out);
     hd_str_free(&out);

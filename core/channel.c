@@ -78,6 +78,42 @@ size_t hd_channel_recheck(hd_channel_ctx *ch, hd_conn *c)
 
 /* ---- Phoenix messages ------------------------------------------------------ */
 
+/* A join of a topic with history: the reply's response gets the stream's
+ * epoch and offset (and "recovered" when the join asked with since), set
+ * over what the join hook answered (an object; another answer is kept as
+ * it is). Returns 1 when the messages after *since are to be replayed. */
+static int history_answer(hd_channel_ctx *ch, hd_stream *hs, const hd_topic_policy *p, json_t *payload,
+                          hd_str *answer, uint64_t *since)
+{
+    json_t *sv = json_object_get(payload, "since");
+    json_t *ev = json_object_get(sv, "epoch"), *ov = json_object_get(sv, "offset");
+    int asked = sv != NULL, ok = 0;
+    if (json_is_string(ev) && json_is_integer(ov) && json_integer_value(ov) >= 0) {
+        *since = (uint64_t)json_integer_value(ov);
+        ok = hd_history_can_recover(hs, p, json_string_value(ev), json_string_length(ev), *since,
+                                    uv_now(ch->net->loop));
+    }
+    if (asked) {
+        if (ok) ch->eng->hist.recovered++;
+        else ch->eng->hist.not_recovered++;
+    }
+    const char *a = answer->p ? answer->p : "{}";
+    size_t al = answer->p ? answer->len : 2;
+    while (al && (a[al - 1] == ' ' || a[al - 1] == '\n' || a[al - 1] == '\t' || a[al - 1] == '\r')) al--;
+    while (al && (*a == ' ' || *a == '\n' || *a == '\t' || *a == '\r')) a++, al--;
+    if (al < 2 || a[0] != '{' || a[al - 1] != '}') return ok;
+    hd_str out = HD_STR_INIT;
+    hd_str_add(&out, a, al - 1);
+    size_t inner = al - 2;
+    while (inner && strchr(" \n\t\r", a[al - 1 - inner])) inner--;
+    if (inner) hd_str_addc(&out, ',');
+    if (asked) hd_str_adds(&out, ok ? "\"recovered\":true," : "\"recovered\":false,");
+    hd_str_printf(&out, "\"epoch\":\"%s\",\"offset\":%llu}", hs->epoch, (unsigned long long)hs->top);
+    hd_str_free(answer);
+    *answer = out;
+    return ok;
+}
+
 static void on_join(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *ref,
                     const char *topic, size_t tlen, json_t *payload)
 {
@@ -121,7 +157,12 @@ static void on_join(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *
     const hd_topic_policy *p = hd_topic_policy_of(&ch->eng->topics, s->topic);
     if (hd_presence_track(&ch->eng->pres, s, meta.p) != 0)
         hd_error("presence: out of memory tracking a join");
+    hd_stream *hs = hd_history_open(&ch->eng->hist, topic, tlen, p, uv_now(ch->net->loop));
+    uint64_t since = 0;
+    int replay = hs && history_answer(ch, hs, p, payload, &answer, &since);
     reply(c, jr, ref, topic, "ok", answer.p ? answer.p : "{}");
+    /* What was missed, in order, before anything live (nothing runs between). */
+    if (replay) hd_history_replay(hs, since, c);
     if (p->presence && p->tracked) hd_presence_send_state(&ch->eng->pres, s);
     hd_str_free(&answer);
     hd_str_free(&meta);

@@ -125,8 +125,11 @@ static void read_rule(lua_State *L, hd_topic_rule *r)
     } nums[] = {{"throttle_ms", HD_TP_THROTTLE, &r->policy.throttle_ms},
                 {"debounce_ms", HD_TP_DEBOUNCE, &r->policy.debounce_ms},
                 {"max_wait_ms", HD_TP_MAX_WAIT, &r->policy.max_wait_ms},
-                {"max_queue_bytes", HD_TP_MAX_QUEUE, &r->policy.max_queue_bytes}};
-    for (int i = 0; i < 4; i++) {
+                {"max_queue_bytes", HD_TP_MAX_QUEUE, &r->policy.max_queue_bytes},
+                {"history_size", HD_TP_HISTORY, &r->policy.history_size},
+                {"history_ttl_ms", HD_TP_HISTORY_TTL, &r->policy.history_ttl_ms},
+                {"recover_max", HD_TP_RECOVER_MAX, &r->policy.recover_max}};
+    for (int i = 0; i < (int)(sizeof nums / sizeof *nums); i++) {
         lua_getfield(L, -1, nums[i].key);
         if (lua_isnumber(L, -1)) {
             r->set |= nums[i].bit;
@@ -560,4 +563,6 @@ void hd_topic_policy_default(hd_topic_policy *p)
     memset(p, 0, sizeof *p);
     p->tracked = 1;
     p->rule = -1;
+    p->history_ttl_ms = 300000;
+    p->recover_max = 300;
 }

@@ -21,8 +21,14 @@ typedef struct hd_topic_policy {
     uint32_t debounce_ms;         /* 0: off */
     uint32_t max_wait_ms;         /* 0: no cap */
     uint32_t max_queue_bytes;     /* 0: limits.send_queue_bytes */
+    uint32_t history_size;        /* messages kept for recovery (0: no history, the default) */
+    uint32_t history_ttl_ms;      /* how long a message is kept (default 300000) */
+    uint32_t recover_max;         /* most messages replayed to one join (default 300) */
     int32_t rule;                 /* index of the config rule that matched, -1 none */
 } hd_topic_policy;
+
+/* The largest history_size. */
+#define HD_HISTORY_MAX 100000
 
 /* Per topic pattern counters (metrics), indexed by policy.rule + 1. */
 enum { HD_TC_RECEIVED, HD_TC_DELIVERED, HD_TC_COALESCED, HD_TC_COUNT };
@@ -30,7 +36,8 @@ enum { HD_TC_RECEIVED, HD_TC_DELIVERED, HD_TC_COALESCED, HD_TC_COUNT };
 enum { HD_COALESCE_NONE, HD_COALESCE_LATEST };
 enum { HD_OVERFLOW_CLOSE, HD_OVERFLOW_DROP_OLDEST };
 
-/* The defaults: tracked, no presence events, no shaping, close on overflow. */
+/* The defaults: tracked, no presence events, no shaping, close on
+ * overflow, no history (history_ttl_ms 300000, recover_max 300). */
 void hd_topic_policy_default(hd_topic_policy *p);
 
 /* Fields a topic rule sets (hd_topic_rule.set). */
@@ -43,6 +50,9 @@ enum {
     HD_TP_MAX_QUEUE = 1 << 5,
     HD_TP_COALESCE = 1 << 6,
     HD_TP_OVERFLOW = 1 << 7,
+    HD_TP_HISTORY = 1 << 8,
+    HD_TP_HISTORY_TTL = 1 << 9,
+    HD_TP_RECOVER_MAX = 1 << 10,
 };
 
 typedef struct hd_topic_rule {

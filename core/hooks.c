@@ -440,8 +440,15 @@ static int topic_result(lua_State *L, void *ud, int v, int nres, const char *src
               policy_uint(L, v, "debounce_ms", &q.debounce_ms, src) |
               policy_uint(L, v, "max_wait_ms", &q.max_wait_ms, src) |
               policy_uint(L, v, "max_queue_bytes", &q.max_queue_bytes, src) |
+              policy_uint(L, v, "history_size", &q.history_size, src) |
+              policy_uint(L, v, "history_ttl_ms", &q.history_ttl_ms, src) |
+              policy_uint(L, v, "recover_max", &q.recover_max, src) |
               policy_enum(L, v, "coalesce", &q.coalesce, "none", "latest", src) |
               policy_enum(L, v, "on_overflow", &q.on_overflow, "close", "drop_oldest", src);
+    if (!bad && q.history_size > HD_HISTORY_MAX) {
+        hd_error("topic hook (%s): history_size must be at most %d", src, HD_HISTORY_MAX);
+        bad = 1;
+    }
     if (bad) t->sc->ss.errors[HD_HOOK_TOPIC]++;
     else *t->p = q;
     return CONTINUE;

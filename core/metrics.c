@@ -73,6 +73,15 @@ void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd
                        "for 5 s.",
                        m->client_rate_closes);
     hd_metrics_counter(o, "herald_joins_total", "Channel joins accepted.", m->joins);
+    hd_metrics_gauge(o, "herald_history_streams", "Topics with a history kept here.", eng->hist.count);
+    hd_metrics_gauge(o, "herald_history_messages", "Messages kept in the histories.", eng->hist.messages);
+    hd_metrics_gauge(o, "herald_history_bytes", "Bytes of the frames kept in the histories.", eng->hist.bytes);
+    hd_str_printf(o,
+                  "# HELP herald_recoveries_total Joins with since, by result.\n"
+                  "# TYPE herald_recoveries_total counter\n"
+                  "herald_recoveries_total{result=\"recovered\"} %" PRIu64 "\n"
+                  "herald_recoveries_total{result=\"not_recovered\"} %" PRIu64 "\n",
+                  eng->hist.recovered, eng->hist.not_recovered);
     hd_metrics_counter(o, "herald_joins_refused_total", "Channel joins refused.", m->joins_refused);
     hd_metrics_counter(o, "herald_publishes_total", "Messages published (one per topic of a push).",
             m->publishes);

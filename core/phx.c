@@ -36,6 +36,18 @@ hd_buf *hd_phx_msg(const char *topic, size_t tlen, const char *event, size_t ele
     return frame(&s);
 }
 
+hd_buf *hd_phx_msg_at(const hd_buf *msg, uint64_t offset)
+{
+    /* The text behind a server frame's header (2, 4 or 10 bytes: unmasked). */
+    uint8_t l7 = msg->len >= 2 ? msg->data[1] & 0x7f : 0;
+    size_t hl = l7 == 127 ? 10 : l7 == 126 ? 4 : 2;
+    if (msg->len < hl + 2 || msg->data[msg->len - 2] != '}' || msg->data[msg->len - 1] != ']') return NULL;
+    hd_str s = HD_STR_INIT;
+    hd_str_add(&s, msg->data + hl, msg->len - hl - 2);
+    hd_str_printf(&s, ",\"offset\":%llu}]", (unsigned long long)offset);
+    return frame(&s);
+}
+
 hd_buf *hd_phx_reply(const char *join_ref, const char *ref, const char *topic,
                      const char *status, const char *response_json)
 {

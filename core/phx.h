@@ -18,6 +18,10 @@
  * frame every subscriber of a publish receives. */
 hd_buf *hd_phx_msg(const char *topic, size_t tlen, const char *event, size_t elen,
                    const char *data_json, size_t dlen);
+/* The same message frame (one of hd_phx_msg) with its place in the
+ * topic's history: {"data":...,"event":"...","offset":N}. NULL when msg is
+ * not such a frame or out of memory. */
+hd_buf *hd_phx_msg_at(const hd_buf *msg, uint64_t offset);
 
 /* [<join_ref>,<ref>,<topic>,"phx_reply",{"status":<status>,"response":<response_json>}]
  * status is "ok" or "error" (not escaped). */

@@ -33,6 +33,9 @@ static void apply_rules(const hd_config *cfg, const char *name, size_t len, hd_t
         if (r->set & HD_TP_DEBOUNCE) p->debounce_ms = r->policy.debounce_ms;
         if (r->set & HD_TP_MAX_WAIT) p->max_wait_ms = r->policy.max_wait_ms;
         if (r->set & HD_TP_MAX_QUEUE) p->max_queue_bytes = r->policy.max_queue_bytes;
+        if (r->set & HD_TP_HISTORY) p->history_size = r->policy.history_size;
+        if (r->set & HD_TP_HISTORY_TTL) p->history_ttl_ms = r->policy.history_ttl_ms;
+        if (r->set & HD_TP_RECOVER_MAX) p->recover_max = r->policy.recover_max;
         if (r->set & HD_TP_COALESCE) p->coalesce = r->policy.coalesce;
         if (r->set & HD_TP_OVERFLOW) p->on_overflow = r->policy.on_overflow;
         return;

@@ -27,6 +27,7 @@ int hd_engine_init(hd_engine *e, uv_loop_t *loop, const hd_config *cfg, hd_stats
                    const char *node)
 {
     memset(e, 0, sizeof *e);
+    e->loop = loop;
     e->st = st;
     int rc = hd_policy_init(&e->pol, cfg);
     if (rc) return rc;
@@ -34,6 +35,11 @@ int hd_engine_init(hd_engine *e, uv_loop_t *loop, const hd_config *cfg, hd_stats
     if (rc) {
         hd_policy_free(&e->pol);
         return rc;
+    }
+    if (hd_history_init(&e->hist)) {
+        hd_topics_free(&e->topics);
+        hd_policy_free(&e->pol);
+        return HD_ENOMEM;
     }
     e->topics.pol = &e->pol;
     e->topics.st = st;
@@ -53,6 +59,7 @@ void hd_engine_close(hd_engine *e, uv_close_cb cb, void *data)
 
 void hd_engine_free(hd_engine *e)
 {
+    hd_history_free(&e->hist);
     hd_topics_free(&e->topics);
     hd_policy_free(&e->pol);
 }
@@ -93,14 +100,41 @@ static void tell(hd_engine *e, const char *topic, size_t tlen, const char *event
         e->obs[i].fn(e->obs[i].ud, topic, tlen, event, elen, data_json, dlen, frame);
 }
 
+/* What goes out on a topic, shaped: into its history when it keeps one
+ * (the frame then carries its offset), to the observers, and to this
+ * node's subscribers. p is the topic's policy, or NULL when neither a
+ * subscriber nor a history stream is here to need it. */
+static size_t go_out(hd_engine *e, const char *topic, size_t tlen, const hd_topic_policy *p,
+                     const char *event, size_t elen, const char *data_json, size_t dlen, hd_buf *frame)
+{
+    hd_buf *kept = p ? hd_history_append(&e->hist, topic, tlen, p, frame, uv_now(e->loop)) : NULL;
+    hd_buf *f = kept ? kept : frame;
+    tell(e, topic, tlen, event, elen, data_json, dlen, f);
+    size_t n = fan_out(e, topic, tlen, f);
+    if (kept) hd_buf_unref(kept);
+    return n;
+}
+
+/* The policy a publish needs: the topic's, or computed into scratch for a
+ * topic with a history stream and no subscriber here; NULL otherwise. */
+static const hd_topic_policy *policy_for(hd_engine *e, const char *topic, size_t tlen,
+                                         hd_topic_policy *scratch)
+{
+    hd_topic *tp = hd_topics_find(&e->topics, topic, tlen);
+    if (tp) return hd_topic_policy_of(&e->topics, tp);
+    if (!hd_history_find(&e->hist, topic, tlen)) return NULL;
+    hd_policy_for(&e->pol, topic, tlen, scratch);
+    return scratch;
+}
+
 /* A frame the shaper lets go: the observers (the other nodes deliver it
  * unshaped) and this node's subscribers. */
 static size_t released(void *ud, const char *topic, size_t tlen, const char *event, size_t elen,
                        hd_buf *frame)
 {
     hd_engine *e = ud;
-    tell(e, topic, tlen, event, elen, NULL, 0, frame);
-    return fan_out(e, topic, tlen, frame);
+    hd_topic_policy scratch;
+    return go_out(e, topic, tlen, policy_for(e, topic, tlen, &scratch), event, elen, NULL, 0, frame);
 }
 
 size_t hd_publish(hd_engine *e, const char *topic, size_t tlen, const char *event, size_t elen,
@@ -108,7 +142,7 @@ size_t hd_publish(hd_engine *e, const char *topic, size_t tlen, const char *even
 {
     e->st->publishes++;
     hd_topic *tp = hd_topics_find(&e->topics, topic, tlen);
-    if (!tp && !e->nobs) { /* nobody here, nobody elsewhere to tell */
+    if (!tp && !e->nobs && !hd_history_find(&e->hist, topic, tlen)) { /* nobody here or elsewhere */
         e->st->publishes_no_subs++;
         return 0;
     }
@@ -129,8 +163,7 @@ size_t hd_publish(hd_engine *e, const char *topic, size_t tlen, const char *even
     } else {
         /* A reload may have turned shaping off: what was held goes first. */
         n = hd_shaper_release(&e->shapers, topic, tlen);
-        tell(e, topic, tlen, event, elen, data_json, dlen, frame);
-        n += fan_out(e, topic, tlen, frame);
+        n += go_out(e, topic, tlen, p, event, elen, data_json, dlen, frame);
     }
     hd_buf_unref(frame);
     return n;

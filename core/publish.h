@@ -16,6 +16,7 @@
 #define HD_PUBLISH_H
 
 #include "buf.h"
+#include "history.h"
 #include "policy.h"
 #include "presence.h"
 #include "shaper.h"
@@ -43,11 +44,13 @@ typedef struct hd_topic_observer {
 } hd_topic_observer;
 
 typedef struct hd_engine {
+    uv_loop_t *loop;
     hd_stats *st;
     hd_policy pol;
     hd_topics topics;
     hd_presence pres;
     hd_shapers shapers;
+    hd_history hist;
     struct {
         hd_publish_observer fn;
         void *ud;

@@ -46,6 +46,7 @@ static void on_sweep(uv_timer_t *t)
         }
     }
     if (cfg->connect_rate_per_ip) hd_net_sweep_peers(&srv->net);
+    if (srv->eng.hist.count) hd_history_sweep(&srv->eng.hist, &srv->eng.topics, now);
 }
 
 static uint64_t sweep_interval(const hd_config *cfg)
@@ -195,6 +196,13 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
             return rc;
         }
         srv->clustered = 1;
+        /* History in a cluster needs its streams in Redis (not built yet):
+         * off, rather than offsets that differ from node to node. */
+        srv->eng.hist.off = 1;
+        for (size_t i = 0; i < cfg->ntopic_rules; i++)
+            if (cfg->topic_rules[i].policy.history_size)
+                hd_warn("topics: history_size is ignored in a cluster (not available there yet): "
+                        "rule %zu (%s)", i + 1, cfg->topic_rules[i].match);
     }
     hd_net_init(&srv->net, loop, cfg, &srv->st);
     srv->net.data = srv;

@@ -33,7 +33,7 @@ import sys
 LAYERS = [
     ("L0", "pure", ["err", "util", "addr", "buf", "log", "embed", "stats", "ws", "phx", "luapi", "config"]),
     ("L1", "transport", ["peer", "conn", "listen"]),
-    ("L2", "engine", ["policy", "topic", "presence", "shaper", "publish", "cluster"]),
+    ("L2", "engine", ["policy", "topic", "history", "presence", "shaper", "publish", "cluster"]),
     ("L3", "policy", ["script", "hooks"]),
     ("L4", "protocol", ["http", "wsconn", "channel"]),
     ("L5", "services", ["api", "metrics"]),

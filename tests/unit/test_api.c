@@ -503,7 +503,8 @@ static char *topic_json(const char *topic, int subs, int listening, const char *
 
 static const char default_policy[] =
     "{\"tracked\":true,\"presence\":false,\"throttle_ms\":0,\"debounce_ms\":0,\"max_wait_ms\":0,"
-    "\"coalesce\":\"none\",\"max_queue_bytes\":0,\"on_overflow\":\"close\"}";
+    "\"coalesce\":\"none\",\"max_queue_bytes\":0,\"on_overflow\":\"close\","
+    "\"history_size\":0,\"history_ttl_ms\":300000,\"recover_max\":300}";
 
 static void expect_topic(cli *c, const char *path, const char *want)
 {
@@ -530,13 +531,13 @@ static void test_topic_info(void **st)
     want = topic_json("public:x", 0, 1,
                       "{\"tracked\":false,\"presence\":false,\"throttle_ms\":0,\"debounce_ms\":0,"
                       "\"max_wait_ms\":0,\"coalesce\":\"none\",\"max_queue_bytes\":0,"
-                      "\"on_overflow\":\"close\"}");
+                      "\"on_overflow\":\"close\",\"history_size\":0,\"history_ttl_ms\":300000,\"recover_max\":300}");
     expect_topic(c, "public%3Ax", want);
     free(want);
     static const char feed_policy[] =
         "{\"tracked\":true,\"presence\":true,\"throttle_ms\":50,\"debounce_ms\":0,"
         "\"max_wait_ms\":0,\"coalesce\":\"latest\",\"max_queue_bytes\":4096,"
-        "\"on_overflow\":\"drop_oldest\"}";
+        "\"on_overflow\":\"drop_oldest\",\"history_size\":0,\"history_ttl_ms\":300000,\"recover_max\":300}";
     want = topic_json("feed:1", 0, 0, feed_policy);
     expect_topic(c, "feed:1", want);
     free(want);
