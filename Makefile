@@ -5,7 +5,7 @@ BUILD_FUZZ ?= build-fuzz
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build run test test-asan fuzz bench bench-compare bench-cluster bench-cluster-large clean
+.PHONY: all deps build run test test-asan fuzz bench bench-compare bench-cluster bench-cluster-large bench-history clean
 
 all: build
 
@@ -51,6 +51,10 @@ bench-compare: build
 # One node against two joined by Redis (a redis-server of its own): scripts/cluster-bench.sh.
 bench-cluster: build
 	bash scripts/cluster-bench.sh
+
+# Fan-out on a topic with a history (1,000 messages kept) against one without.
+bench-history: build
+	BENCH_RUNS=$${BENCH_RUNS:-3} bash scripts/bench.sh fanout fanout-history
 
 # 100,000 joined clients over 6 herald processes sharing one port, one topic,
 # 5 publishes (scripts/cluster-large.sh; CLUSTER_LARGE_CLIENTS=N for another count).

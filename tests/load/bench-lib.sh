@@ -59,7 +59,7 @@ hb_free_port() {
   return 1
 }
 
-hb_start_herald() { hb_start_herald_node herald ""; }
+hb_start_herald() { hb_start_herald_node herald "${HB_EXTRA:-}"; }
 
 # hb_start_herald_node NAME EXTRA: a herald with the benchmark config plus the
 # Lua text EXTRA (e.g. a cluster = {...} line), in $HB_TMP/NAME.
@@ -288,7 +288,14 @@ hb_outputs() {
 # hb_run SCENARIO SERVER RESULTS_FILE: one herald-bench run against a fresh
 # server; prints its JSON line and appends it to RESULTS_FILE.
 hb_run() {
-  local scenario=$1 server=$2 out=$3 line rc others
+  local scenario=$1 server=$2 out=$3 line rc others shown=$1
+  # fanout-history: fanout on a topic whose policy keeps a history
+  if [ "$scenario" = fanout-history ]; then
+    scenario=fanout
+    HB_EXTRA='topics = { { match = "*", history_size = 1000 } }'
+  else
+    HB_EXTRA=
+  fi
   # figures are only meaningful on an otherwise quiet machine
   others=$(pgrep -x herald-bench 2>/dev/null | tr '\n' ' ')
   [ -n "$others" ] && hb_log "warning: other herald-bench processes are running ($others): these figures will be skewed"
@@ -309,6 +316,7 @@ hb_run() {
     cp "$SRV_LOG" "$HB_KEEP/${server}-${scenario}-$(date +%s).log" 2>/dev/null || true
   fi
   hb_stop_server
+  [ "$shown" != "$scenario" ] && line=${line/\"scenario\":\"$scenario\"/\"scenario\":\"$shown\"}
   printf '%s\n' "$line" | tee -a "$out"
   # let the kernel finish tearing the sockets down before the next server
   sleep 1

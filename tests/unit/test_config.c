@@ -149,7 +149,7 @@ static void test_values(void **st)
                   "topics = { { match = 'public:*', tracked = false },\n"
                   "           { match = 'fast:*', throttle_ms = 50, debounce_ms = 5, max_wait_ms = 9,\n"
                   "             coalesce = 'latest', on_overflow = 'drop_oldest',\n"
-                  "             max_queue_bytes = 1000, presence = true } }\n"
+                  "             max_queue_bytes = 1000, presence = true, history_size = 7 } }\n"
                   "function helper() return 1 end -- functions are allowed\n"
                   "cluster = { redis = 'redis://:pw@10.0.0.1:7000/2', node_timeout_ms = 1000,\n"
                   "            heartbeat_ms = 499, required = true, queue_max = 1 }\n",
@@ -210,13 +210,16 @@ static void test_values(void **st)
     assert_int_equal(c.topic_rules[0].policy.tracked, 0);
     const hd_topic_rule *r = &c.topic_rules[1];
     assert_int_equal(r->set, HD_TP_THROTTLE | HD_TP_DEBOUNCE | HD_TP_MAX_WAIT | HD_TP_COALESCE |
-                                 HD_TP_OVERFLOW | HD_TP_MAX_QUEUE | HD_TP_PRESENCE);
+                                 HD_TP_OVERFLOW | HD_TP_MAX_QUEUE | HD_TP_PRESENCE | HD_TP_HISTORY);
     assert_int_equal(r->policy.tracked, 1); /* the default where not set */
     assert_int_equal(r->policy.presence, 1);
     assert_int_equal(r->policy.throttle_ms, 50);
     assert_int_equal(r->policy.debounce_ms, 5);
     assert_int_equal(r->policy.max_wait_ms, 9);
     assert_int_equal(r->policy.max_queue_bytes, 1000);
+    assert_int_equal(r->policy.history_size, 7);
+    assert_true(r->set & HD_TP_HISTORY);
+    assert_false(r->set & HD_TP_RECOVER_MAX);
     assert_int_equal(r->policy.coalesce, HD_COALESCE_LATEST);
     assert_int_equal(r->policy.on_overflow, HD_OVERFLOW_DROP_OLDEST);
     hd_config_free(&c);
