@@ -7,8 +7,15 @@
 //     trickled before any request line: 408 with a JSON body, closed,
 //     before the head is complete (timeouts.http_head_ms);
 //   - silent sockets (connect, send nothing): the same 408;
+//   - slow bodies: POST /api/push with a complete head and most of its
+//     body, the rest trickled byte by byte: 408 with a JSON body, closed,
+//     before the body is complete (timeouts.http_body_ms);
 //   - fragmented messages trickled in: close 1008 "message not complete in
 //     time" (timeouts.ws_message_ms), each holding a large first fragment;
+//   - a large request body that, with those fragments and the slow bodies,
+//     takes all partial messages and bodies over limits.max_inbound_bytes:
+//     its request, holding the largest body, is answered 503 and closed
+//     (and no WebSocket is closed for it);
 //   - foreign Origins: 403 (ws.allowed_origins); no Origin is allowed;
 //   - one address over limits.max_connections_per_ip: 503 before the upgrade;
 //     a forged X-Forwarded-For or PROXY header from a peer that is not a
@@ -18,7 +25,9 @@
 //     503 with Retry-After;
 //   - a message flood on one socket over limits.client_messages_per_s:
 //     "rate limited" error replies, then close 1008 "message rate exceeded";
-//   - the admin listener answering while the public port refuses;
+//   - the admin listener answering while the public port refuses, and
+//     while more silent connections than it keeps (32) are made to it: each
+//     one over closes the one idle longest;
 //
 // while honest phoenix.js clients, each from its own 127.x source address,
 // receive every numbered publish made during the run, and new honest
@@ -50,6 +59,7 @@ const SLOW = VALGRIND ? 5 : 1; // valgrind runs herald some 20x slower
 
 const HEAD_MS = 1000 * SLOW;   // timeouts.http_head_ms
 const MSG_MS = 1000 * SLOW;    // timeouts.ws_message_ms
+const BODY_MS = 1000 * SLOW;   // timeouts.http_body_ms
 const PER_IP = 20;             // limits.max_connections_per_ip
 const CONNECT_RATE = 400;      // limits.connect_rate (per second, this node)
 const CONNECT_RATE_PER_IP = 40; // limits.connect_rate_per_ip
@@ -67,6 +77,23 @@ const SLOW_HEADS = 10;         // per path, and trickling empty lines
 const SILENT = 20;
 const TRICKLERS = 40;
 const FRAGMENT_BYTES = 60 * 1024; // under limits.max_message_bytes (64 KiB)
+const SLOW_BODIES = 10;
+const SLOW_BODY_BYTES = 64 * 1024; // their Content-Length
+const BODY_TRICKLE = 24;       // ... of which the last bytes are trickled (all but one)
+const MAX_BODY = 1024 * 1024;  // limits.max_body_bytes (the default)
+const LARGE_BODY_SENT = 1000 * 1000; // of the large body (its Content-Length MAX_BODY)
+// limits.max_inbound_bytes: the tricklers' fragments and the slow bodies
+// together stay under it (by more than a read); the fragments and the large
+// body's bytes go over it, though those alone do not; and by then the large
+// body is the largest.
+const MAX_INBOUND = 3200 * 1024;
+const FRAGMENTS_HELD = TRICKLERS * (FRAGMENT_BYTES + 100); // (at most 100 one-byte continuations each)
+assert.ok(FRAGMENTS_HELD + SLOW_BODIES * SLOW_BODY_BYTES + 65536 < MAX_INBOUND, 'fragments and slow bodies under the limit');
+assert.ok(TRICKLERS * FRAGMENT_BYTES + LARGE_BODY_SENT > MAX_INBOUND + 65536, 'fragments and the large body over it');
+assert.ok(LARGE_BODY_SENT < MAX_INBOUND, 'the large body alone under it');
+assert.ok(MAX_INBOUND - FRAGMENTS_HELD - SLOW_BODIES * SLOW_BODY_BYTES > SLOW_BODY_BYTES, 'the large body the largest when over');
+const ADMIN_MAX = 32;          // connections the admin listener keeps
+const ADMIN_FLOOD = 40;        // silent connections made to it
 const BAD_ORIGINS = ['https://evil.example', 'https://app.example.com.evil.example', 'http://app.example.com', 'null'];
 const MAX_PUBLISHES = 5000;    // bounds of the publisher's loop
 const RUN_MS = 120000 * SLOW;
@@ -88,15 +115,19 @@ const ADDR = {
   origin: (i) => `127.0.8.${i + 1}`,
   msgFlood: () => '127.0.9.1',
   spoof: (i) => `127.0.11.${i + 1}`,
+  slowBody: (i) => `127.0.12.${i + 1}`,
+  largeBody: () => '127.0.13.1',
+  admin: (i) => `127.0.14.${i + 1}`,
 };
 
 function config() {
   return [
     'listen = { host = "127.0.0.1", port = 0, trusted_proxies = { "127.0.0.1" } }',
     'ws = { allowed_origins = { "https://app.example.com" } }',
-    `timeouts = { http_head_ms = ${HEAD_MS}, ws_message_ms = ${MSG_MS} }`,
+    `timeouts = { http_head_ms = ${HEAD_MS}, http_body_ms = ${BODY_MS}, ws_message_ms = ${MSG_MS} }`,
     `limits = { max_connections_per_ip = ${PER_IP}, connect_rate = ${CONNECT_RATE}, connect_rate_per_ip = ${CONNECT_RATE_PER_IP},`,
-    `           client_messages_per_s = ${MSG_RATE}, client_messages_burst = ${MSG_BURST} }`,
+    `           client_messages_per_s = ${MSG_RATE}, client_messages_burst = ${MSG_BURST},`,
+    `           max_body_bytes = ${MAX_BODY}, max_inbound_bytes = ${MAX_INBOUND} }`,
     'admin = { host = "127.0.0.1", port = 0 }',
   ].join('\n') + '\n';
 }
@@ -274,13 +305,56 @@ async function silentSocket(port, addr, ready) {
   return 1;
 }
 
+// A POST /api/push with its head and all of its body but BODY_TRICKLE
+// bytes, then those trickled byte by byte, never the last: 408 once
+// timeouts.http_body_ms has passed since the head (the trickle does not
+// extend it), closed while still trickling.
+async function slowBody(port, addr, ready) {
+  const c = await tcp(port, addr);
+  ready();
+  const since = Date.now();
+  c.write(`POST /api/push HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${SLOW_BODY_BYTES}\r\n\r\n` +
+    'b'.repeat(SLOW_BODY_BYTES - BODY_TRICKLE));
+  let sent = 0;
+  while (!c.isClosed && sent < BODY_TRICKLE - 1) {
+    c.write('b');
+    sent += 1;
+    await Promise.race([c.closed, pace(BODY_MS / 8)]);
+  }
+  const r = await h.within(c.closed, 5 * BODY_MS + 10000, `the slow body from ${addr} to be closed`);
+  const took = Date.now() - since;
+  assertAnswer(r.answer, 408, 'request body not complete in time', `slow body from ${addr}`);
+  assert.ok(sent < BODY_TRICKLE - 1, `the slow body from ${addr} was not closed while it trickled (${sent} bytes trickled)`);
+  assert.ok(took >= BODY_MS - 50, `the slow body from ${addr} was cut after ${took} ms, before timeouts.http_body_ms`);
+  return 1;
+}
+
+// Once every trickler holds its fragment (`holding`: their ready
+// promises): a POST /api/push whose first LARGE_BODY_SENT bytes, under
+// limits.max_inbound_bytes alone, take them and the partial bodies together
+// over it. Its request holds the largest body: 503, closed.
+async function largeBody(port, ready, holding) {
+  const c = await tcp(port, ADDR.largeBody());
+  ready();
+  await h.within(Promise.all(holding), 10000 * SLOW, 'the tricklers to hold their fragments');
+  c.write(`POST /api/push HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${MAX_BODY}\r\n\r\n` +
+    'x'.repeat(LARGE_BODY_SENT));
+  const r = await h.within(c.closed, 10000 * SLOW, 'the large body to be refused');
+  assertAnswer(r.answer, 503, 'inbound memory limit', 'the large body');
+  return 1;
+}
+
 // A text frame with FIN=0 carrying FRAGMENT_BYTES, then one-byte
-// continuations, never the last: close 1008 while still trickling.
+// continuations, never the last: close 1008 while still trickling. Ready
+// once herald holds the fragment (it has answered a ping sent after it).
 async function trickledFragments(port, addr, ready) {
   const c = await h.rawWs(port, WS, '', { localAddress: addr });
   assert.equal(c.status, 101, `trickler ${addr}: ${c.response && c.response.head}`);
-  ready();
   c.send(1, 'x'.repeat(FRAGMENT_BYTES), { fin: false });
+  c.send(9, 'held');
+  const pong = await c.next(10000 * SLOW);
+  assert.deepEqual([pong.opcode, pong.payload.toString()], [10, 'held'], `trickler ${addr}: the answer to its ping`);
+  ready();
   const closing = c.closeFrame(5 * MSG_MS + 10000);
   closing.catch(() => {});
   let frames = 0;
@@ -435,6 +509,30 @@ async function adminProbe(adminPort) {
   }
 }
 
+// ADMIN_FLOOD silent connections to the admin listener, which keeps
+// ADMIN_MAX: each one over closes, unanswered, the one idle longest (the
+// oldest silent one), and then so does the connection of the first admin
+// request, which like the others gets 200. The silent ones left get the 408
+// of a silent socket. Resolves with how many did.
+async function adminFlood(adminPort, ready) {
+  const conns = [];
+  for (let i = 0; i < ADMIN_FLOOD; i++) conns.push(await tcp(adminPort, ADDR.admin(i)));
+  ready();
+  await adminProbe(adminPort);
+  const ends = await h.within(Promise.all(conns.map((c) => c.closed)), 5 * HEAD_MS + 10000,
+    'the silent admin connections to be closed');
+  let answered = 0;
+  ends.forEach((r, i) => {
+    if (i <= ADMIN_FLOOD - ADMIN_MAX) {
+      assert.equal(r.buf.length, 0, `silent admin connection ${i + 1} was answered, not closed for a newer one: ${r.buf.toString('latin1')}`);
+    } else if (r.buf.length) {
+      assertAnswer(r.answer, 408, 'request head not complete in time', `silent admin connection ${i + 1}`);
+      answered += 1;
+    }
+  });
+  return answered;
+}
+
 // ---- the run ----------------------------------------------------------------------
 
 test('hostile clients lock no one out, pin no memory, hijack no socket', { timeout: RUN_MS + 120000 }, async (t) => {
@@ -499,7 +597,12 @@ test('hostile clients lock no one out, pin no memory, hijack no socket', { timeo
     first.push(actor(`empty lines ${i}`, (ready) => slowHead(port, ADDR.blank(i), null, ready)));
   }
   for (let i = 0; i < SILENT; i++) first.push(actor(`silent socket ${i}`, (ready) => silentSocket(port, ADDR.silent(i), ready)));
-  for (let i = 0; i < TRICKLERS; i++) first.push(actor(`trickler ${i}`, (ready) => trickledFragments(port, ADDR.trickle(i), ready)));
+  for (let i = 0; i < SLOW_BODIES; i++) first.push(actor(`slow body ${i}`, (ready) => slowBody(port, ADDR.slowBody(i), ready)));
+  const tricklers = Array.from({ length: TRICKLERS }, (_, i) =>
+    actor(`trickler ${i}`, (ready) => trickledFragments(port, ADDR.trickle(i), ready)));
+  first.push(...tricklers);
+  first.push(actor('large body', (ready) => largeBody(port, ready, tricklers.map((a) => a.ready))));
+  first.push(actor('admin flood', (ready) => adminFlood(adminPort, ready)));
   first.push(actor('foreign origins', (ready) => origins(port, ready)));
   first.push(actor('per-IP holder', (ready) => perIpHolder(port, ready, held)));
   first.push(actor('message flood', (ready) => messageFlood(port, ready)));
@@ -581,9 +684,14 @@ test('hostile clients lock no one out, pin no memory, hijack no socket', { timeo
   const refusedBy = (reason) => delta(`herald_tcp_refused_total{reason="${reason}"}`);
   const { perIp, node } = results['connect floods'];
   t.diagnostic(`connect floods: per address ${JSON.stringify(perIp)}, node ${JSON.stringify(node)}; ` +
-    `message flood ${JSON.stringify(results['message flood'])}`);
-  assert.equal(delta('herald_http_head_timeouts_total'), 3 * SLOW_HEADS + SILENT, 'herald_http_head_timeouts_total');
+    `message flood ${JSON.stringify(results['message flood'])}; ` +
+    `silent admin connections answered 408: ${results['admin flood']} of ${ADMIN_FLOOD} (the others closed for newer ones)`);
+  assert.equal(delta('herald_http_head_timeouts_total'), 3 * SLOW_HEADS + SILENT + results['admin flood'],
+    'herald_http_head_timeouts_total');
+  assert.equal(delta('herald_http_body_timeouts_total'), SLOW_BODIES, 'herald_http_body_timeouts_total');
   assert.equal(delta('herald_ws_message_timeouts_total'), TRICKLERS, 'herald_ws_message_timeouts_total');
+  assert.equal(delta('herald_http_inbound_limit_total'), 1, 'herald_http_inbound_limit_total');
+  assert.equal(delta('herald_ws_inbound_limit_closes_total'), 0, 'herald_ws_inbound_limit_closes_total');
   assert.equal(delta('herald_ws_bad_origin_total'), results['foreign origins'], 'herald_ws_bad_origin_total');
   assert.equal(refusedBy('per_ip'), results['per-IP holder'], 'per_ip refusals');
   assert.ok(perIp.refused > 0 && perIp.in > 0, `the flood from ${ADDR.ratePerIp()}: ${JSON.stringify(perIp)}`);
