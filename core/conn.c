@@ -551,17 +551,23 @@ static hd_peer *peer_of_fd(hd_net *net, int fd)
     return hd_peer_get(&net->peers, &a, net->cfg->trusted, net->cfg->ntrusted);
 }
 
-/* The admin listener is full: its connection idle longest goes (of equals,
- * the one accepted first), so that silent connections cannot lock
- * monitoring out. */
+/* The admin listener is full: one of its connections goes, so that
+ * clients that never close cannot lock monitoring out. A connection
+ * already closing (answered, waiting for the peer's FIN) goes first, else
+ * the one idle longest (of equals, the one accepted first). */
 static void evict_admin(hd_net *net)
 {
     hd_conn *oldest = NULL;
-    for (hd_conn *c = net->conns; c; c = c->next)
-        if ((c->flags & HD_CF_ADMIN) && hd_conn_open(c) && (!oldest || c->last_active <= oldest->last_active))
+    for (hd_conn *c = net->conns; c; c = c->next) {
+        if (!(c->flags & HD_CF_ADMIN) || (c->flags & HD_CF_CLOSED)) continue;
+        if (!hd_conn_open(c) || (c->flags & HD_CF_SHUTDOWN)) {
             oldest = c;
+            break;
+        }
+        if (!oldest || c->last_active <= oldest->last_active) oldest = c;
+    }
     if (!oldest) return;
-    hd_info("conn %llu: the admin listener is full: closing its connection idle longest",
+    hd_info("conn %llu: the admin listener is full: closing one of its connections",
             (unsigned long long)oldest->id);
     hd_conn_close(oldest);
 }

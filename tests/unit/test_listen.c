@@ -465,6 +465,20 @@ static void test_admin(void **st)
     assert_int_equal(refused(HD_REFUSE_CAPACITY), 0);
     for (int i = 0; i < 32; i++) cli_free(silent[i]);
     cli_free(late);
+    /* Nor can clients that never close after an answer that closes (herald
+     * waits for their FIN): one of those goes first. */
+    RUN_UNTIL(srv.net.nadmin == 0);
+    cli *closers[32];
+    for (int i = 0; i < 32; i++) {
+        closers[i] = cli_new_at(NULL, srv.admin_port);
+        cli_sends(closers[i], "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        expect_response(closers[i], 200, "OK", "close", "", ok_body);
+    }
+    assert_int_equal(srv.net.nadmin, 32);
+    late = cli_new_at(NULL, srv.admin_port);
+    expect_ok(late);
+    for (int i = 0; i < 32; i++) cli_free(closers[i]);
+    cli_free(late);
     /* The drain closes the public port; the admin port stays for watching. */
     hd_server_drain(&srv, "test");
     RUN_UNTIL(!hd_listener_is_open(&srv.listener));
