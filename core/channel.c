@@ -81,9 +81,10 @@ size_t hd_channel_recheck(hd_channel_ctx *ch, hd_conn *c)
 /* A join of a topic with history: the reply's response gets the stream's
  * epoch and offset (and "recovered" when the join asked with since), set
  * over what the join hook answered (an object; another answer is kept as
- * it is). Returns 1 when the messages after *since are to be replayed. */
-static int history_answer(hd_channel_ctx *ch, hd_stream *hs, const hd_topic_policy *p, json_t *payload,
-                          hd_str *answer, uint64_t *since)
+ * it is). envelope bounds the reply's bytes beside its response. Returns 1
+ * when the messages after *since are to be replayed. */
+static int history_answer(hd_channel_ctx *ch, hd_conn *c, hd_stream *hs, const hd_topic_policy *p,
+                          json_t *payload, hd_str *answer, uint64_t *since, size_t envelope)
 {
     json_t *sv = json_object_get(payload, "since");
     json_t *ev = json_object_get(sv, "epoch"), *ov = json_object_get(sv, "offset");
@@ -92,6 +93,14 @@ static int history_answer(hd_channel_ctx *ch, hd_stream *hs, const hd_topic_poli
         *since = (uint64_t)json_integer_value(ov);
         ok = hd_history_can_recover(hs, p, json_string_value(ev), json_string_length(ev), *since,
                                     uv_now(ch->net->loop));
+        /* The replay is queued at once, behind the reply: one that does not
+         * fit in the send queue would close the connection as a slow
+         * consumer (1013) before the reply is out, and the client would
+         * come back with the same since again and again. Refused, it
+         * refetches once. (96: the fields added below.) */
+        size_t bytes = ok ? hd_history_replay_bytes(hs, *since) : 0;
+        size_t need = envelope + (answer->p ? answer->len : 2) + 96;
+        if (bytes && c->wq_bytes + need + bytes > ch->cfg->send_queue_bytes) ok = 0;
     }
     if (asked) {
         if (ok) ch->eng->hist.recovered++;
@@ -159,7 +168,9 @@ static void on_join(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *
         hd_error("presence: out of memory tracking a join");
     hd_stream *hs = hd_history_open(&ch->eng->hist, topic, tlen, p, uv_now(ch->net->loop));
     uint64_t since = 0;
-    int replay = hs && history_answer(ch, hs, p, payload, &answer, &since);
+    /* (Each byte of a JSON string takes 6 at most, escaped.) */
+    size_t envelope = 128 + 6 * (tlen + (jr ? strlen(jr) : 0) + (ref ? strlen(ref) : 0));
+    int replay = hs && history_answer(ch, c, hs, p, payload, &answer, &since, envelope);
     reply(c, jr, ref, topic, "ok", answer.p ? answer.p : "{}");
     /* What was missed, in order, before anything live (nothing runs between). */
     if (replay) hd_history_replay(hs, since, c);

@@ -179,6 +179,14 @@ size_t hd_history_replay(const hd_stream *s, uint64_t since, hd_conn *c)
     return n;
 }
 
+size_t hd_history_replay_bytes(const hd_stream *s, uint64_t since)
+{
+    size_t n = 0;
+    for (uint32_t i = s->count; i > 0 && item(s, i - 1)->offset > since; i--)
+        n += item(s, i - 1)->frame->len;
+    return n;
+}
+
 void hd_history_sweep(hd_history *h, hd_topics *t, uint64_t now)
 {
     for (size_t i = 0; i < h->nslots; i++) {

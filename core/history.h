@@ -73,6 +73,8 @@ int hd_history_can_recover(const hd_stream *s, const hd_topic_policy *p, const c
 /* Queues the messages after since on c (hd_history_can_recover said yes).
  * Returns how many. */
 size_t hd_history_replay(const hd_stream *s, uint64_t since, hd_conn *c);
+/* The bytes hd_history_replay(s, since, c) would queue. */
+size_t hd_history_replay_bytes(const hd_stream *s, uint64_t since);
 
 /* Drops expired messages, and streams expired with no subscriber in t.
  * Once a tick or so. */

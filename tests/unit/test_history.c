@@ -2,8 +2,9 @@
  * on the wire, the join reply's epoch and offset, a rejoin with since
  * replaying exactly what it missed before anything live, and every reason
  * a recovery is refused (another epoch, gone from the ring, expired, more
- * than recover_max, an offset in the future, a malformed since). Topics
- * without history keep today's bytes. */
+ * than recover_max, an offset in the future, a malformed since, a replay
+ * that would not fit in the send queue). Topics without history keep
+ * today's bytes. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,8 +18,10 @@ static int setup_history(void **st)
 {
     (void)st;
     return setup_with("listen = { host = '127.0.0.1', port = 0 }\n"
+                      "limits = { send_queue_bytes = 16384 }\n"
                       "topics = { { match = 'h:*', history_size = 4, recover_max = 3 },\n"
-                      "           { match = 't:*', history_size = 10, history_ttl_ms = 200 } }\n"
+                      "           { match = 't:*', history_size = 10, history_ttl_ms = 200 },\n"
+                      "           { match = 'b:*', history_size = 100 } }\n"
                       "log = { level = 'error' }\n");
 }
 
@@ -70,6 +73,14 @@ static json_t *rejoin(cli *c, const char *topic, const char *epoch, long long si
     char pl[160];
     snprintf(pl, sizeof pl, "{\"since\":{\"epoch\":\"%s\",\"offset\":%lld}}", epoch, since);
     return join_with(c, topic, pl);
+}
+
+/* Joins topic without since; copies the reply's epoch into epoch[17]. */
+static void join_epoch(cli *c, const char *topic, char *epoch)
+{
+    json_t *r = join_with(c, topic, "{}");
+    snprintf(epoch, 17, "%s", epoch_of(r));
+    json_decref(r);
 }
 
 static int recovered(json_t *r)
@@ -173,17 +184,15 @@ static void test_ttl(void **st)
 {
     (void)st;
     cli *a = ws_client();
-    json_t *r = join_with(a, "t:1", "{}");
     char epoch[17];
-    snprintf(epoch, sizeof epoch, "%s", epoch_of(r));
-    json_decref(r);
+    join_epoch(a, "t:1", epoch);
     publish("t:1", 1);
     expect_msg(a, "t:1", 1, 1);
     cli_free(a);
     uint64_t t0 = uv_now(&loop);
     RUN_UNTIL(uv_now(&loop) - t0 > 250 && srv.eng.hist.count == 0);
     cli *b = ws_client();
-    r = rejoin(b, "t:1", epoch, 0);
+    json_t *r = rejoin(b, "t:1", epoch, 0);
     assert_false(recovered(r));
     assert_string_not_equal(epoch_of(r), epoch);
     assert_int_equal(offset_of(r), 0);
@@ -202,6 +211,52 @@ static void test_without_history(void **st)
     expect_text(a, "[null,null,\"plain:1\",\"msg\",{\"data\":{\"n\":1},\"event\":\"e\"}]");
     assert_int_equal(srv.eng.hist.count, 0);
     cli_free(a);
+}
+
+static void publish_big(const char *topic, int n)
+{
+    char data[1100];
+    int len = snprintf(data, sizeof data, "{\"n\":%d,\"pad\":\"", n);
+    memset(data + len, 'x', 1000);
+    memcpy(data + len + 1000, "\"}", 3);
+    hd_publish(&srv.eng, topic, strlen(topic), "e", 1, data, strlen(data));
+}
+
+/* A replay that would not fit in limits.send_queue_bytes is refused
+ * (recovered: false, the connection kept), rather than closing the
+ * connection as a slow consumer before the reply is out, again at every
+ * reconnect with the same since. One that fits is replayed. */
+static void test_replay_over_send_queue(void **st)
+{
+    (void)st;
+    cli *a = ws_client();
+    char epoch[17];
+    join_epoch(a, "b:1", epoch);
+    cli_free(a);
+    RUN_UNTIL(hd_topics_find(&srv.eng.topics, "b:1", 3) == NULL);
+    for (int i = 1; i <= 20; i++)
+        publish_big("b:1", i); /* about 21 KiB, over the queue's 16 */
+    cli *b = ws_client();
+    json_t *r = rejoin(b, "b:1", epoch, 0);
+    assert_false(recovered(r));
+    assert_int_equal(offset_of(r), 20);
+    json_decref(r);
+    publish("b:1", 21);
+    expect_msg(b, "b:1", 21, 21); /* open, and nothing replayed */
+    assert_int_equal(srv.st.slow_closes, 0);
+    r = rejoin(b, "b:1", epoch, 18); /* 19, 20 and 21: about 2 KiB */
+    assert_true(recovered(r));
+    json_decref(r);
+    for (int i = 19; i <= 20; i++) {
+        int op;
+        char *f = next_frame(b, &op);
+        char want[32];
+        snprintf(want, sizeof want, "\"offset\":%d}]", i);
+        assert_non_null(strstr(f, want));
+        free(f);
+    }
+    expect_msg(b, "b:1", 21, 21);
+    cli_free(b);
 }
 
 static int setup_hook(void **st)
@@ -233,6 +288,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ttl, setup_history, teardown),
         cmocka_unit_test_setup_teardown(test_without_history, setup_history, teardown),
         cmocka_unit_test_setup_teardown(test_join_hook_answer, setup_hook, teardown),
+        cmocka_unit_test_setup_teardown(test_replay_over_send_queue, setup_history, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
