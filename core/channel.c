@@ -106,20 +106,21 @@ static int history_answer(hd_channel_ctx *ch, hd_conn *c, hd_stream *hs, const h
         if (ok) ch->eng->hist.recovered++;
         else ch->eng->hist.not_recovered++;
     }
-    const char *a = answer->p ? answer->p : "{}";
-    size_t al = answer->p ? answer->len : 2;
-    while (al && (a[al - 1] == ' ' || a[al - 1] == '\n' || a[al - 1] == '\t' || a[al - 1] == '\r')) al--;
-    while (al && (*a == ' ' || *a == '\n' || *a == '\t' || *a == '\r')) a++, al--;
-    if (al < 2 || a[0] != '{' || a[al - 1] != '}') return ok;
-    hd_str out = HD_STR_INIT;
-    hd_str_add(&out, a, al - 1);
-    size_t inner = al - 2;
-    while (inner && strchr(" \n\t\r", a[al - 1 - inner])) inner--;
-    if (inner) hd_str_addc(&out, ',');
-    if (asked) hd_str_adds(&out, ok ? "\"recovered\":true," : "\"recovered\":false,");
-    hd_str_printf(&out, "\"epoch\":\"%s\",\"offset\":%llu}", hs->epoch, (unsigned long long)hs->top);
-    hd_str_free(answer);
-    *answer = out;
+    json_error_t jerr;
+    json_t *o = answer->p ? json_loadb(answer->p, answer->len, JSON_ALLOW_NUL, &jerr) : json_object();
+    if (json_is_object(o)) { /* (herald's three keys: a hook's own go) */
+        json_object_set_new(o, "epoch", json_string(hs->epoch));
+        json_object_set_new(o, "offset", json_integer((json_int_t)hs->top));
+        if (asked) json_object_set_new(o, "recovered", json_boolean(ok));
+        else json_object_del(o, "recovered");
+        char *text = json_dumps(o, JSON_COMPACT);
+        if (text) {
+            hd_str_free(answer);
+            hd_str_adds(answer, text);
+            free(text);
+        }
+    }
+    json_decref(o);
     return ok;
 }
 
