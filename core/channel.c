@@ -1,4 +1,5 @@
 #include "channel.h"
+#include "cluster.h"
 #include "err.h"
 #include "hooks.h"
 #include "log.h"
@@ -78,6 +79,46 @@ size_t hd_channel_recheck(hd_channel_ctx *ch, hd_conn *c)
 
 /* ---- Phoenix messages ------------------------------------------------------ */
 
+/* Sets herald's keys of a history join's response over the join hook's
+ * answer (an object; another answer is kept as it is): epoch and offset
+ * (none when epoch is NULL: the stream is unknown), and recovered when the
+ * join asked with since; a hook's own keys of those names go. */
+static void merge_history(hd_str *answer, const char *epoch, uint64_t top, int asked, int ok)
+{
+    json_error_t jerr;
+    json_t *o = answer->p ? json_loadb(answer->p, answer->len, JSON_ALLOW_NUL, &jerr) : json_object();
+    if (json_is_object(o)) {
+        json_object_del(o, "epoch");
+        json_object_del(o, "offset");
+        json_object_del(o, "recovered");
+        if (epoch) {
+            json_object_set_new(o, "epoch", json_string(epoch));
+            json_object_set_new(o, "offset", json_integer((json_int_t)top));
+        }
+        if (asked) json_object_set_new(o, "recovered", json_boolean(ok));
+        char *text = json_dumps(o, JSON_COMPACT);
+        if (text) {
+            hd_str_free(answer);
+            hd_str_adds(answer, text);
+            free(text);
+        }
+    }
+    json_decref(o);
+}
+
+/* The since of a join payload: 1 with *since when it is {epoch, offset}
+ * well formed (*epoch then points into payload), 0 when absent or not. */
+static int since_of(json_t *payload, const char **epoch, size_t *elen, uint64_t *since)
+{
+    json_t *sv = json_object_get(payload, "since");
+    json_t *ev = json_object_get(sv, "epoch"), *ov = json_object_get(sv, "offset");
+    if (!json_is_string(ev) || !json_is_integer(ov) || json_integer_value(ov) < 0) return 0;
+    *epoch = json_string_value(ev);
+    *elen = json_string_length(ev);
+    *since = (uint64_t)json_integer_value(ov);
+    return 1;
+}
+
 /* A join of a topic with history: the reply's response gets the stream's
  * epoch and offset (and "recovered" when the join asked with since), set
  * over what the join hook answered (an object; another answer is kept as
@@ -86,13 +127,11 @@ size_t hd_channel_recheck(hd_channel_ctx *ch, hd_conn *c)
 static int history_answer(hd_channel_ctx *ch, hd_conn *c, hd_stream *hs, const hd_topic_policy *p,
                           json_t *payload, hd_str *answer, uint64_t *since, size_t envelope)
 {
-    json_t *sv = json_object_get(payload, "since");
-    json_t *ev = json_object_get(sv, "epoch"), *ov = json_object_get(sv, "offset");
-    int asked = sv != NULL, ok = 0;
-    if (json_is_string(ev) && json_is_integer(ov) && json_integer_value(ov) >= 0) {
-        *since = (uint64_t)json_integer_value(ov);
-        ok = hd_history_can_recover(hs, p, json_string_value(ev), json_string_length(ev), *since,
-                                    uv_now(ch->net->loop));
+    const char *epoch = NULL;
+    size_t elen = 0;
+    int asked = json_object_get(payload, "since") != NULL, ok = 0;
+    if (since_of(payload, &epoch, &elen, since)) {
+        ok = hd_history_can_recover(hs, p, epoch, elen, *since, uv_now(ch->net->loop));
         /* The replay is queued at once, behind the reply: one that does not
          * fit in the send queue would close the connection as a slow
          * consumer (1013) before the reply is out, and the client would
@@ -106,22 +145,120 @@ static int history_answer(hd_channel_ctx *ch, hd_conn *c, hd_stream *hs, const h
         if (ok) ch->eng->hist.recovered++;
         else ch->eng->hist.not_recovered++;
     }
-    json_error_t jerr;
-    json_t *o = answer->p ? json_loadb(answer->p, answer->len, JSON_ALLOW_NUL, &jerr) : json_object();
-    if (json_is_object(o)) { /* (herald's three keys: a hook's own go) */
-        json_object_set_new(o, "epoch", json_string(hs->epoch));
-        json_object_set_new(o, "offset", json_integer((json_int_t)hs->top));
-        if (asked) json_object_set_new(o, "recovered", json_boolean(ok));
-        else json_object_del(o, "recovered");
-        char *text = json_dumps(o, JSON_COMPACT);
-        if (text) {
-            hd_str_free(answer);
-            hd_str_adds(answer, text);
-            free(text);
-        }
-    }
-    json_decref(o);
+    merge_history(answer, hs->epoch, hs->top, asked, ok);
     return ok;
+}
+
+/* ---- a join of a topic with history, in a cluster: answered once its read is back */
+
+typedef struct jwait {
+    hd_channel_ctx *ch;
+    uint64_t conn_id;
+    uint64_t since;              /* UINT64_MAX: none (or malformed) */
+    int asked;                   /* the payload had a since */
+    char epoch[17];              /* the since's epoch ("" when it cannot match) */
+    uint32_t recover_max, ttl_ms;
+    hd_str answer;               /* the join hook's */
+    char *jr, *ref;
+    size_t tlen;
+    char topic[];
+} jwait;
+
+static void jwait_free(jwait *w)
+{
+    hd_str_free(&w->answer);
+    free(w->jr);
+    free(w->ref);
+    free(w);
+}
+
+/* Whether r holds every message after w->since, each younger than the
+ * topic's history_ttl_ms; *first is the first one's index then. */
+static int covered(const jwait *w, const hd_recovery *r, size_t *first)
+{
+    if (!w->asked || !r->ok || w->since == UINT64_MAX || strcmp(r->epoch, w->epoch) != 0 ||
+        w->since > r->top || r->top - w->since > w->recover_max)
+        return 0;
+    size_t i = 0;
+    while (i < r->n && r->offsets[i] <= w->since) i++;
+    *first = i;
+    for (uint64_t want = w->since + 1; want <= r->top; want++, i++)
+        if (i >= r->n || r->offsets[i] != want || r->times[i] + w->ttl_ms <= r->now_ms) return 0;
+    return 1;
+}
+
+/* The read is back (hd_recover_fn): the reply, what was missed (when
+ * recovered), what came live meanwhile, then live. The socket or its
+ * channel may have gone meanwhile: nothing is sent then. */
+static void joined(void *ud, const hd_recovery *r)
+{
+    jwait *w = ud;
+    hd_channel_ctx *ch = w->ch;
+    hd_conn *c = hd_net_find(ch->net, w->conn_id);
+    hd_sub *s = c && hd_conn_open(c) ? hd_topics_sub_of(c, w->topic, w->tlen) : NULL;
+    const char *mine = w->jr ? w->jr : w->ref, *theirs = s ? hd_sub_join_ref(s) : NULL;
+    if (!s || !s->joining || (mine && (!theirs || strcmp(theirs, mine) != 0))) {
+        jwait_free(w);
+        return;
+    }
+    size_t first = 0, bytes = 0;
+    int ok = covered(w, r, &first);
+    uint64_t missed = ok ? r->top - w->since : 0;
+    for (uint64_t i = 0; i < missed; i++) bytes += r->frames[first + i]->len;
+    /* As on one node: a replay the send queue cannot take is refused. */
+    if (bytes && c->wq_bytes + bytes + w->answer.len + 6 * w->tlen + 256 > ch->cfg->send_queue_bytes) ok = 0;
+    if (w->asked) {
+        if (ok) ch->eng->hist.recovered++;
+        else ch->eng->hist.not_recovered++;
+    }
+    merge_history(&w->answer, r->ok ? r->epoch : NULL, r->top, w->asked, ok);
+    reply(c, w->jr, w->ref, w->topic, "ok", w->answer.p ? w->answer.p : "{}");
+    for (uint64_t i = 0; ok && i < missed; i++) hd_conn_send(c, r->frames[first + i]);
+    s->joining = 0;
+    for (size_t i = 0; i < r->nheld; i++)
+        if (!r->ok || r->held_offsets[i] > r->top) hd_conn_send(c, r->held[i]);
+    const hd_topic_policy *p = hd_topic_policy_of(&ch->eng->topics, s->topic);
+    if (p->presence && p->tracked) hd_presence_send_state(&ch->eng->pres, s);
+    jwait_free(w);
+}
+
+/* Holds the join's reply until the cluster read its history; the
+ * subscription takes nothing live meanwhile (the read's joiners get it). */
+static void join_later(hd_channel_ctx *ch, hd_conn *c, hd_sub *s, const hd_topic_policy *p,
+                       const char *jr, const char *ref, json_t *payload, hd_str *answer)
+{
+    hd_topic *tp = s->topic;
+    jwait *w = calloc(1, sizeof *w + tp->len + 1);
+    if (!w) {
+        hd_error("conn %llu: out of memory joining a topic", (unsigned long long)c->id);
+        reply_error(c, jr, ref, tp->name, "join crashed");
+        return;
+    }
+    w->ch = ch;
+    w->conn_id = c->id;
+    w->since = UINT64_MAX;
+    w->asked = json_object_get(payload, "since") != NULL;
+    const char *epoch = NULL;
+    size_t elen = 0;
+    uint64_t since;
+    if (since_of(payload, &epoch, &elen, &since)) {
+        w->since = since;
+        if (elen == 16) memcpy(w->epoch, epoch, 16);
+    }
+    w->recover_max = p->recover_max;
+    w->ttl_ms = p->history_ttl_ms;
+    w->answer = *answer;
+    *answer = (hd_str)HD_STR_INIT;
+    w->jr = jr ? strdup(jr) : NULL;
+    w->ref = ref ? strdup(ref) : NULL;
+    w->tlen = tp->len;
+    memcpy(w->topic, tp->name, tp->len);
+    s->joining = 1;
+    if (hd_cluster_recover(ch->cluster, tp->name, tp->len, p, w->since, joined, w) != 0) {
+        hd_recovery none;
+        memset(&none, 0, sizeof none);
+        joined(w, &none); /* (answered at once, without an epoch) */
+    }
 }
 
 static void on_join(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *ref,
@@ -167,6 +304,12 @@ static void on_join(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *
     const hd_topic_policy *p = hd_topic_policy_of(&ch->eng->topics, s->topic);
     if (hd_presence_track(&ch->eng->pres, s, meta.p) != 0)
         hd_error("presence: out of memory tracking a join");
+    if (ch->cluster && p->history_size) {
+        join_later(ch, c, s, p, jr, ref, payload, &answer);
+        hd_str_free(&answer);
+        hd_str_free(&meta);
+        return;
+    }
     hd_stream *hs = hd_history_open(&ch->eng->hist, topic, tlen, p, uv_now(ch->net->loop));
     uint64_t since = 0;
     /* (Each byte of a JSON string takes 6 at most, escaped.) */

@@ -21,6 +21,7 @@ typedef struct hd_channel_ctx {
     hd_engine *eng;              /* topics and presence */
     hd_scripts *sc;              /* authenticate, join, message hooks */
     int accepting;               /* new sockets are taken (READY) */
+    struct hd_cluster *cluster;  /* history in Redis, when clustered (else NULL) */
 } hd_channel_ctx;
 
 void hd_channel_init(hd_channel_ctx *ch, const hd_config *cfg, hd_stats *st, hd_net *net,

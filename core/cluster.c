@@ -84,18 +84,41 @@ static int uvev_attach(redisAsyncContext *ac, uv_loop_t *loop)
     return REDIS_OK;
 }
 
-/* A publish waiting for the link. */
+/* A publish waiting for the link: a command's arguments (PUBLISH, or the
+ * EVALSHA of a topic with history), one after the other in bytes. */
+#define QMSG_ARGS 12
 typedef struct qmsg {
     struct qmsg *next;
     uint64_t at;               /* loop time it was queued */
-    size_t clen, plen;
-    char bytes[];              /* channel, then payload */
+    int argc;
+    size_t lens[QMSG_ARGS];
+    char bytes[];
 } qmsg;
+
+/* A qmsg of argc arguments (copied), or NULL without memory. */
+static qmsg *qmsg_new(int argc, const char *const *argv, const size_t *lens, uint64_t now)
+{
+    size_t total = 0;
+    for (int i = 0; i < argc; i++) total += lens[i];
+    qmsg *m = malloc(sizeof *m + total);
+    if (!m) return NULL;
+    m->next = NULL;
+    m->at = now;
+    m->argc = argc;
+    char *p = m->bytes;
+    for (int i = 0; i < argc; i++) {
+        m->lens[i] = lens[i];
+        memcpy(p, argv[i], lens[i]);
+        p += lens[i];
+    }
+    return m;
+}
 
 /* A channel name in a shard's subscribed set, or on its pending list. */
 typedef struct cname {
     struct cname *next;
     size_t len;
+    int confirmed;             /* Redis confirmed its SUBSCRIBE (set entries) */
     char name[];               /* the topic (not the channel) */
 } cname;
 
@@ -163,6 +186,7 @@ static cname *cname_new(const char *name, size_t len)
     cname *n = malloc(sizeof *n + len + 1);
     if (!n) return NULL;
     n->next = NULL;
+    n->confirmed = 0;
     n->len = len;
     memcpy(n->name, name, len);
     n->name[len] = 0;
@@ -270,11 +294,15 @@ static void on_publish_reply(redisAsyncContext *ac, void *reply, void *privdata)
     else if (s->qhead) flush_queue(s); /* room in flight again */
 }
 
-static void send_publish(hd_shard *s, const char *ch, size_t clen, const char *p, size_t plen)
+static void send_publish(hd_shard *s, const qmsg *m)
 {
-    const char *argv[3] = {"PUBLISH", ch, p};
-    size_t lens[3] = {7, clen, plen};
-    if (redisAsyncCommandArgv(s->cmd.ac, on_publish_reply, s, 3, argv, lens) != REDIS_OK) {
+    const char *argv[QMSG_ARGS];
+    const char *p = m->bytes;
+    for (int i = 0; i < m->argc; i++) {
+        argv[i] = p;
+        p += m->lens[i];
+    }
+    if (redisAsyncCommandArgv(s->cmd.ac, on_publish_reply, s, m->argc, argv, m->lens) != REDIS_OK) {
         s->c->cs.lost++;
         return;
     }
@@ -290,7 +318,7 @@ static void flush_queue(hd_shard *s)
         s->qhead = m->next;
         if (!s->qhead) s->qtail = NULL;
         s->queued--;
-        send_publish(s, m->bytes, m->clen, m->bytes + m->clen, m->plen);
+        send_publish(s, m);
         free(m);
     }
 }
@@ -316,6 +344,14 @@ typedef struct batch {
 } batch;
 
 static void on_message(redisAsyncContext *ac, void *reply, void *privdata);
+/* (history across nodes, below) */
+struct hread;
+static void load_scripts(hd_shard *s);
+static void issue_reads(hd_shard *s);
+static void fail_reads(hd_shard *s);
+static struct hread *find_read(hd_cluster *c, const char *topic, size_t tlen);
+static void issue_read(struct hread *r);
+static void hold_for_reads(hd_cluster *c, const char *topic, size_t tlen, uint64_t offset, hd_buf *f);
 
 static void batch_send(hd_shard *s, batch *b, const char *verb)
 {
@@ -760,8 +796,10 @@ static void link_up(hd_shard *s)
 {
     s->up = 1;
     hd_info("cluster: %s up (%zu topic(s) subscribed)", s->shown, s->nset);
+    load_scripts(s);
     republish(s);
     flush_queue(s);
+    issue_reads(s);
 }
 
 /* ---- inbound --------------------------------------------------------------------------------- */
@@ -801,15 +839,20 @@ static void deliver(hd_shard *s, const char *ch, size_t clen, const char *p, siz
         free(n);
         return;
     }
-    if (plen < 3 || memcmp(p, "h1 ", 3) != 0 || !nl) goto bad;
+    /* h1: a message; h2: one of a topic with history, with its offset (and
+     * the origin's own too: it did not deliver it itself). */
+    int h2 = plen >= 3 && memcmp(p, "h2 ", 3) == 0;
+    if (plen < 3 || (memcmp(p, "h1 ", 3) != 0 && !h2) || !nl) goto bad;
     const char *node = p + 3, *sp = memchr(node, ' ', (size_t)(nl - node));
     if (!sp) goto bad;
     size_t nodelen = (size_t)(sp - node);
-    if (nodelen == strlen(c->node) && memcmp(node, c->node, nodelen) == 0) return; /* our own */
+    if (!h2 && nodelen == strlen(c->node) && memcmp(node, c->node, nodelen) == 0) return; /* our own */
     char *end;
     unsigned long elen = strtoul(sp + 1, &end, 10);
+    unsigned long long offset = 0;
+    if (h2 && *end == ' ') offset = strtoull(end + 1, &end, 10);
     const char *body = nl + 1;
-    if (end != nl || elen > (size_t)(p + plen - body)) goto bad;
+    if (end != nl || elen > (size_t)(p + plen - body) || (h2 && !offset)) goto bad;
     const char *topic = ch + pl;
     size_t tlen = clen - pl - 1;
     if (!hd_topics_find(&c->eng->topics, topic, tlen)) return; /* left meanwhile */
@@ -822,6 +865,7 @@ static void deliver(hd_shard *s, const char *ch, size_t clen, const char *p, siz
         return;
     }
     c->cs.in++;
+    if (h2) hold_for_reads(c, topic, tlen, offset, f);
     hd_publish_local(c->eng, topic, tlen, f); /* shaped at its origin */
     hd_buf_unref(f);
     return;
@@ -841,7 +885,17 @@ static void on_message(redisAsyncContext *ac, void *reply, void *privdata)
     redisReply *kind = r->element[0], *ch = r->element[1], *msg = r->element[2];
     if (kind->type != REDIS_REPLY_STRING) return;
     if (strcmp(kind->str, "subscribe") == 0) {
+        size_t pl = sizeof CHAN_PREFIX - 1;
+        if (ch->type == REDIS_REPLY_STRING && ch->len > pl && memcmp(ch->str, CHAN_PREFIX, pl) == 0 &&
+            s->setcap) {
+            cname *n = *set_slot(s, ch->str + pl, ch->len - pl - 1);
+            if (n) n->confirmed = 1;
+        }
         if (s->confirm && --s->confirm == 0 && s->linked) link_up(s);
+        else if (s->up && ch->type == REDIS_REPLY_STRING && ch->len > pl) {
+            struct hread *hr = find_read(s->c, ch->str + pl, ch->len - pl - 1);
+            if (hr) issue_read(hr);
+        }
         return;
     }
     if (strcmp(kind->str, "message") != 0) return;
@@ -961,6 +1015,7 @@ static void link_down(hd_shard *s, const char *why)
             if (tp->pres_loading && hd_cluster_shard_of(tp->name, tp->len, c->nshards) == s->index)
                 hd_presence_loaded(&c->eng->pres, tp);
     set_clear(s);
+    fail_reads(s);
     let_go(s); /* both come back together */
     if (c->closing) return;
     if (was_up) {
@@ -989,6 +1044,403 @@ static void connect_shard(hd_shard *s)
 
 /* ---- observers -------------------------------------------------------------------------------------- */
 
+/* Queues a command of the publish path (sent in order once the link is
+ * up), or counts it lost when the queue is full or memory is out. */
+static void enqueue(hd_shard *s, int argc, const char *const *argv, const size_t *lens)
+{
+    hd_cluster *c = s->c;
+    qmsg *m = s->queued < c->cfg->cluster_queue_max ? qmsg_new(argc, argv, lens, uv_now(c->loop)) : NULL;
+    if (!m) {
+        c->cs.lost++;
+        return;
+    }
+    if (s->qtail) s->qtail->next = m;
+    else s->qhead = m;
+    s->qtail = m;
+    s->queued++;
+    flush_queue(s);
+}
+
+/* ---- history across nodes ---------------------------------------------------------------
+ *
+ * A topic with history (policy history_size > 0) keeps its stream in Redis,
+ * on its shard: "herald:h:{<topic>}", a Stream whose entry ids are
+ * "<offset>-0", fields m (the Phoenix message, with its offset) and t (Redis
+ * time, ms); and "herald:hm:{<topic>}", a hash: e (the epoch), o (the last
+ * offset). A publish is one EVALSHA of APPEND_LUA: the next offset, XADD
+ * (trimmed to history_size), both keys' expiry pushed to history_ttl_ms,
+ * and the PUBLISH of "h2 <node> <elen> <offset>\n<event><message>": storage
+ * and fan-out share one order on every node. Its origin does not deliver
+ * it first: it comes back to the origin as to the others.
+ *
+ * A join on such a topic waits for one READ_LUA (epoch, top, Redis time,
+ * and the entries after the lowest since of its joiners), sent once the
+ * topic's SUBSCRIBE is confirmed, so that whatever comes after top arrives
+ * live; what arrives while the read is out is held for its joiners (their
+ * subscriptions take nothing live until served). Joins that come while a
+ * read is out are served by the next one: a reconnect wave costs a couple
+ * of reads per topic, not one per client. */
+
+#define HIST_PREFIX "herald:h:{"
+#define HMETA_PREFIX "herald:hm:{"
+
+static const char APPEND_LUA[] =
+    "local e = redis.call('HGET', KEYS[2], 'e')\n"
+    "if not e then e = ARGV[7]; redis.call('DEL', KEYS[1]); redis.call('HSET', KEYS[2], 'e', e) end\n"
+    "local o = redis.call('HINCRBY', KEYS[2], 'o', 1)\n"
+    "local t = redis.call('TIME')\n"
+    "local m = string.sub(ARGV[4], 1, -3) .. ',\"offset\":' .. o .. '}]'\n"
+    "redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], o .. '-0', 'm', m, 't',\n"
+    "           tostring(t[1] * 1000 + math.floor(t[2] / 1000)))\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[6])\n"
+    "redis.call('PEXPIRE', KEYS[2], ARGV[6])\n"
+    "redis.call('PUBLISH', ARGV[1], ARGV[2] .. o .. '\\n' .. ARGV[3] .. m)\n"
+    "return o\n";
+
+static const char READ_LUA[] =
+    "local e = redis.call('HGET', KEYS[2], 'e')\n"
+    "if not e then e = ARGV[3]; redis.call('DEL', KEYS[1]); redis.call('HSET', KEYS[2], 'e', e, 'o', 0) end\n"
+    "redis.call('PEXPIRE', KEYS[2], ARGV[4])\n"
+    "local o = tonumber(redis.call('HGET', KEYS[2], 'o'))\n"
+    "local t = redis.call('TIME')\n"
+    "local r = {}\n"
+    "if tonumber(ARGV[2]) > 0 then r = redis.call('XRANGE', KEYS[1], ARGV[1] .. '-0', '+', 'COUNT', ARGV[2]) end\n"
+    "return {e, o, t[1] * 1000 + math.floor(t[2] / 1000), r}\n";
+
+static void sha_hex(const char *text, char out[41])
+{
+    uint8_t d[20];
+    hd_sha1(text, strlen(text), d);
+    for (int i = 0; i < 20; i++) snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
+static void new_epoch(char out[17])
+{
+    uint8_t r[8] = {0};
+    uv_random(NULL, NULL, r, sizeof r, 0, NULL);
+    for (int i = 0; i < 8; i++) snprintf(out + 2 * i, 3, "%02x", r[i]);
+}
+
+/* "<prefix><topic>}" into buf (at least tlen + 16 bytes); returns its length. */
+static size_t key_of(char *buf, const char *prefix, const char *topic, size_t tlen)
+{
+    size_t pl = strlen(prefix);
+    memcpy(buf, prefix, pl);
+    memcpy(buf + pl, topic, tlen);
+    buf[pl + tlen] = '}';
+    return pl + tlen + 1;
+}
+
+/* The scripts, loaded on every link-up before anything queued goes (the
+ * command link is ordered: the EVALSHAs after them find them). */
+static void load_scripts(hd_shard *s)
+{
+    const char *texts[2] = {APPEND_LUA, READ_LUA};
+    for (int i = 0; i < 2; i++) {
+        const char *argv[3] = {"SCRIPT", "LOAD", texts[i]};
+        size_t lens[3] = {6, 4, strlen(texts[i])};
+        redisAsyncCommandArgv(s->cmd.ac, NULL, NULL, 3, argv, lens);
+    }
+}
+
+/* The engine's way out for a message of a topic with history: one
+ * EVALSHA, queued like a PUBLISH (counted lost the same way). */
+static size_t remote_append(void *ud, const char *topic, size_t tlen, const hd_topic_policy *p,
+                            const char *event, size_t elen, hd_buf *frame)
+{
+    hd_cluster *c = ud;
+    if (c->closing) return 0;
+    hd_shard *s = shard_for(c, topic, tlen);
+    size_t jl = 0, cl = 0;
+    const uint8_t *json = frame_payload(frame, &jl);
+    char *ch = channel_of(topic, tlen, &cl);
+    char *keys = malloc(2 * (tlen + 16));
+    if (!ch || !keys) {
+        free(ch);
+        free(keys);
+        c->cs.lost++;
+        return 0;
+    }
+    size_t k1 = key_of(keys, HIST_PREFIX, topic, tlen);
+    size_t k2 = key_of(keys + k1, HMETA_PREFIX, topic, tlen);
+    char head[400], size[24], ttl[24], epoch[17];
+    int hl = snprintf(head, sizeof head, "h2 %s %zu ", c->node, elen);
+    int sl = snprintf(size, sizeof size, "%u", p->history_size > HD_HISTORY_MAX ? HD_HISTORY_MAX : p->history_size);
+    int tl = snprintf(ttl, sizeof ttl, "%u", p->history_ttl_ms ? p->history_ttl_ms : 1);
+    new_epoch(epoch);
+    /* ARGV: channel, head, event, message, size, ttl, the epoch a new stream gets */
+    const char *argv[12] = {"EVALSHA", c->append_sha, "2", keys, keys + k1, ch, head,
+                            event, (const char *)json, size, ttl, epoch};
+    size_t lens[12] = {7, 40, 1, k1, k2, cl, (size_t)hl, elen, jl, (size_t)sl, (size_t)tl, 16};
+    enqueue(s, 12, argv, lens);
+    free(ch);
+    free(keys);
+    return 0;
+}
+
+typedef struct hwaiter {
+    struct hwaiter *next;
+    uint64_t since;              /* UINT64_MAX: none */
+    hd_recover_fn fn;
+    void *ud;
+} hwaiter;
+
+typedef struct hheld {
+    struct hheld *next;
+    uint64_t offset;
+    hd_buf *frame;
+} hheld;
+
+typedef struct hread {
+    struct hread *next;          /* c->reads */
+    hd_cluster *c;
+    hwaiter *out;                /* served by the read out (inflight) */
+    hwaiter *wait;               /* by the next one */
+    int inflight;
+    hheld *held, **held_tail;    /* live messages since the read went out */
+    size_t nheld;
+    uint32_t ttl_ms, recover_max, size;
+    size_t tlen;
+    char topic[];
+} hread;
+
+static hread *find_read(hd_cluster *c, const char *topic, size_t tlen)
+{
+    for (hread *r = c->reads; r; r = r->next)
+        if (r->tlen == tlen && memcmp(r->topic, topic, tlen) == 0) return r;
+    return NULL;
+}
+
+static void drop_held(hread *r)
+{
+    while (r->held) {
+        hheld *h = r->held;
+        r->held = h->next;
+        hd_buf_unref(h->frame);
+        free(h);
+    }
+    r->held_tail = &r->held;
+    r->nheld = 0;
+}
+
+static void free_read(hd_cluster *c, hread *r)
+{
+    for (hread **pp = &c->reads; *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    drop_held(r);
+    free(r);
+}
+
+/* Tells each waiter of list what the read found (res), and frees them. */
+static void serve(hwaiter *list, const hd_recovery *res)
+{
+    while (list) {
+        hwaiter *w = list;
+        list = w->next;
+        w->fn(w->ud, res);
+        free(w);
+    }
+}
+
+static void issue_read(hread *r);
+
+/* Parses READ_LUA's answer and serves the joiners it was for. */
+static void on_read(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    hread *r = privdata;
+    hd_cluster *c = r->c;
+    redisReply *x = reply;
+    hd_recovery res;
+    memset(&res, 0, sizeof res);
+    size_t n = 0;
+    uint64_t *offsets = NULL, *times = NULL;
+    hd_buf **frames = NULL, **held = NULL;
+    uint64_t *held_off = NULL;
+    if (x && x->type == REDIS_REPLY_ARRAY && x->elements == 4 && x->element[0]->type == REDIS_REPLY_STRING &&
+        x->element[0]->len == 16 && x->element[1]->type == REDIS_REPLY_INTEGER &&
+        x->element[2]->type == REDIS_REPLY_INTEGER && x->element[3]->type == REDIS_REPLY_ARRAY) {
+        redisReply *es = x->element[3];
+        offsets = calloc(es->elements + 1, sizeof *offsets);
+        times = calloc(es->elements + 1, sizeof *times);
+        frames = calloc(es->elements + 1, sizeof *frames);
+        res.ok = offsets && times && frames;
+        for (size_t i = 0; res.ok && i < es->elements; i++) {
+            redisReply *e = es->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING ||
+                e->element[1]->type != REDIS_REPLY_ARRAY || e->element[1]->elements != 4)
+                break;
+            redisReply *f = e->element[1];
+            const redisReply *m = NULL, *t = NULL;
+            for (size_t k = 0; k + 1 < f->elements; k += 2) {
+                if (f->element[k]->type != REDIS_REPLY_STRING || f->element[k + 1]->type != REDIS_REPLY_STRING) continue;
+                if (strcmp(f->element[k]->str, "m") == 0) m = f->element[k + 1];
+                else if (strcmp(f->element[k]->str, "t") == 0) t = f->element[k + 1];
+            }
+            if (!m || !t) break;
+            hd_buf *fr = hd_ws_frame(HD_WS_TEXT, m->str, m->len);
+            if (!fr) break;
+            offsets[n] = strtoull(e->element[0]->str, NULL, 10);
+            times[n] = strtoull(t->str, NULL, 10);
+            frames[n++] = fr;
+        }
+        res.epoch = x->element[0]->str;
+        res.top = (uint64_t)x->element[1]->integer;
+        res.now_ms = (uint64_t)x->element[2]->integer;
+    } else if (x) {
+        c->cs.bad++;
+        hd_warn("cluster: a history read of %.*s failed: %s", (int)r->tlen, r->topic,
+                x->type == REDIS_REPLY_ERROR ? x->str : "an unexpected answer");
+    }
+    res.n = n;
+    res.offsets = offsets;
+    res.times = times;
+    res.frames = frames;
+    held = calloc(r->nheld + 1, sizeof *held);
+    held_off = calloc(r->nheld + 1, sizeof *held_off);
+    if (held && held_off) {
+        size_t i = 0;
+        for (hheld *h = r->held; h; h = h->next, i++) {
+            held[i] = h->frame;
+            held_off[i] = h->offset;
+        }
+        res.nheld = i;
+        res.held = held;
+        res.held_offsets = held_off;
+    }
+    hwaiter *list = r->out;
+    r->out = NULL;
+    r->inflight = 0;
+    serve(list, &res);
+    for (size_t i = 0; i < n; i++) hd_buf_unref(frames[i]);
+    free(offsets);
+    free(times);
+    free(frames);
+    free(held);
+    free(held_off);
+    drop_held(r);
+    if (r->wait && !c->closing) issue_read(r);
+    else if (!r->wait) free_read(c, r);
+}
+
+/* The topic's SUBSCRIBE is confirmed on its shard's link. */
+static int confirmed(hd_shard *s, const char *topic, size_t tlen)
+{
+    if (!s->up || !s->setcap) return 0;
+    cname *n = *set_slot(s, topic, tlen);
+    return n && n->confirmed;
+}
+
+/* Sends the read for the joiners waiting, when it can go: no read out,
+ * the link up and the topic's SUBSCRIBE confirmed. */
+static void issue_read(hread *r)
+{
+    hd_cluster *c = r->c;
+    hd_shard *s = shard_for(c, r->topic, r->tlen);
+    if (r->inflight || !r->wait || !confirmed(s, r->topic, r->tlen)) return;
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (hwaiter *w = r->wait; w; w = w->next) {
+        if (w->since < lo) lo = w->since;
+        if (w->since != UINT64_MAX && w->since > hi) hi = w->since;
+    }
+    /* From the lowest since: what the one furthest behind may replay,
+     * and the others' spans within it. */
+    uint64_t count = lo == UINT64_MAX ? 0 : (hi - lo) + r->recover_max + 1;
+    if (count > (uint64_t)r->size + 1) count = (uint64_t)r->size + 1;
+    char *keys = malloc(2 * (r->tlen + 16));
+    if (!keys) return;
+    size_t k1 = key_of(keys, HIST_PREFIX, r->topic, r->tlen);
+    size_t k2 = key_of(keys + k1, HMETA_PREFIX, r->topic, r->tlen);
+    char from[24], cnt[24], ttl[24], epoch[17];
+    int fl = snprintf(from, sizeof from, "%llu", (unsigned long long)(lo == UINT64_MAX ? 0 : lo + 1));
+    int nl = snprintf(cnt, sizeof cnt, "%llu", (unsigned long long)count);
+    int tl = snprintf(ttl, sizeof ttl, "%u", r->ttl_ms ? r->ttl_ms : 1);
+    new_epoch(epoch);
+    const char *argv[9] = {"EVALSHA", c->read_sha, "2", keys, keys + k1, from, cnt, epoch, ttl};
+    size_t lens[9] = {7, 40, 1, k1, k2, (size_t)fl, (size_t)nl, 16, (size_t)tl};
+    if (redisAsyncCommandArgv(s->cmd.ac, on_read, r, 9, argv, lens) == REDIS_OK) {
+        r->out = r->wait;
+        r->wait = NULL;
+        r->inflight = 1;
+        c->cs.history_reads++;
+    }
+    free(keys);
+}
+
+int hd_cluster_recover(hd_cluster *c, const char *topic, size_t tlen, const hd_topic_policy *p,
+                       uint64_t since, hd_recover_fn fn, void *ud)
+{
+    hread *r = find_read(c, topic, tlen);
+    if (!r) {
+        r = calloc(1, sizeof *r + tlen + 1);
+        if (!r) return HD_ENOMEM;
+        r->c = c;
+        r->held_tail = &r->held;
+        r->tlen = tlen;
+        memcpy(r->topic, topic, tlen);
+        r->next = c->reads;
+        c->reads = r;
+    }
+    hwaiter *w = malloc(sizeof *w);
+    if (!w) {
+        if (!r->out && !r->wait) free_read(c, r);
+        return HD_ENOMEM;
+    }
+    r->ttl_ms = p->history_ttl_ms;
+    r->recover_max = p->recover_max;
+    r->size = p->history_size > HD_HISTORY_MAX ? HD_HISTORY_MAX : p->history_size;
+    w->since = since;
+    w->fn = fn;
+    w->ud = ud;
+    w->next = r->wait;
+    r->wait = w;
+    issue_read(r);
+    return 0;
+}
+
+/* A live message of a topic with history: held for the joiners whose read
+ * is out. */
+static void hold_for_reads(hd_cluster *c, const char *topic, size_t tlen, uint64_t offset, hd_buf *f)
+{
+    hread *r = find_read(c, topic, tlen);
+    if (!r || !r->inflight) return;
+    hheld *h = malloc(sizeof *h);
+    if (!h) return; /* (its joiners then see a gap: recovery says so) */
+    h->next = NULL;
+    h->offset = offset;
+    h->frame = hd_buf_ref(f);
+    *r->held_tail = h;
+    r->held_tail = &h->next;
+    r->nheld++;
+}
+
+/* The shard's link went down: the joiners whose read was not sent yet
+ * are told now (those of a read out hear from hiredis). */
+static void fail_reads(hd_shard *s)
+{
+    hd_cluster *c = s->c;
+    hd_recovery none;
+    memset(&none, 0, sizeof none);
+    for (hread *r = c->reads, *next; r; r = next) {
+        next = r->next;
+        if (shard_for(c, r->topic, r->tlen) != s || !r->wait) continue;
+        hwaiter *list = r->wait;
+        r->wait = NULL;
+        serve(list, &none);
+        if (!r->inflight) free_read(c, r);
+    }
+}
+
+/* Every read whose topic is confirmed on s now. */
+static void issue_reads(hd_shard *s)
+{
+    for (hread *r = s->c->reads; r; r = r->next)
+        if (shard_for(s->c, r->topic, r->tlen) == s) issue_read(r);
+}
+
 static void on_publish(void *ud, const char *topic, size_t tlen, const char *event, size_t elen,
                        const char *data_json, size_t dlen, hd_buf *frame)
 {
@@ -1001,27 +1453,22 @@ static void on_publish(void *ud, const char *topic, size_t tlen, const char *eve
     const uint8_t *json = f ? frame_payload(f, &jl) : NULL;
     char head[400];
     int hl = snprintf(head, sizeof head, "h1 %s %zu\n", c->node, elen);
-    size_t plen = (size_t)hl + elen + (json ? jl : 0);
     hd_shard *s = &c->shards[hd_cluster_shard_of(topic, tlen, c->nshards)];
-    size_t max = c->cfg->cluster_queue_max;
-    qmsg *m = ch && (s->queued < max) ? malloc(sizeof *m + cl + plen) : NULL;
-    if (!m) {
-        c->cs.lost++; /* out of memory, or the queue is full */
+    /* PUBLISH channel "<head><event><json>" */
+    size_t plen = (size_t)hl + elen + (json ? jl : 0);
+    char small[4096]; /* (most messages: no allocation of their own) */
+    char *payload = !ch ? NULL : plen <= sizeof small ? small : malloc(plen);
+    if (payload) {
+        memcpy(payload, head, (size_t)hl);
+        memcpy(payload + hl, event, elen);
+        if (json) memcpy(payload + hl + elen, json, jl);
+        const char *argv[3] = {"PUBLISH", ch, payload};
+        size_t lens[3] = {7, cl, plen};
+        enqueue(s, 3, argv, lens);
     } else {
-        m->next = NULL;
-        m->at = uv_now(c->loop);
-        m->clen = cl;
-        m->plen = plen;
-        memcpy(m->bytes, ch, cl);
-        memcpy(m->bytes + cl, head, (size_t)hl);
-        memcpy(m->bytes + cl + hl, event, elen);
-        memcpy(m->bytes + cl + hl + elen, json, jl);
-        if (s->qtail) s->qtail->next = m;
-        else s->qhead = m;
-        s->qtail = m;
-        s->queued++;
-        flush_queue(s);
+        c->cs.lost++;
     }
+    if (payload != small) free(payload);
     free(ch);
     hd_buf_unref(own);
 }
@@ -1129,6 +1576,12 @@ int hd_cluster_init(hd_cluster *c, uv_loop_t *loop, const hd_config *cfg, hd_eng
     eng->pres.on_local = on_local;
     eng->pres.on_local_ud = c;
     eng->pres.qualify_keys = 1;
+    /* Messages of topics with history go through Redis first (their offset). */
+    eng->remote_append = remote_append;
+    eng->remote_ud = c;
+    eng->hist.off = 1;
+    sha_hex(APPEND_LUA, c->append_sha);
+    sha_hex(READ_LUA, c->read_sha);
     if (hd_publish_observe(eng, on_publish, c) || hd_engine_observe_topics(eng, &o)) {
         free(c->shards);
         c->shards = NULL;
@@ -1268,6 +1721,18 @@ void hd_cluster_free(hd_cluster *c)
             free(n);
         }
         drop_queue(s);
+    }
+    while (c->reads) { /* (their joiners' connections are gone) */
+        struct hread *r = c->reads;
+        hwaiter *lists[2] = {r->out, r->wait};
+        for (int i = 0; i < 2; i++)
+            while (lists[i]) {
+                hwaiter *w = lists[i];
+                lists[i] = w->next;
+                free(w);
+            }
+        r->out = r->wait = NULL;
+        free_read(c, r);
     }
     free(c->shards);
     c->shards = NULL;

@@ -35,6 +35,7 @@
 #include <uv.h>
 
 struct hd_shard;
+struct hread;
 
 typedef struct hd_cluster_stats {
     uint64_t reconnects;          /* links that went down and were set up again */
@@ -43,6 +44,7 @@ typedef struct hd_cluster_stats {
     uint64_t lost;                /* cross-node publishes dropped (queue full, broken link) */
     uint64_t bad;                 /* messages from Redis that could not be read */
     uint64_t attempts;            /* connects started (each shard's pair counts once) */
+    uint64_t history_reads;       /* history reads sent (one serves every join waiting) */
 } hd_cluster_stats;
 
 typedef struct hd_cluster {
@@ -58,15 +60,45 @@ typedef struct hd_cluster {
     int withdrawn;                 /* hd_cluster_withdraw ran: no more heartbeats */
     uint64_t last_beat;           /* loop time the liveness key was last set */
     char *seen[64];               /* node ids heard from (a ring): supersede once each */
+    struct hread *reads;          /* topics with joins waiting for a history read */
+    char append_sha[41], read_sha[41]; /* the history scripts' SHA-1 (EVALSHA) */
     size_t nseen;
     hd_cluster_stats cs;
 } hd_cluster;
+
+/* A history read for a join (hd_cluster_recover): what Redis holds of the
+ * topic's stream, valid during the callback. */
+typedef struct hd_recovery {
+    int ok;                      /* Redis answered (else: no epoch, nothing known) */
+    const char *epoch;           /* 16 hex digits */
+    uint64_t top;                /* the stream's last offset */
+    uint64_t now_ms;             /* Redis's clock, for the messages' ages */
+    size_t n;                    /* entries after the lowest since asked, in order */
+    const uint64_t *offsets, *times;
+    hd_buf *const *frames;       /* each a Phoenix message frame with its offset */
+    size_t nheld;                /* live messages that came while the read was out */
+    const uint64_t *held_offsets;
+    hd_buf *const *held;
+} hd_recovery;
+
+/* Called once per join with the read that serves it. */
+typedef void (*hd_recover_fn)(void *ud, const hd_recovery *r);
 
 /* Prepares c for cfg's cluster (cfg->ncluster_urls > 0) and registers its
  * observers with eng. Returns 0, HD_ECONFIG (a URL that does not parse:
  * config validation catches that first) or HD_ENOMEM. */
 int hd_cluster_init(hd_cluster *c, uv_loop_t *loop, const hd_config *cfg, hd_engine *eng,
                     const char *node);
+/* A join of a topic with history (policy history_size > 0) whose
+ * subscription exists already: reads the stream once the topic's SUBSCRIBE
+ * is confirmed (so everything after the read's top comes live), for the
+ * messages after since (UINT64_MAX: none asked). Joins of a topic that
+ * come while its read is out are served together by the next one. fn runs
+ * once, later (r->ok 0 when the link broke). Returns 0, or HD_ENOMEM (fn
+ * is not called then). */
+int hd_cluster_recover(hd_cluster *c, const char *topic, size_t tlen, const hd_topic_policy *p,
+                       uint64_t since, hd_recover_fn fn, void *ud);
+
 /* Starts connecting (returns at once). */
 void hd_cluster_start(hd_cluster *c);
 /* Withdraws this node's presence from the cluster at once (the drain's

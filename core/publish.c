@@ -107,6 +107,8 @@ static void tell(hd_engine *e, const char *topic, size_t tlen, const char *event
 static size_t go_out(hd_engine *e, const char *topic, size_t tlen, const hd_topic_policy *p,
                      const char *event, size_t elen, const char *data_json, size_t dlen, hd_buf *frame)
 {
+    if (p && p->history_size && e->remote_append)
+        return e->remote_append(e->remote_ud, topic, tlen, p, event, elen, frame);
     hd_buf *kept = p ? hd_history_append(&e->hist, topic, tlen, p, frame, uv_now(e->loop)) : NULL;
     hd_buf *f = kept ? kept : frame;
     tell(e, topic, tlen, event, elen, data_json, dlen, f);
@@ -122,7 +124,7 @@ static const hd_topic_policy *policy_for(hd_engine *e, const char *topic, size_t
 {
     hd_topic *tp = hd_topics_find(&e->topics, topic, tlen);
     if (tp) return hd_topic_policy_of(&e->topics, tp);
-    if (!hd_history_find(&e->hist, topic, tlen)) return NULL;
+    if (!e->remote_append && !hd_history_find(&e->hist, topic, tlen)) return NULL;
     hd_policy_for(&e->pol, topic, tlen, scratch);
     return scratch;
 }

@@ -51,6 +51,12 @@ typedef struct hd_engine {
     hd_presence pres;
     hd_shapers shapers;
     hd_history hist;
+    /* In a cluster, a message of a topic with history goes here instead:
+     * its offset comes from the stream in Redis, and it is delivered when
+     * it comes back (cluster.c). */
+    size_t (*remote_append)(void *ud, const char *topic, size_t tlen, const hd_topic_policy *p,
+                            const char *event, size_t elen, hd_buf *frame);
+    void *remote_ud;
     struct {
         hd_publish_observer fn;
         void *ud;

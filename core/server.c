@@ -196,13 +196,6 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
             return rc;
         }
         srv->clustered = 1;
-        /* History in a cluster needs its streams in Redis (not built yet):
-         * off, rather than offsets that differ from node to node. */
-        srv->eng.hist.off = 1;
-        for (size_t i = 0; i < cfg->ntopic_rules; i++)
-            if (cfg->topic_rules[i].policy.history_size)
-                hd_warn("topics: history_size is ignored in a cluster (not available there yet): "
-                        "rule %zu (%s)", i + 1, cfg->topic_rules[i].match);
     }
     hd_net_init(&srv->net, loop, cfg, &srv->st);
     srv->net.data = srv;
@@ -215,6 +208,7 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     hd_api_init(&srv->api, cfg, &srv->st, &srv->eng, &srv->sc, &srv->ch);
     srv->api.net = &srv->net;
     srv->api.cluster = srv->clustered ? &srv->cluster : NULL;
+    srv->ch.cluster = srv->clustered ? &srv->cluster : NULL;
     hd_http_init(&srv->http, cfg, &srv->st, hd_api_dispatch, &srv->api);
     srv->net.accept_ops = &srv->http.ops;
     stop_taking(srv); /* until READY */

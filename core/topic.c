@@ -152,7 +152,7 @@ size_t hd_topics_publish(hd_topics *t, hd_topic *tp, hd_buf *frame)
     const hd_topic_policy *p = hd_topic_policy_of(t, tp);
     int drop_oldest = p->on_overflow == HD_OVERFLOW_DROP_OLDEST;
     for (hd_sub *s = tp->subs; s; s = s->tnext)
-        if (hd_conn_send_topic(s->conn, frame, tp->id, p->max_queue_bytes, drop_oldest) == 0) n++;
+        if (!s->joining && hd_conn_send_topic(s->conn, frame, tp->id, p->max_queue_bytes, drop_oldest) == 0) n++;
     if (t->pol) hd_policy_count(t->pol, p, HD_TC_DELIVERED, n);
     return n;
 }

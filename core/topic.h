@@ -26,6 +26,7 @@ typedef struct hd_sub {
     struct hd_pres *pres;         /* its presence entry (presence.c), NULL when untracked */
     uint8_t has_ref;              /* ref holds the client's join_ref */
     uint8_t state_due;            /* presence_state waits for the topic's load */
+    uint8_t joining;              /* its join waits for the topic's history: nothing live yet */
     char ref[];                   /* (allocated to fit: offsetof(hd_sub, ref) + length + 1) */
 } hd_sub;
 

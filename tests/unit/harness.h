@@ -383,6 +383,58 @@ static void join(cli *c, const char *jr, const char *topic)
     expect_text(c, want);
 }
 
+/* ---- history (test_history.c, test_cluster.c) ------------------------------------ */
+
+/* Joins with payload; returns the reply's response (caller frees). */
+static json_t *join_with(cli *c, const char *topic, const char *payload)
+{
+    char m[512];
+    snprintf(m, sizeof m, "[\"1\",\"1\",\"%s\",\"phx_join\",%s]", topic, payload);
+    ws_text(c, m);
+    json_t *msg = NULL;
+    for (int i = 0; i < 2; i++) { /* (a join of a topic joined already closes it first) */
+        int op;
+        char *f = next_frame(c, &op);
+        json_error_t e;
+        msg = json_loads(f, 0, &e);
+        free(f);
+        assert_true(json_is_array(msg));
+        if (strcmp(json_string_value(json_array_get(msg, 3)), "phx_close") != 0) break;
+        json_decref(msg);
+    }
+    assert_string_equal(json_string_value(json_array_get(msg, 3)), "phx_reply");
+    json_t *pl = json_array_get(msg, 4);
+    assert_string_equal(json_string_value(json_object_get(pl, "status")), "ok");
+    json_t *r = json_incref(json_object_get(pl, "response"));
+    json_decref(msg);
+    return r;
+}
+
+static const char *epoch_of(json_t *r) { return json_string_value(json_object_get(r, "epoch")); }
+static long long offset_of(json_t *r) { return json_integer_value(json_object_get(r, "offset")); }
+
+static json_t *rejoin(cli *c, const char *topic, const char *epoch, long long since)
+{
+    char pl[160];
+    snprintf(pl, sizeof pl, "{\"since\":{\"epoch\":\"%s\",\"offset\":%lld}}", epoch, since);
+    return join_with(c, topic, pl);
+}
+
+/* Joins topic without since; copies the reply's epoch into epoch[17]. */
+static void join_epoch(cli *c, const char *topic, char *epoch)
+{
+    json_t *r = join_with(c, topic, "{}");
+    snprintf(epoch, 17, "%s", epoch_of(r));
+    json_decref(r);
+}
+
+static int recovered(json_t *r)
+{
+    json_t *v = json_object_get(r, "recovered");
+    assert_true(json_is_boolean(v));
+    return json_is_true(v);
+}
+
 /* ---- known bugs, scripts, bodies, presence (test_http.c, test_channel.c, test_api.c) -- */
 
 

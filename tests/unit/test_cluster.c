@@ -130,7 +130,8 @@ static int setup_cluster(void **st)
              "cluster = { redis = 'redis://127.0.0.1:%d', queue_max = 100,\n"
              "            node_timeout_ms = 1000, heartbeat_ms = 100 }\n"
              "topics = { { match = 'p:*', presence = true },\n"
-             "           { match = 'thr:*', throttle_ms = 200 } }\n"
+             "           { match = 'thr:*', throttle_ms = 200 },\n"
+             "           { match = 'h:*', history_size = 10, recover_max = 5 } }\n"
              "presence = { batch_ms = 5 }\n",
              redis_port);
     setup_with(cluster_conf); /* node A is the harness's srv */
@@ -175,6 +176,113 @@ static cli *ws_client_of(hd_server *s)
 static const char msg_frame[] = "[null,null,\"room:1\",\"msg\",{\"data\":{\"n\":1},\"event\":\"hi\"}]";
 
 /* ---- tests ------------------------------------------------------------------------------------ */
+
+/* The offset of a message frame ({"data":...,"offset":N}); 0 when none. */
+static unsigned long long offset_in(const char *f)
+{
+    const char *o = strstr(f, "\"offset\":");
+    return o ? strtoull(o + 9, NULL, 10) : 0;
+}
+
+/* Reads n message frames from c: their offsets into out, in order. */
+static void offsets_of(cli *c, int n, unsigned long long *out)
+{
+    for (int i = 0; i < n; i++) {
+        int op;
+        char *f = next_frame(c, &op);
+        if (!strstr(f, "\"msg\"")) fail_msg("not a message: %s", f);
+        out[i] = offset_in(f);
+        free(f);
+    }
+}
+
+static void publish_on(hd_server *s, const char *topic, int n)
+{
+    char data[32];
+    snprintf(data, sizeof data, "{\"n\":%d}", n);
+    hd_api_publish(&s->api, topic, strlen(topic), "e", 1, data, strlen(data));
+}
+
+/* History in Redis: offsets from one stream whatever node publishes, the
+ * same order on every node; a rejoin on another node with since gets what
+ * it missed; a wrong epoch gets recovered: false; a wave of rejoins costs
+ * a couple of reads, not one each. */
+static void test_history_across_nodes(void **st)
+{
+    (void)st;
+    cli *a = ws_client();
+    cli *b = ws_client_of(&node_b);
+    json_t *r = join_with(a, "h:1", "{}");
+    char epoch[17];
+    snprintf(epoch, sizeof epoch, "%s", epoch_of(r));
+    assert_int_equal(strlen(epoch), 16);
+    assert_int_equal(offset_of(r), 0);
+    json_decref(r);
+    r = join_with(b, "h:1", "{}");
+    assert_string_equal(epoch_of(r), epoch); /* one stream for the cluster */
+    json_decref(r);
+    RUN_UNTIL(numsub("h:1") == 2);
+    for (int i = 1; i <= 3; i++) publish_on(&srv, "h:1", i);
+    for (int i = 4; i <= 5; i++) publish_on(&node_b, "h:1", i);
+    unsigned long long oa[5], ob[5];
+    offsets_of(a, 5, oa);
+    offsets_of(b, 5, ob);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(oa[i], (unsigned long long)i + 1);
+        assert_int_equal(ob[i], (unsigned long long)i + 1);
+    }
+    /* b goes; two more; a new client of B comes back with since 5. */
+    cli_free(b);
+    RUN_UNTIL(numsub("h:1") == 1);
+    publish_on(&srv, "h:1", 6);
+    publish_on(&srv, "h:1", 7);
+    offsets_of(a, 2, oa);
+    cli *b2 = ws_client_of(&node_b);
+    char pl[128];
+    snprintf(pl, sizeof pl, "{\"since\":{\"epoch\":\"%s\",\"offset\":5}}", epoch);
+    r = join_with(b2, "h:1", pl);
+    assert_true(recovered(r));
+    assert_int_equal(offset_of(r), 7);
+    json_decref(r);
+    offsets_of(b2, 2, ob);
+    assert_int_equal(ob[0], 6);
+    assert_int_equal(ob[1], 7);
+    publish_on(&srv, "h:1", 8);
+    offsets_of(b2, 1, ob);
+    assert_int_equal(ob[0], 8); /* then live, nothing twice */
+    /* Another epoch: refused, nothing replayed. */
+    cli *b3 = ws_client_of(&node_b);
+    r = join_with(b3, "h:1", "{\"since\":{\"epoch\":\"0000000000000000\",\"offset\":5}}");
+    assert_false(recovered(r));
+    assert_string_equal(epoch_of(r), epoch);
+    json_decref(r);
+    publish_on(&node_b, "h:1", 9);
+    offsets_of(b3, 1, ob);
+    assert_int_equal(ob[0], 9);
+    /* A wave: 20 rejoins on B at once are served by at most two reads. */
+    enum { WAVE = 20 };
+    cli *wave[WAVE];
+    for (int i = 0; i < WAVE; i++) wave[i] = ws_client_of(&node_b);
+    uint64_t reads = node_b.cluster.cs.history_reads;
+    snprintf(pl, sizeof pl, "[\"1\",\"1\",\"h:1\",\"phx_join\",{\"since\":{\"epoch\":\"%s\",\"offset\":7}}]",
+             epoch);
+    for (int i = 0; i < WAVE; i++) ws_text(wave[i], pl);
+    for (int i = 0; i < WAVE; i++) {
+        int op;
+        char *f = next_frame(wave[i], &op);
+        assert_non_null(strstr(f, "\"recovered\":true"));
+        free(f);
+        offsets_of(wave[i], 2, ob);
+        assert_int_equal(ob[0], 8);
+        assert_int_equal(ob[1], 9);
+    }
+    assert_true(node_b.cluster.cs.history_reads - reads <= 2);
+    for (int i = 0; i < WAVE; i++) cli_free(wave[i]);
+    assert_int_equal(srv.cluster.cs.lost, 0);
+    cli_free(a);
+    cli_free(b2);
+    cli_free(b3);
+}
 
 /* A publish on A reaches B's subscriber once, as the same bytes A's own
  * subscriber gets, and A's subscriber once (no echo). B subscribes to the
@@ -562,6 +670,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shard_hash),
         cmocka_unit_test_setup_teardown(test_fanout_across_nodes, setup_cluster, teardown_cluster),
+        cmocka_unit_test_setup_teardown(test_history_across_nodes, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_outage, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_foreign_messages, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_refused_then_back, setup_cluster, teardown_cluster),
