@@ -13,6 +13,11 @@
  * Shards: with several Redis URLs a topic lives on one of them, chosen by
  * a jump consistent hash of FNV-1a 64 of its name (Centrifugo's choice).
  *
+ * History: a topic with history keeps its stream in Redis, and its
+ * messages go out through it (one EVALSHA each) to every node, the origin
+ * included; a join of such a topic waits for a read of it
+ * (hd_cluster_recover). See "history across nodes" in cluster.c.
+ *
  * Each shard has two connections, one for commands and one subscribed.
  * The link is up when both are connected (AUTH and SELECT done) and Redis
  * has confirmed the SUBSCRIBE of every local topic. Redis going away never touches local

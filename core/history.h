@@ -11,8 +11,8 @@
  * has an epoch to come back with) and kept while the topic has a
  * subscriber here, or until history_ttl_ms after its last message or join;
  * publishes to a topic with no stream store nothing (nobody could recover
- * them). Single node: in a cluster the streams live in Redis (not yet
- * built: history is off there). */
+ * them). This is the single node's history: in a cluster the streams
+ * live in Redis (cluster.c) and this one is off. */
 #ifndef HD_HISTORY_H
 #define HD_HISTORY_H
 
