@@ -1373,6 +1373,9 @@ static void issue_read(hread *r)
 int hd_cluster_recover(hd_cluster *c, const char *topic, size_t tlen, const hd_topic_policy *p,
                        uint64_t since, hd_recover_fn fn, void *ud)
 {
+    /* Redis away: the join is answered now, without history (it would
+     * wait for the link otherwise). */
+    if (!shard_for(c, topic, tlen)->linked) return HD_ECLOSED;
     hread *r = find_read(c, topic, tlen);
     if (!r) {
         r = calloc(1, sizeof *r + tlen + 1);
