@@ -821,6 +821,16 @@ static int phoenix_msg_of(const char *text, size_t len, const char *topic, size_
     return ok;
 }
 
+/* A decimal number at p (before end, at most 18 digits): its end, or
+ * NULL when there is none. */
+static const char *digits(const char *p, const char *end, uint64_t *v)
+{
+    const char *q = p;
+    *v = 0;
+    while (q < end && q - p < 18 && *q >= '0' && *q <= '9') *v = *v * 10 + (uint64_t)(*q++ - '0');
+    return q > p ? q : NULL;
+}
+
 /* A message on a topic channel: "h1 <node> <elen>\n<event><phoenix json>". */
 static void deliver(hd_shard *s, const char *ch, size_t clen, const char *p, size_t plen)
 {
@@ -847,10 +857,9 @@ static void deliver(hd_shard *s, const char *ch, size_t clen, const char *p, siz
     if (!sp) goto bad;
     size_t nodelen = (size_t)(sp - node);
     if (!h2 && nodelen == strlen(c->node) && memcmp(node, c->node, nodelen) == 0) return; /* our own */
-    char *end;
-    unsigned long elen = strtoul(sp + 1, &end, 10);
-    unsigned long long offset = 0;
-    if (h2 && *end == ' ') offset = strtoull(end + 1, &end, 10);
+    uint64_t elen = 0, offset = 0;
+    const char *end = digits(sp + 1, nl, &elen);
+    if (h2 && end && *end == ' ') end = digits(end + 1, nl, &offset);
     const char *body = nl + 1;
     if (end != nl || elen > (size_t)(p + plen - body) || (h2 && !offset)) goto bad;
     const char *topic = ch + pl;
