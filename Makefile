@@ -5,7 +5,7 @@ BUILD_FUZZ ?= build-fuzz
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build run test test-asan fuzz bench bench-compare bench-cluster bench-cluster-large bench-history clean
+.PHONY: all deps build run test test-asan fuzz bench bench-compare bench-cluster bench-cluster-large bench-history bench-recovery clean
 
 all: build
 
@@ -55,6 +55,11 @@ bench-cluster: build
 # Fan-out on a topic with a history (1,000 messages kept) against one without.
 bench-history: build
 	BENCH_RUNS=$${BENCH_RUNS:-3} bash scripts/bench.sh fanout fanout-history
+
+# A recovery storm: 10,000 clients of a topic with history drop at once, 10
+# messages are published, all rejoin at once with since (BENCH_RUNS applies).
+bench-recovery: build
+	bash scripts/bench.sh recovery-storm
 
 # 100,000 joined clients over 6 herald processes sharing one port, one topic,
 # 5 publishes (scripts/cluster-large.sh; CLUSTER_LARGE_CLIENTS=N for another count).

@@ -6,6 +6,9 @@
 #
 # fanout-history (fanout on a topic keeping a history of 1,000 messages) is
 # known but not in the default list: make bench-history runs it next to fanout.
+# recovery-storm (10,000 clients of a topic with history drop at once, miss 10
+# messages, rejoin at once with since) is known but not in the default list:
+# make bench-recovery runs it.
 # cluster-fanout (one node against two joined by Redis) is known but not in
 # the default list: scripts/cluster-bench.sh runs it (after the others), with
 # a redis-server of its own; make bench-cluster runs it alone.
@@ -26,7 +29,7 @@ case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 RUNS=${BENCH_RUNS:-1}
 BENCH_ARGS=${BENCH_ARGS:-}
 ALL=(idle fanout fanout-paced fanout-burst many-topics connect api)
-EXTRA=(cluster-fanout fanout-history) # known, not run by default
+EXTRA=(cluster-fanout fanout-history recovery-storm) # known, not run by default
 
 scenarios=("$@")
 [ ${#scenarios[@]} -eq 0 ] && scenarios=("${ALL[@]}")

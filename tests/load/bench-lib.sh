@@ -289,13 +289,16 @@ hb_outputs() {
 # server; prints its JSON line and appends it to RESULTS_FILE.
 hb_run() {
   local scenario=$1 server=$2 out=$3 line rc others shown=$1
-  # fanout-history: fanout on a topic whose policy keeps a history
-  if [ "$scenario" = fanout-history ]; then
-    scenario=fanout
-    HB_EXTRA='topics = { { match = "*", history_size = 1000 } }'
-  else
-    HB_EXTRA=
-  fi
+  # fanout-history: fanout on a topic whose policy keeps a history;
+  # recovery-storm: its clients rejoin with since, up to 1,000 missed
+  case $scenario in
+    fanout-history)
+      scenario=fanout
+      HB_EXTRA='topics = { { match = "*", history_size = 1000 } }' ;;
+    recovery-storm)
+      HB_EXTRA='topics = { { match = "*", history_size = 1000, recover_max = 1000 } }' ;;
+    *) HB_EXTRA= ;;
+  esac
   # figures are only meaningful on an otherwise quiet machine
   others=$(pgrep -x herald-bench 2>/dev/null | tr '\n' ' ')
   [ -n "$others" ] && hb_log "warning: other herald-bench processes are running ($others): these figures will be skewed"

@@ -11,7 +11,8 @@ import json
 import statistics
 import sys
 
-ORDER = ["idle", "fanout", "fanout-paced", "fanout-burst", "many-topics", "connect", "api"]
+ORDER = ["idle", "fanout", "fanout-paced", "fanout-burst", "many-topics", "connect", "api",
+         "fanout-history", "recovery-storm"]
 SERVERS = ["herald", "nchan", "node"]
 
 
@@ -90,7 +91,8 @@ def summary(merged):
     rows = []
     for key in sorted(merged, key=order_key):
         m = merged[key]
-        pubs = fmt(m.get("pubs_per_s")) if m.get("published") else "-"
+        # recovery-storm publishes a few messages per phase: no rate to show
+        pubs = fmt(m.get("pubs_per_s")) if m.get("published") and "storm_s" not in m else "-"
         if "pubs_per_s_1sub" in m:
             pubs = f"{fmt(m.get('pubs_per_s'))}/{fmt(m.get('pubs_per_s_1sub'))}"
         util = m.get("server_util_publish", m.get("server_util_connect"))
@@ -115,6 +117,42 @@ def summary(merged):
     print("\napi: pubs/s is 'no subscriber/one subscriber'. srv util: server CPU seconds per"
           " second of the publish phase (connect phase when nothing is published); near 1.0 a"
           " single-threaded server is saturated. cli share: client CPU / (client + server CPU).")
+    storms = [k for k in sorted(merged, key=order_key) if "storm_s" in merged[k]]
+    if storms:
+        storm_table(merged, storms)
+
+
+def storm_table(merged, keys):
+    """recovery-storm: the drop and the rejoin with since, one row per server."""
+    headers = ["scenario", "server", "runs", "rejoined", "recovered", "missed", "storm s",
+               "reconn/s", "live p50", "live p99", "srv CPU s", "srv util", "RSS MB",
+               "missing", "dup", "order", "live chk", "errors"]
+    rows = []
+    for key in keys:
+        m = merged[key]
+        mb = [fmt(m.get(k) / 1024, 1) if isinstance(m.get(k), (int, float)) and m.get(k) > 0
+              else "-" for k in ("rss_held_kb", "rss_away_kb", "rss_storm_kb")]
+        err = m.get("error", "")
+        if m.get("server_alive") is False:
+            err = "SERVER DIED; " + err
+        rows.append([key[0] or "?", key[1] or "?", fmt(m.get("runs")),
+                     f"{fmt(m.get('rejoined'))}/{fmt(m.get('dropped'))}",
+                     f"{fmt(m.get('recovered_true'))}/{fmt(m.get('recovered_false'))}",
+                     fmt(m.get("missed")), fmt(m.get("storm_s"), 3),
+                     fmt(m.get("reconnect_rate")), fmt(m.get("live_p50_ms"), 1),
+                     fmt(m.get("live_p99_ms"), 1), fmt(m.get("server_cpu_storm_s"), 2),
+                     fmt(m.get("server_util_storm"), 2), "/".join(mb),
+                     fmt(m.get("missing")), fmt(m.get("duplicates")), fmt(m.get("out_of_order")),
+                     f"{fmt(m.get('live_check_ok'))}/{fmt(m.get('rejoined'))}",
+                     (err[:60] if err else "")])
+    print()
+    table(headers, rows)
+    print("\nrecovery-storm: rejoined/dropped clients; recovered true/false; missed: messages"
+          " published while they were away; storm s: first reconnect to the last client live"
+          " (recovered:true and every missed message in); live p50/p99: ms per client from its"
+          " reconnect to live; srv CPU s / util over the storm; RSS MB before the drop / while"
+          " away / after the storm; missing, dup, order: messages lost, twice, out of order"
+          " (must be 0); live chk: clients the publish after the storm reached.")
 
 
 # scenario -> [(field, label, better)] ; better: "high" or "low"

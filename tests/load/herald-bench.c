@@ -27,9 +27,11 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +54,9 @@
 #define MAXPID 8          /* server pids to sample */
 #define MAXPORT 8         /* --sub-ports: servers the subscribers are spread over */
 #define MAXSEQ 64         /* --await: messages tracked one by one */
+#define STORM_BEFORE 5    /* recovery-storm: messages received before the drop */
+#define STORM_LIVE 1      /* recovery-storm: live checks after the storm */
+#define STORM_MAXMSG 10000 /* recovery-storm: most --messages (missed while away) */
 #define HB_N 4608         /* latency histogram buckets (see hbucket) */
 #define RBUF_MAX (16u << 20)
 #define WS_KEY "dGhlIHNhbXBsZSBub25jZQ=="
@@ -85,6 +90,7 @@ typedef struct {
     int topic_mode, shared_every;
     int api; /* two publish rounds: to a topic nobody joined, then to one subscriber */
     int await_; /* --await: each publish waits until the previous reached every client */
+    int storm;  /* recovery-storm: join, drop all, publish, rejoin all with since */
     const char *ws_path, *pub_path;
     int verbose;
 } opts_t;
@@ -92,6 +98,21 @@ typedef struct {
 static opts_t O;
 
 /* -------------------------------------------------------------- shared area */
+
+/* recovery-storm: one worker's counters, and (storm_totals) all workers'.
+ * Only 64-bit words, in three runs: summed, the earliest, the largest. */
+typedef struct {
+    uint64_t dropped, drop_done; /* clients dropped; 1 once all their sockets are closed */
+    uint64_t started, failed, lost; /* reconnects begun; failed before the rejoin reply;
+                                     * closed by the server after it, before live */
+    uint64_t rejoined, recovered, not_recovered, live, replayed;
+    uint64_t missing, dups, ooo, unexpected, live_ok; /* missing, live_ok: at the end */
+    uint64_t first_start_ns;                          /* the earliest */
+    uint64_t last_rejoin_ns, last_live_ns, max_live_us; /* the largest */
+} sstat_t;
+#define SS_SUMMED (offsetof(sstat_t, first_start_ns) / sizeof(uint64_t))
+#define SS_WORDS (sizeof(sstat_t) / sizeof(uint64_t))
+_Static_assert(sizeof(sstat_t) == 19 * sizeof(uint64_t), "sstat_t is 64-bit words only");
 
 typedef struct {
     uint64_t started, ready, failed, closed, deliveries, bad_frames, other_frames;
@@ -101,11 +122,17 @@ typedef struct {
     char err[192];
     uint64_t hist[HB_N];  /* delivery latency, us */
     uint64_t chist[HB_N]; /* connect + upgrade + join time per client, us */
+    sstat_t storm;        /* recovery-storm (all zero otherwise) */
+    uint64_t lhist[HB_N]; /* recovery-storm: reconnect start to live, us */
 } wstat_t;
+
+enum { SC_NONE, SC_DROP, SC_RECONNECT }; /* recovery-storm: the coordinator's command */
 
 typedef struct {
     int32_t phase; /* 0 run, 1 finish */
-    int32_t pad_;
+    int32_t cmd;   /* recovery-storm: SC_* */
+    uint64_t due_before, due_live; /* recovery-storm: publishes answered 2xx before the drop,
+                                    * and after the storm (set before phase 1) */
     wstat_t w[MAXW];
     /* followed by uint8_t joined[clients], then (--await) seqstat_t [workers][NSEQ] */
 } shared_t;
@@ -241,12 +268,28 @@ typedef struct client {
     uv_tcp_t tcp; /* first: the handle pointer is the client pointer */
     uint32_t idx;
     uint8_t state, joins_pending, in_frag, frag_has_t;
+    uint8_t gen; /* recovery-storm: 0 the first connection, 1 the reconnect */
     int32_t frag_seq;
     uint64_t frag_t;
     uint64_t t_start;
     char *rbuf;
     uint32_t rlen, rcap;
 } client_t;
+
+/* recovery-storm: what one client knows of the topic's stream. Offsets
+ * base+1 .. base+nbits are tracked in a bitmap (seen), so that each
+ * message is counted once as received, duplicated or out of order. */
+typedef struct {
+    uint64_t base;    /* offset in the first join reply */
+    uint64_t last;    /* every offset up to here received */
+    uint64_t maxseen; /* the highest offset received */
+    uint64_t at_drop; /* last when dropped: the rejoin's since */
+    uint64_t top;     /* offset in the rejoin reply */
+    uint64_t t_reconn;
+    uint8_t got_epoch, away, rejoined, live;
+    uint8_t recovered; /* 0 not asked yet, 1 true, 2 false */
+    char epoch[17];
+} sclient_t;
 
 typedef struct {
     uv_loop_t loop;
@@ -255,6 +298,10 @@ typedef struct {
     uint32_t first, count, next, inflight;
     int in_start;
     client_t *clients;
+    sclient_t *storm;   /* recovery-storm: per client; NULL otherwise */
+    uint8_t *seen;      /* recovery-storm: count * nbytes bits of offsets received */
+    uint32_t nbits, nbytes;
+    int cmd_seen;       /* the last SH->cmd acted on */
     wstat_t *st;
     uint64_t tick;
     uint64_t rng;
@@ -302,10 +349,13 @@ static void client_end(client_t *c, const char *fmt, ...)
     if (was == CS_READY) {
         INC(st->closed);
         JOINED[c->idx] = 0;
+        if (c->gen && !WK->storm[c->idx - WK->first].live) INC(st->storm.lost);
         set_err(st->err, sizeof st->err, "client %u closed: %s", c->idx, msg);
     } else {
-        INC(st->failed);
-        set_err(st->err, sizeof st->err, "client %u failed: %s", c->idx, msg);
+        if (c->gen) INC(st->storm.failed); /* a reconnect of the storm */
+        else INC(st->failed);
+        set_err(st->err, sizeof st->err, "client %u %s: %s", c->idx,
+                c->gen ? "failed to rejoin" : "failed", msg);
         WK->inflight--;
     }
     uv_close((uv_handle_t *)&c->tcp, on_client_closed);
@@ -400,6 +450,196 @@ static void record_delivery(int have_t, uint64_t t, int seq)
     }
 }
 
+/* ---- recovery-storm: the client's side */
+
+/* The number after key in p[0..n) (its first occurrence). */
+static int find_u64(const char *p, size_t n, const char *key, uint64_t *v)
+{
+    size_t kl = strlen(key);
+    const char *q = memmem(p, n, key, kl);
+    if (!q) return 0;
+    const char *e = p + n;
+    q += kl;
+    uint64_t x = 0;
+    int digits = 0;
+    while (q < e && *q >= '0' && *q <= '9' && digits < 20) {
+        x = x * 10 + (uint64_t)(*q++ - '0');
+        digits++;
+    }
+    *v = x;
+    return digits > 0;
+}
+
+/* A message frame of a topic with history ends ,"offset":N}] */
+static int find_offset(const char *p, size_t n, uint64_t *v)
+{
+    static const char key[] = "\"offset\":";
+    size_t kl = sizeof key - 1, from = n > 48 ? n - 48 : 0;
+    for (size_t i = n >= kl ? n - kl + 1 : 0; i-- > from;)
+        if (memcmp(p + i, key, kl) == 0) return find_u64(p + i, n - i, key, v);
+    return 0;
+}
+
+static sclient_t *sclient(const client_t *c) { return &WK->storm[c->idx - WK->first]; }
+static uint8_t *seen_of(const client_t *c)
+{
+    return WK->seen + (size_t)(c->idx - WK->first) * WK->nbytes;
+}
+/* Whether offset o (base < o <= base + nbits) was received. */
+static int seen_has(const uint8_t *b, const sclient_t *s, uint64_t o)
+{
+    uint64_t k = o - s->base - 1;
+    return b[k >> 3] >> (k & 7) & 1;
+}
+
+/* Live again: rejoined with recovered:true and every missed message in. */
+static void storm_check_live(client_t *c, sclient_t *s)
+{
+    if (!c->gen || c->state != CS_READY || s->recovered != 1 || s->live || s->last < s->top)
+        return;
+    wstat_t *st = WK->st;
+    uint64_t now = now_ns(), us = (now - s->t_reconn) / 1000;
+    s->live = 1;
+    st->lhist[hbucket(us)]++;
+    if (us > LD(st->storm.max_live_us)) ST(st->storm.max_live_us, us);
+    ST(st->storm.last_live_ns, now);
+    INC(st->storm.live);
+}
+
+/* A message of the storm's topic: counted once, as a duplicate, or out of
+ * order by its offset. Replays stay out of the latency histogram (their
+ * latency is the time the client was away). */
+static void storm_message(client_t *c, const char *p, size_t n, int have_t, uint64_t t, int seq)
+{
+    wstat_t *st = WK->st;
+    sclient_t *s = sclient(c);
+    uint64_t o;
+    if (!find_offset(p, n, &o)) {
+        record_delivery(have_t, t, seq);
+        INC(st->storm.unexpected);
+        return;
+    }
+    int replay = c->gen && (c->state != CS_READY || o <= s->top);
+    record_delivery(have_t && !replay, t, seq);
+    if (o <= s->base || o - s->base > WK->nbits) {
+        INC(st->storm.unexpected);
+        return;
+    }
+    uint8_t *b = seen_of(c);
+    if (seen_has(b, s, o)) {
+        INC(st->storm.dups);
+        return;
+    }
+    uint64_t k = o - s->base - 1;
+    b[k >> 3] |= (uint8_t)(1u << (k & 7));
+    if (o < s->maxseen) INC(st->storm.ooo);
+    else s->maxseen = o;
+    if (replay && c->state == CS_READY && o > s->at_drop) INC(st->storm.replayed);
+    while (s->last - s->base < WK->nbits && seen_has(b, s, s->last + 1)) s->last++;
+    storm_check_live(c, s);
+}
+
+/* The join reply of the storm's topic (status ok): the first one gives the
+ * epoch and the offset to count from; the rejoin's says whether the stream
+ * was recovered and its top. */
+static void storm_join_reply(client_t *c, const char *p, size_t n)
+{
+    wstat_t *st = WK->st;
+    sclient_t *s = sclient(c);
+    uint64_t off = 0;
+    int have_off = find_u64(p, n, "\"offset\":", &off);
+    if (!c->gen) {
+        const char *e = memmem(p, n, "\"epoch\":\"", 9);
+        if (!e || (size_t)(p + n - e) < 9 + 17 || e[9 + 16] != '"' || !have_off) {
+            client_end(c, "join reply without epoch and offset (does the topic keep a history?)"
+                          ": %.*s", (int)(n > 100 ? 100 : n), p);
+            return;
+        }
+        memcpy(s->epoch, e + 9, 16);
+        s->epoch[16] = 0;
+        s->got_epoch = 1;
+        s->base = s->last = s->maxseen = off;
+        client_ready(c);
+        return;
+    }
+    s->recovered = memmem(p, n, "\"recovered\":true", 16) ? 1 : 2;
+    s->top = have_off ? off : 0;
+    s->rejoined = 1;
+    c->state = CS_READY;
+    JOINED[c->idx] = 1;
+    WK->inflight--;
+    INC(st->storm.rejoined);
+    if (s->recovered == 1) INC(st->storm.recovered);
+    else INC(st->storm.not_recovered);
+    ST(st->storm.last_rejoin_ns, now_ns());
+    storm_check_live(c, s);
+}
+
+/* SC_DROP: every joined client closes its TCP connection at once. */
+static void storm_drop(void)
+{
+    for (uint32_t i = 0; i < WK->count; i++) {
+        client_t *c = &WK->clients[i];
+        sclient_t *s = &WK->storm[i];
+        if (c->state == CS_READY) {
+            s->away = 1;
+            s->at_drop = s->last;
+            c->state = CS_CLOSING;
+            JOINED[c->idx] = 0;
+            INC(WK->st->storm.dropped);
+            uv_close((uv_handle_t *)&c->tcp, on_client_closed);
+        } else if (c->state > CS_IDLE && c->state < CS_CLOSING) {
+            client_end(c, "not joined when the others dropped");
+        }
+    }
+}
+
+static void start_client(client_t *c, uint32_t idx);
+
+/* SC_RECONNECT: every dropped client reconnects at once (no --concurrency). */
+static void storm_reconnect(void)
+{
+    for (uint32_t i = 0; i < WK->count; i++) {
+        client_t *c = &WK->clients[i];
+        if (!WK->storm[i].away || c->state != CS_CLOSED) continue;
+        c->gen = 1;
+        start_client(c, c->idx);
+    }
+}
+
+/* At the end: what each client was due and did not get. Due to all: the
+ * messages before the drop; to a recovered client everything after, to one
+ * refused recovery (told so) the live checks only. */
+static void storm_final(void)
+{
+    wstat_t *st = WK->st;
+    uint64_t missing = 0, live_ok = 0;
+    for (uint32_t i = 0; i < WK->count; i++) {
+        client_t *c = &WK->clients[i];
+        sclient_t *s = &WK->storm[i];
+        if (!s->got_epoch) continue;
+        const uint8_t *b = seen_of(c);
+        uint64_t lo[2] = {s->base, 0}, hi[2] = {s->base + SH->due_before, 0};
+        if (s->rejoined && s->recovered == 1) hi[0] = s->top + SH->due_live;
+        else if (s->rejoined) lo[1] = s->top, hi[1] = s->top + SH->due_live;
+        for (int r = 0; r < 2; r++)
+            for (uint64_t o = lo[r] + 1; o <= hi[r]; o++) {
+                if (o <= s->base || o - s->base > WK->nbits) { /* not tracked: not received */
+                    missing += hi[r] - o + 1;
+                    break;
+                }
+                if (!seen_has(b, s, o)) missing++;
+            }
+        if (s->rejoined && SH->due_live) {
+            uint64_t o = s->top + 1;
+            while (o <= s->top + SH->due_live && o - s->base <= WK->nbits && seen_has(b, s, o)) o++;
+            if (o > s->top + SH->due_live) live_ok++;
+        }
+    }
+    ST(st->storm.missing, missing);
+    ST(st->storm.live_ok, live_ok);
+}
+
 /* A complete text or binary message (or the first fragment's timestamp). */
 static void on_message(client_t *c, const char *p, size_t n, int have_t, uint64_t t)
 {
@@ -410,13 +650,15 @@ static void on_message(client_t *c, const char *p, size_t n, int have_t, uint64_
         return;
     }
     if (n >= 11 && memcmp(p, "[null,null,", 11) == 0) {
-        record_delivery(have_t, t, seq);
+        if (WK->storm) storm_message(c, p, n, have_t, t, seq);
+        else record_delivery(have_t, t, seq);
         return;
     }
     if (c->state == CS_JOINING && n > 2 && p[0] == '[' && p[1] == '"' &&
         memmem(p, n, "\"phx_reply\"", 11)) {
         if (memmem(p, n, "\"status\":\"ok\"", 13)) {
-            if (c->joins_pending && --c->joins_pending == 0) client_ready(c);
+            if (WK->storm) storm_join_reply(c, p, n);
+            else if (c->joins_pending && --c->joins_pending == 0) client_ready(c);
         } else {
             client_end(c, "join refused: %.*s", (int)(n > 120 ? 120 : n), p);
         }
@@ -458,6 +700,7 @@ static void on_frame(client_t *c, int fin, int opcode, const char *p, size_t n)
         if (fin) {
             c->in_frag = 0;
             record_delivery(c->frag_has_t, c->frag_t, c->frag_seq);
+            if (WK->storm) INC(WK->st->storm.unexpected); /* herald does not fragment these */
         }
         return;
     case 0x8: {
@@ -488,6 +731,16 @@ static void handshake_done(client_t *c)
     }
     char msg[400], topic[32];
     c->state = CS_JOINING;
+    if (WK->storm && c->gen) { /* the rejoin asks for what was missed */
+        const sclient_t *s = sclient(c);
+        c->joins_pending = 1;
+        snprintf(msg, sizeof msg,
+                 "[\"1\",\"1\",\"fan\",\"phx_join\","
+                 "{\"since\":{\"epoch\":\"%s\",\"offset\":%" PRIu64 "}}]",
+                 s->epoch, s->at_drop);
+        send_text(c, msg);
+        return;
+    }
     if (O.topic_mode == TM_ONE) {
         c->joins_pending = 1;
         send_text(c, "[\"1\",\"1\",\"fan\",\"phx_join\",{}]");
@@ -669,14 +922,22 @@ static void start_client(client_t *c, uint32_t idx)
     wstat_t *st = WK->st;
     c->idx = idx;
     c->state = CS_CONNECTING;
+    c->in_frag = 0;
     WK->inflight++;
-    INC(st->started);
     c->t_start = now_ns();
-    if (!LD(st->first_start_ns)) ST(st->first_start_ns, c->t_start);
+    if (c->gen) {
+        INC(st->storm.started);
+        sclient(c)->t_reconn = c->t_start;
+        if (!LD(st->storm.first_start_ns)) ST(st->storm.first_start_ns, c->t_start);
+    } else {
+        INC(st->started);
+        if (!LD(st->first_start_ns)) ST(st->first_start_ns, c->t_start);
+    }
     int rc = uv_tcp_init_ex(&WK->loop, &c->tcp, AF_INET);
     if (rc) {
         c->state = CS_CLOSED;
-        INC(st->failed);
+        if (c->gen) INC(st->storm.failed);
+        else INC(st->failed);
         WK->inflight--;
         set_err(st->err, sizeof st->err, "socket: %s", uv_strerror(rc));
         return;
@@ -717,7 +978,21 @@ static void on_poll(uv_timer_t *t)
 {
     (void)t;
     ST(WK->st->cpu_us, self_cpu_us(RUSAGE_SELF));
+    if (WK->storm) {
+        int cmd = __atomic_load_n(&SH->cmd, __ATOMIC_SEQ_CST);
+        if (cmd != WK->cmd_seen) {
+            WK->cmd_seen = cmd;
+            if (cmd == SC_DROP) storm_drop();
+            else if (cmd == SC_RECONNECT) storm_reconnect();
+        }
+        if (cmd == SC_DROP && !LD(WK->st->storm.drop_done)) {
+            uint32_t i = 0;
+            while (i < WK->count && !(WK->storm[i].away && WK->clients[i].state != CS_CLOSED)) i++;
+            if (i == WK->count) ST(WK->st->storm.drop_done, 1);
+        }
+    }
     if (LD(SH->phase) == 1) {
+        if (WK->storm) storm_final();
         ST(WK->st->cpu_us, self_cpu_us(RUSAGE_SELF));
         __atomic_store_n(&WK->st->done, 1, __ATOMIC_SEQ_CST);
         _exit(0); /* the kernel closes the sockets */
@@ -760,6 +1035,16 @@ static void worker_main(int id, uint32_t first, uint32_t count)
     w->st = &SH->w[id];
     w->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)getpid() << 17) ^ now_ns();
     w->clients = calloc(count ? count : 1, sizeof *w->clients);
+    if (O.storm && w->clients) {
+        w->nbits = (uint32_t)(STORM_BEFORE + O.messages + STORM_LIVE + 64);
+        w->nbytes = (w->nbits + 7) / 8;
+        w->storm = calloc(count ? count : 1, sizeof *w->storm);
+        w->seen = calloc(count ? count : 1, w->nbytes);
+        if (!w->storm || !w->seen) {
+            free(w->clients);
+            w->clients = NULL;
+        }
+    }
     if (!w->clients || uv_loop_init(&w->loop)) {
         set_err(w->st->err, sizeof w->st->err, "worker %d: out of memory", id);
         w->st->failed = count;
@@ -887,7 +1172,7 @@ static int servers_alive(void)
 
 /* -------------------------------------------------------------- coordinator */
 
-enum { ST_CONNECT, ST_HOLD, ST_PUBLISH, ST_DRAIN, ST_FINISH, ST_REAP, ST_DONE };
+enum { ST_CONNECT, ST_HOLD, ST_PUBLISH, ST_DRAIN, ST_STORM, ST_FINISH, ST_REAP, ST_DONE };
 
 typedef struct pubconn {
     uv_tcp_t tcp; /* first */
@@ -915,7 +1200,9 @@ static struct {
     uint64_t expected, own_rr, n_joined;
     uint64_t node_joined[MAXPORT]; /* --sub-ports: joined clients of each server */
     int marked;                    /* --mark: 1 after "start", 2 after "end" */
-    uint64_t round_start[2], round_end[2], round_done[2], round_err[2];
+    /* rounds: api 2 (no subscriber, one); recovery-storm 3 (before the drop,
+     * while away, the live check) */
+    uint64_t round_start[3], round_end[3], round_done[3], round_err[3];
     uint64_t phist[HB_N], pmax_us;
     int last_status;
     char last_body[160];
@@ -925,6 +1212,15 @@ static struct {
     uint64_t seq_sent_ns[MAXSEQ], seq_expect[MAXSEQ];
     int await_open;                /* the previous message is delivered (or given up) */
     uint64_t await_n, await_since; /* its deliveries when last seen grow, and when */
+    /* recovery-storm: step 0 waits for the drop, 1 for the clients to be live */
+    int storm_step;
+    uint64_t storm_n;                      /* clients dropped */
+    uint64_t storm_t_drop, storm_t_away;   /* drop command; herald closed them all */
+    uint64_t storm_t0, storm_t_end;        /* reconnect command; all live (or given up) */
+    uint64_t storm_progress, storm_since;  /* clients done when last seen grow, and when */
+    double scpu_storm0, scpu_storm1;
+    uint64_t ccpu_storm0, ccpu_storm1;
+    long rss_away, rss_storm, fds_away;
     /* samples */
     long rss_base, rss_conn, rss_hold, rss_end, rss_peak;
     /* each --pid apart: RSS (kB), open files (connections), CPU */
@@ -1311,9 +1607,10 @@ static void pub_connect(pubconn_t *pc)
 
 static void round_begin(void)
 {
+    static const int storm_msgs[3] = {STORM_BEFORE, -1, STORM_LIVE}; /* -1: --messages */
     P.sent = 0;
     P.round_start[P.round] = now_ns();
-    P.target = (uint64_t)O.messages;
+    P.target = (uint64_t)(O.storm && storm_msgs[P.round] >= 0 ? storm_msgs[P.round] : O.messages);
     if (P.round == 0) {
         P.scpu_pub0 = servers_cpu();
         P.ccpu_pub0 = client_cpu_now();
@@ -1334,10 +1631,22 @@ static void round_begin(void)
     }
 }
 
+static void storm_reconnect_all(void);
+
 static void round_complete(void)
 {
     P.round_end[P.round] = now_ns();
-    if (P.round + 1 < P.nrounds) {
+    if (O.storm && P.round == 1) { /* published while they were away */
+        storm_reconnect_all();
+        return;
+    }
+    if (O.storm && P.round == 0) { /* the clients get these before the drop */
+        P.stage = ST_DRAIN;
+        P.last_progress_ns = now_ns();
+        P.last_deliv_count = totals().deliveries;
+        return;
+    }
+    if (P.round + 1 < P.nrounds && !O.storm) {
         P.round++;
         round_begin();
         return;
@@ -1422,6 +1731,115 @@ static void await_check(uint64_t now)
         for (int k = 0; k < O.publishers; k++) pub_next(&P.pub[k]);
 }
 
+/* ---- recovery-storm: the coordinator's side */
+
+static sstat_t storm_totals(void)
+{
+    sstat_t t;
+    memset(&t, 0, sizeof t);
+    uint64_t *o = (uint64_t *)&t;
+    for (int i = 0; i < P.nw; i++) {
+        const uint64_t *w = (const uint64_t *)&SH->w[i].storm;
+        size_t k = 0;
+        for (; k < SS_SUMMED; k++) o[k] += LD(w[k]);
+        uint64_t v = LD(w[k]);
+        if (v && (!o[k] || v < o[k])) o[k] = v;
+        for (k++; k < SS_WORDS; k++)
+            if ((v = LD(w[k])) > o[k]) o[k] = v;
+    }
+    return t;
+}
+
+/* The messages before the drop are in: every joined client closes its
+ * TCP connection at once. */
+static void storm_drop_all(uint64_t now)
+{
+    P.storm_t_drop = now;
+    P.storm_step = 0;
+    P.stage = ST_STORM;
+    __atomic_store_n(&SH->cmd, SC_DROP, __ATOMIC_SEQ_CST);
+}
+
+/* Step 0: once the workers closed their sockets and herald holds none of
+ * theirs (its open files down by the clients dropped from what it held
+ * after the joins, the publishers' connections opened since aside; 10 s at
+ * most), the M messages go out while the clients are away. */
+static void storm_tick_drop(uint64_t now)
+{
+    sstat_t st = storm_totals();
+    long fds = O.npids ? 0 : -1, held = 0; /* now, and after the joins */
+    for (int i = 0; i < O.npids; i++) {
+        long v = proc_fds(O.pids[i]);
+        fds = fds < 0 || v < 0 ? -1 : fds + v;
+        held += P.pfds_hold[i];
+    }
+    long want = held - (long)st.dropped + O.publishers;
+    int workers_done = st.drop_done >= (uint64_t)P.nw;
+    /* without --pid, herald's side cannot be seen: give it a second */
+    int herald_done = O.npids ? fds >= 0 && fds <= want : now - P.storm_t_drop > 1000000000ull;
+    int late = now - P.storm_t_drop > 10000000000ull;
+    if (!(workers_done && herald_done) && !late) return;
+    if (late)
+        set_err(P.err, sizeof P.err,
+                "10 s after the drop: %s (herald holds %ld files, %ld expected)",
+                workers_done ? "herald has not closed every connection" : "clients not closed",
+                fds, want);
+    P.storm_t_away = now;
+    P.storm_n = st.dropped;
+    P.fds_away = fds;
+    P.n_joined = st.dropped; /* the missed messages are due to every client dropped */
+    P.round = 1;
+    P.stage = ST_PUBLISH;
+    if (O.messages > 0) round_begin();
+    else storm_reconnect_all();
+}
+
+/* Every message published while away was answered: all reconnect at once. */
+static void storm_reconnect_all(void)
+{
+    P.rss_away = servers_kb("VmRSS");
+    P.scpu_storm0 = servers_cpu();
+    P.ccpu_storm0 = client_cpu_now();
+    P.storm_t0 = P.storm_since = now_ns();
+    P.storm_progress = 0;
+    P.storm_step = 1;
+    P.stage = ST_STORM;
+    __atomic_store_n(&SH->cmd, SC_RECONNECT, __ATOMIC_SEQ_CST);
+}
+
+/* Step 1: the storm ends when every dropped client is live again (or was
+ * refused recovery, failed, or was closed), or after --quiet ms with no
+ * client getting further; then the live check goes out. */
+static void storm_tick_reconnect(uint64_t now)
+{
+    sstat_t st = storm_totals();
+    uint64_t settled = st.live + st.not_recovered + st.failed + st.lost;
+    uint64_t progress = settled + st.rejoined + st.replayed;
+    if (settled < P.storm_n) {
+        if (progress != P.storm_progress) {
+            P.storm_progress = progress;
+            P.storm_since = now;
+            return;
+        }
+        if (now - P.storm_since <= (uint64_t)O.quiet_ms * 1000000ull) return;
+        set_err(P.err, sizeof P.err,
+                "storm: %" PRIu64 " of %" PRIu64 " clients live, %" PRIu64 " rejoined, after %d ms "
+                "without progress", st.live, P.storm_n, st.rejoined, O.quiet_ms);
+    }
+    /* the missed messages are due (as replays) only to the clients recovered */
+    uint64_t missed = P.round_done[1] - P.round_err[1], gone = P.storm_n - st.recovered;
+    P.expected -= gone * missed < P.expected ? gone * missed : P.expected;
+    P.storm_t_end = now;
+    P.scpu_storm1 = servers_cpu();
+    P.ccpu_storm1 = client_cpu_now();
+    P.rss_storm = servers_kb("VmRSS");
+    P.n_joined = 0;
+    for (int i = 0; i < O.clients; i++) P.n_joined += JOINED[i];
+    P.round = 2;
+    P.stage = ST_PUBLISH;
+    round_begin();
+}
+
 /* ---- the coordinator's clock */
 
 static void progress(const totals_t *t, uint64_t now)
@@ -1433,6 +1851,14 @@ static void progress(const totals_t *t, uint64_t now)
             " | published %" PRIu64 "/%" PRIu64 " | deliveries %" PRIu64 "/%" PRIu64 "%s%s\n",
             (double)(now - P.t_begin) / 1e9, P.stage, t->ready, t->failed, t->closed, P.done,
             P.target, t->deliveries, P.expected, t->err[0] ? " | " : "", t->err);
+    if (O.storm && P.storm_t_drop) {
+        sstat_t st = storm_totals();
+        fprintf(stderr,
+                "          storm: dropped %" PRIu64 " reconnects %" PRIu64 " rejoined %" PRIu64
+                " (recovered %" PRIu64 "/%" PRIu64 ") live %" PRIu64 " failed %" PRIu64 "\n",
+                st.dropped, st.started, st.rejoined, st.recovered, st.not_recovered, st.live,
+                st.failed);
+    }
 }
 
 static void on_tick(uv_timer_t *tm)
@@ -1478,7 +1904,7 @@ static void on_tick(uv_timer_t *tm)
             for (int w = 0; w < P.nw && O.nsub_ports; w++)
                 for (uint32_t i = P.wfirst[w]; i < P.wfirst[w] + P.wcount[w]; i++)
                     P.node_joined[w % O.nsub_ports] += JOINED[i];
-            if (O.messages > 0 && O.publishers > 0) {
+            if ((O.messages > 0 || O.storm) && O.publishers > 0) {
                 P.stage = ST_PUBLISH;
                 run_mark("start");
                 P.marked = 1;
@@ -1488,17 +1914,23 @@ static void on_tick(uv_timer_t *tm)
             }
         }
         break;
-    case ST_DRAIN:
-        if (t.deliveries >= P.expected) {
-            finish(NULL);
-        } else if (t.deliveries != P.last_deliv_count) {
+    case ST_DRAIN: {
+        int drained = t.deliveries >= P.expected;
+        if (!drained && t.deliveries != P.last_deliv_count) {
             P.last_deliv_count = t.deliveries;
             P.last_progress_ns = now;
-        } else if (now - P.last_progress_ns > (uint64_t)O.quiet_ms * 1000000ull) {
+        } else if (!drained && now - P.last_progress_ns > (uint64_t)O.quiet_ms * 1000000ull) {
             set_err(P.err, sizeof P.err, "deliveries stopped at %" PRIu64 " of %" PRIu64,
                     t.deliveries, P.expected);
-            finish(NULL);
+            drained = 1;
         }
+        if (drained && O.storm && P.round == 0) storm_drop_all(now);
+        else if (drained) finish(NULL);
+        break;
+    }
+    case ST_STORM:
+        if (P.storm_step == 0) storm_tick_drop(now);
+        else storm_tick_reconnect(now);
         break;
     case ST_FINISH:
         if (!P.rss_end) {
@@ -1518,6 +1950,8 @@ static void on_tick(uv_timer_t *tm)
             }
         }
         P.t_finish = now;
+        SH->due_before = P.round_done[0] - P.round_err[0];
+        SH->due_live = P.round_done[2] - P.round_err[2];
         __atomic_store_n(&SH->phase, 1, __ATOMIC_SEQ_CST);
         for (int i = 0; i < O.publishers; i++)
             if (P.pub[i].connected && !P.pub[i].closing) {
@@ -1623,6 +2057,61 @@ static void report_messages(void)
         printf("}");
     }
     printf("]");
+}
+
+/* recovery-storm: the drop, the storm (first reconnect to the last client
+ * live again), recovery answers, what each client got, and herald's CPU and
+ * RSS over it. */
+static void report_storm(void)
+{
+    static uint64_t h[HB_N];
+    sstat_t st = storm_totals();
+    uint64_t n = 0;
+    for (int w = 0; w < P.nw; w++)
+        for (int i = 0; i < HB_N; i++) h[i] += SH->w[w].lhist[i];
+    for (int i = 0; i < HB_N; i++) n += h[i];
+    uint64_t t0 = st.first_start_ns;
+    double storm_s = t0 && st.last_live_ns > t0 ? (double)(st.last_live_ns - t0) / 1e9 : 0;
+    double rejoin_s = t0 && st.last_rejoin_ns > t0 ? (double)(st.last_rejoin_ns - t0) / 1e9 : 0;
+    uint64_t missed = P.round_done[1] - P.round_err[1];
+    jint("before_drop", (long long)(P.round_done[0] - P.round_err[0]));
+    jint("missed", (long long)missed);
+    jint("live_checks", (long long)(P.round_done[2] - P.round_err[2]));
+    jint("dropped", (long long)P.storm_n);
+    uint64_t drop_ns = P.storm_t_away > P.storm_t_drop ? P.storm_t_away - P.storm_t_drop : 0;
+    jnum("drop_s", (double)drop_ns / 1e9, 3);
+    jint("fds_away", P.fds_away);
+    jint("reconnects", (long long)st.started);
+    jint("rejoined", (long long)st.rejoined);
+    jint("rejoin_failed", (long long)st.failed);
+    jint("lost", (long long)st.lost);
+    jint("recovered_true", (long long)st.recovered);
+    jint("recovered_false", (long long)st.not_recovered);
+    jint("live", (long long)st.live);
+    jnum("storm_s", st.live ? storm_s : NAN, 3);
+    jnum("reconnect_s", rejoin_s, 3);
+    jnum("reconnect_rate", rejoin_s > 0 ? (double)st.rejoined / rejoin_s : 0, 1);
+    jnum("live_p50_ms", hpercentile(h, n, 0.50) / 1000, 3);
+    jnum("live_p99_ms", hpercentile(h, n, 0.99) / 1000, 3);
+    jnum("live_max_ms", (double)st.max_live_us / 1000, 3);
+    jint("replayed", (long long)st.replayed);
+    jint("replay_due", (long long)(st.recovered * missed));
+    jint("duplicates", (long long)st.dups);
+    jint("out_of_order", (long long)st.ooo);
+    jint("unexpected", (long long)st.unexpected);
+    jint("live_check_ok", (long long)st.live_ok);
+    int checked = P.round_done[2] > P.round_err[2];
+    jint("live_check_missing",
+         checked && st.rejoined > st.live_ok ? (long long)(st.rejoined - st.live_ok) : 0);
+    double sw = P.storm_t_end > P.storm_t0 ? (double)(P.storm_t_end - P.storm_t0) / 1e9 : 0;
+    double sc = P.scpu_storm1 >= 0 && P.scpu_storm0 >= 0 ? P.scpu_storm1 - P.scpu_storm0 : -1;
+    double cc = (double)(P.ccpu_storm1 - P.ccpu_storm0) / 1e6;
+    jnum("server_cpu_storm_s", O.npids && sw > 0 ? sc : NAN, 2);
+    jnum("client_cpu_storm_s", sw > 0 ? cc : NAN, 2);
+    jnum("server_util_storm", O.npids && sw > 0 ? sc / sw : NAN, 2);
+    jnum("client_util_storm", sw > 0 ? cc / sw : NAN, 2);
+    jint("rss_away_kb", P.rss_away);
+    jint("rss_storm_kb", P.rss_storm);
 }
 
 /* --sub-ports: "nodes":[{port, clients, ready, ..., latency}] per server,
@@ -1741,7 +2230,7 @@ static void report(void)
     jint("published", (long long)P.done);
     jint("pub_errors", (long long)P.errors);
     /* a round cut short (timeout, server gone) is measured up to the finish */
-    double rs[2] = {0, 0};
+    double rs[3] = {0, 0, 0};
     for (int r = 0; r < P.nrounds; r++)
         if (P.round_start[r])
             rs[r] = (double)((P.round_end[r] ? P.round_end[r] : P.t_finish) - P.round_start[r]) / 1e9;
@@ -1762,15 +2251,22 @@ static void report(void)
                            : 0;
     jint("expected", (long long)P.expected);
     jint("deliveries", (long long)t.deliveries);
-    jint("missing", P.expected > t.deliveries ? (long long)(P.expected - t.deliveries) : 0);
+    if (O.storm) { /* counted per client by offset; the time away is no delivery rate */
+        jint("missing", (long long)storm_totals().missing);
+        deliver_s = NAN;
+    } else {
+        jint("missing", P.expected > t.deliveries ? (long long)(P.expected - t.deliveries) : 0);
+    }
     jnum("deliver_s", deliver_s, 3);
-    jnum("deliveries_per_s", deliver_s > 0 ? (double)t.deliveries / deliver_s : 0, 1);
+    jnum("deliveries_per_s",
+         deliver_s > 0 ? (double)t.deliveries / deliver_s : O.storm ? NAN : 0, 1);
     jnum("lat_p50_ms", hpercentile(hist, nlat, 0.50) / 1000, 3);
     jnum("lat_p90_ms", hpercentile(hist, nlat, 0.90) / 1000, 3);
     jnum("lat_p99_ms", hpercentile(hist, nlat, 0.99) / 1000, 3);
     jnum("lat_max_ms", (double)t.max_lat_us / 1000, 3);
     if (O.nsub_ports) report_nodes();
     if (NSEQ) report_messages();
+    if (O.storm) report_storm();
     if (O.npids > 1) report_procs();
 
     jint("rss_base_kb", P.rss_base);
@@ -1841,7 +2337,7 @@ static void usage(FILE *f)
     fprintf(f,
         "usage: herald-bench -s SCENARIO -p PORT [options]\n"
         "  -s, --scenario NAME    idle | fanout | fanout-paced | fanout-burst | many-topics |\n"
-        "                         connect | api | cluster-fanout | cluster-large\n"
+        "                         connect | api | cluster-fanout | cluster-large | recovery-storm\n"
         "  -S, --server KIND      herald (Phoenix join, POST /api/push; default) |\n"
         "                         nchan (ws /sub/T, POST /pub/T) | node (ws /sub?topic=T, POST /pub?topic=T)\n"
         "  -H, --host ADDR        server address, loopback only (default 127.0.0.1)\n"
@@ -1853,8 +2349,10 @@ static void usage(FILE *f)
         "  -n, --clients N        WebSocket clients\n"
         "  -w, --workers W        worker processes (default: enough for the file limit, at least 2)\n"
         "  -a, --addrs K          source addresses 127.0.0.1..127.0.0.K (default 8)\n"
-        "  -c, --concurrency C    handshakes in flight per worker (default 256)\n"
-        "  -m, --messages M       publishes (api: per round)\n"
+        "  -c, --concurrency C    handshakes in flight per worker (default 256; recovery-storm:\n"
+        "                         the first connect, its reconnects all go at once)\n"
+        "  -m, --messages M       publishes (api: per round; recovery-storm: while the clients\n"
+        "                         are away)\n"
         "      --publishers P     keep-alive publisher connections\n"
         "      --size BYTES       size of each message's data {\"t\":...,\"pad\":\"...\"}\n"
         "      --rate R           publishes per second in all (default 0: as fast as answered)\n"
@@ -1888,6 +2386,7 @@ static int apply_scenario(const char *s)
     O.api = 0;
     O.rate = 0;
     O.await_ = 0;
+    O.storm = 0;
     if (!strcmp(s, "idle")) {
         O.clients = 18000;
         O.hold_ms = 10000;
@@ -1932,6 +2431,14 @@ static int apply_scenario(const char *s)
         O.messages = 20000;
         O.publishers = 4;
         O.shared_every = 1000;
+    } else if (!strcmp(s, "recovery-storm")) {
+        /* clients of one topic with history get STORM_BEFORE messages, all
+         * drop, M are published, all rejoin at once with since: time to
+         * live, recovered true/false, gaps and duplicates, herald's CPU */
+        O.clients = 10000;
+        O.topic_mode = TM_ONE;
+        O.messages = 10;
+        O.storm = 1;
     } else if (!strcmp(s, "connect")) {
         O.clients = 18000;
     } else if (!strcmp(s, "api")) {
@@ -2099,6 +2606,13 @@ int main(int argc, char **argv)
         return 2;
     }
     if (O.publishers > MAXPUB) O.publishers = MAXPUB;
+    if (O.storm && (O.server != SRV_HERALD || O.topic_mode != TM_ONE || O.await_ ||
+                    O.publishers < 1 || O.messages > STORM_MAXMSG || O.nsub_ports)) {
+        fprintf(stderr, "herald-bench: recovery-storm takes herald, --topics one, at least one "
+                        "publisher, at most %d --messages, no --await or --sub-ports\n",
+                STORM_MAXMSG);
+        return 2;
+    }
 
     raise_nofile();
     long per = nofile_limit() - 64;
@@ -2141,7 +2655,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     P.server_alive = 1;
-    P.nrounds = O.api ? 2 : 1;
+    P.nrounds = O.api ? 2 : O.storm ? 3 : 1;
     P.pad = malloc((size_t)O.size + 1);
     if (!P.pad) {
         perror("malloc");
