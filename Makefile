@@ -5,7 +5,7 @@ BUILD_FUZZ ?= build-fuzz
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build run test test-asan fuzz bench bench-compare bench-cluster bench-cluster-large bench-history bench-recovery clean
+.PHONY: all deps build run test test-asan fuzz bench bench-compare bench-cluster bench-cluster-large bench-history bench-recovery bench-recovery-cluster clean
 
 all: build
 
@@ -60,6 +60,12 @@ bench-history: build
 # messages are published, all rejoin at once with since (BENCH_RUNS applies).
 bench-recovery: build
 	bash scripts/bench.sh recovery-storm
+
+# The same storm on two nodes joined by Redis (history in Redis), each client
+# rejoining on the other node: Redis commands per storm against the history
+# reads, storm time, herald's CPU per node (scripts/cluster-bench.sh).
+bench-recovery-cluster: build
+	BENCH_CLUSTER_VARIANTS=$${BENCH_CLUSTER_VARIANTS:-recovery-storm} bash scripts/cluster-bench.sh
 
 # 100,000 joined clients over 6 herald processes sharing one port, one topic,
 # 5 publishes (scripts/cluster-large.sh; CLUSTER_LARGE_CLIENTS=N for another count).

@@ -1816,8 +1816,13 @@ void hd_cluster_metrics(const hd_cluster *c, hd_str *o)
                   "herald_cluster_oldest_queued_seconds %.3f\n"
                   "# HELP herald_cluster_bad_messages_total Messages on Herald's channels that "
                   "were not Herald's.\n# TYPE herald_cluster_bad_messages_total counter\n"
-                  "herald_cluster_bad_messages_total %llu\n",
+                  "herald_cluster_bad_messages_total %llu\n"
+                  "# HELP herald_cluster_history_reads_total History reads sent to Redis for "
+                  "joins of topics with history (one serves every join waiting).\n"
+                  "# TYPE herald_cluster_history_reads_total counter\n"
+                  "herald_cluster_history_reads_total %llu\n",
                   (unsigned long long)c->cs.reconnects, (unsigned long long)c->cs.out,
                   (unsigned long long)c->cs.in, (unsigned long long)c->cs.lost,
-                  queued_of(c), (double)oldest_ms(c) / 1000.0, (unsigned long long)c->cs.bad);
+                  queued_of(c), (double)oldest_ms(c) / 1000.0, (unsigned long long)c->cs.bad,
+                  (unsigned long long)c->cs.history_reads);
 }

@@ -17,6 +17,10 @@ REDIS_PID=
 REDIS_PORT=
 REDIS_LOG=
 
+# recovery-storm's topic policy (scripts/bench.sh and scripts/cluster-bench.sh):
+# a history of 1,000 messages, up to 1,000 replayed to a join
+HB_STORM_TOPICS='topics = { { match = "*", history_size = 1000, recover_max = 1000 } }'
+
 hb_log() { printf '%s\n' "$*" >&2; }
 
 # Configures the build tree if it has none, then builds herald and herald-bench.
@@ -296,7 +300,7 @@ hb_run() {
       scenario=fanout
       HB_EXTRA='topics = { { match = "*", history_size = 1000 } }' ;;
     recovery-storm)
-      HB_EXTRA='topics = { { match = "*", history_size = 1000, recover_max = 1000 } }' ;;
+      HB_EXTRA=$HB_STORM_TOPICS ;;
     *) HB_EXTRA= ;;
   esac
   # figures are only meaningful on an otherwise quiet machine

@@ -91,6 +91,7 @@ typedef struct {
     int api; /* two publish rounds: to a topic nobody joined, then to one subscriber */
     int await_; /* --await: each publish waits until the previous reached every client */
     int storm;  /* recovery-storm: join, drop all, publish, rejoin all with since */
+    int rejoin_other; /* recovery-storm with --sub-ports: rejoin on the next server (default) */
     const char *ws_path, *pub_path;
     int verbose;
 } opts_t;
@@ -307,6 +308,8 @@ typedef struct {
     uint64_t rng;
     int port; /* the server this worker's clients connect to */
     struct sockaddr_in dst;
+    int rport; /* recovery-storm: the server they reconnect to (--rejoin) */
+    struct sockaddr_in rdst;
     char buf[65536];
 } worker_t;
 
@@ -910,7 +913,7 @@ static void on_connect(uv_connect_t *req, int status)
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: " WS_KEY "\r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n",
-                     path, O.host, WK->port);
+                     path, O.host, c->gen ? WK->rport : WK->port);
     c->state = CS_HANDSHAKE;
     int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (!rc) rc = write_raw((uv_stream_t *)&c->tcp, reqbuf, (size_t)n);
@@ -957,7 +960,8 @@ static void start_client(client_t *c, uint32_t idx)
     if (!rc && !req) rc = UV_ENOMEM;
     if (!rc) {
         req->data = c;
-        rc = uv_tcp_connect(req, &c->tcp, (const struct sockaddr *)&WK->dst, on_connect);
+        const struct sockaddr_in *dst = c->gen ? &WK->rdst : &WK->dst;
+        rc = uv_tcp_connect(req, &c->tcp, (const struct sockaddr *)dst, on_connect);
         if (rc) free(req);
     }
     if (rc) client_end(c, "bind/connect: %s", uv_strerror(rc));
@@ -1013,12 +1017,17 @@ static void on_heartbeat(uv_timer_t *t)
     }
 }
 
-/* With --sub-ports, worker id's clients all go to port id % n, so that each
- * server's figures are those of its workers. */
-static int worker_port(int id)
+/* With --sub-ports, worker id's clients all go to server id % n, so that each
+ * server's figures are those of its workers (-1: no --sub-ports). In
+ * recovery-storm they reconnect (rejoin != 0) to the next server, (id + 1) % n,
+ * with --rejoin other (the default), or to the same one with --rejoin same. */
+static int worker_node(int id, int rejoin)
 {
-    return O.nsub_ports ? O.sub_ports[id % O.nsub_ports] : O.port;
+    if (!O.nsub_ports) return -1;
+    return (id + (rejoin && O.rejoin_other ? 1 : 0)) % O.nsub_ports;
 }
+
+static int node_port(int k) { return k < 0 ? O.port : O.sub_ports[k]; }
 
 static void worker_main(int id, uint32_t first, uint32_t count)
 {
@@ -1050,8 +1059,10 @@ static void worker_main(int id, uint32_t first, uint32_t count)
         w->st->failed = count;
         _exit(1);
     }
-    w->port = worker_port(id);
+    w->port = node_port(worker_node(id, 0));
     uv_ip4_addr(O.host, w->port, &w->dst);
+    w->rport = node_port(worker_node(id, 1));
+    uv_ip4_addr(O.host, w->rport, &w->rdst);
     uv_timer_init(&w->loop, &w->poll);
     uv_timer_start(&w->poll, on_poll, 5, 5);
     uv_timer_init(&w->loop, &w->hb);
@@ -1227,6 +1238,7 @@ static struct {
     long prss_base[MAXPID], prss_hold[MAXPID], prss_end[MAXPID];
     long pfds_base[MAXPID], pfds_hold[MAXPID];
     double pcpu_begin[MAXPID], pcpu_conn[MAXPID], pcpu_pub0[MAXPID], pcpu_end[MAXPID];
+    double pcpu_storm0[MAXPID], pcpu_storm1[MAXPID]; /* recovery-storm: the storm's ends */
     double scpu_begin, scpu_conn, scpu_pub0, scpu_pub1, scpu_end;
     double busy_begin, busy_end;
     uint64_t ccpu_conn, ccpu_pub0, ccpu_pub1;
@@ -1289,6 +1301,8 @@ static void sample_procs(char what)
             break;
         case 'c': P.pcpu_conn[i] = proc_cpu_s(pid); break;
         case 'p': P.pcpu_pub0[i] = proc_cpu_s(pid); break;
+        case 's': P.pcpu_storm0[i] = proc_cpu_s(pid); break;
+        case 'S': P.pcpu_storm1[i] = proc_cpu_s(pid); break;
         case 'h':
             P.prss_hold[i] = proc_status_kb(pid, "VmRSS");
             P.pfds_hold[i] = proc_fds(pid);
@@ -1733,12 +1747,15 @@ static void await_check(uint64_t now)
 
 /* ---- recovery-storm: the coordinator's side */
 
-static sstat_t storm_totals(void)
+/* The storm's counters of the workers whose clients rejoined on server
+ * node (--sub-ports), or of all workers (node -1). */
+static sstat_t storm_totals_of(int node)
 {
     sstat_t t;
     memset(&t, 0, sizeof t);
     uint64_t *o = (uint64_t *)&t;
     for (int i = 0; i < P.nw; i++) {
+        if (node >= 0 && worker_node(i, 1) != node) continue;
         const uint64_t *w = (const uint64_t *)&SH->w[i].storm;
         size_t k = 0;
         for (; k < SS_SUMMED; k++) o[k] += LD(w[k]);
@@ -1749,6 +1766,8 @@ static sstat_t storm_totals(void)
     }
     return t;
 }
+
+static sstat_t storm_totals(void) { return storm_totals_of(-1); }
 
 /* The messages before the drop are in: every joined client closes its
  * TCP connection at once. */
@@ -1794,10 +1813,14 @@ static void storm_tick_drop(uint64_t now)
     else storm_reconnect_all();
 }
 
-/* Every message published while away was answered: all reconnect at once. */
+/* Every message published while away was answered: all reconnect at once.
+ * --mark runs just before (its window is the storm alone). */
 static void storm_reconnect_all(void)
 {
+    run_mark("start");
+    P.marked = 1;
     P.rss_away = servers_kb("VmRSS");
+    sample_procs('s');
     P.scpu_storm0 = servers_cpu();
     P.ccpu_storm0 = client_cpu_now();
     P.storm_t0 = P.storm_since = now_ns();
@@ -1832,7 +1855,12 @@ static void storm_tick_reconnect(uint64_t now)
     P.storm_t_end = now;
     P.scpu_storm1 = servers_cpu();
     P.ccpu_storm1 = client_cpu_now();
+    sample_procs('S');
     P.rss_storm = servers_kb("VmRSS");
+    if (P.marked == 1) { /* the storm's end, before the live check */
+        run_mark("end");
+        P.marked = 2;
+    }
     P.n_joined = 0;
     for (int i = 0; i < O.clients; i++) P.n_joined += JOINED[i];
     P.round = 2;
@@ -1906,8 +1934,10 @@ static void on_tick(uv_timer_t *tm)
                     P.node_joined[w % O.nsub_ports] += JOINED[i];
             if ((O.messages > 0 || O.storm) && O.publishers > 0) {
                 P.stage = ST_PUBLISH;
-                run_mark("start");
-                P.marked = 1;
+                if (!O.storm) { /* recovery-storm: around the storm (storm_reconnect_all) */
+                    run_mark("start");
+                    P.marked = 1;
+                }
                 round_begin();
             } else {
                 finish(NULL);
@@ -1998,6 +2028,7 @@ static void on_signal(uv_signal_t *s, int signum)
 
 static void jnum(const char *k, double v, int prec);
 static void jint(const char *k, long long v);
+static void jstr(const char *k, const char *v);
 
 /* Several --pid: "procs":[{pid, RSS before / after the joins / at the end,
  * open files before and after the joins (their difference: the connections
@@ -2023,6 +2054,8 @@ static void report_procs(void)
             printf(",\"rss_per_conn_bytes\":null");
         jnum("cpu_connect_s", P.pcpu_conn[i] - P.pcpu_begin[i], 2);
         if (P.pcpu_pub0[i] > 0) jnum("cpu_publish_s", P.pcpu_end[i] - P.pcpu_pub0[i], 2);
+        if (O.storm && P.storm_t_end && P.pcpu_storm0[i] >= 0 && P.pcpu_storm1[i] >= 0)
+            jnum("cpu_storm_s", P.pcpu_storm1[i] - P.pcpu_storm0[i], 2);
         printf("}");
     }
     printf("]");
@@ -2059,45 +2092,58 @@ static void report_messages(void)
     printf("]");
 }
 
+/* recovery-storm: the rejoins of the workers whose clients rejoined on
+ * server node (-1: all workers), and their live times (reconnect to live):
+ * the fields the whole storm and each node's share. Returns st. */
+static sstat_t report_rejoins(int node)
+{
+    static uint64_t h[HB_N];
+    memset(h, 0, sizeof h);
+    uint64_t n = 0;
+    for (int w = 0; w < P.nw; w++)
+        if (node < 0 || worker_node(w, 1) == node)
+            for (int i = 0; i < HB_N; i++) h[i] += SH->w[w].lhist[i];
+    for (int i = 0; i < HB_N; i++) n += h[i];
+    sstat_t st = storm_totals_of(node);
+    uint64_t t0 = storm_totals().first_start_ns; /* the storm's first reconnect anywhere */
+    jint("reconnects", (long long)st.started);
+    jint("rejoined", (long long)st.rejoined);
+    jint("rejoin_failed", (long long)st.failed);
+    jint("recovered_true", (long long)st.recovered);
+    jint("recovered_false", (long long)st.not_recovered);
+    jint("live", (long long)st.live);
+    jnum("storm_s",
+         st.live && t0 && st.last_live_ns > t0 ? (double)(st.last_live_ns - t0) / 1e9 : NAN, 3);
+    jnum("live_p50_ms", hpercentile(h, n, 0.50) / 1000, 3);
+    jnum("live_p99_ms", hpercentile(h, n, 0.99) / 1000, 3);
+    jnum("live_max_ms", (double)st.max_live_us / 1000, 3);
+    jint("duplicates", (long long)st.dups);
+    jint("out_of_order", (long long)st.ooo);
+    return st;
+}
+
 /* recovery-storm: the drop, the storm (first reconnect to the last client
  * live again), recovery answers, what each client got, and herald's CPU and
  * RSS over it. */
 static void report_storm(void)
 {
-    static uint64_t h[HB_N];
-    sstat_t st = storm_totals();
-    uint64_t n = 0;
-    for (int w = 0; w < P.nw; w++)
-        for (int i = 0; i < HB_N; i++) h[i] += SH->w[w].lhist[i];
-    for (int i = 0; i < HB_N; i++) n += h[i];
-    uint64_t t0 = st.first_start_ns;
-    double storm_s = t0 && st.last_live_ns > t0 ? (double)(st.last_live_ns - t0) / 1e9 : 0;
-    double rejoin_s = t0 && st.last_rejoin_ns > t0 ? (double)(st.last_rejoin_ns - t0) / 1e9 : 0;
     uint64_t missed = P.round_done[1] - P.round_err[1];
     jint("before_drop", (long long)(P.round_done[0] - P.round_err[0]));
     jint("missed", (long long)missed);
     jint("live_checks", (long long)(P.round_done[2] - P.round_err[2]));
+    if (O.nsub_ports) jstr("rejoin", O.rejoin_other ? "other" : "same");
     jint("dropped", (long long)P.storm_n);
     uint64_t drop_ns = P.storm_t_away > P.storm_t_drop ? P.storm_t_away - P.storm_t_drop : 0;
     jnum("drop_s", (double)drop_ns / 1e9, 3);
     jint("fds_away", P.fds_away);
-    jint("reconnects", (long long)st.started);
-    jint("rejoined", (long long)st.rejoined);
-    jint("rejoin_failed", (long long)st.failed);
+    sstat_t st = report_rejoins(-1);
     jint("lost", (long long)st.lost);
-    jint("recovered_true", (long long)st.recovered);
-    jint("recovered_false", (long long)st.not_recovered);
-    jint("live", (long long)st.live);
-    jnum("storm_s", st.live ? storm_s : NAN, 3);
+    uint64_t t0 = st.first_start_ns;
+    double rejoin_s = t0 && st.last_rejoin_ns > t0 ? (double)(st.last_rejoin_ns - t0) / 1e9 : 0;
     jnum("reconnect_s", rejoin_s, 3);
     jnum("reconnect_rate", rejoin_s > 0 ? (double)st.rejoined / rejoin_s : 0, 1);
-    jnum("live_p50_ms", hpercentile(h, n, 0.50) / 1000, 3);
-    jnum("live_p99_ms", hpercentile(h, n, 0.99) / 1000, 3);
-    jnum("live_max_ms", (double)st.max_live_us / 1000, 3);
     jint("replayed", (long long)st.replayed);
     jint("replay_due", (long long)(st.recovered * missed));
-    jint("duplicates", (long long)st.dups);
-    jint("out_of_order", (long long)st.ooo);
     jint("unexpected", (long long)st.unexpected);
     jint("live_check_ok", (long long)st.live_ok);
     int checked = P.round_done[2] > P.round_err[2];
@@ -2112,6 +2158,22 @@ static void report_storm(void)
     jnum("client_util_storm", sw > 0 ? cc / sw : NAN, 2);
     jint("rss_away_kb", P.rss_away);
     jint("rss_storm_kb", P.rss_storm);
+}
+
+/* recovery-storm with --sub-ports: "storm":{...} of server k, from the
+ * clients that rejoined on it (--rejoin other: not those that joined it
+ * first; first_node says where they did). */
+static void report_node_storm(int k)
+{
+    uint64_t clients = 0;
+    for (int w = 0; w < P.nw; w++)
+        if (worker_node(w, 1) == k) clients += P.wcount[w];
+    printf(",\"storm\":{\"first_node\":%d",
+           (k + O.nsub_ports - (O.rejoin_other ? 1 : 0)) % O.nsub_ports);
+    jint("clients", (long long)clients);
+    sstat_t st = report_rejoins(k);
+    jint("missing", (long long)st.missing);
+    printf("}");
 }
 
 /* --sub-ports: "nodes":[{port, clients, ready, ..., latency}] per server,
@@ -2145,7 +2207,8 @@ static void report_nodes(void)
         jint("ready", (long long)ready);
         jint("failed", (long long)failed);
         jint("closed_by_server", (long long)closed);
-        if (O.topic_mode == TM_ONE && !O.api) { /* every publish is due to every joined client */
+        /* every publish is due to every joined client (recovery-storm: see "storm") */
+        if (O.topic_mode == TM_ONE && !O.api && !O.storm) {
             uint64_t exp = P.node_joined[k] * P.sent;
             jint("expected", (long long)exp);
             jint("missing", exp > deliv ? (long long)(exp - deliv) : 0);
@@ -2157,6 +2220,7 @@ static void report_nodes(void)
         jnum("lat_p90_ms", hpercentile(h, nlat, 0.90) / 1000, 3);
         jnum("lat_p99_ms", hpercentile(h, nlat, 0.99) / 1000, 3);
         jnum("lat_max_ms", (double)maxlat / 1000, 3);
+        if (O.storm) report_node_storm(k);
         printf("}");
     }
     printf("]");
@@ -2345,6 +2409,8 @@ static void usage(FILE *f)
         "                         --sub-ports\n"
         "      --sub-ports P,Q..  spread the subscribers over these servers' ports (worker w\n"
         "                         connects to the (w mod n)-th); figures per server in \"nodes\"\n"
+        "      --rejoin other|same  recovery-storm with --sub-ports: reconnect to the next\n"
+        "                         server, ((w + 1) mod n)-th (default), or to the same one\n"
         "  -P, --pid PID          server process to sample (RSS, CPU); repeatable\n"
         "  -n, --clients N        WebSocket clients\n"
         "  -w, --workers W        worker processes (default: enough for the file limit, at least 2)\n"
@@ -2370,7 +2436,8 @@ static void usage(FILE *f)
         "                         nchan/node: path prefix (default /sub/ or /sub?)\n"
         "      --pub-path PATH    herald: /api/push; nchan/node: prefix (/pub/ or /pub?topic=)\n"
         "      --mark CMD         run 'CMD start' (sh) before the first publish and 'CMD end'\n"
-        "                         after the last delivery, clients still connected (at most 10 s)\n"
+        "                         after the last delivery, clients still connected (at most\n"
+        "                         10 s); recovery-storm: before the reconnects, once all live\n"
         "  -v, --verbose          progress on stderr every second\n"
         "Prints one JSON line on stdout.\n", MAXSEQ);
 }
@@ -2468,7 +2535,7 @@ static int parse_int(const char *s, const char *what, long lo, long hi)
 int main(int argc, char **argv)
 {
     enum { O_PUBS = 1000, O_SIZE, O_RATE, O_TOPICS, O_SHARED, O_HOLD, O_SETTLE, O_HB, O_CTO,
-           O_QUIET, O_WSPATH, O_PUBPATH, O_SUBPORTS, O_MARK, O_AWAIT };
+           O_QUIET, O_WSPATH, O_PUBPATH, O_SUBPORTS, O_MARK, O_AWAIT, O_REJOIN };
     static const struct option lo[] = {
         {"scenario", 1, 0, 's'},   {"server", 1, 0, 'S'},      {"host", 1, 0, 'H'},
         {"port", 1, 0, 'p'},       {"pid", 1, 0, 'P'},         {"clients", 1, 0, 'n'},
@@ -2479,7 +2546,7 @@ int main(int argc, char **argv)
         {"connect-timeout", 1, 0, O_CTO}, {"quiet", 1, 0, O_QUIET}, {"timeout", 1, 0, 't'},
         {"ws-path", 1, 0, O_WSPATH}, {"pub-path", 1, 0, O_PUBPATH}, {"verbose", 0, 0, 'v'},
         {"sub-ports", 1, 0, O_SUBPORTS}, {"mark", 1, 0, O_MARK}, {"await", 0, 0, O_AWAIT},
-        {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
+        {"rejoin", 1, 0, O_REJOIN}, {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
 
     O.server = SRV_HERALD;
     O.host = "127.0.0.1";
@@ -2490,6 +2557,7 @@ int main(int argc, char **argv)
     O.heartbeat_ms = 25000;
     O.connect_timeout_s = 90;
     O.settle_ms = 300;
+    O.rejoin_other = 1;
     /* the scenario first: its defaults, then the flags on top */
     const char *scen = NULL;
     for (int i = 1; i < argc; i++) {
@@ -2576,6 +2644,14 @@ int main(int argc, char **argv)
         }
         case O_MARK: O.mark_cmd = optarg; break;
         case O_AWAIT: O.await_ = 1; break;
+        case O_REJOIN:
+            if (!strcmp(optarg, "other")) O.rejoin_other = 1;
+            else if (!strcmp(optarg, "same")) O.rejoin_other = 0;
+            else {
+                fprintf(stderr, "herald-bench: --rejoin other|same\n");
+                return 2;
+            }
+            break;
         case 'v': O.verbose = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -2607,12 +2683,13 @@ int main(int argc, char **argv)
     }
     if (O.publishers > MAXPUB) O.publishers = MAXPUB;
     if (O.storm && (O.server != SRV_HERALD || O.topic_mode != TM_ONE || O.await_ ||
-                    O.publishers < 1 || O.messages > STORM_MAXMSG || O.nsub_ports)) {
+                    O.publishers < 1 || O.messages > STORM_MAXMSG)) {
         fprintf(stderr, "herald-bench: recovery-storm takes herald, --topics one, at least one "
-                        "publisher, at most %d --messages, no --await or --sub-ports\n",
+                        "publisher, at most %d --messages, no --await\n",
                 STORM_MAXMSG);
         return 2;
     }
+    if (O.nsub_ports < 2) O.rejoin_other = 0; /* one server: nowhere else to go */
 
     raise_nofile();
     long per = nofile_limit() - 64;
@@ -2699,10 +2776,11 @@ int main(int argc, char **argv)
     uv_signal_start(&P.sigterm, on_signal, SIGTERM);
     if (O.verbose)
         fprintf(stderr,
-                "herald-bench: %s against %s 127.0.0.1:%d%s: %d clients, %d workers, %d source "
+                "herald-bench: %s against %s 127.0.0.1:%d%s%s: %d clients, %d workers, %d source "
                 "addresses\n",
                 O.scenario, server_names[O.server], O.port,
-                O.nsub_ports ? " (subscribers spread over --sub-ports)" : "", O.clients, workers,
+                O.nsub_ports ? " (subscribers spread over --sub-ports)" : "",
+                O.storm && O.rejoin_other ? ", rejoining on the next" : "", O.clients, workers,
                 O.addrs);
     uv_run(&P.loop, UV_RUN_DEFAULT);
     report();

@@ -277,6 +277,14 @@ static void test_history_across_nodes(void **st)
         assert_int_equal(ob[1], 9);
     }
     assert_true(node_b.cluster.cs.history_reads - reads <= 2);
+    /* /metrics has the count (herald_cluster_history_reads_total). */
+    hd_str m = HD_STR_INIT;
+    char want[80];
+    snprintf(want, sizeof want, "herald_cluster_history_reads_total %llu\n",
+             (unsigned long long)node_b.cluster.cs.history_reads);
+    hd_cluster_metrics(&node_b.cluster, &m);
+    assert_non_null(strstr(m.p, want));
+    hd_str_free(&m);
     for (int i = 0; i < WAVE; i++) cli_free(wave[i]);
     assert_int_equal(srv.cluster.cs.lost, 0);
     /* Redis away: a join is answered at once, without an epoch. */
