@@ -73,7 +73,7 @@ void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd
                        "for 5 s.",
                        m->client_rate_closes);
     hd_metrics_counter(o, "herald_joins_total", "Channel joins accepted.", m->joins);
-    hd_metrics_gauge(o, "herald_history_streams", "Topics with a history kept here.", eng->hist.count);
+    hd_metrics_gauge(o, "herald_history_streams", "Topics with a history kept in this node's memory (single node; a cluster keeps them in Redis).", eng->hist.count);
     hd_metrics_gauge(o, "herald_history_messages", "Messages kept in the histories.", eng->hist.messages);
     hd_metrics_gauge(o, "herald_history_bytes", "Bytes of the frames kept in the histories.", eng->hist.bytes);
     hd_str_printf(o,
