@@ -215,6 +215,10 @@ static void joined(void *ud, const hd_recovery *r)
     reply(c, w->jr, w->ref, w->topic, "ok", w->answer.p ? w->answer.p : "{}");
     for (uint64_t i = 0; ok && i < missed; i++) hd_conn_send(c, r->frames[first + i]);
     s->joining = 0;
+    /* Live messages up to the read's top may still be on their way (Redis
+     * writes the subscriber link and the command link in either order):
+     * they were replayed, or are behind the offset the reply gave. */
+    s->floor = r->ok ? r->top : 0;
     for (size_t i = 0; i < r->nheld; i++)
         if (!r->ok || r->held_offsets[i] > r->top) hd_conn_send(c, r->held[i]);
     const hd_topic_policy *p = hd_topic_policy_of(&ch->eng->topics, s->topic);

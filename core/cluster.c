@@ -875,7 +875,7 @@ static void deliver(hd_shard *s, const char *ch, size_t clen, const char *p, siz
     }
     c->cs.in++;
     if (h2) hold_for_reads(c, topic, tlen, offset, f);
-    hd_publish_local(c->eng, topic, tlen, f); /* shaped at its origin */
+    hd_publish_local_at(c->eng, topic, tlen, f, offset); /* shaped at its origin */
     hd_buf_unref(f);
     return;
 bad:
@@ -1708,6 +1708,9 @@ void hd_cluster_close(hd_cluster *c, uv_close_cb cb, void *data)
     for (size_t i = 0; i < c->nshards; i++) {
         hd_shard *s = &c->shards[i];
         s->up = s->linked = 0;
+        /* Joins still waiting for a read are told now (those of a read out
+         * hear from hiredis as it lets go): each one's fn runs once. */
+        fail_reads(s);
         let_go(s);
         drop_queue(s);
     }

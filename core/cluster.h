@@ -99,8 +99,9 @@ int hd_cluster_init(hd_cluster *c, uv_loop_t *loop, const hd_config *cfg, hd_eng
  * is confirmed (so everything after the read's top comes live), for the
  * messages after since (UINT64_MAX: none asked). Joins of a topic that
  * come while its read is out are served together by the next one. fn runs
- * once, later (r->ok 0 when the link broke). Returns 0, or HD_ECLOSED
- * (the shard's link is down) or HD_ENOMEM: fn is not called then. */
+ * once, later (r->ok 0 when the link broke, or the node stopped first).
+ * Returns 0, or HD_ECLOSED (the shard's link is down) or HD_ENOMEM: fn is
+ * not called then. */
 int hd_cluster_recover(hd_cluster *c, const char *topic, size_t tlen, const hd_topic_policy *p,
                        uint64_t since, hd_recover_fn fn, void *ud);
 

@@ -80,15 +80,16 @@ int hd_engine_observe_topics(hd_engine *e, const hd_topic_observer *o)
     return 0;
 }
 
-/* Fans a frame out to this node's subscribers of the topic. */
-static size_t fan_out(hd_engine *e, const char *topic, size_t tlen, hd_buf *frame)
+/* Fans a frame out to this node's subscribers of the topic (offset: its
+ * place in the topic's history in Redis, else 0). */
+static size_t fan_out(hd_engine *e, const char *topic, size_t tlen, hd_buf *frame, uint64_t offset)
 {
     hd_topic *tp = hd_topics_find(&e->topics, topic, tlen);
     if (!tp) {
         e->st->publishes_no_subs++;
         return 0;
     }
-    size_t n = hd_topics_publish(&e->topics, tp, frame);
+    size_t n = hd_topics_publish_at(&e->topics, tp, frame, offset);
     e->st->deliveries += n;
     return n;
 }
@@ -112,7 +113,7 @@ static size_t go_out(hd_engine *e, const char *topic, size_t tlen, const hd_topi
     hd_buf *kept = p ? hd_history_append(&e->hist, topic, tlen, p, frame, uv_now(e->loop)) : NULL;
     hd_buf *f = kept ? kept : frame;
     tell(e, topic, tlen, event, elen, data_json, dlen, f);
-    size_t n = fan_out(e, topic, tlen, f);
+    size_t n = fan_out(e, topic, tlen, f, 0);
     if (kept) hd_buf_unref(kept);
     return n;
 }
@@ -173,7 +174,13 @@ size_t hd_publish(hd_engine *e, const char *topic, size_t tlen, const char *even
 
 size_t hd_publish_local(hd_engine *e, const char *topic, size_t tlen, hd_buf *frame)
 {
+    return hd_publish_local_at(e, topic, tlen, frame, 0);
+}
+
+size_t hd_publish_local_at(hd_engine *e, const char *topic, size_t tlen, hd_buf *frame,
+                           uint64_t offset)
+{
     hd_topic *tp = hd_topics_find(&e->topics, topic, tlen);
     if (tp) hd_policy_count(&e->pol, hd_topic_policy_of(&e->topics, tp), HD_TC_RECEIVED, 1);
-    return fan_out(e, topic, tlen, frame);
+    return fan_out(e, topic, tlen, frame, offset);
 }

@@ -94,5 +94,9 @@ size_t hd_publish(hd_engine *e, const char *topic, size_t tlen, const char *even
  * a message of another node, shaped at its origin. Returns the
  * connections it was queued on. */
 size_t hd_publish_local(hd_engine *e, const char *topic, size_t tlen, hd_buf *frame);
+/* The same for a message of a topic with history in Redis at offset (> 0):
+ * a subscriber whose join's read reached it already does not get it. */
+size_t hd_publish_local_at(hd_engine *e, const char *topic, size_t tlen, hd_buf *frame,
+                           uint64_t offset);
 
 #endif

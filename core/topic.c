@@ -148,11 +148,18 @@ const hd_topic_policy *hd_topic_policy_of(hd_topics *t, hd_topic *tp)
 
 size_t hd_topics_publish(hd_topics *t, hd_topic *tp, hd_buf *frame)
 {
+    return hd_topics_publish_at(t, tp, frame, 0);
+}
+
+size_t hd_topics_publish_at(hd_topics *t, hd_topic *tp, hd_buf *frame, uint64_t offset)
+{
     size_t n = 0;
     const hd_topic_policy *p = hd_topic_policy_of(t, tp);
     int drop_oldest = p->on_overflow == HD_OVERFLOW_DROP_OLDEST;
     for (hd_sub *s = tp->subs; s; s = s->tnext)
-        if (!s->joining && hd_conn_send_topic(s->conn, frame, tp->id, p->max_queue_bytes, drop_oldest) == 0) n++;
+        if (!s->joining && (!offset || offset > s->floor) &&
+            hd_conn_send_topic(s->conn, frame, tp->id, p->max_queue_bytes, drop_oldest) == 0)
+            n++;
     if (t->pol) hd_policy_count(t->pol, p, HD_TC_DELIVERED, n);
     return n;
 }

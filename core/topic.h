@@ -24,6 +24,8 @@ typedef struct hd_sub {
     struct hd_topic *topic;
     hd_conn *conn;
     struct hd_pres *pres;         /* its presence entry (presence.c), NULL when untracked */
+    uint64_t floor;               /* its join's history read reached this offset: a live
+                                   * message at or below it came late and is not sent */
     uint8_t has_ref;              /* ref holds the client's join_ref */
     uint8_t state_due;            /* presence_state waits for the topic's load */
     uint8_t joining;              /* its join waits for the topic's history: nothing live yet */
@@ -90,5 +92,8 @@ const hd_topic_policy *hd_topic_policy_of(hd_topics *t, hd_topic *topic);
  * queued on. Connections that overflow are only marked: the writer reaps
  * them once per loop turn, so the subscriber list never changes here. */
 size_t hd_topics_publish(hd_topics *t, hd_topic *topic, hd_buf *frame);
+/* The same for a message of the topic's history at offset (> 0): not
+ * queued on subscribers whose floor is at or past it. */
+size_t hd_topics_publish_at(hd_topics *t, hd_topic *topic, hd_buf *frame, uint64_t offset);
 
 #endif

@@ -196,11 +196,33 @@ static void offsets_of(cli *c, int n, unsigned long long *out)
     }
 }
 
+/* Reads n message frames from c: offsets from, from + 1, ... */
+static void expect_offsets(cli *c, int n, unsigned long long from)
+{
+    for (int i = 0; i < n; i++) {
+        unsigned long long o;
+        offsets_of(c, 1, &o);
+        assert_int_equal(o, from + (unsigned long long)i);
+    }
+}
+
 static void publish_on(hd_server *s, const char *topic, int n)
 {
     char data[32];
     snprintf(data, sizeof data, "{\"n\":%d}", n);
     hd_api_publish(&s->api, topic, strlen(topic), "e", 1, data, strlen(data));
+}
+
+/* Joins c to topic with since {epoch, offset since}: answered recovered:
+ * true at top. */
+static void rejoin_recovered(cli *c, const char *topic, const char *epoch, int since, long long top)
+{
+    char pl[128];
+    snprintf(pl, sizeof pl, "{\"since\":{\"epoch\":\"%s\",\"offset\":%d}}", epoch, since);
+    json_t *r = join_with(c, topic, pl);
+    assert_true(recovered(r));
+    assert_int_equal(offset_of(r), top);
+    json_decref(r);
 }
 
 /* History in Redis: offsets from one stream whatever node publishes, the
@@ -238,15 +260,8 @@ static void test_history_across_nodes(void **st)
     publish_on(&srv, "h:1", 7);
     offsets_of(a, 2, oa);
     cli *b2 = ws_client_of(&node_b);
-    char pl[128];
-    snprintf(pl, sizeof pl, "{\"since\":{\"epoch\":\"%s\",\"offset\":5}}", epoch);
-    r = join_with(b2, "h:1", pl);
-    assert_true(recovered(r));
-    assert_int_equal(offset_of(r), 7);
-    json_decref(r);
-    offsets_of(b2, 2, ob);
-    assert_int_equal(ob[0], 6);
-    assert_int_equal(ob[1], 7);
+    rejoin_recovered(b2, "h:1", epoch, 5, 7);
+    expect_offsets(b2, 2, 6);
     publish_on(&srv, "h:1", 8);
     offsets_of(b2, 1, ob);
     assert_int_equal(ob[0], 8); /* then live, nothing twice */
@@ -261,6 +276,7 @@ static void test_history_across_nodes(void **st)
     assert_int_equal(ob[0], 9);
     /* A wave: 20 rejoins on B at once are served by at most two reads. */
     enum { WAVE = 20 };
+    char pl[128];
     cli *wave[WAVE];
     for (int i = 0; i < WAVE; i++) wave[i] = ws_client_of(&node_b);
     uint64_t reads = node_b.cluster.cs.history_reads;
@@ -300,6 +316,73 @@ static void test_history_across_nodes(void **st)
     cli_free(a);
     cli_free(b2);
     cli_free(b3);
+}
+
+/* A live message whose offset a join's read covered already is not sent to
+ * that joiner again. The read's answer comes on the command link and the
+ * message on the subscriber link; Redis writes the two in either order (in
+ * 52_cluster_recovery's runs, 6 to 13 of 500 clients got the read's top
+ * twice: in the replay and then live). The late copy is made here by
+ * PUBLISHing the message of offset 3 again after the rejoin was served. */
+static void test_late_live_message(void **st)
+{
+    (void)st;
+    cli *a = ws_client();
+    json_t *r = join_with(a, "h:late", "{}");
+    char epoch[17];
+    snprintf(epoch, sizeof epoch, "%s", epoch_of(r));
+    json_decref(r);
+    for (int i = 1; i <= 3; i++) publish_on(&srv, "h:late", i);
+    expect_offsets(a, 3, 1);
+    cli *b = ws_client_of(&node_b);
+    rejoin_recovered(b, "h:late", epoch, 1, 3);
+    expect_offsets(b, 2, 2);
+    RUN_UNTIL(numsub("h:late") == 2);
+    char late[300];
+    snprintf(late, sizeof late,
+             "h2 %s 1 3\ne[null,null,\"h:late\",\"msg\","
+             "{\"data\":{\"n\":3},\"event\":\"e\",\"offset\":3}]",
+             srv.cluster.node);
+    redisContext *rc = redis_cli();
+    assert_non_null(rc);
+    freeReplyObject(redisCommand(rc, "PUBLISH herald:t:{h:late} %s", late));
+    redisFree(rc);
+    publish_on(&srv, "h:late", 4);
+    expect_offsets(b, 1, 4); /* (not 3 again) */
+    cli_free(a);
+    cli_free(b);
+}
+
+static int recover_calls;
+static void count_recover(void *ud, const hd_recovery *r)
+{
+    (void)ud;
+    assert_false(r->ok);
+    recover_calls++;
+}
+
+/* hd_cluster_recover's fn runs once, also for a read that never went out
+ * because the node stopped first (here: a topic whose SUBSCRIBE is never
+ * confirmed, as nobody here joined it; with the link down it is refused
+ * at once).
+ * Before, the stop dropped those waiters without a call, and each join's
+ * state with them: under ASan, a node stopped with one phoenix join of a
+ * history topic waiting for an absent Redis leaked 187 bytes in 4
+ * allocations from join_later. */
+static void test_recover_waiting_at_stop(void **st)
+{
+    (void)st;
+    hd_topic_policy p;
+    hd_topic_policy_default(&p);
+    p.history_size = 10;
+    recover_calls = 0;
+    assert_int_equal(
+        hd_cluster_recover(&node_b.cluster, "h:stop", 6, &p, UINT64_MAX, count_recover, NULL), 0);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(recover_calls, 0); /* (it waits for the SUBSCRIBE) */
+    hd_server_stop(&node_b);
+    RUN_UNTIL(b_stopped >= 1);
+    assert_int_equal(recover_calls, 1);
 }
 
 /* A publish on A reaches B's subscriber once, as the same bytes A's own
@@ -689,6 +772,8 @@ int main(void)
         cmocka_unit_test(test_shard_hash),
         cmocka_unit_test_setup_teardown(test_fanout_across_nodes, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_history_across_nodes, setup_cluster, teardown_cluster),
+        cmocka_unit_test_setup_teardown(test_late_live_message, setup_cluster, teardown_cluster),
+        cmocka_unit_test_setup_teardown(test_recover_waiting_at_stop, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_outage, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_foreign_messages, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_refused_then_back, setup_cluster, teardown_cluster),

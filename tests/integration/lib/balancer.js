@@ -1,16 +1,20 @@
 // A tiny TCP balancer for tests, on 127.0.0.1: each connection goes to the
 // first backend that accepts it (a refused backend is skipped), so clients
-// reconnecting after a node drains land on a node that is up.
+// reconnecting after a node drains land on a node that is up. With
+// { rotate: true } each connection starts one backend further than the
+// last (round robin over the backends that accept).
 'use strict';
 const net = require('node:net');
 
-function balancer(backends) {
+function balancer(backends, { rotate = false } = {}) {
   const open = new Set();
+  let turn = 0;
   const server = net.createServer((client) => {
     open.add(client);
     client.on('close', () => open.delete(client));
     client.pause();
     const order = backends.slice();
+    if (rotate && order.length) order.push(...order.splice(0, turn++ % order.length));
     const attempt = () => {
       const port = order.shift();
       if (port === undefined) { client.destroy(); return; }
