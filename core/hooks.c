@@ -449,6 +449,10 @@ static int topic_result(lua_State *L, void *ud, int v, int nres, const char *src
         hd_error("topic hook (%s): history_size must be at most %d", src, HD_HISTORY_MAX);
         bad = 1;
     }
+    if (!bad && q.history_ttl_ms == 0) {
+        hd_error("topic hook (%s): history_ttl_ms must be at least 1", src);
+        bad = 1;
+    }
     if (bad) t->sc->ss.errors[HD_HOOK_TOPIC]++;
     else *t->p = q;
     return CONTINUE;

@@ -168,7 +168,7 @@ local policy_fields = {
   tracked = "boolean", presence = "boolean", throttle_ms = "uint", debounce_ms = "uint",
   max_wait_ms = "uint", max_queue_bytes = "uint", coalesce = { none = true, latest = true },
   on_overflow = { close = true, drop_oldest = true },
-  history_size = "history", history_ttl_ms = "uint", recover_max = "uint",
+  history_size = "history", history_ttl_ms = "ttl", recover_max = "uint",
 }
 
 -- topics = { { match = "public:*", tracked = false }, ... }: first match applies.
@@ -188,6 +188,7 @@ local function topic_rules(v)
         local ok = (kind == "boolean" and type(x) == "boolean")
           or (kind == "uint" and type(x) == "number" and x >= 0 and x == floor(x) and x < 2^32)
           or (kind == "history" and type(x) == "number" and x >= 0 and x == floor(x) and x <= 100000)
+          or (kind == "ttl" and type(x) == "number" and x >= 1 and x == floor(x) and x < 2^32)
           or (type(kind) == "table" and kind[x])
         if not ok then return nil, ("rule %d with a valid %s"):format(i, k) end
         r[k] = x

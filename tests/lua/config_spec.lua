@@ -217,6 +217,8 @@ describe("herald.config.normalize", function()
     assert.matches("valid history_size", e4, 1, true)
     local _, e5 = norm({ topics = { { match = "x", history_ttl_ms = -1 } } })
     assert.matches("valid history_ttl_ms", e5, 1, true)
+    local _, e6 = norm({ topics = { { match = "x", history_ttl_ms = 0 } } })
+    assert.matches("valid history_ttl_ms", e6, 1, true)
   end)
 
   it("checks the log level", function()
