@@ -102,55 +102,55 @@ static double num_field(lua_State *L, int idx, const char *k)
     return v;
 }
 
-/* [-0, +0] Reads the policy fields of the rule table at the top. */
-static void read_rule(lua_State *L, hd_topic_rule *r)
+/* [-0, +0] Policy fields from the checked table at idx (config.h). */
+uint32_t hd_config_read_policy(lua_State *L, int idx, hd_topic_policy *p)
 {
+    if (idx < 0 && idx > LUA_REGISTRYINDEX) idx = lua_gettop(L) + idx + 1;
+    uint32_t set = 0;
     static const struct {
         const char *key;
         uint32_t bit;
-    } bools[] = {{"tracked", HD_TP_TRACKED}, {"presence", HD_TP_PRESENCE}};
-    for (int i = 0; i < 2; i++) {
-        lua_getfield(L, -1, bools[i].key);
+        size_t off;
+    } bools[] = {{"tracked", HD_TP_TRACKED, offsetof(hd_topic_policy, tracked)},
+                 {"presence", HD_TP_PRESENCE, offsetof(hd_topic_policy, presence)}},
+      nums[] = {{"throttle_ms", HD_TP_THROTTLE, offsetof(hd_topic_policy, throttle_ms)},
+                {"debounce_ms", HD_TP_DEBOUNCE, offsetof(hd_topic_policy, debounce_ms)},
+                {"max_wait_ms", HD_TP_MAX_WAIT, offsetof(hd_topic_policy, max_wait_ms)},
+                {"max_queue_bytes", HD_TP_MAX_QUEUE, offsetof(hd_topic_policy, max_queue_bytes)},
+                {"history_size", HD_TP_HISTORY, offsetof(hd_topic_policy, history_size)},
+                {"history_ttl_ms", HD_TP_HISTORY_TTL, offsetof(hd_topic_policy, history_ttl_ms)},
+                {"recover_max", HD_TP_RECOVER_MAX, offsetof(hd_topic_policy, recover_max)}};
+    for (size_t i = 0; i < sizeof bools / sizeof *bools; i++) {
+        lua_getfield(L, idx, bools[i].key);
         if (lua_isboolean(L, -1)) {
-            r->set |= bools[i].bit;
-            if (i == 0) r->policy.tracked = (uint8_t)lua_toboolean(L, -1);
-            else r->policy.presence = (uint8_t)lua_toboolean(L, -1);
+            set |= bools[i].bit;
+            *((uint8_t *)p + bools[i].off) = (uint8_t)lua_toboolean(L, -1);
         }
         lua_pop(L, 1);
     }
-    struct {
-        const char *key;
-        uint32_t bit;
-        uint32_t *dst;
-    } nums[] = {{"throttle_ms", HD_TP_THROTTLE, &r->policy.throttle_ms},
-                {"debounce_ms", HD_TP_DEBOUNCE, &r->policy.debounce_ms},
-                {"max_wait_ms", HD_TP_MAX_WAIT, &r->policy.max_wait_ms},
-                {"max_queue_bytes", HD_TP_MAX_QUEUE, &r->policy.max_queue_bytes},
-                {"history_size", HD_TP_HISTORY, &r->policy.history_size},
-                {"history_ttl_ms", HD_TP_HISTORY_TTL, &r->policy.history_ttl_ms},
-                {"recover_max", HD_TP_RECOVER_MAX, &r->policy.recover_max}};
-    for (int i = 0; i < (int)(sizeof nums / sizeof *nums); i++) {
-        lua_getfield(L, -1, nums[i].key);
-        if (lua_isnumber(L, -1)) {
-            r->set |= nums[i].bit;
-            *nums[i].dst = (uint32_t)lua_tonumber(L, -1);
+    for (size_t i = 0; i < sizeof nums / sizeof *nums; i++) {
+        lua_getfield(L, idx, nums[i].key);
+        if (lua_type(L, -1) == LUA_TNUMBER) {
+            set |= nums[i].bit;
+            uint32_t v = (uint32_t)lua_tonumber(L, -1);
+            memcpy((char *)p + nums[i].off, &v, sizeof v);
         }
         lua_pop(L, 1);
     }
-    lua_getfield(L, -1, "coalesce");
-    if (lua_isstring(L, -1)) {
-        r->set |= HD_TP_COALESCE;
-        r->policy.coalesce = strcmp(lua_tostring(L, -1), "latest") == 0 ? HD_COALESCE_LATEST
-                                                                         : HD_COALESCE_NONE;
+    lua_getfield(L, idx, "coalesce");
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        set |= HD_TP_COALESCE;
+        p->coalesce = strcmp(lua_tostring(L, -1), "latest") == 0 ? HD_COALESCE_LATEST
+                                                                 : HD_COALESCE_NONE;
     }
-    lua_getfield(L, -2, "on_overflow");
-    if (lua_isstring(L, -1)) {
-        r->set |= HD_TP_OVERFLOW;
-        r->policy.on_overflow = strcmp(lua_tostring(L, -1), "drop_oldest") == 0
-                                    ? HD_OVERFLOW_DROP_OLDEST
-                                    : HD_OVERFLOW_CLOSE;
+    lua_getfield(L, idx, "on_overflow");
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        set |= HD_TP_OVERFLOW;
+        p->on_overflow = strcmp(lua_tostring(L, -1), "drop_oldest") == 0 ? HD_OVERFLOW_DROP_OLDEST
+                                                                         : HD_OVERFLOW_CLOSE;
     }
     lua_pop(L, 2);
+    return set;
 }
 
 /* [-1, +(1|2)] redis_url(url) -> true | nil, reason: hd_redis_url_parse for
@@ -352,7 +352,7 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
         hd_topic_policy_default(&r->policy);
         r->match = dup_field(L, -1, "match");
         if (!r->match) return HD_ENOMEM;
-        read_rule(L, r);
+        r->set = hd_config_read_policy(L, -1, &r->policy);
         lua_pop(L, 1);
     }
     lua_pop(L, 1);

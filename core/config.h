@@ -55,6 +55,14 @@ enum {
     HD_TP_RECOVER_MAX = 1 << 10,
 };
 
+typedef struct lua_State lua_State;
+
+/* [-0, +0] Reads the policy fields of the table at idx into *p and returns
+ * the HD_TP_* bits of those it held. The table must have been checked by
+ * lua/herald/config.lua's topic_policy (a `topics` rule, or a topic hook's
+ * result): every field absent or valid; it is read with metamethods. */
+uint32_t hd_config_read_policy(lua_State *L, int idx, hd_topic_policy *p);
+
 typedef struct hd_topic_rule {
     char *match;             /* glob: '*' matches any run of characters */
     hd_topic_policy policy;  /* the fields in set */

@@ -365,96 +365,48 @@ int hd_hook_api_auth(hd_scripts *sc, hd_conn *c, const hd_hook_req *r)
 
 /* ---- topic ------------------------------------------------------------------------- */
 
-/* [-0, +0] Reads field key of the table at idx into *out if it is a
- * uint32. Returns 0 (also when nil), or -1 after logging. */
-static int policy_uint(lua_State *L, int idx, const char *key, uint32_t *out, const char *src)
-{
-    raw_field(L, idx, key);
-    int rc = 0;
-    if (!lua_isnil(L, -1)) {
-        lua_Number v = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
-        if (v < 0 || v > 4294967295.0 || v != (lua_Number)(uint32_t)v) {
-            hd_error("topic hook (%s): %s must be a non-negative integer", src, key);
-            rc = -1;
-        } else {
-            *out = (uint32_t)v;
-        }
-    }
-    lua_pop(L, 1);
-    return rc;
-}
-
-/* [-0, +0] The same for a boolean. */
-static int policy_bool(lua_State *L, int idx, const char *key, uint8_t *out, const char *src)
-{
-    raw_field(L, idx, key);
-    int rc = 0;
-    if (lua_isboolean(L, -1)) *out = (uint8_t)lua_toboolean(L, -1);
-    else if (!lua_isnil(L, -1)) {
-        hd_error("topic hook (%s): %s must be true or false", src, key);
-        rc = -1;
-    }
-    lua_pop(L, 1);
-    return rc;
-}
-
-/* [-0, +0] The same for one of two names (a: 0, b: 1). */
-static int policy_enum(lua_State *L, int idx, const char *key, uint8_t *out, const char *a,
-                       const char *b, const char *src)
-{
-    raw_field(L, idx, key);
-    int rc = 0;
-    if (!lua_isnil(L, -1)) {
-        const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
-        if (strcmp(v, a) == 0) *out = 0;
-        else if (strcmp(v, b) == 0) *out = 1;
-        else {
-            hd_error("topic hook (%s): %s must be \"%s\" or \"%s\"", src, key, a, b);
-            rc = -1;
-        }
-    }
-    lua_pop(L, 1);
-    return rc;
-}
-
 typedef struct {
     hd_scripts *sc;
     hd_topic_policy *p;
 } topic_call;
 
 /* [-0, +0] Merges a table of policy fields over *p, all or none; nil (or a
- * failure) leaves p alone. Returns CONTINUE: every topic hook runs. */
+ * failure) leaves p alone. The table is checked by the config's own
+ * schema (lua/herald/config.lua's topic_policy), so that a hook may set
+ * exactly what a `topics` rule may, and a bad value is reported in the
+ * words the config uses for it: "topic hook (<file>): history_size:
+ * expected an integer from 0 to 100000, got 100001", one line per error.
+ * Returns CONTINUE: every topic hook runs. */
 static int topic_result(lua_State *L, void *ud, int v, int nres, const char *src)
 {
     topic_call *t = ud;
     if (nres <= 0 || lua_isnil(L, v)) return CONTINUE;
     if (!lua_istable(L, v)) {
-        hd_error("topic hook (%s): must return a table or nil", src);
+        hd_error("topic hook (%s): expected a table of policy fields or nil, got a %s", src,
+                 luaL_typename(L, v));
         t->sc->ss.errors[HD_HOOK_TOPIC]++;
         return CONTINUE;
     }
-    hd_topic_policy q = *t->p; /* all fields or none: a bad field voids the result */
-    int bad = policy_bool(L, v, "tracked", &q.tracked, src) |
-              policy_bool(L, v, "presence", &q.presence, src) |
-              policy_uint(L, v, "throttle_ms", &q.throttle_ms, src) |
-              policy_uint(L, v, "debounce_ms", &q.debounce_ms, src) |
-              policy_uint(L, v, "max_wait_ms", &q.max_wait_ms, src) |
-              policy_uint(L, v, "max_queue_bytes", &q.max_queue_bytes, src) |
-              policy_uint(L, v, "history_size", &q.history_size, src) |
-              policy_uint(L, v, "history_ttl_ms", &q.history_ttl_ms, src) |
-              policy_uint(L, v, "recover_max", &q.recover_max, src) |
-              policy_enum(L, v, "coalesce", &q.coalesce, "none", "latest", src) |
-              policy_enum(L, v, "on_overflow", &q.on_overflow, "close", "drop_oldest", src);
-    if (!bad && q.history_size > HD_HISTORY_MAX) {
-        hd_error("topic hook (%s): history_size must be at most %d", src, HD_HISTORY_MAX);
-        bad = 1;
+    hd_script__push_policy_check(t->sc->cur);
+    lua_pushvalue(L, v);
+    if (lua_pcall(L, 1, 2, 0)) { /* out of memory, or out of budget in a nested call */
+        hd_error("topic hook (%s): its result could not be checked: %s", src,
+                 lua_isstring(L, -1) ? lua_tostring(L, -1) : "?");
+        t->sc->ss.errors[HD_HOOK_TOPIC]++;
+        lua_pop(L, 1);
+        return CONTINUE;
     }
-    if (!bad && q.history_ttl_ms == 0) {
-        hd_error("topic hook (%s): history_ttl_ms must be at least 1", src);
-        bad = 1;
+    if (lua_istable(L, -2)) {
+        hd_config_read_policy(L, -2, t->p);
+    } else {
+        for (int i = 1, n = (int)lua_objlen(L, -1); i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            hd_error("topic hook (%s): %s", src, lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        t->sc->ss.errors[HD_HOOK_TOPIC]++;
     }
-    if (bad) t->sc->ss.errors[HD_HOOK_TOPIC]++;
-    else *t->p = q;
+    lua_pop(L, 2);
     return CONTINUE;
 }
 

@@ -24,6 +24,7 @@
 static const char script_key = 0;  /* light userdata: the hd_script */
 static const char herald_key = 0;  /* the herald API table */
 static const char sandbox_key = 0; /* the allow-listed globals */
+static const char policy_key = 0;  /* lua/herald/config.lua's topic_policy */
 
 typedef struct hd_timer {
     uv_timer_t t;
@@ -633,6 +634,24 @@ static hd_script *build(hd_scripts *sc, char *err, size_t errlen)
     lua_rawset(L, LUA_REGISTRYINDEX);
     build_sandbox(s);
 
+    /* The config's schema checks the topic hooks' results, so that a hook
+     * may set what a `topics` rule may, in the same words (hooks.c). It is
+     * Herald's own code, outside the sandbox: scripts cannot reach it. */
+    const hd_embedded *schema = hd_embedded_find("herald.config");
+    if (!schema || luaL_loadbuffer(L, schema->src, schema->len, "@lua/herald/config.lua")) {
+        snprintf(err, errlen, "internal: cannot load lua/herald/config.lua: %s",
+                 schema ? lua_tostring(L, -1) : "missing");
+        goto fail;
+    }
+    if (hd_script__guarded(s, RUN_LOAD, "lua/herald/config.lua", 0, 1) != 0) {
+        snprintf(err, errlen, "internal: lua/herald/config.lua failed: %s", s->failure);
+        goto fail;
+    }
+    lua_pushlightuserdata(L, (void *)&policy_key);
+    lua_getfield(L, -2, "topic_policy");
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+
     for (size_t i = 0; i < cfg->nplugins; i++) {
         char mod[128], src[160];
         snprintf(mod, sizeof mod, "plugins.%s", cfg->plugins[i].name);
@@ -754,6 +773,13 @@ void hd_script__push_hook(hd_script *s, hd_hook h, int i)
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->fns[h]);
     lua_rawgeti(L, -1, i);
     lua_replace(L, -2);
+}
+
+/* [-0, +1] Pushes the checker of topic policies (script.h). */
+void hd_script__push_policy_check(hd_script *s)
+{
+    lua_pushlightuserdata(s->L, (void *)&policy_key);
+    lua_rawget(s->L, LUA_REGISTRYINDEX);
 }
 
 void hd_script_status_json(hd_scripts *sc, hd_str *out)

@@ -115,6 +115,11 @@ int hd_script__nhooks(hd_script *s, hd_hook h);
 /* [-0, +2] Pushes the file name (a string) and the function of hook
  * function i of h. */
 void hd_script__push_hook(hd_script *s, hd_hook h, int i);
+/* [-0, +1] Pushes lua/herald/config.lua's topic_policy(t): t's policy
+ * fields checked as a `topics` rule's are, returned as a new table, or nil
+ * and a list of error lines ("history_size: expected ..., got ..."). It
+ * calls no metamethod of t and runs no script code. */
+void hd_script__push_policy_check(hd_script *s);
 /* [-(nargs+1), +nres | +0] Calls the function below the nargs arguments
  * under the budget, with a traceback handler; run is an hd_hook (or one of
  * script.c's own kinds of call) and src names the file, for the log. On

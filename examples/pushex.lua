@@ -18,14 +18,15 @@ listen = { host = "0.0.0.0", port = 4000 }
 api = { token = os.getenv("HERALD_API_TOKEN") }
 mounts = { "/push_socket" }
 timeouts = { ws_idle_ms = 45000 }   -- PushEx's 45 s (Heroku-friendly)
+-- Plugins run in the order listed (plugins/README.md).
 plugins = {
-  jwt = { secret = os.getenv("HERALD_JWT_SECRET"), id_claim = "sub", leeway_s = 30 },
-  topic_acl = {
+  { "jwt", secret = os.getenv("HERALD_JWT_SECRET"), id_claim = "sub", leeway_s = 30 },
+  { "topic_acl",
     rules = {
       { match = "user:{id}", allow = "owner" },
       { match = "public:*", allow = "all" },
     },
     default = "deny",
   },
-  big_topics = { patterns = { "public:*" } },
+  { "big_topics", patterns = { "public:*" } },
 }

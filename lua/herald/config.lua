@@ -12,7 +12,7 @@ local M = {}
 -- libraries, but the validator must not depend on anything it can reach.
 local floor, find, sort, concat = math.floor, string.find, table.sort, table.concat
 local type, pairs, ipairs, next, tostring, tonumber = type, pairs, ipairs, next, tostring, tonumber
-local pcall, loadstring, setfenv, setmetatable = pcall, loadstring, setfenv, setmetatable
+local pcall, loadstring, setfenv, setmetatable, rawget = pcall, loadstring, setfenv, setmetatable, rawget
 
 local function is_int(v) return type(v) == "number" and v == floor(v) and v > -2^53 and v < 2^53 end
 -- Strings reach C as NUL-terminated: one with a NUL inside would be cut.
@@ -163,40 +163,77 @@ local function redis_urls(v)
     type(v) == "string" and "a string with a NUL byte" or nil
 end
 
--- A topic policy's fields (the topic hook returns the same shape).
+-- A topic policy's fields and their checkers: the one definition of what
+-- a `topics` rule and a topic hook's result may set (core/script.c loads
+-- this module into the scripts' Lua state and checks every topic hook's
+-- result with M.topic_policy). history_size's cap is HD_HISTORY_MAX
+-- (core/config.h).
+local uint32 = int_range(0, 2^32 - 1)
+local function one_of(a, b)
+  return function(v)
+    if v == a or v == b then return v end
+    return nil, ("%q or %q"):format(a, b)
+  end
+end
 local policy_fields = {
-  tracked = "boolean", presence = "boolean", throttle_ms = "uint", debounce_ms = "uint",
-  max_wait_ms = "uint", max_queue_bytes = "uint", coalesce = { none = true, latest = true },
-  on_overflow = { close = true, drop_oldest = true },
-  history_size = "history", history_ttl_ms = "ttl", recover_max = "uint",
+  tracked = boolean, presence = boolean, throttle_ms = uint32, debounce_ms = uint32,
+  max_wait_ms = uint32, max_queue_bytes = uint32, coalesce = one_of("none", "latest"),
+  on_overflow = one_of("close", "drop_oldest"),
+  history_size = int_range(0, 100000), history_ttl_ms = int_range(1, 2^32 - 1), recover_max = uint32,
 }
+local policy_names = {}
+for k in pairs(policy_fields) do policy_names[#policy_names + 1] = k end
+sort(policy_names)
 
--- topics = { { match = "public:*", tracked = false }, ... }: first match applies.
+-- t's policy fields checked (t[skip] aside): a copy holding them, or nil
+-- and the list of error lines, each naming the field ('history_size:
+-- expected an integer from 0 to 100000, got 100001', 'unknown field
+-- "trackd" (...)'). Reads t raw and calls no metamethod, neither of t nor
+-- of its keys and values: a topic hook's result is the operator's table.
+function M.topic_policy(t, skip)
+  local out, errs, unknown = {}, {}, {}
+  for _, k in ipairs(policy_names) do
+    local x = rawget(t, k)
+    if x ~= nil then
+      local ok, want = policy_fields[k](x)
+      if ok == nil then errs[#errs + 1] = ("%s: expected %s, got %s"):format(k, want, show(x)) end
+      out[k] = ok
+    end
+  end
+  for k in next, t do
+    if k ~= skip and (type(k) ~= "string" or not policy_fields[k]) then unknown[#unknown + 1] = show(k) end
+  end
+  sort(unknown)
+  for _, k in ipairs(unknown) do
+    errs[#errs + 1] = ("unknown field %s (the fields are %s)"):format(k, concat(policy_names, ", "))
+  end
+  if #errs > 0 then return nil, errs end
+  return out
+end
+
+-- topics = { { match = "public:*", tracked = false }, ... }: first match
+-- applies. Errors in the rules come as lines ("[1]: tracked: expected true
+-- or false, got 1"), which normalize puts after "topics".
 local function topic_rules(v)
   if type(v) ~= "table" then return nil, "a list of rules such as { match = \"public:*\", tracked = false }" end
-  local out = {}
+  local out, errs = {}, {}
   for i, rule in ipairs(v) do
-    if type(rule) ~= "table" then return nil, ("a list of tables (rule %d is not)"):format(i) end
-    if not is_str(rule.match) or rule.match == "" then
-      return nil, ("rule %d with match = \"pattern\" (* matches any run of characters)"):format(i)
-    end
-    local r = { match = rule.match }
-    for k, x in pairs(rule) do
-      if k ~= "match" then
-        local kind = policy_fields[k]
-        if not kind then return nil, ("rule %d without the unknown field '%s'"):format(i, tostring(k)) end
-        local ok = (kind == "boolean" and type(x) == "boolean")
-          or (kind == "uint" and type(x) == "number" and x >= 0 and x == floor(x) and x < 2^32)
-          or (kind == "history" and type(x) == "number" and x >= 0 and x == floor(x) and x <= 100000)
-          or (kind == "ttl" and type(x) == "number" and x >= 1 and x == floor(x) and x < 2^32)
-          or (type(kind) == "table" and kind[x])
-        if not ok then return nil, ("rule %d with a valid %s"):format(i, k) end
-        r[k] = x
+    if type(rule) ~= "table" then
+      errs[#errs + 1] = ("[%d]: expected a rule such as { match = \"public:*\", tracked = false }, got %s")
+        :format(i, show(rule))
+    else
+      if not is_str(rule.match) or rule.match == "" then
+        errs[#errs + 1] = ("[%d]: match: expected a pattern (a non-empty string; * matches any run of characters), got %s")
+          :format(i, show(rule.match))
       end
+      local r, lines = M.topic_policy(rule, "match")
+      for _, line in ipairs(lines or {}) do errs[#errs + 1] = ("[%d]: %s"):format(i, line) end
+      if r then r.match = rule.match end
+      out[i] = r
     end
-    out[i] = r
   end
-  if #out ~= 0 and next(v, #out) ~= nil then return nil, "a list of rules" end
+  if #errs > 0 then return nil, errs end
+  if #out ~= 0 and next(v, #out) ~= nil or #out == 0 and next(v) ~= nil then return nil, "a list of rules" end
   return out
 end
 
@@ -222,13 +259,61 @@ local function scripts(v)
   return out
 end
 
--- plugins = { jwt = { secret = "..." }, big_topics = true } (run in name order)
+-- plugins: a list, run in list order,
+--   plugins = { { "jwt", secret = "..." }, "big_topics", { "rate_limit", messages_per_second = 5 } }
+-- (an item is the plugin's name, or a table holding the name first and then
+-- its options), or a map, run in name order,
+--   plugins = { jwt = { secret = "..." }, big_topics = true }
+-- Either way the result is the list { { name = ..., options = { ... } }, ... }
+-- in the order the plugins run.
+local plugin_forms = '{ { "jwt", secret = "..." }, "big_topics" } (run in list order) or '
+  .. '{ jwt = { secret = "..." }, big_topics = true } (run in name order)'
+local function plugin_name(k) return type(k) == "string" and k:match("^[%a_][%w_]*$") end
 local function plugins(v)
-  if type(v) ~= "table" then return nil, "a table of plugin name = options" end
+  if type(v) ~= "table" then return nil, "a list of plugins such as " .. plugin_forms end
+  local n, named = 0, 0
+  for k in pairs(v) do
+    n = n + 1
+    if type(k) == "string" then named = named + 1 end
+  end
+  local out = {}
+  if n > 0 and named == 0 then
+    -- The list form: keys 1..n only.
+    if n ~= #v then return nil, "a list of plugins (keys 1 to n only) or a table of name = options", "a table" end
+    local seen = {}
+    for i, item in ipairs(v) do
+      local name, options = item, {}
+      if type(item) == "table" then
+        name = item[1]
+        for k, x in pairs(item) do
+          if k ~= 1 then
+            if type(k) ~= "string" then
+              return nil, ('item %d as { "name", option = value, ... } (found key %s)'):format(i, show(k))
+            end
+            options[k] = x
+          end
+        end
+      end
+      if not plugin_name(name) then
+        return nil, ('item %d as a plugin name or { "name", option = value, ... }'):format(i), show(name)
+      end
+      if seen[name] then
+        return nil, "each plugin listed once", ("%q as items %d and %d"):format(name, seen[name], i)
+      end
+      seen[name] = i
+      out[i] = { name = name, options = options }
+    end
+    return out
+  end
+  if named ~= n then
+    return nil, "either a list of plugins or a table of name = options, not both in one table: " .. plugin_forms,
+      "a table with both"
+  end
+  -- The map form.
   local names = {}
   for k, x in pairs(v) do
-    if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
-      return nil, "a table keyed by plugin names (found " .. tostring(k) .. ")"
+    if not plugin_name(k) then
+      return nil, "a table keyed by plugin names (found " .. show(k) .. ")"
     end
     if x ~= true and type(x) ~= "table" then
       return nil, ("options for plugin %s as a table (or true)"):format(k)
@@ -236,7 +321,6 @@ local function plugins(v)
     names[#names + 1] = k
   end
   sort(names)
-  local out = {}
   for i, k in ipairs(names) do out[i] = { name = k, options = v[k] == true and {} or v[k] } end
   return out
 end
@@ -514,7 +598,11 @@ function M.normalize(settings, source)
         out[name] = copy(spec[1])
       else
         local ok, want, shown = spec[2](v)
-        if ok == nil then fail(name, want, shown or show(v)) end
+        if ok == nil and type(want) == "table" then
+          for _, line in ipairs(want) do add(name .. line) end
+        elseif ok == nil then
+          fail(name, want, shown or show(v))
+        end
         out[name] = ok
       end
     elseif v ~= nil and type(v) ~= "table" then

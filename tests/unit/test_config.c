@@ -273,7 +273,8 @@ static void test_errors(void **st)
     bad("topics = { { tracked = false } }", "topics", "match", NULL);
     bad("topics = { { match = 'a', color = 'red' } }", "topics", "color", NULL);
     bad("topics = { { match = 'a', coalesce = 'oldest' } }", "topics", "coalesce", NULL);
-    bad("topics = { { match = 'a', throttle_ms = -1 } }", "topics", "throttle_ms", NULL);
+    bad("topics = { { match = 'a', throttle_ms = -1 } }",
+        ": topics[1]: throttle_ms: expected an integer from 0 to 4294967295, got -1", NULL);
     bad("scripts = { 'a.lua', budget_ms = 0 }", "scripts", "budget_ms", NULL);
     bad("scripts = { 'a.lua', memory_mb = 8 }", "scripts", "memory_mb", NULL);
     bad("scripts = { 'a.lua', colour = 1 }", "scripts", NULL);
@@ -360,6 +361,49 @@ static void test_every_error(void **st)
     assert_non_null(strstr(c.plugins[0].options_json, "\"leeway_s\":3"));
     assert_non_null(strstr(c.plugins[1].options_json, "\"default\":\"deny\""));
     hd_config_free(&c);
+}
+
+/* plugins as a list: hd_config.plugins in list order (the order they are
+ * loaded and run in), a plain name with its defaults; the same options
+ * checked as in the map form; a plugin listed twice and the two forms mixed
+ * are errors. */
+static void test_plugin_list(void **st)
+{
+    (void)st;
+    hd_config c;
+    char err[1024];
+    int rc = load("plugins = { { 'topic_acl', rules = {}, default = 'allow' }, 'rate_limit',\n"
+                  "            { 'big_topics', patterns = { 'x:*' } }, { 'jwt', secret = 'k' } }\n",
+                  &c, err, sizeof err);
+    if (rc) fail_msg("%s", err);
+    assert_int_equal(c.nplugins, 4);
+    assert_string_equal(c.plugins[0].name, "topic_acl");
+    assert_non_null(strstr(c.plugins[0].options_json, "\"default\":\"allow\""));
+    assert_string_equal(c.plugins[1].name, "rate_limit");
+    assert_non_null(strstr(c.plugins[1].options_json, "\"joins_per_second\":10"));
+    assert_string_equal(c.plugins[2].name, "big_topics");
+    assert_string_equal(c.plugins[2].options_json, "{\"patterns\":[\"x:*\"]}");
+    assert_string_equal(c.plugins[3].name, "jwt");
+    assert_non_null(strstr(c.plugins[3].options_json, "\"secret\":\"k\""));
+    hd_config_free(&c);
+    /* The map form keeps name order. */
+    rc = load("plugins = { rate_limit = true, big_topics = { patterns = { 'x' } } }", &c, err,
+              sizeof err);
+    if (rc) fail_msg("%s", err);
+    assert_int_equal(c.nplugins, 2);
+    assert_string_equal(c.plugins[0].name, "big_topics");
+    assert_string_equal(c.plugins[1].name, "rate_limit");
+    hd_config_free(&c);
+    bad("plugins = { { 'rate_limit', per_secnd = 5 } }",
+        ": plugins.rate_limit: unknown option \"per_secnd\" (rate_limit takes joins_per_second, "
+        "messages_per_second)",
+        NULL);
+    bad("plugins = { 'rate_limit', 'big_topics', { 'rate_limit' } }",
+        ": plugins: expected each plugin listed once, got \"rate_limit\" as items 1 and 3", NULL);
+    bad("plugins = { 'rate_limit', big_topics = { patterns = { 'x' } } }",
+        ": plugins: expected either a list of plugins or a table of name = options, not both",
+        "got a table with both", NULL);
+    bad("plugins = { 'nope' }", ": plugins: unknown plugin 'nope'", NULL);
 }
 
 /* cluster: shards in config order, each URL checked by hd_redis_url_parse
@@ -746,7 +790,7 @@ int main(void)
         cmocka_unit_test(test_sandbox_tables), cmocka_unit_test(test_nul_in_strings),
         cmocka_unit_test(test_budget),   cmocka_unit_test(test_env_port),
         cmocka_unit_test(test_glob),     cmocka_unit_test(test_cluster),
-        cmocka_unit_test(test_every_error),
+        cmocka_unit_test(test_every_error), cmocka_unit_test(test_plugin_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -260,9 +260,123 @@ static void test_topic_results_merge(void **st)
     char *log = captured();
     assert_int_equal(srv.sc.ss.errors[HD_HOOK_TOPIC], 2);
     assert_int_equal(srv.sc.ss.calls[HD_HOOK_TOPIC], 7); /* b's failure is not a call */
-    assert_non_null(strstr(log, "b.lua): presence must be true or false\n"));
+    assert_non_null(strstr(log, "b.lua): presence: expected true or false, got \"yes\"\n"));
     assert_non_null(strstr(log, "b.lua:3: no policy for err"));
     free(log);
+}
+
+/* The config's error for one rule field: what follows "topics[1]: " in
+ * the error of a config with the rule { match = 'x', <field> = <value> }
+ * (caller frees). */
+static char *rule_error(const char *field, const char *value)
+{
+    char conf[256], err[1024];
+    snprintf(conf, sizeof conf, "topics = { { match = 'x', %s = %s } }\n", field, value);
+    write_file(path_b, conf);
+    hd_config c;
+    assert_int_equal(hd_config_load(&c, path_b, err, sizeof err), HD_ECONFIG);
+    char *at = strstr(err, ": topics[1]: ");
+    if (!at) fail_msg("config %s: unexpected error %s", conf, err);
+    assert_null(strchr(at, '\n')); /* one error */
+    return strdup(at + strlen(": topics[1]: "));
+}
+
+/* topic: the result is checked by the config's schema (config.lua's
+ * topic_policy), so each bad field, and an unknown one, is refused in the
+ * words the config uses for a rule holding the same value, and voids the
+ * whole result (one hook error each); a good result sets every field. */
+static void test_topic_checked_as_config(void **st)
+{
+    (void)st;
+    static const char *const cases[][2] = {
+        {"tracked", "1"},          {"presence", "'yes'"},       {"throttle_ms", "-1"},
+        {"debounce_ms", "1.5"},    {"max_wait_ms", "2^32"},     {"max_queue_bytes", "'5'"},
+        {"coalesce", "'oldest'"},  {"on_overflow", "true"},     {"history_size", "100001"},
+        {"history_ttl_ms", "0"},   {"recover_max", "{}"},       {"trackd", "true"},
+    };
+    enum { N = sizeof cases / sizeof *cases };
+    char script[2048] = "local cases = {\n";
+    for (int i = 0; i < N; i++) {
+        size_t len = strlen(script);
+        snprintf(script + len, sizeof script - len, "  c%d = { tracked = false, %s = %s },\n", i,
+                 cases[i][0], cases[i][1]);
+    }
+    size_t len = strlen(script);
+    snprintf(script + len, sizeof script - len, "%s",
+             "  good = { tracked = false, presence = true, throttle_ms = 10, debounce_ms = 20,\n"
+             "           max_wait_ms = 30, max_queue_bytes = 4096, coalesce = 'latest',\n"
+             "           on_overflow = 'drop_oldest', history_size = 100000, history_ttl_ms = 1,\n"
+             "           recover_max = 7 },\n"
+             "}\n"
+             "return { topic = function(name) return cases[name] end }\n");
+    start(script, NULL, 1000);
+    hd_topic_policy def, p;
+    hd_topic_policy_default(&def);
+    for (int i = 0; i < N; i++) {
+        char *want = rule_error(cases[i][0], cases[i][1]);
+        char name[16], line[512];
+        snprintf(name, sizeof name, "c%d", i);
+        p = def;
+        capture();
+        hd_hook_topic(&srv.sc, name, strlen(name), &p);
+        char *log = captured();
+        assert_memory_equal(&p, &def, sizeof p); /* tracked = false too: all or nothing */
+        snprintf(line, sizeof line, "topic hook (%s): %s\n", path_a, want);
+        if (!strstr(log, line))
+            fail_msg("%s = %s: the log\n%s\nlacks\n%s", cases[i][0], cases[i][1], log, line);
+        assert_int_equal(count_of(log, "\n"), 1);
+        assert_int_equal(srv.sc.ss.errors[HD_HOOK_TOPIC], (uint64_t)i + 1);
+        free(log);
+        free(want);
+    }
+    p = def;
+    hd_hook_topic(&srv.sc, "good", 4, &p);
+    assert_int_equal(srv.sc.ss.errors[HD_HOOK_TOPIC], N);
+    hd_topic_policy want = def; /* every field set; rule untouched */
+    want.tracked = 0, want.presence = 1, want.throttle_ms = 10, want.debounce_ms = 20;
+    want.max_wait_ms = 30, want.max_queue_bytes = 4096, want.coalesce = HD_COALESCE_LATEST;
+    want.on_overflow = HD_OVERFLOW_DROP_OLDEST, want.history_size = 100000;
+    want.history_ttl_ms = 1, want.recover_max = 7;
+    assert_memory_equal(&p, &want, sizeof p);
+    p = def;
+    hd_hook_topic(&srv.sc, "none", 4, &p); /* nil: no opinion, no error */
+    assert_memory_equal(&p, &def, sizeof p);
+    assert_int_equal(srv.sc.ss.errors[HD_HOOK_TOPIC], N);
+}
+
+/* plugins = { ... } as a list: the plugins are loaded, so their hooks run,
+ * in list order. rate_limit (1 join a second) has no opinion on a first
+ * join and refuses the second; topic_acl (no rules, default deny) refuses
+ * every join. Listed first, rate_limit counts both joins and refuses the
+ * second; listed second, it never runs. */
+static void plugin_order(const char *plugins, const char *first, const char *second_reason)
+{
+    char conf[1024];
+    snprintf(conf, sizeof conf, "%splugins = %s\n", base_config, plugins);
+    setup_with(conf);
+    hd_script *s = srv.sc.cur;
+    assert_int_equal(hd_script__nhooks(s, HD_HOOK_JOIN), 2);
+    lua_State *L = hd_script__state(s);
+    hd_script__push_hook(s, HD_HOOK_JOIN, 1);
+    assert_string_equal(lua_tostring(L, -2), first);
+    lua_pop(L, 2);
+    cli *client;
+    hd_conn *c = server_conn(&client);
+    char reply[128], meta[128], reason[128];
+    assert_int_equal(join_hook(c, "room", reply, meta, reason), 0);
+    assert_string_equal(reason, "unauthorized");
+    assert_int_equal(join_hook(c, "room", reply, meta, reason), 0);
+    assert_string_equal(reason, second_reason);
+    cli_free(client);
+}
+
+static void test_plugins_run_in_list_order(void **st)
+{
+    plugin_order("{ { 'rate_limit', joins_per_second = 1 }, { 'topic_acl', rules = {} } }",
+                 "plugins/rate_limit.lua", "rate limited");
+    teardown(st);
+    plugin_order("{ { 'topic_acl', rules = {} }, { 'rate_limit', joins_per_second = 1 } }",
+                 "plugins/topic_acl.lua", "unauthorized");
 }
 
 /* authenticate merges (the first id, every assigns); api_auth's first
@@ -505,6 +619,8 @@ int main(void)
         cmocka_unit_test_teardown(test_join_first_refusal_wins, teardown_hooks),
         cmocka_unit_test_teardown(test_publish_hooks_chain, teardown_hooks),
         cmocka_unit_test_teardown(test_topic_results_merge, teardown_hooks),
+        cmocka_unit_test_teardown(test_topic_checked_as_config, teardown_hooks),
+        cmocka_unit_test_teardown(test_plugins_run_in_list_order, teardown_hooks),
         cmocka_unit_test_teardown(test_other_hooks, teardown_hooks),
         cmocka_unit_test_teardown(test_error_traceback, teardown_hooks),
         cmocka_unit_test_teardown(test_budget_stops_loops, teardown_hooks),
