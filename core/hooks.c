@@ -484,9 +484,9 @@ typedef struct {
     int failed;
 } publish_call;
 
-/* [-0, +0] A table becomes the message, false drops it (stop), anything
- * else keeps it (as the hook may have changed it); a failure stops. Returns
- * the verdict. */
+/* [-0, +0] A table becomes the message, false (or nil with a reason)
+ * drops it (stop), anything else keeps it (as the hook may have changed
+ * it); a failure stops. Returns the verdict. */
 static int publish_result(lua_State *L, void *ud, int v, int nres, const char *src)
 {
     publish_call *m = ud;
@@ -497,7 +497,7 @@ static int publish_result(lua_State *L, void *ud, int v, int nres, const char *s
     if (nres > 0 && lua_istable(L, v)) {
         lua_pushvalue(L, v);
         lua_replace(L, m->msg);
-    } else if (nres > 0 && lua_isboolean(L, v) && !lua_toboolean(L, v)) {
+    } else if (nres > 0 && !lua_toboolean(L, v) && !no_opinion(L, v, nres)) {
         m->deliver = 0;
         return STOP;
     }
@@ -581,7 +581,7 @@ static void push_message(lua_State *L, void *ud)
 }
 
 /* [-0, +0] A table is the ok reply, true an empty one, false (or nil, reason)
- * an error reply, nil no answer; the first answer, a failure or a closed
+ * an error reply, nothing (or a bare nil) no answer; the first answer, a failure or a closed
  * socket stops. Returns the verdict. */
 static int message_result(lua_State *L, void *ud, int v, int nres, const char *src)
 {
@@ -592,7 +592,7 @@ static int message_result(lua_State *L, void *ud, int v, int nres, const char *s
         return STOP;
     }
     if (!hd_conn_open(m->c)) return STOP;
-    if (nres == 0) return CONTINUE;
+    if (no_opinion(L, v, nres)) return CONTINUE;
     if (lua_istable(L, v)) {
         hd_str js = HD_STR_INIT;
         const char *e = hd_luapi_to_json(L, v, &js);
@@ -609,7 +609,7 @@ static int message_result(lua_State *L, void *ud, int v, int nres, const char *s
     } else if (lua_toboolean(L, v)) {
         hd_str_adds(m->reply, "{}");
         m->result = 1;
-    } else if (lua_isboolean(L, v) || nres >= 2) {
+    } else { /* false, or nil with a reason */
         copy_reason(L, v + 1, m->reason, m->rlen, "refused");
         m->result = 2;
     }

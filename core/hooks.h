@@ -7,8 +7,9 @@
  *   topic: the results merge, each table all or nothing;
  *   message: the first hook with an answer ends the run;
  *   shutdown: every hook runs.
- * A bare `return`, or `return nil`, is no opinion everywhere (only false,
- * or nil with a reason, refuses); returned tables are read raw (no
+ * One rule for nil: a bare `return`, or `return nil` (no reason after
+ * it), is no opinion everywhere; false, or nil with a reason, refuses
+ * (publish: drops; topic cannot refuse); returned tables are read raw (no
  * metamethods). Without scripts (or without the
  * hook) each returns its default at once, without touching Lua. */
 #ifndef HD_HOOKS_H

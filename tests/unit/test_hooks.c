@@ -495,6 +495,85 @@ static void test_nil_and_metatables(void **st)
     cli_free(client);
 }
 
+/* One rule for nil in every hook that can refuse: nothing, a bare nil
+ * (and nil, nil) is no opinion (the next script decides: here b, which
+ * always answers); false, or nil with a reason, refuses and b is not
+ * asked. The mode is the join topic, the api_auth and authenticate path,
+ * the message and publish event. */
+static void test_one_rule_for_nil(void **st)
+{
+    (void)st;
+    start("local function answer(mode)\n"
+          "  if mode == 'nil' then return nil end\n"
+          "  if mode == 'nilnil' then return nil, nil end\n"
+          "  if mode == 'nilwhy' then return nil, 'why' end\n"
+          "  if mode == 'false' then return false end\n"
+          "  if mode == 'falsewhy' then return false, 'why' end\n"
+          "end\n"
+          "return {\n"
+          "  authenticate = function(req) return answer(req.path) end,\n"
+          "  join = function(socket, topic) return answer(topic) end,\n"
+          "  api_auth = function(req) return answer(req.path) end,\n"
+          "  message = function(socket, topic, event) return answer(event) end,\n"
+          "  publish = function(msg) return answer(msg.event) end,\n"
+          "}\n",
+          "return {\n"
+          "  authenticate = function(req) return { id = 'b' } end,\n"
+          "  join = function(socket, topic) return true, { reply = { by = 'b' } } end,\n"
+          "  api_auth = function(req) return true end,\n"
+          "  message = function(socket, topic, event) return { by = 'b' } end,\n"
+          "  publish = function(msg) msg.event = msg.event .. '!' return msg end,\n"
+          "}\n",
+          1000);
+    cli *client;
+    hd_conn *c = server_conn(&client);
+    static const struct {
+        const char *mode;
+        int refuses;
+        const char *reason; /* of join and authenticate; message's is "refused" for none */
+    } cases[] = {
+        {"bare", 0, NULL},    {"nil", 0, NULL},         {"nilnil", 0, NULL},
+        {"nilwhy", 1, "why"}, {"false", 1, NULL}, {"falsewhy", 1, "why"},
+    };
+    json_t *payload = json_object();
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *mode = cases[i].mode, *why = cases[i].reason;
+        int no = cases[i].refuses;
+        char reply[128], meta[128], reason[128];
+        assert_int_equal(join_hook(c, mode, reply, meta, reason), !no);
+        if (no) assert_string_equal(reason, why ? why : "unauthorized");
+        else assert_string_equal(reply, "{\"by\":\"b\"}");
+
+        hd_hook_req r = {.method = "GET", .path = mode, .path_len = strlen(mode), .hbuf = ""};
+        char *id = NULL, *assigns = NULL;
+        assert_int_equal(hd_hook_authenticate(&srv.sc, c, &r, NULL, &id, &assigns, reason, 128),
+                         !no);
+        if (no) assert_string_equal(reason, why ? why : "unauthorized");
+        else assert_string_equal(id, "b");
+        free(id);
+        free(assigns);
+
+        assert_int_equal(hd_hook_api_auth(&srv.sc, c, &r), !no);
+
+        hd_str rep = HD_STR_INIT;
+        assert_int_equal(hd_hook_message(&srv.sc, c, "t", 1, mode, payload, &rep, reason, 128),
+                         no ? 2 : 1);
+        if (no) assert_string_equal(reason, why ? why : "refused");
+        else assert_string_equal(rep.p, "{\"by\":\"b\"}");
+        hd_str_free(&rep);
+
+        char *ev = strdup(mode), *data = strdup("{}"), want[32];
+        assert_int_equal(hd_hook_publish(&srv.sc, "t", 1, &ev, &data), !no);
+        snprintf(want, sizeof want, "%s%s", mode, no ? "" : "!");
+        assert_string_equal(ev, want);
+        free(ev);
+        free(data);
+    }
+    json_decref(payload);
+    for (int h = 0; h < HD_HOOK_COUNT; h++) assert_int_equal(srv.sc.ss.errors[h], 0);
+    cli_free(client);
+}
+
 int main(void)
 {
     real_stderr = stderr;
@@ -509,6 +588,7 @@ int main(void)
         cmocka_unit_test_teardown(test_error_traceback, teardown_hooks),
         cmocka_unit_test_teardown(test_budget_stops_loops, teardown_hooks),
         cmocka_unit_test_teardown(test_nil_and_metatables, teardown_hooks),
+        cmocka_unit_test_teardown(test_one_rule_for_nil, teardown_hooks),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     unlink(path_a);
