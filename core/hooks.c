@@ -639,3 +639,29 @@ void hd_hook_shutdown(hd_scripts *sc, const char *phase)
     run(sc, HD_HOOK_SHUTDOWN, NULL, 1, NULL, NULL);
     lua_settop(L, base);
 }
+
+/* ---- leave, disconnect ------------------------------------------------------------- */
+
+/* [-0, +0] Runs every leave hook with (socket, topic). */
+void hd_hook_leave(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen)
+{
+    lua_State *L = hooked(sc, HD_HOOK_LEAVE);
+    if (!L) return;
+    int base = lua_gettop(L);
+    push_socket(L, c);
+    lua_pushlstring(L, topic, tlen);
+    run(sc, HD_HOOK_LEAVE, NULL, 2, NULL, NULL);
+    lua_settop(L, base);
+}
+
+/* [-0, +0] Runs every disconnect hook with (socket, reason). */
+void hd_hook_disconnect(hd_scripts *sc, hd_conn *c, const char *reason)
+{
+    lua_State *L = hooked(sc, HD_HOOK_DISCONNECT);
+    if (!L) return;
+    int base = lua_gettop(L);
+    push_socket(L, c);
+    lua_pushstring(L, reason);
+    run(sc, HD_HOOK_DISCONNECT, NULL, 2, NULL, NULL);
+    lua_settop(L, base);
+}

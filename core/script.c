@@ -60,6 +60,7 @@ struct hd_script {
 
 static const char *const hook_names[HD_HOOK_COUNT] = {
     "authenticate", "join", "api_auth", "topic", "publish", "message", "shutdown", "init",
+    "leave",        "disconnect",
 };
 
 const char *hd_hook_name(hd_hook h) { return h < HD_HOOK_COUNT ? hook_names[h] : "timer"; }
@@ -493,7 +494,8 @@ static int register_hooks(hd_script *s, const char *src, char *err, size_t errle
         if (h < 0 || !lua_isfunction(L, -1)) {
             snprintf(err, errlen,
                      "%s: returned %s '%s': the table may hold only the hook functions "
-                     "authenticate, join, api_auth, topic, publish, message, shutdown, init",
+                     "authenticate, join, api_auth, topic, publish, message, shutdown, init, leave, "
+                     "disconnect",
                      src, h < 0 ? "an unknown key" : "a non-function for", k ? k : "?");
             lua_pop(L, 3);
             return -1;

@@ -574,6 +574,118 @@ static void test_one_rule_for_nil(void **st)
     cli_free(client);
 }
 
+/* The next text frame's event (its 4th element). */
+static void expect_event(cli *client, const char *event)
+{
+    int op;
+    char *f = next_frame(client, &op);
+    assert_int_equal(op, 1);
+    json_t *m = json_loads(f, 0, NULL);
+    assert_non_null(m);
+    assert_string_equal(json_string_value(json_array_get(m, 3)), event);
+    json_decref(m);
+    free(f);
+}
+
+/* leave runs for each channel left (phx_leave, a duplicate join closing
+ * the old channel, the socket closing: once per joined topic) and then
+ * disconnect once, with the reason; their results are ignored, an error
+ * in one is counted and the others still run; a hook that closes the
+ * socket it is told about does not run them twice. */
+static void test_leave_and_disconnect(void **st)
+{
+    (void)st;
+    start("return {\n"
+          "  leave = function(socket, topic)\n"
+          "    herald.log('warn', 'leave ' .. topic .. ' of ' .. socket.conn_id)\n"
+          "    if topic == 'err' then error('leave failed') end\n"
+          "    return false, 'ignored'\n"
+          "  end,\n"
+          "  disconnect = function(socket, reason)\n"
+          "    herald.log('warn', 'disconnect ' .. reason .. ' of ' .. socket.conn_id)\n"
+          "  end,\n"
+          "  message = function(socket, topic, event)\n"
+          "    herald.disconnect(socket.id, 4000)\n"
+          "    return true\n"
+          "  end,\n"
+          "}\n",
+          "return { leave = function(socket, topic) herald.log('warn', 'b leave ' .. topic) end }\n",
+          1000);
+    cli *client;
+    hd_conn *c = server_conn(&client);
+    char id[32], line[64];
+    snprintf(id, sizeof id, " of %llu\n", (unsigned long long)c->id);
+    const uint64_t *leaves = &srv.sc.ss.calls[HD_HOOK_LEAVE];
+    const uint64_t *gone = &srv.sc.ss.calls[HD_HOOK_DISCONNECT];
+    join(client, "1", "a");
+    join(client, "2", "err");
+    assert_int_equal(*leaves, 0);
+
+    capture();
+    ws_text(client, "[\"1\",\"3\",\"a\",\"phx_leave\",{}]");
+    expect_event(client, "phx_reply");
+    expect_event(client, "phx_close");
+    ws_text(client, "[\"4\",\"4\",\"err\",\"phx_join\",{}]"); /* closes the old channel */
+    expect_event(client, "phx_close");
+    expect_event(client, "phx_reply");
+    char *log = captured();
+    snprintf(line, sizeof line, "leave a%s", id);
+    const char *la = strstr(log, line), *lb = strstr(log, "b leave a\n");
+    assert_non_null(la);
+    assert_non_null(lb);
+    assert_true(la < lb); /* load order */
+    snprintf(line, sizeof line, "leave err%s", id);
+    assert_non_null(strstr(log, line));
+    assert_non_null(strstr(log, "b leave err\n")); /* after a's error */
+    assert_int_equal(srv.sc.ss.errors[HD_HOOK_LEAVE], 1);
+    assert_int_equal(*gone, 0);
+    free(log);
+
+    /* The socket closes with channels joined: a leave for each, then disconnect. */
+    join(client, "5", "z");
+    capture();
+    cli_free(client);
+    RUN_UNTIL(*gone == 1);
+    log = captured();
+    char want[64];
+    snprintf(want, sizeof want, "disconnect closed%s", id);
+    const char *d = strstr(log, want), *lz = strstr(log, "b leave z\n"),
+               *le = strstr(log, "b leave err\n");
+    assert_non_null(d);
+    assert_non_null(lz);
+    assert_non_null(le);
+    assert_true(lz < d && le < d);
+    assert_int_equal(count_of(log, "disconnect "), 1);
+    free(log);
+    assert_int_equal(*leaves, 6); /* a, err, err, z by both, less a's two failures */
+    assert_int_equal(srv.sc.ss.errors[HD_HOOK_DISCONNECT], 0);
+
+    /* herald.disconnect from a hook: the hooks run inside it, once, with its reason. */
+    c = server_conn(&client);
+    assert_int_equal(hd_conn_set_identity(c, "kicked"), 0);
+    join(client, "1", "t");
+    capture();
+    ws_text(client, "[\"1\",\"2\",\"t\",\"kick\",{}]");
+    int op;
+    char *f = next_frame(client, &op);
+    assert_int_equal(op, 8); /* closed: no reply */
+    free(f);
+    log = captured();
+    assert_int_equal(count_of(log, "disconnect disconnected"), 1);
+    assert_int_equal(count_of(log, "b leave t\n"), 1);
+    free(log);
+    assert_int_equal(*gone, 2);
+    cli_free(client);
+    RUN_UNTIL(srv.net.nws == 0);
+    assert_int_equal(*gone, 2);
+
+    /* At server stop (teardown), with a socket still joined: the hooks run
+     * while the scripts are up, and never after. */
+    c = server_conn(&client);
+    join(client, "1", "t");
+    (void)c;
+}
+
 int main(void)
 {
     real_stderr = stderr;
@@ -589,6 +701,7 @@ int main(void)
         cmocka_unit_test_teardown(test_budget_stops_loops, teardown_hooks),
         cmocka_unit_test_teardown(test_nil_and_metatables, teardown_hooks),
         cmocka_unit_test_teardown(test_one_rule_for_nil, teardown_hooks),
+        cmocka_unit_test_teardown(test_leave_and_disconnect, teardown_hooks),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     unlink(path_a);
