@@ -10,7 +10,9 @@
  * One rule for nil: a bare `return`, or `return nil` (no reason after
  * it), is no opinion everywhere; false, or nil with a reason, refuses
  * (publish: drops; topic cannot refuse); returned tables are read raw (no
- * metamethods). Without scripts (or without the
+ * metamethods). socket.assigns is decoded at its first read and, after
+ * a join, message or leave run that read it, written back to c->assigns
+ * when its meaning changed. Without scripts (or without the
  * hook) each returns its default at once, without touching Lua. */
 #ifndef HD_HOOKS_H
 #define HD_HOOKS_H

@@ -686,6 +686,125 @@ static void test_leave_and_disconnect(void **st)
     (void)c;
 }
 
+/* The value of key in c's assigns, as compact JSON ("" when absent; caller frees). */
+static char *assign_of(hd_conn *c, const char *key)
+{
+    json_t *o = json_loads(c->assigns ? c->assigns : "{}", 0, NULL);
+    assert_true(json_is_object(o));
+    json_t *v = json_object_get(o, key);
+    char *r = v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("");
+    json_decref(o);
+    return r;
+}
+
+static void expect_assign(hd_conn *c, const char *key, const char *want)
+{
+    char *got = assign_of(c, key);
+    assert_string_equal(got, want);
+    free(got);
+}
+
+/* hd_hook_message's reply (or reason) for event. */
+static int message_hook(hd_conn *c, const char *event, char *out)
+{
+    json_t *payload = json_object();
+    hd_str reply = HD_STR_INIT;
+    char reason[128] = "";
+    int r = hd_hook_message(&srv.sc, c, "t", 1, event, payload, &reply, reason, 128);
+    snprintf(out, 128, "%s", r == 1 ? reply.p : reason);
+    hd_str_free(&reply);
+    json_decref(payload);
+    return r;
+}
+
+/* Assigns persist: what join or message hooks write in socket.assigns is
+ * kept with the socket (and the next hook of the same run sees it), as is
+ * what herald.assign sets, from a hook or a timer; a hook that does not
+ * touch assigns, or only reads them, leaves the very bytes. */
+static void test_assigns_persist(void **st)
+{
+    (void)st;
+    start("return {\n"
+          "  join = function(socket, topic)\n"
+          "    if topic == 'set' then socket.assigns.x = 1; socket.assigns.role = nil end\n"
+          "    if topic == 'read' then return socket.assigns.role == 'admin' end\n"
+          "    return true\n"
+          "  end,\n"
+          "  message = function(socket, topic, event)\n"
+          "    local a = socket.assigns\n"
+          "    if event == 'see' then return { x = a.x, y = a.y, role = a.role, n = a.n } end\n"
+          "    if event == 'assign' then herald.assign(socket, 'y', { z = 2 }) return true end\n"
+          "    if event == 'unassign' then herald.assign(socket, 'x', nil) return { x = a.x } end\n"
+          "    if event == 'chain' then a.w = 'a' return end\n"
+          "    if event == 'bad' then socket.assigns = 5 return true end\n"
+          "    if event == 'later' then\n"
+          "      herald.after(1, function() herald.assign(socket, 'later', true) end)\n"
+          "      return true\n"
+          "    end\n"
+          "  end,\n"
+          "}\n",
+          "return { message = function(socket, topic, event)\n"
+          "  if event == 'chain' then return { w = socket.assigns.w } end\n"
+          "end }\n",
+          1000);
+    cli *client;
+    hd_conn *c = server_conn(&client);
+    c->assigns = strdup("{\"role\":\"admin\",\"n\":1}"); /* as authenticate leaves them */
+    const char *was = c->assigns;
+    char reply[128], meta[128], reason[128], out[128];
+
+    /* Not touched, or only read: the same bytes, not even re-encoded. */
+    assert_int_equal(join_hook(c, "none", reply, meta, reason), 1);
+    assert_ptr_equal(c->assigns, was);
+    assert_int_equal(join_hook(c, "read", reply, meta, reason), 1);
+    assert_ptr_equal(c->assigns, was);
+    assert_string_equal(c->assigns, "{\"role\":\"admin\",\"n\":1}");
+    assert_int_equal(message_hook(c, "other", out), 0);
+    assert_ptr_equal(c->assigns, was);
+
+    /* join writes, a later message hook sees it. */
+    assert_int_equal(join_hook(c, "set", reply, meta, reason), 1);
+    expect_assign(c, "x", "1");
+    expect_assign(c, "role", "");
+    expect_assign(c, "n", "1");
+    assert_int_equal(message_hook(c, "see", out), 1);
+    json_t *r = json_loads(out, 0, NULL);
+    assert_int_equal(json_integer_value(json_object_get(r, "x")), 1);
+    assert_null(json_object_get(r, "role"));
+    json_decref(r);
+
+    /* herald.assign from a message hook; a table value; nil removes. */
+    assert_int_equal(message_hook(c, "assign", out), 1);
+    expect_assign(c, "y", "{\"z\":2}");
+    assert_int_equal(message_hook(c, "see", out), 1);
+    assert_non_null(strstr(out, "\"y\":{\"z\":2}"));
+    assert_int_equal(message_hook(c, "unassign", out), 1);
+    assert_string_equal(out, "{}"); /* the hook's own table followed */
+    expect_assign(c, "x", "");
+    expect_assign(c, "y", "{\"z\":2}");
+
+    /* Within one run: the next script's hook sees what the one before wrote. */
+    assert_int_equal(message_hook(c, "chain", out), 1);
+    assert_string_equal(out, "{\"w\":\"a\"}");
+    expect_assign(c, "w", "\"a\"");
+
+    /* Assigns that are not an object: logged, counted, the old ones kept. */
+    was = c->assigns;
+    capture();
+    assert_int_equal(message_hook(c, "bad", out), 1);
+    char *log = captured();
+    assert_non_null(strstr(log, "message hook: socket.assigns cannot be kept: not a table"));
+    free(log);
+    assert_ptr_equal(c->assigns, was);
+    assert_int_equal(srv.sc.ss.errors[HD_HOOK_MESSAGE], 1);
+
+    /* herald.assign outside any hook, from a timer holding the socket. */
+    assert_int_equal(message_hook(c, "later", out), 1);
+    RUN_UNTIL(c->assigns && strstr(c->assigns, "\"later\":true"));
+    expect_assign(c, "w", "\"a\"");
+    cli_free(client);
+}
+
 int main(void)
 {
     real_stderr = stderr;
@@ -702,6 +821,7 @@ int main(void)
         cmocka_unit_test_teardown(test_nil_and_metatables, teardown_hooks),
         cmocka_unit_test_teardown(test_one_rule_for_nil, teardown_hooks),
         cmocka_unit_test_teardown(test_leave_and_disconnect, teardown_hooks),
+        cmocka_unit_test_teardown(test_assigns_persist, teardown_hooks),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     unlink(path_a);
