@@ -686,6 +686,41 @@ static void test_leave_and_disconnect(void **st)
     (void)c;
 }
 
+/* A reload's recheck that refuses a joined channel closes it: leave runs
+ * (in the new scripts), disconnect does not (the socket stays). */
+static void test_leave_on_recheck(void **st)
+{
+    (void)st;
+    write_file(path_a, "return { join = function() return true end }\n");
+    char conf[1024];
+    snprintf(conf, sizeof conf, "%sscripts = { '%s' }\nreload = { recheck_joins = true }\n",
+             base_config, path_a);
+    setup_with(conf);
+    cli *client;
+    server_conn(&client);
+    join(client, "1", "keep");
+    join(client, "2", "gone");
+    write_file(path_a, "return {\n"
+                       "  join = function(socket, topic) return topic ~= 'gone' end,\n"
+                       "  leave = function(socket, topic) herald.log('warn', 'left ' .. topic) end,\n"
+                       "  disconnect = function() herald.log('warn', 'disconnected') end,\n"
+                       "}\n");
+    char err[256];
+    capture();
+    assert_int_equal(hd_server_reload(&srv, err, sizeof err), 0);
+    char *log = captured();
+    assert_non_null(strstr(log, "left gone\n"));
+    assert_int_equal(count_of(log, "left "), 1);
+    assert_null(strstr(log, "disconnected"));
+    free(log);
+    expect_event(client, "phx_close");
+    assert_int_equal(srv.sc.ss.calls[HD_HOOK_LEAVE], 1);
+    assert_int_equal(srv.sc.ss.calls[HD_HOOK_DISCONNECT], 0);
+    cli_free(client);
+    RUN_UNTIL(srv.sc.ss.calls[HD_HOOK_DISCONNECT] == 1);
+    assert_int_equal(srv.sc.ss.calls[HD_HOOK_LEAVE], 2); /* keep, at the close */
+}
+
 /* The value of key in c's assigns, as compact JSON ("" when absent; caller frees). */
 static char *assign_of(hd_conn *c, const char *key)
 {
@@ -821,6 +856,7 @@ int main(void)
         cmocka_unit_test_teardown(test_nil_and_metatables, teardown_hooks),
         cmocka_unit_test_teardown(test_one_rule_for_nil, teardown_hooks),
         cmocka_unit_test_teardown(test_leave_and_disconnect, teardown_hooks),
+        cmocka_unit_test_teardown(test_leave_on_recheck, teardown_hooks),
         cmocka_unit_test_teardown(test_assigns_persist, teardown_hooks),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
