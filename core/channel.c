@@ -49,10 +49,34 @@ static void drop_sub(hd_channel_ctx *ch, hd_sub *sub)
     hd_topics_unsubscribe(&ch->eng->topics, sub);
 }
 
-/* Leaves every joined topic (no frames sent). */
-static void unlink_all(void *ud, hd_conn *c)
+/* Leaves the channel of sub: unlinks it, then tells the leave hooks (the
+ * topic's name is copied first: the topic may go with its last
+ * subscriber). Without a leave hook nothing is copied. The hooks may
+ * close c. */
+static void leave_sub(hd_channel_ctx *ch, hd_conn *c, hd_sub *sub)
+{
+    if (!hd_script_has(ch->sc, HD_HOOK_LEAVE)) {
+        drop_sub(ch, sub);
+        return;
+    }
+    char name[HD_TOPIC_MAX_BYTES + 1];
+    size_t n = sub->topic->len < sizeof name ? sub->topic->len : sizeof name - 1;
+    memcpy(name, sub->topic->name, n);
+    drop_sub(ch, sub);
+    hd_hook_leave(ch->sc, c, name, n);
+}
+
+/* The socket is closing (hd_ws_handler.on_close): leaves every joined
+ * topic (no frames sent), each with its leave hooks, then the disconnect
+ * hooks; once per connection, also when a hook closes c meanwhile. */
+static void on_close(void *ud, hd_conn *c, const char *reason)
 {
     hd_channel_ctx *ch = ud;
+    if (c->flags & HD_CF_LEFT) return;
+    c->flags |= HD_CF_LEFT;
+    while (c->subs) leave_sub(ch, c, c->subs);
+    hd_hook_disconnect(ch->sc, c, reason);
+    /* (A disconnect hook cannot join: c takes no more messages.) */
     while (c->subs) drop_sub(ch, c->subs);
 }
 
@@ -68,7 +92,7 @@ size_t hd_channel_recheck(hd_channel_ctx *ch, hd_conn *c)
                             sizeof reason) &&
             hd_conn_open(c)) {
             send_phx_close(c, hd_sub_join_ref(s), s->topic->name);
-            drop_sub(ch, s);
+            leave_sub(ch, c, s);
             closed++;
         }
         hd_str_free(&reply);
@@ -286,7 +310,12 @@ static void on_join(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *
     if (old) {
         /* A duplicate join closes the old channel first (Phoenix does). */
         send_phx_close(c, hd_sub_join_ref(old), topic);
-        drop_sub(ch, old);
+        leave_sub(ch, c, old);
+        if (!hd_conn_open(c)) { /* a leave hook closed it */
+            hd_str_free(&answer);
+            hd_str_free(&meta);
+            return;
+        }
     } else if (c->nsubs >= ch->cfg->max_topics_per_socket) {
         hd_str_free(&answer);
         hd_str_free(&meta);
@@ -336,7 +365,7 @@ static void on_leave(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char 
     reply(c, jr, ref, topic, "ok", "{}");
     if (!s) return;
     send_phx_close(c, hd_sub_join_ref(s), topic);
-    drop_sub(ch, s);
+    leave_sub(ch, c, s);
 }
 
 /* A string with no NUL in it: the refs, topic and event are C strings
@@ -426,7 +455,7 @@ static int on_message(void *ud, hd_conn *c, int opcode, uint8_t *data, size_t le
     return on_phoenix(ud, c, data, len, refused);
 }
 
-static const hd_ws_handler handler = {on_message, unlink_all};
+static const hd_ws_handler handler = {on_message, on_close};
 
 void hd_channel_init(hd_channel_ctx *ch, const hd_config *cfg, hd_stats *st, hd_net *net,
                      hd_engine *eng, hd_scripts *sc)

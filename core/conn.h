@@ -63,6 +63,7 @@ enum {
     HD_CF_HELD = 1 << 11,        /* an HTTP answer held back: on the held list */
     HD_CF_XFF = 1 << 12,         /* the client was named by X-Forwarded-For (admitted at upgrade) */
     HD_CF_ADMIN = 1 << 13,       /* accepted on the admin listener */
+    HD_CF_LEFT = 1 << 14,        /* the protocol's close ran (channels left, disconnect hook) */
 };
 
 /* A protocol, as the transport sees it. Every entry is required. */

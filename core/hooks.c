@@ -94,8 +94,40 @@ static void push_params(lua_State *L, const hd_hook_req *r)
     }
 }
 
-/* [-0, +1] The socket table hooks see: {id, conn_id, assigns, remote_addr}. */
-static void push_socket(lua_State *L, hd_conn *c)
+/* Registry key: the metatable of socket tables. */
+static const char socket_meta_key = 0;
+
+/* [-0, +1] Pushes t[key] of the table at idx without metamethods (below). */
+static void raw_field(lua_State *L, int idx, const char *key);
+
+/* [-2, +1] __index of socket tables (upvalue 1: the hd_scripts): the first
+ * read of socket.assigns decodes the connection's assigns (JSON text in C)
+ * and keeps the table in the socket table, raw; keep_assigns() finds it
+ * there after the hook. A hook that never reads assigns costs no decoding
+ * and no encoding. Any other missing key is nil. */
+static int socket_index(lua_State *L)
+{
+    hd_scripts *sc = lua_touserdata(L, lua_upvalueindex(1));
+    if (lua_type(L, 2) != LUA_TSTRING || strcmp(lua_tostring(L, 2), "assigns") != 0) return 0;
+    raw_field(L, 1, "conn_id");
+    hd_conn *c = lua_type(L, -1) == LUA_TNUMBER
+                     ? hd_net_find(sc->net, (uint64_t)lua_tonumber(L, -1))
+                     : NULL;
+    lua_pop(L, 1);
+    if (c && c->assigns) hd_luapi_push_json_text(L, c->assigns, strlen(c->assigns));
+    if (!c || !c->assigns || !lua_istable(L, -1)) {
+        lua_settop(L, 2);
+        lua_newtable(L);
+    }
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 1);
+    return 1;
+}
+
+/* [-0, +1] The socket table hooks see: {id, conn_id, assigns, remote_addr},
+ * assigns decoded at its first read (socket_index). */
+static void push_socket(hd_scripts *sc, lua_State *L, hd_conn *c)
 {
     lua_createtable(L, 0, 4);
     const char *id = hd_conn_identity(c);
@@ -104,14 +136,63 @@ static void push_socket(lua_State *L, hd_conn *c)
     lua_setfield(L, -2, "id");
     lua_pushnumber(L, (lua_Number)c->id);
     lua_setfield(L, -2, "conn_id");
-    const char *assigns = c->assigns;
-    if (assigns) hd_luapi_push_json_text(L, assigns, strlen(assigns));
-    else lua_newtable(L);
-    lua_setfield(L, -2, "assigns");
     char peer[64];
     hd_conn_client(c, peer, sizeof peer);
     lua_pushstring(L, peer);
     lua_setfield(L, -2, "remote_addr");
+    lua_pushlightuserdata(L, (void *)&socket_meta_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (lua_isnil(L, -1)) { /* the first socket of this Lua state */
+        lua_pop(L, 1);
+        lua_createtable(L, 0, 2);
+        lua_pushlightuserdata(L, sc);
+        lua_pushcclosure(L, socket_index, 1);
+        lua_setfield(L, -2, "__index");
+        lua_pushboolean(L, 0); /* scripts can neither read nor replace it */
+        lua_setfield(L, -2, "__metatable");
+        lua_pushlightuserdata(L, (void *)&socket_meta_key);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, LUA_REGISTRYINDEX);
+    }
+    lua_setmetatable(L, -2);
+}
+
+/* Whether JSON text a (NULL: none, as {}) and b mean the same. */
+static int same_json(const char *a, const char *b)
+{
+    if (!a) return strcmp(b, "{}") == 0;
+    if (strcmp(a, b) == 0) return 1;
+    json_t *x = json_loads(a, JSON_ALLOW_NUL, NULL), *y = json_loads(b, JSON_ALLOW_NUL, NULL);
+    int same = x && y && json_equal(x, y);
+    json_decref(x);
+    json_decref(y);
+    return same;
+}
+
+/* [-0, +0] After hook h ran with the socket table at sock: when a hook
+ * read (and so maybe changed) socket.assigns, or set it, the table's JSON
+ * becomes c's assigns, unless it means what they hold already (then the
+ * bytes stay as they are). One that is not an object of JSON values is
+ * logged and counted, and c keeps its assigns. */
+static void keep_assigns(hd_scripts *sc, hd_hook h, lua_State *L, int sock, hd_conn *c)
+{
+    raw_field(L, sock, "assigns");
+    if (!lua_isnil(L, -1)) {
+        hd_str js = HD_STR_INIT;
+        const char *e = lua_istable(L, -1) ? hd_luapi_to_json(L, -1, &js) : "not a table";
+        if (!e && (js.oom || !js.p)) e = "out of memory";
+        if (!e && js.p[0] != '{') e = "not an object";
+        if (e) {
+            hd_error("%s hook: socket.assigns cannot be kept: %s", hd_hook_name(h), e);
+            sc->ss.errors[h]++;
+        } else if (!same_json(c->assigns, js.p)) {
+            free(c->assigns);
+            c->assigns = js.p;
+            js = (hd_str)HD_STR_INIT;
+        }
+        hd_str_free(&js);
+    }
+    lua_pop(L, 1);
 }
 
 /* ---- results --------------------------------------------------------------------- */
@@ -305,12 +386,13 @@ int hd_hook_join(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen, jso
         return 1;
     }
     int base = lua_gettop(L);
-    push_socket(L, c);
+    push_socket(sc, L, c);
     lua_pushlstring(L, topic, tlen);
     if (payload) hd_luapi_push_json(L, payload);
     else lua_newtable(L);
     join_call j = {sc, c, reply_json, meta_json, reason, rlen, 1, 0};
     run(sc, HD_HOOK_JOIN, NULL, 3, join_result, &j);
+    keep_assigns(sc, HD_HOOK_JOIN, L, base + 1, c);
     if (j.ok && !j.have_reply) hd_str_adds(reply_json, "{}");
     lua_settop(L, base);
     return j.ok;
@@ -436,9 +518,9 @@ typedef struct {
     int failed;
 } publish_call;
 
-/* [-0, +0] A table becomes the message, false drops it (stop), anything
- * else keeps it (as the hook may have changed it); a failure stops. Returns
- * the verdict. */
+/* [-0, +0] A table becomes the message, false (or nil with a reason)
+ * drops it (stop), anything else keeps it (as the hook may have changed
+ * it); a failure stops. Returns the verdict. */
 static int publish_result(lua_State *L, void *ud, int v, int nres, const char *src)
 {
     publish_call *m = ud;
@@ -449,7 +531,7 @@ static int publish_result(lua_State *L, void *ud, int v, int nres, const char *s
     if (nres > 0 && lua_istable(L, v)) {
         lua_pushvalue(L, v);
         lua_replace(L, m->msg);
-    } else if (nres > 0 && lua_isboolean(L, v) && !lua_toboolean(L, v)) {
+    } else if (nres > 0 && !lua_toboolean(L, v) && !no_opinion(L, v, nres)) {
         m->deliver = 0;
         return STOP;
     }
@@ -520,20 +602,21 @@ typedef struct {
     char *reason;
     size_t rlen;
     int result; /* 0 none, 1 ok reply, 2 error reply */
+    int sock;   /* stack index: the socket table, one for every hook */
 } message_call;
 
-/* [-0, +4] socket, topic, event, payload: fresh for each hook. */
+/* [-0, +4] socket (the same table), topic, event, payload (fresh for each hook). */
 static void push_message(lua_State *L, void *ud)
 {
     message_call *m = ud;
-    push_socket(L, m->c);
+    lua_pushvalue(L, m->sock);
     lua_pushlstring(L, m->topic, m->tlen);
     lua_pushstring(L, m->event);
     hd_luapi_push_json(L, m->payload);
 }
 
 /* [-0, +0] A table is the ok reply, true an empty one, false (or nil, reason)
- * an error reply, nil no answer; the first answer, a failure or a closed
+ * an error reply, nothing (or a bare nil) no answer; the first answer, a failure or a closed
  * socket stops. Returns the verdict. */
 static int message_result(lua_State *L, void *ud, int v, int nres, const char *src)
 {
@@ -544,7 +627,7 @@ static int message_result(lua_State *L, void *ud, int v, int nres, const char *s
         return STOP;
     }
     if (!hd_conn_open(m->c)) return STOP;
-    if (nres == 0) return CONTINUE;
+    if (no_opinion(L, v, nres)) return CONTINUE;
     if (lua_istable(L, v)) {
         hd_str js = HD_STR_INIT;
         const char *e = hd_luapi_to_json(L, v, &js);
@@ -561,7 +644,7 @@ static int message_result(lua_State *L, void *ud, int v, int nres, const char *s
     } else if (lua_toboolean(L, v)) {
         hd_str_adds(m->reply, "{}");
         m->result = 1;
-    } else if (lua_isboolean(L, v) || nres >= 2) {
+    } else { /* false, or nil with a reason */
         copy_reason(L, v + 1, m->reason, m->rlen, "refused");
         m->result = 2;
     }
@@ -573,9 +656,14 @@ int hd_hook_message(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
                     const char *event, json_t *payload, hd_str *reply_json, char *reason,
                     size_t rlen)
 {
-    if (!hooked(sc, HD_HOOK_MESSAGE)) return 0;
-    message_call m = {sc, c, topic, event, tlen, payload, reply_json, reason, rlen, 0};
+    lua_State *L = hooked(sc, HD_HOOK_MESSAGE);
+    if (!L) return 0;
+    int base = lua_gettop(L);
+    push_socket(sc, L, c);
+    message_call m = {sc, c, topic, event, tlen, payload, reply_json, reason, rlen, 0, base + 1};
     run(sc, HD_HOOK_MESSAGE, push_message, 4, message_result, &m);
+    keep_assigns(sc, HD_HOOK_MESSAGE, L, base + 1, c);
+    lua_settop(L, base);
     return m.result;
 }
 
@@ -589,5 +677,32 @@ void hd_hook_shutdown(hd_scripts *sc, const char *phase)
     int base = lua_gettop(L);
     lua_pushstring(L, phase);
     run(sc, HD_HOOK_SHUTDOWN, NULL, 1, NULL, NULL);
+    lua_settop(L, base);
+}
+
+/* ---- leave, disconnect ------------------------------------------------------------- */
+
+/* [-0, +0] Runs every leave hook with (socket, topic). */
+void hd_hook_leave(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen)
+{
+    lua_State *L = hooked(sc, HD_HOOK_LEAVE);
+    if (!L) return;
+    int base = lua_gettop(L);
+    push_socket(sc, L, c);
+    lua_pushlstring(L, topic, tlen);
+    run(sc, HD_HOOK_LEAVE, NULL, 2, NULL, NULL);
+    keep_assigns(sc, HD_HOOK_LEAVE, L, base + 1, c);
+    lua_settop(L, base);
+}
+
+/* [-0, +0] Runs every disconnect hook with (socket, reason). */
+void hd_hook_disconnect(hd_scripts *sc, hd_conn *c, const char *reason)
+{
+    lua_State *L = hooked(sc, HD_HOOK_DISCONNECT);
+    if (!L) return;
+    int base = lua_gettop(L);
+    push_socket(sc, L, c);
+    lua_pushstring(L, reason);
+    run(sc, HD_HOOK_DISCONNECT, NULL, 2, NULL, NULL);
     lua_settop(L, base);
 }

@@ -6,10 +6,13 @@
  *   publish: the hooks chain (each sees the message the one before returned);
  *   topic: the results merge, each table all or nothing;
  *   message: the first hook with an answer ends the run;
- *   shutdown: every hook runs.
- * A bare `return`, or `return nil`, is no opinion everywhere (only false,
- * or nil with a reason, refuses); returned tables are read raw (no
- * metamethods). Without scripts (or without the
+ *   shutdown, leave, disconnect: every hook runs, results ignored.
+ * One rule for nil: a bare `return`, or `return nil` (no reason after
+ * it), is no opinion everywhere; false, or nil with a reason, refuses
+ * (publish: drops; topic cannot refuse); returned tables are read raw (no
+ * metamethods). socket.assigns is decoded at its first read and, after
+ * a join, message or leave run that read it, written back to c->assigns
+ * when its meaning changed. Without scripts (or without the
  * hook) each returns its default at once, without touching Lua. */
 #ifndef HD_HOOKS_H
 #define HD_HOOKS_H
@@ -62,5 +65,15 @@ int hd_hook_message(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
 
 /* shutdown(phase): every hook, whatever the others did. */
 void hd_hook_shutdown(hd_scripts *sc, const char *phase);
+
+/* leave(socket, topic): c left topic (already unlinked from it). Every
+ * hook runs; results are ignored. c must not be freed yet (its close
+ * callback has not run); it may be closing. */
+void hd_hook_leave(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen);
+
+/* disconnect(socket, reason): c's socket is closing (reason: "closed",
+ * "idle timeout", a close reason; borrowed). Every hook runs; results are
+ * ignored. The caller runs it once per socket, after the leaves. */
+void hd_hook_disconnect(hd_scripts *sc, hd_conn *c, const char *reason);
 
 #endif

@@ -61,6 +61,7 @@ struct hd_script {
 
 static const char *const hook_names[HD_HOOK_COUNT] = {
     "authenticate", "join", "api_auth", "topic", "publish", "message", "shutdown", "init",
+    "leave",        "disconnect",
 };
 
 const char *hd_hook_name(hd_hook h) { return h < HD_HOOK_COUNT ? hook_names[h] : "timer"; }
@@ -404,6 +405,46 @@ static int l_presence_update(lua_State *L)
     return 1;
 }
 
+/* herald.assign's C half (conn_id, key, value): sets key of the socket's
+ * assigns (JSON text in C) to value, a JSON value; nil removes it. Raises
+ * on a closed socket or a value JSON cannot hold; returns true. */
+static int l_assign(lua_State *L)
+{
+    hd_script *s = api_script(L, "assign", 0);
+    uint64_t id = (uint64_t)luaL_checknumber(L, 1);
+    size_t kl;
+    const char *key = luaL_checklstring(L, 2, &kl);
+    if (strlen(key) != kl) return luaL_argerror(L, 2, "key holds a NUL byte");
+    hd_conn *c = hd_net_find(s->sc->net, id);
+    if (!c || !hd_conn_open(c) || c->kind != HD_CONN_WS)
+        return luaL_error(L, "attempt to use a closed socket");
+    hd_str js = HD_STR_INIT;
+    const char *e = lua_isnil(L, 3) ? NULL : hd_luapi_to_json(L, 3, &js);
+    if (e) {
+        hd_str_free(&js);
+        return luaL_argerror(L, 3, e);
+    }
+    /* From here to the end nothing raises: js, o and text are freed below. */
+    json_t *o = c->assigns ? json_loads(c->assigns, JSON_ALLOW_NUL, NULL) : NULL;
+    if (!json_is_object(o)) {
+        json_decref(o);
+        o = json_object();
+    }
+    json_t *v = js.p ? json_loadb(js.p, js.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL) : NULL;
+    hd_str_free(&js);
+    int bad = !o || (!lua_isnil(L, 3) && !v);
+    if (!bad && v) bad = json_object_set_new(o, key, v) != 0;
+    else if (!bad) json_object_del(o, key);
+    else json_decref(v);
+    char *text = bad ? NULL : json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!text) return luaL_error(L, "out of memory");
+    free(c->assigns);
+    c->assigns = text;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* [-0, +1] The C table lua/herald/init.lua builds the herald API from. */
 static void push_c_api(lua_State *L)
 {
@@ -413,7 +454,7 @@ static void push_c_api(lua_State *L)
         {"timer_cancel", l_timer_cancel}, {"log", l_log},
         {"node_id", l_node_id},         {"socket_open", l_socket_open},
         {"presence", l_presence},       {"presence_update", l_presence_update},
-        {NULL, NULL},
+        {"assign", l_assign},           {NULL, NULL},
     };
     hd_luapi_push_pure(L);
     luaL_register(L, NULL, fns);
@@ -494,7 +535,8 @@ static int register_hooks(hd_script *s, const char *src, char *err, size_t errle
         if (h < 0 || !lua_isfunction(L, -1)) {
             snprintf(err, errlen,
                      "%s: returned %s '%s': the table may hold only the hook functions "
-                     "authenticate, join, api_auth, topic, publish, message, shutdown, init",
+                     "authenticate, join, api_auth, topic, publish, message, shutdown, init, leave, "
+                     "disconnect",
                      src, h < 0 ? "an unknown key" : "a non-function for", k ? k : "?");
             lua_pop(L, 3);
             return -1;

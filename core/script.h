@@ -34,6 +34,8 @@ typedef enum {
     HD_HOOK_MESSAGE,
     HD_HOOK_SHUTDOWN,
     HD_HOOK_INIT,
+    HD_HOOK_LEAVE,
+    HD_HOOK_DISCONNECT,
     HD_HOOK_COUNT
 } hd_hook;
 

@@ -67,7 +67,9 @@ static void ws_close(hd_conn *c, uint16_t code, const char *reason)
 {
     if (c->flags & (HD_CF_WS_CLOSE_SENT | HD_CF_CLOSED)) return;
     hd_ws_ctx *w = ctx_of(c);
-    w->h->on_close(w->ud, c);
+    w->h->on_close(w->ud, c, reason && *reason ? reason : "closed");
+    /* The handler's hooks may have closed c meanwhile (herald.disconnect). */
+    if (c->flags & (HD_CF_WS_CLOSE_SENT | HD_CF_CLOSED)) return;
     queue_close_frame(c, code, reason);
     c->deadline = uv_now(c->net->loop) + w->cfg->ws_close_ms;
     /* Once both close frames have crossed, the server closes TCP first. */
@@ -242,7 +244,7 @@ int hd_wsconn_check_message(hd_conn *c, uint64_t now)
 static void ws_on_closed(hd_conn *c)
 {
     hd_ws_ctx *w = ctx_of(c);
-    w->h->on_close(w->ud, c);
+    w->h->on_close(w->ud, c, "closed");
 }
 
 static void ws_free(hd_conn *c)

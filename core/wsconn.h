@@ -25,8 +25,10 @@ typedef struct hd_ws_handler {
      * stops). */
     int (*on_message)(void *ud, hd_conn *c, int opcode, uint8_t *data, size_t len, int refused);
     /* The session is closing (our close began, or the connection is
-     * closing): unlink whatever refers to c. May be called more than once. */
-    void (*on_close)(void *ud, hd_conn *c);
+     * closing): unlink whatever refers to c. reason says why ("closed"
+     * when the peer or the network ended it, else the close reason; never
+     * NULL). May be called more than once, and may close c itself. */
+    void (*on_close)(void *ud, hd_conn *c, const char *reason);
 } hd_ws_handler;
 
 typedef struct hd_ws_ctx {

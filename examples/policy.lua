@@ -134,6 +134,20 @@ function M.message(socket, topic, event, payload)
   return false, "unknown event"
 end
 
+-- A channel is left: phx_leave, a rejoin of the same topic, a reload's
+-- recheck refusing it, or the socket closing (then once per joined topic,
+-- before disconnect). The result is ignored.
+function M.leave(socket, topic)
+  herald.log("debug", "left", topic, socket.id)
+end
+
+-- A socket closed ("closed" by the client or the network, else why:
+-- "idle timeout", "disconnected", "server restart", ...). The result is
+-- ignored; the place to drop per-socket state (plugins/rate_limit.lua).
+function M.disconnect(socket, reason)
+  herald.log("debug", "gone", socket.id, reason)
+end
+
 -- Each phase of a drain (announce, stop_accepting, http, flush, disconnect,
 -- presence, stopped). Messages published here still reach clients that are
 -- connected.

@@ -111,6 +111,19 @@ function herald.presence_update(socket, topic, meta)
   return need("presence_update")(socket.conn_id, topic, meta)
 end
 
+-- Sets socket.assigns[key] to value (a JSON value; nil removes it), kept
+-- with the socket in C for every later hook: from a hook, a timer, anywhere
+-- a socket table is at hand. The table's own assigns, if read already,
+-- follow.
+function herald.assign(socket, key, value)
+  check(type(socket) == "table" and socket.conn_id, 1, "assign", "a socket table expected")
+  check(type(key) == "string", 2, "assign", "key must be a string")
+  need("assign")(socket.conn_id, key, value)
+  local a = rawget(socket, "assigns")
+  if type(a) == "table" then a[key] = value end
+  return true
+end
+
 -- True while the socket a hook was given is still connected.
 function herald.connected(socket)
   check(type(socket) == "table" and socket.conn_id, 1, "connected", "a socket table expected")

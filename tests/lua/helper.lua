@@ -63,17 +63,6 @@ function M.plugin(name, options, overrides)
   return plugin.setup(checked)
 end
 
--- A stand-in for herald.every that records the callbacks instead of
--- starting timers (no server runs under busted): timers[i] = {ms, fn}.
-function M.fake_every()
-  local timers = {}
-  local every = function(ms, fn)
-    timers[#timers + 1] = { ms = ms, fn = fn }
-    return { cancel = function() end }
-  end
-  return every, timers
-end
-
 -- Makes an HS256 JWT with the real crypto functions (header defaults to
 -- {alg = "HS256", typ = "JWT"}).
 function M.jwt(claims, secret, header)

@@ -367,29 +367,29 @@ describe("plugin big_topics", function()
 end)
 
 describe("plugin rate_limit", function()
+  -- A limiter on a clock the spec moves: clock.ms is herald.monotonic_ms().
   local function limiter(options)
-    local every, timers = helper.fake_every()
-    local rl = helper.plugin("rate_limit", options, { every = every })
-    assert.are.equal(1, #timers)       -- one timer for every socket
-    assert.are.equal(1000, timers[1].ms)
-    return rl, timers[1].fn
+    local clock = { ms = 5000 }
+    local rl = helper.plugin("rate_limit", options, { monotonic_ms = function() return clock.ms end })
+    return rl, clock
   end
 
-  it("allows joins up to the limit per socket, then refuses until the window resets", function()
-    local rl, reset = limiter({ joins_per_second = 3, messages_per_second = 2 })
+  it("allows joins up to the limit per socket, then refuses until the next second", function()
+    local rl, clock = limiter({ joins_per_second = 3, messages_per_second = 2 })
     local s1, s2 = socket("a", nil, 1), socket("a", nil, 2) -- same identity, two connections
     for _ = 1, 3 do assert.are.equal(0, count(rl.join(s1, "t", {}))) end
     local ok, why = rl.join(s1, "t", {})
     assert.is_false(ok)
     assert.are.equal("rate limited", why)
+    clock.ms = 5999
     assert.is_false(rl.join(s1, "t", {}))
     assert.are.equal(0, count(rl.join(s2, "t", {}))) -- counted per socket
-    reset()
+    clock.ms = 6000
     assert.are.equal(0, count(rl.join(s1, "t", {})))
   end)
 
   it("counts messages apart from joins", function()
-    local rl, reset = limiter({ joins_per_second = 1, messages_per_second = 2 })
+    local rl, clock = limiter({ joins_per_second = 1, messages_per_second = 2 })
     local s = socket("a")
     assert.are.equal(0, count(rl.join(s, "t", {})))
     assert.are.equal(0, count(rl.message(s, "t", "e", {})))
@@ -397,8 +397,23 @@ describe("plugin rate_limit", function()
     local ok, why = rl.message(s, "t", "e", {})
     assert.is_false(ok)
     assert.are.equal("rate limited", why)
-    reset()
+    clock.ms = clock.ms + 1000
     assert.are.equal(0, count(rl.message(s, "t", "e", {})))
+  end)
+
+  it("forgets a socket when it disconnects (no timer)", function()
+    local timers = {}
+    local rl = helper.plugin("rate_limit", { joins_per_second = 1 },
+      { every = function(ms, fn) timers[#timers + 1] = fn end, monotonic_ms = function() return 0 end })
+    assert.are.equal(0, #timers)
+    local s, other = socket("a", nil, 7), socket("b", nil, 8)
+    assert.are.equal(0, count(rl.join(s, "t", {})))
+    assert.are.equal(0, count(rl.join(other, "t", {})))
+    assert.is_false(rl.join(s, "t", {}))
+    assert.are.equal(0, count(rl.disconnect(s, "closed")))
+    assert.are.equal(0, count(rl.join(s, "t", {}))) -- same window: its counts went
+    assert.is_false(rl.join(other, "t", {}))        -- the other socket's stay
+    rl.disconnect(socket("c", nil, 9), "closed")     -- never counted: nothing to do
   end)
 
   it("defaults to 10 joins and 50 messages a second", function()
@@ -411,19 +426,14 @@ describe("plugin rate_limit", function()
   end)
 
   it("refuses bad options", function()
-    local every = helper.fake_every()
     local function rejects(options, msg)
-      assert.has_error(function() helper.plugin("rate_limit", options, { every = every }) end, msg)
+      assert.has_error(function() helper.plugin("rate_limit", options) end, msg)
     end
     rejects({ joins_per_second = 0 }, "plugins.rate_limit.joins_per_second: expected an integer >= 1, got 0")
     rejects({ messages_per_second = 1.5 }, "plugins.rate_limit.messages_per_second: expected an integer >= 1, got 1.5")
     rejects({ joins_per_second = "5" }, 'plugins.rate_limit.joins_per_second: expected an integer >= 1, got "5"')
     rejects({ per_secnd = 5 },
       'plugins.rate_limit: unknown option "per_secnd" (rate_limit takes joins_per_second, messages_per_second)')
-  end)
-
-  it("needs the server's timers: outside the server herald.every raises", function()
-    assert.error_matches(function() helper.plugin("rate_limit", {}) end, "not available outside the server")
   end)
 end)
 

@@ -609,6 +609,351 @@ static void test_nil_and_metatables(void **st)
     cli_free(client);
 }
 
+/* One rule for nil in every hook that can refuse: nothing, a bare nil
+ * (and nil, nil) is no opinion (the next script decides: here b, which
+ * always answers); false, or nil with a reason, refuses and b is not
+ * asked. The mode is the join topic, the api_auth and authenticate path,
+ * the message and publish event. */
+static void test_one_rule_for_nil(void **st)
+{
+    (void)st;
+    start("local function answer(mode)\n"
+          "  if mode == 'nil' then return nil end\n"
+          "  if mode == 'nilnil' then return nil, nil end\n"
+          "  if mode == 'nilwhy' then return nil, 'why' end\n"
+          "  if mode == 'false' then return false end\n"
+          "  if mode == 'falsewhy' then return false, 'why' end\n"
+          "end\n"
+          "return {\n"
+          "  authenticate = function(req) return answer(req.path) end,\n"
+          "  join = function(socket, topic) return answer(topic) end,\n"
+          "  api_auth = function(req) return answer(req.path) end,\n"
+          "  message = function(socket, topic, event) return answer(event) end,\n"
+          "  publish = function(msg) return answer(msg.event) end,\n"
+          "}\n",
+          "return {\n"
+          "  authenticate = function(req) return { id = 'b' } end,\n"
+          "  join = function(socket, topic) return true, { reply = { by = 'b' } } end,\n"
+          "  api_auth = function(req) return true end,\n"
+          "  message = function(socket, topic, event) return { by = 'b' } end,\n"
+          "  publish = function(msg) msg.event = msg.event .. '!' return msg end,\n"
+          "}\n",
+          1000);
+    cli *client;
+    hd_conn *c = server_conn(&client);
+    static const struct {
+        const char *mode;
+        int refuses;
+        const char *reason; /* of join and authenticate; message's is "refused" for none */
+    } cases[] = {
+        {"bare", 0, NULL},    {"nil", 0, NULL},         {"nilnil", 0, NULL},
+        {"nilwhy", 1, "why"}, {"false", 1, NULL}, {"falsewhy", 1, "why"},
+    };
+    json_t *payload = json_object();
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *mode = cases[i].mode, *why = cases[i].reason;
+        int no = cases[i].refuses;
+        char reply[128], meta[128], reason[128];
+        assert_int_equal(join_hook(c, mode, reply, meta, reason), !no);
+        if (no) assert_string_equal(reason, why ? why : "unauthorized");
+        else assert_string_equal(reply, "{\"by\":\"b\"}");
+
+        hd_hook_req r = {.method = "GET", .path = mode, .path_len = strlen(mode), .hbuf = ""};
+        char *id = NULL, *assigns = NULL;
+        assert_int_equal(hd_hook_authenticate(&srv.sc, c, &r, NULL, &id, &assigns, reason, 128),
+                         !no);
+        if (no) assert_string_equal(reason, why ? why : "unauthorized");
+        else assert_string_equal(id, "b");
+        free(id);
+        free(assigns);
+
+        assert_int_equal(hd_hook_api_auth(&srv.sc, c, &r), !no);
+
+        hd_str rep = HD_STR_INIT;
+        assert_int_equal(hd_hook_message(&srv.sc, c, "t", 1, mode, payload, &rep, reason, 128),
+                         no ? 2 : 1);
+        if (no) assert_string_equal(reason, why ? why : "refused");
+        else assert_string_equal(rep.p, "{\"by\":\"b\"}");
+        hd_str_free(&rep);
+
+        char *ev = strdup(mode), *data = strdup("{}"), want[32];
+        assert_int_equal(hd_hook_publish(&srv.sc, "t", 1, &ev, &data), !no);
+        snprintf(want, sizeof want, "%s%s", mode, no ? "" : "!");
+        assert_string_equal(ev, want);
+        free(ev);
+        free(data);
+    }
+    json_decref(payload);
+    for (int h = 0; h < HD_HOOK_COUNT; h++) assert_int_equal(srv.sc.ss.errors[h], 0);
+    cli_free(client);
+}
+
+/* The next text frame's event (its 4th element). */
+static void expect_event(cli *client, const char *event)
+{
+    int op;
+    char *f = next_frame(client, &op);
+    assert_int_equal(op, 1);
+    json_t *m = json_loads(f, 0, NULL);
+    assert_non_null(m);
+    assert_string_equal(json_string_value(json_array_get(m, 3)), event);
+    json_decref(m);
+    free(f);
+}
+
+/* leave runs for each channel left (phx_leave, a duplicate join closing
+ * the old channel, the socket closing: once per joined topic) and then
+ * disconnect once, with the reason; their results are ignored, an error
+ * in one is counted and the others still run; a hook that closes the
+ * socket it is told about does not run them twice. */
+static void test_leave_and_disconnect(void **st)
+{
+    (void)st;
+    start("return {\n"
+          "  leave = function(socket, topic)\n"
+          "    herald.log('warn', 'leave ' .. topic .. ' of ' .. socket.conn_id)\n"
+          "    if topic == 'err' then error('leave failed') end\n"
+          "    return false, 'ignored'\n"
+          "  end,\n"
+          "  disconnect = function(socket, reason)\n"
+          "    herald.log('warn', 'disconnect ' .. reason .. ' of ' .. socket.conn_id)\n"
+          "  end,\n"
+          "  message = function(socket, topic, event)\n"
+          "    herald.disconnect(socket.id, 4000)\n"
+          "    return true\n"
+          "  end,\n"
+          "}\n",
+          "return { leave = function(socket, topic) herald.log('warn', 'b leave ' .. topic) end }\n",
+          1000);
+    cli *client;
+    hd_conn *c = server_conn(&client);
+    char id[32], line[64];
+    snprintf(id, sizeof id, " of %llu\n", (unsigned long long)c->id);
+    const uint64_t *leaves = &srv.sc.ss.calls[HD_HOOK_LEAVE];
+    const uint64_t *gone = &srv.sc.ss.calls[HD_HOOK_DISCONNECT];
+    join(client, "1", "a");
+    join(client, "2", "err");
+    assert_int_equal(*leaves, 0);
+
+    capture();
+    ws_text(client, "[\"1\",\"3\",\"a\",\"phx_leave\",{}]");
+    expect_event(client, "phx_reply");
+    expect_event(client, "phx_close");
+    ws_text(client, "[\"4\",\"4\",\"err\",\"phx_join\",{}]"); /* closes the old channel */
+    expect_event(client, "phx_close");
+    expect_event(client, "phx_reply");
+    char *log = captured();
+    snprintf(line, sizeof line, "leave a%s", id);
+    const char *la = strstr(log, line), *lb = strstr(log, "b leave a\n");
+    assert_non_null(la);
+    assert_non_null(lb);
+    assert_true(la < lb); /* load order */
+    snprintf(line, sizeof line, "leave err%s", id);
+    assert_non_null(strstr(log, line));
+    assert_non_null(strstr(log, "b leave err\n")); /* after a's error */
+    assert_int_equal(srv.sc.ss.errors[HD_HOOK_LEAVE], 1);
+    assert_int_equal(*gone, 0);
+    free(log);
+
+    /* The socket closes with channels joined: a leave for each, then disconnect. */
+    join(client, "5", "z");
+    capture();
+    cli_free(client);
+    RUN_UNTIL(*gone == 1);
+    log = captured();
+    char want[64];
+    snprintf(want, sizeof want, "disconnect closed%s", id);
+    const char *d = strstr(log, want), *lz = strstr(log, "b leave z\n"),
+               *le = strstr(log, "b leave err\n");
+    assert_non_null(d);
+    assert_non_null(lz);
+    assert_non_null(le);
+    assert_true(lz < d && le < d);
+    assert_int_equal(count_of(log, "disconnect "), 1);
+    free(log);
+    assert_int_equal(*leaves, 6); /* a, err, err, z by both, less a's two failures */
+    assert_int_equal(srv.sc.ss.errors[HD_HOOK_DISCONNECT], 0);
+
+    /* herald.disconnect from a hook: the hooks run inside it, once, with its reason. */
+    c = server_conn(&client);
+    assert_int_equal(hd_conn_set_identity(c, "kicked"), 0);
+    join(client, "1", "t");
+    capture();
+    ws_text(client, "[\"1\",\"2\",\"t\",\"kick\",{}]");
+    int op;
+    char *f = next_frame(client, &op);
+    assert_int_equal(op, 8); /* closed: no reply */
+    free(f);
+    log = captured();
+    assert_int_equal(count_of(log, "disconnect disconnected"), 1);
+    assert_int_equal(count_of(log, "b leave t\n"), 1);
+    free(log);
+    assert_int_equal(*gone, 2);
+    cli_free(client);
+    RUN_UNTIL(srv.net.nws == 0);
+    assert_int_equal(*gone, 2);
+
+    /* At server stop (teardown), with a socket still joined: the hooks run
+     * while the scripts are up, and never after. */
+    c = server_conn(&client);
+    join(client, "1", "t");
+    (void)c;
+}
+
+/* A reload's recheck that refuses a joined channel closes it: leave runs
+ * (in the new scripts), disconnect does not (the socket stays). */
+static void test_leave_on_recheck(void **st)
+{
+    (void)st;
+    write_file(path_a, "return { join = function() return true end }\n");
+    char conf[1024];
+    snprintf(conf, sizeof conf, "%sscripts = { '%s' }\nreload = { recheck_joins = true }\n",
+             base_config, path_a);
+    setup_with(conf);
+    cli *client;
+    server_conn(&client);
+    join(client, "1", "keep");
+    join(client, "2", "gone");
+    write_file(path_a, "return {\n"
+                       "  join = function(socket, topic) return topic ~= 'gone' end,\n"
+                       "  leave = function(socket, topic) herald.log('warn', 'left ' .. topic) end,\n"
+                       "  disconnect = function() herald.log('warn', 'disconnected') end,\n"
+                       "}\n");
+    char err[256];
+    capture();
+    assert_int_equal(hd_server_reload(&srv, err, sizeof err), 0);
+    char *log = captured();
+    assert_non_null(strstr(log, "left gone\n"));
+    assert_int_equal(count_of(log, "left "), 1);
+    assert_null(strstr(log, "disconnected"));
+    free(log);
+    expect_event(client, "phx_close");
+    assert_int_equal(srv.sc.ss.calls[HD_HOOK_LEAVE], 1);
+    assert_int_equal(srv.sc.ss.calls[HD_HOOK_DISCONNECT], 0);
+    cli_free(client);
+    RUN_UNTIL(srv.sc.ss.calls[HD_HOOK_DISCONNECT] == 1);
+    assert_int_equal(srv.sc.ss.calls[HD_HOOK_LEAVE], 2); /* keep, at the close */
+}
+
+/* The value of key in c's assigns, as compact JSON ("" when absent; caller frees). */
+static char *assign_of(hd_conn *c, const char *key)
+{
+    json_t *o = json_loads(c->assigns ? c->assigns : "{}", 0, NULL);
+    assert_true(json_is_object(o));
+    json_t *v = json_object_get(o, key);
+    char *r = v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("");
+    json_decref(o);
+    return r;
+}
+
+static void expect_assign(hd_conn *c, const char *key, const char *want)
+{
+    char *got = assign_of(c, key);
+    assert_string_equal(got, want);
+    free(got);
+}
+
+/* hd_hook_message's reply (or reason) for event. */
+static int message_hook(hd_conn *c, const char *event, char *out)
+{
+    json_t *payload = json_object();
+    hd_str reply = HD_STR_INIT;
+    char reason[128] = "";
+    int r = hd_hook_message(&srv.sc, c, "t", 1, event, payload, &reply, reason, 128);
+    snprintf(out, 128, "%s", r == 1 ? reply.p : reason);
+    hd_str_free(&reply);
+    json_decref(payload);
+    return r;
+}
+
+/* Assigns persist: what join or message hooks write in socket.assigns is
+ * kept with the socket (and the next hook of the same run sees it), as is
+ * what herald.assign sets, from a hook or a timer; a hook that does not
+ * touch assigns, or only reads them, leaves the very bytes. */
+static void test_assigns_persist(void **st)
+{
+    (void)st;
+    start("return {\n"
+          "  join = function(socket, topic)\n"
+          "    if topic == 'set' then socket.assigns.x = 1; socket.assigns.role = nil end\n"
+          "    if topic == 'read' then return socket.assigns.role == 'admin' end\n"
+          "    return true\n"
+          "  end,\n"
+          "  message = function(socket, topic, event)\n"
+          "    local a = socket.assigns\n"
+          "    if event == 'see' then return { x = a.x, y = a.y, role = a.role, n = a.n } end\n"
+          "    if event == 'assign' then herald.assign(socket, 'y', { z = 2 }) return true end\n"
+          "    if event == 'unassign' then herald.assign(socket, 'x', nil) return { x = a.x } end\n"
+          "    if event == 'chain' then a.w = 'a' return end\n"
+          "    if event == 'bad' then socket.assigns = 5 return true end\n"
+          "    if event == 'later' then\n"
+          "      herald.after(1, function() herald.assign(socket, 'later', true) end)\n"
+          "      return true\n"
+          "    end\n"
+          "  end,\n"
+          "}\n",
+          "return { message = function(socket, topic, event)\n"
+          "  if event == 'chain' then return { w = socket.assigns.w } end\n"
+          "end }\n",
+          1000);
+    cli *client;
+    hd_conn *c = server_conn(&client);
+    c->assigns = strdup("{\"role\":\"admin\",\"n\":1}"); /* as authenticate leaves them */
+    const char *was = c->assigns;
+    char reply[128], meta[128], reason[128], out[128];
+
+    /* Not touched, or only read: the same bytes, not even re-encoded. */
+    assert_int_equal(join_hook(c, "none", reply, meta, reason), 1);
+    assert_ptr_equal(c->assigns, was);
+    assert_int_equal(join_hook(c, "read", reply, meta, reason), 1);
+    assert_ptr_equal(c->assigns, was);
+    assert_string_equal(c->assigns, "{\"role\":\"admin\",\"n\":1}");
+    assert_int_equal(message_hook(c, "other", out), 0);
+    assert_ptr_equal(c->assigns, was);
+
+    /* join writes, a later message hook sees it. */
+    assert_int_equal(join_hook(c, "set", reply, meta, reason), 1);
+    expect_assign(c, "x", "1");
+    expect_assign(c, "role", "");
+    expect_assign(c, "n", "1");
+    assert_int_equal(message_hook(c, "see", out), 1);
+    json_t *r = json_loads(out, 0, NULL);
+    assert_int_equal(json_integer_value(json_object_get(r, "x")), 1);
+    assert_null(json_object_get(r, "role"));
+    json_decref(r);
+
+    /* herald.assign from a message hook; a table value; nil removes. */
+    assert_int_equal(message_hook(c, "assign", out), 1);
+    expect_assign(c, "y", "{\"z\":2}");
+    assert_int_equal(message_hook(c, "see", out), 1);
+    assert_non_null(strstr(out, "\"y\":{\"z\":2}"));
+    assert_int_equal(message_hook(c, "unassign", out), 1);
+    assert_string_equal(out, "{}"); /* the hook's own table followed */
+    expect_assign(c, "x", "");
+    expect_assign(c, "y", "{\"z\":2}");
+
+    /* Within one run: the next script's hook sees what the one before wrote. */
+    assert_int_equal(message_hook(c, "chain", out), 1);
+    assert_string_equal(out, "{\"w\":\"a\"}");
+    expect_assign(c, "w", "\"a\"");
+
+    /* Assigns that are not an object: logged, counted, the old ones kept. */
+    was = c->assigns;
+    capture();
+    assert_int_equal(message_hook(c, "bad", out), 1);
+    char *log = captured();
+    assert_non_null(strstr(log, "message hook: socket.assigns cannot be kept: not a table"));
+    free(log);
+    assert_ptr_equal(c->assigns, was);
+    assert_int_equal(srv.sc.ss.errors[HD_HOOK_MESSAGE], 1);
+
+    /* herald.assign outside any hook, from a timer holding the socket. */
+    assert_int_equal(message_hook(c, "later", out), 1);
+    RUN_UNTIL(c->assigns && strstr(c->assigns, "\"later\":true"));
+    expect_assign(c, "w", "\"a\"");
+    cli_free(client);
+}
+
 int main(void)
 {
     real_stderr = stderr;
@@ -625,6 +970,10 @@ int main(void)
         cmocka_unit_test_teardown(test_error_traceback, teardown_hooks),
         cmocka_unit_test_teardown(test_budget_stops_loops, teardown_hooks),
         cmocka_unit_test_teardown(test_nil_and_metatables, teardown_hooks),
+        cmocka_unit_test_teardown(test_one_rule_for_nil, teardown_hooks),
+        cmocka_unit_test_teardown(test_leave_and_disconnect, teardown_hooks),
+        cmocka_unit_test_teardown(test_leave_on_recheck, teardown_hooks),
+        cmocka_unit_test_teardown(test_assigns_persist, teardown_hooks),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     unlink(path_a);
