@@ -75,6 +75,7 @@ hd_sub *hd_topics_subscribe(hd_topics *t, const char *name, size_t len, hd_conn 
         tp->subs = NULL;
         tp->policy_gen = 0; /* generations start at 1: the first use asks */
         tp->id = ++t->next_id;
+        if (!tp->id) tp->id = ++t->next_id; /* (0: no topic, in a queue) */
         tp->diff = NULL;
         tp->pres_loading = 0;
         tp->pres = NULL;
@@ -138,10 +139,10 @@ hd_sub *hd_topics_sub_of(const hd_conn *c, const char *name, size_t len)
 const hd_topic_policy *hd_topic_policy_of(hd_topics *t, hd_topic *tp)
 {
     uint64_t gen = t->pol ? t->pol->gen : 1;
-    if (tp->policy_gen != gen) {
+    if (tp->policy_gen != (uint32_t)gen) {
         if (t->pol) hd_policy_for(t->pol, tp->name, tp->len, &tp->policy);
         else hd_topic_policy_default(&tp->policy);
-        tp->policy_gen = gen;
+        tp->policy_gen = (uint32_t)gen;
     }
     return &tp->policy;
 }

@@ -24,11 +24,13 @@ typedef struct hd_sub {
     struct hd_topic *topic;
     hd_conn *conn;
     struct hd_pres *pres;         /* its presence entry (presence.c), NULL when untracked */
-    uint64_t floor;               /* its join's history read reached this offset: a live
+    /* One word, so that a subscription with a short ref stays a 64-byte
+     * allocation: */
+    uint64_t floor : 56;          /* its join's history read reached this offset: a live
                                    * message at or below it came late and is not sent */
-    uint8_t has_ref;              /* ref holds the client's join_ref */
-    uint8_t state_due;            /* presence_state waits for the topic's load */
-    uint8_t joining;              /* its join waits for the topic's history: nothing live yet */
+    uint64_t has_ref : 1;         /* ref holds the client's join_ref */
+    uint64_t state_due : 1;       /* presence_state waits for the topic's load */
+    uint64_t joining : 1;         /* its join waits for the topic's history: nothing live yet */
     char ref[];                   /* (allocated to fit: offsetof(hd_sub, ref) + length + 1) */
 } hd_sub;
 
@@ -38,14 +40,17 @@ static inline const char *hd_sub_join_ref(const hd_sub *s) { return s->has_ref ?
 typedef struct hd_topic {
     struct hd_topic *hnext;       /* hash chain */
     hd_topic_policy policy;       /* valid when policy_gen is the policy generation */
-    uint64_t policy_gen;
-    uint64_t id;                  /* unique for the registry's life (tags queued frames) */
-    struct hd_pres *pres;         /* presence entries, every node's (presence.c) */
-    struct hd_pres_diff *diff;    /* the presence diff waiting to be sent, or NULL */
-    hd_sub *subs;                 /* subscribers, newest first */
+    /* (32-bit fields beside the policy, so that a topic with a short name
+     * stays a 112-byte allocation) */
+    uint32_t policy_gen;          /* (the low 32 bits of the generation) */
+    uint32_t id;                  /* tags queued frames: never 0, unique among the live
+                                   * (wraps after 2^32 topics; a frame is queued seconds) */
     uint32_t hash;
     uint32_t nsubs;
     uint32_t len;
+    struct hd_pres *pres;         /* presence entries, every node's (presence.c) */
+    struct hd_pres_diff *diff;    /* the presence diff waiting to be sent, or NULL */
+    hd_sub *subs;                 /* subscribers, newest first */
     uint8_t pres_loading;         /* other nodes' presence is being loaded (cluster) */
     char name[];                  /* NUL-terminated */
 } hd_topic;
@@ -54,7 +59,7 @@ typedef struct hd_topics {
     hd_topic **slots;
     size_t nslots;                /* a power of two */
     size_t count;
-    uint64_t next_id;
+    uint32_t next_id;
     hd_policy *pol;               /* borrowed; NULL: defaults */
     hd_stats *st;                 /* borrowed; may be NULL in tests */
     /* Called when a topic is created (its first subscriber joined), and
