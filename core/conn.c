@@ -770,12 +770,7 @@ hd_conn *hd_net_find(hd_net *net, uint64_t id)
 
 /* ---- the index: identity -> connections ------------------------------------------- */
 
-static uint32_t str_hash(const char *p)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (; *p; p++) h = (h ^ (uint8_t)*p) * 16777619u;
-    return h;
-}
+static uint32_t str_hash(const char *p) { return hd_fnv1a(p, strlen(p)); }
 
 static void ident_del(hd_net *net, hd_ident *e)
 {

@@ -1,4 +1,5 @@
 #include "history.h"
+#include "util.h"
 #include "log.h"
 #include "phx.h"
 
@@ -6,12 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint32_t hash_of(const char *s, size_t n)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 16777619u;
-    return h;
-}
+static uint32_t hash_of(const char *s, size_t n) { return hd_fnv1a(s, n); }
 
 int hd_history_init(hd_history *h)
 {

@@ -1,4 +1,5 @@
 #include "peer.h"
+#include "util.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -26,12 +27,7 @@ int hd_bucket_take(hd_bucket *b, uint32_t rate, uint64_t now, unsigned *retry_s)
 
 int hd_bucket_full(const hd_bucket *b, uint32_t rate, uint64_t now) { return level(b, rate, now) >= rate; }
 
-static uint32_t hash(const hd_addr *a)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (int i = 0; i < 16; i++) h = (h ^ a->b[i]) * 16777619u;
-    return h;
-}
+static uint32_t hash(const hd_addr *a) { return hd_fnv1a(a->b, sizeof a->b); }
 
 static int grow(hd_peers *t)
 {

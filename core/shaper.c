@@ -1,4 +1,5 @@
 #include "shaper.h"
+#include "util.h"
 #include "log.h"
 
 #include <stdlib.h>
@@ -28,12 +29,7 @@ typedef struct hd_shaper {
 
 static uint64_t loop_now(hd_shapers *sh) { return uv_now(sh->loop); }
 
-static uint32_t hash(const char *p, size_t n)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)p[i]) * 16777619u;
-    return h;
-}
+static uint32_t hash(const char *p, size_t n) { return hd_fnv1a(p, n); }
 
 void hd_shapers_init(hd_shapers *sh, uv_loop_t *loop, hd_stats *st, hd_policy *pol,
                      hd_shaper_release_fn release, void *ud)

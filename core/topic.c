@@ -1,15 +1,11 @@
 #include "topic.h"
+#include "util.h"
 #include "err.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-static uint32_t hash(const char *p, size_t len)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < len; i++) h = (h ^ (uint8_t)p[i]) * 16777619u;
-    return h;
-}
+static uint32_t hash(const char *p, size_t len) { return hd_fnv1a(p, len); }
 
 int hd_topics_init(hd_topics *t)
 {

@@ -35,6 +35,14 @@ int hd_header_has_token(const char *value, size_t len, const char *token);
 
 /* Case-insensitive equality of len bytes at a with NUL-terminated b. */
 int hd_strieq(const char *a, size_t len, const char *b);
+/* FNV-1a (32 bits) of n bytes: the hash of every table in the core. */
+static inline uint32_t hd_fnv1a(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 16777619u;
+    return h;
+}
 
 /* Returns 1 if the address string is IPv4 127.0.0.0/8, ::1 or
  * ::ffff:127.x.x.x. */
