@@ -192,6 +192,24 @@ static int l_plugin_source(lua_State *L)
     return 1;
 }
 
+/* [-0, +0] Copies the list of strings at the top of the stack into a new
+ * NULL-terminated array *out of *n strings (freed by hd_config_free, also
+ * when this runs out of memory half way). Returns 0 or HD_ENOMEM. */
+static int str_list(lua_State *L, char ***out, size_t *n)
+{
+    size_t len = lua_objlen(L, -1);
+    *out = calloc(len + 1, sizeof **out);
+    if (!*out) return HD_ENOMEM;
+    for (size_t i = 0; i < len; i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        char *v = strdup(lua_tostring(L, -1));
+        lua_pop(L, 1);
+        if (!v) return HD_ENOMEM;
+        (*out)[(*n)++] = v;
+    }
+    return 0;
+}
+
 /* [-0, +0] Copies the normalized table at the top of the stack into c. */
 static int read_normalized(lua_State *L, hd_config *c, const char *dir)
 {
@@ -227,18 +245,7 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
 
     lua_getfield(L, t, "ws");
     lua_getfield(L, -1, "allowed_origins"); /* a list, or false: any origin */
-    if (lua_istable(L, -1)) {
-        size_t no = lua_objlen(L, -1);
-        c->allowed_origins = calloc(no + 1, sizeof *c->allowed_origins);
-        if (!c->allowed_origins) return HD_ENOMEM;
-        for (size_t i = 0; i < no; i++) {
-            lua_rawgeti(L, -1, (int)i + 1);
-            char *o = strdup(lua_tostring(L, -1));
-            lua_pop(L, 1);
-            if (!o) return HD_ENOMEM;
-            c->allowed_origins[c->nallowed_origins++] = o;
-        }
-    }
+    if (lua_istable(L, -1) && str_list(L, &c->allowed_origins, &c->nallowed_origins)) return HD_ENOMEM;
     lua_pop(L, 2);
 
     lua_getfield(L, t, "mounts");
@@ -376,18 +383,7 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     lua_getfield(L, -1, "required");
     c->cluster_required = lua_toboolean(L, -1);
     lua_getfield(L, -2, "redis"); /* a list of URLs, or false */
-    if (lua_istable(L, -1)) {
-        n = lua_objlen(L, -1);
-        c->cluster_urls = calloc(n + 1, sizeof *c->cluster_urls);
-        if (!c->cluster_urls) return HD_ENOMEM;
-        for (size_t i = 0; i < n; i++) {
-            lua_rawgeti(L, -1, (int)i + 1);
-            char *u = strdup(lua_tostring(L, -1));
-            lua_pop(L, 1);
-            if (!u) return HD_ENOMEM;
-            c->cluster_urls[c->ncluster_urls++] = u;
-        }
-    }
+    if (lua_istable(L, -1) && str_list(L, &c->cluster_urls, &c->ncluster_urls)) return HD_ENOMEM;
     lua_pop(L, 3);
 
     lua_getfield(L, t, "log");
