@@ -448,27 +448,29 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
  * they may use (out of FD_RESERVE). */
 #define ADMIN_MAX 32
 
-static const char *const refusal_messages[HD_REFUSE_COUNT] = {
-    [HD_REFUSE_DESCRIPTORS] = "server at capacity",
-    [HD_REFUSE_CAPACITY] = "server at capacity",
-    [HD_REFUSE_WS_CAPACITY] = "server at capacity",
-    [HD_REFUSE_PER_IP] = "too many connections from this address",
-    [HD_REFUSE_RATE] = "connection rate exceeded",
-    [HD_REFUSE_RATE_PER_IP] = "connection rate exceeded",
-    [HD_REFUSE_DRAINING] = "server is shutting down",
+/* Each refusal reason: the client's JSON error, the log's words, the metric's label. */
+static const struct {
+    const char *message, *why, *label;
+} refusals[HD_REFUSE_COUNT] = {
+    [HD_REFUSE_DESCRIPTORS] = {"server at capacity", "out of descriptors", "descriptors"},
+    [HD_REFUSE_CAPACITY] = {"server at capacity", "over the connection cap", "capacity"},
+    [HD_REFUSE_WS_CAPACITY] = {"server at capacity", "over the WebSocket cap", "ws_capacity"},
+    [HD_REFUSE_PER_IP] = {"too many connections from this address", "over limits.max_connections_per_ip",
+                          "per_ip"},
+    [HD_REFUSE_RATE] = {"connection rate exceeded", "over limits.connect_rate", "connect_rate"},
+    [HD_REFUSE_RATE_PER_IP] = {"connection rate exceeded", "over limits.connect_rate_per_ip",
+                               "connect_rate_per_ip"},
+    [HD_REFUSE_DRAINING] = {"server is shutting down", "draining", "draining"},
 };
 
-static const char *const refusal_names[HD_REFUSE_COUNT] = {
-    [HD_REFUSE_DESCRIPTORS] = "out of descriptors",
-    [HD_REFUSE_CAPACITY] = "over the connection cap",
-    [HD_REFUSE_WS_CAPACITY] = "over the WebSocket cap",
-    [HD_REFUSE_PER_IP] = "over limits.max_connections_per_ip",
-    [HD_REFUSE_RATE] = "over limits.connect_rate",
-    [HD_REFUSE_RATE_PER_IP] = "over limits.connect_rate_per_ip",
-    [HD_REFUSE_DRAINING] = "draining",
-};
+const char *hd_refusal_message(int reason) { return refusals[reason].message; }
+const char *hd_refusal_label(int reason) { return refusals[reason].label; }
 
-const char *hd_refusal_message(int reason) { return refusal_messages[reason]; }
+void hd_retry_after(char out[48], unsigned retry_s)
+{
+    out[0] = 0;
+    if (retry_s) snprintf(out, 48, "Retry-After: %u\r\n", retry_s);
+}
 
 void hd_net_count_refusal(hd_net *net, int reason)
 {
@@ -477,7 +479,7 @@ void hd_net_count_refusal(hd_net *net, int reason)
     uint64_t now = uv_now(net->loop);
     if (net->refused_logged && now - net->refused_logged < 1000) return;
     hd_warn("refused %llu connection(s) in the last second, the last %s (%zu connections open)",
-            (unsigned long long)net->refused_unlogged, refusal_names[reason], net->nconns);
+            (unsigned long long)net->refused_unlogged, refusals[reason].why, net->nconns);
     net->refused_logged = now;
     net->refused_unlogged = 0;
 }
@@ -490,9 +492,9 @@ void hd_net_refuse_fd(hd_net *net, int fd, int reason, unsigned retry_s)
     char sink[4096];
     for (int i = 0; i < 16 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++) {}
     char answer[512];
-    const char *msg = refusal_messages[reason];
-    char retry[48] = "";
-    if (retry_s) snprintf(retry, sizeof retry, "Retry-After: %u\r\n", retry_s);
+    const char *msg = refusals[reason].message;
+    char retry[48];
+    hd_retry_after(retry, retry_s);
     int n = snprintf(answer, sizeof answer,
                      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\nCache-Control: no-store\r\nConnection: close\r\n%s\r\n"

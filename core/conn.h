@@ -181,8 +181,12 @@ void hd_net_take(hd_net *net, int fd, int admin);
 void hd_net_refuse_fd(hd_net *net, int fd, int reason, unsigned retry_s);
 /* Counts a refusal and warns (at most once a second). */
 void hd_net_count_refusal(hd_net *net, int reason);
-/* The JSON error of a refusal reason. */
+/* The JSON error of a refusal reason, and its label in
+ * herald_tcp_refused_total{reason}. */
 const char *hd_refusal_message(int reason);
+const char *hd_refusal_label(int reason);
+/* "Retry-After: <s>\r\n" into out, or "" when retry_s is 0. */
+void hd_retry_after(char out[48], unsigned retry_s);
 
 /* The open connection with this id, or NULL. */
 hd_conn *hd_net_find(hd_net *net, uint64_t id);

@@ -408,8 +408,8 @@ static void parse(hd_conn *c, hd_http_conn *h, uint8_t *data, size_t len)
 
 void hd_http_refuse(hd_conn *c, const hd_http_req *r, int reason, unsigned retry_s)
 {
-    char retry[48] = "";
-    if (retry_s) snprintf(retry, sizeof retry, "Retry-After: %u\r\n", retry_s);
+    char retry[48];
+    hd_retry_after(retry, retry_s);
     hd_http_error(c, r, 503, hd_refusal_message(reason), retry_s ? retry : NULL, 1);
 }
 

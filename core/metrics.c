@@ -24,16 +24,10 @@ void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd
     hd_metrics_gauge(o, "herald_topics", "Topics with at least one subscriber on this node.",
           eng->topics.count);
     hd_metrics_counter(o, "herald_tcp_accepted_total", "TCP connections accepted.", m->tcp_accepted);
-    static const char *const refused[HD_REFUSE_COUNT] = {
-        [HD_REFUSE_DESCRIPTORS] = "descriptors", [HD_REFUSE_CAPACITY] = "capacity",
-        [HD_REFUSE_WS_CAPACITY] = "ws_capacity", [HD_REFUSE_PER_IP] = "per_ip",
-        [HD_REFUSE_RATE] = "connect_rate",       [HD_REFUSE_RATE_PER_IP] = "connect_rate_per_ip",
-        [HD_REFUSE_DRAINING] = "draining",
-    };
     hd_str_adds(o, "# HELP herald_tcp_refused_total Connections refused with 503, by reason.\n"
                    "# TYPE herald_tcp_refused_total counter\n");
     for (int i = 0; i < HD_REFUSE_COUNT; i++)
-        hd_str_printf(o, "herald_tcp_refused_total{reason=\"%s\"} %" PRIu64 "\n", refused[i], m->tcp_refused[i]);
+        hd_str_printf(o, "herald_tcp_refused_total{reason=\"%s\"} %" PRIu64 "\n", hd_refusal_label(i), m->tcp_refused[i]);
     hd_metrics_counter(o, "herald_http_requests_total", "HTTP requests answered.", m->http_requests);
     hd_metrics_counter(o, "herald_http_client_errors_total", "HTTP requests answered with a 4xx status.",
             m->http_errors_4xx);
