@@ -143,32 +143,44 @@ static int since_of(json_t *payload, const char **epoch, size_t *elen, uint64_t 
     return 1;
 }
 
+/* Whether a replay of bytes fits c's send queue behind the join's reply
+ * (its response answer, plus the envelope and the fields merge_history
+ * adds). The replay is queued at once, behind the reply: one that does
+ * not fit would close the connection as a slow consumer (1013) before the
+ * reply is out, and the client would come back with the same since again
+ * and again; refused, it refetches once. */
+static int replay_fits(const hd_channel_ctx *ch, const hd_conn *c, size_t bytes, const hd_str *answer,
+                       size_t tlen, const char *jr, const char *ref)
+{
+    /* (Each byte of a JSON string takes 6 at most, escaped; 96: the fields.) */
+    size_t reply = 128 + 6 * (tlen + (jr ? strlen(jr) : 0) + (ref ? strlen(ref) : 0)) +
+                   (answer->p ? answer->len : 2) + 96;
+    return !bytes || c->wq_bytes + reply + bytes <= ch->cfg->send_queue_bytes;
+}
+
+static void count_recovery(hd_channel_ctx *ch, int asked, int ok)
+{
+    if (!asked) return;
+    if (ok) ch->eng->hist.recovered++;
+    else ch->eng->hist.not_recovered++;
+}
+
 /* A join of a topic with history: the reply's response gets the stream's
  * epoch and offset (and "recovered" when the join asked with since), set
  * over what the join hook answered (an object; another answer is kept as
- * it is). envelope bounds the reply's bytes beside its response. Returns 1
- * when the messages after *since are to be replayed. */
+ * it is). Returns 1 when the messages after *since are to be replayed. */
 static int history_answer(hd_channel_ctx *ch, hd_conn *c, hd_stream *hs, const hd_topic_policy *p,
-                          json_t *payload, hd_str *answer, uint64_t *since, size_t envelope)
+                          json_t *payload, hd_str *answer, uint64_t *since, const char *jr,
+                          const char *ref)
 {
     const char *epoch = NULL;
     size_t elen = 0;
     int asked = json_object_get(payload, "since") != NULL, ok = 0;
     if (since_of(payload, &epoch, &elen, since)) {
-        ok = hd_history_can_recover(hs, p, epoch, elen, *since, uv_now(ch->net->loop));
-        /* The replay is queued at once, behind the reply: one that does not
-         * fit in the send queue would close the connection as a slow
-         * consumer (1013) before the reply is out, and the client would
-         * come back with the same since again and again. Refused, it
-         * refetches once. (96: the fields added below.) */
-        size_t bytes = ok ? hd_history_replay_bytes(hs, *since) : 0;
-        size_t need = envelope + (answer->p ? answer->len : 2) + 96;
-        if (bytes && c->wq_bytes + need + bytes > ch->cfg->send_queue_bytes) ok = 0;
+        ok = hd_history_can_recover(hs, p, epoch, elen, *since, uv_now(ch->net->loop)) &&
+             replay_fits(ch, c, hd_history_replay_bytes(hs, *since), answer, hs->len, jr, ref);
     }
-    if (asked) {
-        if (ok) ch->eng->hist.recovered++;
-        else ch->eng->hist.not_recovered++;
-    }
+    count_recovery(ch, asked, ok);
     merge_history(answer, hs->epoch, hs->top, asked, ok);
     return ok;
 }
@@ -229,12 +241,8 @@ static void joined(void *ud, const hd_recovery *r)
     int ok = covered(w, r, &first);
     uint64_t missed = ok ? r->top - w->since : 0;
     for (uint64_t i = 0; i < missed; i++) bytes += r->frames[first + i]->len;
-    /* As on one node: a replay the send queue cannot take is refused. */
-    if (bytes && c->wq_bytes + bytes + w->answer.len + 6 * w->tlen + 256 > ch->cfg->send_queue_bytes) ok = 0;
-    if (w->asked) {
-        if (ok) ch->eng->hist.recovered++;
-        else ch->eng->hist.not_recovered++;
-    }
+    if (ok && !replay_fits(ch, c, bytes, &w->answer, w->tlen, w->jr, w->ref)) ok = 0;
+    count_recovery(ch, w->asked, ok);
     merge_history(&w->answer, r->ok ? r->epoch : NULL, r->top, w->asked, ok);
     reply(c, w->jr, w->ref, w->topic, "ok", w->answer.p ? w->answer.p : "{}");
     for (uint64_t i = 0; ok && i < missed; i++) hd_conn_send(c, r->frames[first + i]);
@@ -345,9 +353,7 @@ static void on_join(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *
     }
     hd_stream *hs = hd_history_open(&ch->eng->hist, topic, tlen, p, uv_now(ch->net->loop));
     uint64_t since = 0;
-    /* (Each byte of a JSON string takes 6 at most, escaped.) */
-    size_t envelope = 128 + 6 * (tlen + (jr ? strlen(jr) : 0) + (ref ? strlen(ref) : 0));
-    int replay = hs && history_answer(ch, c, hs, p, payload, &answer, &since, envelope);
+    int replay = hs && history_answer(ch, c, hs, p, payload, &answer, &since, jr, ref);
     reply(c, jr, ref, topic, "ok", answer.p ? answer.p : "{}");
     /* What was missed, in order, before anything live (nothing runs between). */
     if (replay) hd_history_replay(hs, since, c);
