@@ -74,7 +74,7 @@ local function mount(v)
   if v:match("/websocket$") then return nil, 'a mount path without "/websocket" (it is appended)' end
   return v
 end
-local function list_of(check, max)
+local function list_of(check, max, may_be_empty)
   return function(v)
     if type(v) ~= "table" then return nil, "a list" end
     local out = {}
@@ -88,7 +88,7 @@ local function list_of(check, max)
         return nil, "a list (found key " .. tostring(k) .. ")"
       end
     end
-    if #out == 0 then return nil, "a non-empty list" end
+    if #out == 0 and not may_be_empty then return nil, "a non-empty list" end
     if max and #out > max then return nil, ("a list of at most %d items"):format(max) end
     return out
   end
@@ -128,22 +128,14 @@ end
 -- empty list trusts none. Each is parsed by M.cidr, which core/config.c
 -- sets to hd_cidr_parse (core/addr.c), so that the check and the server
 -- read them with one parser.
+local function cidr(v)
+  if is_str(v) and (not M.cidr or M.cidr(v)) then return v end
+  return nil, 'an address or a range such as "10.0.0.0/8"'
+end
+local cidr_list = list_of(cidr, 256, true)
 local function cidrs(v)
   if type(v) ~= "table" then return nil, 'a list of addresses or ranges such as "10.0.0.0/8" (or {})' end
-  local out = {}
-  for i, item in ipairs(v) do
-    if not is_str(item) or (M.cidr and not M.cidr(item)) then
-      return nil, ('a list whose item %d is an address or a range such as "10.0.0.0/8"'):format(i)
-    end
-    out[i] = item
-  end
-  for k in pairs(v) do
-    if type(k) ~= "number" or k < 1 or k > #v or k ~= floor(k) then
-      return nil, "a list (found key " .. tostring(k) .. ")"
-    end
-  end
-  if #out > 256 then return nil, "a list of at most 256 items" end
-  return out
+  return cidr_list(v)
 end
 
 -- Sections later issues define; accepted as tables and passed through.

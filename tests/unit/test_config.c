@@ -246,6 +246,10 @@ static void test_errors(void **st)
     bad("timeouts = { ws_idle_ms = 0 }", "timeouts.ws_idle_ms", NULL);
     bad("timeouts = { ws_message_ms = 5 }", "timeouts.ws_message_ms", NULL);
     bad("limits = { max_inbound_bytes = 100 }", "limits.max_inbound_bytes", NULL);
+    bad("listen = { trusted_proxies = { '10.0.0.0/8', '10.0.0.0/33' } }", "listen.trusted_proxies",
+        "item 2 is an address or a range", NULL);
+    bad("listen = { trusted_proxies = '10.0.0.0/8' }", "listen.trusted_proxies", "(or {})", NULL);
+    bad("listen = { trusted_proxies = { x = '::1' } }", "listen.trusted_proxies", "found key x", NULL);
     bad("limits = { client_messages_per_s = -1 }", "limits.client_messages_per_s", NULL);
     bad("limits = { client_messages_burst = 1.5 }", "limits.client_messages_burst", NULL);
     bad("limits = { client_messages_per_s = 5, client_messages_burst = 0 }",
@@ -456,6 +460,17 @@ static void test_cluster(void **st)
     assert_int_equal(c.nallowed_origins, 2);
     assert_string_equal(c.allowed_origins[0], "https://app.example.com:8443");
     assert_string_equal(c.allowed_origins[1], "*.example.org");
+    hd_config_free(&c);
+    /* listen.trusted_proxies: parsed ranges; {} trusts none. */
+    rc = load("listen = { trusted_proxies = { '10.1.2.3/8', '2001:db8::/32', '192.0.2.7' } }\n", &c, err,
+              sizeof err);
+    if (rc) fail_msg("%s", err);
+    assert_int_equal(c.ntrusted, 3);
+    assert_int_equal(c.trusted[0].bits, 96 + 8);
+    hd_config_free(&c);
+    rc = load("listen = { trusted_proxies = {} }\n", &c, err, sizeof err);
+    if (rc) fail_msg("%s", err);
+    assert_int_equal(c.ntrusted, 0);
     hd_config_free(&c);
     for (const char *const *b = (const char *const[]){"'example.com'", "'https://a/b'", "'*'", "'**.x'",
                                                        "5", NULL};
