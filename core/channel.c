@@ -265,11 +265,7 @@ static void join_later(hd_channel_ctx *ch, hd_conn *c, hd_sub *s, const hd_topic
 {
     hd_topic *tp = s->topic;
     jwait *w = calloc(1, sizeof *w + tp->len + 1);
-    if (!w) {
-        hd_error("conn %llu: out of memory joining a topic", (unsigned long long)c->id);
-        reply_error(c, jr, ref, tp->name, "join crashed");
-        return;
-    }
+    if (!w) goto oom;
     w->ch = ch;
     w->conn_id = c->id;
     w->since = UINT64_MAX;
@@ -287,6 +283,7 @@ static void join_later(hd_channel_ctx *ch, hd_conn *c, hd_sub *s, const hd_topic
     *answer = (hd_str)HD_STR_INIT;
     w->jr = jr ? strdup(jr) : NULL;
     w->ref = ref ? strdup(ref) : NULL;
+    if ((jr && !w->jr) || (ref && !w->ref)) goto oom;
     w->tlen = tp->len;
     memcpy(w->topic, tp->name, tp->len);
     s->joining = 1;
@@ -295,6 +292,12 @@ static void join_later(hd_channel_ctx *ch, hd_conn *c, hd_sub *s, const hd_topic
         memset(&none, 0, sizeof none);
         joined(w, &none); /* (answered at once, without an epoch) */
     }
+    return;
+oom:
+    hd_error("conn %llu: out of memory joining a topic", (unsigned long long)c->id);
+    reply_error(c, jr, ref, tp->name, "join crashed");
+    drop_sub(ch, s); /* (refused: not left joined) */
+    if (w) jwait_free(w);
 }
 
 static void on_join(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *ref,
