@@ -226,13 +226,7 @@ run_variant() {
     "${args[@]}" "${pids[@]}" --mark "sh $mark" $BENCH_ARGS)
   rc=$?
   [ -n "$line" ] || line=$(printf '{"scenario":"%s","error":"herald-bench exited %s with no result"}' "$scenario" "$rc")
-  for i in "${!NODE_PIDS[@]}"; do
-    if ! kill -0 "${NODE_PIDS[$i]}" 2>/dev/null; then
-      hb_log "!! node $i exited during $scenario ($variant); the end of its log:"
-      tail -20 "${NODE_LOGS[$i]}" >&2
-      cp "${NODE_LOGS[$i]}" "$HB_KEEP/herald-cluster-$variant-node$i-$(date +%s).log" 2>/dev/null || true
-    fi
-  done
+  hb_check_nodes "$scenario ($variant)" "cluster-$variant"
   stop_nodes
   enrich "$line" "$dir" "$variant" "$run" | tee -a "$OUT"
   # let the kernel finish tearing the sockets down before the next variant

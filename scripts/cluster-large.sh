@@ -208,13 +208,7 @@ run_once() {
     --mark "sh $mark" $BENCH_ARGS)
   rc=$?
   [ -n "$line" ] || line=$(printf '{"scenario":"cluster-large","error":"herald-bench exited %s with no result"}' "$rc")
-  for i in "${!NODE_PIDS[@]}"; do
-    if ! kill -0 "${NODE_PIDS[$i]}" 2>/dev/null; then
-      hb_log "!! node $i exited during cluster-large; the end of its log:"
-      tail -20 "${NODE_LOGS[$i]}" >&2
-      cp "${NODE_LOGS[$i]}" "$HB_KEEP/herald-cluster-large-node$i-$(date +%s).log" 2>/dev/null || true
-    fi
-  done
+  hb_check_nodes cluster-large cluster-large
   stop_nodes
   enrich "$line" "$dir" "$run" | tee -a "$OUT"
   # let the kernel finish tearing the sockets down before the next run

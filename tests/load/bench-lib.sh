@@ -289,6 +289,20 @@ hb_outputs() {
   if [ -z "${BENCH_OUT:-}" ] || [ "${3:-}" != append ]; then : >"$OUT"; fi
 }
 
+# hb_check_nodes WHAT TAG: for each of NODE_PIDS (logs in NODE_LOGS) that
+# exited during WHAT, says so with the end of its log and keeps the log in
+# $HB_KEEP as herald-TAG-node<i>-<time>.log.
+hb_check_nodes() {
+  local i
+  for i in "${!NODE_PIDS[@]}"; do
+    if ! kill -0 "${NODE_PIDS[$i]}" 2>/dev/null; then
+      hb_log "!! node $i exited during $1; the end of its log:"
+      tail -20 "${NODE_LOGS[$i]}" >&2
+      cp "${NODE_LOGS[$i]}" "$HB_KEEP/herald-$2-node$i-$(date +%s).log" 2>/dev/null || true
+    fi
+  done
+}
+
 # hb_run SCENARIO SERVER RESULTS_FILE: one herald-bench run against a fresh
 # server; prints its JSON line and appends it to RESULTS_FILE.
 hb_run() {
