@@ -65,6 +65,7 @@ static int reserve(hd_str *s, size_t extra, size_t limit)
     if (cap > limit + 1) cap = need > limit + 1 ? need : limit + 1;
     char *p = realloc(s->p, cap);
     if (!p) return HD_ENOMEM;
+    p[s->len] = 0;
     s->p = p;
     s->cap = cap;
     return 0;
@@ -644,6 +645,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     conn *c = s->data;
     if (n == 0 || c->state == C_CLOSING) return;
+    if (n > 0) c->hc->st.bytes_read += (uint64_t)n;
     if (c->state == C_IDLE) {
         /* The server closed a kept connection, or sent what nobody asked
          * for: either way it cannot carry the next request. */
@@ -675,6 +677,7 @@ static void send_request(conn *c)
     if (c->uses) c->hc->st.reused++;
     uv_buf_t b = uv_buf_init((char *)k->req->data, k->req->len);
     c->wbuf = hd_buf_ref(k->req);
+    c->wreq.data = c;
     int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written);
     if (rc) {
         hd_buf_unref(c->wbuf);

@@ -148,6 +148,7 @@ typedef struct hd_httpc_stats {
     uint64_t timeouts;           /* of which their deadline passed */
     uint64_t connects;           /* TCP connections established */
     uint64_t reused;             /* requests sent on a connection that had served one already */
+    uint64_t bytes_read;         /* bytes received from backends */
     size_t in_flight;            /* calls accepted, not finished nor cancelled */
     size_t open_conns;           /* connections resolving, connecting, busy or idle */
 } hd_httpc_stats;
