@@ -140,27 +140,25 @@ static int on_header_value_complete(llhttp_t *p)
 }
 
 /* Returns 1 (no body) for the responses that have none whatever their
- * headers say: to HEAD, 1xx, 204 and 304 (RFC 9112 6.3). */
+ * headers say: to HEAD, 1xx, 204 and 304 (RFC 9112 6.3). A known length
+ * is checked against the limit at once, and its buffer made. (-1 is this
+ * callback's error.) */
 static int on_headers_complete(llhttp_t *p)
 {
     resp *r = resp_of(p);
     int status = p->status_code;
-    if (status == 101) {
-        resp_fail(r, HD_EPROTO, "malformed response: 101 Switching Protocols to a plain request");
-        return -1;
-    }
-    if (r->head || status / 100 == 1 || status == 204 || status == 304) return 1;
-    if ((p->flags & F_CONTENT_LENGTH) && !(p->flags & F_CHUNKED)) {
-        if (p->content_length > r->max) {
-            resp_fail(r, HD_ETOOBIG, "response too large");
-            return -1;
-        }
-        if (reserve(&r->body, (size_t)p->content_length, r->max)) {
-            resp_fail(r, HD_ENOMEM, "out of memory");
-            return -1;
-        }
-    }
-    return 0;
+    int rc = 0;
+    if (status == 101) /* (asked for by nobody) */
+        rc = resp_fail(r, HD_EPROTO, "malformed response: 101 Switching Protocols to a plain request");
+    else if (r->head || status / 100 == 1 || status == 204 || status == 304)
+        return 1;
+    else if (!(p->flags & F_CONTENT_LENGTH) || (p->flags & F_CHUNKED))
+        return 0;
+    else if (p->content_length > r->max)
+        rc = resp_fail(r, HD_ETOOBIG, "response too large");
+    else if (reserve(&r->body, (size_t)p->content_length, r->max))
+        rc = resp_fail(r, HD_ENOMEM, "out of memory");
+    return rc ? -1 : 0;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len)
@@ -405,6 +403,22 @@ struct hd_httpc {
     char rbuf[READ_BUF];         /* every read lands here (reads never nest) */
 };
 
+/* The client's lists of origins, connections and calls: x goes in at the
+ * head, or out, of the list at head through its prev and next fields. */
+#define LIST_PUSH(head, x)                                                                         \
+    do {                                                                                           \
+        (x)->prev = NULL;                                                                          \
+        (x)->next = (head);                                                                        \
+        if (head) (head)->prev = (x);                                                              \
+        (head) = (x);                                                                              \
+    } while (0)
+#define LIST_UNLINK(head, x)                                                                       \
+    do {                                                                                           \
+        if ((x)->prev) (x)->prev->next = (x)->next;                                                \
+        else (head) = (x)->next;                                                                   \
+        if ((x)->next) (x)->next->prev = (x)->prev;                                                \
+    } while (0)
+
 static void pump(origin *o);
 static void conn_new(origin *o, hd_httpc_call *k);
 static void dial(conn *c);
@@ -445,9 +459,7 @@ static void call_release(hd_httpc_call *k)
 {
     hd_httpc *hc = k->hc;
     k->done = 1;
-    if (k->prev) k->prev->next = k->next;
-    else hc->calls = k->next;
-    if (k->next) k->next->prev = k->prev;
+    LIST_UNLINK(hc->calls, k);
     hc->st.in_flight--;
     uv_close((uv_handle_t *)&k->timer, on_call_closed);
 }
@@ -527,9 +539,7 @@ static void idle_unlink(conn *c)
 static void conn_free(conn *c)
 {
     hd_httpc *hc = c->hc;
-    if (c->prev) c->prev->next = c->next;
-    else hc->conns = c->next;
-    if (c->next) c->next->prev = c->prev;
+    LIST_UNLINK(hc->conns, c);
     hd_buf_unref(c->wbuf);
     resp_free(&c->r);
     free(c);
@@ -734,6 +744,13 @@ static void dial(conn *c)
     if (rc) dial_failed(c, rc);
 }
 
+static void resolve_failed(conn *c, int err)
+{
+    char msg[sizeof c->call->msg];
+    snprintf(msg, sizeof msg, "cannot resolve host %s", c->o->host);
+    conn_failed(c, err, msg);
+}
+
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *ai)
 {
     conn *c = req->data;
@@ -743,7 +760,6 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *ai)
         conn_free(c);
         return;
     }
-    origin *o = c->o;
     for (struct addrinfo *a = status ? NULL : ai; a && c->naddr < HD_HTTPC_MAX_ADDRS; a = a->ai_next) {
         sockaddr_any *x = &c->addr[c->naddr];
         if (a->ai_family == AF_INET && a->ai_addrlen >= sizeof x->in) memcpy(&x->in, a->ai_addr, sizeof x->in);
@@ -752,10 +768,8 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *ai)
         c->naddr++;
     }
     uv_freeaddrinfo(ai);
-    if (c->naddr) return dial(c);
-    char msg[sizeof c->call->msg];
-    snprintf(msg, sizeof msg, "cannot resolve host %s", o->host);
-    conn_failed(c, status ? status : UV_EAI_NODATA, msg);
+    if (c->naddr) dial(c);
+    else resolve_failed(c, status ? status : UV_EAI_NODATA);
 }
 
 /* Opens a new connection of o for call k (o has room for it). */
@@ -766,9 +780,7 @@ static void conn_new(origin *o, hd_httpc_call *k)
     if (!c) return fail(k, HD_ENOMEM, "out of memory");
     c->hc = hc;
     c->o = o;
-    c->next = hc->conns;
-    if (hc->conns) hc->conns->prev = c;
-    hc->conns = c;
+    LIST_PUSH(hc->conns, c);
     hc->live++;
     hc->st.open_conns++;
     o->nconns++;
@@ -794,9 +806,7 @@ static void conn_new(origin *o, hd_httpc_call *k)
     int rc = uv_getaddrinfo(hc->loop, &c->gai, on_resolved, o->host, port, &hints);
     if (rc) {
         c->flags &= (uint8_t)~C_RESOLVE;
-        char msg[sizeof k->msg];
-        snprintf(msg, sizeof msg, "cannot resolve host %s", o->host);
-        conn_failed(c, rc, msg);
+        resolve_failed(c, rc);
     }
 }
 
@@ -805,9 +815,7 @@ static void conn_new(origin *o, hd_httpc_call *k)
 static void origin_free(origin *o)
 {
     hd_httpc *hc = o->hc;
-    if (o->prev) o->prev->next = o->next;
-    else hc->origins = o->next;
-    if (o->next) o->next->prev = o->prev;
+    LIST_UNLINK(hc->origins, o);
     hc->norigins--;
     free(o);
 }
@@ -844,9 +852,11 @@ static void pump(origin *o)
 static int evict_origin(hd_httpc *hc)
 {
     origin *best = NULL;
-    for (origin *o = hc->origins; o; o = o->next)
-        if (!o->qhead && o->nidle == o->nconns && (!best || o->idle->idle_since < best->idle->idle_since))
-            best = o;
+    uint64_t best_since = 0;
+    for (origin *o = hc->origins; o; o = o->next) {
+        uint64_t since = o->idle ? o->idle->idle_since : 0; /* (the most recent use) */
+        if (!o->qhead && o->nidle == o->nconns && (!best || since < best_since)) best = o, best_since = since;
+    }
     if (!best) return -1;
     while (best->idle) conn_close(best->idle);
     pump(best);
@@ -880,9 +890,7 @@ static origin *origin_get(hd_httpc *hc, const char *host, size_t len, uint16_t p
     o->host_len = len;
     unsigned char tmp[16];
     o->literal = (uint8_t)(v6 || uv_inet_pton(AF_INET, o->host, tmp) == 0);
-    o->next = hc->origins;
-    if (hc->origins) hc->origins->prev = o;
-    hc->origins = o;
+    LIST_PUSH(hc->origins, o);
     hc->norigins++;
     return o;
 }
@@ -1098,6 +1106,7 @@ hd_httpc_call *hd_httpc_request(hd_httpc *hc, const hd_httpc_req *rq, hd_httpc_c
     if (!is_token(rq->method, ml) || ml > MAX_METHOD) return say(err, errlen, "bad method"), NULL;
     if (!strcmp(rq->method, "CONNECT")) return say(err, errlen, "method CONNECT is not supported"), NULL;
     if (check_headers(rq, &has_host, err, errlen)) return NULL;
+    if (rq->body && rq->body_len > HD_HTTPC_MAX_BODY) return say(err, errlen, "request body too large"), NULL;
     hd_httpc_call *k = calloc(1, sizeof *k);
     if (k) k->req = encode(rq, &u, has_host);
     origin *o = k && k->req ? origin_get(hc, u.host, u.host_len, u.port, u.v6, &msg) : NULL;
@@ -1113,9 +1122,7 @@ hd_httpc_call *hd_httpc_request(hd_httpc *hc, const hd_httpc_req *rq, hd_httpc_c
     uv_timer_init(hc->loop, &k->timer);
     k->timer.data = k;
     uv_timer_start(&k->timer, on_call_timer, rq->timeout_ms ? rq->timeout_ms : hc->o.timeout_ms, 0);
-    k->next = hc->calls;
-    if (hc->calls) hc->calls->prev = k;
-    hc->calls = k;
+    LIST_PUSH(hc->calls, k);
     hc->live++;
     hc->st.in_flight++;
     hc->st.requests++;
@@ -1147,7 +1154,7 @@ hd_httpc *hd_httpc_new(uv_loop_t *loop, const hd_httpc_opts *o)
     hd_httpc *hc = calloc(1, sizeof *hc);
     if (!hc) return NULL;
     hc->loop = loop;
-    hc->o = *o;
+    if (o) hc->o = *o;
     if (!hc->o.pool_size) hc->o.pool_size = DEF_POOL_SIZE;
     if (!hc->o.max_in_flight) hc->o.max_in_flight = DEF_MAX_IN_FLIGHT;
     if (!hc->o.timeout_ms) hc->o.timeout_ms = DEF_TIMEOUT_MS;

@@ -63,10 +63,11 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define HD_HTTPC_MAX_HEADERS 100 /* response headers; more: "malformed response: too many headers" */
-#define HD_HTTPC_MAX_ORIGINS 256 /* origins kept at once */
-#define HD_HTTPC_MAX_ADDRS 8     /* addresses of a name tried in turn */
-#define HD_HTTPC_MAX_URL 8192    /* longest URL accepted */
+#define HD_HTTPC_MAX_HEADERS 100     /* response headers; more: "malformed response: too many headers" */
+#define HD_HTTPC_MAX_ORIGINS 256     /* origins kept at once */
+#define HD_HTTPC_MAX_ADDRS 8         /* addresses of a name tried in turn */
+#define HD_HTTPC_MAX_URL 8192        /* longest URL accepted */
+#define HD_HTTPC_MAX_BODY (1u << 30) /* largest request body accepted */
 
 typedef struct hd_httpc hd_httpc;           /* the client: pools per origin */
 typedef struct hd_httpc_call hd_httpc_call; /* one request in progress */
@@ -117,9 +118,9 @@ typedef struct hd_httpc_res {
  * other calls, and call hd_httpc_free(). */
 typedef void hd_httpc_cb(void *ud, int err, const char *msg, const hd_httpc_res *res);
 
-/* Returns a client on loop with the limits in o (copied), or NULL when out
- * of memory. It holds a timer handle (unreferenced: it never keeps the
- * loop alive) until hd_httpc_free(). */
+/* Returns a client on loop with the limits in o (copied; NULL: all the
+ * defaults), or NULL when out of memory. It holds a timer handle
+ * (unreferenced: it never keeps the loop alive) until hd_httpc_free(). */
 hd_httpc *hd_httpc_new(uv_loop_t *loop, const hd_httpc_opts *o);
 
 /* Starts a request. Everything in req is copied (the caller's buffers may
@@ -127,7 +128,7 @@ hd_httpc *hd_httpc_new(uv_loop_t *loop, const hd_httpc_opts *o);
  * has run or it is cancelled (the pointer is then dead), or NULL with a
  * reason in err (errlen bytes, NUL-terminated) when it cannot start: a bad
  * URL ("only http:// URLs are supported", "malformed URL: ..."), a bad
- * method or header, "too many requests in flight
+ * method or header, "request body too large", "too many requests in flight
  * (scripts.http.max_in_flight)", "too many backends in use", "the HTTP
  * client is shutting down", "out of memory". cb is called exactly once
  * later (never from inside hd_httpc_request), unless the call is

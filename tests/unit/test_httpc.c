@@ -11,32 +11,16 @@
 #include <stddef.h>
 #include <cmocka.h>
 
-#include "buf.h"
+/* (for its loop, ticker and RUN_UNTIL; no server of its is started) */
+#include "harness.h"
+
 #include "err.h"
 #include "httpc.h"
 
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <strings.h>
-#include <uv.h>
 
-static uv_loop_t loop;
-static uv_timer_t ticker; /* wakes the loop so that waits can time out */
 static hd_httpc *hc;
 static int freed;
-
-static void on_tick(uv_timer_t *t) { (void)t; }
-
-#define RUN_UNTIL(cond)                                                                      \
-    do {                                                                                     \
-        uint64_t end_ = uv_now(&loop) + 5000;                                                \
-        while (!(cond)) {                                                                    \
-            if (uv_now(&loop) > end_) fail_msg("%s:%d: timed out waiting for %s", __FILE__,  \
-                                               __LINE__, #cond);                             \
-            uv_run(&loop, UV_RUN_ONCE);                                                      \
-        }                                                                                    \
-    } while (0)
 
 /* ---- a scripted server ------------------------------------------------------------------ */
 
@@ -125,13 +109,6 @@ static size_t request_len(const char *p, size_t n)
     return head + cl <= n ? head + cl : 0;
 }
 
-static void srv_alloc(uv_handle_t *h, size_t s, uv_buf_t *b)
-{
-    (void)h;
-    b->base = malloc(s);
-    b->len = s;
-}
-
 static void srv_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     sconn *c = s->data;
@@ -174,7 +151,7 @@ static void srv_accept(uv_stream_t *l, int status)
             S.conns[i] = c;
             break;
         }
-    uv_read_start((uv_stream_t *)&c->tcp, srv_alloc, srv_read);
+    uv_read_start((uv_stream_t *)&c->tcp, cli_alloc, srv_read); /* (harness.h's: malloc) */
 }
 
 /* Answers held request i (its connection may have gone: then nothing). */
@@ -321,7 +298,7 @@ static char *request_seen(int i)
 
 static void on_freed(void *ud) { *(int *)ud += 1; }
 
-static int setup(void **state)
+static int setup_httpc(void **state)
 {
     (void)state;
     memset(&S, 0, sizeof S);
@@ -345,7 +322,7 @@ static int setup(void **state)
     return 0;
 }
 
-static int teardown(void **state)
+static int teardown_httpc(void **state)
 {
     (void)state;
     if (hc) {
@@ -1087,29 +1064,29 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parser),
-        cmocka_unit_test_setup_teardown(test_get, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_post, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_chunked, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_until_close, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_interim_and_head, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_error_status, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_keepalive, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_pool_cap, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_idle_close, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_retry_stale, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_malformed, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_too_large, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_localhost, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bad_requests, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_max_in_flight, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cancel_queued, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cancel_connecting, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cancel_writing, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cancel_reading, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_free_in_flight, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_from_callbacks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_get, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_post, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_chunked, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_until_close, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_interim_and_head, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_error_status, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_keepalive, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_pool_cap, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_idle_close, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_retry_stale, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_timeout, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_refused, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_malformed, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_too_large, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_localhost, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_bad_requests, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_max_in_flight, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_cancel_queued, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_cancel_connecting, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_cancel_writing, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_cancel_reading, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_free_in_flight, setup_httpc, teardown_httpc),
+        cmocka_unit_test_setup_teardown(test_from_callbacks, setup_httpc, teardown_httpc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
