@@ -75,7 +75,8 @@ static int reserve(hd_str *s, size_t extra, size_t limit)
 static int resp_add(resp *r, hd_str *s, const char *at, size_t len)
 {
     if (s->len + len > r->max) return resp_fail(r, HD_ETOOBIG, "response too large");
-    if (reserve(s, len, r->max) || hd_str_add(s, at, len)) return resp_fail(r, HD_ENOMEM, "out of memory");
+    if (reserve(s, len, r->max) || hd_str_add(s, at, len))
+        return resp_fail(r, HD_ENOMEM, "out of memory");
     return 0;
 }
 
@@ -132,7 +133,8 @@ static int on_header_value_complete(llhttp_t *p)
     hspan *h = &r->h[r->nh];
     /* llhttp skips the blanks before a value; those after are not part of
      * it either (RFC 9110 5.5). */
-    while (r->hbuf.len > h->value && (r->hbuf.p[r->hbuf.len - 1] == ' ' || r->hbuf.p[r->hbuf.len - 1] == '\t'))
+    while (r->hbuf.len > h->value &&
+           (r->hbuf.p[r->hbuf.len - 1] == ' ' || r->hbuf.p[r->hbuf.len - 1] == '\t'))
         r->hbuf.len--;
     h->value_len = (uint32_t)r->hbuf.len - h->value;
     r->nh++;
@@ -149,7 +151,8 @@ static int on_headers_complete(llhttp_t *p)
     int status = p->status_code;
     int rc = 0;
     if (status == 101) /* (asked for by nobody) */
-        rc = resp_fail(r, HD_EPROTO, "malformed response: 101 Switching Protocols to a plain request");
+        rc = resp_fail(r, HD_EPROTO,
+                       "malformed response: 101 Switching Protocols to a plain request");
     else if (r->head || status / 100 == 1 || status == 204 || status == 304)
         return 1;
     else if (!(p->flags & F_CONTENT_LENGTH) || (p->flags & F_CHUNKED))
@@ -217,7 +220,8 @@ static int resp_error(resp *r, llhttp_errno_t e)
 {
     if (r->err) return r->err;
     const char *why = llhttp_get_error_reason(&r->p);
-    snprintf(r->why, sizeof r->why, "malformed response: %s", why && *why ? why : llhttp_errno_name(e));
+    snprintf(r->why, sizeof r->why, "malformed response: %s",
+             why && *why ? why : llhttp_errno_name(e));
     return r->err = HD_EPROTO;
 }
 
@@ -264,7 +268,8 @@ static void resp_view(const resp *r, hd_httpc_hdr *hdrs, hd_httpc_res *res)
 {
     for (uint32_t i = 0; i < r->nh; i++) {
         const hspan *h = &r->h[i];
-        hdrs[i] = (hd_httpc_hdr){r->hbuf.p + h->name, r->hbuf.p + h->value, h->name_len, h->value_len};
+        hdrs[i] =
+            (hd_httpc_hdr){r->hbuf.p + h->name, r->hbuf.p + h->value, h->name_len, h->value_len};
     }
     res->status = r->p.status_code;
     res->headers = hdrs;
@@ -315,7 +320,7 @@ enum {
     C_CONNECTING,                /* a TCP connect to one of its addresses is in progress */
     C_BUSY,                      /* serving its call: writing the request, reading the response */
     C_IDLE,                      /* kept for reuse, reading (to see a close) */
-    C_CLOSING,                   /* out of its origin; freed once its handle and resolution are done */
+    C_CLOSING,                   /* out of its origin; freed once its handle and resolution end */
 };
 
 /* A connection's flags. */
@@ -370,7 +375,7 @@ struct origin {
 };
 
 struct hd_httpc_call {
-    uv_timer_t timer;            /* the deadline; also delivers a failure (at 0 ms). timer.data: this */
+    uv_timer_t timer;            /* the deadline, or a failure to deliver (at 0 ms); data: this */
     hd_httpc *hc;
     origin *o;                   /* its origin while it waits in the queue */
     conn *c;                     /* its connection while it has one */
@@ -439,7 +444,9 @@ static void hc_release(hd_httpc *hc)
 
 static const char *error_text(int err)
 {
-    return err == UV_ECONNREFUSED ? "connection refused" : err == UV_ETIMEDOUT ? "timeout" : hd_strerror(err);
+    return err == UV_ECONNREFUSED ? "connection refused"
+           : err == UV_ETIMEDOUT  ? "timeout"
+                                  : hd_strerror(err);
 }
 
 /* ---- calls -------------------------------------------------------------------------- */
@@ -665,7 +672,9 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     }
     size_t used = 0;
-    int rc = n > 0 ? resp_feed(&c->r, buf->base, (size_t)n, &used) : n == UV_EOF ? resp_eof(&c->r) : (int)n;
+    int rc = (int)n; /* (a read error) */
+    if (n > 0) rc = resp_feed(&c->r, buf->base, (size_t)n, &used);
+    else if (n == UV_EOF) rc = resp_eof(&c->r);
     if (rc == 0) return;
     if (rc == 1) complete(c, n > 0 && used == (size_t)n && c->r.keep_alive);
     else conn_failed(c, rc, rc == (int)n ? NULL : c->r.why);
@@ -676,7 +685,8 @@ static void on_written(uv_write_t *req, int status)
     conn *c = req->data;
     hd_buf_unref(c->wbuf);
     c->wbuf = NULL;
-    if (status < 0 && status != UV_ECANCELED && c->state == C_BUSY && c->call) conn_failed(c, status, NULL);
+    if (status < 0 && status != UV_ECANCELED && c->state == C_BUSY && c->call)
+        conn_failed(c, status, NULL);
 }
 
 /* Sends c's call's request (c is connected and reading). */
@@ -760,10 +770,13 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *ai)
         conn_free(c);
         return;
     }
-    for (struct addrinfo *a = status ? NULL : ai; a && c->naddr < HD_HTTPC_MAX_ADDRS; a = a->ai_next) {
+    for (struct addrinfo *a = status ? NULL : ai; a && c->naddr < HD_HTTPC_MAX_ADDRS;
+         a = a->ai_next) {
         sockaddr_any *x = &c->addr[c->naddr];
-        if (a->ai_family == AF_INET && a->ai_addrlen >= sizeof x->in) memcpy(&x->in, a->ai_addr, sizeof x->in);
-        else if (a->ai_family == AF_INET6 && a->ai_addrlen >= sizeof x->in6) memcpy(&x->in6, a->ai_addr, sizeof x->in6);
+        if (a->ai_family == AF_INET && a->ai_addrlen >= sizeof x->in)
+            memcpy(&x->in, a->ai_addr, sizeof x->in);
+        else if (a->ai_family == AF_INET6 && a->ai_addrlen >= sizeof x->in6)
+            memcpy(&x->in6, a->ai_addr, sizeof x->in6);
         else continue;
         c->naddr++;
     }
@@ -855,7 +868,8 @@ static int evict_origin(hd_httpc *hc)
     uint64_t best_since = 0;
     for (origin *o = hc->origins; o; o = o->next) {
         uint64_t since = o->idle ? o->idle->idle_since : 0; /* (the most recent use) */
-        if (!o->qhead && o->nidle == o->nconns && (!best || since < best_since)) best = o, best_since = since;
+        if (!o->qhead && o->nidle == o->nconns && (!best || since < best_since))
+            best = o, best_since = since;
     }
     if (!best) return -1;
     while (best->idle) conn_close(best->idle);
@@ -865,14 +879,17 @@ static int evict_origin(hd_httpc *hc)
 
 /* The origin of host:port, found or made. Returns NULL with the reason in
  * *msg. */
-static origin *origin_get(hd_httpc *hc, const char *host, size_t len, uint16_t port, int v6, const char **msg)
+static origin *origin_get(hd_httpc *hc, const char *host, size_t len, uint16_t port, int v6,
+                          const char **msg)
 {
     char key[MAX_HOST + 1];
-    for (size_t i = 0; i < len; i++) key[i] = (char)(host[i] >= 'A' && host[i] <= 'Z' ? host[i] + 32 : host[i]);
+    for (size_t i = 0; i < len; i++)
+        key[i] = (char)(host[i] >= 'A' && host[i] <= 'Z' ? host[i] + 32 : host[i]);
     key[len] = 0;
     uint32_t hash = hd_fnv1a(key, len) ^ port;
     for (origin *o = hc->origins; o; o = o->next)
-        if (o->hash == hash && o->port == port && o->host_len == len && !memcmp(o->host, key, len)) return o;
+        if (o->hash == hash && o->port == port && o->host_len == len && !memcmp(o->host, key, len))
+            return o;
     if (hc->norigins >= HD_HTTPC_MAX_ORIGINS && evict_origin(hc)) {
         *msg = "too many backends in use";
         return NULL;
@@ -932,7 +949,8 @@ static void on_idle_closed(uv_handle_t *h) { hc_release(h->data); }
 
 /* ---- the request -------------------------------------------------------------------- */
 
-static int say(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int say(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int say(char *err, size_t errlen, const char *fmt, ...)
 {
     if (errlen) {
@@ -957,8 +975,8 @@ typedef struct url {
 
 static int host_char(char ch)
 {
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
-           ch == '.' || ch == '_';
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '-' || ch == '.' || ch == '_';
 }
 
 /* Parses "http://host[:port][/path][?query][#fragment]" into u. Returns 0,
@@ -966,26 +984,32 @@ static int host_char(char ch)
 static int parse_url(const char *s, size_t n, url *u, char *err, size_t errlen)
 {
     if (!s || !n) return say(err, errlen, "malformed URL: empty");
-    if (n > HD_HTTPC_MAX_URL) return say(err, errlen, "malformed URL: over %d bytes", HD_HTTPC_MAX_URL);
-    if (n < 7 || !hd_strieq(s, 7, "http://")) return say(err, errlen, "only http:// URLs are supported");
+    if (n > HD_HTTPC_MAX_URL)
+        return say(err, errlen, "malformed URL: over %d bytes", HD_HTTPC_MAX_URL);
+    if (n < 7 || !hd_strieq(s, 7, "http://"))
+        return say(err, errlen, "only http:// URLs are supported");
     for (size_t i = 0; i < n; i++)
         if ((uint8_t)s[i] <= 0x20 || (uint8_t)s[i] >= 0x7f)
-            return say(err, errlen, "malformed URL: a space, control or non-ASCII byte (percent-encode it)");
+            return say(err, errlen,
+                       "malformed URL: a space, control or non-ASCII byte (percent-encode it)");
     const char *p = s + 7, *end = s + n, *hash = memchr(p, '#', (size_t)(end - p));
     if (hash) end = hash;
     const char *ae = p;
     while (ae < end && *ae != '/' && *ae != '?') ae++;
-    if (memchr(p, '@', (size_t)(ae - p))) return say(err, errlen, "malformed URL: user info is not supported");
+    if (memchr(p, '@', (size_t)(ae - p)))
+        return say(err, errlen, "malformed URL: user info is not supported");
     memset(u, 0, sizeof *u);
     if (p < ae && *p == '[') {
         const char *rb = memchr(p, ']', (size_t)(ae - p));
         char tmp[64];
         unsigned char a6[16];
         size_t len = rb ? (size_t)(rb - p - 1) : 0;
-        if (!rb || !len || len >= sizeof tmp) return say(err, errlen, "malformed URL: bad IPv6 address");
+        if (!rb || !len || len >= sizeof tmp)
+            return say(err, errlen, "malformed URL: bad IPv6 address");
         memcpy(tmp, p + 1, len);
         tmp[len] = 0;
-        if (uv_inet_pton(AF_INET6, tmp, a6)) return say(err, errlen, "malformed URL: bad IPv6 address");
+        if (uv_inet_pton(AF_INET6, tmp, a6))
+            return say(err, errlen, "malformed URL: bad IPv6 address");
         u->host = p + 1;
         u->host_len = len;
         u->v6 = 1;
@@ -998,15 +1022,18 @@ static int parse_url(const char *s, size_t n, url *u, char *err, size_t errlen)
         }
         u->host_len = (size_t)(p - u->host);
         if (!u->host_len) return say(err, errlen, "malformed URL: no host");
-        if (u->host_len > MAX_HOST) return say(err, errlen, "malformed URL: host over %d bytes", MAX_HOST);
+        if (u->host_len > MAX_HOST)
+            return say(err, errlen, "malformed URL: host over %d bytes", MAX_HOST);
     }
     u->port = 80;
     if (p < ae) {
         if (*p != ':') return say(err, errlen, "malformed URL: bad host");
         unsigned long port = 0;
         const char *d = ++p;
-        while (p < ae && *p >= '0' && *p <= '9' && p - d < 6) port = port * 10 + (unsigned long)(*p++ - '0');
-        if (p == d || p != ae || port < 1 || port > 65535) return say(err, errlen, "malformed URL: bad port");
+        while (p < ae && *p >= '0' && *p <= '9' && p - d < 6)
+            port = port * 10 + (unsigned long)(*p++ - '0');
+        if (p == d || p != ae || port < 1 || port > 65535)
+            return say(err, errlen, "malformed URL: bad port");
         u->port = (uint16_t)port;
         u->port_given = 1;
     }
@@ -1031,8 +1058,9 @@ static int is_token(const char *s, size_t n)
 }
 
 /* The headers that frame the message or the connection: ours only. */
-static const char *const framing[] = {"content-length", "transfer-encoding", "connection", "keep-alive",
-                                      "upgrade", "proxy-connection", "te"};
+static const char *const framing[] = {
+    "content-length", "transfer-encoding", "connection", "keep-alive",
+    "upgrade",        "proxy-connection",  "te"};
 
 /* Checks the caller's headers. Returns 0 (*has_host: one is Host), or -1
  * with the reason in err. */
@@ -1043,15 +1071,18 @@ static int check_headers(const hd_httpc_req *rq, int *has_host, char *err, size_
     for (size_t i = 0; i < rq->nheaders; i++) {
         const hd_httpc_hdr *h = &rq->headers[i];
         int nl = h->name_len > 64 ? 64 : (int)h->name_len;
-        if (!h->name || !is_token(h->name, h->name_len)) return say(err, errlen, "bad request header name");
+        if (!h->name || !is_token(h->name, h->name_len))
+            return say(err, errlen, "bad request header name");
         for (size_t j = 0; j < h->value_len; j++) {
             uint8_t ch = (uint8_t)h->value[j];
             if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
-                return say(err, errlen, "bad value of request header %.*s (control character)", nl, h->name);
+                return say(err, errlen, "bad value of request header %.*s (control character)", nl,
+                           h->name);
         }
         for (size_t f = 0; f < sizeof framing / sizeof framing[0]; f++)
             if (hd_strieq(h->name, h->name_len, framing[f]))
-                return say(err, errlen, "request header %.*s is not allowed (herald sets it)", nl, h->name);
+                return say(err, errlen, "request header %.*s is not allowed (herald sets it)", nl,
+                           h->name);
         if (hd_strieq(h->name, h->name_len, "host")) *has_host = 1;
     }
     return 0;
@@ -1104,9 +1135,11 @@ hd_httpc_call *hd_httpc_request(hd_httpc *hc, const hd_httpc_req *rq, hd_httpc_c
     if (parse_url(rq->url, rq->url_len, &u, err, errlen)) return NULL;
     size_t ml = rq->method ? strlen(rq->method) : 0;
     if (!is_token(rq->method, ml) || ml > MAX_METHOD) return say(err, errlen, "bad method"), NULL;
-    if (!strcmp(rq->method, "CONNECT")) return say(err, errlen, "method CONNECT is not supported"), NULL;
+    if (!strcmp(rq->method, "CONNECT"))
+        return say(err, errlen, "method CONNECT is not supported"), NULL;
     if (check_headers(rq, &has_host, err, errlen)) return NULL;
-    if (rq->body && rq->body_len > HD_HTTPC_MAX_BODY) return say(err, errlen, "request body too large"), NULL;
+    if (rq->body && rq->body_len > HD_HTTPC_MAX_BODY)
+        return say(err, errlen, "request body too large"), NULL;
     hd_httpc_call *k = calloc(1, sizeof *k);
     if (k) k->req = encode(rq, &u, has_host);
     origin *o = k && k->req ? origin_get(hc, u.host, u.host_len, u.port, u.v6, &msg) : NULL;

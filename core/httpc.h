@@ -63,7 +63,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#define HD_HTTPC_MAX_HEADERS 100     /* response headers; more: "malformed response: too many headers" */
+#define HD_HTTPC_MAX_HEADERS 100     /* response headers; more: "malformed response: too many..." */
 #define HD_HTTPC_MAX_ORIGINS 256     /* origins kept at once */
 #define HD_HTTPC_MAX_ADDRS 8         /* addresses of a name tried in turn */
 #define HD_HTTPC_MAX_URL 8192        /* longest URL accepted */
@@ -75,12 +75,15 @@ typedef struct hd_httpc_call hd_httpc_call; /* one request in progress */
 /* Limits. A field left 0 takes the default in brackets. */
 typedef struct hd_httpc_opts {
     uint32_t pool_size;          /* connections per origin (host:port), busy + idle [8] */
-    uint32_t max_in_flight;      /* requests accepted and not finished, node-wide; over it: refused [1024] */
-    uint32_t timeout_ms;         /* default per-request deadline (connect + send + whole response) [10000] */
+    uint32_t max_in_flight;      /* requests accepted and not finished, node-wide; over it:
+                                    refused [1024] */
+    uint32_t timeout_ms;         /* default per-request deadline (connect + send + whole
+                                    response) [10000] */
     uint32_t max_response_bytes; /* status line + headers + body as read (chunk framing and 1xx
-                                    interim responses count); over it: "response too large" [1 MiB] */
-    uint32_t idle_ms;            /* an idle keep-alive connection is closed after this [4000: Node's
-                                    server drops idle ones at 5 s] */
+                                    interim responses count); over it: "response too large"
+                                    [1 MiB] */
+    uint32_t idle_ms;            /* an idle keep-alive connection is closed after this [4000:
+                                    Node's server drops idle ones at 5 s] */
 } hd_httpc_opts;
 
 /* A header: name_len bytes at name, value_len bytes at value. */
@@ -90,12 +93,13 @@ typedef struct hd_httpc_hdr {
 } hd_httpc_hdr;
 
 typedef struct hd_httpc_req {
-    const char *method;          /* "GET", "POST", ... (NUL-terminated; a token of 1-32 bytes; not CONNECT) */
-    const char *url;             /* "http://host[:port][/path][?query][#fragment]"; host a name, IPv4, or
-                                    [IPv6]; the fragment is not sent */
+    const char *method;          /* "GET", "POST", ... (NUL-terminated; a token of 1-32 bytes;
+                                    not CONNECT) */
+    const char *url;             /* "http://host[:port][/path][?query][#fragment]"; host a name,
+                                    IPv4, or [IPv6]; the fragment is not sent */
     size_t url_len;
-    const hd_httpc_hdr *headers; /* extra request headers: name a token, value without CR, LF, NUL or
-                                    other control bytes but HTAB */
+    const hd_httpc_hdr *headers; /* extra request headers: name a token, value without CR, LF,
+                                    NUL or other control bytes but HTAB */
     size_t nheaders;
     const char *body;            /* may be NULL (no body) */
     size_t body_len;
@@ -104,11 +108,12 @@ typedef struct hd_httpc_req {
 
 typedef struct hd_httpc_res {
     int status;
-    const hd_httpc_hdr *headers; /* names lower-cased, values without surrounding blanks, in the order
-                                    received (each NUL-terminated too); valid during the callback only */
+    const hd_httpc_hdr *headers; /* names lower-cased, values without surrounding blanks, in the
+                                    order received (each NUL-terminated too); valid during the
+                                    callback only */
     size_t nheaders;
-    const char *body;            /* decoded (chunked bodies joined); valid during the callback only
-                                    (NUL-terminated for convenience) */
+    const char *body;            /* decoded (chunked bodies joined); valid during the callback
+                                    only (NUL-terminated for convenience) */
     size_t body_len;
 } hd_httpc_res;
 

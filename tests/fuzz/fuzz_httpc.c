@@ -49,8 +49,10 @@ static void on_res(void *ud, const hd_httpc_res *res, int reusable)
     check(res->nheaders <= HD_HTTPC_MAX_HEADERS, "too many headers handed over");
     for (size_t i = 0; i < res->nheaders; i++) {
         const hd_httpc_hdr *h = &res->headers[i];
-        for (size_t j = 0; j < h->name_len; j++) check(h->name[j] < 'A' || h->name[j] > 'Z', "an upper-case name");
-        check(h->name[h->name_len] == 0 && h->value[h->value_len] == 0, "a header not NUL-terminated");
+        for (size_t j = 0; j < h->name_len; j++)
+            check(h->name[j] < 'A' || h->name[j] > 'Z', "an upper-case name");
+        check(h->name[h->name_len] == 0 && h->value[h->value_len] == 0,
+              "a header not NUL-terminated");
         mix(t, h->name, h->name_len + 1);
         mix(t, h->value, h->value_len + 1);
         total += h->name_len + h->value_len;
@@ -64,7 +66,8 @@ static void on_res(void *ud, const hd_httpc_res *res, int reusable)
 }
 
 /* mode 0: whole; 1: cut at split; 2: one byte at a time. */
-static int run(const uint8_t *data, size_t n, int mode, size_t split, int eof, int head, uint32_t max, trace *t)
+static int run(const uint8_t *data, size_t n, int mode, size_t split, int eof, int head,
+               uint32_t max, trace *t)
 {
     char *copy = malloc(n ? n : 1); /* exact size: ASan catches over-reads */
     if (n) memcpy(copy, data, n);
@@ -88,10 +91,12 @@ static int run(const uint8_t *data, size_t n, int mode, size_t split, int eof, i
         free(p);
         free(lens);
     }
-    check(rc == 0 || rc == 1 || rc == HD_EPROTO || rc == HD_ETOOBIG || rc == HD_ECLOSED || rc == HD_ENOMEM,
+    check(rc == 0 || rc == 1 || rc == HD_EPROTO || rc == HD_ETOOBIG || rc == HD_ECLOSED ||
+              rc == HD_ENOMEM,
           "an undocumented result");
     check(rc >= 0 || msg[0], "an error without a message");
-    check((rc == 0) == (t->calls == 1) && t->calls <= 1, "a response handed over other than once on success");
+    check((rc == 0) == (t->calls == 1) && t->calls <= 1,
+          "a response handed over other than once on success");
     check(rc != 1 || !eof, "incomplete after the close");
     free(copy);
     return rc;
@@ -113,7 +118,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check(ra == rb && a.hash == b.hash && a.calls == b.calls, "whole and split parses differ");
     if (n <= 4096) {
         int rc = run(s, n, 2, 0, eof, head, max, &c);
-        check(ra == rc && a.hash == c.hash && a.calls == c.calls, "whole and byte-at-a-time parses differ");
+        check(ra == rc && a.hash == c.hash && a.calls == c.calls,
+              "whole and byte-at-a-time parses differ");
     }
     return 0;
 }

@@ -217,8 +217,10 @@ static void on_done(void *ud, int err, const char *msg, const hd_httpc_res *res)
         hd_str_add(&r->body, res->body, res->body_len);
         for (size_t i = 0; i < res->nheaders; i++) {
             const hd_httpc_hdr *h = &res->headers[i];
-            for (size_t j = 0; j < h->name_len; j++) assert_false(h->name[j] >= 'A' && h->name[j] <= 'Z');
-            hd_str_printf(&r->hdrs, "%.*s: %.*s\n", (int)h->name_len, h->name, (int)h->value_len, h->value);
+            for (size_t j = 0; j < h->name_len; j++)
+                assert_false(h->name[j] >= 'A' && h->name[j] <= 'Z');
+            hd_str_printf(&r->hdrs, "%.*s: %.*s\n", (int)h->name_len, h->name, (int)h->value_len,
+                          h->value);
         }
     }
     if (r->then) r->then(r);
@@ -235,10 +237,13 @@ static void client(uint32_t pool, uint32_t max_in_flight, uint32_t timeout_ms, u
 static const hd_httpc_stats *st(void) { return hd_httpc_stats_of(hc); }
 
 /* Starts a request to url; NULL with the reason in err when refused. */
-static hd_httpc_call *start_url(const char *method, const char *url, const hd_httpc_hdr *h, size_t nh,
-                                const char *body, uint32_t timeout_ms, result *r, char *err, size_t errlen)
+static hd_httpc_call *start_url(const char *method, const char *url, const hd_httpc_hdr *h,
+                                size_t nh, const char *body, uint32_t timeout_ms, result *r,
+                                char *err, size_t errlen)
 {
-    hd_httpc_req q = {method, url, url ? strlen(url) : 0, h, nh, body, body ? strlen(body) : 0, timeout_ms};
+    hd_httpc_req q = {.method = method, .url = url, .url_len = url ? strlen(url) : 0,
+                      .headers = h, .nheaders = nh, .body = body,
+                      .body_len = body ? strlen(body) : 0, .timeout_ms = timeout_ms};
     hd_httpc_call *k = hd_httpc_request(hc, &q, on_done, r, err, errlen);
     assert_int_equal(r->called, 0); /* never from inside hd_httpc_request */
     return k;
@@ -255,7 +260,10 @@ static hd_httpc_call *start(const char *method, const char *path, const hd_httpc
     return k;
 }
 
-static hd_httpc_call *get(const char *path, result *r) { return start("GET", path, NULL, 0, NULL, 0, r); }
+static hd_httpc_call *get(const char *path, result *r)
+{
+    return start("GET", path, NULL, 0, NULL, 0, r);
+}
 
 static void expect_ok(result *r, int status, const char *body)
 {
@@ -356,8 +364,9 @@ static void test_get(void **state)
     hd_httpc_hdr h[] = {{"X-Req", "1", 5, 1}, {"Accept", "*/*", 6, 3}};
     start("GET", "/a/b?c=d#frag", h, 2, NULL, 0, &R[0]);
     expect_ok(&R[0], 200, "hello");
-    assert_string_equal(request_seen(0), "GET /a/b?c=d HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nX-Req: 1\r\n"
-                                         "Accept: */*\r\nConnection: keep-alive\r\n\r\n");
+    assert_string_equal(request_seen(0),
+                        "GET /a/b?c=d HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nX-Req: 1\r\n"
+                        "Accept: */*\r\nConnection: keep-alive\r\n\r\n");
     assert_string_equal(R[0].hdrs.p, "content-type: text/plain\nx-thing: v\nset-cookie: a=1\n"
                                      "content-length: 5\n");
     /* No path: "/"; a query alone: "/?q". */
@@ -365,8 +374,11 @@ static void test_get(void **state)
     expect_ok(&R[1], 200, "hello");
     start("GET", "?q=1", NULL, 0, NULL, 0, &R[2]);
     expect_ok(&R[2], 200, "hello");
-    assert_string_equal(request_seen(1), "GET / HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nConnection: keep-alive\r\n\r\n");
-    assert_string_equal(request_seen(2), "GET /?q=1 HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nConnection: keep-alive\r\n\r\n");
+    assert_string_equal(request_seen(1),
+                        "GET / HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nConnection: keep-alive\r\n\r\n");
+    assert_string_equal(
+        request_seen(2),
+        "GET /?q=1 HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nConnection: keep-alive\r\n\r\n");
     assert_int_equal(st()->requests, 3);
     assert_int_equal(st()->errors, 0);
     assert_int_equal(st()->in_flight, 0);
@@ -380,14 +392,17 @@ static void test_post(void **state)
     hd_httpc_hdr h[] = {{"Content-Type", "application/json", 12, 16}};
     start("POST", "/p", h, 1, "{\"a\":1}", 0, &R[0]);
     expect_ok(&R[0], 201, "");
-    assert_string_equal(request_seen(0), "POST /p HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nContent-Type: application/json\r\n"
-                                         "Content-Length: 7\r\nConnection: keep-alive\r\n\r\n{\"a\":1}");
+    assert_string_equal(
+        request_seen(0),
+        "POST /p HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nContent-Type: application/json\r\n"
+        "Content-Length: 7\r\nConnection: keep-alive\r\n\r\n{\"a\":1}");
     /* PUT without a body says so; the caller's Host replaces the URL's. */
     hd_httpc_hdr host[] = {{"Host", "backend.example", 4, 15}};
     start("PUT", "/q", host, 1, NULL, 0, &R[1]);
     expect_ok(&R[1], 201, "");
-    assert_string_equal(request_seen(1), "PUT /q HTTP/1.1\r\nHost: backend.example\r\nContent-Length: 0\r\n"
-                                         "Connection: keep-alive\r\n\r\n");
+    assert_string_equal(request_seen(1),
+                        "PUT /q HTTP/1.1\r\nHost: backend.example\r\nContent-Length: 0\r\n"
+                        "Connection: keep-alive\r\n\r\n");
     /* A DELETE with an empty body still sends its length. */
     hd_httpc_req q = {"DELETE", NULL, 0, NULL, 0, "", 0, 0};
     char url[64], err[128];
@@ -396,8 +411,9 @@ static void test_post(void **state)
     q.url_len = strlen(url);
     assert_non_null(hd_httpc_request(hc, &q, on_done, &R[2], err, sizeof err));
     expect_ok(&R[2], 201, "");
-    assert_string_equal(request_seen(2), "DELETE /d HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nContent-Length: 0\r\n"
-                                         "Connection: keep-alive\r\n\r\n");
+    assert_string_equal(request_seen(2),
+                        "DELETE /d HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nContent-Length: 0\r\n"
+                        "Connection: keep-alive\r\n\r\n");
     assert_int_equal(S.accepts, 1);
 }
 
@@ -405,8 +421,9 @@ static void test_chunked(void **state)
 {
     (void)state;
     client(4, 16, 2000, 0, 0);
-    S.reply = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n"
-              "0\r\nX-Trailer: t\r\n\r\n";
+    S.reply =
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n"
+        "0\r\nX-Trailer: t\r\n\r\n";
     get("/", &R[0]);
     expect_ok(&R[0], 200, "hello world");
     get("/", &R[1]);
@@ -635,14 +652,16 @@ static void test_malformed(void **state)
     get("/", &R[1]);
     RUN_UNTIL(R[1].called);
     assert_int_equal(R[1].err, HD_EPROTO);
-    S.reply = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+    S.reply =
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
     get("/", &R[2]);
     RUN_UNTIL(R[2].called);
     assert_int_equal(R[2].err, HD_EPROTO);
     /* Too many headers. */
     static char many[4096];
     size_t n = (size_t)snprintf(many, sizeof many, "HTTP/1.1 200 OK\r\n");
-    for (int i = 0; i <= HD_HTTPC_MAX_HEADERS; i++) n += (size_t)snprintf(many + n, sizeof many - n, "h%d: v\r\n", i);
+    for (int i = 0; i <= HD_HTTPC_MAX_HEADERS; i++)
+        n += (size_t)snprintf(many + n, sizeof many - n, "h%d: v\r\n", i);
     snprintf(many + n, sizeof many - n, "\r\n");
     assert_true(strlen(many) < 1024);
     S.reply = many;
@@ -661,8 +680,10 @@ static void test_too_large(void **state)
     expect_error(&R[0], HD_ETOOBIG, "response too large");
     /* Chunked, the limit reached by the body as it comes. */
     static char chunks[4096];
-    size_t n = (size_t)snprintf(chunks, sizeof chunks, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
-    for (int i = 0; i < 20; i++) n += (size_t)snprintf(chunks + n, sizeof chunks - n, "10\r\n0123456789abcdef\r\n");
+    size_t n = (size_t)snprintf(chunks, sizeof chunks,
+                                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for (int i = 0; i < 20; i++)
+        n += (size_t)snprintf(chunks + n, sizeof chunks - n, "10\r\n0123456789abcdef\r\n");
     snprintf(chunks + n, sizeof chunks - n, "0\r\n\r\n");
     S.reply = chunks;
     get("/", &R[1]);
@@ -694,7 +715,9 @@ static void test_localhost(void **state)
     snprintf(url, sizeof url, "http://LocalHost:%d/x", S.port);
     assert_non_null(start_url("GET", url, NULL, 0, NULL, 0, &R[0], err, sizeof err));
     expect_ok(&R[0], 200, "ok");
-    assert_string_equal(request_seen(0), "GET /x HTTP/1.1\r\nHost: LocalHost:PORT\r\nConnection: keep-alive\r\n\r\n");
+    assert_string_equal(
+        request_seen(0),
+        "GET /x HTTP/1.1\r\nHost: LocalHost:PORT\r\nConnection: keep-alive\r\n\r\n");
 }
 
 static void test_bad_requests(void **state)
@@ -716,8 +739,10 @@ static void test_bad_requests(void **state)
         {"http://127.0.0.1:65536/", "malformed URL: bad port"},
         {"http://127.0.0.1:8o/", "malformed URL: bad port"},
         {"http://127.0.0.1:1234567/", "malformed URL: bad port"},
-        {"http://127.0.0.1/a b", "malformed URL: a space, control or non-ASCII byte (percent-encode it)"},
-        {"http://127.0.0.1 /", "malformed URL: a space, control or non-ASCII byte (percent-encode it)"},
+        {"http://127.0.0.1/a b",
+         "malformed URL: a space, control or non-ASCII byte (percent-encode it)"},
+        {"http://127.0.0.1 /",
+         "malformed URL: a space, control or non-ASCII byte (percent-encode it)"},
         {"http://a\r\nb/", "malformed URL: a space, control or non-ASCII byte (percent-encode it)"},
         {"http://user:pw@127.0.0.1/", "malformed URL: user info is not supported"},
         {"http://[::1/", "malformed URL: bad IPv6 address"},
@@ -729,7 +754,8 @@ static void test_bad_requests(void **state)
     for (size_t i = 0; i < sizeof urls / sizeof urls[0]; i++) {
         err[0] = 0;
         assert_null(start_url("GET", urls[i].url, NULL, 0, NULL, 0, &R[0], err, sizeof err));
-        if (strcmp(err, urls[i].msg)) fail_msg("%s: got \"%s\", expected \"%s\"", urls[i].url, err, urls[i].msg);
+        if (strcmp(err, urls[i].msg))
+            fail_msg("%s: got \"%s\", expected \"%s\"", urls[i].url, err, urls[i].msg);
     }
     char url[64];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/", S.port);
@@ -751,9 +777,12 @@ static void test_bad_requests(void **state)
         {{"X-A", "1\r\nEvil: 1", 3, 10}, "bad value of request header X-A (control character)"},
         {{"X-A", "1\n", 3, 2}, "bad value of request header X-A (control character)"},
         {{"X-A", "a\0b", 3, 3}, "bad value of request header X-A (control character)"},
-        {{"Content-Length", "5", 14, 1}, "request header Content-Length is not allowed (herald sets it)"},
-        {{"transfer-encoding", "chunked", 17, 7}, "request header transfer-encoding is not allowed (herald sets it)"},
-        {{"Connection", "close", 10, 5}, "request header Connection is not allowed (herald sets it)"},
+        {{"Content-Length", "5", 14, 1},
+         "request header Content-Length is not allowed (herald sets it)"},
+        {{"transfer-encoding", "chunked", 17, 7},
+         "request header transfer-encoding is not allowed (herald sets it)"},
+        {{"Connection", "close", 10, 5},
+         "request header Connection is not allowed (herald sets it)"},
     };
     for (size_t i = 0; i < sizeof hdrs / sizeof hdrs[0]; i++) {
         assert_null(start_url("GET", url, &hdrs[i].h, 1, NULL, 0, &R[0], err, sizeof err));
@@ -888,9 +917,11 @@ static void test_free_in_flight(void **state)
     get("/queued", &R[1]); /* queued */
     RUN_UNTIL(S.nheld == 1);
     snprintf(url, sizeof url, "http://localhost:%d/", S.port);
-    assert_non_null(start_url("GET", url, NULL, 0, NULL, 0, &R[2], err, sizeof err)); /* resolving */
+    assert_non_null(
+        start_url("GET", url, NULL, 0, NULL, 0, &R[2], err, sizeof err)); /* resolving */
     snprintf(url, sizeof url, "http://127.0.0.1:%d/", port);
-    assert_non_null(start_url("GET", url, NULL, 0, NULL, 0, &R[3], err, sizeof err)); /* connecting */
+    assert_non_null(
+        start_url("GET", url, NULL, 0, NULL, 0, &R[3], err, sizeof err)); /* connecting */
     assert_non_null(start_url("GET", url, NULL, 0, NULL, 0, &R[4], err, sizeof err)); /* queued */
     hd_httpc_free(hc, on_freed, &freed);
     char url2[64];
@@ -1008,7 +1039,8 @@ static int parse_every_way(const char *s, int eof, int head, uint32_t max, parse
     for (size_t i = 0; i < n; i++) bytes[i] = s + i, ones[i] = 1;
     parsed p = {0};
     char m[128] = "";
-    assert_int_equal(hd_httpc_parse(bytes, ones, n, eof, head, max, on_parsed, &p, m, sizeof m), rc);
+    assert_int_equal(hd_httpc_parse(bytes, ones, n, eof, head, max, on_parsed, &p, m, sizeof m),
+                     rc);
     if (rc == 0) assert_string_equal(p.out.p ? p.out.p : "", whole->out.p ? whole->out.p : "");
     hd_str_free(&p.out);
     free(bytes);
@@ -1024,14 +1056,18 @@ static void test_parser(void **state)
         int eof, head, rc, status, reusable;
         const char *out; /* headers and body, or the error message */
     } cases[] = {
-        {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 0, 0, 0, 200, 1, "content-length=5;hello"},
-        {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloX", 0, 0, 0, 200, 0, "content-length=5;hello"},
-        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 0, 0, 0, 200, 1,
-         "transfer-encoding=chunked;abc"},
+        {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 0, 0, 0, 200, 1,
+         "content-length=5;hello"},
+        {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloX", 0, 0, 0, 200, 0,
+         "content-length=5;hello"},
+        {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 0, 0, 0, 200,
+         1, "transfer-encoding=chunked;abc"},
         {"HTTP/1.1 200 OK\r\nX-A:\t spaced \t\r\n\r\nbody", 1, 0, 0, 200, 0, "x-a=spaced;body"},
-        {"HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 0\r\n\r\n", 0, 0, 0, 200, 1, "x-empty=;content-length=0;"},
+        {"HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 0\r\n\r\n", 0, 0, 0, 200, 1,
+         "x-empty=;content-length=0;"},
         {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 0, 1, 0, 200, 1, "content-length=5;"},
-        {"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n", 0, 0, 0, 304, 1, "etag=x;"},
+        {"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n", 0, 0, 0, 304,
+         1, "etag=x;"},
         {"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\na", 0, 0, 0, 200, 0, "content-length=1;a"},
         {"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\na", 0, 0, 0, 200, 0,
          "connection=close;content-length=1;a"},
@@ -1039,16 +1075,19 @@ static void test_parser(void **state)
         {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", 1, 0, HD_ECLOSED, 0, 0,
          "connection closed during the response"},
         {"", 1, 0, HD_ECLOSED, 0, 0, "connection closed before the response"},
-        {"HTTP/1.1 200 OK\r\nContent-Length: 65\r\n\r\n", 0, 0, HD_ETOOBIG, 0, 0, "response too large"},
-        {"HTTP/1.1 200 OK\r\n\r\n0123456789012345678901234567890123456789012345678901234567890123", 1, 0,
-         HD_ETOOBIG, 0, 0, "response too large"},
-        {"HTTP/1.1 abc\r\n\r\n", 0, 0, HD_EPROTO, 0, 0, "malformed response: Invalid response status"},
+        {"HTTP/1.1 200 OK\r\nContent-Length: 65\r\n\r\n", 0, 0, HD_ETOOBIG, 0, 0,
+         "response too large"},
+        {"HTTP/1.1 200 OK\r\n\r\n0123456789012345678901234567890123456789012345678901234567890123",
+         1, 0, HD_ETOOBIG, 0, 0, "response too large"},
+        {"HTTP/1.1 abc\r\n\r\n", 0, 0, HD_EPROTO, 0, 0,
+         "malformed response: Invalid response status"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         parsed p;
         char msg[128] = "";
         int rc = parse_every_way(cases[i].in, cases[i].eof, cases[i].head, 64, &p, msg);
-        if (rc != cases[i].rc) fail_msg("case %zu: rc %d, expected %d (%s)", i, rc, cases[i].rc, msg);
+        if (rc != cases[i].rc)
+            fail_msg("case %zu: rc %d, expected %d (%s)", i, rc, cases[i].rc, msg);
         if (rc == 0) {
             assert_int_equal(p.status, cases[i].status);
             assert_int_equal(p.reusable, cases[i].reusable);
