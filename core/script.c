@@ -296,6 +296,7 @@ static void unpin(hd_script *s)
     hd_info("scripts: generation %llu freed after its last waiting hook",
             (unsigned long long)s->gen);
     script_free(s);
+    sc->nstates--;
 }
 
 /* ---- the waiting list: by deadline (each wait gets the same io_timeout_ms) */

@@ -104,6 +104,11 @@ static void test_defaults(void **st)
     assert_int_equal(c.scripts_watch, 0);
     assert_int_equal(c.hook_budget_ms, 10);
     assert_int_equal(c.script_memory_mb, 256);
+    assert_int_equal(c.io_timeout_ms, 10000);
+    assert_int_equal(c.http_pool_size, 16);
+    assert_int_equal(c.http_timeout_ms, 5000);
+    assert_int_equal(c.http_max_in_flight, 10000);
+    assert_int_equal(c.http_max_response_bytes, 1048576);
     assert_int_equal(c.nplugins, 0);
     assert_int_equal(c.reuseport, 0);
     /* No cluster section: a single node, the cluster fields at their defaults. */
@@ -144,7 +149,8 @@ static void test_values(void **st)
                   "          flush_ms = 4, disconnect_sockets = false, disconnect_rate = 9 }\n"
                   "presence = { batch_ms = 7 }\n"
                   "api = { token = 'abc' }\n"
-                  "scripts = { 'p.lua', '/abs/q.lua', budget_ms = 5, watch = true, memory_mb = 64 }\n"
+                  "scripts = { 'p.lua', '/abs/q.lua', budget_ms = 5, watch = true, memory_mb = 64,\n"
+                  "            io_timeout_ms = 250, http = { pool_size = 3, max_response_bytes = 4096 } }\n"
                   "plugins = { big_topics = { patterns = { 'x:*' } }, rate_limit = true }\n"
                   "topics = { { match = 'public:*', tracked = false },\n"
                   "           { match = 'fast:*', throttle_ms = 50, debounce_ms = 5, max_wait_ms = 9,\n"
@@ -193,6 +199,11 @@ static void test_values(void **st)
     assert_string_equal(c.api_token, "abc");
     assert_int_equal(c.hook_budget_ms, 5);
     assert_int_equal(c.script_memory_mb, 64);
+    assert_int_equal(c.io_timeout_ms, 250);
+    assert_int_equal(c.http_pool_size, 3);
+    assert_int_equal(c.http_max_response_bytes, 4096);
+    assert_int_equal(c.http_timeout_ms, 5000); /* (the rest of scripts.http at its defaults) */
+    assert_int_equal(c.http_max_in_flight, 10000);
     assert_int_equal(c.scripts_watch, 1);
     assert_int_equal(c.nscripts, 2);
     assert_string_equal(c.scripts[0], "/tmp/p.lua"); /* relative to the config's directory */
@@ -282,6 +293,11 @@ static void test_errors(void **st)
     bad("scripts = { 'a.lua', budget_ms = 0 }", "scripts", "budget_ms", NULL);
     bad("scripts = { 'a.lua', memory_mb = 8 }", "scripts", "memory_mb", NULL);
     bad("scripts = { 'a.lua', colour = 1 }", "scripts", NULL);
+    bad("scripts = { 'a.lua', io_timeout_ms = 0 }", "scripts", "io_timeout_ms", NULL);
+    bad("scripts = { 'a.lua', http = { pool_size = 0 } }", "scripts", "pool_size", "1 to 1024", NULL);
+    bad("scripts = { 'a.lua', http = { max_response_bytes = 10 } }", "max_response_bytes", NULL);
+    bad("scripts = { 'a.lua', http = { keepalive = true } }", "scripts", "keepalive", NULL);
+    bad("scripts = { 'a.lua', http = 5 }", "scripts", "http", NULL);
     bad("plugins = { ['bad name'] = true }", "plugins", NULL);
     bad("plugins = { jwt = 'yes' }", "plugins", NULL);
     bad("plugins = { jwt = { f = function() end } }", "plugins", NULL);
