@@ -1625,7 +1625,7 @@ void hd_cluster_withdraw(hd_cluster *c)
                     mine = 1;
                 }
             if (!mine) continue;
-            size_t cl;
+            size_t cl = 0;
             char *ch = channel_of(tp->name, tp->len, &cl);
             hd_str msg = HD_STR_INIT;
             hd_str_printf(&msg, "p1 %s\n!", c->node);
