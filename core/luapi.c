@@ -307,43 +307,35 @@ static int l_monotonic_ms(lua_State *L)
     return 1;
 }
 
-/* pcall/xpcall for sandboxes: once the budget flag (upvalue 1) is set, the
- * error is re-raised, so that a chunk cannot swallow its own budget error. */
-static int l_safe_pcall(lua_State *L)
-{
-    luaL_checkany(L, 1);
-    int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
-    if (*(const int *)lua_touserdata(L, lua_upvalueindex(1))) return lua_error(L);
-    lua_pushboolean(L, status == 0);
-    lua_insert(L, 1);
-    return lua_gettop(L);
-}
+/* pcall/xpcall for sandboxes: once the budget flag is set the error is
+ * re-raised, so that a chunk cannot swallow its own budget error, and
+ * xpcall's handler is skipped (a handler runs with the count hook off, so
+ * a looping one would never be stopped). They are Lua over the VM's own
+ * pcall and xpcall, which a coroutine can be suspended across: a hook may
+ * wait (herald.http.request) inside them. */
+static const char safe_calls[] =
+    "local vm, spent, error = {}, nil, nil\n"
+    "vm.pcall, vm.xpcall, spent, error = ...\n"
+    "local function pass(ok, ...)\n"
+    "  if spent() then error((...), 0) end\n"
+    "  return ok, ...\n"
+    "end\n"
+    "local function pcall(f, ...)\n"
+    "  return pass(vm.pcall(f, ...))\n"
+    "end\n"
+    "local function xpcall(f, handler)\n"
+    "  return pass(vm.xpcall(f, function(e)\n"
+    "    if spent() then return e end\n"
+    "    return handler(e)\n"
+    "  end))\n"
+    "end\n"
+    "return pcall, xpcall\n";
 
-/* The message handler xpcall installs: the chunk's own handler, skipped
- * once the budget is spent (a handler runs with the count hook off, so a
- * looping one would never be stopped). */
-static int l_guard_handler(lua_State *L)
+/* Whether the budget flag (upvalue 1) is set. */
+static int l_spent(lua_State *L)
 {
-    if (*(const int *)lua_touserdata(L, lua_upvalueindex(1))) return 1;
-    lua_pushvalue(L, lua_upvalueindex(2));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, 1);
+    lua_pushboolean(L, *(const int *)lua_touserdata(L, lua_upvalueindex(1)));
     return 1;
-}
-
-static int l_safe_xpcall(lua_State *L)
-{
-    luaL_checkany(L, 2);
-    lua_settop(L, 2);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 2);
-    lua_pushcclosure(L, l_guard_handler, 2);
-    lua_insert(L, 1); /* handler, f */
-    int status = lua_pcall(L, 0, LUA_MULTRET, 1);
-    if (*(const int *)lua_touserdata(L, lua_upvalueindex(1))) return lua_error(L);
-    lua_pushboolean(L, status == 0);
-    lua_replace(L, 1);
-    return lua_gettop(L);
 }
 
 /* string.rep with a cap on the result: it runs in C, where neither the
@@ -387,12 +379,17 @@ void hd_luapi_fill_sandbox(lua_State *L, const char *const *names, const int *ex
         }
         lua_setfield(L, -2, names[i]);
     }
+    if (luaL_loadbuffer(L, safe_calls, sizeof safe_calls - 1, "=[herald sandbox]") != 0) {
+        lua_error(L); /* (only out of memory) */
+    }
+    lua_getglobal(L, "pcall");
+    lua_getglobal(L, "xpcall");
     lua_pushlightuserdata(L, (void *)exceeded);
-    lua_pushcclosure(L, l_safe_pcall, 1);
+    lua_pushcclosure(L, l_spent, 1);
+    lua_getglobal(L, "error");
+    lua_call(L, 4, 2);
+    lua_setfield(L, -3, "xpcall");
     lua_setfield(L, -2, "pcall");
-    lua_pushlightuserdata(L, (void *)exceeded);
-    lua_pushcclosure(L, l_safe_xpcall, 1);
-    lua_setfield(L, -2, "xpcall");
 }
 
 void hd_luapi_push_pure(lua_State *L)

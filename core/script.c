@@ -579,9 +579,9 @@ static int l_http_start(lua_State *L)
                  s && s->depth ? run_name(s->cur, name, sizeof name) : "this context");
         return http_error(L, msg);
     }
-    if (!lua_isyieldable(L)) /* (checked before the request starts: nothing to undo) */
-        return http_error(L, " cannot wait inside pcall, xpcall or a function called from C "
-                             "(a metamethod, a sort comparison, a gsub callback)");
+    if (!lua_isyieldable(L)) /* (before the request starts: nothing to undo) */
+        return http_error(L, " cannot wait inside a function called from C (a table.sort "
+                             "comparison, a string.gsub callback, a __gc metamethod)");
     luaL_checktype(L, 1, LUA_TTABLE);
     hd_scripts *sc = s->sc;
     hd_httpc_req req;

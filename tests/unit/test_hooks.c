@@ -555,8 +555,8 @@ static void test_budget_stops_loops(void **st)
              path_a, path_a, path_a, path_a);
     snprintf(want_swallow, sizeof want_swallow,
              "[error] join hook (%s) failed: %s:3: join hook exceeded its budget of 20 ms; "
-             "stack traceback: %s:3: in function <%s:3> | [C]: in function 'pcall' | %s:3: in "
-             "function <%s:1>\n",
+             "stack traceback: %s:3: in function <%s:3> | [C]: in function 'pcall' | "
+             "[herald sandbox]:8: in function 'pcall' | %s:3: in function <%s:1>\n",
              path_a, path_a, path_a, path_a, path_a, path_a);
     assert_int_equal(count_of(log, want_spin), 2);
     assert_int_equal(count_of(log, want_swallow), 1);
