@@ -20,8 +20,11 @@ class Backend {
   // headers, body, json } and an answer is { status = 200, headers, body }
   // with body a string, or { json } (sent as application/json), or
   // { raw: bytes } (written to the socket as they are, then closed).
-  constructor(handler) {
+  // record: false keeps no requests (a benchmark's backend; waitFor then
+  // never resolves).
+  constructor(handler, { record = true } = {}) {
     this.handler = handler;
+    this.record = record;
     this.requests = [];
     this.waiters = [];
     this.sockets = new Set();
@@ -30,8 +33,8 @@ class Backend {
     this.server.on('connection', (s) => { this.sockets.add(s); s.on('close', () => this.sockets.delete(s)); });
   }
 
-  static async start(t, handler) {
-    const b = new Backend(handler);
+  static async start(t, handler, options) {
+    const b = new Backend(handler, options);
     b.server.listen(0, '127.0.0.1');
     await once(b.server, 'listening');
     b.port = b.server.address().port;
@@ -49,7 +52,7 @@ class Backend {
       let json;
       try { json = JSON.parse(body); } catch { json = undefined; }
       const r = { method: req.method, path: req.url, headers: req.headers, body, json, answered: false };
-      this.requests.push(r);
+      if (this.record) this.requests.push(r);
       for (const w of this.waiters.slice()) w.check();
       let a;
       try { a = (await this.handler(r)) || {}; } catch (e) { a = { status: 500, body: String(e) }; }
