@@ -19,14 +19,10 @@ void hd_api_respond_json(hd_conn *c, hd_http_req *r, int status, const hd_str *b
     hd_http_respond(c, r, status, "application/json", body->p, body->len, NULL, 0);
 }
 
-/* With a token configured: Authorization: Bearer <token>. Without one:
- * loopback peers only. */
-static int api_allowed(hd_api *api, hd_conn *c, const hd_http_req *r)
+/* The rule without an api_auth hook's opinion: with a token configured,
+ * Authorization: Bearer <token>; without one, loopback peers only. */
+static int static_rule(hd_api *api, hd_conn *c, const hd_http_req *r)
 {
-    hd_hook_req view;
-    hd_http_hook_req(r, &view);
-    int v = hd_hook_api_auth(api->sc, c, &view);
-    if (v >= 0) return v;
     const char *tok = api->cfg->api_token;
     if (!tok) return hd_conn_is_loopback(c);
     size_t al = 0;
@@ -36,6 +32,49 @@ static int api_allowed(hd_api *api, hd_conn *c, const hd_http_req *r)
     size_t tl = al - 7;
     while (tl && *t == ' ') t++, tl--;
     return hd_ct_equal(t, tl, tok, strlen(tok));
+}
+
+/* A route needing authorization, once api_auth answered (verdict as its). */
+static void authorized(hd_api *api, const hd_route *rt, hd_conn *c, hd_http_req *r, int verdict)
+{
+    if (verdict < 0) verdict = static_rule(api, c, r);
+    if (!verdict) return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
+    rt->fn(rt->ud, c, r);
+}
+
+/* A request whose api_auth hook may wait. */
+typedef struct authorizing {
+    hd_http_wait w;
+    hd_api *api;
+    const hd_route *rt;
+    int verdict;
+} authorizing;
+
+static void authorized_later(void *ud, hd_conn *c, hd_http_req *r)
+{
+    authorizing *a = ud;
+    authorized(a->api, a->rt, c, r, a->verdict);
+}
+
+static void api_auth_done(void *ud, hd_hook_result *res)
+{
+    authorizing *a = ud;
+    a->verdict = res->verdict;
+    if (hd_http_wait_end(&a->w, authorized_later, a)) a->api->sc->ss.discarded++;
+    free(a);
+}
+
+static void authorize(hd_api *api, const hd_route *rt, hd_conn *c, hd_http_req *r)
+{
+    if (!hd_script_has(api->sc, HD_HOOK_API_AUTH)) return authorized(api, rt, c, r, -1);
+    authorizing *a = malloc(sizeof *a);
+    if (!a) return hd_http_error(c, r, 503, "out of memory", NULL, 1);
+    hd_http_wait_init(&a->w, c, r);
+    a->api = api;
+    a->rt = rt;
+    hd_hook_req view;
+    hd_http_hook_req(r, &view);
+    if (hd_hook_api_auth_start(api->sc, c, &view, api_auth_done, a)) hd_http_wait_later(&a->w);
 }
 
 size_t hd_api_publish(hd_api *api, const char *topic, size_t tlen, const char *event,
@@ -157,7 +196,64 @@ out:
     return o;
 }
 
-static void publish_push(hd_api *api, const push *p, hd_str *out)
+/* A push whose publish hooks may wait: answered once every publish went
+ * out (the answer is deferred meanwhile). */
+typedef struct pushing {
+    hd_api *api;
+    uint64_t conn_id;
+    size_t pending;              /* publishes whose hooks have not answered */
+    int now;                     /* the request is still being handled */
+    hd_str out;                  /* the answer */
+} pushing;
+
+typedef struct publishing {
+    pushing *w;
+    size_t tlen;
+    char topic[];
+} publishing;
+
+/* A publish hook answered (hd_hook_done): the message goes out, or was
+ * dropped; the last one answers the push. */
+static void published(void *ud, hd_hook_result *res)
+{
+    publishing *q = ud;
+    pushing *w = q->w;
+    hd_api *api = w->api;
+    if (res->verdict)
+        hd_publish(api->eng, q->topic, q->tlen, res->event, strlen(res->event), res->data,
+                   strlen(res->data));
+    else
+        api->st->publishes++;
+    free(q);
+    if (--w->pending || w->now) return;
+    hd_conn *c = hd_net_find(api->net, w->conn_id);
+    hd_http_req *r = c ? hd_http_deferred(c) : NULL;
+    if (r) {
+        hd_api_respond_json(c, r, 200, &w->out);
+        hd_http_resume(c);
+    }
+    hd_str_free(&w->out);
+    free(w);
+}
+
+/* Publishes on topic t: through the hooks that may wait when w is set. */
+static void publish_one(hd_api *api, pushing *w, const char *t, size_t tl, const char *ev,
+                        size_t elen, const char *data, size_t dlen)
+{
+    publishing *q = w ? malloc(sizeof *q + tl + 1) : NULL;
+    if (!q) { /* (without w, or memory: the hooks that cannot wait) */
+        hd_api_publish(api, t, tl, ev, elen, data, dlen);
+        return;
+    }
+    q->w = w;
+    q->tlen = tl;
+    memcpy(q->topic, t, tl);
+    q->topic[tl] = 0;
+    w->pending++;
+    hd_hook_publish_start(api->sc, t, tl, ev, data, published, q);
+}
+
+static void publish_push(hd_api *api, const push *p, hd_str *out, pushing *w)
 {
     char *data = json_dumps(p->data, JSON_COMPACT | JSON_ENCODE_ANY);
     const char *ev = json_string_value(p->event);
@@ -173,7 +269,7 @@ static void publish_push(hd_api *api, const push *p, hd_str *out)
     {
         const char *t = json_string_value(ch);
         size_t tl = json_string_length(ch);
-        hd_api_publish(api, t, tl, ev, elen, data, dlen);
+        publish_one(api, w, t, tl, ev, elen, data, dlen);
         if (i) hd_str_addc(out, ',');
         hd_str_add_json(out, t, tl);
     }
@@ -183,6 +279,33 @@ static void publish_push(hd_api *api, const push *p, hd_str *out)
     hd_str_add_json(out, ev, elen);
     hd_str_addc(out, '}');
     free(data);
+}
+
+/* The context of a push's publishes when publish hooks may wait, else NULL. */
+static pushing *pushing_new(hd_api *api, hd_conn *c)
+{
+    pushing *w = hd_script_has(api->sc, HD_HOOK_PUBLISH) ? calloc(1, sizeof *w) : NULL;
+    if (w) {
+        w->api = api;
+        w->conn_id = c->id;
+        w->now = 1;
+    }
+    return w;
+}
+
+/* Answers a push whose publishes all started (out: its answer, taken when
+ * one waits: the last to be answered answers then). */
+static void answer_push(hd_conn *c, hd_http_req *r, pushing *w, hd_str *out)
+{
+    if (w && w->pending) {
+        w->now = 0;
+        w->out = *out;
+        *out = (hd_str)HD_STR_INIT;
+        hd_http_defer(c);
+        return;
+    }
+    hd_api_respond_json(c, r, 200, out);
+    free(w);
 }
 
 static void handle_push(void *ud, hd_conn *c, hd_http_req *r)
@@ -243,13 +366,14 @@ static void handle_push(void *ud, hd_conn *c, hd_http_req *r)
             hd_str_printf(&out, ",\"index\":%zu}", bad);
             hd_api_respond_json(c, r, 422, &out);
         } else {
+            pushing *w = pushing_new(api, c);
             hd_str_addc(&out, '[');
             for (size_t i = 0; i < n; i++) {
                 if (i) hd_str_addc(&out, ',');
-                publish_push(api, &items[i], &out);
+                publish_push(api, &items[i], &out, w);
             }
             hd_str_addc(&out, ']');
-            hd_api_respond_json(c, r, 200, &out);
+            answer_push(c, r, w, &out);
         }
         for (size_t i = 0; items && i < n; i++) push_clear(&items[i]);
         free(items);
@@ -259,8 +383,9 @@ static void handle_push(void *ud, hd_conn *c, hd_http_req *r)
         if (err) {
             hd_http_error(c, r, 422, err, NULL, 0);
         } else {
-            publish_push(api, &p, &out);
-            hd_api_respond_json(c, r, 200, &out);
+            pushing *w = pushing_new(api, c);
+            publish_push(api, &p, &out, w);
+            answer_push(c, r, w, &out);
             push_clear(&p);
         }
     }
@@ -440,8 +565,7 @@ void hd_api_dispatch(void *ud, hd_conn *c, hd_http_req *r, int upgrade)
         if ((rt->flags & HD_ROUTE_GET) && !get) return method_not_allowed(c, r, "GET, HEAD");
         if ((rt->flags & HD_ROUTE_POST) && r->method != HTTP_POST)
             return method_not_allowed(c, r, "POST");
-        if ((rt->flags & HD_ROUTE_AUTH) && !api_allowed(api, c, r))
-            return hd_http_error(c, r, 403, "Access forbidden", NULL, 0);
+        if (rt->flags & HD_ROUTE_AUTH) return authorize(api, rt, c, r);
         rt->fn(rt->ud, c, r);
         return;
     }

@@ -66,12 +66,15 @@ static void leave_sub(hd_channel_ctx *ch, hd_conn *c, hd_sub *sub)
     hd_hook_leave(ch->sc, c, name, n);
 }
 
+static void park_drop(hd_channel_ctx *ch, hd_conn *c);
+
 /* The socket is closing (hd_ws_handler.on_close): leaves every joined
  * topic (no frames sent), each with its leave hooks, then the disconnect
  * hooks; once per connection, also when a hook closes c meanwhile. */
 static void on_close(void *ud, hd_conn *c, const char *reason)
 {
     hd_channel_ctx *ch = ud;
+    park_drop(ch, c);
     if (c->flags & HD_CF_LEFT) return;
     c->flags |= HD_CF_LEFT;
     while (c->subs) leave_sub(ch, c, c->subs);
@@ -80,25 +83,251 @@ static void on_close(void *ud, hd_conn *c, const char *reason)
     while (c->subs) drop_sub(ch, c->subs);
 }
 
+/* ---- sockets whose hook waits ----------------------------------------------------- */
+
+/* While a join or message hook of a socket waits (herald.http.request),
+ * the socket's later messages wait behind it, in order, as in Phoenix,
+ * where a socket handles one message at a time; other sockets go on. At
+ * most PARK_MAX_MSGS messages or PARK_MAX_BYTES queue: beyond, the socket
+ * is not read until its hook is answered. */
+#define PARK_MAX_MSGS 64
+#define PARK_MAX_BYTES (1u << 20)
+
+typedef struct qmsg {
+    struct qmsg *next;
+    size_t len;
+    int opcode, refused;
+    uint8_t data[];
+} qmsg;
+
+/* A socket whose hook waits: in ch->parked by connection id. */
+typedef struct park {
+    struct park *hnext;
+    uint64_t conn_id;
+    hd_hook_run *run;            /* the hook it waits for; NULL once answered */
+    void *ctx;                   /* the run's context: freed here if the run is cancelled */
+    void (*ctx_free)(void *ctx);
+    qmsg *head, *tail;           /* its messages meanwhile */
+    size_t n, bytes;
+    int stopped;                 /* reading stopped: the queue is full */
+    int draining, dead;          /* its queue is being handled; it closed meanwhile */
+} park;
+
+static park **park_slot(hd_channel_ctx *ch, uint64_t id)
+{
+    size_t i = (size_t)((id * 0x9E3779B97F4A7C15ULL) >> 32) & (ch->parked_cap - 1);
+    park **pp = &ch->parked[i];
+    while (*pp && (*pp)->conn_id != id) pp = &(*pp)->hnext;
+    return pp;
+}
+
+static park *park_find(hd_channel_ctx *ch, uint64_t id)
+{
+    return ch->parked_cap ? *park_slot(ch, id) : NULL;
+}
+
+/* Room for one more: the table doubles at one entry per bucket. */
+static int park_grow(hd_channel_ctx *ch)
+{
+    if (ch->nparked < ch->parked_cap) return 0;
+    size_t cap = ch->parked_cap ? ch->parked_cap * 2 : 64, ocap = ch->parked_cap;
+    park **t = calloc(cap, sizeof *t), **old = ch->parked;
+    if (!t) return HD_ENOMEM;
+    ch->parked = t;
+    ch->parked_cap = cap;
+    for (size_t i = 0; i < ocap; i++)
+        for (park *p = old[i], *next; p; p = next) {
+            next = p->hnext;
+            p->hnext = NULL;
+            *park_slot(ch, p->conn_id) = p; /* (the end of its new chain) */
+        }
+    free(old);
+    return 0;
+}
+
+/* c waits for run (ctx, its context, freed by ctx_free if the run is
+ * cancelled): its messages queue from now on. HD_ENOMEM: the caller
+ * cancels the run. */
+static int park_begin(hd_channel_ctx *ch, hd_conn *c, hd_hook_run *run, void *ctx,
+                      void (*ctx_free)(void *))
+{
+    park *p = park_find(ch, c->id);
+    if (!p) {
+        if (park_grow(ch) || !(p = calloc(1, sizeof *p))) return HD_ENOMEM;
+        p->conn_id = c->id;
+        *park_slot(ch, c->id) = p;
+        ch->nparked++;
+    }
+    p->run = run;
+    p->ctx = ctx;
+    p->ctx_free = ctx_free;
+    c->flags |= HD_CF_BUSY;
+    return 0;
+}
+
+static void park_free(hd_channel_ctx *ch, park *p)
+{
+    *park_slot(ch, p->conn_id) = p->hnext;
+    ch->nparked--;
+    for (qmsg *m = p->head, *next; m; m = next) {
+        next = m->next;
+        free(m);
+    }
+    free(p);
+}
+
+/* The socket's hook is answered: the park no longer holds it (its
+ * context is the answer's now). */
+static void park_answered(hd_channel_ctx *ch, uint64_t id)
+{
+    park *p = park_find(ch, id);
+    if (p) p->run = p->ctx = NULL;
+}
+
+/* Queues a message of a socket whose hook waits. */
+static void park_add(hd_channel_ctx *ch, hd_conn *c, int opcode, const uint8_t *data, size_t len,
+                     int refused)
+{
+    park *p = park_find(ch, c->id);
+    qmsg *m = p ? malloc(sizeof *m + len) : NULL;
+    if (!m) {
+        hd_error("conn %llu: out of memory queueing a message behind a waiting hook",
+                 (unsigned long long)c->id);
+        hd_conn_shut(c, 1011, "out of memory");
+        return;
+    }
+    m->next = NULL;
+    m->len = len;
+    m->opcode = opcode;
+    m->refused = refused;
+    memcpy(m->data, data, len);
+    if (p->tail) p->tail->next = m;
+    else p->head = m;
+    p->tail = m;
+    p->n++;
+    p->bytes += len;
+    if (!p->stopped && (p->n >= PARK_MAX_MSGS || p->bytes >= PARK_MAX_BYTES)) {
+        p->stopped = 1;
+        hd_conn_read_stop(c);
+    }
+}
+
+/* The socket closes: a hook still waiting is cancelled (its answer would
+ * go nowhere), its queue goes. */
+static void park_drop(hd_channel_ctx *ch, hd_conn *c)
+{
+    park *p = park_find(ch, c->id);
+    if (!p) return;
+    c->flags &= ~HD_CF_BUSY;
+    if (p->run) {
+        hd_hook_run *run = p->run;
+        void *ctx = p->ctx;
+        p->run = p->ctx = NULL;
+        hd_hook_cancel(run);
+        p->ctx_free(ctx);
+    }
+    if (p->draining) p->dead = 1;
+    else park_free(ch, p);
+}
+
+static int dispatch(hd_channel_ctx *ch, hd_conn *c, int opcode, uint8_t *data, size_t len,
+                    int refused);
+
+/* After a waiting hook's answer: the messages that queued meanwhile are
+ * handled in order, until one waits again (the rest stay queued). */
+static void park_resume(hd_channel_ctx *ch, uint64_t id)
+{
+    park *p = park_find(ch, id);
+    hd_conn *c = hd_net_find(ch->net, id);
+    if (!p || p->run) return;
+    if (!c) {
+        park_free(ch, p);
+        return;
+    }
+    c->flags &= ~HD_CF_BUSY;
+    p->draining = 1;
+    while (p->head && !p->dead && !(c->flags & HD_CF_BUSY) && hd_conn_open(c)) {
+        qmsg *m = p->head;
+        p->head = m->next;
+        if (!p->head) p->tail = NULL;
+        p->n--;
+        p->bytes -= m->len;
+        dispatch(ch, c, m->opcode, m->data, m->len, m->refused);
+        free(m);
+    }
+    p->draining = 0;
+    if (!p->dead && (c->flags & HD_CF_BUSY)) return;
+    int stopped = p->stopped && !p->dead;
+    park_free(ch, p);
+    if (stopped && hd_conn_open(c)) hd_conn_read_start(c);
+}
+
+void hd_channel_free(hd_channel_ctx *ch)
+{
+    for (size_t i = 0; i < ch->parked_cap; i++)
+        while (ch->parked[i]) {
+            park *p = ch->parked[i];
+            if (p->run) {
+                hd_hook_cancel(p->run);
+                p->ctx_free(p->ctx);
+            }
+            park_free(ch, p);
+        }
+    free(ch->parked);
+    ch->parked = NULL;
+    ch->parked_cap = ch->nparked = 0;
+}
+
+/* ---- a recheck after a reload ---------------------------------------------------- */
+
+typedef struct recheck {
+    hd_channel_ctx *ch;
+    uint64_t conn_id;
+    char *join_ref;
+    size_t tlen;
+    char topic[];
+} recheck;
+
+/* The join hook's new answer (hd_hook_done): a refusal closes the
+ * channel, if it is still the one that was rechecked. */
+static void rechecked(void *ud, hd_hook_result *res)
+{
+    recheck *k = ud;
+    hd_channel_ctx *ch = k->ch;
+    hd_conn *c = hd_net_find(ch->net, k->conn_id);
+    hd_sub *s = c && hd_conn_open(c) ? hd_topics_sub_of(c, k->topic, k->tlen) : NULL;
+    const char *jr = s ? hd_sub_join_ref(s) : NULL;
+    if (!res->verdict && s && (jr ? k->join_ref && strcmp(jr, k->join_ref) == 0 : !k->join_ref)) {
+        send_phx_close(c, jr, k->topic);
+        leave_sub(ch, c, s);
+        ch->rechecks_closed++;
+    }
+    free(k->join_ref);
+    free(k);
+}
+
 size_t hd_channel_recheck(hd_channel_ctx *ch, hd_conn *c)
 {
-    size_t closed = 0;
+    size_t before = ch->rechecks_closed;
     hd_sub *s = c->kind == HD_CONN_WS ? c->subs : NULL;
     while (s && hd_conn_open(c)) {
         hd_sub *next = s->cnext;
-        hd_str reply = HD_STR_INIT;
-        char reason[256];
-        if (!hd_hook_join(ch->sc, c, s->topic->name, s->topic->len, NULL, &reply, NULL, reason,
-                            sizeof reason) &&
-            hd_conn_open(c)) {
-            send_phx_close(c, hd_sub_join_ref(s), s->topic->name);
-            leave_sub(ch, c, s);
-            closed++;
+        const char *jr = hd_sub_join_ref(s);
+        recheck *k = calloc(1, sizeof *k + s->topic->len + 1);
+        if (!k || (jr && !(k->join_ref = strdup(jr)))) {
+            hd_error("conn %llu: out of memory rechecking a join", (unsigned long long)c->id);
+            free(k);
+            break;
         }
-        hd_str_free(&reply);
+        k->ch = ch;
+        k->conn_id = c->id;
+        k->tlen = s->topic->len;
+        memcpy(k->topic, s->topic->name, k->tlen);
+        /* (answered at once, or later: the channel is found again then) */
+        hd_hook_join_start(ch->sc, c, k->topic, k->tlen, NULL, rechecked, k);
         s = next;
     }
-    return closed;
+    return ch->rechecks_closed - before;
 }
 
 /* ---- Phoenix messages ------------------------------------------------------ */
@@ -300,21 +529,17 @@ oom:
     if (w) jwait_free(w);
 }
 
-static void on_join(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *ref,
-                    const char *topic, size_t tlen, json_t *payload)
+/* The join hook answered: the subscription, its reply, what history gives. */
+static void join_answered(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *ref,
+                          const char *topic, size_t tlen, json_t *payload, hd_hook_result *res)
 {
-    if (tlen == 0 || tlen > HD_TOPIC_MAX_BYTES) {
-        ch->st->joins_refused++;
-        reply_error(c, jr, ref, topic, "invalid topic");
-        return;
-    }
-    hd_str answer = HD_STR_INIT, meta = HD_STR_INIT;
-    char reason[256];
-    if (!hd_hook_join(ch->sc, c, topic, tlen, payload, &answer, &meta, reason, sizeof reason)) {
+    hd_str answer = res->reply, meta = res->meta;
+    res->reply = res->meta = (hd_str)HD_STR_INIT;
+    if (!res->verdict) {
         hd_str_free(&answer);
         hd_str_free(&meta);
         ch->st->joins_refused++;
-        if (hd_conn_open(c)) reply_error(c, jr, ref, topic, reason);
+        reply_error(c, jr, ref, topic, res->reason);
         return;
     }
     hd_sub *old = hd_topics_sub_of(c, topic, tlen);
@@ -365,6 +590,102 @@ static void on_join(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *
     hd_str_free(&meta);
 }
 
+/* A join or client push whose hook may wait: what its answer needs. */
+typedef struct waiting {
+    hd_channel_ctx *ch;
+    uint64_t conn_id;
+    char *jr, *ref;
+    json_t *payload;             /* join: its payload (a reference) */
+    int now;                     /* the answer comes inside the hook's start */
+    size_t tlen;
+    char topic[];
+} waiting;
+
+static void waiting_free(void *p)
+{
+    waiting *w = p;
+    free(w->jr);
+    free(w->ref);
+    json_decref(w->payload);
+    free(w);
+}
+
+/* A context for a hook of c's about topic, or NULL (answered "join crashed"). */
+static waiting *waiting_new(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *ref,
+                            const char *topic, size_t tlen, json_t *payload)
+{
+    waiting *w = calloc(1, sizeof *w + tlen + 1);
+    if (!w || (jr && !(w->jr = strdup(jr))) || (ref && !(w->ref = strdup(ref)))) {
+        hd_error("conn %llu: out of memory for a hook", (unsigned long long)c->id);
+        if (w) waiting_free(w);
+        reply_error(c, jr, ref, topic, payload ? "join crashed" : "internal error");
+        return NULL;
+    }
+    w->ch = ch;
+    w->conn_id = c->id;
+    w->payload = json_incref(payload);
+    w->now = 1;
+    w->tlen = tlen;
+    memcpy(w->topic, topic, tlen);
+    return w;
+}
+
+/* run (started for w's socket) waits: the socket's messages queue. */
+static void waits(hd_channel_ctx *ch, hd_conn *c, hd_hook_run *run, waiting *w)
+{
+    w->now = 0;
+    if (park_begin(ch, c, run, w, waiting_free) == 0) return;
+    hd_error("conn %llu: out of memory while a hook waits", (unsigned long long)c->id);
+    hd_hook_cancel(run);
+    reply_error(c, w->jr, w->ref, w->topic, w->payload ? "join crashed" : "internal error");
+    waiting_free(w);
+}
+
+/* Takes w's answer: returns its socket if it is still open (else NULL). */
+static hd_conn *answered(waiting *w)
+{
+    if (!w->now) park_answered(w->ch, w->conn_id);
+    hd_conn *c = hd_net_find(w->ch->net, w->conn_id);
+    return c && hd_conn_open(c) ? c : NULL;
+}
+
+/* After w's answer: w goes, and what the socket sent meanwhile is handled. */
+static void go_on(waiting *w)
+{
+    hd_channel_ctx *ch = w->ch;
+    uint64_t id = w->conn_id;
+    int now = w->now;
+    waiting_free(w);
+    if (!now) park_resume(ch, id);
+}
+
+static void join_done(void *ud, hd_hook_result *res)
+{
+    waiting *w = ud;
+    hd_conn *c = answered(w);
+    if (c) join_answered(w->ch, c, w->jr, w->ref, w->topic, w->tlen, w->payload, res);
+    go_on(w);
+}
+
+static void on_join(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *ref,
+                    const char *topic, size_t tlen, json_t *payload)
+{
+    if (tlen == 0 || tlen > HD_TOPIC_MAX_BYTES) {
+        ch->st->joins_refused++;
+        reply_error(c, jr, ref, topic, "invalid topic");
+        return;
+    }
+    if (!hd_script_has(ch->sc, HD_HOOK_JOIN)) { /* (no context to keep) */
+        hd_hook_result res = {.verdict = 1};
+        join_answered(ch, c, jr, ref, topic, tlen, payload, &res);
+        return;
+    }
+    waiting *w = waiting_new(ch, c, jr, ref, topic, tlen, payload);
+    if (!w) return;
+    hd_hook_run *run = hd_hook_join_start(ch->sc, c, topic, tlen, payload, join_done, w);
+    if (run) waits(ch, c, run, w);
+}
+
 static void on_leave(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *ref,
                      const char *topic, size_t tlen)
 {
@@ -392,18 +713,28 @@ static const char *str_or_null(json_t *v, int *ok)
     return NULL;
 }
 
+static void message_done(void *ud, hd_hook_result *res)
+{
+    waiting *w = ud;
+    hd_conn *c = answered(w);
+    if (c && res->verdict == 1)
+        reply(c, w->jr, w->ref, w->topic, "ok", res->reply.p ? res->reply.p : "{}");
+    else if (c && res->verdict == 2)
+        reply_error(c, w->jr, w->ref, w->topic, res->reason);
+    go_on(w);
+}
+
 /* A client push on a joined topic goes to the message hook, which may
  * answer; without one there is no reply. */
 static void on_client_push(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *ref,
                            const char *topic, size_t tlen, const char *event, json_t *payload)
 {
-    hd_str answer = HD_STR_INIT;
-    char reason[256];
-    int r = hd_hook_message(ch->sc, c, topic, tlen, event, payload, &answer, reason,
-                              sizeof reason);
-    if (r == 1 && hd_conn_open(c)) reply(c, jr, ref, topic, "ok", answer.p ? answer.p : "{}");
-    else if (r == 2 && hd_conn_open(c)) reply_error(c, jr, ref, topic, reason);
-    hd_str_free(&answer);
+    if (!hd_script_has(ch->sc, HD_HOOK_MESSAGE)) return;
+    waiting *w = waiting_new(ch, c, jr, ref, topic, tlen, NULL);
+    if (!w) return;
+    hd_hook_run *run = hd_hook_message_start(ch->sc, c, topic, tlen, event, payload,
+                                             message_done, w);
+    if (run) waits(ch, c, run, w);
 }
 
 /* Handles one text message; returns 0, or non-zero after closing. A
@@ -455,13 +786,25 @@ static int on_phoenix(hd_channel_ctx *ch, hd_conn *c, const uint8_t *data, size_
     return 0;
 }
 
-static int on_message(void *ud, hd_conn *c, int opcode, uint8_t *data, size_t len, int refused)
+static int dispatch(hd_channel_ctx *ch, hd_conn *c, int opcode, uint8_t *data, size_t len,
+                    int refused)
 {
     if (opcode == HD_WS_BINARY) {
         hd_conn_shut(c, 1003, "binary frames are not supported");
         return 1;
     }
-    return on_phoenix(ud, c, data, len, refused);
+    return on_phoenix(ch, c, data, len, refused);
+}
+
+/* A message (hd_ws_handler.on_message): handled now, or queued behind
+ * the socket's waiting hook. */
+static int on_message(void *ud, hd_conn *c, int opcode, uint8_t *data, size_t len, int refused)
+{
+    if (c->flags & HD_CF_BUSY) {
+        park_add(ud, c, opcode, data, len, refused);
+        return !hd_conn_open(c);
+    }
+    return dispatch(ud, c, opcode, data, len, refused);
 }
 
 static const hd_ws_handler handler = {on_message, on_close};
@@ -506,27 +849,79 @@ static void parse_protocols(const char *v, size_t len, int *phoenix, char **toke
     }
 }
 
-/* Runs authenticate; on success c carries the identity and assigns.
- * Returns 1, or 0 with reason filled. */
-static int authenticate(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int *phoenix,
-                        char *reason, size_t rlen)
+/* An upgrade whose authenticate hook may wait. */
+typedef struct upgrading {
+    hd_http_wait w;
+    hd_channel_ctx *ch;
+    hd_hook_result *res;
+} upgrading;
+
+/* The last checks and the switch, with authenticate's answer; c carries
+ * its identity and assigns then. */
+static void upgrade_answered(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, hd_hook_result *res)
 {
+    char accept[29];
+    int phoenix = 0;
+    char *token = NULL;
     size_t pl = 0;
     const char *proto = hd_http_header(r, "sec-websocket-protocol", &pl);
-    char *token = NULL, *identity = NULL, *assigns = NULL;
-    if (proto) parse_protocols(proto, pl, phoenix, &token);
+    if (proto) parse_protocols(proto, pl, &phoenix, &token);
+    free(token);
+    if (!res->verdict) {
+        hd_http_error(c, r, 403, res->reason, NULL, 1);
+    } else if (!ch->accepting) { /* (the hook may have waited: the drain began meanwhile) */
+        hd_net_count_refusal(ch->net, HD_REFUSE_DRAINING);
+        hd_http_refuse(c, r, HD_REFUSE_DRAINING, 0);
+    } else if (ch->net->nws >= ch->net->ws_cap) {
+        hd_net_count_refusal(ch->net, HD_REFUSE_WS_CAPACITY);
+        hd_http_refuse(c, r, HD_REFUSE_WS_CAPACITY, 0);
+    } else if (hd_conn_set_identity(c, res->id)) {
+        hd_http_error(c, r, 403, "out of memory", NULL, 1);
+    } else if (hd_wsconn_check(c, r, 1, accept) == 0) {
+        free(c->assigns);
+        c->assigns = res->assigns;
+        res->assigns = NULL;
+        if (hd_wsconn_accept(&ch->ws, c, r, accept, phoenix ? "phoenix" : NULL) == 0) return;
+    }
+    ch->st->ws_rejected++;
+}
+
+static void upgrade_later(void *ud, hd_conn *c, hd_http_req *r)
+{
+    upgrading *u = ud;
+    upgrade_answered(u->ch, c, r, u->res);
+}
+
+static void auth_done(void *ud, hd_hook_result *res)
+{
+    upgrading *u = ud;
+    u->res = res;
+    if (hd_http_wait_end(&u->w, upgrade_later, u)) u->ch->sc->ss.discarded++;
+    free(u);
+}
+
+/* Runs authenticate, then answers (now, or once it is answered). */
+static void authenticate(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r)
+{
+    size_t pl = 0;
+    int phoenix = 0;
+    char *token = NULL;
+    const char *proto = hd_http_header(r, "sec-websocket-protocol", &pl);
+    if (proto) parse_protocols(proto, pl, &phoenix, &token);
+    upgrading *u = malloc(sizeof *u);
+    if (!u) {
+        free(token);
+        ch->st->ws_rejected++;
+        hd_http_error(c, r, 503, "out of memory", NULL, 1);
+        return;
+    }
+    hd_http_wait_init(&u->w, c, r);
+    u->ch = ch;
     hd_hook_req view;
     hd_http_hook_req(r, &view);
-    int ok = hd_hook_authenticate(ch->sc, c, &view, token, &identity, &assigns, reason, rlen);
+    hd_hook_run *run = hd_hook_authenticate_start(ch->sc, c, &view, token, auth_done, u);
     free(token);
-    if (ok && hd_conn_set_identity(c, identity)) {
-        snprintf(reason, rlen, "out of memory");
-        ok = 0;
-    }
-    free(identity);
-    if (ok) c->assigns = assigns;
-    else free(assigns);
-    return ok;
+    if (run) hd_http_wait_later(&u->w);
 }
 
 /* ws.allowed_origins: a browser's Origin must be one of them (cross-site
@@ -544,8 +939,8 @@ static int origin_allowed(const hd_config *cfg, const hd_http_req *r)
 
 void hd_channel_handshake(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int upgrade)
 {
-    char vsn[32], accept[29], reason[256];
-    int phoenix = 0, why;
+    char vsn[32], accept[29];
+    int why;
     unsigned retry;
     if (hd_wsconn_check(c, r, upgrade, accept) != 0) {
         /* answered */
@@ -563,9 +958,8 @@ void hd_channel_handshake(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int up
     } else if ((c->flags & HD_CF_XFF) && !hd_conn_admit(c, &why, &retry)) {
         /* (a client named by X-Forwarded-For is admitted here, at its upgrade) */
         hd_http_refuse(c, r, why, retry);
-    } else if (!authenticate(ch, c, r, &phoenix, reason, sizeof reason)) {
-        hd_http_error(c, r, 403, reason, NULL, 1);
-    } else if (hd_wsconn_accept(&ch->ws, c, r, accept, phoenix ? "phoenix" : NULL) == 0) {
+    } else {
+        authenticate(ch, c, r);
         return;
     }
     ch->st->ws_rejected++;

@@ -22,6 +22,9 @@ typedef struct hd_channel_ctx {
     hd_scripts *sc;              /* authenticate, join, message hooks */
     int accepting;               /* new sockets are taken (READY) */
     struct hd_cluster *cluster;  /* history in Redis, when clustered (else NULL) */
+    struct park **parked;        /* sockets whose hook waits, by id (chained; power of two) */
+    size_t parked_cap, nparked;
+    size_t rechecks_closed;      /* channels a recheck closed (hd_channel_recheck) */
 } hd_channel_ctx;
 
 void hd_channel_init(hd_channel_ctx *ch, const hd_config *cfg, hd_stats *st, hd_net *net,
@@ -33,7 +36,12 @@ void hd_channel_init(hd_channel_ctx *ch, const hd_config *cfg, hd_stats *st, hd_
 void hd_channel_handshake(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int upgrade);
 
 /* Re-runs the join hook for every topic c has joined (after a reload) and
- * closes, with phx_close, the channels it now refuses. Returns how many. */
+ * closes, with phx_close, the channels it now refuses. Returns how many it
+ * closed at once; hooks that wait close theirs when they are answered. */
 size_t hd_channel_recheck(hd_channel_ctx *ch, hd_conn *c);
+
+/* Frees what the sockets' waiting hooks left (at shutdown, after every
+ * connection closed: normally nothing). */
+void hd_channel_free(hd_channel_ctx *ch);
 
 #endif

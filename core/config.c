@@ -304,6 +304,13 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     lua_pop(L, 1);
     c->hook_budget_ms = (uint32_t)num_field(L, -1, "budget_ms");
     c->script_memory_mb = (uint32_t)num_field(L, -1, "memory_mb");
+    c->io_timeout_ms = (uint32_t)num_field(L, -1, "io_timeout_ms");
+    lua_getfield(L, -1, "http");
+    c->http_pool_size = (uint32_t)num_field(L, -1, "pool_size");
+    c->http_timeout_ms = (uint32_t)num_field(L, -1, "timeout_ms");
+    c->http_max_in_flight = (uint32_t)num_field(L, -1, "max_in_flight");
+    c->http_max_response_bytes = (uint32_t)num_field(L, -1, "max_response_bytes");
+    lua_pop(L, 1);
     lua_getfield(L, -1, "files");
     n = lua_objlen(L, -1);
     c->scripts = calloc(n ? n : 1, sizeof *c->scripts);

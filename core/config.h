@@ -113,6 +113,11 @@ typedef struct hd_config {
     int scripts_watch;       /* reload when a script file changes */
     uint32_t hook_budget_ms; /* wall-clock budget of one hook call */
     uint32_t script_memory_mb; /* the scripts' Lua heap at most */
+    uint32_t io_timeout_ms;    /* a hook call's waits for I/O at most (scripts.io_timeout_ms) */
+    uint32_t http_pool_size;   /* scripts.http: connections per origin */
+    uint32_t http_timeout_ms;  /* default deadline of one request */
+    uint32_t http_max_in_flight;
+    uint32_t http_max_response_bytes;
     struct hd_plugin_cfg {
         char *name;          /* "jwt": the embedded module plugins.jwt */
         char *options_json;  /* its options table as JSON */

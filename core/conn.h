@@ -64,6 +64,7 @@ enum {
     HD_CF_XFF = 1 << 12,         /* the client was named by X-Forwarded-For (admitted at upgrade) */
     HD_CF_ADMIN = 1 << 13,       /* accepted on the admin listener */
     HD_CF_LEFT = 1 << 14,        /* the protocol's close ran (channels left, disconnect hook) */
+    HD_CF_BUSY = 1 << 15,        /* a hook of the socket waits: its messages queue (channel.c) */
 };
 
 /* A protocol, as the transport sees it. Every entry is required. */

@@ -14,6 +14,13 @@ static const char *const names[HD_PHASE_COUNT] = {
 
 const char *hd_phase_name(hd_phase p) { return p < HD_PHASE_COUNT ? names[p] : "?"; }
 
+static void shutdown_done(void *ud, hd_hook_result *res)
+{
+    (void)res;
+    hd_drain *dr = ud;
+    dr->hooks_waiting--;
+}
+
 static void enter(hd_drain *dr, hd_phase p)
 {
     uint64_t now = uv_now(dr->loop);
@@ -25,7 +32,10 @@ static void enter(hd_drain *dr, hd_phase p)
     }
     dr->phase = p;
     d->phase_started_ms = now;
-    hd_hook_shutdown(dr->sc, names[p]);
+    /* The phase's work waits for its shutdown hooks (bounded by
+     * scripts.io_timeout_ms and the drain's budget). */
+    dr->hooks_waiting++;
+    hd_hook_shutdown_start(dr->sc, names[p], shutdown_done, dr);
 }
 
 static int queued_anywhere(hd_drain *dr)
@@ -89,12 +99,17 @@ static void step(uv_timer_t *t)
         return;
     }
 
+    if (dr->hooks_waiting) return;
     switch (dr->phase) {
     case HD_PHASE_ANNOUNCE:
         if (in_phase < cfg->drain_announce_ms) return;
         enter(dr, HD_PHASE_STOP_ACCEPTING);
         dr->close_listener(dr->ud);
+        if (dr->hooks_waiting) return;
+        /* fall through */
+    case HD_PHASE_STOP_ACCEPTING:
         enter(dr, HD_PHASE_HTTP);
+        if (dr->hooks_waiting) return;
         /* fall through */
     case HD_PHASE_HTTP:
         for (hd_conn *c = dr->net->conns; c; c = c->next) {
@@ -123,6 +138,7 @@ static void step(uv_timer_t *t)
         /* Held messages go out early, never dropped; so do presence diffs. */
         hd_shaper_release_all(&dr->eng->shapers);
         hd_presence_flush(&dr->eng->pres);
+        if (dr->hooks_waiting) return;
         /* fall through */
     case HD_PHASE_FLUSH:
         if (queued_anywhere(dr) && in_phase < cfg->drain_flush_ms) return;
@@ -155,6 +171,7 @@ static void step(uv_timer_t *t)
         enter(dr, HD_PHASE_PRESENCE);
         /* The peers drop this node's presence now, not after a timeout. */
         if (dr->cluster) hd_cluster_withdraw(dr->cluster);
+        if (dr->hooks_waiting) return;
         in_phase = 0;
     }
     /* fall through */

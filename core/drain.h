@@ -63,6 +63,7 @@ typedef struct hd_drain {
     void (*stop)(void *ud);
     void *ud;
     hd_phase phase;
+    int hooks_waiting;           /* shutdown hooks of the phase not yet answered */
     hd_drain_stats stats;
     uv_timer_t timer;            /* steps the sequence */
 } hd_drain;

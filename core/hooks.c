@@ -9,7 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
-/* ---- the runner ------------------------------------------------------------------ */
+/* ---- the runners ----------------------------------------------------------------- */
 
 enum { CONTINUE, STOP };
 
@@ -20,35 +20,185 @@ typedef void push_fn(lua_State *L, void *ud);
  * function's file. Returns CONTINUE, or STOP to end the run. */
 typedef int result_fn(lua_State *L, void *ud, int first, int nres, const char *src);
 
-/* [-0, +0] Calls the functions of hook h in load order, each through the
- * guarded call with nargs arguments: fresh ones from push, or (push NULL)
- * copies of the nargs values on top of the stack, so that each function
- * sees what the one before left in them. Hands every call's results to
- * on_result (NULL: always CONTINUE) until it says STOP. Returns STOP when
- * stopped, else CONTINUE. */
-static int run(hd_scripts *sc, hd_hook h, push_fn *push, int nargs, result_fn *on_result,
-               void *ud)
+/* [-0, +0] The hooks that cannot wait (topic, leave, disconnect) run on
+ * the state's main thread: calls the functions of hook h in load order,
+ * each through the guarded call with copies of the nargs values on top of
+ * the stack. Hands every call's results to on_result (NULL: always
+ * CONTINUE) until it says STOP. */
+static void run(hd_scripts *sc, hd_hook h, int nargs, result_fn *on_result, void *ud)
 {
     hd_script *s = sc->cur;
     lua_State *L = hd_script__state(s);
     int base = lua_gettop(L), args = base - nargs + 1, verdict = CONTINUE;
     for (int i = 1, n = hd_script__nhooks(s, h); i <= n && verdict == CONTINUE; i++) {
-        hd_script__push_hook(s, h, i); /* base + 1: its file, base + 2: the function */
-        if (push) push(L, ud);
-        for (int k = 0; !push && k < nargs; k++) lua_pushvalue(L, args + k);
+        hd_script__push_hook(s, L, h, i); /* base + 1: its file, base + 2: the function */
+        for (int k = 0; k < nargs; k++) lua_pushvalue(L, args + k);
         const char *src = lua_tostring(L, base + 1); /* valid while it is on the stack */
         int rc = hd_script__guarded(s, h, src, nargs, LUA_MULTRET);
         int nres = rc ? -1 : lua_gettop(L) - base - 1;
         if (on_result) verdict = on_result(L, ud, base + 2, nres, src);
         lua_settop(L, base);
     }
-    return verdict;
 }
 
 /* [-0, +0] The Lua state when the running scripts define hook h, else NULL. */
 static lua_State *hooked(hd_scripts *sc, hd_hook h)
 {
     return hd_script_has(sc, h) ? hd_script__state(sc->cur) : NULL;
+}
+
+typedef struct hook_run hook_run;
+/* The hook's end: fills r->res from what the run kept. */
+typedef void finish_fn(hook_run *r);
+
+/* A run of the hooks that may wait: a task (script.h) and the fold of
+ * their results. Its values live on the task's hold: the run's own (the
+ * arguments, what it merges) at 1..base, each call's file and results
+ * above while it is read. */
+struct hook_run {
+    hd_task task;                /* first */
+    hd_scripts *sc;
+    hd_hook h;
+    int i, n;                    /* the next function, how many */
+    int nargs, base, verdict;
+    push_fn *push;               /* fresh arguments per call, or NULL: copies of base-nargs+1.. */
+    result_fn *on_result;
+    finish_fn *finish;
+    void *call;                  /* on_result's and push's ud */
+    hd_hook_done *done;
+    void *ud;
+    int cancelled;
+    json_t *payload;             /* message: a reference of the caller's */
+    hd_hook_result res;
+};
+
+static int step(hook_run *r);
+
+/* A call's results are in (rc as hd_task_call's). */
+static void after(hook_run *r, int rc, int nres)
+{
+    lua_State *H = r->task.hold;
+    if (r->on_result && !r->cancelled)
+        r->verdict = r->on_result(H, r->call, r->base + 2, rc ? -1 : nres, r->task.src);
+    lua_settop(H, r->base);
+    r->i++;
+}
+
+static void resumed(hd_task *t, int rc, int nres)
+{
+    hook_run *r = (hook_run *)t;
+    after(r, rc, nres);
+    step(r);
+}
+
+static void result_free(hd_hook_result *res)
+{
+    free(res->id);
+    free(res->assigns);
+    hd_str_free(&res->reply);
+    hd_str_free(&res->meta);
+    free(res->event);
+    free(res->data);
+}
+
+/* Everything ran (or the run stopped, or was cancelled): the caller gets
+ * the results, unless it cancelled, and the run goes. */
+static void end_run(hook_run *r)
+{
+    if (!r->cancelled) {
+        if (r->finish) r->finish(r);
+        if (r->done) r->done(r->ud, &r->res);
+    }
+    result_free(&r->res);
+    json_decref(r->payload);
+    hd_task_end(&r->task);
+    free(r);
+}
+
+/* Calls the functions from r->i on. Returns 1 when one waits (resumed()
+ * goes on), else 0 once the run ended (r is gone). */
+static int step(hook_run *r)
+{
+    lua_State *H = r->task.hold;
+    while (r->verdict == CONTINUE && !r->cancelled && r->i <= r->n) {
+        hd_script__push_hook(r->task.s, H, r->h, r->i);
+        if (r->push) r->push(H, r->call);
+        else
+            for (int k = 0; k < r->nargs; k++) lua_pushvalue(H, r->base - r->nargs + 1 + k);
+        int nres, rc = hd_task_call(&r->task, lua_tostring(H, r->base + 1), r->nargs, &nres);
+        if (rc == 1) return 1;
+        after(r, rc, nres);
+    }
+    end_run(r);
+    return 0;
+}
+
+/* A run of hook h (which the scripts define) in a new block of size bytes
+ * (a hook_run first), or NULL without memory. */
+static hook_run *run_new(hd_scripts *sc, hd_hook h, size_t size, int nowait, hd_hook_done *done,
+                         void *ud)
+{
+    hook_run *r = calloc(1, size);
+    if (!r || hd_task_begin(sc, &r->task, h) != 0) {
+        hd_error("%s hook: out of memory", hd_hook_name(h));
+        free(r);
+        return NULL;
+    }
+    r->task.resumed = resumed;
+    r->task.nowait = nowait;
+    r->sc = sc;
+    r->h = h;
+    r->i = 1;
+    r->n = hd_script__nhooks(r->task.s, h);
+    r->done = done;
+    r->ud = ud;
+    return r;
+}
+
+/* Starts r, whose values are on its hold (nargs of them the arguments, on
+ * top). Returns r while it waits, or NULL once done was called. */
+static hd_hook_run *go(hook_run *r, int nargs, push_fn *push, result_fn *on_result,
+                       finish_fn *finish, void *call)
+{
+    r->nargs = nargs;
+    r->base = lua_gettop(r->task.hold);
+    r->push = push;
+    r->on_result = on_result;
+    r->finish = finish;
+    r->call = call;
+    return step(r) ? (hd_hook_run *)r : NULL;
+}
+
+void hd_hook_cancel(hd_hook_run *run)
+{
+    hook_run *r = (hook_run *)run;
+    r->sc->ss.discarded++;
+    r->cancelled = 1;
+    if (!r->task.in_call) end_run(r); /* (else it ends once its call returns) */
+}
+
+/* Without the hook, or without memory for its run: the default, at once. */
+static hd_hook_run *answer_now(hd_hook_done *done, void *ud, hd_hook_result *res)
+{
+    if (done) done(ud, res);
+    result_free(res);
+    return NULL;
+}
+
+/* A run of hook h in a block of size bytes, or NULL once done had res:
+ * as it is when the scripts do not define h, or with verdict fail and
+ * reason why when there is no memory for the run. */
+static hook_run *begin(hd_scripts *sc, hd_hook h, size_t size, int nowait, hd_hook_done *done,
+                       void *ud, hd_hook_result *res, int fail, const char *why)
+{
+    hook_run *r = hd_script_has(sc, h) ? run_new(sc, h, size, nowait, done, ud) : NULL;
+    if (r) return r;
+    if (hd_script_has(sc, h)) {
+        res->verdict = fail;
+        snprintf(res->reason, sizeof res->reason, "%s", why);
+    }
+    answer_now(done, ud, res);
+    return NULL;
 }
 
 /* ---- arguments --------------------------------------------------------------------- */
@@ -250,34 +400,35 @@ static int field_object(lua_State *L, int idx, const char *key, hd_str *out, con
 /* ---- authenticate ------------------------------------------------------------------ */
 
 typedef struct {
-    int assigns;  /* stack index: the assigns merged so far */
-    char **id;    /* the first id a hook gave */
-    char *reason;
-    size_t rlen;
+    hd_hook_result *res;
     int ok;
 } auth_call;
+
+/* The merged assigns are at 1 on the hold. */
+#define AUTH_ASSIGNS 1
 
 /* [-0, +0] A table allows (its id, if the first, and its assigns merge),
  * another true value allows, false or nil (or a failure) denies and stops.
  * Returns the verdict. */
 static int auth_result(lua_State *L, void *ud, int v, int nres, const char *src)
 {
+    (void)src;
     auth_call *a = ud;
     if (nres < 0) {
-        snprintf(a->reason, a->rlen, "unauthorized");
+        snprintf(a->res->reason, sizeof a->res->reason, "unauthorized");
         a->ok = 0;
         return STOP;
     }
     if (no_opinion(L, v, nres)) return CONTINUE;
     if (!lua_istable(L, v)) {
         if (lua_toboolean(L, v)) return CONTINUE;
-        copy_reason(L, v + 1, a->reason, a->rlen, "unauthorized");
+        copy_reason(L, v + 1, a->res->reason, sizeof a->res->reason, "unauthorized");
         a->ok = 0;
         return STOP;
     }
     raw_field(L, v, "id");
-    if (!*a->id && (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER))
-        *a->id = strdup(lua_tostring(L, -1));
+    if (!a->res->id && (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER))
+        a->res->id = strdup(lua_tostring(L, -1));
     lua_pop(L, 1);
     raw_field(L, v, "assigns");
     if (lua_istable(L, -1)) {
@@ -285,27 +436,57 @@ static int auth_result(lua_State *L, void *ud, int v, int nres, const char *src)
         while (lua_next(L, -2)) { /* key, value -> key */
             lua_pushvalue(L, -2);
             lua_insert(L, -2);
-            lua_rawset(L, a->assigns);
+            lua_rawset(L, AUTH_ASSIGNS);
         }
     }
     lua_pop(L, 1);
     return CONTINUE;
 }
 
-/* [-0, +0] 1 allow (with *id, *assigns_json), 0 deny (hooks.h). */
-int hd_hook_authenticate(hd_scripts *sc, hd_conn *c, const hd_hook_req *r, const char *token,
-                         char **id, char **assigns_json, char *reason, size_t rlen)
+typedef struct {
+    hook_run r;
+    auth_call a;
+} auth_run;
+
+static void auth_finish(hook_run *r)
 {
-    *id = *assigns_json = NULL;
-    lua_State *L = hooked(sc, HD_HOOK_AUTHENTICATE);
-    if (!L) return 1;
-    int base = lua_gettop(L);
-    lua_newtable(L); /* the merged assigns */
-    auth_call a = {lua_gettop(L), id, reason, rlen, 1};
+    auth_run *x = (auth_run *)r;
+    hd_hook_result *res = &r->res;
+    if (x->a.ok) {
+        hd_str js = HD_STR_INIT;
+        const char *e = hd_luapi_to_json(r->task.hold, AUTH_ASSIGNS, &js);
+        if (e) {
+            hd_error("authenticate: assigns cannot be kept: %s", e);
+            r->sc->ss.errors[HD_HOOK_AUTHENTICATE]++;
+            snprintf(res->reason, sizeof res->reason, "unauthorized");
+            x->a.ok = 0;
+            hd_str_free(&js);
+        } else {
+            res->assigns = js.p;
+        }
+    }
+    if (!x->a.ok) {
+        free(res->id);
+        res->id = NULL;
+    }
+    res->verdict = x->a.ok;
+}
+
+static hd_hook_run *authenticate(hd_scripts *sc, hd_conn *c, const hd_hook_req *rq,
+                                 const char *token, int nowait, hd_hook_done *done, void *ud)
+{
+    hd_hook_result res = {.verdict = 1};
+    auth_run *x = (auth_run *)begin(sc, HD_HOOK_AUTHENTICATE, sizeof *x, nowait, done, ud, &res,
+                                    0, "unauthorized");
+    if (!x) return NULL;
+    lua_State *L = x->r.task.hold;
+    x->a.res = &x->r.res;
+    x->a.ok = 1;
+    lua_newtable(L); /* AUTH_ASSIGNS: the merged assigns */
     lua_createtable(L, 0, 6); /* req */
-    push_params(L, r);
+    push_params(L, rq);
     lua_setfield(L, -2, "params");
-    push_headers(L, r);
+    push_headers(L, rq);
     lua_setfield(L, -2, "headers");
     if (token) {
         lua_pushstring(L, token);
@@ -315,38 +496,45 @@ int hd_hook_authenticate(hd_scripts *sc, hd_conn *c, const hd_hook_req *r, const
     hd_conn_client(c, peer, sizeof peer);
     lua_pushstring(L, peer);
     lua_setfield(L, -2, "remote_addr");
-    lua_pushlstring(L, r->path, r->path_len);
+    lua_pushlstring(L, rq->path, rq->path_len);
     lua_setfield(L, -2, "path");
-    run(sc, HD_HOOK_AUTHENTICATE, NULL, 1, auth_result, &a);
-    if (a.ok) {
-        hd_str js = HD_STR_INIT;
-        const char *e = hd_luapi_to_json(L, a.assigns, &js);
-        if (e) {
-            hd_error("authenticate: assigns cannot be kept: %s", e);
-            sc->ss.errors[HD_HOOK_AUTHENTICATE]++;
-            snprintf(reason, rlen, "unauthorized");
-            a.ok = 0;
-            hd_str_free(&js);
-        } else {
-            *assigns_json = js.p;
-        }
-    }
-    if (!a.ok) {
-        free(*id);
-        *id = NULL;
-    }
-    lua_settop(L, base);
-    return a.ok;
+    return go(&x->r, 1, NULL, auth_result, auth_finish, &x->a);
+}
+
+hd_hook_run *hd_hook_authenticate_start(hd_scripts *sc, hd_conn *c, const hd_hook_req *r,
+                                        const char *token, hd_hook_done *done, void *ud)
+{
+    return authenticate(sc, c, r, token, 0, done, ud);
+}
+
+/* hd_hook_done of the sync wrappers: takes the results. */
+static void take_result(void *ud, hd_hook_result *res)
+{
+    hd_hook_result *out = ud;
+    *out = *res;
+    memset(res, 0, sizeof *res);
+}
+
+/* [-0, +0] 1 allow (with *id, *assigns_json), 0 deny (hooks.h). */
+int hd_hook_authenticate(hd_scripts *sc, hd_conn *c, const hd_hook_req *r, const char *token,
+                         char **id, char **assigns_json, char *reason, size_t rlen)
+{
+    hd_hook_result res = {0};
+    authenticate(sc, c, r, token, 1, take_result, &res);
+    *id = res.id;
+    *assigns_json = res.assigns;
+    res.id = res.assigns = NULL;
+    if (!res.verdict) snprintf(reason, rlen, "%s", res.reason);
+    result_free(&res);
+    return res.verdict;
 }
 
 /* ---- join -------------------------------------------------------------------------- */
 
 typedef struct {
     hd_scripts *sc;
-    hd_conn *c;
-    hd_str *reply, *meta; /* meta may be NULL */
-    char *reason;
-    size_t rlen;
+    uint64_t conn_id;
+    hd_hook_result *res;
     int ok, have_reply;
 } join_call;
 
@@ -356,46 +544,78 @@ typedef struct {
 static int join_result(lua_State *L, void *ud, int v, int nres, const char *src)
 {
     join_call *j = ud;
-    if (nres < 0 || !hd_conn_open(j->c)) {
-        snprintf(j->reason, j->rlen, "%s", nres < 0 ? "join crashed" : "closed");
+    hd_conn *c = hd_net_find(j->sc->net, j->conn_id);
+    if (nres < 0 || !c || !hd_conn_open(c)) {
+        snprintf(j->res->reason, sizeof j->res->reason, "%s", nres < 0 ? "join crashed" : "closed");
         j->ok = 0;
         return STOP;
     }
     if (no_opinion(L, v, nres)) return CONTINUE;
     if (!lua_toboolean(L, v)) {
-        copy_reason(L, v + 1, j->reason, j->rlen, "unauthorized");
+        copy_reason(L, v + 1, j->res->reason, sizeof j->res->reason, "unauthorized");
         j->ok = 0;
         return STOP;
     }
     if (nres >= 2 && lua_istable(L, v + 1)) {
-        int r = field_object(L, v + 1, "reply", j->reply, "join", src);
+        int r = field_object(L, v + 1, "reply", &j->res->reply, "join", src);
         if (r > 0) j->have_reply = 1;
-        int m = j->meta ? field_object(L, v + 1, "meta", j->meta, "join", src) : 0;
+        int m = field_object(L, v + 1, "meta", &j->res->meta, "join", src);
         if (r < 0 || m < 0) j->sc->ss.errors[HD_HOOK_JOIN]++;
     }
     return CONTINUE;
+}
+
+typedef struct {
+    hook_run r;
+    join_call j;
+} join_run;
+
+static void join_finish(hook_run *r)
+{
+    join_run *x = (join_run *)r;
+    hd_conn *c = hd_net_find(r->sc->net, x->j.conn_id);
+    if (c) keep_assigns(r->sc, HD_HOOK_JOIN, r->task.hold, 1, c);
+    if (x->j.ok && !x->j.have_reply) {
+        hd_str_reset(&r->res.reply);
+        hd_str_adds(&r->res.reply, "{}");
+    }
+    r->res.verdict = x->j.ok;
+}
+
+static hd_hook_run *join(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
+                         json_t *payload, int nowait, hd_hook_done *done, void *ud)
+{
+    hd_hook_result res = {.verdict = 1};
+    if (!hd_script_has(sc, HD_HOOK_JOIN)) hd_str_adds(&res.reply, "{}");
+    join_run *x = (join_run *)begin(sc, HD_HOOK_JOIN, sizeof *x, nowait, done, ud, &res, 0,
+                                    "join crashed");
+    if (!x) return NULL;
+    lua_State *L = x->r.task.hold;
+    x->j = (join_call){sc, c->id, &x->r.res, 1, 0};
+    push_socket(sc, L, c); /* at 1 */
+    lua_pushlstring(L, topic, tlen);
+    if (payload) hd_luapi_push_json(L, payload);
+    else lua_newtable(L);
+    return go(&x->r, 3, NULL, join_result, join_finish, &x->j);
+}
+
+hd_hook_run *hd_hook_join_start(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
+                                json_t *payload, hd_hook_done *done, void *ud)
+{
+    return join(sc, c, topic, tlen, payload, 0, done, ud);
 }
 
 /* [-0, +0] 1 allow (with the reply, maybe meta), 0 deny (hooks.h). */
 int hd_hook_join(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen, json_t *payload,
                  hd_str *reply_json, hd_str *meta_json, char *reason, size_t rlen)
 {
-    lua_State *L = hooked(sc, HD_HOOK_JOIN);
-    if (!L) {
-        hd_str_adds(reply_json, "{}");
-        return 1;
-    }
-    int base = lua_gettop(L);
-    push_socket(sc, L, c);
-    lua_pushlstring(L, topic, tlen);
-    if (payload) hd_luapi_push_json(L, payload);
-    else lua_newtable(L);
-    join_call j = {sc, c, reply_json, meta_json, reason, rlen, 1, 0};
-    run(sc, HD_HOOK_JOIN, NULL, 3, join_result, &j);
-    keep_assigns(sc, HD_HOOK_JOIN, L, base + 1, c);
-    if (j.ok && !j.have_reply) hd_str_adds(reply_json, "{}");
-    lua_settop(L, base);
-    return j.ok;
+    hd_hook_result res = {0};
+    join(sc, c, topic, tlen, payload, 1, take_result, &res);
+    if (res.reply.p) hd_str_add(reply_json, res.reply.p, res.reply.len);
+    if (meta_json && res.meta.p) hd_str_add(meta_json, res.meta.p, res.meta.len);
+    if (!res.verdict) snprintf(reason, rlen, "%s", res.reason);
+    result_free(&res);
+    return res.verdict;
 }
 
 /* ---- api_auth ---------------------------------------------------------------------- */
@@ -404,26 +624,37 @@ int hd_hook_join(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen, jso
  * denies and stops. Returns the verdict. */
 static int api_auth_result(lua_State *L, void *ud, int v, int nres, const char *src)
 {
+    (void)src;
     int *verdict = ud;
     if (no_opinion(L, v, nres)) return CONTINUE;
     *verdict = nres > 0 && lua_toboolean(L, v);
     return *verdict ? CONTINUE : STOP;
 }
 
-/* [-0, +0] 1 allow, 0 deny, -1 no opinion (hooks.h). */
-int hd_hook_api_auth(hd_scripts *sc, hd_conn *c, const hd_hook_req *r)
+typedef struct {
+    hook_run r;
+    int verdict;
+} api_run;
+
+static void api_finish(hook_run *r) { r->res.verdict = ((api_run *)r)->verdict; }
+
+static hd_hook_run *api_auth(hd_scripts *sc, hd_conn *c, const hd_hook_req *rq, int nowait,
+                             hd_hook_done *done, void *ud)
 {
-    lua_State *L = hooked(sc, HD_HOOK_API_AUTH);
-    if (!L) return -1;
-    int base = lua_gettop(L);
+    hd_hook_result res = {.verdict = -1};
+    api_run *x = (api_run *)begin(sc, HD_HOOK_API_AUTH, sizeof *x, nowait, done, ud, &res, 0,
+                                  "forbidden");
+    if (!x) return NULL;
+    x->verdict = -1;
+    lua_State *L = x->r.task.hold;
     lua_createtable(L, 0, 6);
-    lua_pushstring(L, r->method);
+    lua_pushstring(L, rq->method);
     lua_setfield(L, -2, "method");
-    lua_pushlstring(L, r->path, r->path_len);
+    lua_pushlstring(L, rq->path, rq->path_len);
     lua_setfield(L, -2, "path");
-    push_params(L, r);
+    push_params(L, rq);
     lua_setfield(L, -2, "params");
-    push_headers(L, r);
+    push_headers(L, rq);
     lua_getfield(L, -1, "authorization");
     if (lua_isstring(L, -1)) {
         size_t l;
@@ -439,10 +670,22 @@ int hd_hook_api_auth(hd_scripts *sc, hd_conn *c, const hd_hook_req *r)
     hd_conn_client(c, peer, sizeof peer);
     lua_pushstring(L, peer);
     lua_setfield(L, -2, "remote_addr");
-    int verdict = -1;
-    run(sc, HD_HOOK_API_AUTH, NULL, 1, api_auth_result, &verdict);
-    lua_settop(L, base);
-    return verdict;
+    return go(&x->r, 1, NULL, api_auth_result, api_finish, &x->verdict);
+}
+
+hd_hook_run *hd_hook_api_auth_start(hd_scripts *sc, hd_conn *c, const hd_hook_req *r,
+                                    hd_hook_done *done, void *ud)
+{
+    return api_auth(sc, c, r, 0, done, ud);
+}
+
+/* [-0, +0] 1 allow, 0 deny, -1 no opinion (hooks.h). */
+int hd_hook_api_auth(hd_scripts *sc, hd_conn *c, const hd_hook_req *r)
+{
+    hd_hook_result res = {0};
+    api_auth(sc, c, r, 1, take_result, &res);
+    result_free(&res);
+    return res.verdict;
 }
 
 /* ---- topic ------------------------------------------------------------------------- */
@@ -500,7 +743,7 @@ void hd_hook_topic(hd_scripts *sc, const char *topic, size_t tlen, hd_topic_poli
     int base = lua_gettop(L);
     lua_pushlstring(L, topic, tlen);
     topic_call t = {sc, p};
-    run(sc, HD_HOOK_TOPIC, NULL, 1, topic_result, &t);
+    run(sc, HD_HOOK_TOPIC, 1, topic_result, &t);
     lua_settop(L, base);
 }
 
@@ -523,6 +766,7 @@ typedef struct {
  * it); a failure stops. Returns the verdict. */
 static int publish_result(lua_State *L, void *ud, int v, int nres, const char *src)
 {
+    (void)src;
     publish_call *m = ud;
     if (nres < 0) {
         m->failed = 1;
@@ -568,50 +812,91 @@ static void take_message(hd_scripts *sc, lua_State *L, int idx, char **event, ch
     lua_pop(L, 2);
 }
 
+typedef struct {
+    hook_run r;
+    publish_call m;
+} publish_run;
+
+static void publish_finish(hook_run *r)
+{
+    publish_run *x = (publish_run *)r;
+    if (!x->m.deliver) r->sc->ss.publish_dropped++;
+    else if (!x->m.failed) /* (failed: unchanged) */
+        take_message(r->sc, r->task.hold, x->m.msg, &r->res.event, &r->res.data);
+    r->res.verdict = x->m.deliver;
+}
+
+static hd_hook_run *publish(hd_scripts *sc, const char *topic, size_t tlen, const char *event,
+                            const char *data_json, int nowait, hd_hook_done *done, void *ud)
+{
+    hd_hook_result res = {.verdict = 1};
+    res.event = strdup(event);
+    res.data = strdup(data_json);
+    if (!res.event || !res.data) {
+        hd_error("publish hook: out of memory");
+        res.verdict = 0;
+        return answer_now(done, ud, &res);
+    }
+    publish_run *x = hd_script_has(sc, HD_HOOK_PUBLISH)
+                         ? (publish_run *)run_new(sc, HD_HOOK_PUBLISH, sizeof *x, nowait, done, ud)
+                         : NULL;
+    if (!x) return answer_now(done, ud, &res); /* (without memory: delivered unchanged) */
+    x->r.res = res;
+    lua_State *L = x->r.task.hold;
+    lua_createtable(L, 0, 3);
+    lua_pushlstring(L, topic, tlen);
+    lua_setfield(L, -2, "topic");
+    lua_pushstring(L, event);
+    lua_setfield(L, -2, "event");
+    hd_luapi_push_json_text(L, data_json, strlen(data_json));
+    lua_setfield(L, -2, "data");
+    x->m = (publish_call){lua_gettop(L), 1, 0};
+    return go(&x->r, 1, NULL, publish_result, publish_finish, &x->m);
+}
+
+hd_hook_run *hd_hook_publish_start(hd_scripts *sc, const char *topic, size_t tlen,
+                                   const char *event, const char *data_json, hd_hook_done *done,
+                                   void *ud)
+{
+    return publish(sc, topic, tlen, event, data_json, 0, done, ud);
+}
+
 /* [-0, +0] 1 deliver (*event, *data_json maybe replaced), 0 dropped (hooks.h). */
 int hd_hook_publish(hd_scripts *sc, const char *topic, size_t tlen, char **event,
                     char **data_json)
 {
-    lua_State *L = hooked(sc, HD_HOOK_PUBLISH);
-    if (!L) return 1;
-    int base = lua_gettop(L);
-    lua_createtable(L, 0, 3);
-    lua_pushlstring(L, topic, tlen);
-    lua_setfield(L, -2, "topic");
-    lua_pushstring(L, *event);
-    lua_setfield(L, -2, "event");
-    hd_luapi_push_json_text(L, *data_json, strlen(*data_json));
-    lua_setfield(L, -2, "data");
-    publish_call m = {lua_gettop(L), 1, 0};
-    run(sc, HD_HOOK_PUBLISH, NULL, 1, publish_result, &m);
-    if (!m.deliver) sc->ss.publish_dropped++;
-    else if (!m.failed) take_message(sc, L, m.msg, event, data_json); /* failed: unchanged */
-    lua_settop(L, base);
-    return m.deliver;
+    hd_hook_result res = {0};
+    publish(sc, topic, tlen, *event, *data_json, 1, take_result, &res);
+    if (res.verdict && res.event && res.data) {
+        free(*event);
+        free(*data_json);
+        *event = res.event;
+        *data_json = res.data;
+        res.event = res.data = NULL;
+    }
+    result_free(&res);
+    return res.verdict;
 }
 
 /* ---- message ----------------------------------------------------------------------- */
 
 typedef struct {
     hd_scripts *sc;
-    hd_conn *c;
-    const char *topic, *event;
-    size_t tlen;
+    uint64_t conn_id;
     json_t *payload;
-    hd_str *reply;
-    char *reason;
-    size_t rlen;
-    int result; /* 0 none, 1 ok reply, 2 error reply */
-    int sock;   /* stack index: the socket table, one for every hook */
+    hd_hook_result *res;
 } message_call;
+
+/* The socket, topic and event are at 1, 2, 3 on the hold. */
+enum { MSG_SOCKET = 1, MSG_TOPIC, MSG_EVENT };
 
 /* [-0, +4] socket (the same table), topic, event, payload (fresh for each hook). */
 static void push_message(lua_State *L, void *ud)
 {
     message_call *m = ud;
-    lua_pushvalue(L, m->sock);
-    lua_pushlstring(L, m->topic, m->tlen);
-    lua_pushstring(L, m->event);
+    lua_pushvalue(L, MSG_SOCKET);
+    lua_pushvalue(L, MSG_TOPIC);
+    lua_pushvalue(L, MSG_EVENT);
     hd_luapi_push_json(L, m->payload);
 }
 
@@ -621,12 +906,14 @@ static void push_message(lua_State *L, void *ud)
 static int message_result(lua_State *L, void *ud, int v, int nres, const char *src)
 {
     message_call *m = ud;
+    hd_hook_result *res = m->res;
     if (nres < 0) {
-        snprintf(m->reason, m->rlen, "internal error");
-        m->result = 2;
+        snprintf(res->reason, sizeof res->reason, "internal error");
+        res->verdict = 2;
         return STOP;
     }
-    if (!hd_conn_open(m->c)) return STOP;
+    hd_conn *c = hd_net_find(m->sc->net, m->conn_id);
+    if (!c || !hd_conn_open(c)) return STOP;
     if (no_opinion(L, v, nres)) return CONTINUE;
     if (lua_istable(L, v)) {
         hd_str js = HD_STR_INIT;
@@ -634,21 +921,57 @@ static int message_result(lua_State *L, void *ud, int v, int nres, const char *s
         if (e || js.len == 0 || js.p[0] != '{') {
             hd_error("message hook (%s): a reply must be a JSON object", src);
             m->sc->ss.errors[HD_HOOK_MESSAGE]++;
-            snprintf(m->reason, m->rlen, "internal error");
-            m->result = 2;
+            snprintf(res->reason, sizeof res->reason, "internal error");
+            res->verdict = 2;
         } else {
-            hd_str_add(m->reply, js.p, js.len);
-            m->result = 1;
+            hd_str_add(&res->reply, js.p, js.len);
+            res->verdict = 1;
         }
         hd_str_free(&js);
     } else if (lua_toboolean(L, v)) {
-        hd_str_adds(m->reply, "{}");
-        m->result = 1;
+        hd_str_adds(&res->reply, "{}");
+        res->verdict = 1;
     } else { /* false, or nil with a reason */
-        copy_reason(L, v + 1, m->reason, m->rlen, "refused");
-        m->result = 2;
+        copy_reason(L, v + 1, res->reason, sizeof res->reason, "refused");
+        res->verdict = 2;
     }
-    return m->result ? STOP : CONTINUE;
+    return res->verdict ? STOP : CONTINUE;
+}
+
+typedef struct {
+    hook_run r;
+    message_call m;
+} message_run;
+
+static void message_finish(hook_run *r)
+{
+    message_run *x = (message_run *)r;
+    hd_conn *c = hd_net_find(r->sc->net, x->m.conn_id);
+    if (c) keep_assigns(r->sc, HD_HOOK_MESSAGE, r->task.hold, MSG_SOCKET, c);
+}
+
+static hd_hook_run *message(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
+                            const char *event, json_t *payload, int nowait, hd_hook_done *done,
+                            void *ud)
+{
+    hd_hook_result res = {.verdict = 0};
+    message_run *x = (message_run *)begin(sc, HD_HOOK_MESSAGE, sizeof *x, nowait, done, ud, &res,
+                                          2, "internal error");
+    if (!x) return NULL;
+    lua_State *L = x->r.task.hold;
+    x->r.payload = json_incref(payload);
+    x->m = (message_call){sc, c->id, payload, &x->r.res};
+    push_socket(sc, L, c); /* MSG_SOCKET */
+    lua_pushlstring(L, topic, tlen);
+    lua_pushstring(L, event);
+    return go(&x->r, 4, push_message, message_result, message_finish, &x->m);
+}
+
+hd_hook_run *hd_hook_message_start(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
+                                   const char *event, json_t *payload, hd_hook_done *done,
+                                   void *ud)
+{
+    return message(sc, c, topic, tlen, event, payload, 0, done, ud);
 }
 
 /* [-0, +0] 0 no reply, 1 ok reply, 2 error reply (hooks.h). */
@@ -656,28 +979,34 @@ int hd_hook_message(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
                     const char *event, json_t *payload, hd_str *reply_json, char *reason,
                     size_t rlen)
 {
-    lua_State *L = hooked(sc, HD_HOOK_MESSAGE);
-    if (!L) return 0;
-    int base = lua_gettop(L);
-    push_socket(sc, L, c);
-    message_call m = {sc, c, topic, event, tlen, payload, reply_json, reason, rlen, 0, base + 1};
-    run(sc, HD_HOOK_MESSAGE, push_message, 4, message_result, &m);
-    keep_assigns(sc, HD_HOOK_MESSAGE, L, base + 1, c);
-    lua_settop(L, base);
-    return m.result;
+    hd_hook_result res = {0};
+    message(sc, c, topic, tlen, event, payload, 1, take_result, &res);
+    if (res.verdict == 1 && res.reply.p) hd_str_add(reply_json, res.reply.p, res.reply.len);
+    if (res.verdict == 2) snprintf(reason, rlen, "%s", res.reason);
+    result_free(&res);
+    return res.verdict;
 }
 
 /* ---- shutdown ---------------------------------------------------------------------- */
 
+hd_hook_run *hd_hook_shutdown_start(hd_scripts *sc, const char *phase, hd_hook_done *done,
+                                    void *ud)
+{
+    hd_hook_result res = {0};
+    hook_run *r = begin(sc, HD_HOOK_SHUTDOWN, sizeof *r, 0, done, ud, &res, 0, "");
+    if (!r) return NULL;
+    lua_pushstring(r->task.hold, phase);
+    return go(r, 1, NULL, NULL, NULL, NULL);
+}
+
 /* [-0, +0] Runs every shutdown hook with phase. */
 void hd_hook_shutdown(hd_scripts *sc, const char *phase)
 {
-    lua_State *L = hooked(sc, HD_HOOK_SHUTDOWN);
-    if (!L) return;
-    int base = lua_gettop(L);
-    lua_pushstring(L, phase);
-    run(sc, HD_HOOK_SHUTDOWN, NULL, 1, NULL, NULL);
-    lua_settop(L, base);
+    hd_hook_result res = {0};
+    hook_run *r = begin(sc, HD_HOOK_SHUTDOWN, sizeof *r, 1, NULL, NULL, &res, 0, "");
+    if (!r) return;
+    lua_pushstring(r->task.hold, phase);
+    go(r, 1, NULL, NULL, NULL, NULL);
 }
 
 /* ---- leave, disconnect ------------------------------------------------------------- */
@@ -690,7 +1019,7 @@ void hd_hook_leave(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen)
     int base = lua_gettop(L);
     push_socket(sc, L, c);
     lua_pushlstring(L, topic, tlen);
-    run(sc, HD_HOOK_LEAVE, NULL, 2, NULL, NULL);
+    run(sc, HD_HOOK_LEAVE, 2, NULL, NULL);
     keep_assigns(sc, HD_HOOK_LEAVE, L, base + 1, c);
     lua_settop(L, base);
 }
@@ -703,6 +1032,6 @@ void hd_hook_disconnect(hd_scripts *sc, hd_conn *c, const char *reason)
     int base = lua_gettop(L);
     push_socket(sc, L, c);
     lua_pushstring(L, reason);
-    run(sc, HD_HOOK_DISCONNECT, NULL, 2, NULL, NULL);
+    run(sc, HD_HOOK_DISCONNECT, 2, NULL, NULL);
     lua_settop(L, base);
 }

@@ -25,6 +25,54 @@
 #include <jansson.h>
 #include <stddef.h>
 
+/* ---- hooks that may wait ------------------------------------------------------------
+ * authenticate, join, api_auth, publish, message and shutdown may call
+ * herald.http.request, which suspends the hook until the answer while the
+ * loop goes on. Each has a _start form: it runs the hooks and calls done
+ * with the results, at once when nothing waited (done has run before
+ * _start returns NULL), or later (_start returned the run, which the
+ * caller may cancel until done runs). The results are the same as the
+ * plain forms' below (which cannot wait: herald.http.request raises in
+ * them). A run started on a generation finishes there after a reload. */
+
+typedef struct hd_hook_run hd_hook_run;
+
+typedef struct hd_hook_result {
+    int verdict;                 /* as the plain form returns */
+    char *id, *assigns;          /* authenticate: identity and assigns JSON (malloc'd, or NULL) */
+    hd_str reply;                /* join: the reply object ("{}" by default); message: the reply */
+    hd_str meta;                 /* join: the presence meta a hook returned (or empty) */
+    char *event, *data;          /* publish: the message to deliver */
+    char reason[256];            /* a refusal's reason (client-safe) */
+} hd_hook_result;
+
+/* The results: done may take (and then NULL) the malloc'd fields; the
+ * rest is freed after it returns. */
+typedef void hd_hook_done(void *ud, hd_hook_result *res);
+
+hd_hook_run *hd_hook_authenticate_start(hd_scripts *sc, hd_conn *c, const hd_hook_req *r,
+                                        const char *token, hd_hook_done *done, void *ud);
+hd_hook_run *hd_hook_join_start(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
+                                json_t *payload, hd_hook_done *done, void *ud);
+hd_hook_run *hd_hook_api_auth_start(hd_scripts *sc, hd_conn *c, const hd_hook_req *r,
+                                    hd_hook_done *done, void *ud);
+/* (event and data_json are copied.) */
+hd_hook_run *hd_hook_publish_start(hd_scripts *sc, const char *topic, size_t tlen,
+                                   const char *event, const char *data_json, hd_hook_done *done,
+                                   void *ud);
+hd_hook_run *hd_hook_message_start(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
+                                   const char *event, json_t *payload, hd_hook_done *done,
+                                   void *ud);
+hd_hook_run *hd_hook_shutdown_start(hd_scripts *sc, const char *phase, hd_hook_done *done,
+                                    void *ud);
+/* Cancels a run whose done has not run (its socket closed): done never
+ * runs, its request is cancelled, herald_hooks_discarded_total counts it.
+ * Called from inside the run's own call (a hook that closed its socket),
+ * the run ends once that call returns. */
+void hd_hook_cancel(hd_hook_run *run);
+
+/* ---- the plain forms ---------------------------------------------------------------- */
+
 /* authenticate(req). Returns 1 to allow (*id and *assigns_json are set,
  * malloc'd, either may be NULL), 0 to deny with reason (a client-safe
  * text). Without the hook: allow. On failure: deny, "unauthorized". */

@@ -607,6 +607,55 @@ void hd_http_resume(hd_conn *c)
     if (!(now && now->deferred)) hd_conn_read_start(c);
 }
 
+void hd_http_continue(hd_conn *c, hd_http_request_cont *fn, void *ud)
+{
+    hd_http_conn *h = c->kind == HD_CONN_HTTP && !(c->flags & HD_CF_CLOSED) ? c->proto : NULL;
+    if (!h || !h->deferred) return;
+    hd_http_ctx *ctx = ctx_of(c); /* (c->ops may change in fn) */
+    h->deferred = 0;
+    fn(ud, c, &h->req);
+    if (c->ops == &ctx->ops) {
+        if (h->deferred) return; /* deferred anew: fn's own callback resumes */
+        h->deferred = 1;
+        hd_http_resume(c);
+        return;
+    }
+    /* Upgraded: the HTTP state goes, and the bytes that came meanwhile are
+     * the new protocol's. */
+    hd_str rest = h->stash;
+    h->stash = (hd_str)HD_STR_INIT;
+    state_free(h);
+    if (rest.len && !(c->flags & (HD_CF_CLOSED | HD_CF_NO_INPUT)))
+        c->ops->on_read(c, (uint8_t *)rest.p, rest.len);
+    hd_str_free(&rest);
+    if (!(c->flags & HD_CF_CLOSED)) hd_conn_read_start(c);
+}
+
+void hd_http_wait_init(hd_http_wait *w, hd_conn *c, hd_http_req *r)
+{
+    *w = (hd_http_wait){c->net, c->id, c, r, 1};
+}
+
+void hd_http_wait_later(hd_http_wait *w)
+{
+    hd_http_defer(w->c);
+    w->now = 0;
+    w->c = NULL;
+    w->r = NULL;
+}
+
+int hd_http_wait_end(hd_http_wait *w, hd_http_request_cont *fn, void *ud)
+{
+    if (w->now) {
+        fn(ud, w->c, w->r);
+        return 0;
+    }
+    hd_conn *c = hd_net_find(w->net, w->conn_id);
+    if (!c || !hd_http_deferred(c)) return -1;
+    hd_http_continue(c, fn, ud);
+    return 0;
+}
+
 void hd_http_hook_req(const hd_http_req *r, hd_hook_req *out)
 {
     out->method = llhttp_method_name((llhttp_method_t)r->method);

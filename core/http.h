@@ -68,6 +68,34 @@ hd_http_req *hd_http_deferred(hd_conn *c);
  * and reads again. */
 void hd_http_resume(hd_conn *c);
 
+/* A deferred request's answer, when it can be given: fn(ud, c, r) is
+ * called as the request callback was, and may answer r (parsing then goes
+ * on as after hd_http_resume), defer it again, or switch c's protocol (an
+ * upgrade: the HTTP state goes and what arrived meanwhile is fed to the
+ * new protocol). Nothing happens when c defers nothing (closed, or no
+ * longer HTTP). */
+typedef void hd_http_request_cont(void *ud, hd_conn *c, hd_http_req *r);
+void hd_http_continue(hd_conn *c, hd_http_request_cont *fn, void *ud);
+
+/* A request whose answer waits for something (a hook): answered at once
+ * when that comes back inside the call that started it, else deferred
+ * meanwhile and found again by id (it may have closed). */
+typedef struct hd_http_wait {
+    hd_net *net;
+    uint64_t conn_id;
+    hd_conn *c;                  /* while now */
+    hd_http_req *r;
+    int now;                     /* still inside the request callback */
+} hd_http_wait;
+
+/* At the start, in the request callback. */
+void hd_http_wait_init(hd_http_wait *w, hd_conn *c, hd_http_req *r);
+/* The answer will come later: defers the request. */
+void hd_http_wait_later(hd_http_wait *w);
+/* The answer is in: calls fn(ud, c, r) now or as hd_http_continue does.
+ * Returns 0, or -1 when the request has gone (closed meanwhile). */
+int hd_http_wait_end(hd_http_wait *w, hd_http_request_cont *fn, void *ud);
+
 /* The head deadline (timeouts.http_head_ms): an HTTP connection that has
  * sent nothing since it connected, or whose current request head started
  * that long before now and is not complete, gets 408 and is closed (bytes

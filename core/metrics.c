@@ -1,4 +1,5 @@
 #include "metrics.h"
+#include "httpc.h"
 
 #include <inttypes.h>
 
@@ -147,6 +148,23 @@ void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd
                   "herald_reloads_total{result=\"error\"} %" PRIu64 "\n",
                   ss->reloads_ok, ss->reloads_failed);
     hd_metrics_gauge(o, "herald_scripts_generation", "Generation of the running scripts.", ss->generation);
+    hd_metrics_gauge(o, "herald_script_states",
+            "Lua states alive: the running scripts', and older ones whose hooks still wait.",
+            sc->nstates);
+    hd_metrics_gauge(o, "herald_hooks_waiting", "Hook calls waiting for I/O (herald.http.request).",
+            sc->nwaiting);
+    hd_metrics_counter(o, "herald_hook_io_timeouts_total",
+            "Hook calls abandoned after waiting longer than scripts.io_timeout_ms.", ss->io_timeouts);
+    hd_metrics_counter(o, "herald_hooks_discarded_total",
+            "Hook runs whose socket or request closed while they waited (results discarded).",
+            ss->discarded);
+    hd_metrics_counter(o, "herald_lua_http_requests_total", "herald.http.request calls.",
+            ss->http_requests);
+    hd_metrics_counter(o, "herald_lua_http_errors_total",
+            "herald.http.request calls that returned nil, err.", ss->http_errors);
+    const hd_httpc_stats *hs = sc->httpc ? hd_httpc_stats_of(sc->httpc) : NULL;
+    hd_metrics_gauge(o, "herald_lua_http_connections",
+            "Connections herald.http.request keeps open to backends.", hs ? hs->open_conns : 0);
     hd_str_adds(o, "# HELP herald_ws_closes_sent_total WebSocket close frames sent, by code.\n"
                    "# TYPE herald_ws_closes_sent_total counter\n");
     for (int i = 0; i < 16; i++)

@@ -1,6 +1,7 @@
 #include "script.h"
 #include "embed.h"
 #include "err.h"
+#include "httpc.h"
 #include "log.h"
 #include "luapi.h"
 #include "util.h"
@@ -34,10 +35,20 @@ typedef struct hd_timer {
     int fnref;
 } hd_timer;
 
+/* Idle threads kept for tasks' holds and calls, per generation. */
+#define POOL_MAX 64
+
 struct hd_script {
     lua_State *L;
     hd_scripts *sc;
     uint64_t gen;
+    int refs;                /* tasks alive on it */
+    int retired;             /* a reload replaced it: freed after its last task */
+    struct hd_script *next_retired;
+    hd_task *task;           /* the task whose call is running now, or NULL */
+    lua_State *pool[POOL_MAX]; /* idle threads (each anchored by pool_ref) */
+    int pool_ref[POOL_MAX];
+    int npool;
     int fns[HD_HOOK_COUNT];  /* registry ref: list of hook functions, or LUA_NOREF */
     int srcs[HD_HOOK_COUNT]; /* registry ref: list of their file names */
     int nfns[HD_HOOK_COUNT];
@@ -86,6 +97,21 @@ static hd_script *script_of(lua_State *L)
 
 /* ---- budget ------------------------------------------------------------------ */
 
+static void keep_trace(hd_script *s, const char *t);
+
+/* The budget hook is about to raise in L. In a task's coroutine no message
+ * handler runs where it raises, and once the error has ended the coroutine
+ * its frames no longer know their lines: the traceback is taken here (the
+ * first raise of the call: a re-raise by the sandbox's pcall keeps it). */
+static void note_raise(hd_script *s, lua_State *L)
+{
+    if (s->task && s->task->co == L && !s->trace[0] && lua_checkstack(L, 4)) {
+        luaL_traceback(L, L, NULL, 0);
+        keep_trace(s, lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+}
+
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
@@ -95,6 +121,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     char name[32];
     if (s->exceeded || s->insns > s->max_insns || uv_hrtime() > s->deadline_ns) {
         s->exceeded = 1;
+        note_raise(s, L);
         luaL_where(L, 0);
         lua_pushfstring(L, "%s exceeded its budget of %d ms", run_name(s->cur, name, sizeof name),
                         (int)s->sc->cfg->hook_budget_ms);
@@ -107,6 +134,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         lua_gc(L, LUA_GCCOLLECT, 0);
         if (lua_gc(L, LUA_GCCOUNT, 0) > cap_kb) {
             s->exceeded = 1;
+            note_raise(s, L);
             luaL_where(L, 0);
             lua_pushfstring(L, "%s: the scripts' Lua memory is over %d MiB (scripts.memory_mb)",
                             run_name(s->cur, name, sizeof name), (int)s->sc->cfg->script_memory_mb);
@@ -123,7 +151,15 @@ static int traceback(lua_State *L)
 {
     hd_script *s = lua_touserdata(L, lua_upvalueindex(1));
     luaL_traceback(L, L, NULL, 1); /* "stack traceback:\n\t<frame>\n\t<frame>..." */
-    const char *t = lua_tostring(L, -1);
+    keep_trace(s, lua_tostring(L, -1));
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* Notes traceback t ("stack traceback:\n\t<frame>\n\t<frame>...") in
+ * s->trace, on one line. */
+static void keep_trace(hd_script *s, const char *t)
+{
     size_t n = 0;
     for (int frames = 0; t && *t && n < sizeof s->trace - 4; t++) {
         if (*t != '\n') {
@@ -136,8 +172,22 @@ static int traceback(lua_State *L)
         }
     }
     s->trace[n] = 0;
-    lua_settop(L, 1);
-    return 1;
+}
+
+/* A call of run (from src) failed with msg (NULL: not a string): keeps
+ * it in s->failure, counts it and logs it with s->trace. */
+static void failed(hd_script *s, int run, const char *src, const char *msg)
+{
+    snprintf(s->failure, sizeof s->failure, "%s", msg ? msg : "(error object is not a string)");
+    if (s->exceeded) {
+        s->sc->ss.budget_exceeded++;
+        lua_gc(s->L, LUA_GCCOLLECT, 0); /* a runaway's garbage goes now */
+    }
+    if (run < HD_HOOK_COUNT) s->sc->ss.errors[run]++;
+    else if (run == RUN_TIMER) s->sc->ss.timer_errors++;
+    char name[32];
+    hd_error("%s (%s) failed: %s%s%s", run_name(run, name, sizeof name), src ? src : "?",
+             s->failure, s->trace[0] ? "; " : "", s->trace);
 }
 
 /* [-(nargs+1), +nres | +0] 0 with the results, or -1 after logging the
@@ -169,20 +219,458 @@ int hd_script__guarded(hd_script *s, int hook, const char *src, int nargs, int n
         if (outer) s->exceeded = 0;
         return 0;
     }
-    const char *msg = lua_tostring(L, -1);
-    snprintf(s->failure, sizeof s->failure, "%s", msg ? msg : "(error object is not a string)");
-    if (s->exceeded) {
-        s->sc->ss.budget_exceeded++;
-        lua_gc(L, LUA_GCCOLLECT, 0); /* a runaway's garbage goes now */
-    }
-    if (hook < HD_HOOK_COUNT) s->sc->ss.errors[hook]++;
-    else if (hook == RUN_TIMER) s->sc->ss.timer_errors++;
-    char name[32];
-    hd_error("%s (%s) failed: %s%s%s", run_name(hook, name, sizeof name), src ? src : "?",
-             s->failure, s->trace[0] ? "; " : "", s->trace);
+    failed(s, hook, src, lua_tostring(L, -1));
     lua_pop(L, 1);
     if (outer) s->exceeded = 0;
     return -1;
+}
+
+/* ---- tasks: calls that may wait ------------------------------------------------- */
+
+/* What a task waits for: one herald.http.request. The response is copied
+ * here when it comes (the client's buffers last only its callback) and
+ * read by http_result in the coroutine. */
+typedef struct lua_wait {
+    hd_task *t;
+    hd_httpc_call *call;         /* NULL once answered */
+    int err;                     /* 0, or the request failed: msg */
+    char msg[160];
+    int status;
+    size_t nh;
+    hd_httpc_hdr *h;             /* into store */
+    const char *body;            /* into store */
+    size_t body_len;
+    char *store;
+} lua_wait;
+
+static void wait_free(lua_wait *w)
+{
+    if (!w) return;
+    if (w->call) hd_httpc_cancel(w->call);
+    free(w->store);
+    free(w);
+}
+
+/* [-0, +0] A thread of s for a hold or a call: an idle one, or a new one
+ * anchored in the registry (*ref). NULL without memory. */
+static lua_State *thread_get(hd_script *s, int *ref)
+{
+    if (s->npool) {
+        s->npool--;
+        *ref = s->pool_ref[s->npool];
+        return s->pool[s->npool];
+    }
+    lua_State *L = s->L;
+    if (!lua_checkstack(L, 2)) return NULL;
+    lua_State *th = lua_newthread(L); /* (raises only on memory: the panic then) */
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return th;
+}
+
+/* Gives back a thread that is not running (finished, or never run): kept
+ * idle when it can be resumed again, else let go. */
+static void thread_put(hd_script *s, lua_State *th, int ref)
+{
+    if (!th) return;
+    if (lua_status(th) == 0 && s->npool < POOL_MAX) {
+        lua_settop(th, 0);
+        s->pool[s->npool] = th;
+        s->pool_ref[s->npool++] = ref;
+        return;
+    }
+    luaL_unref(s->L, LUA_REGISTRYINDEX, ref); /* (the collector takes it) */
+}
+
+static void script_free(hd_script *s);
+
+/* The generation loses a task; a retired one goes with its last. */
+static void unpin(hd_script *s)
+{
+    if (--s->refs > 0 || !s->retired) return;
+    hd_scripts *sc = s->sc;
+    for (hd_script **pp = &sc->retired; *pp; pp = &(*pp)->next_retired)
+        if (*pp == s) {
+            *pp = s->next_retired;
+            break;
+        }
+    hd_info("scripts: generation %llu freed after its last waiting hook",
+            (unsigned long long)s->gen);
+    script_free(s);
+}
+
+/* ---- the waiting list: by deadline (each wait gets the same io_timeout_ms) */
+
+static void on_wait_timer(uv_timer_t *h);
+
+static void arm_wait_timer(hd_scripts *sc)
+{
+    if (!sc->wait_head) {
+        if (sc->wait_timer) uv_timer_stop(sc->wait_timer);
+        return;
+    }
+    if (!sc->wait_timer) {
+        sc->wait_timer = malloc(sizeof *sc->wait_timer);
+        if (!sc->wait_timer) return; /* (the waits end with their requests' own deadlines) */
+        uv_timer_init(sc->loop, sc->wait_timer);
+        sc->wait_timer->data = sc;
+    }
+    uint64_t now = uv_now(sc->loop), at = sc->wait_head->deadline;
+    uv_timer_start(sc->wait_timer, on_wait_timer, at > now ? at - now : 0, 0);
+}
+
+static void list_wait(hd_scripts *sc, hd_task *t)
+{
+    t->deadline = uv_now(sc->loop) + sc->cfg->io_timeout_ms;
+    t->wnext = NULL;
+    t->wprev = sc->wait_tail;
+    if (sc->wait_tail) sc->wait_tail->wnext = t;
+    else sc->wait_head = t;
+    sc->wait_tail = t;
+    t->listed = 1;
+    sc->nwaiting++;
+    if (sc->wait_head == t) arm_wait_timer(sc);
+}
+
+static void unlist_wait(hd_scripts *sc, hd_task *t)
+{
+    if (!t->listed) return;
+    int head = sc->wait_head == t;
+    if (t->wprev) t->wprev->wnext = t->wnext;
+    else sc->wait_head = t->wnext;
+    if (t->wnext) t->wnext->wprev = t->wprev;
+    else sc->wait_tail = t->wprev;
+    t->listed = 0;
+    sc->nwaiting--;
+    if (head) arm_wait_timer(sc);
+}
+
+/* Drops the call in progress: its request cancelled, its coroutine let go. */
+static void drop_call(hd_task *t)
+{
+    unlist_wait(t->s->sc, t);
+    wait_free(t->io);
+    t->io = NULL;
+    if (t->co) luaL_unref(t->s->L, LUA_REGISTRYINDEX, t->co_ref);
+    t->co = NULL;
+}
+
+/* ---- running a slice --------------------------------------------------------- */
+
+/* Runs t's coroutine from where it is, with narg values pushed on it, until
+ * it returns, fails or waits; the budget counts this slice on top of what
+ * the call spent before. Returns as hd_task_call does. */
+static int slice(hd_task *t, int narg, int *nres)
+{
+    hd_script *s = t->s;
+    lua_State *co = t->co;
+    int outer = s->depth == 0, saved = s->cur;
+    hd_task *was = s->task;
+    uint64_t start = uv_hrtime();
+    if (outer) {
+        uint64_t ms = s->sc->cfg->hook_budget_ms, all = ms * 1000000ULL;
+        s->deadline_ns = start + (all > t->ns ? all - t->ns : 0);
+        s->insns = t->insns;
+        s->max_insns = ms * INSNS_PER_MS;
+        s->exceeded = 0;
+    }
+    s->trace[0] = 0;
+    s->cur = t->run;
+    s->task = t;
+    s->depth++;
+    t->in_call = 1;
+    int rc = lua_resume(co, narg);
+    t->in_call = 0;
+    s->depth--;
+    s->task = was;
+    s->cur = saved;
+    if (outer) {
+        t->insns = s->insns;
+        t->ns += uv_hrtime() - start;
+    }
+    if (rc == LUA_YIELD && t->io) {
+        if (outer) s->exceeded = 0;
+        return 1;
+    }
+    if (rc == 0) {
+        unlist_wait(s->sc, t);
+        if (t->run < HD_HOOK_COUNT) s->sc->ss.calls[t->run]++;
+        *nres = lua_gettop(co);
+        if (!lua_checkstack(t->hold, *nres + 1)) {
+            rc = LUA_ERRMEM;
+        } else {
+            lua_xmove(co, t->hold, *nres);
+            thread_put(s, co, t->co_ref);
+            t->co = NULL;
+            if (outer) s->exceeded = 0;
+            return 0;
+        }
+    }
+    /* Failed (or yielded some other way): the message, and where. */
+    const char *msg = rc == LUA_YIELD ? "yielded outside herald.http.request"
+                      : rc == LUA_ERRMEM ? "not enough memory"
+                                         : lua_tostring(co, -1);
+    if (rc != LUA_YIELD && rc != LUA_ERRMEM && !s->trace[0] && lua_checkstack(s->L, 4)) {
+        luaL_traceback(s->L, co, NULL, 0);
+        keep_trace(s, lua_tostring(s->L, -1));
+        lua_pop(s->L, 1);
+    }
+    failed(s, t->run, t->src, msg);
+    drop_call(t);
+    if (outer) s->exceeded = 0;
+    return -1;
+}
+
+int hd_task_begin(hd_scripts *sc, hd_task *t, int h)
+{
+    hd_script *s = sc->cur;
+    t->s = NULL;
+    t->hold = t->co = NULL;
+    t->io = NULL;
+    t->listed = t->in_call = 0;
+    t->run = h;
+    if (!s) return -1;
+    t->hold = thread_get(s, &t->hold_ref);
+    if (!t->hold) return -1;
+    t->s = s;
+    s->refs++;
+    return 0;
+}
+
+int hd_task_call(hd_task *t, const char *src, int nargs, int *nres)
+{
+    hd_script *s = t->s;
+    *nres = 0;
+    snprintf(t->src, sizeof t->src, "%s", src ? src : "?");
+    t->insns = t->ns = 0;
+    t->co = thread_get(s, &t->co_ref);
+    if (!t->co || !lua_checkstack(t->co, nargs + 2)) {
+        if (t->co) thread_put(s, t->co, t->co_ref);
+        t->co = NULL;
+        lua_pop(t->hold, nargs + 1);
+        failed(s, t->run, t->src, "not enough memory");
+        return -1;
+    }
+    lua_xmove(t->hold, t->co, nargs + 1);
+    int rc = slice(t, nargs, nres);
+    if (rc == 1) list_wait(s->sc, t);
+    return rc;
+}
+
+void hd_task_end(hd_task *t)
+{
+    hd_script *s = t->s;
+    if (!s) return;
+    drop_call(t);
+    thread_put(s, t->hold, t->hold_ref);
+    t->hold = NULL;
+    t->s = NULL;
+    unpin(s);
+}
+
+/* The wait of t is over: resumes its call with true (the answer is in
+ * t->io). It stays on the waiting list while it runs, with its first
+ * wait's deadline: io_timeout_ms bounds the call's waits together. Tells
+ * the task's owner once the call is over. */
+static void wake(hd_task *t)
+{
+    int nres = 0;
+    lua_pushboolean(t->co, 1);
+    int rc = slice(t, 1, &nres);
+    if (rc != 1) t->resumed(t, rc, nres);
+}
+
+/* io_timeout_ms: the calls waiting since then are abandoned and fail. */
+static void on_wait_timer(uv_timer_t *h)
+{
+    hd_scripts *sc = h->data;
+    uint64_t now = uv_now(sc->loop);
+    while (sc->wait_head && sc->wait_head->deadline <= now) {
+        hd_task *t = sc->wait_head;
+        char name[32];
+        hd_error("%s (%s) waited longer than scripts.io_timeout_ms (%u ms): abandoned, its "
+                 "default applies",
+                 run_name(t->run, name, sizeof name), t->src, (unsigned)sc->cfg->io_timeout_ms);
+        sc->ss.io_timeouts++;
+        if (t->run < HD_HOOK_COUNT) sc->ss.errors[t->run]++;
+        drop_call(t);
+        t->resumed(t, -1, 0);
+    }
+    arm_wait_timer(sc);
+}
+
+/* ---- herald.http.request ------------------------------------------------------ */
+
+/* The answer is in (hd_httpc_cb): copied into the wait, then the call goes on. */
+static void on_http(void *ud, int err, const char *msg, const hd_httpc_res *res)
+{
+    lua_wait *w = ud;
+    hd_task *t = w->t;
+    w->call = NULL;
+    size_t bytes = 0;
+    if (!err) {
+        bytes = res->body_len + 1 + res->nheaders * sizeof *w->h;
+        for (size_t i = 0; i < res->nheaders; i++)
+            bytes += res->headers[i].name_len + res->headers[i].value_len;
+        if (!(w->store = malloc(bytes))) err = HD_ENOMEM, msg = "out of memory";
+    }
+    if (err) {
+        w->err = err;
+        snprintf(w->msg, sizeof w->msg, "%s", msg ? msg : hd_strerror(err));
+        t->s->sc->ss.http_errors++;
+    } else {
+        w->status = res->status;
+        w->nh = res->nheaders;
+        w->h = (hd_httpc_hdr *)(void *)w->store;
+        char *p = w->store + res->nheaders * sizeof *w->h;
+        for (size_t i = 0; i < res->nheaders; i++) {
+            const hd_httpc_hdr *x = &res->headers[i];
+            w->h[i].name = memcpy(p, x->name, x->name_len);
+            w->h[i].name_len = x->name_len;
+            p += x->name_len;
+            w->h[i].value = memcpy(p, x->value, x->value_len);
+            w->h[i].value_len = x->value_len;
+            p += x->value_len;
+        }
+        memcpy(p, res->body, res->body_len);
+        p[res->body_len] = 0;
+        w->body = p;
+        w->body_len = res->body_len;
+    }
+    wake(t);
+}
+
+/* [-0, +0] The string field key of the options table at 1 (raw), or dflt;
+ * raises when it is there and not a string. */
+static int http_error(lua_State *L, const char *msg);
+
+static const char *opt_string(lua_State *L, const char *key, const char *dflt, size_t *len)
+{
+    lua_pushstring(L, key); /* (raw: a script's __index cannot run here) */
+    lua_rawget(L, 1);
+    const char *v = dflt;
+    if (lua_type(L, -1) == LUA_TSTRING) v = lua_tolstring(L, -1, len);
+    else if (!lua_isnil(L, -1)) (lua_pushfstring(L, ": %s must be a string", key), http_error(L, lua_tostring(L, -1)));
+    else if (len) *len = dflt ? strlen(dflt) : 0;
+    lua_pop(L, 1); /* (the table keeps the string alive) */
+    return v;
+}
+
+/* Raises "<where the script called herald.http.request>: herald.http.request<msg>"
+ * (level 2: level 1 is lua/herald/init.lua's wrapper). */
+static int http_error(lua_State *L, const char *msg)
+{
+    luaL_where(L, 2);
+    lua_pushfstring(L, "herald.http.request%s", msg);
+    lua_concat(L, 2);
+    return lua_error(L);
+}
+
+/* herald.http.request's C half (opts): starts the request and waits (the
+ * coroutine yields until the answer; it then returns true and
+ * http_result gives the answer), or returns nil, err when it cannot start. */
+static int l_http_start(lua_State *L)
+{
+    hd_script *s = script_of(L);
+    hd_task *t = s ? s->task : NULL;
+    if (!t || t->co != L || t->nowait) {
+        char name[32], msg[96];
+        snprintf(msg, sizeof msg, " is not available in %s",
+                 s && s->depth ? run_name(s->cur, name, sizeof name) : "this context");
+        return http_error(L, msg);
+    }
+    luaL_checktype(L, 1, LUA_TTABLE);
+    hd_scripts *sc = s->sc;
+    hd_httpc_req req;
+    memset(&req, 0, sizeof req);
+    req.method = opt_string(L, "method", "GET", NULL);
+    req.url = opt_string(L, "url", NULL, &req.url_len);
+    if (!req.url) return http_error(L, ": url is required");
+    req.body = opt_string(L, "body", NULL, &req.body_len);
+    lua_pushstring(L, "timeout_ms");
+    lua_rawget(L, 1);
+    if (!lua_isnil(L, -1)) {
+        lua_Number ms = lua_tonumber(L, -1);
+        if (!lua_isnumber(L, -1) || ms < 1 || ms > 600000 || ms != (lua_Number)(uint32_t)ms)
+            return http_error(L, ": timeout_ms must be an integer from 1 to 600000");
+        req.timeout_ms = (uint32_t)ms;
+    }
+    lua_pop(L, 1);
+    lua_pushstring(L, "headers");
+    lua_rawget(L, 1); /* at 2 */
+    if (!lua_isnil(L, 2)) {
+        if (!lua_istable(L, 2)) return http_error(L, ": headers must be a table");
+        size_t n = 0;
+        for (lua_pushnil(L); lua_next(L, 2); lua_pop(L, 1)) n++;
+        if (n > 100) return http_error(L, ": at most 100 headers");
+        lua_newtable(L); /* at 3: keeps the values' strings (numbers converted) alive */
+        hd_httpc_hdr *h = lua_newuserdata(L, (n ? n : 1) * sizeof *h); /* (the collector's) */
+        n = 0;
+        for (lua_pushnil(L); lua_next(L, 2); lua_pop(L, 1)) {
+            if (lua_type(L, -2) != LUA_TSTRING ||
+                (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
+                return http_error(L, ": headers must map names to strings");
+            h[n].name = lua_tolstring(L, -2, &h[n].name_len); /* (the table keeps it) */
+            lua_pushvalue(L, -1);
+            h[n].value = lua_tolstring(L, -1, &h[n].value_len);
+            lua_rawseti(L, 3, (int)n + 1);
+            n++;
+        }
+        req.headers = h;
+        req.nheaders = n;
+    }
+    if (!sc->httpc) {
+        hd_httpc_opts o = {sc->cfg->http_pool_size, sc->cfg->http_max_in_flight,
+                           sc->cfg->http_timeout_ms, sc->cfg->http_max_response_bytes, 4000};
+        sc->httpc = hd_httpc_new(sc->loop, &o);
+        if (!sc->httpc) return http_error(L, ": out of memory");
+    }
+    char err[160];
+    lua_wait *w = calloc(1, sizeof *w);
+    hd_httpc_call *call = w ? hd_httpc_request(sc->httpc, &req, on_http, w, err, sizeof err) : NULL;
+    if (!w) snprintf(err, sizeof err, "out of memory");
+    sc->ss.http_requests++;
+    if (!call) {
+        free(w);
+        sc->ss.http_errors++;
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    w->t = t;
+    w->call = call;
+    t->io = w;
+    return lua_yield(L, 0);
+}
+
+/* herald.http.request's answer, after the wait: { status, headers, body }
+ * (header names lower-case), or nil, err. */
+static int l_http_result(lua_State *L)
+{
+    hd_script *s = script_of(L);
+    hd_task *t = s ? s->task : NULL;
+    lua_wait *w = t && t->co == L ? t->io : NULL;
+    if (!w || w->call) return luaL_error(L, "herald.http.request: no answer to read");
+    if (w->err) {
+        lua_pushnil(L);
+        lua_pushstring(L, w->msg);
+    } else {
+        lua_createtable(L, 0, 3);
+        lua_pushnumber(L, w->status);
+        lua_setfield(L, -2, "status");
+        lua_createtable(L, 0, (int)w->nh);
+        for (size_t i = 0; i < w->nh; i++) {
+            lua_pushlstring(L, w->h[i].name, w->h[i].name_len);
+            lua_pushlstring(L, w->h[i].value, w->h[i].value_len);
+            lua_rawset(L, -3);
+        }
+        lua_setfield(L, -2, "headers");
+        lua_pushlstring(L, w->body, w->body_len);
+        lua_setfield(L, -2, "body");
+        lua_pushnil(L); /* (two results either way) */
+    }
+    t->io = NULL;
+    wait_free(w);
+    return 2;
 }
 
 /* ---- the server-bound API ------------------------------------------------------ */
@@ -266,23 +754,61 @@ static void timer_cancel(hd_script *s, hd_timer *t)
     uv_close((uv_handle_t *)&t->t, on_timer_closed);
 }
 
+/* A timer callback's run: a task of its own, which may wait. */
+typedef struct timer_run {
+    hd_task t;
+    int id;
+} timer_run;
+
+/* The callback is over (rc as hd_task_call's): a failing repeating timer
+ * would fail for ever, so it stops. */
+static void timer_over(timer_run *r, int rc)
+{
+    hd_script *s = r->t.s;
+    if (rc != 0 && !s->retired)
+        for (hd_timer *x = s->timers; x; x = x->next)
+            if (x->id == r->id) {
+                timer_cancel(s, x);
+                break;
+            }
+    hd_task_end(&r->t);
+    free(r);
+}
+
+static void timer_resumed(hd_task *t, int rc, int nres)
+{
+    (void)nres;
+    timer_over((timer_run *)t, rc);
+}
+
 static void on_timer(uv_timer_t *h)
 {
     hd_timer *t = h->data;
     hd_script *s = t->s;
     if (!s) return;
-    int id = t->id, repeating = uv_timer_get_repeat(h) > 0;
-    lua_rawgeti(s->L, LUA_REGISTRYINDEX, t->fnref);
-    if (hd_script__guarded(s, RUN_TIMER, "timer", 0, 0) != 0) {
-        /* A failing repeating timer would fail forever: stop it. */
-        repeating = 0;
+    timer_run *r = calloc(1, sizeof *r);
+    int fnref = t->fnref;
+    if (r) r->id = t->id;
+    /* A one-shot timer is done with before its callback runs (which may
+     * wait, or start timers of its own). */
+    if (!uv_timer_get_repeat(h)) {
+        lua_rawgeti(s->L, LUA_REGISTRYINDEX, fnref); /* (keeps the function past the unref) */
+        timer_cancel(s, t);
+    } else {
+        lua_rawgeti(s->L, LUA_REGISTRYINDEX, fnref);
     }
-    /* The callback may have cancelled its own timer: look it up again. */
-    for (hd_timer *x = s->timers; x; x = x->next)
-        if (x->id == id) {
-            if (!repeating) timer_cancel(s, x);
-            break;
-        }
+    if (!r || s->sc->cur != s || hd_task_begin(s->sc, &r->t, RUN_TIMER) != 0) {
+        hd_error("timer callback: out of memory");
+        lua_pop(s->L, 1);
+        free(r);
+        return;
+    }
+    r->t.resumed = timer_resumed;
+    lua_xmove(s->L, r->t.hold, 1);
+    int nres;
+    int rc = hd_task_call(&r->t, "timer", 0, &nres);
+    if (rc == 0) lua_settop(r->t.hold, 0);
+    if (rc != 1) timer_over(r, rc);
 }
 
 static int l_timer_start(lua_State *L)
@@ -454,7 +980,8 @@ static void push_c_api(lua_State *L)
         {"timer_cancel", l_timer_cancel}, {"log", l_log},
         {"node_id", l_node_id},         {"socket_open", l_socket_open},
         {"presence", l_presence},       {"presence_update", l_presence_update},
-        {"assign", l_assign},           {NULL, NULL},
+        {"assign", l_assign},           {"http_start", l_http_start},
+        {"http_result", l_http_result}, {NULL, NULL},
     };
     hd_luapi_push_pure(L);
     luaL_register(L, NULL, fns);
@@ -725,7 +1252,7 @@ static hd_script *build(hd_scripts *sc, char *err, size_t errlen)
     }
     /* init() hooks: a script may refuse to start (its own checks). */
     for (int i = 1; i <= s->nfns[HD_HOOK_INIT]; i++) {
-        hd_script__push_hook(s, HD_HOOK_INIT, i); /* src, fn */
+        hd_script__push_hook(s, L, HD_HOOK_INIT, i); /* src, fn */
         const char *src = lua_tostring(L, -2);
         if (hd_script__guarded(s, HD_HOOK_INIT, src, 0, 2) != 0) {
             snprintf(err, errlen, "%s: init() failed: %s", src, s->failure);
@@ -753,7 +1280,19 @@ static void swap_in(hd_scripts *sc, hd_script *s)
     sc->cur = s;
     s->gen = ++sc->ss.generation;
     if (sc->eng) hd_policy_invalidate(&sc->eng->pol); /* cached topic policies are stale */
-    script_free(old);
+    if (old && old->refs > 0) {
+        /* Hooks still wait on it: they finish there; its timers stop now. */
+        while (old->timers) timer_cancel(old, old->timers);
+        old->retired = 1;
+        old->next_retired = sc->retired;
+        sc->retired = old;
+        hd_info("scripts: generation %llu stays until its %d waiting hook(s) finish",
+                (unsigned long long)old->gen, old->refs);
+    } else {
+        script_free(old);
+    }
+    sc->nstates = 1;
+    for (hd_script *r = sc->retired; r; r = r->next_retired) sc->nstates++;
 }
 
 int hd_script_start(hd_scripts *sc, char *err, size_t errlen)
@@ -786,10 +1325,29 @@ int hd_script_reload(hd_scripts *sc, char *err, size_t errlen)
     return 0;
 }
 
+static void on_wait_timer_closed(uv_handle_t *h) { free(h); }
+
 void hd_script_stop(hd_scripts *sc)
 {
+    if (sc->nwaiting)
+        hd_info("scripts: %zu hook(s) waiting for I/O fail: the server is stopping", sc->nwaiting);
+    while (sc->wait_head) {
+        hd_task *t = sc->wait_head;
+        drop_call(t);
+        t->resumed(t, -1, 0);
+    }
+    while (sc->retired) { /* (none once their tasks are over: for safety) */
+        hd_script *r = sc->retired;
+        sc->retired = r->next_retired;
+        script_free(r);
+    }
     script_free(sc->cur);
     sc->cur = NULL;
+    sc->nstates = 0;
+    if (sc->httpc) hd_httpc_free(sc->httpc, NULL, NULL);
+    sc->httpc = NULL;
+    if (sc->wait_timer) uv_close((uv_handle_t *)sc->wait_timer, on_wait_timer_closed);
+    sc->wait_timer = NULL;
 }
 
 int hd_script_has(hd_scripts *sc, hd_hook h)
@@ -806,9 +1364,8 @@ lua_State *hd_script__state(hd_script *s) { return s->L; }
 int hd_script__nhooks(hd_script *s, hd_hook h) { return s->nfns[h]; }
 
 /* [-0, +2] Pushes the file and the function of hook function i of h. */
-void hd_script__push_hook(hd_script *s, hd_hook h, int i)
+void hd_script__push_hook(hd_script *s, lua_State *L, hd_hook h, int i)
 {
-    lua_State *L = s->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->srcs[h]);
     lua_rawgeti(L, -1, i);
     lua_replace(L, -2);

@@ -40,6 +40,8 @@ typedef enum {
 } hd_hook;
 
 typedef struct hd_script hd_script;
+typedef struct hd_task hd_task;
+struct hd_httpc;
 
 /* A header of a request: offsets into the request's header bytes. */
 typedef struct hd_hdr {
@@ -68,6 +70,10 @@ typedef struct hd_script_stats {
     uint64_t reloads_failed;
     uint64_t publish_dropped;        /* messages a publish hook dropped */
     uint64_t generation;             /* of the running scripts */
+    uint64_t io_timeouts;            /* hook calls abandoned after scripts.io_timeout_ms */
+    uint64_t discarded;              /* hook runs whose socket closed while they waited */
+    uint64_t http_requests;          /* herald.http.request calls started */
+    uint64_t http_errors;            /* of which failed (nil, err) */
     char last_error[512];            /* of the last failed reload ("" if none) */
     double last_reload_at;           /* unix seconds */
 } hd_script_stats;
@@ -80,6 +86,12 @@ typedef struct hd_scripts {
     hd_net *net;                     /* herald.disconnect, socket lookups */
     const char *node_id;             /* herald.node_id() */
     hd_script *cur;                  /* the running generation, or NULL */
+    hd_script *retired;              /* older generations that still have tasks */
+    size_t nstates;                  /* Lua states alive: cur and the retired */
+    hd_task *wait_head, *wait_tail;  /* tasks waiting for I/O, by deadline */
+    size_t nwaiting;
+    uv_timer_t *wait_timer;          /* fires at the first deadline (made at the first wait) */
+    struct hd_httpc *httpc;          /* herald.http.request's client (made at the first) */
     hd_script_stats ss;
 } hd_scripts;
 
@@ -98,7 +110,9 @@ int hd_script_start(hd_scripts *sc, char *err, size_t errlen);
  * the topic policy cache, cancelling the old timers). Returns 0 or
  * HD_ECONFIG (err filled; old scripts stay). */
 int hd_script_reload(hd_scripts *sc, char *err, size_t errlen);
-/* Frees the current generation (at shutdown). */
+/* At shutdown: fails every task still waiting (their resumed callbacks
+ * run with -1), frees the generations, and closes the HTTP client and the
+ * wait timer (the loop must run on for their close callbacks). */
 void hd_script_stop(hd_scripts *sc);
 
 /* True when the running scripts define hook h. */
@@ -114,9 +128,9 @@ void hd_script_status_json(hd_scripts *sc, hd_str *out);
 lua_State *hd_script__state(hd_script *s);
 /* How many functions s has for hook h (in load order, 1-based). */
 int hd_script__nhooks(hd_script *s, hd_hook h);
-/* [-0, +2] Pushes the file name (a string) and the function of hook
- * function i of h. */
-void hd_script__push_hook(hd_script *s, hd_hook h, int i);
+/* [-0, +2] Pushes onto L (a thread of s) the file name (a string) and the
+ * function of hook function i of h. */
+void hd_script__push_hook(hd_script *s, lua_State *L, hd_hook h, int i);
 /* [-0, +1] Pushes lua/herald/config.lua's topic_policy(t): t's policy
  * fields checked as a `topics` rule's are, returned as a new table, or nil
  * and a list of error lines ("history_size: expected ..., got ..."). It
@@ -130,5 +144,50 @@ void hd_script__push_policy_check(hd_script *s);
  * counts it, keeps the error (without the traceback) in the generation for
  * the caller, pops everything and returns -1. */
 int hd_script__guarded(hd_script *s, int run, const char *src, int nargs, int nres);
+
+/* ---- tasks: hook calls that may wait (for hooks.c) ------------------------------
+
+ * A task is one run of hook functions that may wait for I/O
+ * (herald.http.request): each function runs in a coroutine of its own,
+ * under the budget, which counts its running time across resumptions; a
+ * wait is bounded by scripts.io_timeout_ms. The values a run keeps
+ * between its calls (arguments, merged results) live on the task's hold,
+ * a thread that never runs. A task pins its generation: after a reload it
+ * finishes on the old Lua state, which is freed after its last task. */
+typedef void hd_task_fn(hd_task *t, int rc, int nres);
+
+struct hd_task {
+    hd_task_fn *resumed;   /* the caller's: a call that waited is over: rc 0 with nres
+                            * results on the hold (above what was there), or -1 (failed,
+                            * timed out or the server is stopping; logged and counted) */
+    int nowait;            /* the caller cannot wait: herald.http.request raises */
+    /* script.c's */
+    hd_script *s;          /* the generation, pinned */
+    lua_State *hold;       /* the run's values */
+    int hold_ref;          /* (registry references anchoring the threads) */
+    lua_State *co;         /* the call in progress, or NULL */
+    int co_ref;
+    int run;               /* hd_hook (or a timer) */
+    int in_call;           /* a call of it is running now */
+    char src[128];         /* the running function's file */
+    uint64_t insns, ns;    /* budget the call has spent */
+    uint64_t deadline;     /* loop ms: its wait ends (io_timeout_ms) */
+    hd_task *wprev, *wnext;/* on sc's waiting list (listed) */
+    int listed;
+    struct lua_wait *io;   /* what it waits for */
+};
+
+/* Starts a task of hook h on the running generation: 0, or -1 without
+ * scripts or memory. resumed and nowait are the caller's to set. */
+int hd_task_begin(hd_scripts *sc, hd_task *t, int h);
+/* [-(nargs+1), +nres | +0] on the hold: calls the function below the nargs
+ * arguments in a coroutine (src names its file, for the log). Returns 0
+ * when it returned (*nres results now on the hold), -1 when it failed
+ * (logged, counted; nothing pushed), 1 when it waits: t->resumed follows. */
+int hd_task_call(hd_task *t, const char *src, int nargs, int *nres);
+/* Ends a task: a call still waiting is abandoned (its request cancelled,
+ * no callback), the hold goes, and the generation is unpinned (a retired
+ * one freed after its last task). Never call it from inside the call. */
+void hd_task_end(hd_task *t);
 
 #endif

@@ -32,7 +32,7 @@ import sys
 # Lowest first; within a layer, the listed order is also the rank order.
 LAYERS = [
     ("L0", "pure", ["err", "util", "addr", "buf", "log", "embed", "stats", "ws", "phx", "luapi", "config"]),
-    ("L1", "transport", ["peer", "conn", "listen"]),
+    ("L1", "transport", ["peer", "conn", "listen", "httpc"]),
     ("L2", "engine", ["policy", "topic", "history", "presence", "shaper", "publish", "cluster"]),
     ("L3", "policy", ["script", "hooks"]),
     ("L4", "protocol", ["http", "wsconn", "channel"]),

@@ -229,12 +229,34 @@ local function topic_rules(v)
   return out
 end
 
--- scripts = { "policy.lua", "more.lua", watch = false, budget_ms = 10, memory_mb = 256 }
-local script_defaults = { watch = false, budget_ms = 10, memory_mb = 256 }
-local script_checks = { watch = boolean, budget_ms = int_range(1, 60000), memory_mb = int_range(16, 1024) }
+-- scripts.http: herald.http.request's client.
+local http_defaults = { pool_size = 16, timeout_ms = 5000, max_in_flight = 10000, max_response_bytes = 1048576 }
+local http_checks = { pool_size = int_range(1, 1024), timeout_ms = int_range(1, 600000),
+                      max_in_flight = int_range(1, 1000000), max_response_bytes = int_range(1024, 64 * 1048576) }
+local function http_options(v)
+  if type(v) ~= "table" then return nil, "a table such as { pool_size = 16, timeout_ms = 5000 }" end
+  local out = {}
+  for k, d in pairs(http_defaults) do out[k] = d end
+  for _, k in ipairs(sorted_keys(v)) do
+    local check = http_checks[k]
+    if not check then
+      return nil, "a table of pool_size, timeout_ms, max_in_flight and max_response_bytes (unknown key " .. tostring(k) .. ")"
+    end
+    local ok, want = check(v[k])
+    if ok == nil then return nil, "{ " .. k .. " = " .. want .. " }" end
+    out[k] = ok
+  end
+  return out
+end
+
+-- scripts = { "policy.lua", "more.lua", watch = false, budget_ms = 10, memory_mb = 256,
+--             io_timeout_ms = 10000, http = { pool_size = 16, ... } }
+local script_defaults = { watch = false, budget_ms = 10, memory_mb = 256, io_timeout_ms = 10000 }
+local script_checks = { watch = boolean, budget_ms = int_range(1, 60000), memory_mb = int_range(16, 1024),
+                        io_timeout_ms = int_range(1, 600000), http = http_options }
 local function scripts(v)
   if type(v) ~= "table" then return nil, "a table such as { \"policy.lua\" }" end
-  local out = { files = {} }
+  local out = { files = {}, http = http_options({}) }
   for k, d in pairs(script_defaults) do out[k] = d end
   for k, x in pairs(v) do
     if type(k) == "number" then
@@ -244,7 +266,7 @@ local function scripts(v)
       if ok == nil then return nil, k .. " = " .. want end
       out[k] = ok
     else
-      return nil, "a list of files plus watch, budget_ms and memory_mb (unknown key " .. tostring(k) .. ")"
+      return nil, "a list of files plus watch, budget_ms, memory_mb, io_timeout_ms and http (unknown key " .. tostring(k) .. ")"
     end
   end
   for i = 1, #v do out.files[i] = v[i] end

@@ -124,6 +124,26 @@ function herald.assign(socket, key, value)
   return true
 end
 
+-- An HTTP request to a backend, written as blocking code: the hook's
+-- coroutine waits (the server serves everyone else meanwhile) and goes on
+-- with the answer:
+--   herald.http.request{ method = "POST", url = "http://127.0.0.1:8080/auth",
+--                        headers = { ["content-type"] = "application/json" },
+--                        body = "...", timeout_ms = 2000 }
+--   -> { status = 200, headers = { [lower-case name] = value }, body = "..." }
+--   or nil, err ("timeout", "connection refused", "response too large", ...)
+-- Only http:// URLs. In hooks authenticate, join, message, api_auth,
+-- publish, shutdown and timer callbacks; elsewhere (topic, init, leave,
+-- disconnect) it raises.
+herald.http = {}
+function herald.http.request(opts)
+  check(type(opts) == "table", 1, "http.request", "a table of options expected")
+  check(type(opts.url) == "string", 1, "http.request", "url must be a string")
+  local ok, err = need("http_start", "http.request")(opts)
+  if not ok then return nil, err end
+  return need("http_result", "http.request")()
+end
+
 -- True while the socket a hook was given is still connected.
 function herald.connected(socket)
   check(type(socket) == "table" and socket.conn_id, 1, "connected", "a socket table expected")

@@ -176,6 +176,38 @@ function helper() return string.format('%d', 1) end
 }
 
 
+# fuzz_httpc: byte 0 the cut, byte 1 flags (bit 0 HEAD, bit 1 the server
+# closes after, bits 2-3 the limit: 64, 512, 4096, 1 MiB), then the bytes.
+def answer(data, head=False, eof=False, limit=2, cut=5):
+    return bytes([cut, (1 if head else 0) | (2 if eof else 0) | limit << 2]) + data
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+httpc = {
+    "length": answer(OK),
+    "length-eof": answer(OK, eof=True, cut=9),
+    "chunked": answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n"
+                      b"6\r\n world\r\n0\r\nTrailer: t\r\n\r\n", cut=11),
+    "until-close": answer(b"HTTP/1.1 200 OK\r\nX-A:  spaced  \r\n\r\nthe rest", eof=True),
+    "interim": answer(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK),
+    "head": answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", head=True),
+    "no-content": answer(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\n\r\n"),
+    "http10": answer(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    "http10-keepalive": answer(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"),
+    "close": answer(b"HTTP/1.1 500 Oops\r\nConnection: close\r\nContent-Length: 2\r\n\r\nno"),
+    "junk-after": answer(OK + b"HTTP/1.1 200 OK\r\n"),
+    "many-headers": answer(b"HTTP/1.1 200 OK\r\n" + b"".join(b"h%d: v\r\n" % i for i in range(101)) +
+                           b"\r\n", limit=3),
+    "too-large": answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100, limit=0),
+    "bad-status": answer(b"HTTP/1.1 2x0 OK\r\n\r\n"),
+    "bad-chunk": answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+    "dup-length": answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok"),
+    "switching": answer(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"),
+    "partial": answer(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort", eof=True),
+    "empty": answer(b"", eof=True, cut=0),
+}
+
+
 def write(target, seeds):
     d = os.path.join(HERE, "corpus", target)
     os.makedirs(d, exist_ok=True)
@@ -192,3 +224,4 @@ def write(target, seeds):
 write("fuzz_server", server)
 write("fuzz_ws", ws)
 write("fuzz_config", config)
+write("fuzz_httpc", httpc)

@@ -357,7 +357,7 @@ static void plugin_order(const char *plugins, const char *first, const char *sec
     hd_script *s = srv.sc.cur;
     assert_int_equal(hd_script__nhooks(s, HD_HOOK_JOIN), 2);
     lua_State *L = hd_script__state(s);
-    hd_script__push_hook(s, HD_HOOK_JOIN, 1);
+    hd_script__push_hook(s, L, HD_HOOK_JOIN, 1);
     assert_string_equal(lua_tostring(L, -2), first);
     lua_pop(L, 2);
     cli *client;
@@ -555,8 +555,9 @@ static void test_budget_stops_loops(void **st)
              path_a, path_a, path_a, path_a);
     snprintf(want_swallow, sizeof want_swallow,
              "[error] join hook (%s) failed: %s:3: join hook exceeded its budget of 20 ms; "
-             "stack traceback: [C]: in function 'pcall' | %s:3: in function <%s:1>\n",
-             path_a, path_a, path_a, path_a);
+             "stack traceback: %s:3: in function <%s:3> | [C]: in function 'pcall' | %s:3: in "
+             "function <%s:1>\n",
+             path_a, path_a, path_a, path_a, path_a, path_a);
     assert_int_equal(count_of(log, want_spin), 2);
     assert_int_equal(count_of(log, want_swallow), 1);
     free(log);
