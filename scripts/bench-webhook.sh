@@ -60,28 +60,35 @@ WEBHOOK_CONFIG="plugins = { { \"webhook_auth\", connect_url = \"http://127.0.0.1
                 join_url = \"http://127.0.0.1:$BACKEND_PORT/join\" } }
 scripts = { http = { pool_size = $POOL } }"
 
+# CPU seconds process $1 has used so far (utime + stime), for the backend's share.
+TICKS=$(getconf CLK_TCK 2>/dev/null || echo 100)
+cpu_s() { awk -v t="$TICKS" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / t }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
 # The value of a numeric field of a JSON line ("null" when absent).
 field() { local v; v=$(printf '%s' "$2" | grep -o "\"$1\":[0-9.e+-]*" | head -1 | cut -d: -f2); printf '%s\n' "${v:-null}"; }
 
 # run VARIANT: one connect run against a fresh herald; its JSON line (with
-# "variant" and, for webhook, the backend requests herald made) goes to $OUT.
+# "variant", the backend requests herald made and the backend's CPU seconds
+# over the run) goes to $OUT.
 run() {
-  local variant=$1 extra= line reqs
+  local variant=$1 extra= line reqs cpu0 cpu1
   [ "$variant" = webhook ] && extra=$WEBHOOK_CONFIG
   hb_start_herald_node "$variant" "$extra" || {
     printf '{"scenario":"connect","variant":"%s","error":"herald did not start"}\n' "$variant" | tee -a "$OUT"
     return 1
   }
+  cpu0=$(cpu_s "$BACKEND_PID")
   # shellcheck disable=SC2086
   line=$(timeout 150 "$BENCH_BIN" -s connect -p "$SRV_PORT" -P "$SRV_PID" -n "$CLIENTS" $BENCH_ARGS)
   [ -n "$line" ] || line='{"scenario":"connect","error":"herald-bench gave no result"}'
+  cpu1=$(cpu_s "$BACKEND_PID")
   reqs=$(curl -s -m 5 "http://127.0.0.1:$SRV_PORT/metrics" | awk '$1 == "herald_lua_http_requests_total" { print $2 }')
   if ! kill -0 "$SRV_PID" 2>/dev/null; then
     hb_log "!! herald exited during the $variant run; the end of its log:"
     tail -20 "$SRV_LOG" >&2
   fi
   hb_stop_server
-  line="{\"variant\":\"$variant\",\"backend_requests\":${reqs:-null},${line#\{}"
+  line="{\"variant\":\"$variant\",\"backend_requests\":${reqs:-null},\"backend_cpu_s\":$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }'),${line#\{}"
   printf '%s\n' "$line" | tee -a "$OUT"
   sleep 1 # let the kernel tear the sockets down before the next server
 }
@@ -94,11 +101,12 @@ for ((i = 1; i <= RUNS; i++)); do
 done
 
 echo
-printf '%-8s %14s %12s %8s %8s %10s\n' variant connect_rate conn_p99_ms ready failed backend_req
+printf '%-8s %14s %12s %8s %8s %12s %12s %12s\n' variant connect_rate conn_p99_ms ready failed backend_req herald_cpu_s backend_cpu_s
 while IFS= read -r l; do
   v=$(printf '%s' "$l" | grep -o '"variant":"[a-z]*"' | cut -d'"' -f4)
-  printf '%-8s %14s %12s %8s %8s %10s\n' "$v" "$(field connect_rate "$l")" "$(field conn_p99_ms "$l")" \
-    "$(field ready "$l")" "$(field failed "$l")" "$(field backend_requests "$l")"
+  printf '%-8s %14s %12s %8s %8s %12s %12s %12s\n' "$v" "$(field connect_rate "$l")" "$(field conn_p99_ms "$l")" \
+    "$(field ready "$l")" "$(field failed "$l")" "$(field backend_requests "$l")" \
+    "$(field server_cpu_connect_s "$l")" "$(field backend_cpu_s "$l")"
 done <"$OUT"
 awk -F'"connect_rate":' '
   /"variant":"plain"/ && NF > 1 { split($2, a, /[,}]/); p += a[1]; np++ }

@@ -34,9 +34,19 @@ function sock(port, params, opts = {}) {
 const joinFrame = (ref, topic, payload = {}) => [ref, ref, topic, 'phx_join', payload];
 const isJoin = (topic) => (r) => r.path === '/join' && r.json && r.json.topic === topic;
 
+// Clients (raw or phoenix.js) closed when the test ends, before the server
+// stops when this is called before h.serve (t.after runs in order): a raw
+// client does not answer the close frame of the server's drain, and a
+// phoenix.js channel closed by it would keep a rejoin timer.
+function closing(t) {
+  const list = [];
+  t.after(() => list.forEach((c) => (c.disconnect ? c.disconnect() : c.end())));
+  return (c) => { list.push(c); return c; };
+}
+
 async function metric(port, name) { return h.metricSum(await h.metrics(port), name); }
-async function metricReaches(port, name, want, what = `${name} = ${want}`) {
-  return h.eventually(async () => (await metric(port, name)) === want, 20000, what);
+async function metricReaches(port, name, want, ms = 20000) {
+  return h.eventually(async () => (await metric(port, name)) === want, ms, `${name} = ${want}`);
 }
 
 test('webhook_auth: the backend allows with an identity and assigns later hooks see, and refuses with reasons the client gets', async (t) => {
@@ -50,14 +60,14 @@ test('webhook_auth: the backend allows with an identity and assigns later hooks 
     if (r.json.topic === 'plain') return { json: { allow: true } };
     return { json: { allow: true, assigns: { last: r.json.topic }, reply: { id: r.json.id, assigns: r.json.assigns } } };
   });
+  const keep = closing(t);
   const srv = await h.serve(t, webhook({ connect_url: b.url('/connect'), join_url: b.url('/join'),
     params: ['user'], headers: ['X-Tenant'], auth_token: 'backend-token' }));
 
-  const s = sock(srv.port, { user: 'ann', other: 'not forwarded' }, {
+  const s = keep(sock(srv.port, { user: 'ann', other: 'not forwarded' }, {
     authToken: 'client-token',
     transport: transport({ headers: { 'X-Tenant': 'acme', Cookie: 'not=forwarded' } }),
-  });
-  t.after(() => s.disconnect());
+  }));
   await h.connect(s);
   const [connect] = b.matching((r) => r.path === '/connect');
   assert.equal(connect.method, 'POST');
@@ -78,7 +88,9 @@ test('webhook_auth: the backend allows with an identity and assigns later hooks 
   const presence = (await h.request(srv.port, 'GET', '/api/presence/room:1')).json;
   assert.deepEqual(Object.keys(presence), ['user-ann']);
 
-  await assert.rejects(h.join(s.channel('private:no')), (e) => e.response.reason === 'no entry');
+  const no = s.channel('private:no');
+  await assert.rejects(h.join(no), (e) => e.response.reason === 'no entry');
+  no.leave(); // phoenix.js would rejoin a refused channel later
 
   const refused = await h.rawWs(srv.port, '/socket/websocket?vsn=2.0.0&user=mallory');
   assert.equal(refused.status, 403);
@@ -101,20 +113,17 @@ test('a held join: 100 other clients connect, join and get pushes while it waits
     if (r.json.topic === 'held') return held.promise.then(() => ({ json: { allow: true, reply: { released: true } } }));
     return { json: { allow: true } };
   });
+  const keep = closing(t);
   const srv = await h.serve(t, webhook({ connect_url: b.url('/connect'), join_url: b.url('/join'), params: ['user'] }));
-  const sockets = [];
-  t.after(() => sockets.forEach((s) => s.disconnect()));
 
-  const waiting = sock(srv.port, { user: 'waiting' }, { timeout: 30000 });
-  sockets.push(waiting);
+  const waiting = keep(sock(srv.port, { user: 'waiting' }, { timeout: 30000 }));
   await h.connect(waiting);
   let heldDone = false;
   const heldJoin = h.join(waiting.channel('held')).then((r) => { heldDone = true; return r; });
   await b.waitFor(1, isJoin('held'));
 
   const channels = await Promise.all(Array.from({ length: 100 }, async (_, i) => {
-    const s = sock(srv.port, { user: `u${i}` }, { transport: transport({ localAddress: `127.0.0.${10 + i}` }) });
-    sockets.push(s);
+    const s = keep(sock(srv.port, { user: `u${i}` }, { transport: transport({ localAddress: `127.0.0.${10 + i}` }) }));
     await h.connect(s);
     const ch = s.channel('fast');
     await h.join(ch);
@@ -141,11 +150,11 @@ test('while its join waits, a socket\'s later messages wait in order; another so
   const script = `return { message = function(socket, topic, event, payload)
     if event == "ping" then return { pong = payload.n, topic = topic } end
   end }`;
+  const raw = closing(t);
   const srv = await h.serve(t, `scripts = { "order.lua" }\n` + webhook({ join_url: b.url('/join') }), { 'order.lua': script });
 
-  const s = await h.rawWs(srv.port);
-  const other = await h.rawWs(srv.port);
-  t.after(() => { s.end(); other.end(); });
+  const s = raw(await h.rawWs(srv.port));
+  const other = raw(await h.rawWs(srv.port));
   s.sendText(joinFrame('1', 'held'));
   await b.waitFor(1, isJoin('held'));
   s.sendText(joinFrame('2', 'room:s'));
@@ -191,17 +200,17 @@ test('failures: a dead backend, garbage, an oversized answer, 5xx, timeouts: on_
         return { status = res and res.status }
       end
     end }`;
+    const raw = closing(t);
     const srv = await h.serve(t, `scripts = { "slow.lua", ${http}, io_timeout_ms = 1000 }\n` + webhook({
       connect_url: b.url('/connect'), join_url: b.url('/join'), params: ['mode'], timeout_ms: 200, auth_token: 'backend-token',
     }), { 'slow.lua': slow }, { allowErrors: true });
     for (const mode of MODES) {
-      const c = await h.rawWs(srv.port, `/socket/websocket?vsn=2.0.0&mode=${mode}`);
+      const c = raw(await h.rawWs(srv.port, `/socket/websocket?vsn=2.0.0&mode=${mode}`));
       assert.equal(c.status, 403, mode);
       assert.deepEqual(c.response.json, { error: UNAVAILABLE }, mode);
       c.end();
     }
-    const c = await h.rawWs(srv.port, '/socket/websocket?vsn=2.0.0&mode=ok');
-    t.after(() => c.end());
+    const c = raw(await h.rawWs(srv.port, '/socket/websocket?vsn=2.0.0&mode=ok'));
     for (const [i, mode] of MODES.entries()) {
       c.sendText(joinFrame(String(i + 1), mode));
       assert.deepEqual((await c.nextJson())[4], { status: 'error', response: { reason: UNAVAILABLE } }, mode);
@@ -232,11 +241,11 @@ test('failures: a dead backend, garbage, an oversized answer, 5xx, timeouts: on_
 
   await t.test('on_failure allow: a dead connect backend and every failing join let the client in', async (t) => {
     const dead = await deadPort();
+    const raw = closing(t);
     const srv = await h.serve(t, `scripts = { ${http} }\n` + webhook({
       connect_url: `http://127.0.0.1:${dead}/connect`, join_url: b.url('/join'), on_failure: 'allow', timeout_ms: 200,
     }));
-    const c = await h.rawWs(srv.port);
-    t.after(() => c.end());
+    const c = raw(await h.rawWs(srv.port));
     assert.equal(c.status, 101);
     for (const [i, mode] of MODES.entries()) {
       c.sendText(joinFrame(String(i + 1), mode));
@@ -255,22 +264,21 @@ test('a socket that closes while its join waits: the late answer is discarded, n
     if (r.json.topic === 'held') return held.promise.then(() => ({ json: { allow: true, reply: { late: true } } }));
     return { json: { allow: true } };
   });
+  const raw = closing(t);
   const srv = await h.serve(t, webhook({ join_url: b.url('/join') }));
-  const c = await h.rawWs(srv.port);
+  const c = raw(await h.rawWs(srv.port));
   c.sendText(joinFrame('1', 'held'));
-  const [req] = await b.waitFor(1, isJoin('held'));
+  await b.waitFor(1, isJoin('held'));
   assert.equal(await metric(srv.port, 'herald_hooks_waiting'), 1);
   c.end();
   await metricReaches(srv.port, 'herald_connections', 0);
   held.resolve();
   await metricReaches(srv.port, 'herald_hooks_discarded_total', 1);
   await metricReaches(srv.port, 'herald_hooks_waiting', 0);
-  assert.equal(req.answered, true);
 
-  const after = await h.rawWs(srv.port);
+  const after = raw(await h.rawWs(srv.port));
   after.sendText(joinFrame('1', 'room'));
   assert.equal((await after.nextJson())[4].status, 'ok');
-  after.end();
 });
 
 test('reload while 50 hooks wait: they finish on the old scripts, new joins use the new ones', async (t) => {
@@ -285,9 +293,9 @@ test('reload while 50 hooks wait: they finish on the old scripts, new joins use 
     if not res then return false, err end
     return true, { reply = { gen = "${gen}", answer = res.body } }
   end }`;
+  const raw = closing(t);
   const srv = await h.serve(t, 'scripts = { "p.lua", http = { pool_size = 64 } }\n', { 'p.lua': policy('v1') });
-  const clients = await Promise.all(Array.from({ length: N }, () => h.rawWs(srv.port)));
-  t.after(() => clients.forEach((c) => c.end()));
+  const clients = await Promise.all(Array.from({ length: N }, async () => raw(await h.rawWs(srv.port))));
   clients.forEach((c, i) => c.sendText(joinFrame('1', `hold:${i}`)));
   await b.waitFor(N, (r) => r.body.startsWith('hold:'));
   assert.equal(await metric(srv.port, 'herald_hooks_waiting'), N);
@@ -297,16 +305,16 @@ test('reload while 50 hooks wait: they finish on the old scripts, new joins use 
   assert.equal(r.status, 200, r.body);
   assert.equal(await metric(srv.port, 'herald_script_states'), 2);
 
-  const fresh = await h.rawWs(srv.port);
+  const fresh = raw(await h.rawWs(srv.port));
   fresh.sendText(joinFrame('1', 'fresh'));
   assert.deepEqual((await fresh.nextJson())[4], { status: 'ok', response: { gen: 'v2', answer: 'answer fresh' } });
-  fresh.end();
 
   held.resolve();
   const replies = await Promise.all(clients.map((c) => c.nextJson()));
   replies.forEach((f, i) => assert.deepEqual(f[4], { status: 'ok', response: { gen: 'v1', answer: `answer hold:${i}` } }));
-  await metricReaches(srv.port, 'herald_script_states', 1);
+  await srv.waitLog(/scripts: generation 1 freed after its last waiting hook/, 0, 5000);
   assert.equal(await metric(srv.port, 'herald_hooks_waiting'), 0);
+  await metricReaches(srv.port, 'herald_script_states', 1, 5000);
 });
 
 test('herald.http.request in a topic hook raises, naming the hook; the topic keeps its defaults', async (t) => {
@@ -315,12 +323,12 @@ test('herald.http.request in a topic hook raises, naming the hook; the topic kee
     herald.http.request { url = "${b.url('/policy')}" }
     return { tracked = false }
   end }`;
+  const raw = closing(t);
   const srv = await h.serve(t, 'scripts = { "topic.lua" }\n', { 'topic.lua': script }, { allowErrors: true });
-  const c = await h.rawWs(srv.port, '/socket/websocket?vsn=2.0.0');
-  t.after(() => c.end());
+  const c = raw(await h.rawWs(srv.port));
   c.sendText(joinFrame('1', 'room:x'));
   assert.equal((await c.nextJson())[4].status, 'ok');
-  await srv.waitLog(/herald\.http\.request is not available in hook topic/);
+  await srv.waitLog(/herald\.http\.request is not available in hook topic/, 0, 5000);
   // Had the hook's { tracked = false } applied, the join would not be in presence.
   const presence = (await h.request(srv.port, 'GET', '/api/presence/room:x')).json;
   assert.equal(Object.keys(presence).length, 1);
