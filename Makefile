@@ -44,9 +44,15 @@ bench: build
 	BENCH_HERALD_SCRIPT=tests/load/untracked.lua BENCH_ARGS="-n 10000 --topics one" bash scripts/bench.sh idle
 	@echo "== cost per call of each Lua hook"
 	./$(BUILD)/tests/load/hook-bench
+	bash scripts/bench-webhook.sh
 
 bench-compare: build
 	bash scripts/bench-compare.sh
+
+# Connect + join rate with webhook_auth (connect_url and join_url on a local Node backend) against none.
+.PHONY: bench-webhook
+bench-webhook: build
+	bash scripts/bench-webhook.sh
 
 # One node against two joined by Redis (a redis-server of its own): scripts/cluster-bench.sh.
 bench-cluster: build
