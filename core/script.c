@@ -574,9 +574,13 @@ static int l_http_start(lua_State *L)
     hd_script *s = script_of(L);
     hd_task *t = s ? s->task : NULL;
     if (!t || t->co != L || t->nowait) {
-        char name[32], msg[96];
-        snprintf(msg, sizeof msg, " is not available in %s",
-                 s && s->depth ? run_name(s->cur, name, sizeof name) : "this context");
+        char msg[96];
+        int run = s && s->depth ? s->cur : RUN_LOAD;
+        if (run < HD_HOOK_COUNT)
+            snprintf(msg, sizeof msg, " is not available in hook %s", hook_names[run]);
+        else
+            snprintf(msg, sizeof msg, " is not available %s",
+                     run == RUN_TIMER ? "here" : "while the scripts load");
         return http_error(L, msg);
     }
     if (!lua_isyieldable(L)) /* (before the request starts: nothing to undo) */

@@ -459,6 +459,12 @@ describe("plugin option declarations", function()
                    unknown = { per_secnd = 5 }, key = "per_secnd",
                    wrong = { messages_per_second = true },
                    says = "plugins.rate_limit.messages_per_second: expected an integer >= 1, got true" },
+    webhook_auth = { valid = { connect_url = "http://127.0.0.1:9/c", join_url = "http://127.0.0.1:9/j",
+                               params = { "user" }, headers = { "X-Tenant" }, timeout_ms = 500,
+                               on_failure = "allow", auth_token = "t" },
+                     unknown = { connect_url = "http://127.0.0.1:9/c", url = "x" }, key = "url",
+                     wrong = { connect_url = "http://127.0.0.1:9/c", on_failure = "deny" },
+                     says = 'plugins.webhook_auth.on_failure: expected one of "refuse", "allow", got "deny"' },
   }
 
   it("covers every plugin in plugins/", function()
