@@ -244,8 +244,10 @@ static void push_params(lua_State *L, const hd_hook_req *r)
     }
 }
 
-/* Registry key: the metatable of socket tables. */
+/* Registry keys: the metatable of socket tables; a weak-keyed table of
+ * socket table -> the assigns JSON its hook first read (keep_assigns). */
 static const char socket_meta_key = 0;
+static const char snapshot_key = 0;
 
 /* [-0, +1] Pushes t[key] of the table at idx without metamethods (below). */
 static void raw_field(lua_State *L, int idx, const char *key);
@@ -272,6 +274,16 @@ static int socket_index(lua_State *L)
     lua_pushvalue(L, 2);
     lua_pushvalue(L, -2);
     lua_rawset(L, 1);
+    /* What was read, for keep_assigns: a hook that waits may resume after
+     * someone else (herald.assign in a timer) changed the socket's assigns. */
+    lua_pushlightuserdata(L, (void *)&snapshot_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (lua_istable(L, -1)) {
+        lua_pushvalue(L, 1);
+        lua_pushstring(L, c && c->assigns ? c->assigns : "{}");
+        lua_rawset(L, -3);
+    }
+    lua_pop(L, 1);
     return 1;
 }
 
@@ -303,8 +315,42 @@ static void push_socket(hd_scripts *sc, lua_State *L, hd_conn *c)
         lua_pushlightuserdata(L, (void *)&socket_meta_key);
         lua_pushvalue(L, -2);
         lua_rawset(L, LUA_REGISTRYINDEX);
+        lua_pushlightuserdata(L, (void *)&snapshot_key);
+        lua_createtable(L, 0, 1); /* weak keys: a socket table's entry goes with it */
+        lua_createtable(L, 0, 1);
+        lua_pushliteral(L, "k");
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+        lua_rawset(L, LUA_REGISTRYINDEX);
     }
     lua_setmetatable(L, -2);
+}
+
+/* The assigns c holds now (cur, JSON text or NULL) with a hook's changes
+ * to what it read (read) applied: keys whose value the hook changed or
+ * added take its value, keys it removed go, the rest stay as cur has them.
+ * Returns malloc'd JSON text, or NULL without memory. */
+static char *merge_assigns(const char *cur, const char *read, const char *hook)
+{
+    json_t *c = cur ? json_loads(cur, JSON_ALLOW_NUL, NULL) : NULL;
+    json_t *r = json_loads(read, JSON_ALLOW_NUL, NULL), *h = json_loads(hook, JSON_ALLOW_NUL, NULL);
+    if (!json_is_object(c)) {
+        json_decref(c);
+        c = json_object();
+    }
+    char *out = NULL;
+    if (c && json_is_object(r) && json_is_object(h)) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(h, k, v) if (!json_equal(v, json_object_get(r, k)))
+            json_object_set(c, k, v);
+        json_object_foreach(r, k, v) if (!json_object_get(h, k)) json_object_del(c, k);
+        out = json_dumps(c, JSON_COMPACT);
+    }
+    json_decref(c);
+    json_decref(r);
+    json_decref(h);
+    return out;
 }
 
 /* Whether JSON text a (NULL: none, as {}) and b mean the same. */
@@ -322,10 +368,21 @@ static int same_json(const char *a, const char *b)
 /* [-0, +0] After hook h ran with the socket table at sock: when a hook
  * read (and so maybe changed) socket.assigns, or set it, the table's JSON
  * becomes c's assigns, unless it means what they hold already (then the
- * bytes stay as they are). One that is not an object of JSON values is
- * logged and counted, and c keeps its assigns. */
+ * bytes stay as they are). When the socket's assigns changed while the
+ * hook waited, only the hook's own changes to what it read apply
+ * (merge_assigns). One that is not an object of JSON values is logged and
+ * counted, and c keeps its assigns. */
 static void keep_assigns(hd_scripts *sc, hd_hook h, lua_State *L, int sock, hd_conn *c)
 {
+    if (sock < 0) sock = lua_gettop(L) + sock + 1;
+    lua_pushlightuserdata(L, (void *)&snapshot_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (lua_istable(L, -1)) {
+        lua_pushvalue(L, sock);
+        lua_rawget(L, -2);
+        lua_remove(L, -2);
+    }
+    const char *read = lua_tostring(L, -1); /* (kept alive on the stack) */
     raw_field(L, sock, "assigns");
     if (!lua_isnil(L, -1)) {
         hd_str js = HD_STR_INIT;
@@ -335,14 +392,26 @@ static void keep_assigns(hd_scripts *sc, hd_hook h, lua_State *L, int sock, hd_c
         if (e) {
             hd_error("%s hook: socket.assigns cannot be kept: %s", hd_hook_name(h), e);
             sc->ss.errors[h]++;
-        } else if (!same_json(c->assigns, js.p)) {
-            free(c->assigns);
-            c->assigns = js.p;
-            js = (hd_str)HD_STR_INIT;
+        } else if (read && same_json(read, js.p)) {
+            /* the hook changed nothing: c keeps what it holds */
+        } else if (!read || same_json(c->assigns, read)) {
+            if (!same_json(c->assigns, js.p)) {
+                free(c->assigns);
+                c->assigns = js.p;
+                js = (hd_str)HD_STR_INIT;
+            }
+        } else {
+            char *m = merge_assigns(c->assigns, read, js.p);
+            if (m) {
+                free(c->assigns);
+                c->assigns = m;
+            } else {
+                hd_error("%s hook: out of memory keeping socket.assigns", hd_hook_name(h));
+            }
         }
         hd_str_free(&js);
     }
-    lua_pop(L, 1);
+    lua_pop(L, 2);
 }
 
 /* ---- results --------------------------------------------------------------------- */

@@ -173,6 +173,37 @@ test('while its join waits, a socket\'s later messages wait in order; another so
   assert.deepEqual(await s.nextJson(), ['2', '3', 'room:s', 'phx_reply', { status: 'ok', response: { pong: 1, topic: 'room:s' } }]);
 });
 
+test('assigns: a waiting join\'s changes merge with a change made meanwhile (herald.assign from a timer)', async (t) => {
+  const held = deferred();
+  const b = await Backend.start(t, (r) => (r.path === '/hold' ? held.promise.then(() => ({ json: {} })) : { json: {} }));
+  const script = `return { join = function(socket, topic)
+    if topic == "assign:wait" then
+      local seen = socket.assigns.seen          -- read before the wait
+      local id = socket.conn_id
+      herald.after(0, function()                -- meanwhile, through another socket table
+        herald.assign({ conn_id = id }, "other", "timer")
+        herald.http.request{ url = "${b.url('/timer-done')}" }
+      end)
+      herald.http.request{ url = "${b.url('/hold')}" }
+      socket.assigns.mine = "join"
+      socket.assigns.seen = nil
+      return true
+    end
+    if topic == "assign:show" then return true, { reply = socket.assigns } end
+    return true
+  end }`;
+  const raw = closing(t);
+  const srv = await h.serve(t, 'scripts = { "assign.lua" }\n', { 'assign.lua': script });
+  const s = raw(await h.rawWs(srv.port));
+  s.sendText(joinFrame('1', 'assign:wait'));
+  await b.waitFor(1, (r) => r.path === '/timer-done');
+  held.resolve();
+  assert.deepEqual(await s.nextJson(), ['1', '1', 'assign:wait', 'phx_reply', { status: 'ok', response: {} }]);
+  s.sendText(joinFrame('2', 'assign:show'));
+  assert.deepEqual(await s.nextJson(),
+    ['2', '2', 'assign:show', 'phx_reply', { status: 'ok', response: { mine: 'join', other: 'timer' } }]);
+});
+
 // Answers by mode: the connect's `mode` param, the join's topic.
 function failing(r) {
   const mode = r.path === '/connect' ? r.json.params.mode : r.path === '/join' ? r.json.topic : 'hang';
