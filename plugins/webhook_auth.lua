@@ -137,6 +137,23 @@ function plugin.setup(options)
   end
   local headers = plugin._request_headers(options)
 
+  -- A failure of connects, or of joins, is logged at most once a second
+  -- (a dead backend under load would log every one), with how many went
+  -- unlogged since.
+  local logged_at, unlogged = { connect = -math.huge, join = -math.huge }, { connect = 0, join = 0 }
+  local function warn(what, url, failure)
+    local now = herald.monotonic_ms()
+    if now - logged_at[what] < 1000 then
+      unlogged[what] = unlogged[what] + 1
+      return
+    end
+    local more = unlogged[what]
+    herald.log("warn", ("webhook_auth: %s backend %s failed: %s (on_failure = %s)%s")
+      :format(what, plugin._origin(url), failure, options.on_failure,
+              more > 0 and (", and %d more since the last one logged"):format(more) or ""))
+    logged_at[what], unlogged[what] = now, 0
+  end
+
   -- POSTs body to url and decides on the answer, logging a failure.
   local function ask(what, url, body)
     local text, e = herald.json.encode(body)
@@ -148,10 +165,7 @@ function plugin.setup(options)
       err = "the request cannot be encoded as JSON: " .. tostring(e)
     end
     local allowed, detail, failure = plugin._decide(res, err, options)
-    if failure then
-      herald.log("warn", ("webhook_auth: %s backend %s failed: %s (on_failure = %s)")
-        :format(what, plugin._origin(url), failure, options.on_failure))
-    end
+    if failure then warn(what, url, failure) end
     return allowed, detail
   end
 

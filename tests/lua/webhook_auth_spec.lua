@@ -190,6 +190,24 @@ describe("webhook_auth hooks", function()
     end
   end)
 
+  it("logs a kind of failure at most once a second, counting the ones it did not log", function()
+    local clock, logs = 0, {}
+    local p = helper.plugin("webhook_auth", with({}), {
+      http = { request = function() return nil, "connection refused" end },
+      log = function(level, ...) logs[#logs + 1] = table.concat({ ... }, " ") end,
+      monotonic_ms = function() return clock end,
+    })
+    for _, at in ipairs({ 5000, 5010, 5900, 6500 }) do
+      clock = at
+      p.authenticate(req())
+    end
+    p.join(socket("7", {}), "t", {}) -- (joins are counted apart)
+    assert.are.equal(3, #logs)
+    assert.is_nil(logs[1]:find("more failure", 1, true))
+    assert.truthy(logs[2]:find("failed: connection refused (on_failure = refuse), and 2 more since the last one logged", 1, true))
+    assert.truthy(logs[3]:find("join backend", 1, true))
+  end)
+
   it("on_failure allow lets a connect and a join in, unidentified and unchanged", function()
     local p, _, logs = hooks(with({ on_failure = "allow" }), function() return ok(500, "oops") end)
     assert.are.same({}, p.authenticate(req()))
