@@ -137,21 +137,27 @@ function plugin.setup(options)
   end
   local headers = plugin._request_headers(options)
 
-  -- A failure of connects, or of joins, is logged at most once a second
-  -- (a dead backend under load would log every one), with how many went
-  -- unlogged since.
-  local logged_at, unlogged = { connect = -math.huge, join = -math.huge }, { connect = 0, join = 0 }
+  -- The same failure (of connects, or of joins) is logged at most once a
+  -- second (a dead backend under load would log every connect), the next
+  -- line saying how many went unlogged since. (At most 64 kinds are
+  -- remembered: beyond, the memory starts afresh.)
+  local seen, kinds = {}, 0
   local function warn(what, url, failure)
-    local now = herald.monotonic_ms()
-    if now - logged_at[what] < 1000 then
-      unlogged[what] = unlogged[what] + 1
+    local key, now = what .. " " .. failure, herald.monotonic_ms()
+    local s = seen[key]
+    if s and now - s.at < 1000 then
+      s.unlogged = s.unlogged + 1
       return
     end
-    local more = unlogged[what]
+    local more = s and s.unlogged or 0
     herald.log("warn", ("webhook_auth: %s backend %s failed: %s (on_failure = %s)%s")
       :format(what, plugin._origin(url), failure, options.on_failure,
               more > 0 and (", and %d more since the last one logged"):format(more) or ""))
-    logged_at[what], unlogged[what] = now, 0
+    if not s then
+      if kinds >= 64 then seen, kinds = {}, 0 end
+      kinds = kinds + 1
+    end
+    seen[key] = { at = now, unlogged = 0 }
   end
 
   -- POSTs body to url and decides on the answer, logging a failure.

@@ -190,10 +190,10 @@ describe("webhook_auth hooks", function()
     end
   end)
 
-  it("logs a kind of failure at most once a second, counting the ones it did not log", function()
-    local clock, logs = 0, {}
+  it("logs the same failure at most once a second, counting the ones it did not log", function()
+    local clock, logs, http_err = 0, {}, "connection refused"
     local p = helper.plugin("webhook_auth", with({}), {
-      http = { request = function() return nil, "connection refused" end },
+      http = { request = function() return nil, http_err end },
       log = function(level, ...) logs[#logs + 1] = table.concat({ ... }, " ") end,
       monotonic_ms = function() return clock end,
     })
@@ -203,6 +203,11 @@ describe("webhook_auth hooks", function()
     end
     p.join(socket("7", {}), "t", {}) -- (joins are counted apart)
     assert.are.equal(3, #logs)
+    -- Another failure is logged at once.
+    http_err = "timeout"
+    p.authenticate(req())
+    assert.are.equal(4, #logs)
+    assert.truthy(logs[4]:find("failed: timeout", 1, true))
     assert.is_nil(logs[1]:find("more failure", 1, true))
     assert.truthy(logs[2]:find("failed: connection refused (on_failure = refuse), and 2 more since the last one logged", 1, true))
     assert.truthy(logs[3]:find("join backend", 1, true))
