@@ -1,0 +1,143 @@
+'use strict';
+// The other hooks that may wait for herald.http.request (23_lua_http has
+// authenticate, join, message, timers): api_auth and publish hold the
+// HTTP answer until the backend answered; shutdown holds the drain's
+// phase; and the budget counts a hook's running time across its waits.
+// A real backend (lib/backend.js) holds answers on promises the test
+// settles: every wait below is on an event.
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const h = require('./lib/harness');
+const { Backend, deferred } = require('./lib/backend');
+
+// Resolves to 'pending' when p has not settled by the time the backend saw
+// its next request (an event, not a clock): used to show an answer waits.
+async function stillPending(p, b, n, pred) {
+  let settled = false;
+  p.then(() => (settled = true), () => (settled = true));
+  await b.waitFor(n, pred);
+  await new Promise((r) => setImmediate(r));
+  return settled ? 'settled' : 'pending';
+}
+
+test('api_auth waits for the backend: the push is answered after it, allowed or refused', async (t) => {
+  const held = deferred();
+  const b = await Backend.start(t, (r) => held.promise.then(() => ({ json: { ok: r.json.token === 'good' } })));
+  const script = `return { api_auth = function(req)
+    local res, err = herald.http.request{ method = "POST", url = "${b.url('/api-auth')}",
+      headers = { ["content-type"] = "application/json" },
+      body = herald.json.encode({ token = req.token or "" }) }
+    if not res then return false, err end
+    return herald.json.decode(res.body).ok
+  end }`;
+  const srv = await h.serve(t, 'api = { token = "static-token" }\nscripts = { "auth.lua" }\n', { 'auth.lua': script });
+  const s = h.phoenixSocket(srv.port);
+  t.after(() => s.disconnect());
+  await h.connect(s);
+  const ch = s.channel('room:api', {});
+  await h.join(ch);
+  const got = h.nextEvent(ch, 'msg'); // (PushEx's envelope: { event, data })
+
+  const good = h.push(srv.port, { channel: 'room:api', event: 'hi', data: { n: 1 } },
+    { 'content-type': 'application/json', authorization: 'Bearer good' });
+  const bad = h.push(srv.port, { channel: 'room:api', event: 'hi', data: { n: 2 } },
+    { 'content-type': 'application/json', authorization: 'Bearer bad' });
+  assert.equal(await stillPending(Promise.all([good, bad]), b, 2), 'pending', 'answered before the backend was');
+  held.resolve();
+  assert.equal((await good).status, 200);
+  assert.equal((await bad).status, 403); // the hook's refusal; the static token is not asked
+  assert.deepEqual(await got, { event: 'hi', data: { n: 1 } });
+  assert.equal(h.metricSum(await h.metrics(srv.port), 'herald_hook_calls_total{hook="api_auth"}'), 2);
+});
+
+test('publish waits for the backend: the message goes out as it answered, the 200 after it', async (t) => {
+  const held = deferred();
+  const b = await Backend.start(t, (r) => held.promise.then(() => ({
+    json: r.json.data.text === 'spam' ? { drop: true } : { text: r.json.data.text.toUpperCase() },
+  })));
+  const script = `return { publish = function(msg)
+    local res, err = herald.http.request{ method = "POST", url = "${b.url('/moderate')}",
+      body = herald.json.encode(msg) }
+    if not res then return false, err end
+    local verdict = herald.json.decode(res.body)
+    if verdict.drop then return false, "moderated" end
+    msg.data.text = verdict.text
+    return msg
+  end }`;
+  const srv = await h.serve(t, 'scripts = { "mod.lua" }\n', { 'mod.lua': script });
+  const s = h.phoenixSocket(srv.port);
+  t.after(() => s.disconnect());
+  await h.connect(s);
+  const ch = s.channel('room:mod', {});
+  await h.join(ch);
+  const events = [];
+  ch.on('msg', (m) => events.push(m.data.text)); // (PushEx's envelope: { event, data })
+
+  const batch = h.push(srv.port, [
+    { channel: 'room:mod', event: 'said', data: { text: 'hello' } },
+    { channel: 'room:mod', event: 'said', data: { text: 'spam' } },
+  ]);
+  assert.equal(await stillPending(batch, b, 2), 'pending', 'the push was answered before its publishes went out');
+  assert.deepEqual(events, []);
+  held.resolve();
+  assert.equal((await batch).status, 200);
+  const last = h.push(srv.port, { channel: 'room:mod', event: 'said', data: { text: 'bye' } });
+  assert.equal((await last).status, 200);
+  await h.eventually(() => events.length === 2, 10000, 'two deliveries');
+  assert.deepEqual(events, ['HELLO', 'BYE']);
+  const m = await h.metrics(srv.port);
+  assert.equal(h.metricSum(m, 'herald_hooks_waiting'), 0);
+  assert.equal(h.metricSum(m, 'herald_lua_http_requests_total'), 3);
+});
+
+test('shutdown waits for the backend: the drain goes on to the next phase only after it answered', async (t) => {
+  const held = deferred();
+  const b = await Backend.start(t, (r) => (r.json.phase === 'stop_accepting' ? held.promise : Promise.resolve())
+    .then(() => ({ json: {} })));
+  const script = `return { shutdown = function(phase)
+    herald.http.request{ method = "POST", url = "${b.url('/phase')}", body = herald.json.encode({ phase = phase }) }
+  end }`;
+  const srv = await h.startHerald('scripts = { "bye.lua" }\n', { 'bye.lua': script });
+  t.after(() => srv.kill9());
+  srv.proc.kill('SIGTERM');
+  await b.waitFor(2, (r) => r.path === '/phase'); // announce, then stop_accepting (held)
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(b.matching().map((r) => r.json.phase), ['announce', 'stop_accepting']);
+  assert.equal(srv.alive, true);
+  held.resolve();
+  const exit = await srv.exited;
+  assert.equal(exit.code, 0);
+  assert.deepEqual(b.matching().map((r) => r.json.phase),
+    ['announce', 'stop_accepting', 'http', 'flush', 'disconnect', 'presence', 'stopped'].slice(0, b.matching().length));
+  assert.ok(b.matching().length >= 6, `phases the backend heard: ${b.matching().map((r) => r.json.phase)}`);
+});
+
+test('the budget counts a hook\'s running time across its waits, not the wait', async (t) => {
+  const b = await Backend.start(t, () => ({ json: {} }));
+  // budget_ms = 400: each half burns 240 ms of its own; the wait between
+  // them is not counted, the two halves together are over.
+  const script = `local function burn(ms)
+      local t0 = herald.monotonic_ms()
+      while herald.monotonic_ms() - t0 < ms do end
+    end
+    return { join = function(socket, topic)
+      if topic == "burn:one" then burn(240) herald.http.request{ url = "${b.url('/one')}" } return true end
+      burn(240)
+      herald.http.request{ url = "${b.url('/half')}" }
+      burn(240)
+      return true
+    end }`;
+  const srv = await h.serve(t, 'scripts = { "burn.lua", budget_ms = 400 }\n', { 'burn.lua': script }, { allowErrors: true });
+  const s = h.phoenixSocket(srv.port);
+  t.after(() => s.disconnect());
+  await h.connect(s);
+  // One half, then a wait: within the budget.
+  await h.join(s.channel('burn:one', {}));
+  // Two halves around a wait: over it, though neither half is.
+  const r = await new Promise((resolve) => s.channel('burn:two', {}).join()
+    .receive('ok', () => resolve('ok')).receive('error', (e) => resolve(e.reason)));
+  assert.equal(r, 'join crashed');
+  assert.equal(b.matching((x) => x.path === '/half').length, 1, 'the first half did not reach its wait');
+  assert.match(srv.log, /join hook \(.*burn\.lua\) failed: .*burn\.lua:\d+: join hook exceeded its budget of 400 ms/);
+  assert.equal(h.metricSum(await h.metrics(srv.port), 'herald_hook_budget_exceeded_total'), 1);
+});
