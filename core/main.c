@@ -102,6 +102,7 @@ static int run(const char *path)
         return 2;
     }
     hd_log_set_level((hd_log_level)cfg.log_level);
+    hd_log_set_format((hd_log_format)cfg.log_format);
     hd_info("herald %s starting with %s", HERALD_VERSION, cfg.source);
     warn_about(&cfg);
 
