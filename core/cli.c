@@ -350,15 +350,17 @@ static void refusal_text(const answer *a, char *out, size_t cap)
     json_t *doc = a->body.len ? json_loadb(a->body.p, a->body.len, 0, NULL) : NULL;
     const char *e = json_string_value(json_object_get(doc, "error"));
     size_t n = 0;
-    if (e) n = (size_t)snprintf(out, cap, "%s", e);
-    else if (a->body.len) {
+    if (e) {
+        snprintf(out, cap, "%s", e);
+        n = strlen(out); /* (an error holding a NUL ends there) */
+    } else if (a->body.len) {
         n = a->body.len < cap - 1 ? a->body.len : cap - 1;
         memcpy(out, a->body.p, n);
         out[n] = 0;
     } else {
         n = (size_t)snprintf(out, cap, "(no body)");
     }
-    for (size_t i = 0; i < n && i < cap; i++)
+    for (size_t i = 0; i < n; i++)
         if ((unsigned char)out[i] < 0x20) out[i] = ' '; /* one line */
     json_decref(doc);
 }
