@@ -155,45 +155,231 @@ static const char *push_from_object(json_t *o, push *p)
     return NULL;
 }
 
-/* Parses an urlencoded form into a JSON object: channel / channel[] (list),
- * event, data (strings). */
+/* A form being read into a JSON object as PushEx (Plug) reads one:
+ * channel (a string; repeated, the last), channel[] (a list, after a
+ * channel seen before it), event, data (strings); other fields ignored. */
+typedef struct form {
+    json_t *o;
+    json_t *channels; /* once a channel[] was seen */
+} form;
+
+/* Adds the field k = v (decoded bytes) to f. */
+static void form_field(form *f, const char *k, size_t kl, const char *v, size_t vl)
+{
+    int is_channel = kl == 7 && memcmp(k, "channel", 7) == 0;
+    int is_list = kl == 9 && memcmp(k, "channel[]", 9) == 0;
+    const char *field = kl == 5 && memcmp(k, "event", 5) == 0  ? "event"
+                        : kl == 4 && memcmp(k, "data", 4) == 0 ? "data"
+                                                               : NULL;
+    if (!is_channel && !is_list && !field) return;
+    json_t *s = json_stringn(v, vl);
+    if (!s) return; /* not UTF-8: treated as absent */
+    if (field) {
+        json_object_set_new(f->o, field, s);
+    } else if (is_channel && !f->channels) {
+        json_object_set_new(f->o, "channel", s);
+    } else {
+        if (!f->channels) {
+            f->channels = json_array();
+            json_t *first = json_object_get(f->o, "channel");
+            if (first) json_array_append(f->channels, first);
+        }
+        json_array_append_new(f->channels, s);
+    }
+}
+
+/* The object of f, once every field is in (f is spent). */
+static json_t *form_end(form *f)
+{
+    if (f->channels) json_object_set_new(f->o, "channel", f->channels);
+    return f->o;
+}
+
+/* Parses an urlencoded form into a JSON object (form_field's fields). */
 static json_t *form_to_object(const char *body, size_t len)
 {
-    json_t *o = json_object();
-    json_t *channels = NULL;
+    form f = {json_object(), NULL};
     char *buf = malloc(len + 1); /* room for any one decoded key or value */
-    if (!buf || !o) goto out;
+    if (!buf || !f.o) goto out;
     const char *q = body;
     hd_query_pair p;
     while (hd_query_next(&q, body + len, &p)) {
         memcpy(buf, p.k, p.kl);
         size_t kl = hd_url_decode(buf, p.kl);
-        int is_channel = kl == 7 && memcmp(buf, "channel", 7) == 0;
-        int is_list = kl == 9 && memcmp(buf, "channel[]", 9) == 0;
-        const char *field = kl == 5 && memcmp(buf, "event", 5) == 0  ? "event"
-                            : kl == 4 && memcmp(buf, "data", 4) == 0 ? "data"
-                                                                     : NULL;
-        if (!is_channel && !is_list && !field) continue;
+        char key[10]; /* the longest field read, "channel[]" */
+        if (kl > sizeof key) continue;
+        memcpy(key, buf, kl);
         memcpy(buf, p.v, p.vl);
-        json_t *v = json_stringn(buf, hd_url_decode(buf, p.vl));
-        if (!v) continue; /* not UTF-8: treated as absent */
-        if (field) {
-            json_object_set_new(o, field, v);
-        } else if (is_channel && !channels) {
-            json_object_set_new(o, "channel", v);
-        } else {
-            if (!channels) {
-                channels = json_array();
-                json_t *first = json_object_get(o, "channel");
-                if (first) json_array_append(channels, first);
-            }
-            json_array_append_new(channels, v);
-        }
+        form_field(&f, key, kl, buf, hd_url_decode(buf, p.vl));
     }
-    if (channels) json_object_set_new(o, "channel", channels);
 out:
     free(buf);
-    return o;
+    return form_end(&f);
+}
+
+/* ---- multipart/form-data (RFC 7578 in RFC 2046's framing) ---------------- */
+
+#define MP_MAX_BOUNDARY 70 /* RFC 2046 */
+
+/* The first occurrence of n (nl > 0 bytes, no '\r' after its first) in h,
+ * or NULL. Linear: a candidate fails before the next '\r' of h. */
+static const char *find(const char *h, size_t hl, const char *n, size_t nl)
+{
+    for (const char *end = h + hl; (size_t)(end - h) >= nl;) {
+        const char *c = memchr(h, n[0], (size_t)(end - h) - nl + 1);
+        if (!c) return NULL;
+        if (memcmp(c, n, nl) == 0) return c;
+        h = c + 1;
+    }
+    return NULL;
+}
+
+/* The parameter name of a header value (after its first ';') decoded into
+ * out (cap bytes; out NULL: only measured): a token or a quoted-string.
+ * Returns its length, -1 when absent, -2 when malformed or (with out)
+ * longer than cap. */
+static long header_param(const char *v, size_t vl, const char *name, char *out, size_t cap)
+{
+    const char *p = memchr(v, ';', vl), *end = v + vl;
+    size_t nl = strlen(name);
+    while (p && p < end) {
+        p++; /* past ';' */
+        while (p < end && (*p == ' ' || *p == '\t')) p++;
+        const char *k = p;
+        while (p < end && *p != '=' && *p != ';') p++;
+        size_t kl = (size_t)(p - k);
+        while (kl && (k[kl - 1] == ' ' || k[kl - 1] == '\t')) kl--;
+        if (p == end || *p == ';') continue; /* a parameter without a value */
+        p++; /* past '=' */
+        while (p < end && (*p == ' ' || *p == '\t')) p++;
+        int want = kl == nl && hd_strieq(k, kl, name);
+        size_t ol = 0;
+        if (p < end && *p == '"') {
+            for (p++;; p++) {
+                if (p == end) return -2; /* an unclosed quote */
+                if (*p == '"') break;
+                if (*p == '\\' && p + 1 < end) p++;
+                if (want && out && ol == cap) return -2;
+                if (want && out) out[ol] = *p;
+                ol += want;
+            }
+            p++;
+        } else {
+            for (; p < end && *p != ';' && *p != ' ' && *p != '\t'; p++) {
+                if (want && out && ol == cap) return -2;
+                if (want && out) out[ol] = *p;
+                ol += want;
+            }
+        }
+        if (want) return (long)ol;
+        p = memchr(p, ';', (size_t)(end - p));
+    }
+    return -1;
+}
+
+/* RFC 2046's bchars: what a boundary may hold (a space, but not last). */
+static int boundary_ok(const char *b, size_t bl)
+{
+    static const char other[] = "'()+_,-./:=? ";
+    if (!bl || bl > MP_MAX_BOUNDARY || b[bl - 1] == ' ') return 0;
+    for (size_t i = 0; i < bl; i++) {
+        char c = b[i];
+        int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+        if (!alnum && !memchr(other, c, sizeof other - 1)) return 0;
+    }
+    return 1;
+}
+
+/* One part's headers (h, hl bytes, lines ending in CRLF): the name of a
+ * form-data part that is not a file into name (cap bytes). Returns the name's
+ * length, -1 for a part to skip (no name, a file, a name too long to be a
+ * field read here), -2 when malformed. */
+static long part_name(const char *h, size_t hl, char *name, size_t cap)
+{
+    for (const char *end = h + hl; h < end;) {
+        const char *eol = find(h, (size_t)(end - h), "\r\n", 2);
+        size_t ll = eol ? (size_t)(eol - h) : (size_t)(end - h);
+        const char *colon = memchr(h, ':', ll);
+        if (!colon) return -2;
+        if ((size_t)(colon - h) == 19 && hd_strieq(h, 19, "content-disposition")) {
+            const char *v = colon + 1;
+            size_t vl = ll - (size_t)(v - h);
+            while (vl && (*v == ' ' || *v == '\t')) v++, vl--;
+            if (vl < 9 || !hd_strieq(v, 9, "form-data")) return -1;
+            long fl = header_param(v, vl, "filename", NULL, 0);
+            long nl = header_param(v, vl, "name", NULL, 0);
+            if (fl == -2 || nl == -2) return -2;
+            if (fl >= 0 || nl < 0 || (size_t)nl > cap) return -1;
+            return header_param(v, vl, "name", name, cap);
+        }
+        h += ll + 2;
+    }
+    return -1;
+}
+
+/* Parses a multipart/form-data body with the boundary in ct (the
+ * Content-Type, ctl bytes) into a JSON object (form_field's fields), or
+ * returns NULL with *err set when the type or the body is malformed. Reads
+ * the body in place: memory is the object's. */
+static json_t *multipart_to_object(const char *ct, size_t ctl, const char *body, size_t len,
+                                   const char **err)
+{
+    char delim[4 + MP_MAX_BOUNDARY] = "\r\n--";
+    long bl = header_param(ct, ctl, "boundary", delim + 4, MP_MAX_BOUNDARY);
+    if (bl < 0 || !boundary_ok(delim + 4, (size_t)bl)) {
+        *err = bl == -1 ? "multipart/form-data without a boundary parameter"
+                        : "multipart/form-data with a malformed boundary parameter";
+        return NULL;
+    }
+    size_t dl = 4 + (size_t)bl; /* CRLF "--" boundary */
+    const char *end = body + len, *p;
+    /* The first delimiter: at the start, or after a preamble. */
+    if (len >= dl - 2 && memcmp(body, delim + 2, dl - 2) == 0) p = body + dl - 2;
+    else if ((p = find(body, len, delim, dl))) p += dl;
+    else {
+        *err = "malformed multipart body: no boundary";
+        return NULL;
+    }
+    form f = {json_object(), NULL};
+    if (!f.o) return NULL;
+    for (;;) {
+        /* p: just past a delimiter. */
+        if (end - p >= 2 && p[0] == '-' && p[1] == '-') return form_end(&f); /* the close */
+        while (p < end && (*p == ' ' || *p == '\t')) p++; /* transport padding */
+        if (end - p < 2 || p[0] != '\r' || p[1] != '\n') {
+            *err = "malformed multipart body: a boundary line does not end with CRLF";
+            break;
+        }
+        p += 2;
+        const char *h = p, *content;
+        size_t hl = 0;
+        if (end - p >= 2 && p[0] == '\r' && p[1] == '\n') {
+            content = p + 2; /* no headers */
+        } else {
+            const char *he = find(p, (size_t)(end - p), "\r\n\r\n", 4);
+            if (!he) {
+                *err = "malformed multipart body: a part's headers do not end";
+                break;
+            }
+            hl = (size_t)(he - h) + 2;
+            content = he + 4;
+        }
+        const char *next = find(content, (size_t)(end - content), delim, dl);
+        if (!next) {
+            *err = "malformed multipart body: no closing boundary";
+            break;
+        }
+        char name[10]; /* the longest field read, "channel[]" */
+        long nl = part_name(h, hl, name, sizeof name);
+        if (nl == -2) {
+            *err = "malformed multipart body: a part's header line";
+            break;
+        }
+        if (nl >= 0) form_field(&f, name, (size_t)nl, content, (size_t)(next - content));
+        p = next + dl;
+    }
+    json_decref(form_end(&f));
+    return NULL;
 }
 
 /* A push whose publish hooks may wait: answered once every publish went
@@ -318,18 +504,30 @@ static void handle_push(void *ud, hd_conn *c, hd_http_req *r)
     size_t skip = 0;
     while (skip < bl && (b[skip] == ' ' || b[skip] == '\n' || b[skip] == '\r' || b[skip] == '\t'))
         skip++;
-    int is_json;
-    if (ct && ctl >= 16 && hd_strieq(ct, 16, "application/json")) is_json = 1;
-    else if (ct && ctl >= 33 && hd_strieq(ct, 33, "application/x-www-form-urlencoded")) is_json = 0;
-    else if (!ct) is_json = skip < bl && (b[skip] == '{' || b[skip] == '[');
+    enum { FORM, JSON, MULTIPART } kind;
+    if (ct && ctl >= 16 && hd_strieq(ct, 16, "application/json")) kind = JSON;
+    else if (ct && ctl >= 33 && hd_strieq(ct, 33, "application/x-www-form-urlencoded")) kind = FORM;
+    else if (ct && ctl >= 19 && hd_strieq(ct, 19, "multipart/form-data") &&
+             (ctl == 19 || ct[19] == ';' || ct[19] == ' ' || ct[19] == '\t'))
+        kind = MULTIPART;
+    else if (!ct) kind = skip < bl && (b[skip] == '{' || b[skip] == '[') ? JSON : FORM;
     else {
-        hd_http_error(c, r, 415, "unsupported content type: use application/json or "
-                                 "application/x-www-form-urlencoded", NULL, 0);
+        hd_http_error(c, r, 415, "unsupported content type: use application/json, "
+                                 "application/x-www-form-urlencoded or multipart/form-data",
+                      NULL, 0);
         return;
     }
 
     json_t *doc;
-    if (is_json) {
+    if (kind == MULTIPART) {
+        static const char oom[] = "out of memory";
+        const char *err = oom;
+        doc = multipart_to_object(ct, ctl, b, bl, &err);
+        if (!doc) {
+            hd_http_error(c, r, err == oom ? 500 : 400, err, NULL, err == oom);
+            return;
+        }
+    } else if (kind == JSON) {
         json_error_t e;
         doc = json_loadb(b, bl, JSON_DECODE_ANY, &e); /* a scalar parses, then gets 422 */
         if (!doc) {

@@ -397,6 +397,9 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     char *lvl = dup_field(L, -1, "level");
     c->log_level = lvl ? hd_log_parse_level(lvl) : HD_LOG_INFO;
     free(lvl);
+    char *fmt = dup_field(L, -1, "format");
+    c->log_format = fmt ? hd_log_parse_format(fmt) : HD_LOG_TEXT;
+    free(fmt);
     lua_pop(L, 1);
     return c->host ? 0 : HD_ENOMEM;
 }

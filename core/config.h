@@ -108,6 +108,7 @@ typedef struct hd_config {
     uint64_t ws_message_ms;  /* a frame or fragmented message must be complete within it */
     uint64_t ws_close_ms;
     int log_level;           /* hd_log_level */
+    int log_format;          /* hd_log_format */
     char **scripts;          /* operator scripts, paths resolved against the config's dir */
     size_t nscripts;
     int scripts_watch;       /* reload when a script file changes */

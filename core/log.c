@@ -1,47 +1,132 @@
 #include "log.h"
 #include "err.h"
+#include "util.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
 #include <uv.h>
 
-/* The log level is configuration fixed before the loop starts, not mutable
- * server state, so it is the one file-level variable in the core. */
+/* The level and format are configuration fixed before the loop starts, not
+ * mutable server state: the one pair of file-level variables in the core. */
 static hd_log_level min_level = HD_LOG_INFO;
+static hd_log_format line_format = HD_LOG_TEXT;
 
 static const char *level_names[] = {"debug", "info", "warn", "error"};
+static const char *format_names[] = {"text", "json"};
 
 void hd_log_set_level(hd_log_level level) { min_level = level; }
+void hd_log_set_format(hd_log_format format) { line_format = format; }
 
-int hd_log_parse_level(const char *s)
+static int name_index(const char *s, const char *const *names, int n)
 {
-    for (int i = 0; i < 4; i++)
-        if (strcmp(s, level_names[i]) == 0) return i;
+    for (int i = 0; i < n; i++)
+        if (strcmp(s, names[i]) == 0) return i;
     return -1;
+}
+
+int hd_log_parse_level(const char *s) { return name_index(s, level_names, 4); }
+int hd_log_parse_format(const char *s) { return name_index(s, format_names, 2); }
+
+/* The length of a "conn <id>: " prefix of msg (*id set), or 0. */
+static size_t conn_prefix(const char *msg, size_t len, unsigned long long *id)
+{
+    size_t i = 5, digits = 0;
+    if (len < 8 || memcmp(msg, "conn ", 5) != 0) return 0;
+    unsigned long long v = 0;
+    for (; i < len && msg[i] >= '0' && msg[i] <= '9' && digits < 19; i++, digits++)
+        v = v * 10 + (unsigned long long)(msg[i] - '0');
+    if (!digits || i + 1 >= len || msg[i] != ':' || msg[i + 1] != ' ') return 0;
+    *id = v;
+    return i + 2;
+}
+
+/* Appends msg as the body of a JSON string to out[*n..cap - reserve). */
+static void add_json_text(char *out, size_t *n, size_t cap, const char *msg, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    const uint8_t *p = (const uint8_t *)msg;
+    size_t o = *n;
+    for (size_t i = 0; i < len;) {
+        char esc[8];
+        const char *w = esc;
+        size_t wl = 2, step = 1;
+        uint8_t c = p[i];
+        esc[0] = '\\';
+        if (c == '"' || c == '\\') esc[1] = (char)c;
+        else if (c == '\n') esc[1] = 'n';
+        else if (c == '\r') esc[1] = 'r';
+        else if (c == '\t') esc[1] = 't';
+        else if (c < 0x20 || c == 0x7f) {
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            wl = 6;
+        } else if (c < 0x80) {
+            w = (const char *)p + i, wl = 1;
+        } else if ((step = hd_utf8_seq(p + i, len - i))) {
+            w = (const char *)p + i, wl = step;
+        } else {
+            w = "\xef\xbf\xbd", wl = 3, step = 1; /* U+FFFD */
+        }
+        if (o + wl > cap) break; /* cut at a character */
+        memcpy(out + o, w, wl);
+        o += wl;
+        i += step;
+    }
+    *n = o;
+}
+
+size_t hd_log_format_line(char *out, size_t cap, hd_log_format format, hd_log_level level,
+                          const struct timeval *tv, const char *msg, size_t len)
+{
+    struct tm tm;
+    time_t sec = tv->tv_sec;
+    gmtime_r(&sec, &tm);
+    char ts[80]; /* room for any int fields, to please -Wformat-truncation */
+    snprintf(ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (int)(tv->tv_usec / 1000));
+    size_t n;
+    if (format == HD_LOG_TEXT) {
+        n = (size_t)snprintf(out, cap, "%s [%s] ", ts, level_names[level]);
+        if (len > cap - n - 1) len = cap - n - 1;
+        memcpy(out + n, msg, len);
+        n += len;
+    } else {
+        unsigned long long id = 0;
+        size_t skip = conn_prefix(msg, len, &id);
+        char tail[40] = "\"}";
+        if (skip) snprintf(tail, sizeof tail, "\",\"conn\":%llu}", id);
+        size_t tl = strlen(tail);
+        n = (size_t)snprintf(out, cap, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"", ts,
+                             level_names[level]);
+        add_json_text(out, &n, cap - tl - 1, msg + skip, len - skip);
+        memcpy(out + n, tail, tl);
+        n += tl;
+    }
+    out[n++] = '\n';
+    return n;
 }
 
 void hd_log(hd_log_level level, const char *fmt, ...)
 {
     if (level < min_level) return;
-    char line[2048];
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    struct tm tm;
-    gmtime_r(&tv.tv_sec, &tm);
-    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ [%s] ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, (int)(tv.tv_usec / 1000), level_names[level]);
+    char msg[2048];
     va_list ap;
     va_start(ap, fmt);
-    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    int m = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
-    if (len > sizeof line - 2) len = sizeof line - 2;
-    line[len++] = '\n';
-    fwrite(line, 1, len, stderr);
+    size_t len = m < 0 ? 0 : (size_t)m >= sizeof msg ? sizeof msg - 1 : (size_t)m;
+    /* Room for the message escaped at worst (6 bytes a byte) and the fields. */
+    char line[6 * sizeof msg + 128];
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    size_t n = hd_log_format_line(line, sizeof line, line_format, level, &tv, msg, len);
+    fwrite(line, 1, n, stderr);
 }
 
 const char *hd_strerror(int err)

@@ -1,4 +1,5 @@
 /* herald: command line, signals, the loop. */
+#include "cli.h"
 #include "config.h"
 #include "err.h"
 #include "log.h"
@@ -22,9 +23,10 @@ typedef struct app {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: herald [-c FILE]     run (no FILE: the embedded default config)\n"
-               "       herald check FILE    validate a config file; exit 0 if valid\n"
-               "       herald version       print the version\n");
+    fprintf(f, "usage: herald [-c FILE]                    run (no FILE: the embedded default config)\n"
+               "       herald check FILE                   validate a config file; exit 0 if valid\n"
+               "       herald version                      print the version\n");
+    hd_cli_usage(f);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -102,6 +104,7 @@ static int run(const char *path)
         return 2;
     }
     hd_log_set_level((hd_log_level)cfg.log_level);
+    hd_log_set_format((hd_log_format)cfg.log_format);
     hd_info("herald %s starting with %s", HERALD_VERSION, cfg.source);
     warn_about(&cfg);
 
@@ -194,6 +197,7 @@ int main(int argc, char **argv)
         printf("herald %s\n", HERALD_VERSION);
         return 0;
     }
+    if (argc >= 2 && hd_cli_is_command(argv[1])) return hd_cli_main(argc - 1, argv + 1, stdout, stderr);
     if (argc >= 2 && strcmp(argv[1], "check") == 0) {
         if (argc != 3) {
             usage(stderr);

@@ -259,8 +259,16 @@ int hd_server_start(hd_server *srv)
     const char *shown = strchr(cfg->host, ':') ? "[%s]" : "%s";
     char host[80];
     snprintf(host, sizeof host, shown, cfg->host);
-    hd_info("listening on http://%s:%d (WebSocket at %s%s, API at /api/push)", host, srv->port,
-            cfg->ws_paths[0], cfg->nmounts > 1 ? " and more" : "");
+    /* Every mount, comma-separated; cut (with "...") only past what a log
+     * line holds. */
+    hd_str mounts = HD_STR_INIT;
+    size_t i = 0;
+    for (; i < cfg->nmounts && mounts.len < 1024; i++)
+        hd_str_printf(&mounts, "%s%s", i ? ", " : "", cfg->ws_paths[i]);
+    if (i < cfg->nmounts) hd_str_adds(&mounts, ", ...");
+    hd_info("listening on http://%s:%d (WebSocket at %.*s, API at /api/push)", host, srv->port,
+            (int)mounts.len, mounts.p ? mounts.p : "");
+    hd_str_free(&mounts);
     if (cfg->admin_host) {
         snprintf(host, sizeof host, strchr(cfg->admin_host, ':') ? "[%s]" : "%s", cfg->admin_host);
         hd_info("admin listening on http://%s:%d (/metrics, /healthz, /readyz, /admin/*)", host,

@@ -38,7 +38,7 @@ LAYERS = [
     ("L4", "protocol", ["http", "wsconn", "channel"]),
     ("L5", "services", ["api", "metrics"]),
     ("L6", "node", ["drain", "server"]),
-    ("L7", "assembly", ["main"]),
+    ("L7", "assembly", ["cli", "main"]),
 ]
 
 RANK, LAYER = {}, {}

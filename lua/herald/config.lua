@@ -66,6 +66,10 @@ local function level(v)
   if v == "debug" or v == "info" or v == "warn" or v == "error" then return v end
   return nil, 'one of "debug", "info", "warn", "error"'
 end
+local function log_format(v)
+  if v == "text" or v == "json" then return v end
+  return nil, 'one of "text", "json"'
+end
 local function mount(v)
   if type(v) ~= "string" or not v:match("^/[%w%-%._~/]*$") or v:match("//") then
     return nil, 'a path such as "/socket"'
@@ -557,6 +561,7 @@ M.schema = {
   },
   log = {
     level = { "info", level },
+    format = { "text", log_format },
   },
   reload = {
     recheck_joins = { false, boolean },

@@ -53,6 +53,15 @@ def chunked(path, parts):
     return out + b"0\r\n\r\n"
 
 
+MULTIPART = b"multipart/form-data; boundary=XyZ"
+
+
+def part(name, value, params=b""):
+    """One part of a multipart/form-data body with the boundary XyZ."""
+    return (b'--XyZ\r\nContent-Disposition: form-data; name="' + name + b'"' + params + b"\r\n\r\n" +
+            value + b"\r\n")
+
+
 JOIN = '["1","1","room:1","phx_join",{}]'
 PUSH = b'{"channel":"room:1","event":"e","data":{"a":1}}'
 
@@ -73,6 +82,25 @@ server = {
                         b"application/x-www-form-urlencoded"),
     "0-push-chunked": chunked(b"/api/push", [b'{"channel":"d:1",', b'"event":"e","data":[1,2]}']),
     "0-push-token": post(b"/api/push", PUSH, extra=b"Authorization: Bearer abc\r\n"),
+    # multipart/form-data (RFC 7578): fields, lists, a file part, framing variants, malformed
+    "0-push-multipart": post(b"/api/push", part(b"channel", b"room:1") + part(b"event", b"e") +
+                             part(b"data", b'{"a":1}') + b"--XyZ--\r\n", MULTIPART),
+    "0-push-multipart-list": post(b"/api/push", b"preamble\r\n" + part(b"channel", b"c:1") +
+                                  part(b"channel[]", b"p:1") + part(b"channel[]", b"d:1") +
+                                  b"--XyZ \t\r\nContent-Type: text/plain\r\nCONTENT-DISPOSITION: "
+                                  b"Form-Data;name=event\r\n\r\nev\r\n" +
+                                  part(b"data", b"x", b'; filename="f.txt"') + b"--XyZ\r\n\r\nbare\r\n" +
+                                  part(b"data", b"line\r\n--Xy\r\n") + b"--XyZ--\r\nepilogue", MULTIPART),
+    "0-push-multipart-quoted": post(b"/api/push?event=q",
+                                    b'\r\n--a b\'()+_,-./:=?\r\nContent-Disposition: form-data; name="channel"'
+                                    b'\r\n\r\nroom:1\r\n--a b\'()+_,-./:=?\r\nContent-Disposition: form-data; '
+                                    b'name=data\r\n\r\n\r\n--a b\'()+_,-./:=?--',
+                                    b'multipart/form-data; charset=utf-8; boundary="a b\'()+_,-./:=?"; x=y'),
+    "0-push-multipart-bad": post(b"/api/push", part(b"channel", b"room:1") + b"--XyZ\r\nno colon\r\n\r\nv",
+                                 MULTIPART) +
+                            post(b"/api/push", b"--XyZ\r\nContent-Disposition: form-data; name=\"a\r\n\r\n",
+                                 MULTIPART) +
+                            post(b"/api/push", part(b"channel", b"room:1"), b"multipart/form-data"),
     "0-reload": post(b"/admin/reload", b""),
     "0-drain": post(b"/admin/drain", b""),
     "0-head": b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n",

@@ -58,7 +58,9 @@ const HTTP_CASES = [
   ['JSON with a non-string channel entry', req('POST', '/api/push', json('{"channel":["a",{}],"event":"e","data":1}'), '{"channel":["a",{}],"event":"e","data":1}'), 422, INVALID, 'open'],
   ['form without event', req('POST', '/api/push', json('channel=a&data=1', 'application/x-www-form-urlencoded'), 'channel=a&data=1'), 422, INVALID, 'open'],
   ['text/plain body', req('POST', '/api/push', json('{}', 'text/plain'), '{}'), 415, null, 'open'],
-  ['multipart body', req('POST', '/api/push', json('--b--', 'multipart/form-data; boundary=b'), '--b--'), 415, null, 'open'],
+  ['multipart body without fields', req('POST', '/api/push', json('--b--', 'multipart/form-data; boundary=b'), '--b--'), 422, INVALID, 'open'],
+  ['multipart body without its closing boundary', req('POST', '/api/push', json('--b\r\n\r\nx', 'multipart/form-data; boundary=b'), '--b\r\n\r\nx'), 400, /^malformed multipart body: /, 'open'],
+  ['multipart without a boundary', req('POST', '/api/push', json('--b--', 'multipart/form-data'), '--b--'), 400, /boundary/, 'open'],
   // WebSocket handshakes.
   ['no Upgrade header', req('GET', WS), 426, null, null],
   ['Upgrade without Connection: upgrade', req('GET', WS, UP().replace('Connection: Upgrade', 'Connection: keep-alive')), 400, null, null],

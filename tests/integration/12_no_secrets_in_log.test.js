@@ -4,8 +4,9 @@
 // good and bad client tokens (connect param and Phoenix subprotocol),
 // wrong bearer tokens on /api and /admin, a reload, a malformed request
 // carrying a token, and a drain; then none of those strings may appear in
-// its log. The same for `herald check` and a failed start-up whose config
-// has the secrets in the wrong shape (errors are printed and logged).
+// its log, in either log format (log.format text and json). The same for
+// `herald check` and a failed start-up whose config has the secrets in the
+// wrong shape (errors are printed and logged).
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
@@ -38,7 +39,9 @@ async function opens(port, opts) {
   }
 }
 
-test('secrets never reach the log, at debug level', { timeout: 60000 }, async (t) => {
+// Both log formats: json escapes what it writes, and a secret escaped is
+// still a secret (these are plain ASCII, so they would show as they are).
+for (const format of ['text', 'json']) test(`secrets never reach the log, at debug level (${format})`, { timeout: 60000 }, async (t) => {
   const haveRedis = fs.existsSync(process.env.REDIS_SERVER || '/usr/bin/redis-server');
   const s = {
     apiToken: rnd('apitoken'), jwtSecret: rnd('jwtsecret'), wrongSecret: rnd('wrongsecret'),
@@ -61,7 +64,7 @@ test('secrets never reach the log, at debug level', { timeout: 60000 }, async (t
                                      "redis://:${s.wrongRedisPassword}@127.0.0.1:${redis.port}/1" } }\n`;
   }
   const srv = await h.serve(t, `
-log = { level = "debug" }
+log = { level = "debug", format = "${format}" }
 api = { token = "${s.apiToken}" }
 plugins = { jwt = { secret = "${s.jwtSecret}" }, rate_limit = { joins_per_second = 2 } }
 ${cluster}`);
@@ -112,7 +115,13 @@ ${cluster}`);
   a.disconnect();
   b.disconnect();
   await srv.stop(); // the drain and the shutdown log too
-  assert.match(srv.log, /\[debug\]/, 'the server logged at debug level');
+  if (format === 'text') assert.match(srv.log, /\[debug\]/, 'the server logged at debug level');
+  else {
+    const lines = srv.log.trimEnd().split('\n');
+    const bad = lines.filter((l) => !h.jsonLogLine(l));
+    assert.deepEqual(bad, [], 'every line is a JSON object with ts, level, msg');
+    assert.ok(lines.some((l) => h.jsonLogLine(l).level === 'debug'), 'the server logged at debug level');
+  }
   assertNoSecrets(srv.log, { ...s, ...tokens, garbageBase64: b64url(s.garbage) }, 'the log');
 });
 

@@ -265,6 +265,13 @@ describe("herald.config.normalize", function()
     assert.matches("log.level", err, 1, true)
   end)
 
+  it("checks the log format", function()
+    assert.are.equal("text", assert(norm({})).log.format)
+    assert.are.equal("json", assert(norm({ log = { format = "json" } })).log.format)
+    local _, err = norm({ log = { format = "xml" } })
+    assert.matches('log.format: expected one of "text", "json", got "xml"', err, 1, true)
+  end)
+
   it("never shows api.token's value in an error", function()
     for _, case in ipairs({ { "hunter2\0x", "a string with a NUL byte" }, { 271828, "a number" },
                             { { "hunter2" }, "a table" }, { true, "a boolean" } }) do

@@ -412,6 +412,85 @@ static void test_push_form_and_query(void **st)
     RUN_UNTIL(srv.net.nconns == 0);
 }
 
+/* A multipart/form-data push (RFC 7578), as PushEx (Plug.Parsers) reads
+ * one: the fields of the urlencoded form, every value a string; file parts
+ * and other fields ignored; the query fills in. */
+static void test_push_multipart(void **st)
+{
+    (void)st;
+    cli *c = cli_new();
+    static const char mp[] = "multipart/form-data; boundary=XyZ";
+#define CD "Content-Disposition: form-data; name="
+#define PART(name, value) "--XyZ\r\n" CD "\"" name "\"\r\n\r\n" value "\r\n"
+    push_expect(c, "", mp,
+                PART("channel", "a") PART("event", "e") PART("data", "{\"x\":1}") "--XyZ--\r\n",
+                200, "OK", "{\"channel\":[\"a\"],\"data\":\"{\\\"x\\\":1}\",\"event\":\"e\"}");
+    /* channel then channel[] twice; a preamble, an epilogue, padding after a
+     * delimiter, other headers, a file part named data, an unknown field,
+     * a part without headers, CRLF and dashes inside a value. */
+    push_expect(c, "", mp,
+                "preamble\r\n" PART("channel", "a") PART("channel[]", "b")
+                "--XyZ \t\r\ncontent-type: text/plain\r\n"
+                "CONTENT-DISPOSITION: Form-Data;name=channel[]\r\n\r\nc\r\n"
+                "--XyZ\r\n" CD "\"data\"; filename=\"f.txt\"\r\n\r\nFILE\r\n"
+                PART("other", "z") "--XyZ\r\n\r\nno headers\r\n" PART("event", "e")
+                PART("data", "line 1\r\n--Xy line 2") "--XyZ--\r\nepilogue",
+                200, "OK",
+                "{\"channel\":[\"a\",\"b\",\"c\"],\"data\":\"line 1\\r\\n--Xy line 2\","
+                "\"event\":\"e\"}");
+    /* A quoted boundary with a space and other parameters around it; the
+     * first delimiter after a CRLF; an empty value; the query fills in. */
+#define QB "a b'()+_,-./:=?"
+    push_expect(c, "?event=qe", "Multipart/Form-Data; charset=utf-8; boundary=\"" QB "\"; x=y",
+                "\r\n--" QB "\r\n" CD "\"channel\"\r\n\r\nq\r\n"
+                "--" QB "\r\n" CD "data\r\n\r\n\r\n--" QB "--",
+                200, "OK", "{\"channel\":[\"q\"],\"data\":\"\",\"event\":\"qe\"}");
+#undef QB
+    /* Fields missing, or a value that is not UTF-8: as absent. */
+    push_expect(c, "", mp, PART("channel", "a") PART("event", "e") "--XyZ--", 422,
+                "Unprocessable Content", invalid_push);
+    push_expect(c, "", mp, PART("channel", "a") PART("event", "e") PART("data", "\xff") "--XyZ--",
+                422, "Unprocessable Content", invalid_push);
+    /* Malformed: 400, saying what. */
+#define MPB "multipart/form-data; boundary="
+#define BAD_B "multipart/form-data with a malformed boundary parameter"
+#define BAD "malformed multipart body: "
+    static const struct {
+        const char *ctype, *body, *error;
+    } bad[] = {
+        {"multipart/form-data", PART("channel", "a") "--XyZ--",
+         "multipart/form-data without a boundary parameter"},
+        {MPB, "--\r\n--", BAD_B},
+        {MPB "\"XyZ", "--XyZ--", BAD_B},
+        {MPB "a@b", "--a@b--", BAD_B},
+        {MPB "\"b \"", "--b --", BAD_B},
+        {MPB "12345678901234567890123456789012345678901234567890123456789012345678901", "--x--",
+         BAD_B},
+        {mp, "", BAD "no boundary"},
+        {mp, "channel=a&event=e&data=d", BAD "no boundary"},
+        {mp, PART("channel", "a"), BAD "no closing boundary"},
+        {mp, "--XyZjunk\r\n", BAD "a boundary line does not end with CRLF"},
+        {mp, PART("channel", "a") "--XyZ", BAD "a boundary line does not end with CRLF"},
+        {mp, "--XyZ\r\n" CD "\"a\"\r\n", BAD "a part's headers do not end"},
+        {mp, "--XyZ\r\nno colon\r\n\r\nv\r\n--XyZ--", BAD "a part's header line"},
+        {mp, "--XyZ\r\n" CD "\"a\r\n\r\nv\r\n--XyZ--", BAD "a part's header line"},
+        {mp, "--XyZ\r\n" CD "\"a\"\r\n\r\nv", BAD "no closing boundary"},
+    };
+#undef MPB
+#undef BAD_B
+#undef BAD
+#undef CD
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char want[256];
+        snprintf(want, sizeof want, "{\"error\":\"%s\"}", bad[i].error);
+        push_expect(c, "", bad[i].ctype, bad[i].body, 400, "Bad Request", want);
+    }
+#undef PART
+    assert_int_equal(srv.st.publishes, 5); /* one a channel */
+    cli_free(c);
+    RUN_UNTIL(srv.net.nconns == 0);
+}
+
 /* JSON (with parameters), forms, or a body that looks like JSON when no
  * type is given; any other type is 415; bad JSON is 400 naming where. */
 static void test_push_content_types(void **st)
@@ -427,12 +506,13 @@ static void test_push_content_types(void **st)
                 "[{\"channel\":[\"t\"],\"data\":1,\"event\":\"e\"}]");
     push_expect(c, "", NULL, "channel=t&event=e&data=1", 200, "OK",
                 "{\"channel\":[\"t\"],\"data\":\"1\",\"event\":\"e\"}");
-    static const char *const others[] = {"text/plain", "application/xml", "multipart/form-data",
-                                         "application/jso", ""};
+    static const char *const others[] = {"text/plain", "application/xml", "multipart/mixed",
+                                         "multipart/form-datax; boundary=b", "application/jso",
+                                         ""};
     for (size_t i = 0; i < sizeof others / sizeof *others; i++)
         push_expect(c, "", others[i], one, 415, "Unsupported Media Type",
-                    "{\"error\":\"unsupported content type: use application/json or "
-                    "application/x-www-form-urlencoded\"}");
+                    "{\"error\":\"unsupported content type: use application/json, "
+                    "application/x-www-form-urlencoded or multipart/form-data\"}");
     push_expect(c, "", "application/json", "{]", 400, "Bad Request",
                 "{\"error\":\"invalid JSON: string or '}' expected near ']' at line 1, "
                 "column 2\"}");
@@ -690,6 +770,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_push_batch_validation, setup_api, teardown),
         cmocka_unit_test_setup_teardown(test_push_form_and_query, setup_api, teardown),
         cmocka_unit_test_setup_teardown(test_push_content_types, setup_api, teardown),
+        cmocka_unit_test_setup_teardown(test_push_multipart, setup_api, teardown),
         cmocka_unit_test_setup_teardown(test_push_limits, setup_api, teardown),
         cmocka_unit_test_setup_teardown(test_topic_info, setup_api, teardown),
         cmocka_unit_test_setup_teardown(test_presence_info, setup_api, teardown),

@@ -90,6 +90,7 @@ static void test_defaults(void **st)
     assert_int_equal(c.ws_message_ms, 30000);
     assert_int_equal(c.ws_close_ms, 5000);
     assert_int_equal(c.log_level, HD_LOG_INFO);
+    assert_int_equal(c.log_format, HD_LOG_TEXT);
     assert_int_equal(c.recheck_joins, 0);
     assert_int_equal(c.drain_timeout_ms, 30000);
     assert_int_equal(c.drain_announce_ms, 0);
@@ -143,7 +144,7 @@ static void test_values(void **st)
                   "           send_queue_bytes = 2048, max_header_bytes = 256, max_url_bytes = 64,\n"
                   "           max_topics_per_socket = 3, max_queued_bytes = 4096 }\n"
                   "timeouts = { ws_idle_ms = base * 2, http_idle_ms = 10, ws_close_ms = 20 }\n"
-                  "log = { level = 'debug' }\n"
+                  "log = { level = 'debug', format = 'json' }\n"
                   "reload = { recheck_joins = true }\n"
                   "drain = { timeout_ms = 100, announce_ms = 1, http_idle_ms = 2, http_ms = 3,\n"
                   "          flush_ms = 4, disconnect_sockets = false, disconnect_rate = 9 }\n"
@@ -187,6 +188,7 @@ static void test_values(void **st)
     assert_int_equal(c.http_idle_ms, 10);
     assert_int_equal(c.ws_close_ms, 20);
     assert_int_equal(c.log_level, HD_LOG_DEBUG);
+    assert_int_equal(c.log_format, HD_LOG_JSON);
     assert_int_equal(c.recheck_joins, 1);
     assert_int_equal(c.drain_timeout_ms, 100);
     assert_int_equal(c.drain_announce_ms, 1);
@@ -270,6 +272,7 @@ static void test_errors(void **st)
         "as a hook script or a plugin does", NULL);
     bad("return function(options) end", "$F: returns a function", NULL);
     bad("log = { level = 'loud' }", "log.level", NULL);
+    bad("log = { format = 'xml' }", "log.format", "one of \"text\", \"json\"", NULL);
     bad("api = { token = 5 }", "api.token", NULL);
     bad("reload = { recheck_joins = 1 }", "reload.recheck_joins", NULL);
     /* Unknown names. */

@@ -105,7 +105,7 @@ async function startHerald(config = '', files = {}, { expectFail = false, args, 
       if (proc.exitCode === null && proc.signalCode === null) { srv.killed = true; proc.kill('SIGKILL'); }
       return exited;
     },
-    errors() { return log.split('\n').filter((l) => l.includes('[error]')); },
+    errors() { return log.split('\n').filter((l) => l.includes('[error]') || l.startsWith('{"ts":') && jsonLogLine(l)?.level === 'error'); },
   };
   if (expectFail) { srv.result = await within(exited, 20000, 'herald to exit'); return srv; }
   await Promise.race([
@@ -145,10 +145,20 @@ async function finish(srv, { allowErrors = false } = {}) {
   if (bad.length) throw new Error(`log lines not in the form "<ISO8601 time> [<level>] <message>":\n${bad.join('\n')}`);
 }
 
-// Log lines that are not `<ISO8601 time> [debug|info|warn|error] <message>`.
+// Log lines that are neither `<ISO8601 time> [debug|info|warn|error] <message>`
+// nor (log.format = "json") one JSON object with ts, level and msg.
 const LOG_LINE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2}) \[(debug|info|warn|error)\] \S/;
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+// The object of a json log line, or null.
+function jsonLogLine(l) {
+  let o;
+  try { o = JSON.parse(l); } catch { return null; }
+  const ok = o && typeof o === 'object' && ISO_TIME.test(o.ts) && ['debug', 'info', 'warn', 'error'].includes(o.level) &&
+    typeof o.msg === 'string' && (o.conn === undefined || Number.isInteger(o.conn));
+  return ok ? o : null;
+}
 function badLogLines(log) {
-  return log.split('\n').filter((l, i, all) => !(l === '' && i === all.length - 1) && !LOG_LINE.test(l));
+  return log.split('\n').filter((l, i, all) => !(l === '' && i === all.length - 1) && !LOG_LINE.test(l) && !jsonLogLine(l));
 }
 
 // One HTTP request on a fresh connection; resolves {status, headers, body, json}.
@@ -532,7 +542,7 @@ async function eventually(fn, ms = 10000, what = 'condition') {
 }
 
 module.exports = {
-  ROOT, BIN, WS_GUID, startHerald, serve, finish, badLogLines, request, push, parseResponses, httpConn, rawExchange, frame,
+  ROOT, BIN, WS_GUID, startHerald, serve, finish, badLogLines, jsonLogLine, request, push, parseResponses, httpConn, rawExchange, frame,
   closePayload, acceptFor, upgradeRequest, rawWs, wsClient, phoenixSocket, connect, join, leave, nextEvent,
   nextSocketMessage, parseMetrics, metricSum, metrics, eventually, within, deadline, Inbox, Socket, Presence, WebSocket, jwt,
 };
