@@ -87,6 +87,7 @@ test('make install into a DESTDIR, then the installed herald on the installed co
       same(path.join(INST, 'share', 'herald', 'examples', f), path.join(ROOT, 'examples', f));
     same(path.join(INST, 'etc', 'herald', 'herald.lua'), path.join(ROOT, 'examples', 'herald.lua'));
     same(path.join(INST, 'share', 'doc', 'herald', 'README.md'), path.join(ROOT, 'README.md'));
+    same(path.join(INST, 'share', 'doc', 'herald', 'migrating-from-pushex.md'), path.join(ROOT, 'docs', 'migrating-from-pushex.md'));
   });
 
   await t.test('a second make install keeps an operator\'s config', () => {
