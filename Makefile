@@ -5,7 +5,7 @@ BUILD_FUZZ ?= build-fuzz
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build run test test-asan fuzz bench bench-compare bench-cluster bench-cluster-large bench-history bench-recovery bench-recovery-cluster clean
+.PHONY: all deps build install run test test-asan fuzz bench bench-compare bench-cluster bench-cluster-large bench-history bench-recovery bench-recovery-cluster clean
 
 all: build
 
@@ -18,6 +18,15 @@ $(BUILD)/Makefile: CMakeLists.txt
 build: deps $(BUILD)/Makefile
 	cmake -S . -B $(BUILD) >/dev/null
 	$(MAKE) -C $(BUILD) -j$(JOBS) --no-print-directory
+
+# Install under PREFIX (DESTDIR prepended, for packaging): bin/herald,
+# share/herald/{lua,plugins,examples}, share/doc/herald, the config
+# etc/herald/herald.lua (kept if present; /etc for PREFIX=/usr) and the
+# systemd unit lib/systemd/system/herald.service (README "Installing").
+PREFIX  ?= /usr/local
+DESTDIR ?=
+install: build
+	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix "$(PREFIX)"
 
 # Start herald on its embedded default config (port 4000, or $HERALD_PORT).
 run: build

@@ -3,7 +3,9 @@
 -- Check it with:  herald check examples/herald.lua
 -- Run it with:    herald -c examples/herald.lua
 
-listen = { host = "0.0.0.0", port = 4000 }
+-- HERALD_HOST and HERALD_PORT (both optional) override the address, e.g.
+-- in the systemd unit's EnvironmentFile.
+listen = { host = os.getenv("HERALD_HOST") or "0.0.0.0", port = 4000 }
 
 -- Bearer token for /api/*. Without one, /api/* answers loopback clients only.
 api = { token = os.getenv("HERALD_API_TOKEN") }
