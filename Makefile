@@ -30,6 +30,7 @@ install: build
 
 # Start herald on its embedded default config (port 4000, or $HERALD_PORT).
 run: build
+	@echo "herald: demo page http://localhost:$${HERALD_PORT:-4000}/ (status page at /admin)"
 	@echo "herald: WebSocket ws://localhost:$${HERALD_PORT:-4000}/socket/websocket (Phoenix) and /push_socket/websocket (PushEx)"
 	@echo "herald: publish with curl -X POST localhost:$${HERALD_PORT:-4000}/api/push -H 'content-type: application/json' -d '{\"channel\":\"room:1\",\"event\":\"hello\",\"data\":{}}'"
 	exec ./$(BUILD)/herald

@@ -483,11 +483,15 @@ void hd_http_respond(hd_conn *c, const hd_http_req *r, int status,
     hd_stats *st = ctx->st;
     if (!r->keep_alive || ctx->closing) close = 1;
     hd_str s = HD_STR_INIT;
+    /* Answers are not cached, unless the caller says otherwise (a static
+     * asset: one Cache-Control header, or caches would combine both). */
+    int cache = extra_headers && strncmp(extra_headers, "Cache-Control:", 14) == 0;
     hd_str_printf(&s,
                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                  "Cache-Control: no-store\r\nConnection: %s\r\n%s\r\n",
+                  "%sConnection: %s\r\n%s\r\n",
                   status, hd_http_reason(status), content_type, len,
-                  close ? "close" : "keep-alive", extra_headers ? extra_headers : "");
+                  cache ? "" : "Cache-Control: no-store\r\n", close ? "close" : "keep-alive",
+                  extra_headers ? extra_headers : "");
     if (len && r->method != HTTP_HEAD) hd_str_add(&s, body, len); /* RFC 9110 9.3.2 */
     st->http_requests++;
     if (status >= 400 && status < 500) st->http_errors_4xx++;

@@ -112,7 +112,9 @@ const char *hd_http_header(const hd_http_req *r, const char *name, size_t *len);
  * into out (NUL-terminated, truncated to outlen-1). Returns 1 if found. */
 int hd_http_query_param(const hd_http_req *r, const char *key, char *out, size_t outlen);
 
-/* Queues a response on c. extra_headers is "Name: value\r\n..." or NULL.
+/* Queues a response on c. extra_headers is "Name: value\r\n..." or NULL;
+ * the answer carries Cache-Control: no-store unless extra_headers begins
+ * with a Cache-Control header of its own.
  * close: 1 adds Connection: close and closes gracefully after the write;
  * 0 keeps the connection open when the request allowed it. */
 void hd_http_respond(hd_conn *c, const hd_http_req *r, int status,

@@ -1,10 +1,16 @@
+#define _GNU_SOURCE /* memmem */
 #include "server.h"
+#include "embed.h"
 #include "err.h"
 #include "hooks.h"
 #include "log.h"
 #include "metrics.h"
+#include "phx.h"
+#include "util.h"
+#include "ws.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,23 +122,271 @@ static void route_drain(void *ud, hd_conn *c, hd_http_req *r)
     hd_server_drain(ud, "POST /admin/drain");
 }
 
+static const char *const state_names[] = {"starting", "ready", "draining", "stopped"};
+
+/* The node's figures, as the fields of a JSON object (no braces): what
+ * GET /admin/status answers, and what each push of herald:status starts
+ * with. websocket tells a page served by the admin listener where the
+ * WebSocket mounts are (the public port). */
+static void status_fields(hd_server *srv, hd_str *out)
+{
+    hd_str_printf(out, "\"state\":\"%s\",\"phase\":\"%s\",\"node\":", state_names[srv->state],
+                  hd_phase_name(srv->drain.phase));
+    hd_str_add_json(out, srv->node_id, strlen(srv->node_id));
+    hd_str_printf(out, ",\"connections\":%zu,\"topics\":%zu,\"scripts\":", srv->net.nws,
+                  srv->eng.topics.count);
+    hd_script_status_json(&srv->sc, out);
+    hd_str_adds(out, ",\"cluster\":");
+    if (srv->clustered) hd_cluster_status_json(&srv->cluster, out);
+    else hd_str_adds(out, "null");
+    hd_str_printf(out, ",\"websocket\":{\"port\":%d,\"path\":", srv->port);
+    const char *ws = srv->cfg->nmounts ? srv->cfg->ws_paths[0] : "";
+    hd_str_add_json(out, ws, strlen(ws));
+    if (srv->cfg->admin_host) hd_str_printf(out, "},\"admin_port\":%d", srv->admin_port);
+    else hd_str_adds(out, "},\"admin_port\":null");
+}
+
 static void route_status(void *ud, hd_conn *c, hd_http_req *r)
 {
     hd_server *srv = ud;
-    static const char *const states[] = {"starting", "ready", "draining", "stopped"};
     hd_str out = HD_STR_INIT;
-    hd_str_printf(&out, "{\"state\":\"%s\",\"phase\":\"%s\",\"node\":", states[srv->state],
-                  hd_phase_name(srv->drain.phase));
-    hd_str_add_json(&out, srv->node_id, strlen(srv->node_id));
-    hd_str_printf(&out, ",\"connections\":%zu,\"topics\":%zu,\"scripts\":", srv->net.nws,
-                  srv->eng.topics.count);
-    hd_script_status_json(&srv->sc, &out);
-    hd_str_adds(&out, ",\"cluster\":");
-    if (srv->clustered) hd_cluster_status_json(&srv->cluster, &out);
-    else hd_str_adds(&out, "null");
+    hd_str_addc(&out, '{');
+    status_fields(srv, &out);
     hd_str_addc(&out, '}');
     hd_api_respond_json(c, r, 200, &out);
     hd_str_free(&out);
+}
+
+/* ---- the status feed: topic herald:status ------------------------------------------
+ *
+ * The status page (GET /admin) joins herald:status over the node's own
+ * WebSocket and gets the figures pushed once a second, as Phoenix event
+ * "status" (not "msg": a publish to the topic through the API or
+ * herald.publish arrives as "msg", which the page does not read, so
+ * nobody who may publish can fake the figures). The timer starts at the
+ * topic's first subscriber (a topic observer) and stops at the first tick
+ * that finds none. Joining takes what the admin routes take without an
+ * api_auth hook: the API token in the join payload ({"token": ...}), or,
+ * with no token configured, a loopback client; the join hooks run after
+ * that check, and never see the token. */
+
+#define STATUS_TOPIC "herald:status"
+#define STATUS_TOPIC_LEN (sizeof STATUS_TOPIC - 1)
+#define STATUS_TOP 10 /* the biggest topics shown */
+
+/* Appends the STATUS_TOP topics with the most subscribers here, biggest
+ * first, as a JSON array (one walk of the registry). */
+static void top_topics(const hd_topics *t, hd_str *out)
+{
+    const hd_topic *top[STATUS_TOP];
+    size_t n = 0;
+    for (size_t i = 0; i < t->nslots; i++)
+        for (const hd_topic *tp = t->slots[i]; tp; tp = tp->hnext) {
+            if (n == STATUS_TOP && tp->nsubs <= top[n - 1]->nsubs) continue;
+            size_t j = n < STATUS_TOP ? n++ : n - 1;
+            for (; j > 0 && top[j - 1]->nsubs < tp->nsubs; j--)
+                top[j] = top[j - 1];
+            top[j] = tp;
+        }
+    hd_str_addc(out, '[');
+    for (size_t i = 0; i < n; i++) {
+        hd_str_adds(out, i ? ",{\"topic\":" : "{\"topic\":");
+        hd_str_add_json(out, top[i]->name, top[i]->len);
+        hd_str_printf(out, ",\"subscribers\":%u}", (unsigned)top[i]->nsubs);
+    }
+    hd_str_addc(out, ']');
+}
+
+static double per_second(uint64_t now_count, uint64_t then_count, double secs)
+{
+    return secs > 0 ? (double)(now_count - then_count) / secs : 0;
+}
+
+static void on_status_tick(uv_timer_t *t)
+{
+    hd_server *srv = t->data;
+    hd_topic *tp = hd_topics_find(&srv->eng.topics, STATUS_TOPIC, STATUS_TOPIC_LEN);
+    if (!tp || !tp->nsubs) {
+        uv_timer_stop(t);
+        return;
+    }
+    const hd_stats *st = &srv->st;
+    uint64_t now = uv_now(srv->loop);
+    /* (The first push after a pause has no rates: nothing to compare with.) */
+    double secs =
+        srv->status_at && now > srv->status_at ? (double)(now - srv->status_at) / 1000 : 0;
+    hd_str out = HD_STR_INIT;
+    hd_str_adds(&out, "[null,null,\"" STATUS_TOPIC "\",\"status\",{");
+    status_fields(srv, &out);
+    hd_str_printf(&out,
+                  ",\"joins\":%llu,\"publishes\":%llu,\"deliveries\":%llu,\"joins_per_s\":%.2f,"
+                  "\"publishes_per_s\":%.2f,\"top_topics\":",
+                  (unsigned long long)st->joins, (unsigned long long)st->publishes,
+                  (unsigned long long)st->deliveries,
+                  per_second(st->joins, srv->status_joins, secs),
+                  per_second(st->publishes, srv->status_publishes, secs));
+    top_topics(&srv->eng.topics, &out);
+    hd_str_adds(&out, "}]");
+    hd_buf *f = out.oom ? NULL : hd_ws_frame(HD_WS_TEXT, out.p, out.len);
+    if (f) {
+        hd_topics_publish(&srv->eng.topics, tp, f);
+        hd_buf_unref(f);
+    } else {
+        hd_error("status feed: out of memory building a push");
+    }
+    hd_str_free(&out);
+    srv->status_at = now;
+    srv->status_joins = st->joins;
+    srv->status_publishes = st->publishes;
+}
+
+/* A topic got its first subscriber here (hd_topic_observer.on_first). */
+static void status_first(void *ud, const char *topic, size_t tlen)
+{
+    hd_server *srv = ud;
+    if (tlen != STATUS_TOPIC_LEN || memcmp(topic, STATUS_TOPIC, tlen) != 0 || srv->stopping) return;
+    if (uv_is_active((uv_handle_t *)&srv->status_timer)) return;
+    srv->status_at = 0;
+    /* At once (next loop turn, behind the join's reply), then every second. */
+    uv_timer_start(&srv->status_timer, on_status_tick, 0, 1000);
+}
+
+/* Whether c may join herald:status with payload (a JSON object). */
+static int status_may_join(hd_server *srv, hd_conn *c, json_t *payload)
+{
+    const char *tok = srv->cfg->api_token;
+    if (!tok) return hd_conn_is_loopback(c);
+    json_t *t = json_object_get(payload, "token");
+    return json_is_string(t) &&
+           hd_ct_equal(json_string_value(t), json_string_length(t), tok, strlen(tok));
+}
+
+/* A JSON string or null (NULL); *ok cleared for anything else, or a
+ * string with a NUL in it (channel.c refuses those messages itself). */
+static const char *ref_of(json_t *v, int *ok)
+{
+    if (json_is_string(v) && strlen(json_string_value(v)) == json_string_length(v))
+        return json_string_value(v);
+    if (!json_is_null(v)) *ok = 0;
+    return NULL;
+}
+
+/* The sessions' message callback (hd_ws_handler.on_message): a join of
+ * herald:status is checked here, at its arrival (also when the socket's
+ * messages queue behind a waiting hook), and goes on to channel.c without
+ * its token; anything else goes on untouched. Only a message that may
+ * name the topic is parsed: one holding its name as such, or any escape
+ * (JSON may spell the name with \u escapes). */
+static int status_on_message(void *ud, hd_conn *c, int opcode, uint8_t *data, size_t len,
+                             int refused)
+{
+    hd_server *srv = ud;
+    const hd_ws_handler *h = srv->channel_handler;
+    if (opcode != HD_WS_TEXT || refused ||
+        (!memchr(data, '\\', len) && !memmem(data, len, STATUS_TOPIC, STATUS_TOPIC_LEN)))
+        return h->on_message(&srv->ch, c, opcode, data, len, refused);
+    json_error_t jerr;
+    json_t *msg = json_loadb((const char *)data, len, JSON_ALLOW_NUL, &jerr);
+    json_t *topic = json_array_get(msg, 2), *event = json_array_get(msg, 3);
+    json_t *payload = json_array_get(msg, 4);
+    int ok = 1;
+    const char *jr = ref_of(json_array_get(msg, 0), &ok),
+               *ref = ref_of(json_array_get(msg, 1), &ok);
+    int join = ok && json_is_string(topic) && json_string_length(topic) == STATUS_TOPIC_LEN &&
+               memcmp(json_string_value(topic), STATUS_TOPIC, STATUS_TOPIC_LEN) == 0 &&
+               json_is_string(event) && strcmp(json_string_value(event), "phx_join") == 0 &&
+               json_is_object(payload);
+    int rc = 0;
+    if (!join) {
+        rc = h->on_message(&srv->ch, c, opcode, data, len, refused);
+    } else if (!status_may_join(srv, c, payload)) {
+        srv->st.joins_refused++;
+        hd_buf *f = hd_phx_reply_error(jr, ref, STATUS_TOPIC, "unauthorized");
+        if (f) hd_conn_send(c, f);
+        hd_buf_unref(f);
+    } else {
+        json_object_del(payload, "token");
+        char *text = json_dumps(msg, JSON_COMPACT);
+        if (text) {
+            rc = h->on_message(&srv->ch, c, opcode, (uint8_t *)text, strlen(text), refused);
+        } else {
+            hd_buf *f = hd_phx_reply_error(jr, ref, STATUS_TOPIC, "join crashed");
+            if (f) hd_conn_send(c, f);
+            hd_buf_unref(f);
+        }
+        free(text);
+    }
+    json_decref(msg);
+    return rc;
+}
+
+static void status_on_close(void *ud, hd_conn *c, const char *reason)
+{
+    hd_server *srv = ud;
+    srv->channel_handler->on_close(&srv->ch, c, reason);
+}
+
+/* Puts the join check in front of channel.c's handler and watches for the
+ * topic's first subscriber. */
+static void status_feed_init(hd_server *srv)
+{
+    uv_timer_init(srv->loop, &srv->status_timer);
+    srv->status_timer.data = srv;
+    srv->channel_handler = srv->ch.ws.h;
+    srv->status_guard = (hd_ws_handler){status_on_message, status_on_close};
+    srv->ch.ws.h = &srv->status_guard;
+    srv->ch.ws.ud = srv;
+    const hd_topic_observer o = {status_first, NULL, srv};
+    if (hd_engine_observe_topics(&srv->eng, &o))
+        hd_warn("status feed: no room for its topic observer");
+}
+
+/* ---- web assets: the status page, the demo page, phoenix.js -------------------------- */
+
+/* Answers an embedded file of web/ (ud: its hd_embedded). phoenix.js
+ * changes only with the binary and is cached; the pages revalidate, and
+ * may load scripts and styles from here only (no inline script) while
+ * opening WebSockets anywhere (the admin listener's page talks to the
+ * public port). */
+static void route_asset(void *ud, hd_conn *c, hd_http_req *r)
+{
+    const hd_embedded *e = ud;
+    const char *dot = strrchr(e->name, '.');
+    const char *type = !dot                        ? "application/octet-stream"
+                       : strcmp(dot, ".html") == 0 ? "text/html; charset=utf-8"
+                       : strcmp(dot, ".css") == 0  ? "text/css; charset=utf-8"
+                                                   : "application/javascript; charset=utf-8";
+    const char *headers =
+        strcmp(e->name, "phoenix.js") == 0
+            ? "Cache-Control: public, max-age=86400\r\nX-Content-Type-Options: nosniff\r\n"
+            : "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n"
+              "Content-Security-Policy: default-src 'self'; connect-src 'self' ws: wss:; "
+              "img-src 'self' data:; frame-ancestors 'none'\r\n";
+    hd_http_respond(c, r, 200, type, e->src, e->len, headers, 0);
+}
+
+/* Serves the embedded file name at path (nothing when the build lacks it). */
+static void route_web(hd_server *srv, const char *path, const char *name, unsigned flags)
+{
+    const hd_embedded *e = hd_embedded_web_find(name);
+    /* (ud is only ever read: the table is const) */
+    if (e) hd_api_route(&srv->api, path, HD_ROUTE_GET | flags, route_asset, (void *)e);
+}
+
+/* The status page, with the admin routes; phoenix.js and the style on both
+ * listeners; the demo page at / on the embedded default config only (a
+ * deployment's / is its own business). */
+static void web_routes(hd_server *srv)
+{
+    const unsigned node = HD_ROUTE_NODE, private = HD_ROUTE_NODE | HD_ROUTE_PRIVATE;
+    route_web(srv, "/admin", "admin.html", private);
+    route_web(srv, "/admin.js", "admin.js", private);
+    route_web(srv, "/phoenix.js", "phoenix.js", node);
+    route_web(srv, "/herald.css", "herald.css", node);
+    if (strcmp(srv->cfg->source, "(embedded default)") == 0) {
+        route_web(srv, "/", "demo.html", 0);
+        route_web(srv, "/demo.js", "demo.js", 0);
+    }
 }
 
 /* ---- lifecycle -------------------------------------------------------------------- */
@@ -219,6 +473,8 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     hd_api_route(&srv->api, "/admin/reload", HD_ROUTE_POST | HD_ROUTE_AUTH | private, route_reload, srv);
     hd_api_route(&srv->api, "/admin/drain", HD_ROUTE_POST | HD_ROUTE_AUTH | private, route_drain, srv);
     hd_api_route(&srv->api, "/admin/status", HD_ROUTE_GET | HD_ROUTE_AUTH | private, route_status, srv);
+    web_routes(srv);
+    status_feed_init(srv);
     hd_drain_init(&srv->drain, loop, cfg, &srv->net, &srv->eng, &srv->sc);
     srv->drain.close_listener = close_listener;
     srv->drain.stop = drain_done;
@@ -227,9 +483,9 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     srv->sweeper.data = srv;
     srv->listener.fd = srv->admin.fd = -1;
     srv->drain.cluster = srv->clustered ? &srv->cluster : NULL;
-    /* sweeper, drain timer, presence timer, writer, spinner (and the
-     * cluster's ticker and sync); each listener once open */
-    srv->handles_open = srv->clustered ? 7 : 5;
+    /* sweeper, status timer, drain timer, presence timer, writer, spinner
+     * (and the cluster's ticker and sync); each listener once open */
+    srv->handles_open = srv->clustered ? 8 : 6;
     return 0;
 }
 
@@ -314,6 +570,7 @@ void hd_server_stop(hd_server *srv)
     hd_script_stop(&srv->sc); /* the scripts' state and timers go last */
     hd_channel_free(&srv->ch);
     uv_close((uv_handle_t *)&srv->sweeper, on_handle_closed);
+    uv_close((uv_handle_t *)&srv->status_timer, on_handle_closed);
     hd_net_close_handles(&srv->net, on_handle_closed, srv);
     hd_engine_close(&srv->eng, on_handle_closed, srv);
     hd_drain_close(&srv->drain, on_handle_closed, srv);
