@@ -1,0 +1,29 @@
+-- examples/convention/herald-every-vote.lua: herald.lua without the debounce,
+-- the way the convention first ran: every vote sends the counts to everyone.
+--
+--   export HERALD_JWT_SECRET=some-long-random-string
+--   build/herald -c examples/convention/herald.lua
+--
+-- Participants connect with a JWT (HS256 under HERALD_JWT_SECRET; claims
+-- sub, name, role), join convention:main, tallies and hall, and vote with a
+-- push; convention.lua tallies. herald-every-vote.lua is this config with
+-- the tallies sent on every vote, for comparison (crowd runs both).
+listen = { host = "127.0.0.1", port = 4000 }   -- HERALD_PORT overrides the port
+api = { token = os.getenv("HERALD_API_TOKEN") } -- unset: /api/push from loopback only
+mounts = { "/socket" }
+limits = { max_connections = 19000 }            -- under this machine's 20,000 open files
+plugins = {
+  { "jwt", secret = os.getenv("HERALD_JWT_SECRET") },   -- required: no token, no socket
+}
+scripts = { "convention.lua" }
+topics = {
+  -- The big public topic: no presence entry per join (the tracker-exempt rule).
+  { match = "convention:main", tracked = false },
+  -- No shaping: every vote is one frame to every subscriber of tallies.
+  { match = "tallies", tracked = false },
+  -- Who is in the room: tracked (GET /api/presence/hall), but no presence
+  -- events to the participants; convention.lua sends the list to the
+  -- admins on hall:admin, batched.
+  { match = "hall", tracked = true, presence = false },
+  { match = "hall:admin", tracked = false },
+}
