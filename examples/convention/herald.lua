@@ -5,8 +5,9 @@
 --
 -- Participants connect with a JWT (HS256 under HERALD_JWT_SECRET; claims
 -- sub, name, role), join convention:main, tallies and hall, and vote with a
--- push; convention.lua tallies. herald-every-vote.lua is this config with
--- the tallies sent on every vote, for comparison (crowd runs both).
+-- push; convention.lua tallies. The crowd script runs this config and,
+-- for comparison, the same with the tallies rule replaced by one without
+-- the debounce (every vote sent to everyone).
 listen = { host = "127.0.0.1", port = 4000 }   -- HERALD_PORT overrides the port
 api = { token = os.getenv("HERALD_API_TOKEN") } -- unset: /api/push from loopback only
 mounts = { "/socket" }
