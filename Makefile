@@ -88,6 +88,11 @@ bench-recovery-cluster: build
 bench-cluster-large: build
 	bash scripts/cluster-large.sh
 
+# The convention example's crowd: 3,000 participants voting, debounced tallies against every vote sent (examples/convention/README.md).
+.PHONY: bench-convention
+bench-convention: build
+	examples/convention/crowd
+
 # libFuzzer (clang) on every parser, FUZZ_SECONDS each.
 fuzz: deps
 	CC=clang cmake -S . -B $(BUILD_FUZZ) -DHERALD_FUZZ=ON -DHERALD_ASAN=ON -DHERALD_UBSAN=ON >/dev/null
