@@ -549,6 +549,7 @@ static hd_hook_run *authenticate(hd_scripts *sc, hd_conn *c, const hd_hook_req *
                                     0, "unauthorized");
     if (!x) return NULL;
     lua_State *L = x->r.task.hold;
+    x->r.task.conn_id = c->id;
     x->a.res = &x->r.res;
     x->a.ok = 1;
     lua_newtable(L); /* AUTH_ASSIGNS: the merged assigns */
@@ -660,6 +661,7 @@ static hd_hook_run *join(hd_scripts *sc, hd_conn *c, const char *topic, size_t t
                                     "join crashed");
     if (!x) return NULL;
     lua_State *L = x->r.task.hold;
+    x->r.task.conn_id = c->id;
     x->j = (join_call){sc, c->id, &x->r.res, 1, 0};
     push_socket(sc, L, c); /* at 1 */
     lua_pushlstring(L, topic, tlen);
@@ -715,6 +717,7 @@ static hd_hook_run *api_auth(hd_scripts *sc, hd_conn *c, const hd_hook_req *rq, 
                                   "forbidden");
     if (!x) return NULL;
     x->verdict = -1;
+    x->r.task.conn_id = c->id;
     lua_State *L = x->r.task.hold;
     lua_createtable(L, 0, 6);
     lua_pushstring(L, rq->method);
@@ -1028,6 +1031,7 @@ static hd_hook_run *message(hd_scripts *sc, hd_conn *c, const char *topic, size_
                                           2, "internal error");
     if (!x) return NULL;
     lua_State *L = x->r.task.hold;
+    x->r.task.conn_id = c->id;
     x->r.payload = json_incref(payload);
     x->m = (message_call){sc, c->id, payload, &x->r.res};
     push_socket(sc, L, c); /* MSG_SOCKET */

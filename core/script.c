@@ -176,7 +176,7 @@ static void keep_trace(hd_script *s, const char *t)
 
 /* A call of run (from src) failed with msg (NULL: not a string): keeps
  * it in s->failure, counts it and logs it with s->trace. */
-static void failed(hd_script *s, int run, const char *src, const char *msg)
+static void failed(hd_script *s, int run, const char *src, const char *msg, uint64_t conn)
 {
     snprintf(s->failure, sizeof s->failure, "%s", msg ? msg : "(error object is not a string)");
     if (s->exceeded) {
@@ -186,7 +186,9 @@ static void failed(hd_script *s, int run, const char *src, const char *msg)
     if (run < HD_HOOK_COUNT) s->sc->ss.errors[run]++;
     else if (run == RUN_TIMER) s->sc->ss.timer_errors++;
     char name[32];
-    hd_error("%s (%s) failed: %s%s%s", run_name(run, name, sizeof name), src ? src : "?",
+    char who[32] = "";
+    if (conn) snprintf(who, sizeof who, "conn %llu: ", (unsigned long long)conn);
+    hd_error("%s%s (%s) failed: %s%s%s", who, run_name(run, name, sizeof name), src ? src : "?",
              s->failure, s->trace[0] ? "; " : "", s->trace);
 }
 
@@ -219,7 +221,7 @@ int hd_script__guarded(hd_script *s, int hook, const char *src, int nargs, int n
         if (outer) s->exceeded = 0;
         return 0;
     }
-    failed(s, hook, src, lua_tostring(L, -1));
+    failed(s, hook, src, lua_tostring(L, -1), 0);
     lua_pop(L, 1);
     if (outer) s->exceeded = 0;
     return -1;
@@ -415,7 +417,7 @@ static int slice(hd_task *t, int narg, int *nres)
         keep_trace(s, lua_tostring(s->L, -1));
         lua_pop(s->L, 1);
     }
-    failed(s, t->run, t->src, msg);
+    failed(s, t->run, t->src, msg, t->conn_id);
     drop_call(t);
     if (outer) s->exceeded = 0;
     return -1;
@@ -429,6 +431,7 @@ int hd_task_begin(hd_scripts *sc, hd_task *t, int h)
     t->io = NULL;
     t->listed = t->in_call = 0;
     t->run = h;
+    t->conn_id = 0;
     if (!s) return -1;
     t->hold = thread_get(s, &t->hold_ref);
     if (!t->hold) return -1;
@@ -448,7 +451,7 @@ int hd_task_call(hd_task *t, const char *src, int nargs, int *nres)
         if (t->co) thread_put(s, t->co, t->co_ref);
         t->co = NULL;
         lua_pop(t->hold, nargs + 1);
-        failed(s, t->run, t->src, "not enough memory");
+        failed(s, t->run, t->src, "not enough memory", t->conn_id);
         return -1;
     }
     lua_xmove(t->hold, t->co, nargs + 1);
@@ -488,9 +491,11 @@ static void on_wait_timer(uv_timer_t *h)
     while (sc->wait_head && sc->wait_head->deadline <= now) {
         hd_task *t = sc->wait_head;
         char name[32];
-        hd_error("%s (%s) waited longer than scripts.io_timeout_ms (%u ms): abandoned, its "
+        char who[32] = "";
+        if (t->conn_id) snprintf(who, sizeof who, "conn %llu: ", (unsigned long long)t->conn_id);
+        hd_error("%s%s (%s) waited longer than scripts.io_timeout_ms (%u ms): abandoned, its "
                  "default applies",
-                 run_name(t->run, name, sizeof name), t->src, (unsigned)sc->cfg->io_timeout_ms);
+                 who, run_name(t->run, name, sizeof name), t->src, (unsigned)sc->cfg->io_timeout_ms);
         sc->ss.io_timeouts++;
         if (t->run < HD_HOOK_COUNT) sc->ss.errors[t->run]++;
         drop_call(t);

@@ -161,6 +161,7 @@ struct hd_task {
                             * results on the hold (above what was there), or -1 (failed,
                             * timed out or the server is stopping; logged and counted) */
     int nowait;            /* the caller cannot wait: herald.http.request raises */
+    uint64_t conn_id;      /* the connection it runs for (its log lines say so), or 0 */
     /* script.c's */
     hd_script *s;          /* the generation, pinned */
     lua_State *hold;       /* the run's values */
@@ -178,7 +179,7 @@ struct hd_task {
 };
 
 /* Starts a task of hook h on the running generation: 0, or -1 without
- * scripts or memory. resumed and nowait are the caller's to set. */
+ * scripts or memory. resumed, nowait and conn_id are the caller's to set. */
 int hd_task_begin(hd_scripts *sc, hd_task *t, int h);
 /* [-(nargs+1), +nres | +0] on the hold: calls the function below the nargs
  * arguments in a coroutine (src names its file, for the log). Returns 0

@@ -495,10 +495,10 @@ static void test_error_traceback(void **st)
     assert_int_equal(count_of(log, "\n"), 1); /* one line */
     char want[1024];
     snprintf(want, sizeof want,
-             "[error] join hook (%s) failed: %s:2: boom room; stack traceback: "
+             "[error] conn %llu: join hook (%s) failed: %s:2: boom room; stack traceback: "
              "[C]: in function 'error' | %s:2: in function 'helper' | "
              "%s:5: in function 'middle' | %s:8: in function <%s:7>\n",
-             path_a, path_a, path_a, path_a, path_a, path_a);
+             (unsigned long long)c->id, path_a, path_a, path_a, path_a, path_a, path_a);
     assert_non_null(strstr(log, " [error] "));
     assert_string_equal(strstr(log, "[error]"), want);
     free(log);
@@ -549,15 +549,16 @@ static void test_budget_stops_loops(void **st)
     assert_int_equal(srv.sc.ss.calls[HD_HOOK_JOIN], 1);
     assert_int_equal(count_of(log, "\n"), 3);
     char want_spin[1024], want_swallow[1024];
+    unsigned long long id = c->id;
     snprintf(want_spin, sizeof want_spin,
-             "[error] join hook (%s) failed: %s:2: join hook exceeded its budget of 20 ms; "
-             "stack traceback: %s:2: in function <%s:1>\n",
-             path_a, path_a, path_a, path_a);
+             "[error] conn %llu: join hook (%s) failed: %s:2: join hook exceeded its budget of 20 "
+             "ms; stack traceback: %s:2: in function <%s:1>\n",
+             id, path_a, path_a, path_a, path_a);
     snprintf(want_swallow, sizeof want_swallow,
-             "[error] join hook (%s) failed: %s:3: join hook exceeded its budget of 20 ms; "
+             "[error] conn %llu: join hook (%s) failed: %s:3: join hook exceeded its budget of 20 ms; "
              "stack traceback: %s:3: in function <%s:3> | [C]: in function 'pcall' | "
              "[herald sandbox]:8: in function 'pcall' | %s:3: in function <%s:1>\n",
-             path_a, path_a, path_a, path_a, path_a, path_a);
+             id, path_a, path_a, path_a, path_a, path_a, path_a);
     assert_int_equal(count_of(log, want_spin), 2);
     assert_int_equal(count_of(log, want_swallow), 1);
     free(log);
