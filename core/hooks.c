@@ -390,7 +390,8 @@ static void keep_assigns(hd_scripts *sc, hd_hook h, lua_State *L, int sock, hd_c
         if (!e && (js.oom || !js.p)) e = "out of memory";
         if (!e && js.p[0] != '{') e = "not an object";
         if (e) {
-            hd_error("%s hook: socket.assigns cannot be kept: %s", hd_hook_name(h), e);
+            hd_error("conn %llu: %s hook: socket.assigns cannot be kept: %s",
+                     (unsigned long long)c->id, hd_hook_name(h), e);
             sc->ss.errors[h]++;
         } else if (read && same_json(read, js.p)) {
             /* the hook changed nothing: c keeps what it holds */
@@ -406,7 +407,8 @@ static void keep_assigns(hd_scripts *sc, hd_hook h, lua_State *L, int sock, hd_c
                 free(c->assigns);
                 c->assigns = m;
             } else {
-                hd_error("%s hook: out of memory keeping socket.assigns", hd_hook_name(h));
+                hd_error("conn %llu: %s hook: out of memory keeping socket.assigns",
+                         (unsigned long long)c->id, hd_hook_name(h));
             }
         }
         hd_str_free(&js);
@@ -525,7 +527,8 @@ static void auth_finish(hook_run *r)
         hd_str js = HD_STR_INIT;
         const char *e = hd_luapi_to_json(r->task.hold, AUTH_ASSIGNS, &js);
         if (e) {
-            hd_error("authenticate: assigns cannot be kept: %s", e);
+            hd_error("conn %llu: authenticate: assigns cannot be kept: %s",
+                     (unsigned long long)r->task.conn_id, e);
             r->sc->ss.errors[HD_HOOK_AUTHENTICATE]++;
             snprintf(res->reason, sizeof res->reason, "unauthorized");
             x->a.ok = 0;
@@ -991,7 +994,8 @@ static int message_result(lua_State *L, void *ud, int v, int nres, const char *s
         hd_str js = HD_STR_INIT;
         const char *e = hd_luapi_to_json(L, v, &js);
         if (e || js.len == 0 || js.p[0] != '{') {
-            hd_error("message hook (%s): a reply must be a JSON object", src);
+            hd_error("conn %llu: message hook (%s): a reply must be a JSON object",
+                     (unsigned long long)m->conn_id, src);
             m->sc->ss.errors[HD_HOOK_MESSAGE]++;
             snprintf(res->reason, sizeof res->reason, "internal error");
             res->verdict = 2;

@@ -875,7 +875,11 @@ static int l_log(lua_State *L)
      * Lua wrapper in lua/herald/init.lua). */
     if (lua_getstack(L, 2, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0)
         snprintf(where, sizeof where, "%s:%d: ", ar.short_src, ar.currentline);
-    hd_log((hd_log_level)lv, "[lua] %s%s", where, msg);
+    /* In a hook run for a connection, the line names it. */
+    hd_script *s = script_of(L);
+    uint64_t conn = s && s->task && s->task->co == L ? s->task->conn_id : 0;
+    if (conn) hd_log((hd_log_level)lv, "conn %llu: [lua] %s%s", (unsigned long long)conn, where, msg);
+    else hd_log((hd_log_level)lv, "[lua] %s%s", where, msg);
     return 0;
 }
 

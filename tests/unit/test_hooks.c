@@ -154,7 +154,9 @@ static void test_join_first_refusal_wins(void **st)
     assert_string_equal(reply, "{\"from\":\"a\"}");
     assert_string_equal(meta, "{\"who\":\"b\"}");
     assert_int_equal(*calls, 3);
-    assert_int_equal(count_of(log, "[warn] [lua] "), 1);
+    char lua_line[64]; /* (a hook's log line names its connection) */
+    snprintf(lua_line, sizeof lua_line, "[warn] conn %llu: [lua] ", (unsigned long long)c->id);
+    assert_int_equal(count_of(log, lua_line), 1);
     assert_non_null(strstr(log, ":2: b.join room\n"));
     free(log);
 
