@@ -914,11 +914,11 @@ static origin *origin_get(hd_httpc *hc, const char *host, size_t len, uint16_t p
 
 /* ---- timers ------------------------------------------------------------------------- */
 
-/* The call's timer: a failure to deliver, or its deadline. */
-static void on_call_timer(uv_timer_t *t)
+/* Takes k off whatever it was on: its connection, mid-request, is closed
+ * (never reused), or it leaves its origin's queue. Returns the origin, to
+ * pump, or NULL. */
+static origin *abandon(hd_httpc_call *k)
 {
-    hd_httpc_call *k = t->data;
-    if (k->err) return deliver(k, k->err, k->msg, NULL);
     origin *o = k->o;
     if (k->c) {
         conn *c = k->c;
@@ -928,6 +928,15 @@ static void on_call_timer(uv_timer_t *t)
     } else if (o) {
         unqueue(k);
     }
+    return o;
+}
+
+/* The call's timer: a failure to deliver, or its deadline. */
+static void on_call_timer(uv_timer_t *t)
+{
+    hd_httpc_call *k = t->data;
+    if (k->err) return deliver(k, k->err, k->msg, NULL);
+    origin *o = abandon(k);
     if (o) pump(o);
     deliver(k, UV_ETIMEDOUT, "timeout", NULL);
 }
@@ -1167,15 +1176,7 @@ hd_httpc_call *hd_httpc_request(hd_httpc *hc, const hd_httpc_req *rq, hd_httpc_c
 void hd_httpc_cancel(hd_httpc_call *k)
 {
     if (!k || k->done) return;
-    origin *o = k->o;
-    if (k->c) {
-        conn *c = k->c;
-        o = c->o;
-        detach(c);
-        conn_close(c);
-    } else if (o) {
-        unqueue(k);
-    }
+    origin *o = abandon(k);
     call_release(k);
     if (o) pump(o);
 }
