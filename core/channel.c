@@ -634,6 +634,11 @@ static waiting *waiting_new(hd_channel_ctx *ch, hd_conn *c, const char *jr, cons
 static void waits(hd_channel_ctx *ch, hd_conn *c, hd_hook_run *run, waiting *w)
 {
     w->now = 0;
+    if (!hd_conn_open(c)) { /* the hook closed its own socket, then began to wait */
+        hd_hook_cancel(run);
+        waiting_free(w);
+        return;
+    }
     if (park_begin(ch, c, run, w, waiting_free) == 0) return;
     hd_error("conn %llu: out of memory while a hook waits", (unsigned long long)c->id);
     hd_hook_cancel(run);

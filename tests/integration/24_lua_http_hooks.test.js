@@ -141,3 +141,31 @@ test('the budget counts a hook\'s running time across its waits, not the wait', 
   assert.match(srv.log, /join hook \(.*burn\.lua\) failed: .*burn\.lua:\d+: join hook exceeded its budget of 400 ms/);
   assert.equal(h.metricSum(await h.metrics(srv.port), 'herald_hook_budget_exceeded_total'), 1);
 });
+
+test('a join hook that closes its own socket before or after it waits: no reply, nothing left waiting', async (t) => {
+  const b = await Backend.start(t, () => ({ json: {} }));
+  const script = `return {
+  authenticate = function(req) return { id = "user-" .. (req.params.n or "?") } end, -- (herald.disconnect takes an identity)
+  join = function(socket, topic)
+    if topic == "close:before" then herald.disconnect(socket.id) end
+    herald.http.request{ url = "${b.url('/' + 'x')}" .. topic }
+    if topic == "close:after" then herald.disconnect(socket.id) end
+    return true
+  end }`;
+  const srv = await h.serve(t, 'scripts = { "close.lua" }\n', { 'close.lua': script });
+  for (const [n, topic] of ['close:before', 'close:after'].entries()) {
+    const ws = await h.rawWs(srv.port, `/socket/websocket?vsn=2.0.0&n=${n}`);
+    ws.sendText(['1', '1', topic, 'phx_join', {}]);
+    const f = await ws.next(); // herald.disconnect: a close frame with 1001, and no reply before it
+    assert.equal(f.opcode, 8, `${topic}: a frame before the close: ${f.payload}`);
+    assert.equal(f.payload.readUInt16BE(0), 1001, topic);
+    ws.end();
+  }
+  // (close:before's request is cancelled as it starts: the socket is gone)
+  await b.waitFor(1, (r) => r.path === '/xclose:after');
+  await h.eventually(async () => h.metricSum(await h.metrics(srv.port), 'herald_hooks_waiting') === 0, 10000,
+    'no hook left waiting');
+  const m = await h.metrics(srv.port);
+  assert.equal(h.metricSum(m, 'herald_hook_errors_total{hook="join"}'), 0);
+  assert.ok(h.metricSum(m, 'herald_hooks_discarded_total') >= 2, `discarded: ${h.metricSum(m, 'herald_hooks_discarded_total')}`);
+});
