@@ -153,6 +153,9 @@ void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd
             sc->nstates);
     hd_metrics_gauge(o, "herald_hooks_waiting", "Hook calls waiting for I/O (herald.http.request).",
             sc->nwaiting);
+    hd_metrics_gauge(o, "herald_lua_memory_bytes",
+            "Bytes the scripts' Lua states hold, garbage not yet collected included.",
+            hd_script_memory(sc));
     hd_metrics_counter(o, "herald_hook_io_timeouts_total",
             "Hook calls abandoned after waiting longer than scripts.io_timeout_ms.", ss->io_timeouts);
     hd_metrics_counter(o, "herald_hooks_discarded_total",

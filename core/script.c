@@ -1367,6 +1367,14 @@ void hd_script_stop(hd_scripts *sc)
     sc->wait_timer = NULL;
 }
 
+size_t hd_script_memory(hd_scripts *sc)
+{
+    size_t kb = 0;
+    if (sc->cur) kb += (size_t)lua_gc(sc->cur->L, LUA_GCCOUNT, 0);
+    for (hd_script *r = sc->retired; r; r = r->next_retired) kb += (size_t)lua_gc(r->L, LUA_GCCOUNT, 0);
+    return kb * 1024;
+}
+
 int hd_script_has(hd_scripts *sc, hd_hook h)
 {
     return sc->cur && sc->cur->nfns[h] > 0;

@@ -115,6 +115,10 @@ int hd_script_reload(hd_scripts *sc, char *err, size_t errlen);
  * wait timer (the loop must run on for their close callbacks). */
 void hd_script_stop(hd_scripts *sc);
 
+/* Bytes the Lua states hold (the running one and the retired), garbage
+ * not yet collected included. */
+size_t hd_script_memory(hd_scripts *sc);
+
 /* True when the running scripts define hook h. */
 int hd_script_has(hd_scripts *sc, hd_hook h);
 
