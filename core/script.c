@@ -1367,7 +1367,7 @@ void hd_script_stop(hd_scripts *sc)
     sc->wait_timer = NULL;
 }
 
-size_t hd_script_memory(hd_scripts *sc)
+size_t hd_script_memory(const hd_scripts *sc)
 {
     size_t kb = 0;
     if (sc->cur) kb += (size_t)lua_gc(sc->cur->L, LUA_GCCOUNT, 0);

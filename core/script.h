@@ -117,7 +117,7 @@ void hd_script_stop(hd_scripts *sc);
 
 /* Bytes the Lua states hold (the running one and the retired), garbage
  * not yet collected included. */
-size_t hd_script_memory(hd_scripts *sc);
+size_t hd_script_memory(const hd_scripts *sc);
 
 /* True when the running scripts define hook h. */
 int hd_script_has(hd_scripts *sc, hd_hook h);
