@@ -169,3 +169,32 @@ test('a join hook that closes its own socket before or after it waits: no reply,
   assert.equal(h.metricSum(m, 'herald_hook_errors_total{hook="join"}'), 0);
   assert.ok(h.metricSum(m, 'herald_hooks_discarded_total') >= 2, `discarded: ${h.metricSum(m, 'herald_hooks_discarded_total')}`);
 });
+
+test('reload.recheck_joins with a join hook that asks the backend: the channels it now refuses close once it answered', async (t) => {
+  const held = deferred();
+  let phase = 'before';
+  const b = await Backend.start(t, (r) => (phase === 'before'
+    ? { json: { ok: true } }
+    : held.promise.then(() => ({ json: { ok: r.json.topic !== 'drop' } }))));
+  const script = `return { join = function(socket, topic)
+    local res = herald.http.request{ method = "POST", url = "${b.url('/may-join')}",
+      body = herald.json.encode({ topic = topic }) }
+    return res ~= nil and herald.json.decode(res.body).ok
+  end }`;
+  const srv = await h.serve(t, 'scripts = { "p.lua" }\nreload = { recheck_joins = true }\n', { 'p.lua': script });
+  const c = await h.rawWs(srv.port);
+  c.sendText(['1', '1', 'keep', 'phx_join', {}]);
+  c.sendText(['2', '2', 'drop', 'phx_join', {}]);
+  assert.equal((await c.nextJson())[4].status, 'ok');
+  assert.equal((await c.nextJson())[4].status, 'ok');
+  phase = 'after';
+  const r = await h.request(srv.port, 'POST', '/admin/reload');
+  assert.equal(r.status, 200); // (the rechecks wait for the backend: nothing closed yet)
+  await b.waitFor(2, (x) => x.json && x.json.topic && b.requests.indexOf(x) >= 2);
+  assert.equal(c.frames.length, 0);
+  held.resolve();
+  assert.deepEqual(await c.nextJson(), ['2', '2', 'drop', 'phx_close', {}]);
+  assert.equal((await h.request(srv.port, 'GET', '/api/topics/keep')).json.subscribers, 1);
+  assert.equal((await h.request(srv.port, 'GET', '/api/topics/drop')).json.subscribers, 0);
+  c.end();
+});
