@@ -41,8 +41,8 @@ async function participant(t, port, i) {
   const socket = h.phoenixSocket(port, { params: { token } });
   const p = { i, socket, frames: [], tallies: [], questions: new h.Inbox() };
   socket.onMessage((m) => p.frames.push(m));
+  t.after(() => socket.disconnect()); // (before the connect: a refused socket would retry for ever)
   await h.connect(socket);
-  t.after(() => socket.disconnect());
   p.main = socket.channel('convention:main');
   p.main.on('msg', ({ event, data }) => { if (event === 'question') p.questions.push(data); });
   const tallies = socket.channel('tallies');

@@ -457,12 +457,21 @@ function phoenixSocket(port, opts = {}, mount = '/socket') {
   return new Socket(`ws://127.0.0.1:${port}${mount}`, { transport: WebSocket, ...opts });
 }
 
+// Connects a phoenix.js socket. When it fails (an error, or no open in
+// ms) the socket is disconnected before the promise rejects: phoenix.js
+// would otherwise retry for ever, and its timers keep the test process
+// from exiting after the failure.
 function connect(socket, ms = 10000) {
+  let a, b;
   return within(new Promise((resolve, reject) => {
-    const a = socket.onOpen(() => { socket.off([a, b]); resolve(); });
-    const b = socket.onError((e) => { socket.off([a, b]); reject(new Error('socket error: ' + (e && e.message))); });
+    a = socket.onOpen(() => { socket.off([a, b]); resolve(); });
+    b = socket.onError((e) => { socket.off([a, b]); reject(new Error('socket error: ' + (e && e.message))); });
     socket.connect();
-  }), ms, 'the phoenix socket to open');
+  }), ms, 'the phoenix socket to open').catch((e) => {
+    socket.off([a, b]);
+    socket.disconnect();
+    throw e;
+  });
 }
 
 function join(channel) {
