@@ -444,7 +444,10 @@ int hd_task_call(hd_task *t, const char *src, int nargs, int *nres)
 {
     hd_script *s = t->s;
     *nres = 0;
-    snprintf(t->src, sizeof t->src, "%s", src ? src : "?");
+    if (!src) src = "?";
+    size_t sl = strlen(src) < sizeof t->src - 1 ? strlen(src) : sizeof t->src - 1;
+    memcpy(t->src, src, sl); /* (once per call: no snprintf on the hot path) */
+    t->src[sl] = 0;
     t->insns = t->ns = 0;
     t->co = thread_get(s, &t->co_ref);
     if (!t->co || !lua_checkstack(t->co, nargs + 2)) {
