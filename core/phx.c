@@ -48,6 +48,59 @@ hd_buf *hd_phx_msg_at(const hd_buf *msg, uint64_t offset)
     return frame(&s);
 }
 
+/* The end of the JSON value starting at p (text we encoded, so valid):
+ * a string, an array or object (strings inside may hold brackets), or a
+ * scalar up to the next ',' ']' or '}'. */
+static const uint8_t *skip_value(const uint8_t *p, const uint8_t *end)
+{
+    int depth = 0, in_str = 0;
+    for (; p < end; p++) {
+        uint8_t ch = *p;
+        if (in_str) {
+            if (ch == '\\') p++;
+            else if (ch == '"') {
+                in_str = 0;
+                if (depth == 0) return p + 1;
+            }
+        } else if (ch == '"') {
+            in_str = 1;
+        } else if (ch == '[' || ch == '{') {
+            depth++;
+        } else if (ch == ']' || ch == '}') {
+            if (depth == 0) return p;
+            if (--depth == 0) return p + 1;
+        } else if (ch == ',' && depth == 0) {
+            return p;
+        }
+    }
+    return NULL;
+}
+
+hd_buf *hd_phx_v1(const hd_buf *v2)
+{
+    uint8_t l7 = v2->len >= 2 ? v2->data[1] & 0x7f : 0;
+    size_t hl = l7 == 127 ? 10 : l7 == 126 ? 4 : 2;
+    if (v2->len < hl + 2 || v2->data[hl] != '[') return NULL;
+    const uint8_t *p = v2->data + hl + 1, *end = v2->data + v2->len;
+    const uint8_t *el[5], *el_end[5];
+    for (int i = 0; i < 5; i++) {
+        const uint8_t *e = skip_value(p, end);
+        if (!e || e == p || e >= end || *e != (i < 4 ? ',' : ']')) return NULL;
+        el[i] = p;
+        el_end[i] = e;
+        p = e + 1;
+    }
+    static const char *const keys[] = {"{\"topic\":", ",\"event\":", ",\"payload\":", ",\"ref\":"};
+    static const int order[] = {2, 3, 4, 1};
+    hd_str s = HD_STR_INIT;
+    for (int i = 0; i < 4; i++) {
+        hd_str_adds(&s, keys[i]);
+        hd_str_add(&s, (const char *)el[order[i]], (size_t)(el_end[order[i]] - el[order[i]]));
+    }
+    hd_str_addc(&s, '}');
+    return frame(&s);
+}
+
 hd_buf *hd_phx_reply(const char *join_ref, const char *ref, const char *topic,
                      const char *status, const char *response_json)
 {

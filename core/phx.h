@@ -42,4 +42,11 @@ hd_buf *hd_phx_presence_state(const char *join_ref, const char *topic, size_t tl
 /* [null,null,<topic>,"presence_diff",<diff_json>] */
 hd_buf *hd_phx_presence_diff(const char *topic, size_t tlen, const char *diff_json, size_t dlen);
 
+/* The same frame in the V1 serializer: frame is one of the V2 text frames
+ * above, [<join_ref>,<ref>,<topic>,<event>,<payload>], and the result is
+ * {"topic":<topic>,"event":<event>,"payload":<payload>,"ref":<ref>} (V1
+ * has no join_ref), its elements copied as they are. frame is borrowed;
+ * NULL when it is not such a frame or out of memory. */
+hd_buf *hd_phx_v1(const hd_buf *frame);
+
 #endif

@@ -8,6 +8,7 @@
  *   3  POST /api/push with Content-Type: application/json, the rest as body
  *   4  POST /api/push as a form (application/x-www-form-urlencoded)
  *   5  GET <the rest, up to a blank> (paths: /api/topics/..., query strings)
+ *   6, 7  as 2 over a handshake with no vsn: the V1 serializer's objects
  * The client half-closes and reads to EOF. A subscriber that stays
  * connected has joined a few topics (plain, presence, shaped, drop_oldest),
  * so pushes fan out and presence diffs are built.
@@ -64,6 +65,11 @@ static const char handshake[] =
     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
     "Sec-WebSocket-Version: 13\r\n\r\n";
 
+static const char handshake_v1[] =
+    "GET /socket/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n\r\n";
+
 static FILE *real_stderr; /* stderr while an input's log goes to memory */
 
 static void die(const char *what, const uint8_t *p, size_t n)
@@ -114,7 +120,11 @@ static size_t check_frames(const uint8_t *p, size_t n, int *closed)
             if (!hd_utf8_valid(d, (size_t)len)) die("a text frame that is not UTF-8", p, n);
             json_error_t e;
             json_t *j = json_loadb((const char *)d, (size_t)len, JSON_ALLOW_NUL, &e);
-            if (!j || !json_is_array(j) || json_array_size(j) != 5)
+            int v1 = json_is_object(j) && json_object_size(j) == 4 &&
+                     json_is_string(json_object_get(j, "topic")) &&
+                     json_is_string(json_object_get(j, "event")) &&
+                     json_object_get(j, "payload") && json_object_get(j, "ref");
+            if (!j || (!v1 && (!json_is_array(j) || json_array_size(j) != 5)))
                 die("a text frame that is not a Phoenix message", d, (size_t)len);
             json_decref(j);
             break;
@@ -405,7 +415,7 @@ static void setup(void)
 
 static void build(const uint8_t *d, size_t n, hd_str *out)
 {
-    int mode = d[0] % 6;
+    int mode = d[0] % 8; /* (the seeds' mode bytes are the digits '0'..'6') */
     d++, n--;
     char head[256];
     switch (mode) {
@@ -414,8 +424,10 @@ static void build(const uint8_t *d, size_t n, hd_str *out)
         hd_str_adds(out, handshake);
         hd_str_add(out, d, n);
         break;
-    case 2: {
-        hd_str_adds(out, handshake);
+    case 2:
+    case 6:
+    case 7: {
+        hd_str_adds(out, mode == 2 ? handshake : handshake_v1);
         static const uint8_t key[4] = {0x37, 0xFA, 0x21, 0x3D};
         size_t at = 0;
         while (at <= n) {

@@ -138,6 +138,16 @@ server = {
     "2-heartbeat": b'[null,"1","phoenix","heartbeat",{}]',
     "2-rejoin": "\n".join([JOIN, JOIN.replace('"1","1"', '"2","2"'), '["5","5","c:1","phx_join",{}]',
                            '["6","6","d:1","phx_join",{}]', '["7","7","u:1","phx_join",{}]']).encode(),
+    # mode 6: V1 objects (a handshake with no vsn)
+    "6-join-push-leave": "\n".join(['{"topic":"room:1","event":"phx_join","payload":{},"ref":"1"}',
+                                     '{"topic":"room:1","event":"shout","payload":{"b":1},"ref":"2"}',
+                                     '{"topic":"p:1","event":"phx_join","payload":{},"ref":"3"}',
+                                     '{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"4"}',
+                                     '{"topic":"nope","event":"x","payload":{},"ref":null}',
+                                     '{"topic":"room:1","event":"phx_leave","payload":{},"ref":"5"}']).encode(),
+    "6-bad-array": b'["1","1","room:1","phx_join",{}]',
+    "6-bad-fields": b'{"topic":"room:1","event":"phx_join","payload":[],"ref":1}',
+    "6-no-ref": b'{"topic":"room:1","event":"phx_join","payload":{}}\n{"topic":"a\\u0000","event":"e","payload":{}}',
     "2-bad": b'{"not":"an array"}\n[null,null,"t","phx_join",[]]',
     # mode 3: /api/push JSON bodies
     "3-single": PUSH,
@@ -244,7 +254,7 @@ def write(target, seeds):
             os.remove(os.path.join(d, name))
     for name, data in seeds.items():
         if target == "fuzz_server":
-            data = name[0].encode() + data  # the mode byte: '0'..'5' % 6
+            data = name[0].encode() + data  # the mode byte: '0'..'6' % 8
         with open(os.path.join(d, name), "wb") as f:
             f.write(data)
 

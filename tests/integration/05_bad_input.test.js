@@ -72,8 +72,8 @@ const HTTP_CASES = [
   ['Sec-WebSocket-Version 8', req('GET', WS, UP(KEY, '8')), 400, null, null],
   ['missing Sec-WebSocket-Version', req('GET', WS, UP().replace('Sec-WebSocket-Version: 13\r\n', '')), 400, null, null],
   ['POST to the socket', req('POST', WS, UP() + 'Content-Length: 0\r\n'), 405, null, null],
-  ['no vsn', req('GET', '/socket/websocket', UP()), 403, { error: 'unsupported vsn' }, null],
-  ['vsn 1.0.0', req('GET', '/socket/websocket?vsn=1.0.0', UP()), 403, { error: 'unsupported vsn' }, null],
+  ['vsn 0.9.0', req('GET', '/socket/websocket?vsn=0.9.0', UP()), 403, { error: 'unsupported vsn' }, null],
+  ['vsn 12.0.0', req('GET', '/socket/websocket?vsn=12.0.0', UP()), 403, { error: 'unsupported vsn' }, null],
   ['vsn 3.0.0', req('GET', '/socket/websocket?vsn=3.0.0', UP()), 403, { error: 'unsupported vsn' }, null],
   ['empty vsn', req('GET', '/socket/websocket?vsn=', UP()), 403, { error: 'unsupported vsn' }, null],
 ];

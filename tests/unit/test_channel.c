@@ -168,39 +168,39 @@ static void test_handshake_refusals(void **st)
         int status;
         const char *reason, *conn, *extra, *body;
     } cases[] = {
-        {"POST", "vsn=1.0.0&deny=x",
+        {"POST", "vsn=3.0.0&deny=x",
          "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: c2hvcnQ=\r\n"
          "Sec-WebSocket-Version: 8\r\n",
          405, "Method Not Allowed", "close", "Allow: GET\r\n",
          "{\"error\":\"method not allowed\"}"},
         /* No upgrade asked (no Upgrade header): the connection stays. */
-        {"GET", "vsn=1.0.0&deny=x",
+        {"GET", "vsn=3.0.0&deny=x",
          "Connection: Upgrade\r\nSec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 8\r\n", 426,
          "Upgrade Required", "keep-alive", "Upgrade: websocket\r\n",
          "{\"error\":\"upgrade required: this is a WebSocket endpoint\"}"},
         /* Another protocol asked: refused and closed. */
-        {"GET", "vsn=1.0.0&deny=x",
+        {"GET", "vsn=3.0.0&deny=x",
          "Upgrade: h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Key: c2hvcnQ=\r\n"
          "Sec-WebSocket-Version: 8\r\n",
          426, "Upgrade Required", "close", "Upgrade: websocket\r\n",
          "{\"error\":\"upgrade required: this is a WebSocket endpoint\"}"},
-        {"GET", "vsn=1.0.0&deny=x",
+        {"GET", "vsn=3.0.0&deny=x",
          "Upgrade: websocket\r\nConnection: keep-alive\r\nSec-WebSocket-Key: c2hvcnQ=\r\n"
          "Sec-WebSocket-Version: 8\r\n",
          400, "Bad Request", "close", "",
          "{\"error\":\"bad websocket handshake: Connection must include Upgrade\"}"},
-        {"GET", "vsn=1.0.0&deny=x",
+        {"GET", "vsn=3.0.0&deny=x",
          "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: c2hvcnQ=\r\n"
          "Sec-WebSocket-Version: 8\r\n",
          400, "Bad Request", "close", "Sec-WebSocket-Version: 13\r\n",
          "{\"error\":\"bad websocket handshake: Sec-WebSocket-Version must be 13\"}"},
-        {"GET", "vsn=1.0.0&deny=x",
+        {"GET", "vsn=3.0.0&deny=x",
          "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n", 400,
          "Bad Request", "close", "",
          "{\"error\":\"bad websocket handshake: invalid Sec-WebSocket-Key\"}"},
-        {"GET", "vsn=1.0.0&deny=x", ws_headers, 403, "Forbidden", "close", "",
+        {"GET", "vsn=3.0.0&deny=x", ws_headers, 403, "Forbidden", "close", "",
          "{\"error\":\"unsupported vsn\"}"},
-        {"GET", "deny=x", ws_headers, 403, "Forbidden", "close", "",
+        {"GET", "vsn=&deny=x", ws_headers, 403, "Forbidden", "close", "",
          "{\"error\":\"unsupported vsn\"}"},
         /* (accepting is turned off for this one) */
         {"GET", "vsn=2.0.0&deny=x", ws_headers, 503, "Service Unavailable", "close", "",

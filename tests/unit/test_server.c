@@ -159,7 +159,7 @@ static void test_http_errors(void **st)
     RUN_UNTIL(c->eof);
     cli_free(c);
     c = cli_new();
-    cli_sends(c, "GET /socket/websocket?vsn=1.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    cli_sends(c, "GET /socket/websocket?vsn=3.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                  "Sec-WebSocket-Version: 13\r\n\r\n");
     expect_response(c, 403, "Forbidden", "close", "", "{\"error\":\"unsupported vsn\"}");
