@@ -811,13 +811,70 @@ static int on_phoenix(hd_channel_ctx *ch, hd_conn *c, const uint8_t *data, size_
     return 0;
 }
 
+/* A string of a binary message's header, NUL-terminated into out
+ * (HD_PHX_BIN_MAX + 1 bytes); NULL when empty (a ref left out). */
+static const char *bin_str(char *out, const uint8_t *p, size_t n)
+{
+    memcpy(out, p, n);
+    out[n] = 0;
+    return n ? out : NULL;
+}
+
+/* Handles one binary message (the V2 binary format): a push to a joined
+ * topic goes to the message hooks with its payload as bytes; returns 0,
+ * or non-zero after closing. Control messages (joins, leaves,
+ * heartbeats) are JSON text in phoenix.js, and V1 has no binary: those
+ * close, as a malformed message does (1007 with the reason). */
+static int on_binary(hd_channel_ctx *ch, hd_conn *c, const uint8_t *data, size_t len,
+                     int refused)
+{
+    ch->st->ws_msgs_in++;
+    if (c->flags & HD_CF_V1) {
+        ch->st->ws_bad_msgs++;
+        hd_conn_shut(c, 1003, "binary frames are not supported in V1");
+        return 1;
+    }
+    hd_phx_bin m;
+    const char *why = hd_phx_parse_binary(data, len, &m);
+    char jrb[HD_PHX_BIN_MAX + 1], refb[HD_PHX_BIN_MAX + 1], tb[HD_PHX_BIN_MAX + 1],
+        evb[HD_PHX_BIN_MAX + 1];
+    const char *jr = NULL, *ref = NULL, *t = NULL, *ev = NULL;
+    if (!why) {
+        jr = bin_str(jrb, m.join_ref, m.jrlen);
+        ref = bin_str(refb, m.ref, m.reflen);
+        t = bin_str(tb, m.topic, m.tlen);
+        ev = bin_str(evb, m.event, m.elen);
+        if (strncmp(ev, "phx_", 4) == 0 || strcmp(ev, "heartbeat") == 0)
+            why = "a control event (send it as JSON text)";
+    }
+    if (why) {
+        char reason[100];
+        ch->st->ws_bad_msgs++;
+        snprintf(reason, sizeof reason, "invalid binary message: %s", why);
+        hd_debug("conn %llu: %s", (unsigned long long)c->id, reason);
+        hd_conn_shut(c, 1007, reason);
+        return 1;
+    }
+    hd_sub *s = refused ? NULL : hd_topics_sub_of(c, t, m.tlen);
+    if (refused) {
+        if (ref) reply_error(c, jr, ref, t, "rate limited");
+    } else if (!s) {
+        reply_error(c, NULL, ref, t, "unmatched topic");
+    } else if ((!jr || !hd_sub_join_ref(s) || strcmp(jr, hd_sub_join_ref(s)) == 0) &&
+               hd_script_has(ch->sc, HD_HOOK_MESSAGE)) {
+        waiting *w = waiting_new(ch, c, jr, ref, t, m.tlen, NULL);
+        hd_hook_run *run = w ? hd_hook_message_binary_start(ch->sc, c, t, m.tlen, ev, m.payload,
+                                                            m.plen, message_done, w)
+                             : NULL;
+        if (run) waits(ch, c, run, w);
+    }
+    return 0;
+}
+
 static int dispatch(hd_channel_ctx *ch, hd_conn *c, int opcode, uint8_t *data, size_t len,
                     int refused)
 {
-    if (opcode == HD_WS_BINARY) {
-        hd_conn_shut(c, 1003, "binary frames are not supported");
-        return 1;
-    }
+    if (opcode == HD_WS_BINARY) return on_binary(ch, c, data, len, refused);
     return on_phoenix(ch, c, data, len, refused);
 }
 

@@ -1,4 +1,5 @@
 #include "phx.h"
+#include "util.h"
 #include "ws.h"
 
 #include <string.h>
@@ -153,4 +154,48 @@ hd_buf *hd_phx_presence_diff(const char *topic, size_t tlen, const char *diff_js
     hd_str_add(&s, diff_json, dlen);
     hd_str_addc(&s, ']');
     return frame(&s);
+}
+
+hd_buf *hd_phx_broadcast_binary(const char *topic, size_t tlen, const char *event, size_t elen,
+                                const void *data, size_t dlen)
+{
+    if (tlen > HD_PHX_BIN_MAX || elen > HD_PHX_BIN_MAX) return NULL;
+    hd_str s = HD_STR_INIT;
+    uint8_t head[3] = {2, (uint8_t)tlen, (uint8_t)elen};
+    hd_str_add(&s, head, sizeof head);
+    hd_str_add(&s, topic, tlen);
+    hd_str_add(&s, event, elen);
+    hd_str_add(&s, data, dlen);
+    hd_buf *f = s.oom ? NULL : hd_ws_frame(HD_WS_BINARY, s.p, s.len);
+    hd_str_free(&s);
+    return f;
+}
+
+/* A string of the header: UTF-8 without NUL. */
+static int bin_string(const uint8_t *p, size_t n)
+{
+    return !memchr(p, 0, n) && hd_utf8_valid(p, n);
+}
+
+const char *hd_phx_parse_binary(const uint8_t *p, size_t len, hd_phx_bin *m)
+{
+    if (len < 5) return "truncated header";
+    if (p[0] != 0) return "unknown kind (a client sends pushes, kind 0)";
+    m->jrlen = p[1];
+    m->reflen = p[2];
+    m->tlen = p[3];
+    m->elen = p[4];
+    size_t head = 5 + m->jrlen + m->reflen + m->tlen + m->elen;
+    if (head > len) return "truncated header";
+    m->join_ref = p + 5;
+    m->ref = m->join_ref + m->jrlen;
+    m->topic = m->ref + m->reflen;
+    m->event = m->topic + m->tlen;
+    m->payload = p + head;
+    m->plen = len - head;
+    if (!m->tlen || !m->elen) return "topic or event empty";
+    if (!bin_string(m->join_ref, m->jrlen) || !bin_string(m->ref, m->reflen) ||
+        !bin_string(m->topic, m->tlen) || !bin_string(m->event, m->elen))
+        return "a header string that is not UTF-8 without NUL";
+    return NULL;
 }

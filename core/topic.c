@@ -3,6 +3,7 @@
 #include "err.h"
 #include "log.h"
 #include "phx.h"
+#include "ws.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -172,6 +173,10 @@ size_t hd_topics_publish_at(hd_topics *t, hd_topic *tp, hd_buf *frame, uint64_t 
         if (s->joining || (offset && offset <= s->floor)) continue;
         hd_buf *f = frame;
         if (s->conn->flags & HD_CF_V1) {
+            if (frame->data[0] == (0x80 | HD_WS_BINARY)) { /* (V1 has no binary frames) */
+                if (t->st) t->st->dropped_binary_v1++;
+                continue;
+            }
             if (!v1 && !v1_failed && !(v1 = hd_phx_v1(frame))) v1_failed = 1;
             if (!(f = v1)) continue;
         }

@@ -100,7 +100,9 @@ int hd_topics_send(hd_conn *c, hd_buf *frame);
 
 /* Queues frame (a reference each) on every subscriber of the topic, under
  * its policy's queue limit. frame is a Phoenix V2 text frame: subscribers
- * speaking V1 share one V1 copy of it, built at the first of them. Returns the number of connections it was
+ * speaking V1 share one V1 copy of it, built at the first of them. A
+ * binary frame (hd_phx_broadcast_binary) skips them, counted in
+ * st->dropped_binary_v1. Returns the number of connections it was
  * queued on. Connections that overflow are only marked: the writer reaps
  * them once per loop turn, so the subscriber list never changes here. */
 size_t hd_topics_publish(hd_topics *t, hd_topic *topic, hd_buf *frame);

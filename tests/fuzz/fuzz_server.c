@@ -17,8 +17,10 @@
  *  - everything the server sent to either client is well-formed: HTTP/1.1
  *    responses with a correct Content-Length and, for JSON, a body jansson
  *    parses; after a 101, server frames only (FIN, unmasked, minimal
- *    length, text frames valid UTF-8 JSON arrays of 5, close frames with a
- *    valid code and UTF-8 reason, nothing after a close);
+ *    length, text frames valid UTF-8 JSON arrays of 5 or V1 objects of
+ *    exactly topic, event, payload and ref, binary frames V2 binary
+ *    broadcasts, close frames with a valid code and UTF-8 reason, nothing
+ *    after a close);
  *  - the server ends with no connection but the subscriber's (bounded
  *    wait): no leak, no connection left hanging;
  *  - nothing was logged at warn or error: bad client input logs at info or
@@ -136,6 +138,10 @@ static size_t check_frames(const uint8_t *p, size_t n, int *closed)
             if (len > 2 && !hd_utf8_valid(d + 2, (size_t)len - 2))
                 die("a close reason that is not UTF-8", p, n);
             *closed = 1;
+            break;
+        case 2: /* a binary broadcast: 2, len(topic), len(event), topic, event, bytes */
+            if (len < 3 || d[0] != 2 || 3 + (uint64_t)d[1] + d[2] > len || !d[1] || !d[2])
+                die("a binary frame that is not a Phoenix broadcast", d, (size_t)len);
             break;
         case 10:
             if (len > 125) die("a pong over 125 bytes", p, n);

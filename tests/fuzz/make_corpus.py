@@ -101,6 +101,10 @@ server = {
                             post(b"/api/push", b"--XyZ\r\nContent-Disposition: form-data; name=\"a\r\n\r\n",
                                  MULTIPART) +
                             post(b"/api/push", part(b"channel", b"room:1"), b"multipart/form-data"),
+    "0-push-binary": post(b"/api/push?channel=room%3A1&channel[]=p%3A1&event=b", b"\x00\x01\xff\"]",
+                          b"application/octet-stream"),
+    "0-push-binary-bad": post(b"/api/push?channel=room%3A1", b"x", b"application/octet-stream") +
+                         post(b"/api/push?event=e&channel=" + b"x" * 256, b"x", b"application/octet-stream"),
     "0-reload": post(b"/admin/reload", b""),
     "0-drain": post(b"/admin/drain", b""),
     "0-head": b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -128,6 +132,11 @@ server = {
                     frame('"p:1","phx_join",{"k":"v"}]', 0) + frame(b"\x03\xe8bye", 8),
     "1-ping-pong": frame(b"hello", 9) + frame(b"", 10) + frame(b"", 9, mask=b"\0\0\0\0"),
     "1-binary": frame(b"\x00\x01\x02", 2),
+    "1-binary-push": frame(JOIN) + frame(b"\x00\x01\x01\x06\x04" + b"12room:1blob" + b"\x00\xff", 2) +
+                     frame(b"\x00\x00\x01\x04\x01" + b"3nope" + b"e", 2),
+    "1-binary-truncated": frame(b"\x00\x05\x05\x05\x05ab", 2),
+    "1-binary-kind": frame(b"\x02\x01\x01ab", 2),
+    "1-binary-control": frame(b"\x00\x00\x00\x01\x09theartbeat", 2),
     "1-unmasked": frame(JOIN, mask=None),
     "1-long": frame('["1","1","room:1","phx_join",{"pad":"' + "x" * 300 + '"}]'),
     # mode 2: one text frame per line

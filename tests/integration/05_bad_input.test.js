@@ -121,7 +121,8 @@ const WS_CASES = [
   ['message over max_message_bytes', () => F(1, 'x'.repeat(2000)), 1009],
   ['declared length of 2^62', () => Buffer.concat([Buffer.from([0x81, 0xff, 0x40, 0, 0, 0, 0, 0, 0, 0]), Buffer.alloc(4)]), 1009],
   ['fragments over max_message_bytes', () => Buffer.concat([F(1, 'x'.repeat(800), { fin: false }), F(0, 'x'.repeat(800))]), 1009],
-  ['binary message', () => F(2, Buffer.from([0, 1, 2])), 1003],
+  ['binary message with a truncated header', () => F(2, Buffer.from([0, 1, 2])), 1007],
+  ['binary message of an unknown kind', () => F(2, Buffer.from([1, 0, 0, 1, 1, 0x74, 0x65])), 1007],
   // Phoenix messages.
   ['not JSON', () => F(1, 'hello'), 1007],
   ['empty text message', () => F(1, ''), 1007],

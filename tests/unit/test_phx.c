@@ -368,6 +368,60 @@ static void test_v1(void **st)
     }
 }
 
+/* The V2 binary format: a broadcast to the byte, a client push parsed
+ * into its fields, and every malformed header refused with its reason. */
+static void test_binary(void **st)
+{
+    (void)st;
+    static const uint8_t bytes[] = {0, 0xff, '"', ']'};
+    hd_buf *f = hd_phx_broadcast_binary("room:1", 6, "blob", 4, bytes, sizeof bytes);
+    assert_non_null(f);
+    static const uint8_t want[] = {0x82, 17, 2, 6, 4, 'r', 'o', 'o', 'm', ':', '1',
+                                   'b', 'l', 'o', 'b', 0, 0xff, '"', ']'};
+    assert_int_equal(f->len, sizeof want);
+    assert_memory_equal(f->data, want, sizeof want);
+    hd_buf_unref(f);
+    char big[256];
+    memset(big, 'x', sizeof big);
+    assert_null(hd_phx_broadcast_binary(big, 256, "e", 1, "", 0));
+    assert_null(hd_phx_broadcast_binary("t", 1, big, 256, "", 0));
+
+    static const uint8_t push[] = {0, 1, 2, 1, 2, '3', '1', '2', 't', 'e', 'v', 0, 1};
+    hd_phx_bin m;
+    assert_null(hd_phx_parse_binary(push, sizeof push, &m));
+    assert_int_equal(m.jrlen, 1);
+    assert_memory_equal(m.join_ref, "3", 1);
+    assert_int_equal(m.reflen, 2);
+    assert_memory_equal(m.ref, "12", 2);
+    assert_int_equal(m.tlen, 1);
+    assert_memory_equal(m.topic, "t", 1);
+    assert_int_equal(m.elen, 2);
+    assert_memory_equal(m.event, "ev", 2);
+    assert_int_equal(m.plen, 2);
+    assert_ptr_equal(m.payload, push + 11);
+
+    static const struct {
+        uint8_t b[12];
+        size_t len;
+        const char *why;
+    } bad[] = {
+        {{0}, 0, "truncated header"},
+        {{0, 0, 0, 1}, 4, "truncated header"},
+        {{0, 0, 0, 2, 1, 't'}, 6, "truncated header"},
+        {{0, 255, 255, 255, 255}, 5, "truncated header"},
+        {{1, 0, 0, 1, 1, 't', 'e'}, 7, "unknown kind (a client sends pushes, kind 0)"},
+        {{0, 0, 0, 0, 1, 'e'}, 6, "topic or event empty"},
+        {{0, 0, 0, 1, 0, 't'}, 6, "topic or event empty"},
+        {{0, 0, 0, 1, 1, 0, 'e'}, 7, "a header string that is not UTF-8 without NUL"},
+        {{0, 1, 0, 1, 1, 0xc3, 't', 'e'}, 8, "a header string that is not UTF-8 without NUL"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        const char *why = hd_phx_parse_binary(bad[i].b, bad[i].len, &m);
+        assert_non_null(why);
+        assert_string_equal(why, bad[i].why);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -384,6 +438,7 @@ int main(void)
         cmocka_unit_test(test_presence_diff),
         cmocka_unit_test(test_presence_state_long),
         cmocka_unit_test(test_v1),
+        cmocka_unit_test(test_binary),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

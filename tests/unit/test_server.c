@@ -398,7 +398,7 @@ static void test_ws_errors(void **st)
         {"[null,null,\"t\",\"phx_join\"]", 0, 1007},
         {"[1,null,\"t\",\"phx_join\",{}]", 0, 1007},
         {"[null,null,\"t\",\"phx_join\",[]]", 0, 1007},
-        {"[null,null,\"t\",\"phx_join\",{}]", 1, 1003},
+        {"[null,null,\"t\",\"phx_join\",{}]", 1, 1007}, /* binary: not a V2 binary push */
         {"\xc3\x28", 0, 1007}, /* not UTF-8 */
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
