@@ -182,7 +182,10 @@ size_t hd_topics_publish_at(hd_topics *t, hd_topic *tp, hd_buf *frame, uint64_t 
         }
         if (hd_conn_send_topic(s->conn, f, tp->id, p->max_queue_bytes, drop_oldest) == 0) n++;
     }
-    if (v1_failed) hd_error("out of memory building a V1 frame: its V1 subscribers miss it");
+    if (v1_failed)
+        hd_error("topic %s: no V1 frame (out of memory, or not a Phoenix V2 frame): "
+                 "its V1 subscribers miss a message",
+                 tp->name);
     hd_buf_unref(v1);
     if (t->pol) hd_policy_count(t->pol, p, HD_TC_DELIVERED, n);
     return n;
