@@ -2,6 +2,7 @@
 #include "err.h"
 #include "hooks.h"
 #include "log.h"
+#include "phx.h"
 #include "util.h"
 
 #include <jansson.h>
@@ -9,6 +10,8 @@
 #include <string.h>
 
 #define INVALID_PUSH "Invalid push arguments: channel, data, event are required."
+#define INVALID_BINARY_PUSH                                                                        \
+    "Invalid binary push: channel and event are required in the query string."
 
 void hd_api_respond_json(hd_conn *c, hd_http_req *r, int status, const hd_str *body)
 {
@@ -494,6 +497,53 @@ static void answer_push(hd_conn *c, hd_http_req *r, pushing *w, hd_str *out)
     free(w);
 }
 
+/* A binary push (Content-Type: application/octet-stream): channel (or
+ * channel[]) and event in the query, the body the bytes, published on
+ * this node as a V2 binary broadcast (hd_publish_binary: no publish hook,
+ * no shaping, no history, no other node). */
+static void handle_binary_push(hd_api *api, hd_conn *c, hd_http_req *r)
+{
+    json_t *q = form_to_object(r->query, r->query_len);
+    if (!q) {
+        hd_http_error(c, r, 500, "out of memory", NULL, 1);
+        return;
+    }
+    json_object_set_new(q, "data", json_true()); /* (the body) */
+    push p;
+    const char *err = push_from_object(q, &p);
+    json_decref(q);
+    if (err) {
+        hd_http_error(c, r, 422, strcmp(err, INVALID_PUSH) == 0 ? INVALID_BINARY_PUSH : err, NULL, 0);
+        return;
+    }
+    size_t i, elen = json_string_length(p.event);
+    json_t *ch;
+    int fits = elen <= HD_PHX_BIN_MAX;
+    json_array_foreach(p.channels, i, ch) fits = fits && json_string_length(ch) <= HD_PHX_BIN_MAX;
+    if (!fits) {
+        push_clear(&p);
+        hd_http_error(c, r, 422, "a binary push's channel and event are at most 255 bytes each",
+                      NULL, 0);
+        return;
+    }
+    hd_str out = HD_STR_INIT;
+    hd_str_adds(&out, "{\"channel\":[");
+    json_array_foreach(p.channels, i, ch)
+    {
+        const char *t = json_string_value(ch);
+        size_t tl = json_string_length(ch);
+        hd_publish_binary(api->eng, t, tl, json_string_value(p.event), elen, r->body.p, r->body.len);
+        if (i) hd_str_addc(&out, ',');
+        hd_str_add_json(&out, t, tl);
+    }
+    hd_str_printf(&out, "],\"bytes\":%zu,\"event\":", r->body.len);
+    hd_str_add_json(&out, json_string_value(p.event), elen);
+    hd_str_addc(&out, '}');
+    hd_api_respond_json(c, r, 200, &out);
+    hd_str_free(&out);
+    push_clear(&p);
+}
+
 static void handle_push(void *ud, hd_conn *c, hd_http_req *r)
 {
     hd_api *api = ud;
@@ -505,6 +555,11 @@ static void handle_push(void *ud, hd_conn *c, hd_http_req *r)
     while (skip < bl && (b[skip] == ' ' || b[skip] == '\n' || b[skip] == '\r' || b[skip] == '\t'))
         skip++;
     enum { FORM, JSON, MULTIPART } kind;
+    if (ct && ctl >= 24 && hd_strieq(ct, 24, "application/octet-stream") &&
+        (ctl == 24 || ct[24] == ';' || ct[24] == ' ' || ct[24] == '\t')) {
+        handle_binary_push(api, c, r);
+        return;
+    }
     if (ct && ctl >= 16 && hd_strieq(ct, 16, "application/json")) kind = JSON;
     else if (ct && ctl >= 33 && hd_strieq(ct, 33, "application/x-www-form-urlencoded")) kind = FORM;
     else if (ct && ctl >= 19 && hd_strieq(ct, 19, "multipart/form-data") &&
@@ -513,7 +568,8 @@ static void handle_push(void *ud, hd_conn *c, hd_http_req *r)
     else if (!ct) kind = skip < bl && (b[skip] == '{' || b[skip] == '[') ? JSON : FORM;
     else {
         hd_http_error(c, r, 415, "unsupported content type: use application/json, "
-                                 "application/x-www-form-urlencoded or multipart/form-data",
+                                 "application/x-www-form-urlencoded, multipart/form-data "
+                                 "or application/octet-stream",
                       NULL, 0);
         return;
     }

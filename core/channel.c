@@ -20,7 +20,7 @@ static void send_frame(hd_conn *c, hd_buf *f)
         hd_error("conn %llu: out of memory building a frame", (unsigned long long)c->id);
         return;
     }
-    hd_conn_send(c, f);
+    hd_topics_send(c, f);
     hd_buf_unref(f);
 }
 
@@ -378,9 +378,12 @@ static int since_of(json_t *payload, const char **epoch, size_t *elen, uint64_t 
  * not fit would close the connection as a slow consumer (1013) before the
  * reply is out, and the client would come back with the same since again
  * and again; refused, it refetches once. */
-static int replay_fits(const hd_channel_ctx *ch, const hd_conn *c, size_t bytes, const hd_str *answer,
-                       size_t tlen, const char *jr, const char *ref)
+static int replay_fits(const hd_channel_ctx *ch, const hd_conn *c, size_t bytes, uint64_t n,
+                       const hd_str *answer, size_t tlen, const char *jr, const char *ref)
 {
+    /* (bytes counts the V2 frames kept; each of n V1 copies is longer by
+     * its keys, 27 bytes, and at most 6 more when its header grows) */
+    if (c->flags & HD_CF_V1) bytes += (size_t)n * 33;
     /* (Each byte of a JSON string takes 6 at most, escaped; 96: the fields.) */
     size_t reply = 128 + 6 * (tlen + (jr ? strlen(jr) : 0) + (ref ? strlen(ref) : 0)) +
                    (answer->p ? answer->len : 2) + 96;
@@ -407,7 +410,8 @@ static int history_answer(hd_channel_ctx *ch, hd_conn *c, hd_stream *hs, const h
     int asked = json_object_get(payload, "since") != NULL, ok = 0;
     if (since_of(payload, &epoch, &elen, since)) {
         ok = hd_history_can_recover(hs, p, epoch, elen, *since, uv_now(ch->net->loop)) &&
-             replay_fits(ch, c, hd_history_replay_bytes(hs, *since), answer, hs->len, jr, ref);
+             replay_fits(ch, c, hd_history_replay_bytes(hs, *since),
+                        hs->top > *since ? hs->top - *since : 0, answer, hs->len, jr, ref);
     }
     count_recovery(ch, asked, ok);
     merge_history(answer, hs->epoch, hs->top, asked, ok);
@@ -470,18 +474,18 @@ static void joined(void *ud, const hd_recovery *r)
     int ok = covered(w, r, &first);
     uint64_t missed = ok ? r->top - w->since : 0;
     for (uint64_t i = 0; i < missed; i++) bytes += r->frames[first + i]->len;
-    if (ok && !replay_fits(ch, c, bytes, &w->answer, w->tlen, w->jr, w->ref)) ok = 0;
+    if (ok && !replay_fits(ch, c, bytes, missed, &w->answer, w->tlen, w->jr, w->ref)) ok = 0;
     count_recovery(ch, w->asked, ok);
     merge_history(&w->answer, r->ok ? r->epoch : NULL, r->top, w->asked, ok);
     reply(c, w->jr, w->ref, w->topic, "ok", w->answer.p ? w->answer.p : "{}");
-    for (uint64_t i = 0; ok && i < missed; i++) hd_conn_send(c, r->frames[first + i]);
+    for (uint64_t i = 0; ok && i < missed; i++) hd_topics_send(c, r->frames[first + i]);
     s->joining = 0;
     /* Live messages up to the read's top may still be on their way (Redis
      * writes the subscriber link and the command link in either order):
      * they were replayed, or are behind the offset the reply gave. */
     s->floor = r->ok ? r->top : 0;
     for (size_t i = 0; i < r->nheld; i++)
-        if (!r->ok || r->held_offsets[i] > r->top) hd_conn_send(c, r->held[i]);
+        if (!r->ok || r->held_offsets[i] > r->top) hd_topics_send(c, r->held[i]);
     const hd_topic_policy *p = hd_topic_policy_of(&ch->eng->topics, s->topic);
     if (p->presence && p->tracked) hd_presence_send_state(&ch->eng->pres, s);
     jwait_free(w);
@@ -742,6 +746,34 @@ static void on_client_push(hd_channel_ctx *ch, hd_conn *c, const char *jr, const
     if (run) waits(ch, c, run, w);
 }
 
+/* The fields of a client message in c's serializer: V2 an array
+ * [join_ref, ref, topic, event, payload] (extra elements ignored), V1 an
+ * object {"topic","event","payload","ref"} with no join_ref (other keys
+ * ignored). Returns 1 when msg is such a message, with refs strings or
+ * null and a payload object. */
+static int fields_of(const hd_conn *c, json_t *msg, const char **jr, const char **ref,
+                     json_t **topic, json_t **event, json_t **payload)
+{
+    int ok = 1;
+    *jr = *ref = NULL;
+    if (c->flags & HD_CF_V1) {
+        if (!json_is_object(msg)) return 0;
+        json_t *r = json_object_get(msg, "ref");
+        *ref = r ? str_or_null(r, &ok) : NULL;
+        *topic = json_object_get(msg, "topic");
+        *event = json_object_get(msg, "event");
+        *payload = json_object_get(msg, "payload");
+    } else {
+        if (!json_is_array(msg) || json_array_size(msg) < 5) return 0;
+        *jr = str_or_null(json_array_get(msg, 0), &ok);
+        *ref = str_or_null(json_array_get(msg, 1), &ok);
+        *topic = json_array_get(msg, 2);
+        *event = json_array_get(msg, 3);
+        *payload = json_array_get(msg, 4);
+    }
+    return ok && c_string(*topic) && c_string(*event) && json_is_object(*payload);
+}
+
 /* Handles one text message; returns 0, or non-zero after closing. A
  * refused one (over the client message rate) is answered "rate limited"
  * when it has a ref, and goes no further: no join, no hook. */
@@ -751,19 +783,12 @@ static int on_phoenix(hd_channel_ctx *ch, hd_conn *c, const uint8_t *data, size_
     ch->st->ws_msgs_in++;
     json_error_t jerr;
     json_t *msg = json_loadb((const char *)data, len, JSON_ALLOW_NUL, &jerr);
-    int ok = msg && json_is_array(msg) && json_array_size(msg) >= 5;
-    const char *jr = NULL, *ref = NULL;
-    json_t *topic = NULL, *event = NULL;
-    if (ok) {
-        jr = str_or_null(json_array_get(msg, 0), &ok);
-        ref = str_or_null(json_array_get(msg, 1), &ok);
-        topic = json_array_get(msg, 2);
-        event = json_array_get(msg, 3);
-        ok = ok && c_string(topic) && c_string(event) && json_is_object(json_array_get(msg, 4));
-    }
-    if (!ok) {
+    const char *jr, *ref;
+    json_t *topic = NULL, *event = NULL, *payload = NULL;
+    if (!msg || !fields_of(c, msg, &jr, &ref, &topic, &event, &payload)) {
         ch->st->ws_bad_msgs++;
-        hd_debug("conn %llu: not a Phoenix v2 message", (unsigned long long)c->id);
+        hd_debug("conn %llu: not a Phoenix %s message", (unsigned long long)c->id,
+                 c->flags & HD_CF_V1 ? "V1" : "V2");
         json_decref(msg);
         hd_conn_shut(c, 1007, "invalid Phoenix message");
         return 1;
@@ -775,7 +800,7 @@ static int on_phoenix(hd_channel_ctx *ch, hd_conn *c, const uint8_t *data, size_
     } else if (strcmp(ev, "heartbeat") == 0 && strcmp(t, "phoenix") == 0) {
         reply(c, NULL, ref, t, "ok", "{}");
     } else if (strcmp(ev, "phx_join") == 0) {
-        on_join(ch, c, jr, ref, t, tlen, json_array_get(msg, 4));
+        on_join(ch, c, jr, ref, t, tlen, payload);
     } else if (strcmp(ev, "phx_leave") == 0) {
         on_leave(ch, c, jr, ref, t, tlen);
     } else {
@@ -784,20 +809,77 @@ static int on_phoenix(hd_channel_ctx *ch, hd_conn *c, const uint8_t *data, size_
             reply_error(c, NULL, ref, t, "unmatched topic");
         } else if (!jr || !hd_sub_join_ref(s) || strcmp(jr, hd_sub_join_ref(s)) == 0) {
             /* (A stale join_ref is dropped silently, as Phoenix does.) */
-            on_client_push(ch, c, jr, ref, t, tlen, ev, json_array_get(msg, 4));
+            on_client_push(ch, c, jr, ref, t, tlen, ev, payload);
         }
     }
     json_decref(msg);
     return 0;
 }
 
+/* A string of a binary message's header, NUL-terminated into out
+ * (HD_PHX_BIN_MAX + 1 bytes); NULL when empty (a ref left out). */
+static const char *bin_str(char *out, const uint8_t *p, size_t n)
+{
+    memcpy(out, p, n);
+    out[n] = 0;
+    return n ? out : NULL;
+}
+
+/* Handles one binary message (the V2 binary format): a push to a joined
+ * topic goes to the message hooks with its payload as bytes; returns 0,
+ * or non-zero after closing. Control messages (joins, leaves,
+ * heartbeats) are JSON text in phoenix.js, and V1 has no binary: those
+ * close, as a malformed message does (1007 with the reason). */
+static int on_binary(hd_channel_ctx *ch, hd_conn *c, const uint8_t *data, size_t len,
+                     int refused)
+{
+    ch->st->ws_msgs_in++;
+    if (c->flags & HD_CF_V1) {
+        ch->st->ws_bad_msgs++;
+        hd_conn_shut(c, 1003, "binary frames are not supported in V1");
+        return 1;
+    }
+    hd_phx_bin m;
+    const char *why = hd_phx_parse_binary(data, len, &m);
+    char jrb[HD_PHX_BIN_MAX + 1], refb[HD_PHX_BIN_MAX + 1], tb[HD_PHX_BIN_MAX + 1],
+        evb[HD_PHX_BIN_MAX + 1];
+    const char *jr = NULL, *ref = NULL, *t = NULL, *ev = NULL;
+    if (!why) {
+        jr = bin_str(jrb, m.join_ref, m.jrlen);
+        ref = bin_str(refb, m.ref, m.reflen);
+        t = bin_str(tb, m.topic, m.tlen);
+        ev = bin_str(evb, m.event, m.elen);
+        if (strncmp(ev, "phx_", 4) == 0 || strcmp(ev, "heartbeat") == 0)
+            why = "a control event (send it as JSON text)";
+    }
+    if (why) {
+        char reason[100];
+        ch->st->ws_bad_msgs++;
+        snprintf(reason, sizeof reason, "invalid binary message: %s", why);
+        hd_debug("conn %llu: %s", (unsigned long long)c->id, reason);
+        hd_conn_shut(c, 1007, reason);
+        return 1;
+    }
+    hd_sub *s = refused ? NULL : hd_topics_sub_of(c, t, m.tlen);
+    if (refused) {
+        if (ref) reply_error(c, jr, ref, t, "rate limited");
+    } else if (!s) {
+        reply_error(c, NULL, ref, t, "unmatched topic");
+    } else if ((!jr || !hd_sub_join_ref(s) || strcmp(jr, hd_sub_join_ref(s)) == 0) &&
+               hd_script_has(ch->sc, HD_HOOK_MESSAGE)) {
+        waiting *w = waiting_new(ch, c, jr, ref, t, m.tlen, NULL);
+        hd_hook_run *run = w ? hd_hook_message_binary_start(ch->sc, c, t, m.tlen, ev, m.payload,
+                                                            m.plen, message_done, w)
+                             : NULL;
+        if (run) waits(ch, c, run, w);
+    }
+    return 0;
+}
+
 static int dispatch(hd_channel_ctx *ch, hd_conn *c, int opcode, uint8_t *data, size_t len,
                     int refused)
 {
-    if (opcode == HD_WS_BINARY) {
-        hd_conn_shut(c, 1003, "binary frames are not supported");
-        return 1;
-    }
+    if (opcode == HD_WS_BINARY) return on_binary(ch, c, data, len, refused);
     return on_phoenix(ch, c, data, len, refused);
 }
 
@@ -945,14 +1027,15 @@ static int origin_allowed(const hd_config *cfg, const hd_http_req *r)
 void hd_channel_handshake(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int upgrade)
 {
     char vsn[32], accept[29];
-    int why;
+    int why, v1 = 0;
     unsigned retry;
     if (hd_wsconn_check(c, r, upgrade, accept) != 0) {
         /* answered */
     } else if (!origin_allowed(ch->cfg, r)) {
         ch->st->ws_bad_origin++;
         hd_http_error(c, r, 403, "origin not allowed", NULL, 1);
-    } else if (!hd_http_query_param(r, "vsn", vsn, sizeof vsn) || strncmp(vsn, "2.", 2) != 0) {
+    } else if (!(v1 = !hd_http_query_param(r, "vsn", vsn, sizeof vsn) || strncmp(vsn, "1.", 2) == 0) &&
+               strncmp(vsn, "2.", 2) != 0) {
         hd_http_error(c, r, 403, "unsupported vsn", NULL, 1);
     } else if (!ch->accepting) {
         hd_net_count_refusal(ch->net, HD_REFUSE_DRAINING);
@@ -964,6 +1047,8 @@ void hd_channel_handshake(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int up
         /* (a client named by X-Forwarded-For is admitted here, at its upgrade) */
         hd_http_refuse(c, r, why, retry);
     } else {
+        /* No vsn is V1, as Phoenix defaults it to 1.0.0. */
+        c->flags = (c->flags & ~(uint32_t)HD_CF_V1) | (v1 ? HD_CF_V1 : 0);
         authenticate(ch, c, r);
         return;
     }

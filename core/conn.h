@@ -65,6 +65,7 @@ enum {
     HD_CF_ADMIN = 1 << 13,       /* accepted on the admin listener */
     HD_CF_LEFT = 1 << 14,        /* the protocol's close ran (channels left, disconnect hook) */
     HD_CF_BUSY = 1 << 15,        /* a hook of the socket waits: its messages queue (channel.c) */
+    HD_CF_V1 = 1 << 16,          /* the socket speaks Phoenix's V1 serializer (channel.c, topic.c) */
 };
 
 /* A protocol, as the transport sees it. Every entry is required. */

@@ -170,7 +170,7 @@ size_t hd_history_replay(const hd_stream *s, uint64_t since, hd_conn *c)
     size_t n = 0;
     for (uint32_t i = 0; i < s->count; i++) {
         const hd_hist_item *it = item(s, i);
-        if (it->offset > since && hd_conn_send(c, it->frame) == 0) n++;
+        if (it->offset > since && hd_topics_send(c, it->frame) == 0) n++;
     }
     return n;
 }

@@ -958,7 +958,8 @@ int hd_hook_publish(hd_scripts *sc, const char *topic, size_t tlen, char **event
 typedef struct {
     hd_scripts *sc;
     uint64_t conn_id;
-    json_t *payload;
+    json_t *payload;             /* a binary message's: a string of its bytes */
+    int binary;                  /* a binary message: meta = {binary = true} follows */
     hd_hook_result *res;
 } message_call;
 
@@ -973,6 +974,11 @@ static void push_message(lua_State *L, void *ud)
     lua_pushvalue(L, MSG_TOPIC);
     lua_pushvalue(L, MSG_EVENT);
     hd_luapi_push_json(L, m->payload);
+    if (m->binary) {
+        lua_createtable(L, 0, 1);
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "binary");
+    }
 }
 
 /* [-0, +0] A table is the ok reply, true an empty one, false (or nil, reason)
@@ -1027,8 +1033,8 @@ static void message_finish(hook_run *r)
 }
 
 static hd_hook_run *message(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
-                            const char *event, json_t *payload, int nowait, hd_hook_done *done,
-                            void *ud)
+                            const char *event, json_t *payload, int binary, int nowait,
+                            hd_hook_done *done, void *ud)
 {
     hd_hook_result res = {.verdict = 0};
     message_run *x = (message_run *)begin(sc, HD_HOOK_MESSAGE, sizeof *x, nowait, done, ud, &res,
@@ -1037,18 +1043,34 @@ static hd_hook_run *message(hd_scripts *sc, hd_conn *c, const char *topic, size_
     lua_State *L = x->r.task.hold;
     x->r.task.conn_id = c->id;
     x->r.payload = json_incref(payload);
-    x->m = (message_call){sc, c->id, payload, &x->r.res};
+    x->m = (message_call){sc, c->id, payload, binary, &x->r.res};
     push_socket(sc, L, c); /* MSG_SOCKET */
     lua_pushlstring(L, topic, tlen);
     lua_pushstring(L, event);
-    return go(&x->r, 4, push_message, message_result, message_finish, &x->m);
+    return go(&x->r, binary ? 5 : 4, push_message, message_result, message_finish, &x->m);
 }
 
 hd_hook_run *hd_hook_message_start(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
                                    const char *event, json_t *payload, hd_hook_done *done,
                                    void *ud)
 {
-    return message(sc, c, topic, tlen, event, payload, 0, done, ud);
+    return message(sc, c, topic, tlen, event, payload, 0, 0, done, ud);
+}
+
+hd_hook_run *hd_hook_message_binary_start(hd_scripts *sc, hd_conn *c, const char *topic,
+                                          size_t tlen, const char *event, const void *data,
+                                          size_t dlen, hd_hook_done *done, void *ud)
+{
+    /* (a jansson string holds any bytes: the payload reaches Lua as they are) */
+    json_t *payload = json_stringn_nocheck(data, dlen);
+    if (!payload) {
+        hd_hook_result res = {.verdict = 2};
+        snprintf(res.reason, sizeof res.reason, "internal error");
+        return answer_now(done, ud, &res);
+    }
+    hd_hook_run *run = message(sc, c, topic, tlen, event, payload, 1, 0, done, ud);
+    json_decref(payload); /* (the run holds its own reference) */
+    return run;
 }
 
 /* [-0, +0] 0 no reply, 1 ok reply, 2 error reply (hooks.h). */
@@ -1057,7 +1079,7 @@ int hd_hook_message(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
                     size_t rlen)
 {
     hd_hook_result res = {0};
-    message(sc, c, topic, tlen, event, payload, 1, take_result, &res);
+    message(sc, c, topic, tlen, event, payload, 0, 1, take_result, &res);
     if (res.verdict == 1 && res.reply.p) hd_str_add(reply_json, res.reply.p, res.reply.len);
     if (res.verdict == 2) snprintf(reason, rlen, "%s", res.reason);
     result_free(&res);

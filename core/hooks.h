@@ -63,6 +63,12 @@ hd_hook_run *hd_hook_publish_start(hd_scripts *sc, const char *topic, size_t tle
 hd_hook_run *hd_hook_message_start(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
                                    const char *event, json_t *payload, hd_hook_done *done,
                                    void *ud);
+/* The message hooks for a binary push: message(socket, topic, event,
+ * payload, meta) with payload a Lua string of the bytes (data, dlen:
+ * copied) and meta = {binary = true}; answered as hd_hook_message_start. */
+hd_hook_run *hd_hook_message_binary_start(hd_scripts *sc, hd_conn *c, const char *topic,
+                                          size_t tlen, const char *event, const void *data,
+                                          size_t dlen, hd_hook_done *done, void *ud);
 hd_hook_run *hd_hook_shutdown_start(hd_scripts *sc, const char *phase, hd_hook_done *done,
                                     void *ud);
 /* Cancels a run whose done has not run (its socket closed): done never

@@ -1,4 +1,5 @@
 #include "phx.h"
+#include "util.h"
 #include "ws.h"
 
 #include <string.h>
@@ -45,6 +46,59 @@ hd_buf *hd_phx_msg_at(const hd_buf *msg, uint64_t offset)
     hd_str s = HD_STR_INIT;
     hd_str_add(&s, msg->data + hl, msg->len - hl - 2);
     hd_str_printf(&s, ",\"offset\":%llu}]", (unsigned long long)offset);
+    return frame(&s);
+}
+
+/* The end of the JSON value starting at p (text we encoded, so valid):
+ * a string, an array or object (strings inside may hold brackets), or a
+ * scalar up to the next ',' ']' or '}'. */
+static const uint8_t *skip_value(const uint8_t *p, const uint8_t *end)
+{
+    int depth = 0, in_str = 0;
+    for (; p < end; p++) {
+        uint8_t ch = *p;
+        if (in_str) {
+            if (ch == '\\') p++;
+            else if (ch == '"') {
+                in_str = 0;
+                if (depth == 0) return p + 1;
+            }
+        } else if (ch == '"') {
+            in_str = 1;
+        } else if (ch == '[' || ch == '{') {
+            depth++;
+        } else if (ch == ']' || ch == '}') {
+            if (depth == 0) return p;
+            if (--depth == 0) return p + 1;
+        } else if (ch == ',' && depth == 0) {
+            return p;
+        }
+    }
+    return NULL;
+}
+
+hd_buf *hd_phx_v1(const hd_buf *v2)
+{
+    uint8_t l7 = v2->len >= 2 ? v2->data[1] & 0x7f : 0;
+    size_t hl = l7 == 127 ? 10 : l7 == 126 ? 4 : 2;
+    if (v2->len < hl + 2 || v2->data[hl] != '[') return NULL;
+    const uint8_t *p = v2->data + hl + 1, *end = v2->data + v2->len;
+    const uint8_t *el[5], *el_end[5];
+    for (int i = 0; i < 5; i++) {
+        const uint8_t *e = skip_value(p, end);
+        if (!e || e == p || e >= end || *e != (i < 4 ? ',' : ']')) return NULL;
+        el[i] = p;
+        el_end[i] = e;
+        p = e + 1;
+    }
+    static const char *const keys[] = {"{\"topic\":", ",\"event\":", ",\"payload\":", ",\"ref\":"};
+    static const int order[] = {2, 3, 4, 1};
+    hd_str s = HD_STR_INIT;
+    for (int i = 0; i < 4; i++) {
+        hd_str_adds(&s, keys[i]);
+        hd_str_add(&s, (const char *)el[order[i]], (size_t)(el_end[order[i]] - el[order[i]]));
+    }
+    hd_str_addc(&s, '}');
     return frame(&s);
 }
 
@@ -100,4 +154,48 @@ hd_buf *hd_phx_presence_diff(const char *topic, size_t tlen, const char *diff_js
     hd_str_add(&s, diff_json, dlen);
     hd_str_addc(&s, ']');
     return frame(&s);
+}
+
+hd_buf *hd_phx_broadcast_binary(const char *topic, size_t tlen, const char *event, size_t elen,
+                                const void *data, size_t dlen)
+{
+    if (tlen > HD_PHX_BIN_MAX || elen > HD_PHX_BIN_MAX) return NULL;
+    hd_str s = HD_STR_INIT;
+    uint8_t head[3] = {2, (uint8_t)tlen, (uint8_t)elen};
+    hd_str_add(&s, head, sizeof head);
+    hd_str_add(&s, topic, tlen);
+    hd_str_add(&s, event, elen);
+    hd_str_add(&s, data, dlen);
+    hd_buf *f = s.oom ? NULL : hd_ws_frame(HD_WS_BINARY, s.p, s.len);
+    hd_str_free(&s);
+    return f;
+}
+
+/* A string of the header: UTF-8 without NUL. */
+static int bin_string(const uint8_t *p, size_t n)
+{
+    return !memchr(p, 0, n) && hd_utf8_valid(p, n);
+}
+
+const char *hd_phx_parse_binary(const uint8_t *p, size_t len, hd_phx_bin *m)
+{
+    if (len < 5) return "truncated header";
+    if (p[0] != 0) return "unknown kind (a client sends pushes, kind 0)";
+    m->jrlen = p[1];
+    m->reflen = p[2];
+    m->tlen = p[3];
+    m->elen = p[4];
+    size_t head = 5 + m->jrlen + m->reflen + m->tlen + m->elen;
+    if (head > len) return "truncated header";
+    m->join_ref = p + 5;
+    m->ref = m->join_ref + m->jrlen;
+    m->topic = m->ref + m->reflen;
+    m->event = m->topic + m->tlen;
+    m->payload = p + head;
+    m->plen = len - head;
+    if (!m->tlen || !m->elen) return "topic or event empty";
+    if (!bin_string(m->join_ref, m->jrlen) || !bin_string(m->ref, m->reflen) ||
+        !bin_string(m->topic, m->tlen) || !bin_string(m->event, m->elen))
+        return "a header string that is not UTF-8 without NUL";
+    return NULL;
 }

@@ -42,4 +42,35 @@ hd_buf *hd_phx_presence_state(const char *join_ref, const char *topic, size_t tl
 /* [null,null,<topic>,"presence_diff",<diff_json>] */
 hd_buf *hd_phx_presence_diff(const char *topic, size_t tlen, const char *diff_json, size_t dlen);
 
+/* The same frame in the V1 serializer: frame is one of the V2 text frames
+ * above, [<join_ref>,<ref>,<topic>,<event>,<payload>], and the result is
+ * {"topic":<topic>,"event":<event>,"payload":<payload>,"ref":<ref>} (V1
+ * has no join_ref), its elements copied as they are. frame is borrowed;
+ * NULL when it is not such a frame or out of memory. */
+hd_buf *hd_phx_v1(const hd_buf *frame);
+
+/* The V2 binary format (every length a byte: each string at most 255). */
+#define HD_PHX_BIN_MAX 255
+
+/* A broadcast in a WebSocket binary frame: 2 (its kind), len(topic),
+ * len(event), topic, event, data. phoenix.js hands the data to the
+ * channel as an ArrayBuffer. NULL when topic or event is longer than
+ * HD_PHX_BIN_MAX or out of memory. */
+hd_buf *hd_phx_broadcast_binary(const char *topic, size_t tlen, const char *event, size_t elen,
+                                const void *data, size_t dlen);
+
+/* A client's binary message, its fields pointing into the message. */
+typedef struct hd_phx_bin {
+    const uint8_t *join_ref, *ref, *topic, *event, *payload;
+    size_t jrlen, reflen, tlen, elen, plen;
+} hd_phx_bin;
+
+/* Parses a client's binary message (p, len; borrowed): a push, 0 (its
+ * kind), len(join_ref), len(ref), len(topic), len(event), join_ref, ref,
+ * topic, event, payload. Returns NULL with *m filled in, or why it is not
+ * one ("truncated header", "unknown kind", "topic or event empty", ...):
+ * the header's lengths must fit the message, and the strings must be UTF-8
+ * without NUL. */
+const char *hd_phx_parse_binary(const uint8_t *p, size_t len, hd_phx_bin *m);
+
 #endif

@@ -444,7 +444,7 @@ void hd_presence_send_state(hd_presence *pr, hd_sub *sub)
                       : hd_phx_presence_state(hd_sub_join_ref(sub), sub->topic->name, sub->topic->len,
                                               s.p, s.len);
     if (f) {
-        hd_conn_send(sub->conn, f);
+        hd_topics_send(sub->conn, f);
         hd_buf_unref(f);
     }
     hd_str_free(&s);

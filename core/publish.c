@@ -172,6 +172,26 @@ size_t hd_publish(hd_engine *e, const char *topic, size_t tlen, const char *even
     return n;
 }
 
+size_t hd_publish_binary(hd_engine *e, const char *topic, size_t tlen, const char *event,
+                         size_t elen, const void *data, size_t dlen)
+{
+    e->st->publishes++;
+    hd_topic *tp = hd_topics_find(&e->topics, topic, tlen);
+    if (!tp) {
+        e->st->publishes_no_subs++;
+        return 0;
+    }
+    hd_buf *frame = hd_phx_broadcast_binary(topic, tlen, event, elen, data, dlen);
+    if (!frame) {
+        hd_error("out of memory building a binary push frame");
+        return 0;
+    }
+    hd_policy_count(&e->pol, hd_topic_policy_of(&e->topics, tp), HD_TC_RECEIVED, 1);
+    size_t n = fan_out(e, topic, tlen, frame, 0);
+    hd_buf_unref(frame);
+    return n;
+}
+
 size_t hd_publish_local(hd_engine *e, const char *topic, size_t tlen, hd_buf *frame)
 {
     return hd_publish_local_at(e, topic, tlen, frame, 0);

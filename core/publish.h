@@ -90,6 +90,15 @@ int hd_engine_observe_topics(hd_engine *e, const hd_topic_observer *o);
 size_t hd_publish(hd_engine *e, const char *topic, size_t tlen, const char *event, size_t elen,
                   const char *data_json, size_t dlen);
 
+/* Publishes bytes (data, dlen; copied) under event to this node's
+ * subscribers of topic, as a V2 binary broadcast (V1 subscribers do not
+ * get it: hd_topics_publish). Not shaped, not kept in a history, not told
+ * to the observers (the other nodes): a binary publish stays on this
+ * node. topic and event at most HD_PHX_BIN_MAX bytes. Returns the
+ * connections it was queued on. */
+size_t hd_publish_binary(hd_engine *e, const char *topic, size_t tlen, const char *event,
+                         size_t elen, const void *data, size_t dlen);
+
 /* Fans a built frame (borrowed) out to this node's subscribers, unshaped:
  * a message of another node, shaped at its origin. Returns the
  * connections it was queued on. */

@@ -267,7 +267,7 @@ static const char *ref_of(json_t *v, int *ok)
 {
     if (json_is_string(v) && strlen(json_string_value(v)) == json_string_length(v))
         return json_string_value(v);
-    if (!json_is_null(v)) *ok = 0;
+    if (v && !json_is_null(v)) *ok = 0; /* (a V1 message may leave its ref out) */
     return NULL;
 }
 
@@ -287,11 +287,14 @@ static int status_on_message(void *ud, hd_conn *c, int opcode, uint8_t *data, si
         return h->on_message(&srv->ch, c, opcode, data, len, refused);
     json_error_t jerr;
     json_t *msg = json_loadb((const char *)data, len, JSON_ALLOW_NUL, &jerr);
-    json_t *topic = json_array_get(msg, 2), *event = json_array_get(msg, 3);
-    json_t *payload = json_array_get(msg, 4);
+    /* (V1: an object with no join_ref; V2: an array; as channel.c reads them) */
+    int v1 = (c->flags & HD_CF_V1) != 0;
+    json_t *topic = v1 ? json_object_get(msg, "topic") : json_array_get(msg, 2),
+           *event = v1 ? json_object_get(msg, "event") : json_array_get(msg, 3),
+           *payload = v1 ? json_object_get(msg, "payload") : json_array_get(msg, 4);
     int ok = 1;
-    const char *jr = ref_of(json_array_get(msg, 0), &ok),
-               *ref = ref_of(json_array_get(msg, 1), &ok);
+    const char *jr = v1 ? NULL : ref_of(json_array_get(msg, 0), &ok),
+               *ref = ref_of(v1 ? json_object_get(msg, "ref") : json_array_get(msg, 1), &ok);
     int join = ok && json_is_string(topic) && json_string_length(topic) == STATUS_TOPIC_LEN &&
                memcmp(json_string_value(topic), STATUS_TOPIC, STATUS_TOPIC_LEN) == 0 &&
                json_is_string(event) && strcmp(json_string_value(event), "phx_join") == 0 &&
@@ -302,7 +305,7 @@ static int status_on_message(void *ud, hd_conn *c, int opcode, uint8_t *data, si
     } else if (!status_may_join(srv, c, payload)) {
         srv->st.joins_refused++;
         hd_buf *f = hd_phx_reply_error(jr, ref, STATUS_TOPIC, "unauthorized");
-        if (f) hd_conn_send(c, f);
+        if (f) hd_topics_send(c, f);
         hd_buf_unref(f);
     } else {
         json_object_del(payload, "token");
@@ -311,7 +314,7 @@ static int status_on_message(void *ud, hd_conn *c, int opcode, uint8_t *data, si
             rc = h->on_message(&srv->ch, c, opcode, (uint8_t *)text, strlen(text), refused);
         } else {
             hd_buf *f = hd_phx_reply_error(jr, ref, STATUS_TOPIC, "join crashed");
-            if (f) hd_conn_send(c, f);
+            if (f) hd_topics_send(c, f);
             hd_buf_unref(f);
         }
         free(text);

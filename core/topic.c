@@ -1,6 +1,9 @@
 #include "topic.h"
 #include "util.h"
 #include "err.h"
+#include "log.h"
+#include "phx.h"
+#include "ws.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -148,15 +151,42 @@ size_t hd_topics_publish(hd_topics *t, hd_topic *tp, hd_buf *frame)
     return hd_topics_publish_at(t, tp, frame, 0);
 }
 
+int hd_topics_send(hd_conn *c, hd_buf *frame)
+{
+    if (!(c->flags & HD_CF_V1)) return hd_conn_send(c, frame);
+    hd_buf *v1 = hd_phx_v1(frame);
+    int rc = v1 ? hd_conn_send(c, v1) : HD_ENOMEM;
+    hd_buf_unref(v1);
+    return rc;
+}
+
 size_t hd_topics_publish_at(hd_topics *t, hd_topic *tp, hd_buf *frame, uint64_t offset)
 {
     size_t n = 0;
     const hd_topic_policy *p = hd_topic_policy_of(t, tp);
     int drop_oldest = p->on_overflow == HD_OVERFLOW_DROP_OLDEST;
-    for (hd_sub *s = tp->subs; s; s = s->tnext)
-        if (!s->joining && (!offset || offset > s->floor) &&
-            hd_conn_send_topic(s->conn, frame, tp->id, p->max_queue_bytes, drop_oldest) == 0)
-            n++;
+    /* One frame per serializer in use among the subscribers, each encoded
+     * once: the V1 copy at the first V1 subscriber. */
+    hd_buf *v1 = NULL;
+    int v1_failed = 0;
+    for (hd_sub *s = tp->subs; s; s = s->tnext) {
+        if (s->joining || (offset && offset <= s->floor)) continue;
+        hd_buf *f = frame;
+        if (s->conn->flags & HD_CF_V1) {
+            if (frame->data[0] == (0x80 | HD_WS_BINARY)) { /* (V1 has no binary frames) */
+                if (t->st) t->st->dropped_binary_v1++;
+                continue;
+            }
+            if (!v1 && !v1_failed && !(v1 = hd_phx_v1(frame))) v1_failed = 1;
+            if (!(f = v1)) continue;
+        }
+        if (hd_conn_send_topic(s->conn, f, tp->id, p->max_queue_bytes, drop_oldest) == 0) n++;
+    }
+    if (v1_failed)
+        hd_error("topic %s: no V1 frame (out of memory, or not a Phoenix V2 frame): "
+                 "its V1 subscribers miss a message",
+                 tp->name);
+    hd_buf_unref(v1);
     if (t->pol) hd_policy_count(t->pol, p, HD_TC_DELIVERED, n);
     return n;
 }

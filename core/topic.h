@@ -92,8 +92,17 @@ hd_sub *hd_topics_sub_of(const hd_conn *c, const char *name, size_t len);
  * cached one is stale. */
 const hd_topic_policy *hd_topic_policy_of(hd_topics *t, hd_topic *topic);
 
+/* Queues frame (a Phoenix V2 text frame, one of phx.h; borrowed) on c in
+ * the serializer c speaks: as it is, or once turned into V1 for a socket
+ * with HD_CF_V1. Returns hd_conn_send's answer, HD_ENOMEM when the V1
+ * frame could not be built. */
+int hd_topics_send(hd_conn *c, hd_buf *frame);
+
 /* Queues frame (a reference each) on every subscriber of the topic, under
- * its policy's queue limit. Returns the number of connections it was
+ * its policy's queue limit. frame is a Phoenix V2 text frame: subscribers
+ * speaking V1 share one V1 copy of it, built at the first of them. A
+ * binary frame (hd_phx_broadcast_binary) skips them, counted in
+ * st->dropped_binary_v1. Returns the number of connections it was
  * queued on. Connections that overflow are only marked: the writer reaps
  * them once per loop turn, so the subscriber list never changes here. */
 size_t hd_topics_publish(hd_topics *t, hd_topic *topic, hd_buf *frame);

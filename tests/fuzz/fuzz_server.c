@@ -8,6 +8,7 @@
  *   3  POST /api/push with Content-Type: application/json, the rest as body
  *   4  POST /api/push as a form (application/x-www-form-urlencoded)
  *   5  GET <the rest, up to a blank> (paths: /api/topics/..., query strings)
+ *   6, 7  as 2 over a handshake with no vsn: the V1 serializer's objects
  * The client half-closes and reads to EOF. A subscriber that stays
  * connected has joined a few topics (plain, presence, shaped, drop_oldest),
  * so pushes fan out and presence diffs are built.
@@ -16,8 +17,10 @@
  *  - everything the server sent to either client is well-formed: HTTP/1.1
  *    responses with a correct Content-Length and, for JSON, a body jansson
  *    parses; after a 101, server frames only (FIN, unmasked, minimal
- *    length, text frames valid UTF-8 JSON arrays of 5, close frames with a
- *    valid code and UTF-8 reason, nothing after a close);
+ *    length, text frames valid UTF-8 JSON arrays of 5 or V1 objects of
+ *    exactly topic, event, payload and ref, binary frames V2 binary
+ *    broadcasts, close frames with a valid code and UTF-8 reason, nothing
+ *    after a close);
  *  - the server ends with no connection but the subscriber's (bounded
  *    wait): no leak, no connection left hanging;
  *  - nothing was logged at warn or error: bad client input logs at info or
@@ -61,6 +64,11 @@ static const char config_text[] =
 
 static const char handshake[] =
     "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n\r\n";
+
+static const char handshake_v1[] =
+    "GET /socket/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
     "Sec-WebSocket-Version: 13\r\n\r\n";
 
@@ -114,7 +122,11 @@ static size_t check_frames(const uint8_t *p, size_t n, int *closed)
             if (!hd_utf8_valid(d, (size_t)len)) die("a text frame that is not UTF-8", p, n);
             json_error_t e;
             json_t *j = json_loadb((const char *)d, (size_t)len, JSON_ALLOW_NUL, &e);
-            if (!j || !json_is_array(j) || json_array_size(j) != 5)
+            int v1 = json_is_object(j) && json_object_size(j) == 4 &&
+                     json_is_string(json_object_get(j, "topic")) &&
+                     json_is_string(json_object_get(j, "event")) &&
+                     json_object_get(j, "payload") && json_object_get(j, "ref");
+            if (!j || (!v1 && (!json_is_array(j) || json_array_size(j) != 5)))
                 die("a text frame that is not a Phoenix message", d, (size_t)len);
             json_decref(j);
             break;
@@ -126,6 +138,10 @@ static size_t check_frames(const uint8_t *p, size_t n, int *closed)
             if (len > 2 && !hd_utf8_valid(d + 2, (size_t)len - 2))
                 die("a close reason that is not UTF-8", p, n);
             *closed = 1;
+            break;
+        case 2: /* a binary broadcast: 2, len(topic), len(event), topic, event, bytes */
+            if (len < 3 || d[0] != 2 || 3 + (uint64_t)d[1] + d[2] > len || !d[1] || !d[2])
+                die("a binary frame that is not a Phoenix broadcast", d, (size_t)len);
             break;
         case 10:
             if (len > 125) die("a pong over 125 bytes", p, n);
@@ -405,7 +421,7 @@ static void setup(void)
 
 static void build(const uint8_t *d, size_t n, hd_str *out)
 {
-    int mode = d[0] % 6;
+    int mode = d[0] % 8; /* (the seeds' mode bytes are the digits '0'..'6') */
     d++, n--;
     char head[256];
     switch (mode) {
@@ -414,8 +430,10 @@ static void build(const uint8_t *d, size_t n, hd_str *out)
         hd_str_adds(out, handshake);
         hd_str_add(out, d, n);
         break;
-    case 2: {
-        hd_str_adds(out, handshake);
+    case 2:
+    case 6:
+    case 7: {
+        hd_str_adds(out, mode == 2 ? handshake : handshake_v1);
         static const uint8_t key[4] = {0x37, 0xFA, 0x21, 0x3D};
         size_t at = 0;
         while (at <= n) {

@@ -101,6 +101,10 @@ server = {
                             post(b"/api/push", b"--XyZ\r\nContent-Disposition: form-data; name=\"a\r\n\r\n",
                                  MULTIPART) +
                             post(b"/api/push", part(b"channel", b"room:1"), b"multipart/form-data"),
+    "0-push-binary": post(b"/api/push?channel=room%3A1&channel[]=p%3A1&event=b", b"\x00\x01\xff\"]",
+                          b"application/octet-stream"),
+    "0-push-binary-bad": post(b"/api/push?channel=room%3A1", b"x", b"application/octet-stream") +
+                         post(b"/api/push?event=e&channel=" + b"x" * 256, b"x", b"application/octet-stream"),
     "0-reload": post(b"/admin/reload", b""),
     "0-drain": post(b"/admin/drain", b""),
     "0-head": b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -128,6 +132,11 @@ server = {
                     frame('"p:1","phx_join",{"k":"v"}]', 0) + frame(b"\x03\xe8bye", 8),
     "1-ping-pong": frame(b"hello", 9) + frame(b"", 10) + frame(b"", 9, mask=b"\0\0\0\0"),
     "1-binary": frame(b"\x00\x01\x02", 2),
+    "1-binary-push": frame(JOIN) + frame(b"\x00\x01\x01\x06\x04" + b"12room:1blob" + b"\x00\xff", 2) +
+                     frame(b"\x00\x00\x01\x04\x01" + b"3nope" + b"e", 2),
+    "1-binary-truncated": frame(b"\x00\x05\x05\x05\x05ab", 2),
+    "1-binary-kind": frame(b"\x02\x01\x01ab", 2),
+    "1-binary-control": frame(b"\x00\x00\x00\x01\x09theartbeat", 2),
     "1-unmasked": frame(JOIN, mask=None),
     "1-long": frame('["1","1","room:1","phx_join",{"pad":"' + "x" * 300 + '"}]'),
     # mode 2: one text frame per line
@@ -138,6 +147,16 @@ server = {
     "2-heartbeat": b'[null,"1","phoenix","heartbeat",{}]',
     "2-rejoin": "\n".join([JOIN, JOIN.replace('"1","1"', '"2","2"'), '["5","5","c:1","phx_join",{}]',
                            '["6","6","d:1","phx_join",{}]', '["7","7","u:1","phx_join",{}]']).encode(),
+    # mode 6: V1 objects (a handshake with no vsn)
+    "6-join-push-leave": "\n".join(['{"topic":"room:1","event":"phx_join","payload":{},"ref":"1"}',
+                                     '{"topic":"room:1","event":"shout","payload":{"b":1},"ref":"2"}',
+                                     '{"topic":"p:1","event":"phx_join","payload":{},"ref":"3"}',
+                                     '{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"4"}',
+                                     '{"topic":"nope","event":"x","payload":{},"ref":null}',
+                                     '{"topic":"room:1","event":"phx_leave","payload":{},"ref":"5"}']).encode(),
+    "6-bad-array": b'["1","1","room:1","phx_join",{}]',
+    "6-bad-fields": b'{"topic":"room:1","event":"phx_join","payload":[],"ref":1}',
+    "6-no-ref": b'{"topic":"room:1","event":"phx_join","payload":{}}\n{"topic":"a\\u0000","event":"e","payload":{}}',
     "2-bad": b'{"not":"an array"}\n[null,null,"t","phx_join",[]]',
     # mode 3: /api/push JSON bodies
     "3-single": PUSH,
@@ -244,7 +263,7 @@ def write(target, seeds):
             os.remove(os.path.join(d, name))
     for name, data in seeds.items():
         if target == "fuzz_server":
-            data = name[0].encode() + data  # the mode byte: '0'..'5' % 6
+            data = name[0].encode() + data  # the mode byte: '0'..'6' % 8
         with open(os.path.join(d, name), "wb") as f:
             f.write(data)
 

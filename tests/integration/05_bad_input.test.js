@@ -72,8 +72,8 @@ const HTTP_CASES = [
   ['Sec-WebSocket-Version 8', req('GET', WS, UP(KEY, '8')), 400, null, null],
   ['missing Sec-WebSocket-Version', req('GET', WS, UP().replace('Sec-WebSocket-Version: 13\r\n', '')), 400, null, null],
   ['POST to the socket', req('POST', WS, UP() + 'Content-Length: 0\r\n'), 405, null, null],
-  ['no vsn', req('GET', '/socket/websocket', UP()), 403, { error: 'unsupported vsn' }, null],
-  ['vsn 1.0.0', req('GET', '/socket/websocket?vsn=1.0.0', UP()), 403, { error: 'unsupported vsn' }, null],
+  ['vsn 0.9.0', req('GET', '/socket/websocket?vsn=0.9.0', UP()), 403, { error: 'unsupported vsn' }, null],
+  ['vsn 12.0.0', req('GET', '/socket/websocket?vsn=12.0.0', UP()), 403, { error: 'unsupported vsn' }, null],
   ['vsn 3.0.0', req('GET', '/socket/websocket?vsn=3.0.0', UP()), 403, { error: 'unsupported vsn' }, null],
   ['empty vsn', req('GET', '/socket/websocket?vsn=', UP()), 403, { error: 'unsupported vsn' }, null],
 ];
@@ -121,7 +121,8 @@ const WS_CASES = [
   ['message over max_message_bytes', () => F(1, 'x'.repeat(2000)), 1009],
   ['declared length of 2^62', () => Buffer.concat([Buffer.from([0x81, 0xff, 0x40, 0, 0, 0, 0, 0, 0, 0]), Buffer.alloc(4)]), 1009],
   ['fragments over max_message_bytes', () => Buffer.concat([F(1, 'x'.repeat(800), { fin: false }), F(0, 'x'.repeat(800))]), 1009],
-  ['binary message', () => F(2, Buffer.from([0, 1, 2])), 1003],
+  ['binary message with a truncated header', () => F(2, Buffer.from([0, 1, 2])), 1007],
+  ['binary message of an unknown kind', () => F(2, Buffer.from([1, 0, 0, 1, 1, 0x74, 0x65])), 1007],
   // Phoenix messages.
   ['not JSON', () => F(1, 'hello'), 1007],
   ['empty text message', () => F(1, ''), 1007],

@@ -72,12 +72,13 @@ test('examples/grafana.json is a dashboard of metrics herald exports', async (t)
     }
   });
 
-  // A single node, with one WebSocket closed by herald (1003, a binary
-  // message) so that herald_ws_closes_sent_total has a series.
+  // A single node, with one WebSocket closed by herald (1007, a binary
+  // message with a truncated header) so that herald_ws_closes_sent_total
+  // has a series.
   const single = await h.serve(t, 'scripts = { "hooks.lua" }\n', { 'hooks.lua': 'return { join = function() return true end }\n' });
   const ws = await h.rawWs(single.port);
   ws.send(2, Buffer.from([1, 2, 3]));
-  assert.equal(await ws.closeHandshake(), 1003);
+  assert.equal(await ws.closeHandshake(), 1007);
   const one = await exported(single.port);
 
   // A clustered node on its own redis-server, its link up.

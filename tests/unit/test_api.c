@@ -512,7 +512,7 @@ static void test_push_content_types(void **st)
     for (size_t i = 0; i < sizeof others / sizeof *others; i++)
         push_expect(c, "", others[i], one, 415, "Unsupported Media Type",
                     "{\"error\":\"unsupported content type: use application/json, "
-                    "application/x-www-form-urlencoded or multipart/form-data\"}");
+                    "application/x-www-form-urlencoded, multipart/form-data or application/octet-stream\"}");
     push_expect(c, "", "application/json", "{]", 400, "Bad Request",
                 "{\"error\":\"invalid JSON: string or '}' expected near ']' at line 1, "
                 "column 2\"}");

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "phx.h"
+#include "ws.h"
 
 #include <jansson.h>
 #include <stdlib.h>
@@ -307,6 +308,120 @@ static void test_presence_state_long(void **st)
     hd_buf_unref(f);
 }
 
+/* V1: each V2 frame turned into the object a V1 client reads, to the
+ * byte, its elements copied as they are (strings holding brackets,
+ * commas and escapes too); a long frame keeps the right header form. */
+static void expect_v1(hd_buf *v2, const char *want)
+{
+    assert_non_null(v2);
+    hd_buf *f = hd_phx_v1(v2);
+    hd_buf_unref(v2);
+    assert_non_null(f);
+    assert_int_equal(f->refs, 1);
+    size_t hl, n = text_frame_len(f, &hl);
+    assert_int_equal(n, strlen(want));
+    assert_memory_equal(f->data + hl, want, n);
+    hd_buf_unref(f);
+}
+
+static void test_v1(void **st)
+{
+    (void)st;
+    static const char tricky[] = "{\"a\":[1,\"],}\\\"\"]}";
+    expect_v1(hd_phx_msg("room:1", 6, "ev", 2, tricky, sizeof tricky - 1),
+              "{\"topic\":\"room:1\",\"event\":\"msg\",\"payload\":{\"data\":{\"a\":[1,\"],}\\\"\"]},"
+              "\"event\":\"ev\"},\"ref\":null}");
+    expect_v1(hd_phx_reply("3", "7", "r,[", "ok", "{}"),
+              "{\"topic\":\"r,[\",\"event\":\"phx_reply\",\"payload\":{\"status\":\"ok\",\"response\":{}},"
+              "\"ref\":\"7\"}");
+    expect_v1(hd_phx_reply(NULL, "9", "phoenix", "ok", "{}"),
+              "{\"topic\":\"phoenix\",\"event\":\"phx_reply\",\"payload\":{\"status\":\"ok\","
+              "\"response\":{}},\"ref\":\"9\"}");
+    expect_v1(hd_phx_close("3", "t"),
+              "{\"topic\":\"t\",\"event\":\"phx_close\",\"payload\":{},\"ref\":\"3\"}");
+    expect_v1(hd_phx_presence_diff("t", 1, "{\"joins\":{},\"leaves\":{}}", 24),
+              "{\"topic\":\"t\",\"event\":\"presence_diff\",\"payload\":{\"joins\":{},\"leaves\":{}},"
+              "\"ref\":null}");
+    hd_buf *m = hd_phx_msg("t", 1, "e", 1, "1", 1), *at = hd_phx_msg_at(m, 5);
+    hd_buf_unref(m);
+    expect_v1(at, "{\"topic\":\"t\",\"event\":\"msg\",\"payload\":{\"data\":1,\"event\":\"e\","
+                  "\"offset\":5},\"ref\":null}");
+
+    char data[200];
+    memset(data, 'x', sizeof data);
+    data[0] = data[sizeof data - 1] = '"';
+    hd_buf *big = hd_phx_msg("t", 1, "e", 1, data, sizeof data), *v1 = hd_phx_v1(big);
+    assert_non_null(v1);
+    assert_int_equal(v1->data[1], 126);
+    size_t hl;
+    text_frame_len(v1, &hl);
+    hd_buf_unref(v1);
+    hd_buf_unref(big);
+
+    /* Not a V2 frame: NULL. */
+    static const char *const bad[] = {"{}", "[1,2,3,4]", "[1,2,3,4,5,6]", "[\"a", "[,,,,]"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        hd_buf *f = hd_ws_frame(HD_WS_TEXT, bad[i], strlen(bad[i]));
+        assert_non_null(f);
+        assert_null(hd_phx_v1(f));
+        hd_buf_unref(f);
+    }
+}
+
+/* The V2 binary format: a broadcast to the byte, a client push parsed
+ * into its fields, and every malformed header refused with its reason. */
+static void test_binary(void **st)
+{
+    (void)st;
+    static const uint8_t bytes[] = {0, 0xff, '"', ']'};
+    hd_buf *f = hd_phx_broadcast_binary("room:1", 6, "blob", 4, bytes, sizeof bytes);
+    assert_non_null(f);
+    static const uint8_t want[] = {0x82, 17, 2, 6, 4, 'r', 'o', 'o', 'm', ':', '1',
+                                   'b', 'l', 'o', 'b', 0, 0xff, '"', ']'};
+    assert_int_equal(f->len, sizeof want);
+    assert_memory_equal(f->data, want, sizeof want);
+    hd_buf_unref(f);
+    char big[256];
+    memset(big, 'x', sizeof big);
+    assert_null(hd_phx_broadcast_binary(big, 256, "e", 1, "", 0));
+    assert_null(hd_phx_broadcast_binary("t", 1, big, 256, "", 0));
+
+    static const uint8_t push[] = {0, 1, 2, 1, 2, '3', '1', '2', 't', 'e', 'v', 0, 1};
+    hd_phx_bin m;
+    assert_null(hd_phx_parse_binary(push, sizeof push, &m));
+    assert_int_equal(m.jrlen, 1);
+    assert_memory_equal(m.join_ref, "3", 1);
+    assert_int_equal(m.reflen, 2);
+    assert_memory_equal(m.ref, "12", 2);
+    assert_int_equal(m.tlen, 1);
+    assert_memory_equal(m.topic, "t", 1);
+    assert_int_equal(m.elen, 2);
+    assert_memory_equal(m.event, "ev", 2);
+    assert_int_equal(m.plen, 2);
+    assert_ptr_equal(m.payload, push + 11);
+
+    static const struct {
+        uint8_t b[12];
+        size_t len;
+        const char *why;
+    } bad[] = {
+        {{0}, 0, "truncated header"},
+        {{0, 0, 0, 1}, 4, "truncated header"},
+        {{0, 0, 0, 2, 1, 't'}, 6, "truncated header"},
+        {{0, 255, 255, 255, 255}, 5, "truncated header"},
+        {{1, 0, 0, 1, 1, 't', 'e'}, 7, "unknown kind (a client sends pushes, kind 0)"},
+        {{0, 0, 0, 0, 1, 'e'}, 6, "topic or event empty"},
+        {{0, 0, 0, 1, 0, 't'}, 6, "topic or event empty"},
+        {{0, 0, 0, 1, 1, 0, 'e'}, 7, "a header string that is not UTF-8 without NUL"},
+        {{0, 1, 0, 1, 1, 0xc3, 't', 'e'}, 8, "a header string that is not UTF-8 without NUL"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        const char *why = hd_phx_parse_binary(bad[i].b, bad[i].len, &m);
+        assert_non_null(why);
+        assert_string_equal(why, bad[i].why);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -322,6 +437,8 @@ int main(void)
         cmocka_unit_test(test_presence_state),
         cmocka_unit_test(test_presence_diff),
         cmocka_unit_test(test_presence_state_long),
+        cmocka_unit_test(test_v1),
+        cmocka_unit_test(test_binary),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -393,6 +393,29 @@ static void test_reload_turns_shaping_off(void **state)
     assert_int_equal(f->st.shaped_received, 4);
 }
 
+/* Subscribers on both serializers: the V2 ones share the publish's frame,
+ * the V1 ones one V1 copy of it, built once. */
+static void test_publish_v1_once(void **state)
+{
+    fx *f = *state;
+    hd_conn *a = subscriber(f, "mix:1"), *b = subscriber(f, "mix:1");
+    hd_conn *c = subscriber(f, "mix:1"), *d = subscriber(f, "mix:1");
+    b->flags |= HD_CF_V1;
+    d->flags |= HD_CF_V1;
+    assert_int_equal(publish(f, "mix:1", "e"), 4);
+    hd_buf *v2 = a->wq_head->buf, *v1 = b->wq_head->buf;
+    assert_ptr_equal(c->wq_head->buf, v2);
+    assert_ptr_equal(d->wq_head->buf, v1);
+    assert_ptr_not_equal(v1, v2);
+    assert_int_equal(v1->refs, 2); /* b's and d's: built for them once */
+    static const char want[] =
+        "{\"topic\":\"mix:1\",\"event\":\"msg\",\"payload\":{\"data\":1,\"event\":\"e\"},\"ref\":null}";
+    assert_int_equal(v1->len, 2 + sizeof want - 1);
+    assert_memory_equal(v1->data + 2, want, sizeof want - 1);
+    assert_events(a, "e");
+    assert_events(c, "e");
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -401,6 +424,7 @@ int main(void)
         T(test_engine_frees_topic_state),
         T(test_publish_without_subscribers),
         T(test_publish_fans_out_one_frame),
+        T(test_publish_v1_once),
         T(test_observers),
         T(test_publish_shapes),
         T(test_publish_local),

@@ -159,7 +159,7 @@ static void test_http_errors(void **st)
     RUN_UNTIL(c->eof);
     cli_free(c);
     c = cli_new();
-    cli_sends(c, "GET /socket/websocket?vsn=1.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    cli_sends(c, "GET /socket/websocket?vsn=3.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                  "Sec-WebSocket-Version: 13\r\n\r\n");
     expect_response(c, 403, "Forbidden", "close", "", "{\"error\":\"unsupported vsn\"}");
@@ -398,7 +398,7 @@ static void test_ws_errors(void **st)
         {"[null,null,\"t\",\"phx_join\"]", 0, 1007},
         {"[1,null,\"t\",\"phx_join\",{}]", 0, 1007},
         {"[null,null,\"t\",\"phx_join\",[]]", 0, 1007},
-        {"[null,null,\"t\",\"phx_join\",{}]", 1, 1003},
+        {"[null,null,\"t\",\"phx_join\",{}]", 1, 1007}, /* binary: not a V2 binary push */
         {"\xc3\x28", 0, 1007}, /* not UTF-8 */
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
