@@ -388,12 +388,17 @@ static json_t *multipart_to_object(const char *ct, size_t ctl, const char *body,
 /* A push whose publish hooks may wait: answered once every publish went
  * out (the answer is deferred meanwhile). */
 typedef struct pushing {
+    hd_http_wait w;              /* (w.now: the request is still being handled) */
     hd_api *api;
-    uint64_t conn_id;
     size_t pending;              /* publishes whose hooks have not answered */
-    int now;                     /* the request is still being handled */
     hd_str out;                  /* the answer */
 } pushing;
+
+static void push_answered(void *ud, hd_conn *c, hd_http_req *r)
+{
+    pushing *w = ud;
+    hd_api_respond_json(c, r, 200, &w->out);
+}
 
 typedef struct publishing {
     pushing *w;
@@ -414,13 +419,8 @@ static void published(void *ud, hd_hook_result *res)
     else
         api->st->publishes++;
     free(q);
-    if (--w->pending || w->now) return;
-    hd_conn *c = hd_net_find(api->net, w->conn_id);
-    hd_http_req *r = c ? hd_http_deferred(c) : NULL;
-    if (r) {
-        hd_api_respond_json(c, r, 200, &w->out);
-        hd_http_resume(c);
-    }
+    if (--w->pending || w->w.now) return;
+    hd_http_wait_end(&w->w, push_answered, w); /* (a client gone meanwhile gets nothing) */
     hd_str_free(&w->out);
     free(w);
 }
@@ -471,13 +471,12 @@ static void publish_push(hd_api *api, const push *p, hd_str *out, pushing *w)
 }
 
 /* The context of a push's publishes when publish hooks may wait, else NULL. */
-static pushing *pushing_new(hd_api *api, hd_conn *c)
+static pushing *pushing_new(hd_api *api, hd_conn *c, hd_http_req *r)
 {
     pushing *w = hd_script_has(api->sc, HD_HOOK_PUBLISH) ? calloc(1, sizeof *w) : NULL;
     if (w) {
+        hd_http_wait_init(&w->w, c, r);
         w->api = api;
-        w->conn_id = c->id;
-        w->now = 1;
     }
     return w;
 }
@@ -487,10 +486,9 @@ static pushing *pushing_new(hd_api *api, hd_conn *c)
 static void answer_push(hd_conn *c, hd_http_req *r, pushing *w, hd_str *out)
 {
     if (w && w->pending) {
-        w->now = 0;
         w->out = *out;
         *out = (hd_str)HD_STR_INIT;
-        hd_http_defer(c);
+        hd_http_wait_later(&w->w);
         return;
     }
     hd_api_respond_json(c, r, 200, out);
@@ -620,7 +618,7 @@ static void handle_push(void *ud, hd_conn *c, hd_http_req *r)
             hd_str_printf(&out, ",\"index\":%zu}", bad);
             hd_api_respond_json(c, r, 422, &out);
         } else {
-            pushing *w = pushing_new(api, c);
+            pushing *w = pushing_new(api, c, r);
             hd_str_addc(&out, '[');
             for (size_t i = 0; i < n; i++) {
                 if (i) hd_str_addc(&out, ',');
@@ -637,7 +635,7 @@ static void handle_push(void *ud, hd_conn *c, hd_http_req *r)
         if (err) {
             hd_http_error(c, r, 422, err, NULL, 0);
         } else {
-            pushing *w = pushing_new(api, c);
+            pushing *w = pushing_new(api, c, r);
             publish_push(api, &p, &out, w);
             answer_push(c, r, w, &out);
             push_clear(&p);
@@ -692,22 +690,24 @@ static void topic_answer(hd_conn *c, hd_http_req *r, const char *t, size_t tl, s
 /* A topic question waiting for Redis: the connection is found again by id
  * (it may have gone meanwhile). */
 typedef struct topic_ask {
-    hd_api *api;
-    uint64_t conn;
+    hd_http_wait w;
+    long long nodes;             /* Redis's answer */
     hd_topic_policy policy;
     size_t len;
     char topic[];
 } topic_ask;
 
+static void numsub_answered(void *ud, hd_conn *c, hd_http_req *r)
+{
+    topic_ask *q = ud;
+    topic_answer(c, r, q->topic, q->len, 0, &q->policy, q->nodes > 0);
+}
+
 static void on_numsub(void *ud, long long nodes)
 {
     topic_ask *q = ud;
-    hd_conn *c = hd_net_find(q->api->net, q->conn);
-    hd_http_req *r = c ? hd_http_deferred(c) : NULL;
-    if (r) {
-        topic_answer(c, r, q->topic, q->len, 0, &q->policy, nodes > 0);
-        hd_http_resume(c);
-    }
+    q->nodes = nodes;
+    hd_http_wait_end(&q->w, numsub_answered, q); /* (a client gone meanwhile gets nothing) */
     free(q);
 }
 
@@ -726,13 +726,12 @@ static void handle_topic(void *ud, hd_conn *c, hd_http_req *r)
      * (answered later; with the link down, this node's view). */
     topic_ask *q = !n && p->tracked && api->cluster ? malloc(sizeof *q + tl) : NULL;
     if (q) {
-        q->api = api;
-        q->conn = c->id;
+        hd_http_wait_init(&q->w, c, r);
         q->policy = *p;
         q->len = tl;
         memcpy(q->topic, t, tl);
         if (hd_cluster_numsub(api->cluster, t, tl, on_numsub, q) == 0) {
-            hd_http_defer(c);
+            hd_http_wait_later(&q->w);
             free(t);
             return;
         }
