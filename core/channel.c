@@ -206,7 +206,9 @@ static void park_add(hd_channel_ctx *ch, hd_conn *c, int opcode, const uint8_t *
     p->tail = m;
     p->n++;
     p->bytes += len;
-    if (!p->stopped && (p->n >= PARK_MAX_MSGS || p->bytes >= PARK_MAX_BYTES)) {
+    if (p->n >= PARK_MAX_MSGS || p->bytes >= PARK_MAX_BYTES) {
+        /* (every time: reading may have been started again meanwhile, by
+         * http.c handing over the bytes that came with the upgrade) */
         p->stopped = 1;
         hd_conn_read_stop(c);
     }

@@ -651,6 +651,7 @@ void hd_http_wait_later(hd_http_wait *w)
 int hd_http_wait_end(hd_http_wait *w, hd_http_request_cont *fn, void *ud)
 {
     if (w->now) {
+        if (!hd_conn_open(w->c)) return -1;
         fn(ud, w->c, w->r);
         return 0;
     }

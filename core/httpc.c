@@ -599,7 +599,12 @@ static void conn_failed(conn *c, int err, const char *msg)
         hd_debug("http client: %s:%u closed a kept connection; sending the request again", o->host,
                  (unsigned)o->port);
         k->retried = 1;
+        /* (a new connection may fail at once and pump o, which could free
+         * it under us: held as pump holds it) */
+        uint8_t was = o->pumping;
+        o->pumping = 1;
         conn_new(o, k);
+        o->pumping = was;
     } else {
         fail(k, err, msg);
     }

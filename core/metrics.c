@@ -89,8 +89,10 @@ void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd
                   "herald_dropped_total{reason=\"slow_consumer\"} %" PRIu64 "\n"
                   "herald_dropped_total{reason=\"publish_hook\"} %" PRIu64 "\n"
                   "herald_dropped_total{reason=\"drop_oldest\"} %" PRIu64 "\n"
-                  "herald_dropped_total{reason=\"binary_to_v1\"} %" PRIu64 "\n",
-                  m->dropped_slow, sc->ss.publish_dropped, m->dropped_oldest, m->dropped_binary_v1);
+                  "herald_dropped_total{reason=\"binary_to_v1\"} %" PRIu64 "\n"
+                  "herald_dropped_total{reason=\"no_v1_frame\"} %" PRIu64 "\n",
+                  m->dropped_slow, sc->ss.publish_dropped, m->dropped_oldest, m->dropped_binary_v1,
+                  m->dropped_no_v1);
     hd_metrics_counter(o, "herald_slow_consumer_closes_total",
             "Connections closed with 1013 because their send queue was full.", m->slow_closes);
     hd_metrics_counter(o, "herald_idle_closes_total", "Connections closed for idleness.", m->idle_closes);

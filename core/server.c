@@ -570,8 +570,8 @@ void hd_server_stop(hd_server *srv)
     }
     if (srv->net.nconns > 0) return; /* called again by the last close */
     if (uv_is_closing((uv_handle_t *)&srv->sweeper)) return;
+    hd_channel_free(&srv->ch); /* (parks cancel their runs while the runner is alive) */
     hd_script_stop(&srv->sc); /* the scripts' state and timers go last */
-    hd_channel_free(&srv->ch);
     uv_close((uv_handle_t *)&srv->sweeper, on_handle_closed);
     uv_close((uv_handle_t *)&srv->status_timer, on_handle_closed);
     hd_net_close_handles(&srv->net, on_handle_closed, srv);
@@ -582,8 +582,8 @@ void hd_server_stop(hd_server *srv)
 
 void hd_server_free(hd_server *srv)
 {
-    hd_script_stop(&srv->sc);
     hd_channel_free(&srv->ch);
+    hd_script_stop(&srv->sc);
     hd_net_free(&srv->net);
     if (srv->clustered) hd_cluster_free(&srv->cluster);
     hd_engine_free(&srv->eng);

@@ -43,6 +43,7 @@ typedef struct hd_stats {
     uint64_t deliveries;          /* frames queued to subscribers */
     uint64_t dropped_slow;        /* frames dropped from closed slow consumers */
     uint64_t dropped_binary_v1;   /* binary frames not sent to V1 subscribers (no binary in V1) */
+    uint64_t dropped_no_v1;       /* frames a V1 subscriber missed: no V1 copy could be built */
     uint64_t slow_closes;         /* connections closed with 1013 */
     uint64_t idle_closes;         /* connections closed for idleness */
     uint64_t bytes_out;           /* bytes written to sockets */

@@ -178,14 +178,20 @@ size_t hd_topics_publish_at(hd_topics *t, hd_topic *tp, hd_buf *frame, uint64_t 
                 continue;
             }
             if (!v1 && !v1_failed && !(v1 = hd_phx_v1(frame))) v1_failed = 1;
-            if (!(f = v1)) continue;
+            if (!(f = v1)) {
+                if (t->st) t->st->dropped_no_v1++;
+                continue;
+            }
         }
         if (hd_conn_send_topic(s->conn, f, tp->id, p->max_queue_bytes, drop_oldest) == 0) n++;
     }
-    if (v1_failed)
-        hd_error("topic %s: no V1 frame (out of memory, or not a Phoenix V2 frame): "
-                 "its V1 subscribers miss a message",
-                 tp->name);
+    /* Counted per subscriber above; logged now and then only: a peer that
+     * keeps sending such frames must not flood the log from the fan-out. */
+    if (v1_failed && t->v1_failures++ % 1000 == 0)
+        hd_warn("topic %s: no V1 frame (out of memory, or not a Phoenix V2 frame): its V1 "
+                "subscribers miss a message (herald_dropped_total{reason=\"no_v1_frame\"}; "
+                "%llu such publish(es) so far)",
+                tp->name, (unsigned long long)t->v1_failures);
     hd_buf_unref(v1);
     if (t->pol) hd_policy_count(t->pol, p, HD_TC_DELIVERED, n);
     return n;

@@ -60,6 +60,7 @@ typedef struct hd_topics {
     size_t nslots;                /* a power of two */
     size_t count;
     uint32_t next_id;
+    uint64_t v1_failures;         /* publishes whose V1 copy could not be built (logged now and then) */
     hd_policy *pol;               /* borrowed; NULL: defaults */
     hd_stats *st;                 /* borrowed; may be NULL in tests */
     /* Called when a topic is created (its first subscriber joined), and
