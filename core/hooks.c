@@ -174,6 +174,7 @@ void hd_hook_cancel(hd_hook_run *run)
     hook_run *r = (hook_run *)run;
     r->sc->ss.discarded++;
     r->cancelled = 1;
+    r->task.cancel = 1;
     if (!r->task.in_call) end_run(r); /* (else it ends once its call returns) */
 }
 

@@ -432,6 +432,7 @@ int hd_task_begin(hd_scripts *sc, hd_task *t, int h)
     t->listed = t->in_call = 0;
     t->run = h;
     t->conn_id = 0;
+    t->cancel = 0;
     if (!s) return -1;
     t->hold = thread_get(s, &t->hold_ref);
     if (!t->hold) return -1;
@@ -459,6 +460,10 @@ int hd_task_call(hd_task *t, const char *src, int nargs, int *nres)
     }
     lua_xmove(t->hold, t->co, nargs + 1);
     int rc = slice(t, nargs, nres);
+    if (rc == 1 && t->cancel) { /* (given up during the call: it may not wait) */
+        drop_call(t);
+        return -1;
+    }
     if (rc == 1) list_wait(s->sc, t);
     return rc;
 }
@@ -483,6 +488,10 @@ static void wake(hd_task *t)
     int nres = 0;
     lua_pushboolean(t->co, 1);
     int rc = slice(t, 1, &nres);
+    if (rc == 1 && t->cancel) { /* (given up during the call: it may not wait again) */
+        drop_call(t);
+        rc = -1;
+    }
     if (rc != 1) t->resumed(t, rc, nres);
 }
 
@@ -595,7 +604,13 @@ static int l_http_start(lua_State *L)
         return http_error(L, " cannot wait inside a function called from C (a table.sort "
                              "comparison, a string.gsub callback, a __gc metamethod)");
     luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1); /* (the options at 1; the slots below count from there) */
     hd_scripts *sc = s->sc;
+    if (sc->stopping) {
+        lua_pushnil(L);
+        lua_pushstring(L, "the server is stopping");
+        return 2;
+    }
     hd_httpc_req req;
     memset(&req, 0, sizeof req);
     req.method = opt_string(L, "method", "GET", NULL);
@@ -1317,6 +1332,7 @@ static void swap_in(hd_scripts *sc, hd_script *s)
 
 int hd_script_start(hd_scripts *sc, char *err, size_t errlen)
 {
+    sc->stopping = 0;
     hd_script *s = build(sc, err, errlen);
     if (!s) return HD_ECONFIG;
     swap_in(sc, s);
@@ -1349,6 +1365,7 @@ static void on_wait_timer_closed(uv_handle_t *h) { free(h); }
 
 void hd_script_stop(hd_scripts *sc)
 {
+    sc->stopping = 1;
     if (sc->nwaiting)
         hd_info("scripts: %zu hook(s) waiting for I/O fail: the server is stopping", sc->nwaiting);
     while (sc->wait_head) {

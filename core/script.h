@@ -92,6 +92,7 @@ typedef struct hd_scripts {
     size_t nwaiting;
     uv_timer_t *wait_timer;          /* fires at the first deadline (made at the first wait) */
     struct hd_httpc *httpc;          /* herald.http.request's client (made at the first) */
+    int stopping;                    /* hd_script_stop runs: no new requests */
     hd_script_stats ss;
 } hd_scripts;
 
@@ -166,6 +167,7 @@ struct hd_task {
                             * timed out or the server is stopping; logged and counted) */
     int nowait;            /* the caller cannot wait: herald.http.request raises */
     uint64_t conn_id;      /* the connection it runs for (its log lines say so), or 0 */
+    int cancel;            /* its owner gave it up during a call: that call may not wait */
     /* script.c's */
     hd_script *s;          /* the generation, pinned */
     lua_State *hold;       /* the run's values */
