@@ -2,8 +2,11 @@
 # make bench: measures herald with tests/load/herald-bench and prints each
 # result as one JSON line, then a summary table.
 #
-#   scripts/bench.sh [SCENARIO...]     default: idle fanout fanout-paced fanout-burst many-topics connect api
+#   scripts/bench.sh [SCENARIO...]     default: idle fanout fanout-v1half fanout-paced fanout-burst many-topics connect api
 #
+# fanout-v1half is fanout with every other subscriber on Phoenix's V1
+# serializer (herald-bench -V 50): herald encodes each message twice, the V2
+# frame and, at the first V1 subscriber, its V1 copy.
 # fanout-history (fanout on a topic keeping a history of 1,000 messages) is
 # known but not in the default list: make bench-history runs it next to fanout.
 # recovery-storm (10,000 clients of a topic with history drop at once, miss 10
@@ -28,7 +31,7 @@ BUILD=${BUILD:-$ROOT/build}
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 RUNS=${BENCH_RUNS:-1}
 BENCH_ARGS=${BENCH_ARGS:-}
-ALL=(idle fanout fanout-paced fanout-burst many-topics connect api)
+ALL=(idle fanout fanout-v1half fanout-paced fanout-burst many-topics connect api)
 EXTRA=(cluster-fanout fanout-history recovery-storm) # known, not run by default
 
 scenarios=("$@")

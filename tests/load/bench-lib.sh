@@ -306,13 +306,17 @@ hb_check_nodes() {
 # hb_run SCENARIO SERVER RESULTS_FILE: one herald-bench run against a fresh
 # server; prints its JSON line and appends it to RESULTS_FILE.
 hb_run() {
-  local scenario=$1 server=$2 out=$3 line rc others shown=$1
+  local scenario=$1 server=$2 out=$3 line rc others shown=$1 flags=
   # fanout-history: fanout on a topic whose policy keeps a history;
+  # fanout-v1half: fanout with every other client on the V1 serializer;
   # recovery-storm: its clients rejoin with since, up to 1,000 missed
   case $scenario in
     fanout-history)
       scenario=fanout
       HB_EXTRA='topics = { { match = "*", history_size = 1000 } }' ;;
+    fanout-v1half)
+      scenario=fanout flags="-V 50"
+      HB_EXTRA= ;;
     recovery-storm)
       HB_EXTRA=$HB_STORM_TOPICS ;;
     *) HB_EXTRA= ;;
@@ -326,7 +330,7 @@ hb_run() {
     return 1
   }
   # shellcheck disable=SC2086
-  line=$(timeout 150 "$BENCH_BIN" -s "$scenario" -S "$server" -p "$SRV_PORT" -P "$SRV_MEASURE_PID" $BENCH_ARGS)
+  line=$(timeout 150 "$BENCH_BIN" -s "$scenario" -S "$server" -p "$SRV_PORT" -P "$SRV_MEASURE_PID" $flags $BENCH_ARGS)
   rc=$?
   if [ -z "$line" ]; then
     line=$(printf '{"scenario":"%s","server":"%s","error":"herald-bench exited %s with no result"}' "$scenario" "$server" "$rc")
