@@ -41,7 +41,7 @@ static void conn_shut(hd_conn *c, uint16_t code, const char *reason)
 }
 static void conn_closed(hd_conn *c) { (void)c; }
 static void conn_free(hd_conn *c) { (void)c; }
-static const hd_conn_ops ops = {conn_read, conn_shut, conn_closed, conn_free};
+static const hd_conn_ops ops = {.on_read = conn_read, .close = conn_shut, .on_closed = conn_closed, .free = conn_free};
 
 static void resolve(void *ud, const char *name, size_t len, hd_topic_policy *p)
 {
