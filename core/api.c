@@ -496,9 +496,9 @@ static void answer_push(hd_conn *c, hd_http_req *r, pushing *w, hd_str *out)
 }
 
 /* A binary push (Content-Type: application/octet-stream): channel (or
- * channel[]) and event in the query, the body the bytes, published on
- * this node as a V2 binary broadcast (hd_publish_binary: no publish hook,
- * no shaping, no history, no other node). */
+ * channel[]) and event in the query, the body the bytes, published as a
+ * V2 binary broadcast on every node (hd_publish_binary: no publish hook,
+ * no shaping, no history). */
 static void handle_binary_push(hd_api *api, hd_conn *c, hd_http_req *r)
 {
     json_t *q = form_to_object(r->query, r->query_len);

@@ -311,7 +311,7 @@ static void rechecked(void *ud, hd_hook_result *res)
 size_t hd_channel_recheck(hd_channel_ctx *ch, hd_conn *c)
 {
     size_t before = ch->rechecks_closed;
-    hd_sub *s = c->kind == HD_CONN_WS ? c->subs : NULL;
+    hd_sub *s = c->kind != HD_CONN_HTTP ? c->subs : NULL;
     while (s && hd_conn_open(c)) {
         hd_sub *next = s->cnext;
         const char *jr = hd_sub_join_ref(s);

@@ -137,8 +137,8 @@ static void status_fields(hd_server *srv, hd_str *out)
     hd_str_printf(out, "\"state\":\"%s\",\"phase\":\"%s\",\"node\":", state_names[srv->state],
                   hd_phase_name(srv->drain.phase));
     hd_str_add_json(out, srv->node_id, strlen(srv->node_id));
-    hd_str_printf(out, ",\"connections\":%zu,\"topics\":%zu,\"scripts\":", srv->net.nws,
-                  srv->eng.topics.count);
+    hd_str_printf(out, ",\"connections\":%zu,\"longpoll_sessions\":%zu,\"topics\":%zu,\"scripts\":",
+                  srv->net.nws, srv->net.nlp, srv->eng.topics.count);
     hd_script_status_json(&srv->sc, out);
     hd_str_adds(out, ",\"cluster\":");
     if (srv->clustered) hd_cluster_status_json(&srv->cluster, out);
@@ -559,7 +559,7 @@ int hd_server_reload(hd_server *srv, char *err, size_t errlen)
     if (rc || !srv->cfg->recheck_joins) return rc;
     size_t closed = 0;
     for (hd_conn *c = srv->net.conns; c; c = c->next)
-        if (c->kind == HD_CONN_WS && hd_conn_open(c)) closed += hd_channel_recheck(&srv->ch, c);
+        if (c->kind != HD_CONN_HTTP && hd_conn_open(c)) closed += hd_channel_recheck(&srv->ch, c);
     hd_info("reload: re-checked joins, closed %zu channel(s)", closed);
     return 0;
 }
