@@ -11,7 +11,7 @@ import json
 import statistics
 import sys
 
-ORDER = ["idle", "fanout", "fanout-v1half", "fanout-paced", "fanout-burst", "many-topics", "connect", "api",
+ORDER = ["idle", "idle-longpoll-ws", "idle-longpoll", "fanout", "fanout-v1half", "fanout-paced", "fanout-burst", "many-topics", "connect", "api",
          "fanout-history", "recovery-storm"]
 SERVERS = ["herald", "nchan", "node"]
 
@@ -120,6 +120,9 @@ def summary(merged):
     storms = [k for k in sorted(merged, key=order_key) if "storm_s" in merged[k]]
     if storms:
         storm_table(merged, storms)
+    lp = [k for k in sorted(merged, key=order_key) if k[0] == "idle-longpoll"]
+    if lp:
+        longpoll_table(merged, lp)
     mixed = [k for k in sorted(merged, key=order_key) if merged[k].get("v1_percent")]
     if mixed:
         # the V2-only runs of the same scenarios beside them (fanout for fanout-v1half)
@@ -127,6 +130,43 @@ def summary(merged):
         keys = [k for k in sorted(merged, key=order_key)
                 if k in mixed or (k[0] in base and not merged[k].get("v1_percent"))]
         serializer_table(merged, keys)
+
+
+def longpoll_table(merged, keys):
+    """idle-longpoll: bytes of herald's RSS per idle LongPoll session (a poll held)
+    beside bytes per idle WebSocket (idle-longpoll-ws: the same N and config)."""
+    headers = ["server", "runs", "sessions", "B/session", "WebSockets", "B/WebSocket",
+               "session/ws", "RSS MB lp/ws", "fds lp/ws", "polls", "errors"]
+    rows = []
+    for key in keys:
+        m, w = merged[key], merged.get(("idle-longpoll-ws", key[1]), {})
+        b_lp, b_ws = m.get("rss_per_conn_bytes"), w.get("rss_per_conn_bytes")
+        ratio = f"{b_lp / b_ws:.2f}x" if isinstance(b_lp, (int, float)) and \
+            isinstance(b_ws, (int, float)) and b_ws else "-"
+
+        def mb(r):
+            held, base = r.get("rss_held_kb"), r.get("rss_base_kb")
+            return fmt((held - base) / 1024, 1) if isinstance(held, (int, float)) and \
+                isinstance(base, (int, float)) else "-"
+
+        def fds(r):
+            held, base = r.get("server_fds_held"), r.get("server_fds_base")
+            return fmt(held - base) if isinstance(held, (int, float)) and \
+                isinstance(base, (int, float)) else "-"
+        err = "; ".join(e for e in (m.get("error", ""), w.get("error", "")) if e)
+        if m.get("server_alive") is False or w.get("server_alive") is False:
+            err = "SERVER DIED; " + err
+        rows.append([key[1] or "?", fmt(m.get("runs")),
+                     f"{fmt(m.get('ready'))}/{fmt(m.get('clients'))}", fmt(b_lp),
+                     f"{fmt(w.get('ready'))}/{fmt(w.get('clients'))}" if w else "-", fmt(b_ws),
+                     ratio, f"{mb(m)}/{mb(w)}", f"{fds(m)}/{fds(w)}", fmt(m.get("lp_polls")),
+                     (err[:60] if err else "")])
+    print("\nidle-longpoll: idle LongPoll sessions against idle WebSockets")
+    table(headers, rows)
+    print("\nB/session, B/WebSocket: herald's RSS after the joins and the hold, less its RSS"
+          " before, per client ready (each its own topic, as idle); a session holds one poll,"
+          " one TCP connection (fds: herald's open files held, less before); RSS MB: that"
+          " growth; polls: sent in all (the one that fetched the join reply, then the one held).")
 
 
 def serializer_table(merged, keys):

@@ -59,6 +59,7 @@
 #define STORM_MAXMSG 10000 /* recovery-storm: most --messages (missed while away) */
 #define HB_N 4608         /* latency histogram buckets (see hbucket) */
 #define RBUF_MAX (16u << 20)
+#define LP_TOKEN_MAX 64 /* --longpoll: a session's token (herald's are 48 hex digits) */
 #define WS_KEY "dGhlIHNhbXBsZSBub25jZQ=="
 #define WS_ACCEPT "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" /* the RFC 6455 example answer */
 
@@ -95,6 +96,8 @@ typedef struct {
     const char *ws_path, *pub_path;
     int v1_pct;             /* -V: percent of the herald clients on the V1 serializer */
     const char *ws_path_v1; /* their WebSocket path (vsn=1.0.0; --v1-path) */
+    int longpoll;           /* --longpoll: the clients are Phoenix LongPoll sessions */
+    const char *lp_path, *lp_path_v1; /* their endpoint (--lp-path), and the V1 clients' */
     int verbose;
 } opts_t;
 
@@ -123,6 +126,7 @@ typedef struct {
     uint64_t cpu_us, max_lat_us, max_conn_us;
     uint64_t v1_ready, v1_deliveries, v1_max_lat_us, v1_last_deliv_ns; /* -V: the V1 clients' */
     uint64_t wrong_vsn; /* frames of the other serializer than the client's */
+    uint64_t lp_polls, lp_empty, lp_msgs; /* --longpoll: polls sent; answered 204; 200 once ready */
     int32_t close_code, http_status, done, pad_;
     char err[192];
     uint64_t hist[HB_N];  /* delivery latency, us */
@@ -286,6 +290,7 @@ typedef struct client {
     uint8_t state, joins_pending, in_frag, frag_has_t;
     uint8_t gen; /* recovery-storm: 0 the first connection, 1 the reconnect */
     uint8_t v1;  /* -V: this client speaks Phoenix's V1 serializer (JSON objects) */
+    uint8_t lp_step; /* --longpoll: LP_OPEN, LP_POST, LP_JOIN (polls for the join replies), LP_HELD */
     int32_t frag_seq;
     uint64_t frag_t;
     uint64_t t_start;
@@ -326,6 +331,7 @@ typedef struct {
     struct sockaddr_in dst;
     int rport; /* recovery-storm: the server they reconnect to (--rejoin) */
     struct sockaddr_in rdst;
+    char (*tokens)[LP_TOKEN_MAX + 1]; /* --longpoll: per client, its session's token */
     char buf[65536];
 } worker_t;
 
@@ -772,16 +778,20 @@ static void on_frame(client_t *c, int fin, int opcode, const char *p, size_t n)
 
 /* A Phoenix message of the client's serializer: V2 [ref,ref,topic,event,payload]
  * (the join's ref as join_ref), V1 {"topic","event","payload","ref"}. */
+static int phx_text(const client_t *c, char *out, size_t cap, const char *ref, const char *topic,
+                    const char *event, const char *payload)
+{
+    if (c->v1)
+        return snprintf(out, cap, "{\"topic\":\"%s\",\"event\":\"%s\",\"payload\":%s,\"ref\":\"%s\"}",
+                        topic, event, payload, ref);
+    return snprintf(out, cap, "[\"%s\",\"%s\",\"%s\",\"%s\",%s]", ref, ref, topic, event, payload);
+}
+
 static void send_phx(client_t *c, const char *ref, const char *topic, const char *event,
                      const char *payload)
 {
     char msg[400];
-    if (c->v1)
-        snprintf(msg, sizeof msg, "{\"topic\":\"%s\",\"event\":\"%s\",\"payload\":%s,\"ref\":\"%s\"}",
-                 topic, event, payload, ref);
-    else
-        snprintf(msg, sizeof msg, "[\"%s\",\"%s\",\"%s\",\"%s\",%s]", ref, ref, topic, event,
-                 payload);
+    phx_text(c, msg, sizeof msg, ref, topic, event, payload);
     send_text(c, msg);
 }
 
@@ -815,10 +825,177 @@ static void handshake_done(client_t *c)
     }
 }
 
+/* ---- --longpoll: a Phoenix LongPoll session over one keep-alive connection.
+ * GET <lp-path> opens it ({"status":410,"token":T}), one POST of ndjson
+ * carries its joins, polls (GET ?token=T) fetch the join replies; once every
+ * join is answered ok the client is ready and holds a poll, sent again
+ * whenever one is answered (204 after longpoll.poll_ms). */
+
+enum { LP_OPEN, LP_POST, LP_JOIN, LP_HELD };
+
+static const char *lp_path_of(const client_t *c) { return c->v1 ? O.lp_path_v1 : O.lp_path; }
+
+/* Sends GET (body NULL: the open, or a poll once the token is known) or a POST of body. */
+static void lp_request(client_t *c, const char *body)
+{
+    char req[2048];
+    const char *path = lp_path_of(c), *tok = WK->tokens[c->idx - WK->first];
+    const char *sep = !tok[0] ? "" : strchr(path, '?') ? "&token=" : "?token=";
+    int n;
+    if (body)
+        n = snprintf(req, sizeof req,
+                     "POST %s%s%s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/x-ndjson\r\n"
+                     "Content-Length: %zu\r\n\r\n%s",
+                     path, sep, tok, O.host, WK->port, strlen(body), body);
+    else
+        n = snprintf(req, sizeof req, "GET %s%s%s HTTP/1.1\r\nHost: %s:%d\r\n\r\n", path, sep, tok,
+                     O.host, WK->port);
+    if (n <= 0 || (size_t)n >= sizeof req) {
+        client_end(c, "long-poll request too long");
+        return;
+    }
+    if (!body && tok[0]) INC(WK->st->lp_polls);
+    int rc = write_raw((uv_stream_t *)&c->tcp, req, (size_t)n);
+    if (rc) client_end(c, "long-poll write: %s", uv_strerror(rc));
+}
+
+/* The POST of the client's joins: one ndjson line each, as handshake_done sends them. */
+static void lp_post_joins(client_t *c)
+{
+    char body[1024], topic[32];
+    size_t n = 0;
+    c->joins_pending = 1;
+    if (O.topic_mode == TM_ONE) {
+        n += (size_t)phx_text(c, body, sizeof body, "1", "fan", "phx_join", "{}");
+    } else {
+        topic_name(topic, sizeof topic, c->idx);
+        n += (size_t)phx_text(c, body, sizeof body, "1", topic, "phx_join", "{}");
+        if (O.topic_mode == TM_OWN_SHARED) {
+            c->joins_pending = 2;
+            body[n++] = '\n';
+            phx_text(c, body + n, sizeof body - n, "2", "all", "phx_join", "{}");
+        }
+    }
+    c->lp_step = LP_POST;
+    lp_request(c, body);
+}
+
+/* One complete HTTP answer at p[0..len): its length, with its status and
+ * body; 0 while incomplete, -1 if it is not one (herald always sends a
+ * Content-Length). */
+static long http_answer(const char *p, size_t len, int *status, const char **body, size_t *blen)
+{
+    const char *e = memmem(p, len, "\r\n\r\n", 4);
+    if (!e) return len > 16384 ? -1 : 0;
+    size_t hl = (size_t)(e - p) + 4;
+    if (hl < 12 || memcmp(p, "HTTP/1.", 7) != 0) return -1;
+    *status = atoi(p + 9);
+    long clen = -1;
+    for (const char *l = memchr(p, '\n', hl); l && l < e; l = memchr(l, '\n', (size_t)(e - l))) {
+        l++;
+        if (!strncasecmp(l, "content-length:", 15)) clen = strtol(l + 15, NULL, 10);
+    }
+    if (clen < 0 || clen > (long)RBUF_MAX) return -1;
+    if (len < hl + (size_t)clen) return 0;
+    *body = p + hl;
+    *blen = (size_t)clen;
+    return (long)(hl + (size_t)clen);
+}
+
+/* How often needle occurs in p[0..n). */
+static int count_of(const char *p, size_t n, const char *needle)
+{
+    size_t k = strlen(needle);
+    int count = 0;
+    for (const char *q = p; (q = memmem(q, n - (size_t)(q - p), needle, k)); q += k) count++;
+    return count;
+}
+
+/* One answer of the session's: the next step. */
+static void lp_answer(client_t *c, int status, const char *b, size_t n)
+{
+    char *tok = WK->tokens[c->idx - WK->first];
+    int lp = 0;
+    const char *sk = memmem(b, n, "\"status\":", 9);
+    if (sk) lp = atoi(sk + 9);
+    if (status != 200) {
+        ST(WK->st->http_status, status);
+        client_end(c, "long poll answered HTTP %d: %.*s", status, (int)(n > 80 ? 80 : n), b);
+        return;
+    }
+    if (lp == 410 && c->lp_step != LP_OPEN) {
+        client_end(c, "long-poll session gone (410): %.*s", (int)(n > 80 ? 80 : n), b);
+        return;
+    }
+    switch (c->lp_step) {
+    case LP_OPEN: {
+        const char *t = memmem(b, n, "\"token\":\"", 9);
+        const char *q = t ? memchr(t + 9, '"', n - (size_t)(t + 9 - b)) : NULL;
+        if (lp != 410 || !q || q - (t + 9) > LP_TOKEN_MAX || q == t + 9) {
+            client_end(c, "long-poll open answered %.*s", (int)(n > 80 ? 80 : n), b);
+            return;
+        }
+        memcpy(tok, t + 9, (size_t)(q - (t + 9)));
+        tok[q - (t + 9)] = 0;
+        lp_post_joins(c);
+        return;
+    }
+    case LP_POST:
+        if (lp != 200) {
+            client_end(c, "long-poll POST answered %.*s", (int)(n > 80 ? 80 : n), b);
+            return;
+        }
+        c->lp_step = LP_JOIN;
+        break;
+    case LP_JOIN: {
+        /* the frames are JSON strings here: {\"status\":\"ok\",...} */
+        if (memmem(b, n, "\\\"status\\\":\\\"error\\\"", 20)) {
+            client_end(c, "join refused: %.*s", (int)(n > 120 ? 120 : n), b);
+            return;
+        }
+        if (lp == 204) INC(WK->st->lp_empty);
+        int ok = count_of(b, n, "\\\"status\\\":\\\"ok\\\"");
+        if (ok >= c->joins_pending) {
+            c->joins_pending = 0;
+            c->lp_step = LP_HELD;
+            client_ready(c);
+            if (c->state != CS_READY) return;
+        } else {
+            c->joins_pending = (uint8_t)(c->joins_pending - ok);
+        }
+        break;
+    }
+    default: /* LP_HELD: 204 after poll_ms, or messages */
+        if (lp == 204) INC(WK->st->lp_empty);
+        else INC(WK->st->lp_msgs);
+    }
+    lp_request(c, NULL); /* the next poll */
+}
+
+static size_t lp_process(client_t *c, const char *p, size_t len)
+{
+    size_t off = 0;
+    while (c->state < CS_CLOSING && off < len) {
+        int status = 0;
+        const char *body = NULL;
+        size_t blen = 0;
+        long used = http_answer(p + off, len - off, &status, &body, &blen);
+        if (used < 0) {
+            client_end(c, "not an HTTP answer with a Content-Length");
+            return len;
+        }
+        if (!used) break;
+        off += (size_t)used;
+        lp_answer(c, status, body, blen);
+    }
+    return off;
+}
+
 /* Parses what arrived; returns the bytes consumed (the rest is kept). */
 static size_t process(client_t *c, const char *p, size_t len)
 {
     size_t off = 0;
+    if (O.longpoll) return lp_process(c, p, len);
     if (c->state == CS_HANDSHAKE) {
         const char *e = memmem(p, len, "\r\n\r\n", 4);
         if (!e) {
@@ -949,6 +1126,15 @@ static void on_connect(uv_connect_t *req, int status)
         client_end(c, "connect: %s", uv_strerror(status));
         return;
     }
+    if (O.longpoll) {
+        c->state = CS_HANDSHAKE;
+        c->lp_step = LP_OPEN;
+        WK->tokens[c->idx - WK->first][0] = 0;
+        int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        if (rc) client_end(c, "read: %s", uv_strerror(rc));
+        else lp_request(c, NULL);
+        return;
+    }
     char path[512], reqbuf[1024];
     char topic[32];
     topic_name(topic, sizeof topic, c->idx);
@@ -1063,7 +1249,7 @@ static void on_poll(uv_timer_t *t)
 static void on_heartbeat(uv_timer_t *t)
 {
     (void)t;
-    if (O.server != SRV_HERALD || O.heartbeat_ms <= 0) return;
+    if (O.server != SRV_HERALD || O.heartbeat_ms <= 0 || O.longpoll) return; /* (none in LongPoll) */
     uint64_t slots = (uint64_t)(O.heartbeat_ms / 1000);
     if (slots < 1) slots = 1;
     uint64_t k = WK->tick++ % slots;
@@ -1111,6 +1297,10 @@ static void worker_main(int id, uint32_t first, uint32_t count)
             free(w->clients);
             w->clients = NULL;
         }
+    }
+    if (O.longpoll && w->clients && !(w->tokens = calloc(count ? count : 1, sizeof *w->tokens))) {
+        free(w->clients);
+        w->clients = NULL;
     }
     if (!w->clients || uv_loop_init(&w->loop)) {
         set_err(w->st->err, sizeof w->st->err, "worker %d: out of memory", id);
@@ -2396,6 +2586,19 @@ static void report(void)
     jint("src_addrs", O.addrs);
     jint("concurrency", O.concurrency);
     jstr("topics", topic_mode_names[O.topic_mode]);
+    jstr("transport", O.longpoll ? "longpoll" : O.server == SRV_HERALD ? "websocket" : "ws");
+    if (O.longpoll) {
+        uint64_t polls = 0, empty = 0, msgs = 0;
+        for (int w = 0; w < P.nw; w++) {
+            polls += LD(SH->w[w].lp_polls);
+            empty += LD(SH->w[w].lp_empty);
+            msgs += LD(SH->w[w].lp_msgs);
+        }
+        jstr("lp_path", O.lp_path);
+        jint("lp_polls", (long long)polls);
+        jint("lp_polls_empty", (long long)empty);
+        jint("lp_polls_msgs", (long long)msgs);
+    }
     jnum("connect_s", connect_s, 3);
     jnum("connect_rate", connect_s > 0 ? (double)t.ready / connect_s : 0, 1);
     jnum("conn_p50_ms", hpercentile(chist, ncon, 0.50) / 1000, 3);
@@ -2449,6 +2652,15 @@ static void report(void)
     if (O.storm) report_storm();
     if (O.npids > 1) report_procs();
 
+    long fds_base = 0, fds_held = 0;
+    for (int i = 0; i < O.npids; i++) {
+        fds_base += P.pfds_base[i];
+        fds_held += P.pfds_hold[i];
+    }
+    if (O.npids) {
+        jint("server_fds_base", fds_base);
+        jint("server_fds_held", fds_held);
+    }
     jint("rss_base_kb", P.rss_base);
     jint("rss_connected_kb", P.rss_conn);
     jint("rss_held_kb", P.rss_hold);
@@ -2557,6 +2769,12 @@ static void usage(FILE *f)
         "                         (default 0: all V2); figures apart in v1_* and v2_lat_*\n"
         "      --v1-path PATH     the V1 clients' WebSocket path (default: --ws-path with\n"
         "                         vsn=1.0.0; a path without vsn is V1 as well)\n"
+        "      --longpoll         herald: the clients are Phoenix LongPoll sessions, each on one\n"
+        "                         keep-alive connection: open, POST the joins (ndjson), poll\n"
+        "                         for the replies, then hold a poll (again when answered); no\n"
+        "                         publishing (idle, connect)\n"
+        "      --lp-path PATH     their endpoint (default /socket/longpoll?vsn=2.0.0; -V\n"
+        "                         clients: with vsn=1.0.0)\n"
         "      --mark CMD         run 'CMD start' (sh) before the first publish and 'CMD end'\n"
         "                         after the last delivery, clients still connected (at most\n"
         "                         10 s); recovery-storm: before the reconnects, once all live\n"
@@ -2674,7 +2892,8 @@ static int parse_int(const char *s, const char *what, long lo, long hi)
 int main(int argc, char **argv)
 {
     enum { O_PUBS = 1000, O_SIZE, O_RATE, O_TOPICS, O_SHARED, O_HOLD, O_SETTLE, O_HB, O_CTO,
-           O_QUIET, O_WSPATH, O_PUBPATH, O_SUBPORTS, O_MARK, O_AWAIT, O_REJOIN, O_V1PATH };
+           O_QUIET, O_WSPATH, O_PUBPATH, O_SUBPORTS, O_MARK, O_AWAIT, O_REJOIN, O_V1PATH, O_LONGPOLL,
+           O_LPPATH };
     static const struct option lo[] = {
         {"scenario", 1, 0, 's'},   {"server", 1, 0, 'S'},      {"host", 1, 0, 'H'},
         {"port", 1, 0, 'p'},       {"pid", 1, 0, 'P'},         {"clients", 1, 0, 'n'},
@@ -2686,6 +2905,7 @@ int main(int argc, char **argv)
         {"ws-path", 1, 0, O_WSPATH}, {"pub-path", 1, 0, O_PUBPATH}, {"verbose", 0, 0, 'v'},
         {"sub-ports", 1, 0, O_SUBPORTS}, {"mark", 1, 0, O_MARK}, {"await", 0, 0, O_AWAIT},
         {"rejoin", 1, 0, O_REJOIN}, {"v1", 1, 0, 'V'},         {"v1-path", 1, 0, O_V1PATH},
+        {"longpoll", 0, 0, O_LONGPOLL}, {"lp-path", 1, 0, O_LPPATH},
         {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
 
     O.server = SRV_HERALD;
@@ -2785,6 +3005,8 @@ int main(int argc, char **argv)
         case O_MARK: O.mark_cmd = optarg; break;
         case 'V': O.v1_pct = parse_int(optarg, "v1 percent", 0, 100); break;
         case O_V1PATH: O.ws_path_v1 = optarg; break;
+        case O_LONGPOLL: O.longpoll = 1; break;
+        case O_LPPATH: O.lp_path = optarg; break;
         case O_AWAIT: O.await_ = 1; break;
         case O_REJOIN:
             if (!strcmp(optarg, "other")) O.rejoin_other = 1;
@@ -2817,6 +3039,13 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!O.ws_path_v1) O.ws_path_v1 = v1_path(O.ws_path);
+    if (!O.lp_path) O.lp_path = "/socket/longpoll?vsn=2.0.0";
+    O.lp_path_v1 = v1_path(O.lp_path);
+    if (O.longpoll && (O.server != SRV_HERALD || O.messages > 0 || O.storm || O.nsub_ports)) {
+        fprintf(stderr, "herald-bench: --longpoll is for herald, without publishing (idle, "
+                        "connect; -m 0), recovery-storm or --sub-ports\n");
+        return 2;
+    }
     if (!O.pub_path)
         O.pub_path = O.server == SRV_HERALD  ? "/api/push"
                      : O.server == SRV_NCHAN ? "/pub/"
