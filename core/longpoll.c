@@ -205,7 +205,10 @@ static void answer_poll(hd_lp_ctx *lp, lp_session *s, hd_conn *c, const hd_http_
         }
         if (!first) hd_str_addc(&b, ',');
         first = 0;
-        hd_str_add_json(&b, (const char *)p, len);
+        /* V2 clients take each message as text; V1 ones (phoenix.js 1.2)
+         * as the JSON value itself. */
+        if (sc->flags & HD_CF_V1) hd_str_add(&b, p, len);
+        else hd_str_add_json(&b, (const char *)p, len);
     }
     hd_str_adds(&b, "]}");
     if (!b.oom) hd_conn_written(sc, taken);
