@@ -135,6 +135,40 @@ int hd_utf8_valid(const uint8_t *p, size_t len)
     return 1;
 }
 
+const char *hd_json_escape(const uint8_t *p, size_t len, char esc[8], size_t *wl, size_t *step)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t c = p[0];
+    *step = 1;
+    if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') return NULL;
+    if (c >= 0x80) {
+        size_t n = hd_utf8_seq(p, len);
+        if (n) {
+            *step = n;
+            return NULL;
+        }
+        *wl = 6;
+        return "\\ufffd";
+    }
+    esc[0] = '\\';
+    *wl = 2;
+    switch (c) {
+    case '"': esc[1] = '"'; break;
+    case '\\': esc[1] = '\\'; break;
+    case '\b': esc[1] = 'b'; break;
+    case '\f': esc[1] = 'f'; break;
+    case '\n': esc[1] = 'n'; break;
+    case '\r': esc[1] = 'r'; break;
+    case '\t': esc[1] = 't'; break;
+    default:
+        memcpy(esc + 1, "u00", 3);
+        esc[4] = hex[c >> 4];
+        esc[5] = hex[c & 15];
+        *wl = 6;
+    }
+    return esc;
+}
+
 /* ---- URL, headers --------------------------------------------------------- */
 
 static int hexval(char c)

@@ -21,6 +21,12 @@ long hd_base64_decode(const char *in, size_t len, uint8_t *out);
 /* Returns 1 when len bytes at p are well-formed UTF-8 (no overlongs, no
  * surrogates, nothing above U+10FFFF), else 0. */
 int hd_utf8_valid(const uint8_t *p, size_t len);
+/* The JSON string form of the character at p (len > 0 bytes left): NULL
+ * when it goes as it is (*step bytes: printable ASCII, or a well-formed
+ * UTF-8 sequence), else its escape, *wl bytes (in esc, or static), for
+ * *step bytes of input: \" \\ \b \f \n \r \t, \u00XX for the other
+ * control characters and DEL, \ufffd for a byte that is not UTF-8. */
+const char *hd_json_escape(const uint8_t *p, size_t len, char esc[8], size_t *wl, size_t *step);
 /* The length (1-4) of the well-formed UTF-8 character at p (len > 0), or 0
  * when the bytes there are not one. */
 size_t hd_utf8_seq(const uint8_t *p, size_t len);
