@@ -83,6 +83,11 @@ int hd_str_add_json(hd_str *s, const char *p, size_t len)
     s->p[s->len++] = '"';
     size_t run = 0; /* start of the pending run of bytes that go as they are */
     for (size_t i = 0; i < len;) {
+        unsigned char c = (unsigned char)p[i];
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') { /* (most bytes: no call) */
+            i++;
+            continue;
+        }
         char esc[8];
         size_t wl = 0, step;
         const char *w = hd_json_escape((const uint8_t *)p + i, len - i, esc, &wl, &step);
