@@ -61,6 +61,12 @@ int hd_http_busy(const hd_conn *c);
  * the request stays valid, until hd_http_resume. Pipelined requests stay
  * in order behind it. */
 void hd_http_defer(hd_conn *c);
+/* As hd_http_defer, for an answer that may wait long (a held long poll):
+ * the connection is still read (what arrives is kept for after the
+ * answer, 64 KiB at most), so that its end is seen: when it closes while
+ * the answer is deferred, gone(ud, c) is called (from its close; the
+ * answer is not given then). */
+void hd_http_defer_watch(hd_conn *c, void (*gone)(void *ud, hd_conn *c), void *ud);
 /* The request whose answer c defers, or NULL (the connection is no longer
  * HTTP, or nothing is deferred). */
 hd_http_req *hd_http_deferred(hd_conn *c);
