@@ -1070,7 +1070,7 @@ static void authenticate(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int lon
     char *token = token_of(r, longpoll);
     hd_hook_run *run = hd_hook_authenticate_start(ch->sc, c, &view, token, auth_done, u);
     free(token);
-    if (run) hd_http_wait_later(&u->w);
+    if (run) hd_http_wait_hook(&u->w, run);
 }
 
 /* ws.allowed_origins: a browser's Origin must be one of them (cross-site

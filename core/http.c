@@ -1,4 +1,5 @@
 #include "http.h"
+#include "hooks.h"
 #include "err.h"
 #include "log.h"
 #include "util.h"
@@ -664,7 +665,25 @@ void hd_http_continue(hd_conn *c, hd_http_request_cont *fn, void *ud)
 
 void hd_http_wait_init(hd_http_wait *w, hd_conn *c, hd_http_req *r)
 {
-    *w = (hd_http_wait){c->net, c->id, c, r, 1};
+    *w = (hd_http_wait){c->net, c->id, c, r, 1, NULL};
+}
+
+/* The connection of a request whose hook waits closed: the hook goes. */
+static void wait_gone(void *ud, hd_conn *c)
+{
+    (void)c;
+    hd_http_wait *w = ud;
+    hd_hook_cancel(w->run);
+    free(w); /* (the context it begins) */
+}
+
+void hd_http_wait_hook(hd_http_wait *w, struct hd_hook_run *run)
+{
+    hd_http_defer_watch(w->c, wait_gone, w);
+    w->run = run;
+    w->now = 0;
+    w->c = NULL;
+    w->r = NULL;
 }
 
 void hd_http_wait_later(hd_http_wait *w)
