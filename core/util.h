@@ -92,6 +92,20 @@ typedef struct hd_redis_url {
     char user[HD_REDIS_URL_MAX + 1];     /* "" when none (then AUTH password alone) */
     int db;                              /* 0-15; 0 when the URL has none */
 } hd_redis_url;
+/* The authority of a URL: host[:port] or [IPv6][:port]. */
+typedef struct hd_authority {
+    const char *host;            /* into the input, without brackets */
+    size_t host_len;             /* at most 253 (a DNS name) */
+    int v6;                      /* host is an IPv6 address (bracketed) */
+    unsigned port;               /* 1..65535, or 0 when none was given */
+} hd_authority;
+
+/* Parses [p, p+n) as an authority (no user info: the caller refuses '@').
+ * Host names are letters, digits, '-', '.', '_'. Returns NULL, or the
+ * reason it is not one: "no host", "bad IPv6 address", "bad character in
+ * the host", "host over 253 bytes", "bad host", "bad port". */
+const char *hd_authority_parse(const char *p, size_t n, hd_authority *a);
+
 /* Parses url, one of
  *   redis://host   redis://host:port   redis://[::1]:port
  *   redis://:password@host:port/db   redis://user:password@host:port/db
