@@ -260,6 +260,9 @@ test('failures: a dead backend, garbage, an oversized answer, 5xx, timeouts: on_
       `herald_lua_http_errors_total: ${h.metricSum(m, 'herald_lua_http_errors_total')}`);
     assert.ok(h.metricSum(m, 'herald_lua_http_requests_total') >= 2 * MODES.length + 2);
     assert.equal(h.metricSum(m, 'herald_hooks_waiting'), 0);
+    assert.ok(h.metricSum(m, 'herald_lua_http_timeouts_total') >= 2, 'the "hang" mode timed out at timeout_ms');
+    assert.equal(h.metricSum(m, 'herald_lua_http_in_flight'), 0);
+    assert.ok(h.metricSum(m, 'herald_lua_http_reused_total') >= 1, 'no call went on a kept-alive connection');
     const origin = `http://127\\.0\\.0\\.1:${b.port}`;
     for (const [what, said] of [['answered HTTP 503', '5xx'], ['not a JSON object', 'garbage'],
       ['without a boolean "allow"', 'notbool'], ['timeout', 'hang'], ['too large', 'big'], ['malformed', 'badhttp']]) {
