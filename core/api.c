@@ -77,7 +77,8 @@ static void authorize(hd_api *api, const hd_route *rt, hd_conn *c, hd_http_req *
     a->rt = rt;
     hd_hook_req view;
     hd_http_hook_req(r, &view);
-    if (hd_hook_api_auth_start(api->sc, c, &view, api_auth_done, a)) hd_http_wait_later(&a->w);
+    hd_hook_run *run = hd_hook_api_auth_start(api->sc, c, &view, api_auth_done, a);
+    if (run) hd_http_wait_hook(&a->w, run);
 }
 
 size_t hd_api_publish(hd_api *api, const char *topic, size_t tlen, const char *event,
