@@ -917,7 +917,8 @@ static void on_write_turn(uv_check_t *h)
     hd_net_reap(net);
     for (int n = 0; n < FLUSH_SLICE && net->pend_head; n++) {
         hd_conn *c = net->pend_head;
-        if (net->fanout_hot && c->kind == HD_CONN_HTTP) hold(c);
+        /* (a long poll's answer is a delivery, not a publisher's answer) */
+        if (net->fanout_hot && c->kind == HD_CONN_HTTP && !(c->flags & HD_CF_POLL)) hold(c);
         else {
             unpend(c);
             hd_conn_flush(c);
