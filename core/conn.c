@@ -505,8 +505,8 @@ void hd_net_refuse_fd(hd_net *net, int fd, int reason, unsigned retry_s)
     int n = snprintf(answer, sizeof answer,
                      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\nCache-Control: no-store\r\nConnection: close\r\n%s\r\n"
-                     "{\"error\":\"%s\"}",
-                     strlen(msg) + 12, retry, msg);
+                     "{\"error\":\"%s\",\"status\":500}",
+                     strlen(msg) + 25, retry, msg);
     if (send(fd, answer, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) hd_debug("refuse: %s", strerror(errno));
     close(fd);
 }

@@ -520,7 +520,9 @@ void hd_http_error(hd_conn *c, const hd_http_req *r, int status, const char *msg
     hd_str b = HD_STR_INIT;
     hd_str_adds(&b, "{\"error\":");
     hd_str_add_json(&b, msg, strlen(msg));
-    hd_str_adds(&b, "}");
+    /* A 503 says "status":500 too, as a long poll's answers do: phoenix.js's
+     * LongPoll retries on it (any answer without a status stops it). */
+    hd_str_adds(&b, status == 503 ? ",\"status\":500}" : "}");
     hd_http_respond(c, r, status, "application/json", b.p ? b.p : "", b.len, extra_headers,
                     close);
     hd_str_free(&b);

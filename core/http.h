@@ -135,7 +135,8 @@ int hd_http_query_param(const hd_http_req *r, const char *key, char *out, size_t
 void hd_http_respond(hd_conn *c, const hd_http_req *r, int status,
                      const char *content_type, const char *body, size_t len,
                      const char *extra_headers, int close);
-/* Queues {"error": msg} with status. */
+/* Queues {"error": msg} with status ({"error": msg, "status": 500} for
+ * a 503: what phoenix.js's LongPoll retries on). */
 void hd_http_error(hd_conn *c, const hd_http_req *r, int status, const char *msg,
                    const char *extra_headers, int close);
 
