@@ -260,18 +260,21 @@ test('POST: ndjson lines and base64 binary lines, a plain body, max_batch, bad b
   const bin = B(0, 1, 1, 6, 6, '1', '5', 'room:a', 'upload', 0, 0xff, 0x22, 0x5d);
   r = await s.post([bin.toString('base64')]);
   assert.deepEqual([r.status, r.json], [200, { status: 200 }], r.body);
-  assert.deepEqual(await s.messages(1),
-    [JSON.stringify(['1', '5', 'room:a', 'phx_reply', { status: 'ok', response: { hex: '00ff225d', event: 'upload', topic: 'room:a' } }])]);
+  // (the reply's object comes from a Lua table: compared parsed, its key order is Lua's)
+  assert.deepEqual((await s.messages(1)).map((x) => JSON.parse(x)),
+    [['1', '5', 'room:a', 'phx_reply', { status: 'ok', response: { hex: '00ff225d', event: 'upload', topic: 'room:a' } }]]);
 
   // Refusals.
   r = await s.post([JOIN('room:d', '6'), JOIN('room:e', '7'), JOIN('room:f', '8'), JOIN('room:g', '9')]);
   assert.equal(r.status, 413, `over max_batch: ${r.status} ${r.body}`);
   assert.equal(r.json && r.json.status, 413, r.body);
   assert.equal(typeof r.json.error, 'string');
+  assertCommonHeaders(r, 'the 413');
   r = await s.post(['%%% not base64 %%%']);
   assert.equal(r.status, 400, `bad base64: ${r.status} ${r.body}`);
   assert.equal(r.json && r.json.status, 400, r.body);
   assert.equal(typeof r.json.error, 'string');
+  assertCommonHeaders(r, 'the 400');
   r = await s.post([['1', '10', 'room:a', 'say', { pad: 'x'.repeat(2000) }]]);
   assert.equal(r.status, 413, `over max_message_bytes: ${r.status} ${r.body}`);
   assert.equal(r.json && r.json.status, 413, r.body);
@@ -353,6 +356,7 @@ test('OPTIONS preflight, other methods 405, vsn', { timeout: 30000 }, async (t) 
     const r = await req(srv.port, method, '/socket/longpoll?vsn=2.0.0', { body: method === 'DELETE' ? undefined : '{}' });
     assert.equal(r.status, 405, `${method}: ${r.status} ${r.body}`);
     assert.ok(r.json !== undefined, `${method}: a JSON body: ${r.body}`);
+    assertCommonHeaders(r, `the 405 of ${method}`);
   }
   // vsn as for a WebSocket: 1.x and 2.x open, another is refused.
   assertOpened(await openRaw(srv.port, { query: 'vsn=1.0.0' }));
@@ -453,6 +457,7 @@ test('authenticate over LongPoll: X-Phoenix-AuthToken refused (403) or allowed; 
   let r = await openRaw(srv.port, { query: 'vsn=2.0.0&user=alice' });
   assert.equal(r.status, 403, r.body);
   assert.deepEqual(r.json, { status: 403, error: 'bad token' });
+  assertCommonHeaders(r, 'the 403');
   r = await openRaw(srv.port, { query: 'vsn=2.0.0&user=alice', headers: { 'x-phoenix-authtoken': 'wrong' } });
   assert.equal(r.status, 403, r.body);
   assert.deepEqual(r.json, { status: 403, error: 'bad token' });
@@ -479,26 +484,47 @@ test('authenticate over LongPoll: X-Phoenix-AuthToken refused (403) or allowed; 
   bob.disconnect();
 });
 
-test('limits: max_connections and max_connections_per_ip count sessions (503, status 500); send_queue_bytes closes a slow session', { timeout: 30000 }, async (t) => {
-  const srv = await h.serve(t, 'limits = { max_connections = 3, max_connections_per_ip = 2 }\n');
-  const two = { localAddress: '127.0.0.2' };
-  assertOpened(await openRaw(srv.port, two));
-  assertOpened(await openRaw(srv.port, two));
-  let r = await openRaw(srv.port, two);
-  assert.equal(r.status, 503, `per address: ${r.status} ${r.body}`);
-  assert.equal(r.json && r.json.status, 500, r.body);
-  assert.equal(typeof r.json.error, 'string');
-  assertOpened(await openRaw(srv.port, { localAddress: '127.0.0.3' }));
-  // Three sessions: a fourth connection of either kind is over capacity.
-  r = await openRaw(srv.port, { localAddress: '127.0.0.4' });
+test('limits.max_connections counts sessions with WebSockets (503, status 500)', { timeout: 30000 }, async (t) => {
+  const srv = await h.serve(t, 'limits = { max_connections = 3 }\n');
+  for (let i = 0; i < 3; i++) assertOpened(await openRaw(srv.port));
+  let r = await openRaw(srv.port);
   assert.equal(r.status, 503, `over max_connections: ${r.status} ${r.body}`);
   assert.equal(r.json && r.json.status, 500, r.body);
-  const ws = await h.rawWs(srv.port, '/socket/websocket?vsn=2.0.0', '', { localAddress: '127.0.0.5' });
+  assert.equal(typeof r.json.error, 'string');
+  assertCommonHeaders(r, 'the 503');
+  // Three sessions: a WebSocket is over capacity too.
+  const ws = await h.rawWs(srv.port);
   assert.notEqual(ws.status, 101, 'a WebSocket over max_connections with three sessions open');
   ws.end();
   assert.equal((await h.metrics(srv.port)).herald_longpoll_sessions, 3);
 
-  // A session that does not poll while a burst comes is closed as a slow consumer.
+  // And the other way round: two WebSockets and a session fill it.
+  const other = await h.serve(t, 'limits = { max_connections = 3 }\n');
+  const a = await h.rawWs(other.port);
+  const b = await h.rawWs(other.port);
+  assert.deepEqual([a.status, b.status], [101, 101]);
+  assertOpened(await openRaw(other.port));
+  r = await openRaw(other.port);
+  assert.equal(r.status, 503, `over max_connections with two WebSockets: ${r.status} ${r.body}`);
+  assert.equal(r.json && r.json.status, 500, r.body);
+  a.end();
+  b.end();
+});
+
+test('limits.max_connections_per_ip counts an address\'s sessions (503, status 500)', { timeout: 30000 }, async (t) => {
+  const srv = await h.serve(t, 'limits = { max_connections_per_ip = 2 }\n');
+  const two = { localAddress: '127.0.0.2' };
+  assertOpened(await openRaw(srv.port, two));
+  assertOpened(await openRaw(srv.port, two));
+  const r = await openRaw(srv.port, two);
+  assert.equal(r.status, 503, `a third session from 127.0.0.2: ${r.status} ${r.body}`);
+  assert.equal(r.json && r.json.status, 500, r.body);
+  assert.equal(typeof r.json.error, 'string');
+  // Another address is not concerned.
+  assertOpened(await openRaw(srv.port, { localAddress: '127.0.0.3' }));
+});
+
+test('limits.send_queue_bytes: a session that does not poll through a burst is closed (next poll 410)', { timeout: 30000 }, async (t) => {
   const slow = await h.serve(t, 'limits = { send_queue_bytes = 4096 }\n');
   const s = await session(slow.port);
   assert.deepEqual((await s.post([JOIN('room:flood')])).json, { status: 200 });
@@ -507,6 +533,31 @@ test('limits: max_connections and max_connections_per_ip count sessions (503, st
   const g = await s.poll();
   assert.equal(g.status, 200, g.body);
   assert.deepEqual(g.json, { status: 410 });
+  assert.equal((await h.metrics(slow.port)).herald_longpoll_sessions, 0);
+});
+
+test('POSTed messages meet the channel layer as a WebSocket\'s do: max_topics_per_socket, the client message rate', { timeout: 30000 }, async (t) => {
+  const srv = await h.serve(t, 'limits = { max_topics_per_socket = 2, client_messages_per_s = 5, client_messages_burst = 10 }\n' +
+    'scripts = { "m.lua" }\n', { 'm.lua': BINARY_HOOK });
+  const s = await session(srv.port);
+  const ws = await h.rawWs(srv.port);
+  const joins = [JOIN('room:1', '1'), JOIN('room:2', '2'), JOIN('room:3', '3')];
+  for (const j of joins) ws.sendText(j);
+  const wsReplies = [await ws.nextText(), await ws.nextText(), await ws.nextText()];
+  assert.deepEqual((await s.post(joins)).json, { status: 200 });
+  assert.deepEqual(await s.messages(3), wsReplies, 'the same replies, the third over max_topics_per_socket');
+  assert.equal(JSON.parse(wsReplies[2])[4].status, 'error');
+
+  // 3 tokens went on the joins: of 12 pushes at once, the burst's rest is served, the others refused.
+  const pushes = [...Array(12).keys()].map((i) => ['1', String(10 + i), 'room:1', 'say', { i }]);
+  assert.deepEqual((await s.post(pushes)).json, { status: 200 });
+  const replies = (await s.messages(12)).map((x) => JSON.parse(x));
+  assert.deepEqual(replies.map((x) => x[1]), pushes.map((x) => x[1]), 'a reply to each, in order');
+  const refused = replies.filter((x) => x[4].status === 'error');
+  assert.ok(refused.length >= 3, `${refused.length} refused`);
+  for (const x of refused) assert.deepEqual(x[4].response, { reason: 'rate limited' });
+  for (const x of replies.filter((y) => y[4].status === 'ok')) assert.deepEqual(x[4].response, { echo: { i: Number(x[1]) - 10 } });
+  ws.end();
 });
 
 test('a binary push reaches a WebSocket subscriber but not a long-poll one (counted)', { timeout: 30000 }, async (t) => {
@@ -670,6 +721,7 @@ timeouts = { ws_close_ms = 15000 }
 `;
   const a = await h.startHerald(config);
   t.after(() => a.stop());
+  await a.waitLog(ADMIN);
   const aAdmin = Number(ADMIN.exec(a.log)[1]);
   const socket = lpSocket(port, { reconnectAfterMs: () => 50, rejoinAfterMs: () => 50 });
   t.after(() => socket.disconnect());
@@ -686,11 +738,19 @@ timeouts = { ws_close_ms = 15000 }
   // A raw WebSocket that never answers the server's close keeps A in its
   // disconnect phase (up to ws_close_ms) while its metrics are read.
   const holder = await h.rawWs(port);
+  // And a raw session whose poll is held when the drain starts.
+  const raw = await session(port);
+  const polls = metric(await h.metrics(aAdmin), 'herald_longpoll_polls_total');
+  const held = raw.poll();
+  await h.eventually(async () => metric(await h.metrics(aAdmin), 'herald_longpoll_polls_total') > polls, 10000, 'the raw poll to be held');
   a.proc.kill('SIGTERM');
+  const hr = await held;
+  assert.equal(hr.status, 200, hr.body);
+  assert.deepEqual(hr.json, { status: 410 }, 'a held poll with nothing queued is answered 410 by the drain');
   const code = await closes.next(15000, 'the LongPoll client to be ended by the drain');
   assert.equal(code, 3410, 'phoenix.js closes with 3410 (session gone) after the drain ended its session');
   const m = await h.metrics(aAdmin);
-  assert.ok(metric(m, 'herald_drain_longpoll_closed_total') >= 1, `herald_drain_longpoll_closed_total ${m.herald_drain_longpoll_closed_total}`);
+  assert.equal(metric(m, 'herald_drain_longpoll_closed_total'), 2, 'the two sessions');
   assert.equal(await holder.closeCode(), 1012);
   holder.end();
   const exit = await h.within(a.exited, 20000, 'A to exit');
@@ -707,6 +767,7 @@ timeouts = { ws_close_ms = 15000 }
   assert.equal((await h.request(port, 'GET', '/api/topics/room:drain')).json.subscribers, 1);
   await h.push(port, { channel: 'room:drain', event: 'b', data: 2 });
   assert.deepEqual(await msgs.next(), { data: 2, event: 'b' });
+  await b.waitLog(ADMIN);
   const mb = await h.metrics(Number(ADMIN.exec(b.log)[1]));
   assert.equal(mb.herald_longpoll_sessions, 1);
   socket.disconnect();
