@@ -791,10 +791,10 @@ static int matches(const hd_route *rt, const hd_http_req *r)
     return r->path_len == n && memcmp(r->path, rt->path, n) == 0;
 }
 
-static int is_ws_path(const hd_config *cfg, const hd_http_req *r)
+static int is_path_of(char *const *paths, size_t n, const hd_http_req *r)
 {
-    for (size_t i = 0; i < cfg->nmounts; i++) {
-        const char *m = cfg->ws_paths[i];
+    for (size_t i = 0; i < n; i++) {
+        const char *m = paths[i];
         if (strlen(m) == r->path_len && memcmp(m, r->path, r->path_len) == 0) return 1;
     }
     return 0;
@@ -807,8 +807,12 @@ void hd_api_dispatch(void *ud, hd_conn *c, hd_http_req *r, int upgrade)
      * public port no longer serves the private ones. */
     unsigned skip = c->flags & HD_CF_ADMIN ? 0 : api->cfg->admin_host ? HD_ROUTE_PRIVATE : 0;
     unsigned need = c->flags & HD_CF_ADMIN ? HD_ROUTE_NODE : 0;
-    if (!need && is_ws_path(api->cfg, r)) {
+    if (!need && is_path_of(api->cfg->ws_paths, api->cfg->nmounts, r)) {
         hd_channel_handshake(api->ch, c, r, upgrade);
+        return;
+    }
+    if (!need && is_path_of(api->cfg->lp_paths, api->cfg->nlp_paths, r)) {
+        hd_channel_longpoll(api->ch, c, r);
         return;
     }
     for (size_t i = 0; i < api->nroutes; i++) {

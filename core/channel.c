@@ -903,6 +903,7 @@ void hd_channel_init(hd_channel_ctx *ch, const hd_config *cfg, hd_stats *st, hd_
 {
     memset(ch, 0, sizeof *ch);
     hd_wsconn_init(&ch->ws, cfg, st, &handler, ch);
+    hd_lp_init(&ch->lp, net->loop, cfg, st, net, &handler, ch);
     ch->cfg = cfg;
     ch->st = st;
     ch->net = net;
@@ -938,33 +939,80 @@ static void parse_protocols(const char *v, size_t len, int *phoenix, char **toke
     }
 }
 
-/* An upgrade whose authenticate hook may wait. */
+/* An opening (a WebSocket upgrade or a long-poll session) whose
+ * authenticate hook may wait. */
 typedef struct upgrading {
     hd_http_wait w;
     hd_channel_ctx *ch;
     hd_hook_result *res;
+    int longpoll, v1;
 } upgrading;
 
-/* The last checks and the switch, with authenticate's answer; c carries
- * its identity and assigns then. */
-static void upgrade_answered(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, hd_hook_result *res)
+/* A refusal of an opening: the HTTP status and message, or a refusal
+ * reason (HD_REFUSE_*, answered 503 with its message). */
+typedef struct refusal {
+    int status;
+    const char *msg;
+    int reason;                  /* -1: none */
+    unsigned retry;
+} refusal;
+
+/* Whether a new socket of transport longpoll fits: the node takes sockets
+ * and has room (a long-poll session has no descriptor, so only
+ * limits.max_connections counts for it). */
+static int room(hd_channel_ctx *ch, int longpoll, refusal *why)
 {
+    const hd_net *net = ch->net;
+    int full = net->nws + net->nlp >= ch->cfg->max_connections || (!longpoll && net->nws >= net->ws_cap);
+    why->status = 503;
+    why->reason = !ch->accepting ? HD_REFUSE_DRAINING : full ? HD_REFUSE_WS_CAPACITY : -1;
+    why->retry = 0;
+    if (why->reason < 0) return 1;
+    why->msg = hd_refusal_message(why->reason);
+    hd_net_count_refusal(ch->net, why->reason);
+    return 0;
+}
+
+static void refuse(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int longpoll, const refusal *why)
+{
+    ch->st->ws_rejected++;
+    if (longpoll) /* (phoenix.js: 403 closes for good, 500 retries) */
+        hd_lp_error(c, r, why->status, why->status == 403 ? 403 : 500, why->msg, 1);
+    else if (why->reason >= 0) hd_http_refuse(c, r, why->reason, why->retry);
+    else hd_http_error(c, r, why->status, why->msg, NULL, 1);
+}
+
+/* The last checks and the switch, with authenticate's answer; the socket
+ * carries its identity and assigns then. */
+static void opening_answered(upgrading *u, hd_conn *c, hd_http_req *r)
+{
+    hd_channel_ctx *ch = u->ch;
+    hd_hook_result *res = u->res;
+    refusal why = {403, res->reason, -1, 0};
     char accept[29];
+    /* (the hook may have waited: the drain may have begun meanwhile) */
+    if (!res->verdict || !room(ch, u->longpoll, &why)) {
+        refuse(ch, c, r, u->longpoll, &why);
+        return;
+    }
+    if (u->longpoll) {
+        hd_conn *sc = hd_lp_open(&ch->lp, c, r, u->v1);
+        if (sc && hd_conn_set_identity(sc, res->id)) {
+            hd_error("conn %llu: out of memory setting an identity", (unsigned long long)sc->id);
+            hd_conn_close(sc); /* (its next poll is told it is gone) */
+        } else if (sc) {
+            sc->assigns = res->assigns;
+            res->assigns = NULL;
+        }
+        return;
+    }
     int phoenix = 0;
     char *token = NULL;
     size_t pl = 0;
     const char *proto = hd_http_header(r, "sec-websocket-protocol", &pl);
     if (proto) parse_protocols(proto, pl, &phoenix, &token);
     free(token);
-    if (!res->verdict) {
-        hd_http_error(c, r, 403, res->reason, NULL, 1);
-    } else if (!ch->accepting) { /* (the hook may have waited: the drain began meanwhile) */
-        hd_net_count_refusal(ch->net, HD_REFUSE_DRAINING);
-        hd_http_refuse(c, r, HD_REFUSE_DRAINING, 0);
-    } else if (ch->net->nws >= ch->net->ws_cap) {
-        hd_net_count_refusal(ch->net, HD_REFUSE_WS_CAPACITY);
-        hd_http_refuse(c, r, HD_REFUSE_WS_CAPACITY, 0);
-    } else if (hd_conn_set_identity(c, res->id)) {
+    if (hd_conn_set_identity(c, res->id)) {
         hd_http_error(c, r, 403, "out of memory", NULL, 1);
     } else if (hd_wsconn_check(c, r, 1, accept) == 0) {
         free(c->assigns);
@@ -975,39 +1023,48 @@ static void upgrade_answered(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, hd_
     ch->st->ws_rejected++;
 }
 
-static void upgrade_later(void *ud, hd_conn *c, hd_http_req *r)
-{
-    upgrading *u = ud;
-    upgrade_answered(u->ch, c, r, u->res);
-}
+static void opening_later(void *ud, hd_conn *c, hd_http_req *r) { opening_answered(ud, c, r); }
 
 static void auth_done(void *ud, hd_hook_result *res)
 {
     upgrading *u = ud;
     u->res = res;
-    if (hd_http_wait_end(&u->w, upgrade_later, u)) u->ch->sc->ss.discarded++;
+    if (hd_http_wait_end(&u->w, opening_later, u)) u->ch->sc->ss.discarded++;
     free(u);
 }
 
-/* Runs authenticate, then answers (now, or once it is answered). */
-static void authenticate(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r)
+/* The client's token: a WebSocket offers it as a subprotocol, a long
+ * poll in X-Phoenix-AuthToken (phoenix.js's authToken). Malloc'd, or NULL. */
+static char *token_of(const hd_http_req *r, int longpoll)
 {
-    size_t pl = 0;
+    size_t len = 0;
+    if (longpoll) {
+        const char *t = hd_http_header(r, "x-phoenix-authtoken", &len);
+        return t ? strndup(t, len) : NULL;
+    }
     int phoenix = 0;
     char *token = NULL;
-    const char *proto = hd_http_header(r, "sec-websocket-protocol", &pl);
-    if (proto) parse_protocols(proto, pl, &phoenix, &token);
+    const char *proto = hd_http_header(r, "sec-websocket-protocol", &len);
+    if (proto) parse_protocols(proto, len, &phoenix, &token);
+    return token;
+}
+
+/* Runs authenticate, then answers (now, or once it is answered). */
+static void authenticate(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int longpoll, int v1)
+{
     upgrading *u = malloc(sizeof *u);
     if (!u) {
-        free(token);
-        ch->st->ws_rejected++;
-        hd_http_error(c, r, 503, "out of memory", NULL, 1);
+        refusal why = {503, "out of memory", -1, 0};
+        refuse(ch, c, r, longpoll, &why);
         return;
     }
     hd_http_wait_init(&u->w, c, r);
     u->ch = ch;
+    u->longpoll = longpoll;
+    u->v1 = v1;
     hd_hook_req view;
     hd_http_hook_req(r, &view);
+    char *token = token_of(r, longpoll);
     hd_hook_run *run = hd_hook_authenticate_start(ch->sc, c, &view, token, auth_done, u);
     free(token);
     if (run) hd_http_wait_later(&u->w);
@@ -1026,33 +1083,56 @@ static int origin_allowed(const hd_config *cfg, const hd_http_req *r)
     return 0;
 }
 
+/* The checks of an opening before authenticate: returns 1 with *v1 (the
+ * client speaks V1: no vsn is V1, as Phoenix defaults it to 1.0.0), or 0
+ * with why. */
+static int may_open(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int longpoll, int *v1,
+                    refusal *why)
+{
+    char vsn[32];
+    *why = (refusal){403, NULL, -1, 0};
+    if (!origin_allowed(ch->cfg, r)) {
+        ch->st->ws_bad_origin++;
+        why->msg = "origin not allowed";
+        return 0;
+    }
+    *v1 = !hd_http_query_param(r, "vsn", vsn, sizeof vsn) || strncmp(vsn, "1.", 2) == 0;
+    if (!*v1 && strncmp(vsn, "2.", 2) != 0) {
+        why->msg = "unsupported vsn";
+        return 0;
+    }
+    if (!room(ch, longpoll, why)) return 0;
+    /* (a client named by X-Forwarded-For is admitted here, at its upgrade) */
+    if ((c->flags & HD_CF_XFF) && !hd_conn_admit(c, &why->reason, &why->retry)) {
+        why->status = 503;
+        why->msg = hd_refusal_message(why->reason);
+        return 0;
+    }
+    return 1;
+}
+
 void hd_channel_handshake(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int upgrade)
 {
-    char vsn[32], accept[29];
-    int why, v1 = 0;
-    unsigned retry;
+    char accept[29];
+    int v1 = 0;
+    refusal why;
     if (hd_wsconn_check(c, r, upgrade, accept) != 0) {
-        /* answered */
-    } else if (!origin_allowed(ch->cfg, r)) {
-        ch->st->ws_bad_origin++;
-        hd_http_error(c, r, 403, "origin not allowed", NULL, 1);
-    } else if (!(v1 = !hd_http_query_param(r, "vsn", vsn, sizeof vsn) || strncmp(vsn, "1.", 2) == 0) &&
-               strncmp(vsn, "2.", 2) != 0) {
-        hd_http_error(c, r, 403, "unsupported vsn", NULL, 1);
-    } else if (!ch->accepting) {
-        hd_net_count_refusal(ch->net, HD_REFUSE_DRAINING);
-        hd_http_refuse(c, r, HD_REFUSE_DRAINING, 0);
-    } else if (ch->net->nws >= ch->net->ws_cap) {
-        hd_net_count_refusal(ch->net, HD_REFUSE_WS_CAPACITY);
-        hd_http_refuse(c, r, HD_REFUSE_WS_CAPACITY, 0);
-    } else if ((c->flags & HD_CF_XFF) && !hd_conn_admit(c, &why, &retry)) {
-        /* (a client named by X-Forwarded-For is admitted here, at its upgrade) */
-        hd_http_refuse(c, r, why, retry);
+        ch->st->ws_rejected++; /* (answered) */
+    } else if (!may_open(ch, c, r, 0, &v1, &why)) {
+        refuse(ch, c, r, 0, &why);
     } else {
-        /* No vsn is V1, as Phoenix defaults it to 1.0.0. */
         c->flags = (c->flags & ~(uint32_t)HD_CF_V1) | (v1 ? HD_CF_V1 : 0);
-        authenticate(ch, c, r);
-        return;
+        authenticate(ch, c, r, 0, v1);
     }
-    ch->st->ws_rejected++;
 }
+
+void hd_channel_longpoll(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r)
+{
+    int v1 = 0;
+    refusal why;
+    if (hd_lp_request(&ch->lp, c, r)) return; /* (a session's, answered) */
+    if (!may_open(ch, c, r, 1, &v1, &why)) refuse(ch, c, r, 1, &why);
+    else authenticate(ch, c, r, 1, v1);
+}
+
+void hd_channel_close(hd_channel_ctx *ch, uv_close_cb cb, void *data) { hd_lp_close(&ch->lp, cb, data); }

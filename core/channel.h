@@ -1,4 +1,4 @@
-/* Phoenix Channels v2 over a WebSocket session: the handshake's Phoenix
+/* Phoenix Channels (V2 and V1) over a WebSocket or long-poll session: the handshake's Phoenix
  * part (vsn, authenticate), join, leave, heartbeat and client pushes. It is
  * the handler of its WebSocket context (wsconn.c); frames come from phx.c,
  * subscriptions and presence from the engine. */
@@ -9,12 +9,14 @@
 #include "http.h"
 #include "publish.h"
 #include "script.h"
+#include "longpoll.h"
 #include "wsconn.h"
 
 #define HD_TOPIC_MAX_BYTES 255
 
 typedef struct hd_channel_ctx {
     hd_ws_ctx ws;                /* first: the sessions' context, with this as handler */
+    hd_lp_ctx lp;                /* the long-poll sessions' (the same handler) */
     const hd_config *cfg;
     hd_stats *st;
     hd_net *net;                 /* the WebSocket cap */
@@ -34,6 +36,14 @@ void hd_channel_init(hd_channel_ctx *ch, const hd_config *cfg, hd_stats *st, hd_
  * Phoenix socket, or the documented refusal. upgrade is llhttp's verdict
  * that the request asked for a protocol switch. */
 void hd_channel_handshake(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int upgrade);
+
+/* Answers a request on a long-poll mount path (<mount>/longpoll): a
+ * session's poll or messages, or the opening of a new session (the same
+ * checks and authenticate as a WebSocket handshake). */
+void hd_channel_longpoll(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r);
+
+/* Closes the long polls' timer (cb gets it, its data then being data). */
+void hd_channel_close(hd_channel_ctx *ch, uv_close_cb cb, void *data);
 
 /* Re-runs the join hook for every topic c has joined (after a reload) and
  * closes, with phx_close, the channels it now refuses. Returns how many it

@@ -831,7 +831,18 @@ static const char *digits(const char *p, const char *end, uint64_t *v)
     return q > p ? q : NULL;
 }
 
-/* A message on a topic channel: "h1 <node> <elen>\n<event><phoenix json>". */
+/* 1 when p (len bytes) is a V2 binary broadcast of topic under event:
+ * the same check for binary messages (b1) as phoenix_msg_of. */
+static int broadcast_of(const char *p, size_t len, const char *topic, size_t tlen,
+                        const char *event, size_t elen)
+{
+    hd_phx_bin m;
+    return !hd_phx_parse_broadcast((const uint8_t *)p, len, &m) && m.tlen == tlen &&
+           memcmp(m.topic, topic, tlen) == 0 && m.elen == elen && memcmp(m.event, event, elen) == 0;
+}
+
+/* A message on a topic channel: "h1 <node> <elen>\n<event><phoenix json>",
+ * "b1 <node> <elen>\n<event><binary broadcast>", or (history) h2. */
 static void deliver(hd_shard *s, const char *ch, size_t clen, const char *p, size_t plen)
 {
     hd_cluster *c = s->c;
@@ -849,10 +860,12 @@ static void deliver(hd_shard *s, const char *ch, size_t clen, const char *p, siz
         free(n);
         return;
     }
-    /* h1: a message; h2: one of a topic with history, with its offset (and
-     * the origin's own too: it did not deliver it itself). */
+    /* h1: a message; b1: a binary one; h2: one of a topic with history,
+     * with its offset (and the origin's own too: it did not deliver it
+     * itself). */
     int h2 = plen >= 3 && memcmp(p, "h2 ", 3) == 0;
-    if (plen < 3 || (memcmp(p, "h1 ", 3) != 0 && !h2) || !nl) goto bad;
+    int b1 = plen >= 3 && memcmp(p, "b1 ", 3) == 0;
+    if (plen < 3 || (memcmp(p, "h1 ", 3) != 0 && !h2 && !b1) || !nl) goto bad;
     const char *node = p + 3, *sp = memchr(node, ' ', (size_t)(nl - node));
     if (!sp) goto bad;
     size_t nodelen = (size_t)(sp - node);
@@ -867,8 +880,10 @@ static void deliver(hd_shard *s, const char *ch, size_t clen, const char *p, siz
     if (!hd_topics_find(&c->eng->topics, topic, tlen)) return; /* left meanwhile */
     const char *msg = body + elen;
     size_t mlen = (size_t)(p + plen - body) - elen;
-    if (!phoenix_msg_of(msg, mlen, topic, tlen)) goto bad;
-    hd_buf *f = hd_ws_frame(HD_WS_TEXT, msg, mlen);
+    if (b1 ? !broadcast_of(msg, mlen, topic, tlen, body, (size_t)elen)
+           : !phoenix_msg_of(msg, mlen, topic, tlen))
+        goto bad;
+    hd_buf *f = hd_ws_frame(b1 ? HD_WS_BINARY : HD_WS_TEXT, msg, mlen);
     if (!f) {
         hd_error("cluster: out of memory framing a message");
         return;
@@ -1463,10 +1478,12 @@ static void on_publish(void *ud, const char *topic, size_t tlen, const char *eve
     size_t cl = 0, jl = 0;
     char *ch = f ? channel_of(topic, tlen, &cl) : NULL;
     const uint8_t *json = f ? frame_payload(f, &jl) : NULL;
+    /* A binary publish (a V2 binary broadcast, no JSON) goes as b1. */
+    int binary = f && f->data[0] == (0x80 | HD_WS_BINARY);
     char head[400];
-    int hl = snprintf(head, sizeof head, "h1 %s %zu\n", c->node, elen);
+    int hl = snprintf(head, sizeof head, "%s %s %zu\n", binary ? "b1" : "h1", c->node, elen);
     hd_shard *s = &c->shards[hd_cluster_shard_of(topic, tlen, c->nshards)];
-    /* PUBLISH channel "<head><event><json>" */
+    /* PUBLISH channel "<head><event><json, or the broadcast's bytes>" */
     size_t plen = (size_t)hl + elen + (json ? jl : 0);
     char small[4096]; /* (most messages: no allocation of their own) */
     char *payload = !ch ? NULL : plen <= sizeof small ? small : malloc(plen);

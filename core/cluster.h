@@ -6,9 +6,13 @@
  * UNSUBSCRIBEs after the last; commands of one loop turn go out as one
  * batch. Every publish made on this node (a publish observer) becomes one
  * PUBLISH of "h1 <origin node> <event length>\n<event><the Phoenix message
- * text>" (the event for coalescing); a node drops its own messages (no
- * echo) and delivers the others through hd_publish_local, framing each
- * once.
+ * text>" (the event for coalescing), or for a binary publish of
+ * "b1 <origin node> <event length>\n<event><the V2 binary broadcast: 2,
+ * len(topic), len(event), topic, event, the bytes>" (Redis is binary-safe);
+ * a node drops its own messages (no echo) and delivers the others through
+ * hd_publish_local, framing each once (as a text or a binary WebSocket
+ * frame), if it is a Phoenix message (h1) or broadcast (b1) of the
+ * channel's topic; anything else counts as bad.
  *
  * Shards: with several Redis URLs a topic lives on one of them, chosen by
  * a jump consistent hash of FNV-1a 64 of its name (Centrifugo's choice).

@@ -251,17 +251,30 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     lua_getfield(L, t, "mounts");
     size_t n = lua_objlen(L, -1);
     c->ws_paths = calloc(n ? n : 1, sizeof *c->ws_paths);
-    if (!c->ws_paths) return HD_ENOMEM;
+    c->lp_paths = calloc(n ? n : 1, sizeof *c->lp_paths);
+    if (!c->ws_paths || !c->lp_paths) return HD_ENOMEM;
     for (size_t i = 0; i < n; i++) {
-        lua_rawgeti(L, -1, (int)i + 1);
+        lua_rawgeti(L, -1, (int)i + 1); /* { path, websocket, longpoll } */
+        lua_getfield(L, -1, "path");
         const char *m = lua_tostring(L, -1);
+        lua_pop(L, 1);
         size_t ml = strlen(m);
         if (ml == 1) ml = 0; /* mount "/" serves "/websocket" */
-        char *p = malloc(ml + sizeof "/websocket");
-        if (!p) return HD_ENOMEM;
-        memcpy(p, m, ml);
-        memcpy(p + ml, "/websocket", sizeof "/websocket");
-        c->ws_paths[c->nmounts++] = p;
+        static const char *const tails[2] = {"/websocket", "/longpoll"};
+        static const char *const keys[2] = {"websocket", "longpoll"};
+        for (int k = 0; k < 2; k++) {
+            lua_getfield(L, -1, keys[k]);
+            int on = lua_toboolean(L, -1);
+            lua_pop(L, 1);
+            if (!on) continue;
+            size_t tl = strlen(tails[k]);
+            char *p = malloc(ml + tl + 1);
+            if (!p) return HD_ENOMEM;
+            memcpy(p, m, ml);
+            memcpy(p + ml, tails[k], tl + 1);
+            if (k == 0) c->ws_paths[c->nmounts++] = p;
+            else c->lp_paths[c->nlp_paths++] = p;
+        }
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -354,6 +367,12 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
 
     lua_getfield(L, t, "presence");
     c->presence_batch_ms = (uint64_t)num_field(L, -1, "batch_ms");
+    lua_pop(L, 1);
+
+    lua_getfield(L, t, "longpoll");
+    c->lp_poll_ms = (uint64_t)num_field(L, -1, "poll_ms");
+    c->lp_window_ms = (uint64_t)num_field(L, -1, "window_ms");
+    c->lp_max_batch = (size_t)num_field(L, -1, "max_batch");
     lua_pop(L, 1);
 
     lua_getfield(L, t, "topics");
@@ -550,6 +569,8 @@ void hd_config_free(hd_config *c)
     free(c->cluster_node);
     for (size_t i = 0; i < c->nmounts; i++) free(c->ws_paths[i]);
     free(c->ws_paths);
+    for (size_t i = 0; i < c->nlp_paths; i++) free(c->lp_paths[i]);
+    free(c->lp_paths);
     for (size_t i = 0; i < c->nscripts; i++) free(c->scripts[i]);
     free(c->scripts);
     for (size_t i = 0; i < c->nplugins; i++) {

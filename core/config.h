@@ -79,7 +79,9 @@ typedef struct hd_config {
     char *admin_host;        /* the admin listener's address, or NULL: none */
     int admin_port;          /* 0 = ephemeral */
     char *api_token;         /* NULL when none is set */
-    char **ws_paths;         /* "<mount>/websocket", nmounts entries */
+    char **ws_paths;         /* "<mount>/websocket" of the mounts serving WebSocket, nmounts entries */
+    char **lp_paths;         /* "<mount>/longpoll" of the mounts serving LongPoll, nlp_paths entries */
+    size_t nlp_paths;
     char **allowed_origins;  /* ws.allowed_origins, lower-case; NULL: any origin */
     size_t nallowed_origins;
     size_t nmounts;
@@ -99,6 +101,9 @@ typedef struct hd_config {
     uint32_t client_messages_burst; /* ... and its bucket size (>= 1 when the rate is set) */
     unsigned fanout_backlog; /* hold HTTP answers while a queue is this deep (0: never) */
     uint64_t presence_batch_ms;
+    uint64_t lp_poll_ms;     /* longpoll.poll_ms: a poll is held this long when nothing is queued */
+    uint64_t lp_window_ms;   /* longpoll.window_ms: a session without a poll is closed after this */
+    size_t lp_max_batch;     /* longpoll.max_batch: messages one POST may carry */
     hd_topic_rule *topic_rules;
     size_t ntopic_rules;
     uint64_t ws_idle_ms;

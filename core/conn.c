@@ -223,7 +223,7 @@ int hd_conn_send_topic(hd_conn *c, hd_buf *b, uint64_t topic_id, size_t limit, i
         return HD_ECLOSED;
     }
     if (!limit) limit = net->cfg->send_queue_bytes;
-    if (c->kind == HD_CONN_WS && c->wq_bytes + b->len > limit) {
+    if (c->kind != HD_CONN_HTTP && c->wq_bytes + b->len > limit) {
         if (drop_oldest && topic_id) {
             drop_queued(c, 0, topic_id, b->len, limit, &net->st->dropped_oldest);
             if (c->wq_bytes + b->len > limit) {
@@ -319,9 +319,15 @@ static int fill_iov(hd_conn *c, uv_buf_t *iov, size_t *total)
     return n;
 }
 
+void hd_conn_written(hd_conn *c, size_t n) { consume(c, n); }
+
 void hd_conn_flush(hd_conn *c)
 {
     if (c->flags & (HD_CF_WRITING | HD_CF_CLOSED)) return;
+    if (c->kind == HD_CONN_LP) {
+        c->ops->write(c);
+        return;
+    }
     uv_buf_t iov[IOV_BATCH];
     while (c->wq_head) {
         size_t total;
@@ -405,7 +411,8 @@ static void on_close(uv_handle_t *h)
     if (c->prev) c->prev->next = c->next;
     else net->conns = c->next;
     if (c->next) c->next->prev = c->prev;
-    net->nconns--;
+    if (c->kind == HD_CONN_LP) net->nlp--;
+    else net->nconns--;
     if (c->kind == HD_CONN_WS) net->nws--;
     detach(c);
     ids_del(net, c);
@@ -414,7 +421,7 @@ static void on_close(uv_handle_t *h)
     free(c->ident);
     free(c->assigns);
     free(c);
-    if (net->stopping && net->nconns == 0 && net->on_empty) net->on_empty(net);
+    if (net->stopping && net->nconns == 0 && net->nlp == 0 && net->on_empty) net->on_empty(net);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -632,14 +639,49 @@ void hd_net_take(hd_net *net, int fd, int admin)
     if (ids_put(net, c) || uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) hd_conn_close(c);
 }
 
+/* The close callback of a connection that never made it into the list. */
+static void free_unlisted(uv_handle_t *h) { free(h->data); }
+
+hd_conn *hd_net_add_session(hd_net *net, const hd_conn_ops *ops, void *proto, hd_conn *from)
+{
+    hd_conn *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    /* A handle without a descriptor: uv_close and its callback end the
+     * session as they end a socket. */
+    uv_tcp_init(net->loop, &c->tcp);
+    c->tcp.data = c;
+    c->net = net;
+    c->ops = ops;
+    c->proto = proto;
+    c->id = ++net->next_conn_id;
+    c->last_active = uv_now(net->loop);
+    c->kind = HD_CONN_LP;
+    if (ids_put(net, c)) {
+        uv_close((uv_handle_t *)&c->tcp, free_unlisted);
+        return NULL;
+    }
+    c->next = net->conns;
+    if (net->conns) net->conns->prev = c;
+    net->conns = c;
+    net->nlp++;
+    if (from->peer) attach(c, from->peer);
+    return c;
+}
+
 void hd_conn_read_stop(hd_conn *c)
 {
-    if (!(c->flags & HD_CF_CLOSED)) uv_read_stop((uv_stream_t *)&c->tcp);
+    if (c->kind == HD_CONN_LP) c->flags |= HD_CF_PAUSED;
+    else if (!(c->flags & HD_CF_CLOSED)) uv_read_stop((uv_stream_t *)&c->tcp);
 }
 
 int hd_conn_read_start(hd_conn *c)
 {
     if (c->flags & HD_CF_CLOSED) return HD_ECLOSED;
+    if (c->kind == HD_CONN_LP) {
+        c->flags &= ~HD_CF_PAUSED;
+        c->ops->resume(c);
+        return 0;
+    }
     return uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
@@ -896,7 +938,7 @@ static void shed(hd_net *net)
          rounds++) {
         hd_conn *worst = NULL;
         for (hd_conn *c = net->conns; c; c = c->next)
-            if (c->kind == HD_CONN_WS && hd_conn_open(c) &&
+            if (c->kind != HD_CONN_HTTP && hd_conn_open(c) &&
                 (!worst || c->wq_bytes > worst->wq_bytes))
                 worst = c;
         if (!worst || worst->wq_bytes == 0) return;

@@ -46,7 +46,10 @@ typedef struct hd_wq_item {
     uint64_t topic_id;           /* the topic a broadcast frame is from, or 0 */
 } hd_wq_item;
 
-typedef enum { HD_CONN_HTTP, HD_CONN_WS } hd_conn_kind;
+/* HTTP and WebSocket connections have a socket; a long-poll session
+ * (HD_CONN_LP) has none: its queue is taken by the polls of its client,
+ * which come on HTTP connections of their own (longpoll.c). */
+typedef enum { HD_CONN_HTTP, HD_CONN_WS, HD_CONN_LP } hd_conn_kind;
 
 enum {
     HD_CF_PENDING = 1 << 0,      /* on the pending list */
@@ -66,9 +69,13 @@ enum {
     HD_CF_LEFT = 1 << 14,        /* the protocol's close ran (channels left, disconnect hook) */
     HD_CF_BUSY = 1 << 15,        /* a hook of the socket waits: its messages queue (channel.c) */
     HD_CF_V1 = 1 << 16,          /* the socket speaks Phoenix's V1 serializer (channel.c, topic.c) */
+    HD_CF_TEXT = 1 << 17,        /* the transport carries text only: no binary frames (long poll) */
+    HD_CF_POLL = 1 << 18,        /* an HTTP connection whose request is a held long poll */
+    HD_CF_PAUSED = 1 << 19,      /* a connection without a socket is not read (hd_conn_read_stop) */
 };
 
-/* A protocol, as the transport sees it. Every entry is required. */
+/* A protocol, as the transport sees it. Every entry is required, but the
+ * last two, which only connections without a socket have (NULL else). */
 typedef struct hd_conn_ops {
     /* Bytes read (valid during the call only). */
     void (*on_read)(struct hd_conn *c, uint8_t *data, size_t len);
@@ -80,6 +87,12 @@ typedef struct hd_conn_ops {
     void (*on_closed)(struct hd_conn *c);
     /* Frees c->proto (from the close callback). */
     void (*free)(struct hd_conn *c);
+    /* Without a socket: the writer's turn (bytes are queued): the protocol
+     * takes what it can deliver now and hands it on (hd_conn_written). */
+    void (*write)(struct hd_conn *c);
+    /* Without a socket: reading may go on (hd_conn_read_start after a
+     * hd_conn_read_stop). */
+    void (*resume)(struct hd_conn *c);
 } hd_conn_ops;
 
 /* An identity from authenticate, shared by the index: owned by the
@@ -127,6 +140,7 @@ typedef struct hd_net {
     hd_conn *reap;               /* connections to close after a fan-out */
     size_t nconns;               /* TCP connections */
     size_t nws;                  /* of which WebSocket */
+    size_t nlp;                  /* long-poll sessions (no socket: not in nconns) */
     size_t ws_cap;               /* WebSocket limit: max_connections within the fd limit */
     size_t conn_cap;             /* TCP connections kept; beyond, closed at accept */
     size_t queued_bytes;         /* all connections' write queues */
@@ -201,6 +215,13 @@ hd_conn *hd_net_find_ident(hd_net *net, const char *id, hd_conn *after);
 int hd_conn_set_identity(hd_conn *c, const char *id);
 /* The identity, or NULL. */
 static inline const char *hd_conn_identity(const hd_conn *c) { return c->ident ? c->ident->id : NULL; }
+/* A connection without a socket (HD_CONN_LP, with protocol ops and state
+ * proto), of the same client as from (counted against its address): in
+ * the index and the connection list, closed and freed as any other.
+ * Returns it, or NULL when out of memory. */
+hd_conn *hd_net_add_session(hd_net *net, const hd_conn_ops *ops, void *proto, hd_conn *from);
+/* Without a socket: n queued bytes were handed on (ops->write). */
+void hd_conn_written(hd_conn *c, size_t n);
 /* Switches c to another protocol: kind, vtable and state (the old state is
  * the caller's to free). */
 void hd_conn_upgrade(hd_conn *c, hd_conn_kind kind, const hd_conn_ops *ops, void *proto);

@@ -47,11 +47,17 @@ static int queued_anywhere(hd_drain *dr)
     return 0;
 }
 
-static size_t count_kind(hd_drain *dr, int kind)
+/* An HTTP connection the http phase waits for: not one that carries a
+ * long-poll session's requests (it goes with the session, later). */
+static int api_conn(const hd_conn *c)
+{
+    return c->kind == HD_CONN_HTTP && !(c->flags & (HD_CF_CLOSED | HD_CF_POLL));
+}
+
+static size_t count_api(hd_drain *dr)
 {
     size_t n = 0;
-    for (hd_conn *c = dr->net->conns; c; c = c->next)
-        if (!(c->flags & HD_CF_CLOSED) && c->kind == kind) n++;
+    for (hd_conn *c = dr->net->conns; c; c = c->next) n += api_conn(c);
     return n;
 }
 
@@ -71,11 +77,11 @@ static void finish(hd_drain *dr)
     enter(dr, HD_PHASE_STOPPED);
     uv_timer_stop(&dr->timer);
     hd_drain_stats *d = &dr->stats;
-    hd_info("drain: complete in %llu ms (%llu HTTP and %llu WebSocket connections closed, "
-            "%llu forced)",
+    hd_info("drain: complete in %llu ms (%llu HTTP and %llu WebSocket connections and %llu "
+            "long-poll sessions closed, %llu forced)",
             (unsigned long long)(uv_now(dr->loop) - d->started_ms),
             (unsigned long long)d->http_closed, (unsigned long long)d->ws_closed,
-            (unsigned long long)d->forced);
+            (unsigned long long)d->lp_closed, (unsigned long long)d->forced);
     dr->stop(dr->ud);
 }
 
@@ -113,7 +119,7 @@ static void step(uv_timer_t *t)
         /* fall through */
     case HD_PHASE_HTTP:
         for (hd_conn *c = dr->net->conns; c; c = c->next) {
-            if (c->kind != HD_CONN_HTTP || !hd_conn_open(c)) continue;
+            if (!api_conn(c) || !hd_conn_open(c)) continue;
             int idle = !hd_http_busy(c) && c->wq_bytes == 0 &&
                        now - c->last_active >= cfg->drain_http_idle_ms;
             if (idle) {
@@ -122,14 +128,14 @@ static void step(uv_timer_t *t)
                 d->http_closed++;
             }
         }
-        if (count_kind(dr, HD_CONN_HTTP) > 0) {
+        if (count_api(dr) > 0) {
             if (in_phase < cfg->drain_http_ms) return;
             /* The phase's own budget ran out: what is left is cut. */
-            size_t left = count_kind(dr, HD_CONN_HTTP);
+            size_t left = count_api(dr);
             hd_warn("drain: phase http overran its %llu ms budget: closing %zu HTTP connection(s)",
                     (unsigned long long)cfg->drain_http_ms, left);
             for (hd_conn *c = dr->net->conns; c; c = c->next)
-                if (c->kind == HD_CONN_HTTP && !(c->flags & HD_CF_CLOSED)) {
+                if (api_conn(c)) {
                     d->forced++;
                     hd_conn_close(c);
                 }
@@ -155,19 +161,28 @@ static void step(uv_timer_t *t)
             double left_s = (double)(cfg->drain_timeout_ms - elapsed) / 1000.0 * 0.8;
             size_t open = 0;
             for (hd_conn *c = dr->net->conns; c; c = c->next)
-                if (c->kind == HD_CONN_WS && hd_conn_open(c)) open++;
+                if (c->kind != HD_CONN_HTTP && hd_conn_open(c)) open++;
             double rate = (double)cfg->drain_disconnect_rate;
             if (left_s > 0 && open / left_s > rate) rate = open / left_s;
             d->allowance += rate * TICK_MS / 1000.0;
             if (d->allowance > rate * TICK_MS / 1000.0 + 1) d->allowance = rate * TICK_MS / 1000.0 + 1;
-            for (hd_conn *c = dr->net->conns; c && d->allowance >= 1; c = c->next) {
-                if (c->kind != HD_CONN_WS || !hd_conn_open(c)) continue;
+            for (hd_conn *c = dr->net->conns, *next; c && d->allowance >= 1; c = next) {
+                next = c->next; /* (a session is unlinked only by its close callback) */
+                if (c->kind == HD_CONN_HTTP || !hd_conn_open(c)) continue;
+                if (c->kind == HD_CONN_LP) d->lp_closed++;
+                else d->ws_closed++;
                 hd_conn_shut(c, 1012, "server restart");
-                d->ws_closed++;
                 d->allowance -= 1;
             }
+            /* Once the sessions are gone, the connections their polls came
+             * on close too (as the http phase closed the API's). */
+            for (hd_conn *c = dr->net->conns; !dr->net->nlp && c; c = c->next)
+                if ((c->flags & HD_CF_POLL) && hd_conn_open(c) && !hd_http_busy(c) && !c->wq_bytes) {
+                    c->flags |= HD_CF_NO_INPUT;
+                    hd_conn_finish(c, 1000);
+                }
         }
-        if (cfg->drain_disconnect_sockets && dr->net->nconns > 0) return;
+        if (cfg->drain_disconnect_sockets && dr->net->nconns + dr->net->nlp > 0) return;
         enter(dr, HD_PHASE_PRESENCE);
         /* The peers drop this node's presence now, not after a timeout. */
         if (dr->cluster) hd_cluster_withdraw(dr->cluster);
@@ -231,6 +246,9 @@ void hd_drain_metrics(const hd_drain *dr, hd_str *o)
             dr->stats.http_closed);
     hd_metrics_counter(o, "herald_drain_ws_closed_total", "WebSockets closed with 1012 by the drain.",
             dr->stats.ws_closed);
+    hd_metrics_counter(o, "herald_drain_longpoll_closed_total",
+            "Long-poll sessions ended by the drain (their next poll is answered 410).",
+            dr->stats.lp_closed);
     hd_metrics_counter(o, "herald_drain_forced_total", "Connections closed when the drain budget ran out.",
             dr->stats.forced);
 }

@@ -6,7 +6,8 @@
  *                   their next response; ones idle for drain.http_idle_ms
  *                   close; a request that reached the server is answered
  *   flush           every queued frame is written (bounded by flush_ms)
- *   disconnect      WebSockets close with 1012, paced at
+ *   disconnect      WebSockets close with 1012 and long-poll sessions
+ *                   end (their held poll is answered), paced at
  *                   drain.disconnect_rate per second, handshake completed
  *   presence        this node's presence is withdrawn (cluster)
  *   stopped         shutdown("stopped"), exit
@@ -44,6 +45,7 @@ typedef struct hd_drain_stats {
     uint64_t duration_ms[HD_PHASE_COUNT];
     uint64_t http_closed;             /* idle keep-alive connections closed */
     uint64_t ws_closed;               /* WebSockets closed with 1012 */
+    uint64_t lp_closed;               /* long-poll sessions ended */
     uint64_t forced;                  /* connections closed when the budget ran out */
     uint64_t lost_frames;             /* frames still queued on forced connections */
     double allowance;                 /* disconnect pacing: closes we may make now */

@@ -481,7 +481,8 @@ void hd_http_respond(hd_conn *c, const hd_http_req *r, int status,
 {
     hd_http_ctx *ctx = ctx_of(c);
     hd_stats *st = ctx->st;
-    if (!r->keep_alive || ctx->closing) close = 1;
+    if (!r->keep_alive || (ctx->closing && close != HD_HTTP_KEEP)) close = 1;
+    else if (close == HD_HTTP_KEEP) close = 0;
     hd_str s = HD_STR_INIT;
     /* Answers are not cached, unless the caller says otherwise (a static
      * asset: one Cache-Control header, or caches would combine both). */

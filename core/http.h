@@ -116,7 +116,10 @@ int hd_http_query_param(const hd_http_req *r, const char *key, char *out, size_t
  * the answer carries Cache-Control: no-store unless extra_headers begins
  * with a Cache-Control header of its own.
  * close: 1 adds Connection: close and closes gracefully after the write;
- * 0 keeps the connection open when the request allowed it. */
+ * 0 keeps the connection open when the request allowed it and the node is
+ * not draining; HD_HTTP_KEEP keeps it even while draining (the answers of
+ * a long-poll session, which the drain ends in a phase of its own). */
+#define HD_HTTP_KEEP (-1)
 void hd_http_respond(hd_conn *c, const hd_http_req *r, int status,
                      const char *content_type, const char *body, size_t len,
                      const char *extra_headers, int close);

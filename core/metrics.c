@@ -22,6 +22,20 @@ void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd
     hd_metrics_gauge(o, "herald_connections", "Open WebSocket connections.", net->nws);
     hd_metrics_gauge(o, "herald_tcp_connections", "Open TCP connections (HTTP and WebSocket).",
           net->nconns);
+    hd_metrics_gauge(o, "herald_longpoll_sessions", "Open long-poll sessions.", net->nlp);
+    hd_metrics_counter(o, "herald_longpoll_sessions_opened_total", "Long-poll sessions opened.",
+            m->lp_opened);
+    hd_metrics_counter(o, "herald_longpoll_sessions_expired_total",
+            "Long-poll sessions closed after longpoll.window_ms without a poll.", m->lp_expired);
+    hd_metrics_counter(o, "herald_longpoll_polls_total", "Polls of long-poll sessions.", m->lp_polls);
+    hd_metrics_counter(o, "herald_longpoll_posts_total", "POSTs of messages to long-poll sessions.",
+            m->lp_posts);
+    hd_str_printf(o,
+                  "# HELP herald_longpoll_tokens_rejected_total Long-poll tokens refused (410), by reason.\n"
+                  "# TYPE herald_longpoll_tokens_rejected_total counter\n"
+                  "herald_longpoll_tokens_rejected_total{reason=\"forged\"} %" PRIu64 "\n"
+                  "herald_longpoll_tokens_rejected_total{reason=\"gone\"} %" PRIu64 "\n",
+                  m->lp_forged, m->lp_gone);
     hd_metrics_gauge(o, "herald_topics", "Topics with at least one subscriber on this node.",
           eng->topics.count);
     hd_metrics_counter(o, "herald_tcp_accepted_total", "TCP connections accepted.", m->tcp_accepted);
@@ -90,9 +104,10 @@ void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd
                   "herald_dropped_total{reason=\"publish_hook\"} %" PRIu64 "\n"
                   "herald_dropped_total{reason=\"drop_oldest\"} %" PRIu64 "\n"
                   "herald_dropped_total{reason=\"binary_to_v1\"} %" PRIu64 "\n"
-                  "herald_dropped_total{reason=\"no_v1_frame\"} %" PRIu64 "\n",
+                  "herald_dropped_total{reason=\"no_v1_frame\"} %" PRIu64 "\n"
+                  "herald_dropped_total{reason=\"binary_to_longpoll\"} %" PRIu64 "\n",
                   m->dropped_slow, sc->ss.publish_dropped, m->dropped_oldest, m->dropped_binary_v1,
-                  m->dropped_no_v1);
+                  m->dropped_no_v1, m->dropped_binary_lp);
     hd_metrics_counter(o, "herald_slow_consumer_closes_total",
             "Connections closed with 1013 because their send queue was full.", m->slow_closes);
     hd_metrics_counter(o, "herald_idle_closes_total", "Connections closed for idleness.", m->idle_closes);

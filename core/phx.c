@@ -199,3 +199,19 @@ const char *hd_phx_parse_binary(const uint8_t *p, size_t len, hd_phx_bin *m)
         return "a header string that is not UTF-8 without NUL";
     return NULL;
 }
+
+const char *hd_phx_parse_broadcast(const uint8_t *p, size_t len, hd_phx_bin *m)
+{
+    if (len < 3) return "truncated header";
+    if (p[0] != 2) return "not a broadcast (kind 2)";
+    memset(m, 0, sizeof *m);
+    m->tlen = p[1];
+    m->elen = p[2];
+    size_t head = 3 + m->tlen + m->elen;
+    if (head > len) return "truncated header";
+    m->topic = p + 3;
+    m->event = m->topic + m->tlen;
+    m->payload = p + head;
+    m->plen = len - head;
+    return NULL;
+}

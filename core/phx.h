@@ -59,7 +59,8 @@ hd_buf *hd_phx_v1(const hd_buf *frame);
 hd_buf *hd_phx_broadcast_binary(const char *topic, size_t tlen, const char *event, size_t elen,
                                 const void *data, size_t dlen);
 
-/* A client's binary message, its fields pointing into the message. */
+/* A binary message, its fields pointing into the message (a broadcast has
+ * no join_ref nor ref: NULL, 0). */
 typedef struct hd_phx_bin {
     const uint8_t *join_ref, *ref, *topic, *event, *payload;
     size_t jrlen, reflen, tlen, elen, plen;
@@ -72,5 +73,14 @@ typedef struct hd_phx_bin {
  * the header's lengths must fit the message, and the strings must be UTF-8
  * without NUL. */
 const char *hd_phx_parse_binary(const uint8_t *p, size_t len, hd_phx_bin *m);
+
+/* Parses a broadcast (p, len; borrowed), the payload of a frame of
+ * hd_phx_broadcast_binary: 2 (its kind), len(topic), len(event), topic,
+ * event, payload. Returns NULL with *m filled in, or why it is not one
+ * ("truncated header", "not a broadcast (kind 2)"): the header's lengths
+ * must fit the message. The strings are not checked further (they are
+ * what the publisher gave, and may be empty): the caller compares the
+ * topic with the one it expects. */
+const char *hd_phx_parse_broadcast(const uint8_t *p, size_t len, hd_phx_bin *m);
 
 #endif

@@ -177,7 +177,7 @@ size_t hd_publish_binary(hd_engine *e, const char *topic, size_t tlen, const cha
 {
     e->st->publishes++;
     hd_topic *tp = hd_topics_find(&e->topics, topic, tlen);
-    if (!tp) {
+    if (!tp && !e->nobs) { /* nobody here or elsewhere */
         e->st->publishes_no_subs++;
         return 0;
     }
@@ -186,7 +186,12 @@ size_t hd_publish_binary(hd_engine *e, const char *topic, size_t tlen, const cha
         hd_error("out of memory building a binary push frame");
         return 0;
     }
-    hd_policy_count(&e->pol, hd_topic_policy_of(&e->topics, tp), HD_TC_RECEIVED, 1);
+    if (tp) hd_policy_count(&e->pol, hd_topic_policy_of(&e->topics, tp), HD_TC_RECEIVED, 1);
+    /* Not shaped and not kept: a history stores JSON message frames with
+     * their offset written in (hd_phx_msg_at), in Redis too. The observers
+     * (the other nodes) get the binary frame as it is, then this node's
+     * subscribers. */
+    tell(e, topic, tlen, event, elen, NULL, 0, frame);
     size_t n = fan_out(e, topic, tlen, frame, 0);
     hd_buf_unref(frame);
     return n;

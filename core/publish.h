@@ -30,7 +30,9 @@
 /* Told of every message this node publishes, as it goes out (after
  * shaping), before the local fan-out. The observer takes a reference of
  * frame if it keeps it. data_json is NULL (dlen 0) for a frame a shaper
- * held. */
+ * held, and for a binary publish (hd_publish_binary): frame is then a V2
+ * binary broadcast in a WebSocket binary frame (frame->data[0] == 0x82,
+ * the only kind of publish whose frame is not text), the data in it. */
 typedef void (*hd_publish_observer)(void *ud, const char *topic, size_t tlen, const char *event,
                                     size_t elen, const char *data_json, size_t dlen,
                                     hd_buf *frame);
@@ -90,12 +92,13 @@ int hd_engine_observe_topics(hd_engine *e, const hd_topic_observer *o);
 size_t hd_publish(hd_engine *e, const char *topic, size_t tlen, const char *event, size_t elen,
                   const char *data_json, size_t dlen);
 
-/* Publishes bytes (data, dlen; copied) under event to this node's
- * subscribers of topic, as a V2 binary broadcast (V1 subscribers do not
- * get it: hd_topics_publish). Not shaped, not kept in a history, not told
- * to the observers (the other nodes): a binary publish stays on this
- * node. topic and event at most HD_PHX_BIN_MAX bytes. Returns the
- * connections it was queued on. */
+/* Publishes bytes (data, dlen; copied) under event to one topic as its
+ * origin, as a V2 binary broadcast (hd_phx_broadcast_binary; V1
+ * subscribers do not get it: hd_topics_publish): told to the observers
+ * (the other nodes, with data_json NULL), then fanned out here. Not
+ * shaped and not kept in a history, even where the topic's policy says
+ * so: those hold JSON messages. topic and event at most HD_PHX_BIN_MAX
+ * bytes. Returns the local connections it was queued on. */
 size_t hd_publish_binary(hd_engine *e, const char *topic, size_t tlen, const char *event,
                          size_t elen, const void *data, size_t dlen);
 

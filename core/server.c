@@ -36,7 +36,11 @@ static void on_sweep(uv_timer_t *t)
             if (c->deadline && now >= c->deadline) hd_conn_close(c);
             continue;
         }
-        if (c->kind == HD_CONN_WS) {
+        if (c->kind == HD_CONN_LP) {
+            continue; /* (its deadlines are longpoll.c's) */
+        } else if ((c->flags & HD_CF_POLL) && hd_http_busy(c)) {
+            continue; /* a held poll (longpoll.poll_ms) */
+        } else if (c->kind == HD_CONN_WS) {
             if (hd_wsconn_check_message(c, now)) {
                 continue;
             } else if (now - c->last_active >= cfg->ws_idle_ms) {
@@ -486,9 +490,10 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     srv->sweeper.data = srv;
     srv->listener.fd = srv->admin.fd = -1;
     srv->drain.cluster = srv->clustered ? &srv->cluster : NULL;
-    /* sweeper, status timer, drain timer, presence timer, writer, spinner
-     * (and the cluster's ticker and sync); each listener once open */
-    srv->handles_open = srv->clustered ? 8 : 6;
+    /* sweeper, status timer, drain timer, presence timer, writer, spinner,
+     * the long polls' timer (and the cluster's ticker and sync); each
+     * listener once open */
+    srv->handles_open = srv->clustered ? 9 : 7;
     return 0;
 }
 
@@ -521,11 +526,15 @@ int hd_server_start(hd_server *srv)
     /* Every mount, comma-separated; cut (with "...") only past what a log
      * line holds. */
     hd_str mounts = HD_STR_INIT;
-    size_t i = 0;
-    for (; i < cfg->nmounts && mounts.len < 1024; i++)
-        hd_str_printf(&mounts, "%s%s", i ? ", " : "", cfg->ws_paths[i]);
-    if (i < cfg->nmounts) hd_str_adds(&mounts, ", ...");
-    hd_info("listening on http://%s:%d (WebSocket at %.*s, API at /api/push)", host, srv->port,
+    for (int k = 0; k < 2; k++) {
+        char *const *paths = k ? cfg->lp_paths : cfg->ws_paths;
+        size_t n = k ? cfg->nlp_paths : cfg->nmounts, i = 0;
+        if (!n) continue;
+        hd_str_adds(&mounts, k ? "LongPoll at " : "WebSocket at ");
+        for (; i < n && mounts.len < 1024; i++) hd_str_printf(&mounts, "%s%s", i ? ", " : "", paths[i]);
+        hd_str_adds(&mounts, i < n ? ", ...; " : "; ");
+    }
+    hd_info("listening on http://%s:%d (%.*sAPI at /api/push)", host, srv->port,
             (int)mounts.len, mounts.p ? mounts.p : "");
     hd_str_free(&mounts);
     if (cfg->admin_host) {
@@ -568,7 +577,7 @@ void hd_server_stop(hd_server *srv)
         if (srv->net.nconns) hd_info("stopping: closing %zu connection(s)", srv->net.nconns);
         hd_net_close_all(&srv->net);
     }
-    if (srv->net.nconns > 0) return; /* called again by the last close */
+    if (srv->net.nconns + srv->net.nlp > 0) return; /* called again by the last close */
     if (uv_is_closing((uv_handle_t *)&srv->sweeper)) return;
     hd_channel_free(&srv->ch); /* (parks cancel their runs while the runner is alive) */
     hd_script_stop(&srv->sc); /* the scripts' state and timers go last */
@@ -577,6 +586,7 @@ void hd_server_stop(hd_server *srv)
     hd_net_close_handles(&srv->net, on_handle_closed, srv);
     hd_engine_close(&srv->eng, on_handle_closed, srv);
     hd_drain_close(&srv->drain, on_handle_closed, srv);
+    hd_channel_close(&srv->ch, on_handle_closed, srv);
     if (srv->clustered) hd_cluster_close(&srv->cluster, on_handle_closed, srv);
 }
 

@@ -43,6 +43,13 @@ typedef struct hd_stats {
     uint64_t deliveries;          /* frames queued to subscribers */
     uint64_t dropped_slow;        /* frames dropped from closed slow consumers */
     uint64_t dropped_binary_v1;   /* binary frames not sent to V1 subscribers (no binary in V1) */
+    uint64_t dropped_binary_lp;   /* binary frames not sent to long-poll sessions (text only) */
+    uint64_t lp_opened;           /* long-poll sessions opened */
+    uint64_t lp_expired;          /* ... closed after longpoll.window_ms without a poll */
+    uint64_t lp_polls;            /* polls (GET with a session's token) */
+    uint64_t lp_posts;            /* POSTs of messages with a session's token */
+    uint64_t lp_forged;           /* tokens that did not verify */
+    uint64_t lp_gone;             /* tokens of sessions that are gone */
     uint64_t dropped_no_v1;       /* frames a V1 subscriber missed: no V1 copy could be built */
     uint64_t slow_closes;         /* connections closed with 1013 */
     uint64_t idle_closes;         /* connections closed for idleness */

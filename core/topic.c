@@ -172,11 +172,14 @@ size_t hd_topics_publish_at(hd_topics *t, hd_topic *tp, hd_buf *frame, uint64_t 
     for (hd_sub *s = tp->subs; s; s = s->tnext) {
         if (s->joining || (offset && offset <= s->floor)) continue;
         hd_buf *f = frame;
-        if (s->conn->flags & HD_CF_V1) {
-            if (frame->data[0] == (0x80 | HD_WS_BINARY)) { /* (V1 has no binary frames) */
-                if (t->st) t->st->dropped_binary_v1++;
-                continue;
-            }
+        uint32_t fl = s->conn->flags;
+        if ((fl & (HD_CF_V1 | HD_CF_TEXT)) && frame->data[0] == (0x80 | HD_WS_BINARY)) {
+            /* (V1 and long polls carry text only) */
+            if (t->st && (fl & HD_CF_V1)) t->st->dropped_binary_v1++;
+            else if (t->st) t->st->dropped_binary_lp++;
+            continue;
+        }
+        if (fl & HD_CF_V1) {
             if (!v1 && !v1_failed && !(v1 = hd_phx_v1(frame))) v1_failed = 1;
             if (!(f = v1)) {
                 if (t->st) t->st->dropped_no_v1++;

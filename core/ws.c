@@ -252,6 +252,14 @@ hd_buf *hd_ws_frame(int opcode, const void *payload, size_t len)
     return b;
 }
 
+const uint8_t *hd_ws_frame_payload(const hd_buf *f, int *opcode, size_t *len)
+{
+    size_t n = f->data[1] & 0x7F, h = n == 126 ? 4 : n == 127 ? 10 : 2;
+    *opcode = f->data[0] & 0x0F;
+    *len = f->len - h;
+    return f->data + h;
+}
+
 hd_buf *hd_ws_close_frame(uint16_t code, const char *reason)
 {
     uint8_t pl[125];

@@ -81,6 +81,9 @@ uint16_t hd_ws_close_code(int err);
 size_t hd_ws_header(uint8_t out[10], int opcode, uint64_t len);
 /* Returns a new hd_buf holding a whole frame, or NULL when out of memory. */
 hd_buf *hd_ws_frame(int opcode, const void *payload, size_t len);
+/* The payload of a frame hd_ws_frame built (one whole frame): returns it,
+ * with its length in *len and its opcode in *opcode. */
+const uint8_t *hd_ws_frame_payload(const hd_buf *f, int *opcode, size_t *len);
 /* Returns a close frame with code and reason (reason truncated to fit the
  * 125-byte control payload), or NULL. code 0 means an empty payload. */
 hd_buf *hd_ws_close_frame(uint16_t code, const char *reason);

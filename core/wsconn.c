@@ -13,25 +13,13 @@ static hd_ws_ctx *ctx_of(const hd_conn *c) { return (hd_ws_ctx *)c->ops; }
  * after the one before) close the connection with 1008. */
 #define RATE_CLOSE_MS 5000
 
-/* The client message rate (limits.client_messages_per_s and _burst): a
- * token bucket, refilled from the loop time when a message arrives (no
- * timer). Times are loop milliseconds in 32 bits: differences are right for
- * 49 days; a connection that sends no message for longer (only pings) may
- * find its bucket refilled short. */
-typedef struct ws_rate {
-    float tokens;        /* messages that may come now: at most the burst */
-    uint32_t at;         /* loop time tokens was brought up to */
-    uint32_t refused_at; /* loop time of the last refused message */
-    uint32_t refusing;   /* how long refusals have gone on, until refused_at (ms) */
-} ws_rate;
-
 /* A WebSocket connection's state (c->proto). */
 typedef struct ws_state {
     hd_ws_parser p;
     uint32_t pending_since; /* loop time (ms, modulo 2^32, never 0) a partial frame or
                              * message began; 0: none */
     uint32_t held;          /* bytes of a partial message, counted in inbound_bytes */
-    ws_rate rate;
+    hd_ws_rate rate;
 } ws_state;
 
 /* Brings s->held, and the node's total, to what the parser holds now. */
@@ -91,18 +79,17 @@ static void ws_abort(hd_conn *c, uint16_t code, const char *reason)
 
 /* ---- the client message rate ---------------------------------------------------- */
 
-/* A full bucket, and no refusal within RATE_CLOSE_MS. */
-static void rate_init(ws_rate *r, const hd_config *cfg, uint32_t now)
+void hd_ws_rate_init(hd_ws_rate *r, const hd_config *cfg, uint64_t now)
 {
     r->tokens = (float)cfg->client_messages_burst;
-    r->at = now;
-    r->refused_at = now - RATE_CLOSE_MS;
+    r->at = (uint32_t)now;
+    r->refused_at = (uint32_t)now - RATE_CLOSE_MS;
     r->refusing = 0;
 }
 
 /* Takes a token for a message arriving at now: 1, or 0 when the bucket
  * holds less than one (the message is refused). */
-static int rate_take(ws_rate *r, const hd_config *cfg, uint32_t now)
+static int rate_take(hd_ws_rate *r, const hd_config *cfg, uint32_t now)
 {
     float burst = (float)cfg->client_messages_burst;
     float t = r->tokens + (float)(now - r->at) * ((float)cfg->client_messages_per_s / 1000.0f);
@@ -118,7 +105,7 @@ static int rate_take(ws_rate *r, const hd_config *cfg, uint32_t now)
  * untouched bucket takes to refill from empty (burst / rate, at most
  * RATE_CLOSE_MS): a client that bursts and then waits starts afresh, one
  * that keeps sending into an empty bucket does not. */
-static int rate_refused(ws_rate *r, const hd_config *cfg, uint32_t now)
+static int rate_refused(hd_ws_rate *r, const hd_config *cfg, uint32_t now)
 {
     uint64_t refill = (1000ull * cfg->client_messages_burst + cfg->client_messages_per_s - 1) /
                       cfg->client_messages_per_s;
@@ -126,6 +113,20 @@ static int rate_refused(ws_rate *r, const hd_config *cfg, uint32_t now)
     r->refusing = gap < refill && gap < RATE_CLOSE_MS ? r->refusing + gap : 0;
     r->refused_at = now;
     return r->refusing >= RATE_CLOSE_MS;
+}
+
+int hd_ws_rate_check(hd_ws_rate *r, const hd_config *cfg, hd_stats *st, const hd_conn *c)
+{
+    if (!cfg->client_messages_per_s) return HD_WS_RATE_OK;
+    uint32_t now = (uint32_t)uv_now(c->net->loop);
+    if (rate_take(r, cfg, now)) return HD_WS_RATE_OK;
+    st->client_msgs_limited++;
+    if (!rate_refused(r, cfg, now)) return HD_WS_RATE_REFUSED;
+    st->client_rate_closes++;
+    hd_info("conn %llu: closing with 1008: messages over limits.client_messages_per_s refused "
+            "for %u ms",
+            (unsigned long long)c->id, (unsigned)r->refusing);
+    return HD_WS_RATE_CLOSE;
 }
 
 /* ---- frames in ------------------------------------------------------------------ */
@@ -138,22 +139,11 @@ static int on_message(void *ud, int opcode, uint8_t *data, size_t len)
     hd_conn *c = ud;
     if (c->flags & HD_CF_WS_CLOSE_SENT) return 0; /* closing: only the close frame matters */
     hd_ws_ctx *w = ctx_of(c);
-    int refused = 0;
-    if (w->cfg->client_messages_per_s) {
-        ws_state *s = c->proto;
-        uint32_t now = (uint32_t)uv_now(c->net->loop);
-        refused = !rate_take(&s->rate, w->cfg, now);
-        if (refused) {
-            w->st->client_msgs_limited++;
-            if (rate_refused(&s->rate, w->cfg, now)) {
-                w->st->client_rate_closes++;
-                hd_info("conn %llu: closing with 1008: messages over "
-                        "limits.client_messages_per_s refused for %u ms",
-                        (unsigned long long)c->id, (unsigned)s->rate.refusing);
-                ws_abort(c, 1008, "message rate exceeded");
-                return 1;
-            }
-        }
+    ws_state *s = c->proto;
+    int refused = hd_ws_rate_check(&s->rate, w->cfg, w->st, c);
+    if (refused == HD_WS_RATE_CLOSE) {
+        ws_abort(c, 1008, "message rate exceeded");
+        return 1;
     }
     return w->h->on_message(w->ud, c, opcode, data, len, refused);
 }
@@ -311,7 +301,7 @@ int hd_wsconn_accept(hd_ws_ctx *w, hd_conn *c, hd_http_req *r, const char accept
         return HD_ENOMEM;
     }
     hd_ws_parser_init(&s->p, w->cfg->max_message_bytes);
-    rate_init(&s->rate, w->cfg, (uint32_t)uv_now(c->net->loop));
+    hd_ws_rate_init(&s->rate, w->cfg, uv_now(c->net->loop));
     char head[256];
     int n = snprintf(head, sizeof head,
                      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"

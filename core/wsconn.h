@@ -31,6 +31,28 @@ typedef struct hd_ws_handler {
     void (*on_close)(void *ud, hd_conn *c, const char *reason);
 } hd_ws_handler;
 
+/* The client message rate (limits.client_messages_per_s and _burst): a
+ * token bucket per session, refilled from the loop time when a message
+ * arrives (no timer). Times are loop milliseconds in 32 bits: differences
+ * are right for 49 days; a session that sends no message for longer may
+ * find its bucket refilled short. (Long-poll sessions use it too.) */
+typedef struct hd_ws_rate {
+    float tokens;        /* messages that may come now: at most the burst */
+    uint32_t at;         /* loop time tokens was brought up to */
+    uint32_t refused_at; /* loop time of the last refused message */
+    uint32_t refusing;   /* how long refusals have gone on, until refused_at (ms) */
+} hd_ws_rate;
+
+enum { HD_WS_RATE_OK, HD_WS_RATE_REFUSED, HD_WS_RATE_CLOSE };
+
+/* A full bucket, and no refusal for long enough. */
+void hd_ws_rate_init(hd_ws_rate *r, const hd_config *cfg, uint64_t now);
+/* A data message of c arrives: HD_WS_RATE_OK, HD_WS_RATE_REFUSED (over
+ * the rate: the handler answers it as refused; counted), or
+ * HD_WS_RATE_CLOSE (refusals went on for 5 s: close c with 1008 "message
+ * rate exceeded"; counted and logged). */
+int hd_ws_rate_check(hd_ws_rate *r, const hd_config *cfg, hd_stats *st, const hd_conn *c);
+
 typedef struct hd_ws_ctx {
     hd_conn_ops ops;             /* first: c->ops of a WebSocket connection points here */
     const hd_config *cfg;        /* max_message_bytes, ws_close_ms, client_messages_* */

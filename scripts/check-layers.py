@@ -35,7 +35,7 @@ LAYERS = [
     ("L1", "transport", ["peer", "conn", "listen", "httpc"]),
     ("L2", "engine", ["policy", "topic", "history", "presence", "shaper", "publish", "cluster"]),
     ("L3", "policy", ["script", "hooks"]),
-    ("L4", "protocol", ["http", "wsconn", "channel"]),
+    ("L4", "protocol", ["http", "wsconn", "longpoll", "channel"]),
     ("L5", "services", ["api", "metrics"]),
     ("L6", "node", ["drain", "server"]),
     ("L7", "assembly", ["cli", "main"]),

@@ -70,13 +70,38 @@ local function log_format(v)
   if v == "text" or v == "json" then return v end
   return nil, 'one of "text", "json"'
 end
-local function mount(v)
+local function mount_path(v)
   if type(v) ~= "string" or not v:match("^/[%w%-%._~/]*$") or v:match("//") then
     return nil, 'a path such as "/socket"'
   end
   if #v > 1 then v = v:gsub("/$", "") end
-  if v:match("/websocket$") then return nil, 'a mount path without "/websocket" (it is appended)' end
+  if v:match("/websocket$") or v:match("/longpoll$") then
+    return nil, 'a mount path without "/websocket" or "/longpoll" (they are appended)'
+  end
   return v
+end
+-- A mount: its path, or { path, websocket = bool, longpoll = bool }. It
+-- serves WebSocket at <path>/websocket and LongPoll at <path>/longpoll;
+-- LongPoll is off by default on "/push_socket" (PushEx mounts it without).
+local function mount(v)
+  local t = type(v) == "table" and v or { v }
+  local path, want = mount_path(t[1])
+  if not path then
+    return nil, type(v) == "table" and "a table whose first item is " .. want or want
+  end
+  for k in pairs(t) do
+    if k ~= 1 and k ~= "websocket" and k ~= "longpoll" then
+      return nil, ('a mount table with keys 1 (the path), websocket, longpoll (found %s)'):format(tostring(k))
+    end
+  end
+  local ws, lp = t.websocket, t.longpoll
+  if ws == nil then ws = true end
+  if lp == nil then lp = path ~= "/push_socket" end
+  if type(ws) ~= "boolean" or type(lp) ~= "boolean" then
+    return nil, "a mount whose websocket and longpoll are true or false"
+  end
+  if not ws and not lp then return nil, "a mount serving websocket, longpoll or both (both are false)" end
+  return { path = path, websocket = ws, longpoll = lp }
 end
 local function list_of(check, max, may_be_empty)
   return function(v)
@@ -530,7 +555,8 @@ M.schema = {
   api = {
     token = { false, secret(opt_str) },
   },
-  mounts = { { "/push_socket", "/socket" }, list_of(mount, 16) },
+  mounts = { { { path = "/push_socket", websocket = true, longpoll = false },
+               { path = "/socket", websocket = true, longpoll = true } }, list_of(mount, 16) },
   ws = {
     allowed_origins = { false, opt_origins },
   },
@@ -578,6 +604,11 @@ M.schema = {
   presence = {
     batch_ms = { 100, int_range(1, 60000) },
   },
+  longpoll = {
+    poll_ms = { 10000, int_range(100, 300000) },
+    window_ms = { 10000, int_range(100, 3600000) },
+    max_batch = { 100, int_range(1, 10000) },
+  },
   topics = { {}, topic_rules },
   scripts = { scripts({}), scripts },
   plugins = { {}, plugins },
@@ -593,7 +624,7 @@ M.schema = {
 }
 
 local order = { "listen", "admin", "api", "mounts", "ws", "limits", "timeouts", "log", "reload", "drain", "presence",
-                "topics", "scripts", "plugins", "cluster" }
+                "longpoll", "topics", "scripts", "plugins", "cluster" }
 
 function M.normalize(settings, source)
   source = source or "config"

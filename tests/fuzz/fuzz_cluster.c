@@ -1,5 +1,6 @@
 /* Fuzz target: what the cluster reads from Redis (core/cluster.c): the
- * messages on topic channels (fan-out "h1 ..." and presence "p1 ...") and
+ * messages on topic channels (fan-out "h1 ...", "h2 ..." and binary
+ * "b1 ...", presence "p1 ...") and
  * the presence hashes a node loads (HGETALL replies). Redis is shared by
  * every node, so its bytes are outside input too.
  *
@@ -12,8 +13,11 @@
  *
  * Oracles: no crash or sanitizer report; every frame queued on the
  * subscriber is one WebSocket text frame whose payload is a Phoenix
- * message for its topic; presence_state of room:1 stays valid JSON; the
- * node's own entry is never replaced or removed by what Redis says. */
+ * message, or one binary frame whose payload is a V2 binary broadcast
+ * (kind 2, its lengths within the frame) of room:1 or plain:1 (checked
+ * here by hand, not with phx.c's parser); presence_state of room:1 stays
+ * valid JSON; the node's own entry is never replaced or removed by what
+ * Redis says. */
 #include "cluster.c"
 
 #include <jansson.h>
@@ -41,7 +45,7 @@ static void conn_shut(hd_conn *c, uint16_t code, const char *reason)
 }
 static void conn_closed(hd_conn *c) { (void)c; }
 static void conn_free(hd_conn *c) { (void)c; }
-static const hd_conn_ops ops = {conn_read, conn_shut, conn_closed, conn_free};
+static const hd_conn_ops ops = {.on_read = conn_read, .close = conn_shut, .on_closed = conn_closed, .free = conn_free};
 
 static void resolve(void *ud, const char *name, size_t len, hd_topic_policy *p)
 {
@@ -79,15 +83,32 @@ static void setup(void)
     if (!a || !b || hd_presence_track(&eng.pres, a, NULL)) die("subscribe");
 }
 
-/* Every queued frame is a text frame holding a Phoenix message. */
+/* A binary frame's payload is a broadcast of one of the two topics. */
+static void check_broadcast(const uint8_t *p, size_t len)
+{
+    if (len < 3 || p[0] != 2) die("a binary frame that is not a broadcast");
+    size_t tl = p[1], el = p[2];
+    if (3 + tl + el > len) die("a broadcast whose header does not fit");
+    if (!(tl == 6 && memcmp(p + 3, "room:1", 6) == 0) &&
+        !(tl == 7 && memcmp(p + 3, "plain:1", 7) == 0))
+        die("a broadcast of a topic nobody here joined");
+}
+
+/* Every queued frame is a text frame holding a Phoenix message, or a
+ * binary frame holding a broadcast. */
 static void check_queue(void)
 {
     for (hd_wq_item *it = sub->wq_head; it; it = it->next) {
         const hd_buf *f = it->buf;
-        if (f->len < 2 || f->data[0] != 0x81) die("a queued frame that is not one text frame");
+        if (f->len < 2 || (f->data[0] != 0x81 && f->data[0] != 0x82))
+            die("a queued frame that is not one text or binary frame");
         size_t len;
         const uint8_t *p = frame_payload(f, &len);
         if (p + len != f->data + f->len) die("a frame whose length is not its header's");
+        if (f->data[0] == 0x82) {
+            check_broadcast(p, len);
+            continue;
+        }
         json_error_t e;
         json_t *j = json_loadb((const char *)p, len, JSON_ALLOW_NUL, &e);
         if (!j || !json_is_array(j) || json_array_size(j) != 5) die("a frame that is not Phoenix");

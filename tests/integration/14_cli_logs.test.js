@@ -161,7 +161,7 @@ test('log.format = "json": one object a line, conn ids, escapes; every mount lis
     return o;
   });
   const listening = lines().find((o) => o.msg.startsWith('listening on'));
-  assert.match(listening.msg, /WebSocket at \/socket\/websocket, \/live\/websocket, \/a\/b\/websocket, API at \/api\/push/);
+  assert.match(listening.msg, /WebSocket at \/socket\/websocket, \/live\/websocket, \/a\/b\/websocket; LongPoll at \/socket\/longpoll, \/live\/longpoll, \/a\/b\/longpoll; API at \/api\/push/);
 
   // A request the parser refuses logs at debug with its connection's id.
   let from = srv.log.length;

@@ -27,13 +27,7 @@ async function pub(node, topic, data) {
   assert.equal(r.status, 200, r.body);
 }
 
-async function linkUp(nodes, want = 1, ms = 15000) {
-  await Promise.all(nodes.map((n) => c.waitFor(async () => (await n.metrics())[UP] === want,
-    `${UP} == ${want} on node ${n.port}`, ms)));
-}
-
-const numsubIs = (redis, topic, n, ms = 10000) =>
-  c.waitFor(async () => (await redis.numsub(c.topicChannel(topic))) === n, `NUMSUB ${c.topicChannel(topic)} == ${n}`, ms);
+const { linkUp, numsubIs } = c;
 
 const datas = (sub) => sub.got.map((m) => m.payload.data);
 const msg = (data) => ({ event: 'msg', payload: { data, event: 'e' } });

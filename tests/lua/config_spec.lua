@@ -10,7 +10,9 @@ describe("herald.config.normalize", function()
     assert.are.equal("0.0.0.0", c.listen.host)
     assert.are.equal(4000, c.listen.port)
     assert.are.equal(false, c.api.token)
-    assert.are.same({ "/push_socket", "/socket" }, c.mounts)
+    assert.are.same({ { path = "/push_socket", websocket = true, longpoll = false },
+                      { path = "/socket", websocket = true, longpoll = true } }, c.mounts)
+    assert.are.same({ poll_ms = 10000, window_ms = 10000, max_batch = 100 }, c.longpoll)
     assert.are.equal(100000, c.limits.max_connections)
     assert.are.equal(65536, c.limits.max_message_bytes)
     assert.are.equal(1048576, c.limits.send_queue_bytes)
@@ -184,11 +186,31 @@ describe("herald.config.normalize", function()
 
   it("normalizes mounts and refuses bad ones", function()
     local c = assert(norm({ mounts = { "/ws/", "/push_socket" } }))
-    assert.are.same({ "/ws", "/push_socket" }, c.mounts)
+    assert.are.same({ { path = "/ws", websocket = true, longpoll = true },
+                      { path = "/push_socket", websocket = true, longpoll = false } }, c.mounts)
     assert.is_nil(norm({ mounts = {} }))
     assert.is_nil(norm({ mounts = { "socket" } }))
     assert.is_nil(norm({ mounts = { "/socket/websocket" } }))
+    assert.is_nil(norm({ mounts = { "/socket/longpoll" } }))
     assert.is_nil(norm({ mounts = "/socket" }))
+  end)
+
+  it("takes per-mount transports", function()
+    local c = assert(norm({ mounts = { { "/live", websocket = false }, { "/push_socket", longpoll = true },
+                                       { "/ws", longpoll = false } } }))
+    assert.are.same({ { path = "/live", websocket = false, longpoll = true },
+                      { path = "/push_socket", websocket = true, longpoll = true },
+                      { path = "/ws", websocket = true, longpoll = false } }, c.mounts)
+    local _, err = norm({ mounts = { { "/x", websocket = false, longpoll = false } } })
+    assert.matches("mounts: expected a list whose item 1 is a mount serving websocket, longpoll or both", err, 1, true)
+    _, err = norm({ mounts = { { "/x", sse = true } } })
+    assert.matches("found sse", err, 1, true)
+    _, err = norm({ mounts = { { "/x", longpoll = "yes" } } })
+    assert.matches("true or false", err, 1, true)
+    _, err = norm({ mounts = { { path = "/x" } } })
+    assert.matches("first item is", err, 1, true)
+    _, err = norm({ longpoll = { poll_ms = 50 } })
+    assert.matches("longpoll.poll_ms: expected an integer from 100 to 300000, got 50", err, 1, true)
   end)
 
   it("takes a token string, or none", function()

@@ -177,6 +177,17 @@ static const char msg_frame[] = "[null,null,\"room:1\",\"msg\",{\"data\":{\"n\":
 
 /* ---- tests ------------------------------------------------------------------------------------ */
 
+/* A client of A (*a) and one of B (*b), both joined to room:1, and both
+ * nodes subscribed to its channel. */
+static void room_on_both(cli **a, cli **b)
+{
+    *a = ws_client();
+    *b = ws_client_of(&node_b);
+    join(*a, "1", "room:1");
+    join(*b, "1", "room:1");
+    RUN_UNTIL(numsub("room:1") == 2);
+}
+
 /* The offset of a message frame ({"data":...,"offset":N}); 0 when none. */
 static unsigned long long offset_in(const char *f)
 {
@@ -391,11 +402,8 @@ static void test_recover_waiting_at_stop(void **st)
 static void test_fanout_across_nodes(void **st)
 {
     (void)st;
-    cli *a = ws_client();
-    cli *b = ws_client_of(&node_b);
-    join(a, "1", "room:1");
-    join(b, "1", "room:1");
-    RUN_UNTIL(numsub("room:1") == 2);
+    cli *a, *b;
+    room_on_both(&a, &b);
     assert_int_equal(hd_api_publish(&srv.api, "room:1", 6, "hi", 2, "{\"n\":1}", 7), 1);
     expect_text(b, msg_frame);
     expect_text(a, msg_frame);
@@ -420,11 +428,8 @@ static void test_fanout_across_nodes(void **st)
 static void test_outage(void **st)
 {
     (void)st;
-    cli *a = ws_client();
-    cli *b = ws_client_of(&node_b);
-    join(a, "1", "room:1");
-    join(b, "1", "room:1");
-    RUN_UNTIL(numsub("room:1") == 2);
+    cli *a, *b;
+    room_on_both(&a, &b);
     redis_stop();
     RUN_UNTIL(!hd_cluster_up(&srv.cluster) && !hd_cluster_up(&node_b.cluster));
     uint64_t out = srv.cluster.cs.out;
@@ -505,6 +510,75 @@ static void test_foreign_messages(void **st)
     RUN_UNTIL(node_b.cluster.cs.bad == 2);
     assert_int_equal(hd_api_publish(&srv.api, "room:1", 6, "hi", 2, "{\"n\":1}", 7), 0);
     expect_text(b, msg_frame); /* the next real one still arrives, nothing before it */
+    cli_free(b);
+}
+
+/* A binary publish on A (hd_publish_binary) reaches B's subscriber as
+ * the same binary frame A's own subscriber gets, its bytes exact (0x00,
+ * 0xff, a '\n'), once (no echo), counted as a message out and in; also on
+ * a topic with history, which a binary publish does not enter (no
+ * EVALSHA, no offset). A b1 message that is not a broadcast of its
+ * channel's topic and event is counted bad; another node's valid one is
+ * delivered as it is. */
+static void test_binary_across_nodes(void **st)
+{
+    (void)st;
+    cli *a, *b;
+    room_on_both(&a, &b);
+    static const uint8_t bytes[] = {0, 0xff, '\n', 'b', '1', ' ', 0x82, 0};
+    static const uint8_t want[] = {2,   6,   4, 'r',  'o',  'o', 'm', ':', '1',  'b', 'l',
+                                   'o', 'b', 0, 0xff, '\n', 'b', '1', ' ', 0x82, 0};
+    assert_int_equal(hd_publish_binary(&srv.eng, "room:1", 6, "blob", 4, bytes, sizeof bytes), 1);
+    expect_frame(b, 2, (const char *)want, sizeof want);
+    expect_frame(a, 2, (const char *)want, sizeof want);
+    /* A marker after it: nothing else came in between (exactly once). */
+    assert_int_equal(hd_api_publish(&srv.api, "room:1", 6, "hi", 2, "{\"n\":1}", 7), 1);
+    expect_text(b, msg_frame);
+    expect_text(a, msg_frame);
+    assert_int_equal(srv.cluster.cs.out, 2);
+    assert_int_equal(node_b.cluster.cs.in, 2);
+    assert_int_equal(srv.cluster.cs.in, 0);
+    assert_int_equal(node_b.cluster.cs.bad, 0);
+
+    /* A topic with history: A's subscriber gets it at once, B's over b1;
+     * its stream in Redis does not take it. */
+    cli *ha = ws_client(), *hb = ws_client_of(&node_b);
+    json_decref(join_with(ha, "h:bin", "{}"));
+    json_decref(join_with(hb, "h:bin", "{}"));
+    RUN_UNTIL(numsub("h:bin") == 2);
+    static const uint8_t hwant[] = {2, 5, 1, 'h', ':', 'b', 'i', 'n', 'e', 0xff};
+    assert_int_equal(hd_publish_binary(&srv.eng, "h:bin", 5, "e", 1, "\xff", 1), 1);
+    expect_frame(ha, 2, (const char *)hwant, sizeof hwant);
+    expect_frame(hb, 2, (const char *)hwant, sizeof hwant);
+    assert_int_equal(node_b.cluster.cs.in, 3);
+    redisContext *r = redis_cli();
+    assert_non_null(r);
+    redisReply *x = redisCommand(r, "XLEN herald:h:{h:bin}");
+    assert_non_null(x);
+    assert_int_equal(x->type, REDIS_REPLY_INTEGER);
+    assert_int_equal(x->integer, 0);
+    freeReplyObject(x);
+    cli_free(ha);
+    cli_free(hb);
+
+    /* Foreign b1 messages: bad ones counted, a valid one delivered. */
+    static const char *const bad[] = {
+        "b1 x 4\nblob",                        /* no broadcast */
+        "b1 x 4\nblob\x01\x06\x04room:1blob",  /* kind 1 */
+        "b1 x 4\nblob\x02\x06\x04room:2blob",  /* another topic */
+        "b1 x 4\nblob\x02\x06\x04room:1blub",  /* another event */
+        "b1 x 4\nblob\x02\x06\x05room:1blob",  /* truncated */
+        "b1 x 99\nblob\x02\x06\x04room:1blob", /* the event past the end */
+        "b1 x\nblob\x02\x06\x04room:1blob",    /* no event length */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        freeReplyObject(redisCommand(r, "PUBLISH herald:t:{room:1} %s", bad[i]));
+    static const char good[] = "b1 x 4\nblob\x02\x06\x04room:1blob\x00!";
+    freeReplyObject(redisCommand(r, "PUBLISH herald:t:{room:1} %b", good, sizeof good - 1));
+    redisFree(r);
+    expect_frame(b, 2, "\x02\x06\x04room:1blob\x00!", 15);
+    assert_int_equal(node_b.cluster.cs.bad, sizeof bad / sizeof *bad);
+    cli_free(a);
     cli_free(b);
 }
 
@@ -776,6 +850,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_recover_waiting_at_stop, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_outage, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_foreign_messages, setup_cluster, teardown_cluster),
+        cmocka_unit_test_setup_teardown(test_binary_across_nodes, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_refused_then_back, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_presence_across_nodes, setup_cluster, teardown_cluster),
         cmocka_unit_test_setup_teardown(test_state_before_diff, setup_cluster, teardown_cluster),

@@ -69,7 +69,7 @@ static void t_free(hd_conn *c)
     t_frees++;
 }
 
-static const hd_conn_ops test_ops = {t_on_read, t_close, t_on_closed, t_free};
+static const hd_conn_ops test_ops = {.on_read = t_on_read, .close = t_close, .on_closed = t_on_closed, .free = t_free};
 
 /* ---- the request callback -------------------------------------------------------------- */
 

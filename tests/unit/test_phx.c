@@ -422,6 +422,48 @@ static void test_binary(void **st)
     }
 }
 
+/* A broadcast (kind 2) read back from hd_phx_broadcast_binary's payload,
+ * and every malformed header refused with its reason. */
+static void test_parse_broadcast(void **st)
+{
+    (void)st;
+    static const uint8_t bytes[] = {0, 0xff, 2, '\n'};
+    hd_buf *f = hd_phx_broadcast_binary("room:1", 6, "blob", 4, bytes, sizeof bytes);
+    assert_non_null(f);
+    hd_phx_bin m;
+    assert_null(hd_phx_parse_broadcast(f->data + 2, f->len - 2, &m));
+    assert_int_equal(m.tlen, 6);
+    assert_memory_equal(m.topic, "room:1", 6);
+    assert_int_equal(m.elen, 4);
+    assert_memory_equal(m.event, "blob", 4);
+    assert_int_equal(m.plen, sizeof bytes);
+    assert_memory_equal(m.payload, bytes, sizeof bytes);
+    assert_null(m.join_ref);
+    assert_int_equal(m.jrlen + m.reflen, 0);
+    hd_buf_unref(f);
+    static const uint8_t empty[] = {2, 0, 0}; /* (empty strings and data: as built) */
+    assert_null(hd_phx_parse_broadcast(empty, sizeof empty, &m));
+    assert_int_equal(m.tlen + m.elen + m.plen, 0);
+
+    static const struct {
+        uint8_t b[8];
+        size_t len;
+        const char *why;
+    } bad[] = {
+        {{0}, 0, "truncated header"},
+        {{2, 0}, 2, "truncated header"},
+        {{2, 1, 1, 't'}, 4, "truncated header"},
+        {{2, 255, 255, 't', 'e'}, 5, "truncated header"},
+        {{0, 0, 0, 1, 1, 't', 'e'}, 7, "not a broadcast (kind 2)"},
+        {{1, 1, 1, 't', 'e'}, 5, "not a broadcast (kind 2)"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        const char *why = hd_phx_parse_broadcast(bad[i].b, bad[i].len, &m);
+        assert_non_null(why);
+        assert_string_equal(why, bad[i].why);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -439,6 +481,7 @@ int main(void)
         cmocka_unit_test(test_presence_state_long),
         cmocka_unit_test(test_v1),
         cmocka_unit_test(test_binary),
+        cmocka_unit_test(test_parse_broadcast),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

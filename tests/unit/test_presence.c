@@ -64,7 +64,7 @@ static void conn_closed(hd_conn *c)
     while (c->subs)
         leave(c->net->data, c->subs);
 }
-static const hd_conn_ops conn_ops = {byhand_read, byhand_shut, conn_closed, byhand_free};
+static const hd_conn_ops conn_ops = {.on_read = byhand_read, .close = byhand_shut, .on_closed = conn_closed, .free = byhand_free};
 
 /* An open WebSocket connection on f's net (identity may be NULL). */
 static hd_conn *conn_new(fx *f, const char *identity)

@@ -24,6 +24,7 @@
 /* What one observer call saw. */
 typedef struct seen {
     char topic[32], event[32], data[64];
+    int no_data;   /* data_json was NULL (a shaped frame, a binary publish) */
     hd_buf *frame; /* a reference kept by the observer, or NULL */
     uint32_t refs; /* the frame's references during the call */
 } seen;
@@ -49,6 +50,7 @@ static void resolve(void *ud, const char *name, size_t len, hd_topic_policy *p)
     fx *f = ud;
     f->resolved++;
     if (len >= 5 && memcmp(name, "live:", 5) == 0) p->throttle_ms = f->live_throttle_ms;
+    if (len >= 5 && memcmp(name, "hist:", 5) == 0) p->history_size = 10;
 }
 
 static void observe(void *ud, const char *topic, size_t tlen, const char *event, size_t elen,
@@ -60,6 +62,7 @@ static void observe(void *ud, const char *topic, size_t tlen, const char *event,
     snprintf(s->topic, sizeof s->topic, "%.*s", (int)tlen, topic);
     snprintf(s->event, sizeof s->event, "%.*s", (int)elen, event);
     snprintf(s->data, sizeof s->data, "%.*s", (int)dlen, data ? data : ""); /* NULL: shaped */
+    s->no_data = data == NULL;
     s->refs = frame ? frame->refs : 0;
     s->frame = frame ? hd_buf_ref(frame) : NULL;
 }
@@ -74,7 +77,7 @@ static void conn_closed(hd_conn *c)
         hd_topics_unsubscribe(&f->e.topics, c->subs);
     }
 }
-static const hd_conn_ops conn_ops = {byhand_read, byhand_shut, conn_closed, byhand_free};
+static const hd_conn_ops conn_ops = {.on_read = byhand_read, .close = byhand_shut, .on_closed = conn_closed, .free = byhand_free};
 
 /* An open WebSocket connection subscribed to topic. */
 static hd_conn *subscriber(fx *f, const char *topic)
@@ -294,6 +297,61 @@ static void test_observers(void **state)
     assert_int_equal(f->e.nobs, HD_PUBLISH_MAX_OBSERVERS);
 }
 
+/* hd_publish_binary: one V2 binary broadcast frame, told to the observers
+ * (data NULL, the frame binary: the cluster's b1) and then fanned out;
+ * never shaped (a throttled topic delivers both at once), never kept (a
+ * topic with history has none after it), skipped by V1 subscribers
+ * (counted). With nobody here, the observers still get it; with nobody
+ * to tell either, nothing is built. */
+static void test_publish_binary(void **state)
+{
+    fx *f = *state;
+    static const uint8_t bytes[] = {0, 0xff, '"'};
+    assert_int_equal(hd_publish_binary(&f->e, "nobody", 6, "b", 1, bytes, 3), 0);
+    assert_int_equal(f->st.publishes_no_subs, 1);
+
+    hd_conn *a = subscriber(f, "thr:1"), *v1 = subscriber(f, "thr:1");
+    v1->flags |= HD_CF_V1;
+    assert_int_equal(hd_publish_observe(&f->e, observe, f), 0);
+    assert_int_equal(hd_publish_binary(&f->e, "thr:1", 5, "b", 1, bytes, 3), 1);
+    assert_int_equal(hd_publish_binary(&f->e, "thr:1", 5, "c", 1, bytes, 3), 1);
+    assert_int_equal(nframes(a), 2); /* (not throttled) */
+    assert_int_equal(nframes(v1), 0);
+    assert_int_equal(f->st.dropped_binary_v1, 2);
+    static const uint8_t want[] = {0x82, 12, 2, 5, 1, 't', 'h', 'r', ':', '1', 'b', 0, 0xff, '"'};
+    const hd_buf *b = a->wq_head->buf;
+    assert_int_equal(b->len, sizeof want);
+    assert_memory_equal(b->data, want, sizeof want);
+    assert_int_equal(f->nobs, 2);
+    assert_string_equal(f->obs[0].topic, "thr:1");
+    assert_string_equal(f->obs[0].event, "b");
+    assert_true(f->obs[0].no_data);
+    assert_ptr_equal(f->obs[0].frame, b);
+    assert_int_equal(f->obs[0].refs, 1); /* told before the fan-out */
+    assert_string_equal(f->obs[1].event, "c");
+    assert_int_equal(f->st.shaped_received, 0);
+
+    hd_conn *h = subscriber(f, "hist:1");
+    hd_stream *hs = hd_history_open(&f->e.hist, "hist:1", 6,
+                                    hd_topic_policy_of(&f->e.topics, h->subs->topic), 0);
+    assert_non_null(hs); /* (as a join opens it) */
+    assert_int_equal(hd_publish_binary(&f->e, "hist:1", 6, "b", 1, bytes, 3), 1);
+    assert_int_equal(nframes(h), 1);
+    assert_int_equal(hs->count, 0);
+    assert_int_equal(hs->top, 0);
+    assert_int_equal(f->nobs, 3);
+    assert_int_equal(publish(f, "hist:1", "j"), 1); /* (a JSON one is kept) */
+    assert_int_equal(hs->count, 1);
+    assert_int_equal(f->nobs, 4);
+
+    assert_int_equal(hd_publish_binary(&f->e, "nobody", 6, "b", 1, bytes, 3), 0);
+    assert_int_equal(f->nobs, 5); /* (the other nodes may have subscribers) */
+    assert_int_equal(f->obs[4].frame->data[0], 0x82);
+    assert_int_equal(f->st.publishes, 6);
+    assert_int_equal(f->st.publishes_no_subs, 2);
+    assert_int_equal(f->st.deliveries, 4);
+}
+
 /* ---- shaping --------------------------------------------------------------------- */
 
 /* hd_publish on a throttled topic: the first frame goes, the next is held;
@@ -426,6 +484,7 @@ int main(void)
         T(test_publish_fans_out_one_frame),
         T(test_publish_v1_once),
         T(test_observers),
+        T(test_publish_binary),
         T(test_publish_shapes),
         T(test_publish_local),
         T(test_unshaped_leaves_held_frames),

@@ -70,7 +70,7 @@ static void conn_closed(hd_conn *c)
     while (c->subs)
         hd_topics_unsubscribe(&f->topics, c->subs);
 }
-static const hd_conn_ops conn_ops = {byhand_read, byhand_shut, conn_closed, byhand_free};
+static const hd_conn_ops conn_ops = {.on_read = byhand_read, .close = byhand_shut, .on_closed = conn_closed, .free = byhand_free};
 
 /* An open WebSocket connection subscribed to topic. */
 static hd_conn *subscriber(fx *f, const char *topic)

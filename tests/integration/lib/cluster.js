@@ -230,6 +230,17 @@ async function redisSubscriber(port, channel) {
 // The Redis channel of a topic (the cluster contract).
 function topicChannel(topic) { return `herald:t:{${topic}}`; }
 
+// Waits until herald_cluster_link_up{shard="0"} is `want` on every node.
+async function linkUp(nodes, want = 1, ms = 15000) {
+  const UP = 'herald_cluster_link_up{shard="0"}';
+  await Promise.all(nodes.map((n) => waitFor(async () => (await n.metrics())[UP] === want,
+    `${UP} == ${want} on node ${n.port}`, ms)));
+}
+
+// Waits until n connections are SUBSCRIBEd to the topic's channel.
+const numsubIs = (redis, topic, n, ms = 10000) =>
+  waitFor(async () => (await redis.numsub(topicChannel(topic))) === n, `NUMSUB ${topicChannel(topic)} == ${n}`, ms);
+
 function luaString(s) { return JSON.stringify(String(s)); } // a JSON string is a valid Lua string here
 
 // Starts n herald nodes, each on its own port, each with
@@ -320,4 +331,6 @@ async function subscribe(t, port, topic, { events = ['msg'], params } = {}) {
   return c;
 }
 
-module.exports = { defer, waitFor, freePort, startRedis, redisSubscriber, parseResp, topicChannel, startNodes, subscribe };
+module.exports = {
+  defer, waitFor, freePort, startRedis, redisSubscriber, parseResp, topicChannel, linkUp, numsubIs, startNodes, subscribe,
+};
