@@ -512,10 +512,18 @@ test('limits.max_connections counts sessions with WebSockets (503, status 500)',
 });
 
 test('limits.max_connections_per_ip counts an address\'s sessions (503, status 500)', { timeout: 30000 }, async (t) => {
-  const srv = await h.serve(t, 'limits = { max_connections_per_ip = 2 }\n');
+  // (loopback is a trusted proxy by default, exempt from per-address limits: only 127.0.0.1 is here)
+  const srv = await h.serve(t, 'listen = { host = "127.0.0.1", port = 0, trusted_proxies = { "127.0.0.1" } }\n' +
+    'limits = { max_connections_per_ip = 2 }\n');
   const two = { localAddress: '127.0.0.2' };
-  assertOpened(await openRaw(srv.port, two));
-  assertOpened(await openRaw(srv.port, two));
+  // Each open's own HTTP connection is gone before the next (only the scrape's is left),
+  // so that the address holds its sessions and nothing else.
+  const settled = () => h.eventually(async () => (await h.metrics(srv.port)).herald_tcp_connections === 1, 10000,
+    'the open\'s HTTP connection to be closed');
+  assertOpened(await openRaw(srv.port, two), 'the first session of 127.0.0.2');
+  await settled();
+  assertOpened(await openRaw(srv.port, two), 'the second session of 127.0.0.2');
+  await settled();
   const r = await openRaw(srv.port, two);
   assert.equal(r.status, 503, `a third session from 127.0.0.2: ${r.status} ${r.body}`);
   assert.equal(r.json && r.json.status, 500, r.body);
