@@ -325,17 +325,67 @@ test('tokens: a forged one and a session expired after window_ms get 410, counte
   assert.equal(metric(m, 'herald_longpoll_sessions_expired_total'), expired + 1);
 });
 
-test('a token from an earlier herald process gets 410', { timeout: 30000 }, async (t) => {
-  const a = await h.startHerald('');
-  const s = await session(a.port);
+test('a token from another node, or from an earlier process on the same port, gets 410', { timeout: 30000 }, async (t) => {
+  const port = await freePort();
+  const a = await h.startHerald(`listen = { host = "127.0.0.1", port = ${port} }\n`);
+  const other = await h.serve(t, '');
+  const s = await session(port);
+  const at = (srv) => req(srv.port, 'GET', `/socket/longpoll?vsn=2.0.0&token=${encodeURIComponent(s.token)}`);
+  // Another node (e.g. behind a balancer without sticky sessions).
+  let r = await at(other);
+  assert.equal(r.status, 200, r.body);
+  assert.deepEqual(r.json, { status: 410 });
+  assert.equal(h.metricSum(await h.metrics(other.port), 'herald_longpoll_tokens_rejected_total'), 1);
+  // The next process on the same port.
   await h.finish(a);
-  const b = await h.serve(t, '');
-  const r = await req(b.port, 'GET', `/socket/longpoll?vsn=2.0.0&token=${encodeURIComponent(s.token)}`);
+  const b = await h.serve(t, `listen = { host = "127.0.0.1", port = ${port} }\n`);
+  r = await at(b);
   assert.equal(r.status, 200, r.body);
   assert.deepEqual(r.json, { status: 410 });
   const m = await h.metrics(b.port);
   assert.equal(h.metricSum(m, 'herald_longpoll_tokens_rejected_total'), 1);
   assert.equal(m.herald_longpoll_sessions, 0);
+});
+
+test('draining: an open on a kept-alive connection after stop_accepting gets 503 {"status":500,"error":"server is shutting down"}', { timeout: 30000 }, async (t) => {
+  const srv = await h.startHerald('drain = { http_idle_ms = 15000, http_ms = 20000, timeout_ms = 30000 }\n');
+  t.after(() => srv.stop());
+  const c = await h.httpConn(srv.port);
+  t.after(() => c.end());
+  c.write('GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n');
+  assert.equal((await c.response()).status, 200);
+  const from = srv.log.length;
+  srv.proc.kill('SIGTERM');
+  await srv.waitLog(/drain: phase stop_accepting done in \d+ ms/, from);
+  c.write('GET /socket/longpoll?vsn=2.0.0&token=null HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n');
+  const r = await c.response();
+  assert.equal(r.status, 503, r.body);
+  assert.deepEqual(r.json, { status: 500, error: 'server is shutting down' });
+  assert.equal(r.headers['access-control-allow-origin'], '*');
+  const exit = await h.within(srv.exited, 25000, 'herald to exit');
+  assert.equal(exit.code, 0, srv.log);
+});
+
+test('an abandoned session (no poll for window_ms) leaves presence', { timeout: 30000 }, async (t) => {
+  const srv = await h.serve(t, 'longpoll = { window_ms = 300 }\n' + APP_CONFIG, { 'app.lua': APP });
+  const ws = h.phoenixSocket(srv.port, { ...QUIET, params: { user: 'watcher' } });
+  t.after(() => ws.disconnect());
+  await h.connect(ws);
+  const ch = ws.channel('room:gone');
+  const presence = new h.Presence(ch);
+  await h.join(ch);
+  // (a poll is held meanwhile, so the window does not run out under the join)
+  const s = await session(srv.port, { query: 'vsn=2.0.0&user=ghost' });
+  assert.deepEqual((await s.post([JOIN('room:gone')])).json, { status: 200 });
+  const got = await s.messages(1);
+  assert.equal(got[0], okReply('room:gone'));
+  await synced(presence, ['ghost', 'watcher']);
+  // Nobody polls any more: the session expires and ghost leaves.
+  await synced(presence, ['watcher']);
+  const m = await h.metrics(srv.port);
+  assert.equal(m.herald_longpoll_sessions_expired_total, 1);
+  assert.equal(m.herald_longpoll_sessions, 0);
+  ws.disconnect();
 });
 
 test('OPTIONS preflight, other methods 405, vsn', { timeout: 30000 }, async (t) => {
@@ -593,6 +643,10 @@ test('a binary push reaches a WebSocket subscriber but not a long-poll one (coun
 
 test('V1 over LongPoll: V1 objects in and out, as a V1 WebSocket gets them', { timeout: 30000 }, async (t) => {
   const srv = await h.serve(t, '');
+  // No vsn is V1 too.
+  const novsn = await session(srv.port, { query: 'user=x' });
+  assert.deepEqual((await novsn.post([{ topic: 'room:nv', event: 'phx_join', payload: {}, ref: '7' }])).json, { status: 200 });
+  assert.deepEqual(await novsn.messages(1), ['{"topic":"room:nv","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":"7"}']);
   const s = await session(srv.port, { query: 'vsn=1.0.0' });
   const join = { topic: 'room:v1', event: 'phx_join', payload: {}, ref: '1' };
   assert.deepEqual((await s.post([join])).json, { status: 200 });
@@ -711,6 +765,28 @@ test('phoenix.js LongPoll in Node: history recovery with since', { timeout: 3000
   assert.deepEqual([await replay.next(), await replay.next()], live.slice(1));
   a.disconnect();
   b.disconnect();
+});
+
+test('phoenix.js LongPoll in Node with authToken: sent as X-Phoenix-AuthToken; a refusal is a 403 (error 403, close 1008)', { timeout: 30000 }, async (t) => {
+  const srv = await h.serve(t, 'scripts = { "a.lua" }\n', { 'a.lua': AUTH });
+  const good = lpSocket(srv.port, { ...QUIET, params: { user: 'carol' }, authToken: 'let-me-in' });
+  t.after(() => good.disconnect());
+  await h.connect(good);
+  const ch = good.channel('room:auth');
+  await h.join(ch);
+  assert.deepEqual(await pushAndReply(ch, 'whoami', {}), { id: 'carol' });
+  good.disconnect();
+
+  const bad = lpSocket(srv.port, { ...QUIET, params: { user: 'mallory' }, authToken: 'nope' });
+  t.after(() => bad.disconnect());
+  const errors = [];
+  bad.onError((e) => errors.push(e));
+  const closed = h.within(new Promise((resolve) => bad.onClose(resolve)), 10000, 'the refused socket to close');
+  bad.connect();
+  const e = await closed;
+  assert.equal(e.code, 1008);
+  assert.deepEqual(errors, [403]);
+  bad.disconnect();
 });
 
 test('phoenix.js 1.2.1 (V1) LongPoll in Node', {
