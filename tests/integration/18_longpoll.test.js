@@ -229,6 +229,18 @@ test('an idle poll is answered 204 after longpoll.poll_ms; no heartbeat is neede
   assert.equal((await h.metrics(srv.port)).herald_longpoll_sessions, 1);
 });
 
+test('window_ms runs only while no poll is held: held polls longer than the window keep the session', { timeout: 30000 }, async (t) => {
+  const srv = await h.serve(t, 'longpoll = { poll_ms = 800, window_ms = 300 }\n');
+  const s = await session(srv.port);
+  for (let i = 0; i < 2; i++) {
+    const r = await s.poll();
+    assert.deepEqual(r.json, { status: 204, token: s.token, messages: [] }, `poll ${i}: the session outlives its held poll`);
+  }
+  const m = await h.metrics(srv.port);
+  assert.equal(m.herald_longpoll_sessions_expired_total, 0);
+  assert.equal(m.herald_longpoll_sessions, 1);
+});
+
 const BINARY_HOOK = `
 return {
   message = function(socket, topic, event, payload, meta)
@@ -730,6 +742,9 @@ test('phoenix.js LongPoll in Node: join, a push, a hook reply, presence beside a
   // Several pushes in one tick (one batched POST), each answered.
   const replies = await Promise.all([1, 2, 3].map((n) => pushAndReply(lch, 'ping', { n })));
   assert.deepEqual(replies.map((x) => x.pong), [1, 2, 3]);
+  // 150 in one tick: phoenix.js posts them 100 to a batch (longpoll.max_batch's default is 100).
+  const many = await Promise.all([...Array(150).keys()].map((n) => pushAndReply(lch, 'ping', { n })));
+  assert.deepEqual(many.map((x) => x.pong), [...Array(150).keys()]);
 
   // bob leaves over LongPoll: alice sees it.
   const left = h.within(new Promise((resolve) => wpres.onLeave((key) => { if (key === 'bob') resolve(); })), 10000, 'bob to leave');
