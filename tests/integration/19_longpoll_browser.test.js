@@ -1,12 +1,14 @@
 'use strict';
 // phoenix.js's LongPoll transport in headless Chromium (XMLHttpRequest).
-// The page comes from a web server of the test's own (another origin, as
-// an application's page would be), loads phoenix.js from herald's
-// /phoenix.js and talks to herald cross-origin, so every POST goes through
-// a CORS preflight: it joins, gets pushes, sees a presence list, has a
-// push answered by a message hook, and survives a drain by reconnecting to
-// the next process on the same port. A page with longPollFallbackMs
-// against a mount without WebSocket falls back to LongPoll.
+// The first page is of herald's own origin (written into the document of
+// herald's /healthz) and uses new Phoenix.Socket("/socket", ...) with
+// herald's /phoenix.js: it joins, gets pushes, sees a presence list, has a
+// push answered by a message hook. The others come from a web server of the
+// test's own (another origin, as an application's page would be) and talk
+// to herald cross-origin, every POST after a CORS preflight: one survives a
+// drain by reconnecting to the next process on the same port; one with
+// longPollFallbackMs against a mount without WebSocket falls back to
+// LongPoll.
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const net = require('node:net');
@@ -28,10 +30,12 @@ scripts = { "app.lua" }
 
 // The page: window.lp holds what it saw; window.ping(n) pushes "ping".
 // url: the socket's endpoint; opts: the Socket options as JS source.
-function page(port, { url = `http://127.0.0.1:${port}/socket`, opts = '{ transport: Phoenix.LongPoll }', topic = 'room:browser' } = {}) {
+// src: where phoenix.js comes from (herald's own /phoenix.js).
+function page(port, { url = `http://127.0.0.1:${port}/socket`, src = `http://127.0.0.1:${port}/phoenix.js`,
+  opts = '{ transport: Phoenix.LongPoll }', topic = 'room:browser' } = {}) {
   return `<!doctype html><meta charset="utf-8"><title>herald longpoll test</title>
 <p id="state">connecting</p>
-<script src="http://127.0.0.1:${port}/phoenix.js"></script>
+<script src="${src}"></script>
 <script>
   window.lp = { state: "connecting", joins: 0, msgs: [], presence: [], closes: [], transport: null };
   const socket = new Phoenix.Socket(${JSON.stringify(url)}, Object.assign(
@@ -72,8 +76,12 @@ function freePort() {
 
 test('a page with phoenix.js LongPoll in Chromium: join, pushes, presence, a hook reply', { timeout: 60000, skip: SKIP }, async (t) => {
   const srv = await h.serve(t, APP_CONFIG, { 'app.lua': APP });
-  const url = await webServer(t, { '/': page(srv.port) });
-  const { tab, pageErrors } = await openPage(t, `${url}/`);
+  // Same-origin with herald, as a page of herald's own origin would be: the tab
+  // opens herald's /healthz and the page is written into that document, so
+  // "/socket" and "/phoenix.js" are herald's (herald serves no pages of ours).
+  const { tab, pageErrors } = await openPage(t, `${srv.url}/healthz`);
+  await tab.setContent(page(srv.port, { url: '/socket', src: '/phoenix.js' }));
+  assert.equal(await tab.evaluate(() => window.socket.endPointURL()), `ws://127.0.0.1:${srv.port}/socket/websocket?user=page&vsn=2.0.0`);
   const st = await joined(tab);
   assert.equal(st.transport, 'LongPoll');
   let m = await h.metrics(srv.port);
@@ -94,7 +102,7 @@ test('a page with phoenix.js LongPoll in Chromium: join, pushes, presence, a hoo
   await tab.waitForFunction(() => window.lp.msgs.length >= 2, null, { timeout: 15000 });
   assert.deepEqual((await lpState(tab)).msgs, ['hello: {"text":"from the API"}', 'hello: {"text":"ünïcödé ✓"}']);
 
-  // A push from the page (a cross-origin POST, after its preflight), answered by the hook.
+  // A push from the page, answered by the hook.
   assert.deepEqual(await tab.evaluate(() => window.ping(7)), { pong: 7, id: 'page' });
   m = await h.metrics(srv.port);
   assert.ok(m.herald_longpoll_posts_total >= 2, `posts_total ${m.herald_longpoll_posts_total}`);
