@@ -230,7 +230,7 @@ test('an idle poll is answered 204 after longpoll.poll_ms; no heartbeat is neede
 });
 
 test('window_ms runs only while no poll is held: held polls longer than the window keep the session', { timeout: 30000 }, async (t) => {
-  const srv = await h.serve(t, 'longpoll = { poll_ms = 800, window_ms = 300 }\n');
+  const srv = await h.serve(t, 'longpoll = { poll_ms = 1200, window_ms = 500 }\n');
   const s = await session(srv.port);
   for (let i = 0; i < 2; i++) {
     const r = await s.poll();
@@ -239,6 +239,36 @@ test('window_ms runs only while no poll is held: held polls longer than the wind
   const m = await h.metrics(srv.port);
   assert.equal(m.herald_longpoll_sessions_expired_total, 0);
   assert.equal(m.herald_longpoll_sessions, 1);
+});
+
+test('window_ms starts again when a held poll is answered by a message: a client that stops then is abandoned', { timeout: 30000 }, async (t) => {
+  // poll_ms far longer than the window: only the window may end the session.
+  const srv = await h.serve(t, 'longpoll = { poll_ms = 60000, window_ms = 300 }\n');
+  const s = await session(srv.port);
+  assert.deepEqual((await s.post([JOIN('room:w')])).json, { status: 200 });
+  assert.deepEqual(await s.messages(1), [okReply('room:w')]);
+  const polls = metric(await h.metrics(srv.port), 'herald_longpoll_polls_total');
+  const held = s.poll();
+  await h.eventually(async () => metric(await h.metrics(srv.port), 'herald_longpoll_polls_total') > polls, 10000, 'the poll to be held');
+  await h.push(srv.port, { channel: 'room:w', event: 'e', data: 1 });
+  assert.deepEqual((await held).json, { status: 200, token: s.token, messages: ['[null,null,"room:w","msg",{"data":1,"event":"e"}]'] });
+  // No poll from now on: the session is abandoned window_ms later (not when the answered poll's poll_ms would have run out).
+  await h.eventually(async () => metric(await h.metrics(srv.port), 'herald_longpoll_sessions_expired_total') === 1, 10000,
+    'the session to expire window_ms after its poll was answered');
+  assert.deepEqual((await s.poll()).json, { status: 410 });
+});
+
+test('window_ms starts when the client drops its held poll (a closed tab): the session is abandoned', { timeout: 30000 }, async (t) => {
+  const srv = await h.serve(t, 'longpoll = { poll_ms = 60000, window_ms = 300 }\n');
+  const s = await session(srv.port);
+  const polls = metric(await h.metrics(srv.port), 'herald_longpoll_polls_total');
+  const c = await h.httpConn(srv.port);
+  c.write(`GET ${s.url()} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n`);
+  await h.eventually(async () => metric(await h.metrics(srv.port), 'herald_longpoll_polls_total') > polls, 10000, 'the poll to be held');
+  c.end(); // the client goes away with its poll
+  await h.eventually(async () => metric(await h.metrics(srv.port), 'herald_longpoll_sessions_expired_total') === 1, 10000,
+    'the session to expire window_ms after its held poll\'s connection closed');
+  assert.deepEqual((await s.poll()).json, { status: 410 });
 });
 
 const BINARY_HOOK = `
@@ -379,18 +409,20 @@ test('draining: an open on a kept-alive connection after stop_accepting gets 503
 });
 
 test('an abandoned session (no poll for window_ms) leaves presence', { timeout: 30000 }, async (t) => {
-  const srv = await h.serve(t, 'longpoll = { window_ms = 300 }\n' + APP_CONFIG, { 'app.lua': APP });
+  const srv = await h.serve(t, 'longpoll = { window_ms = 1000 }\n' + APP_CONFIG, { 'app.lua': APP });
   const ws = h.phoenixSocket(srv.port, { ...QUIET, params: { user: 'watcher' } });
   t.after(() => ws.disconnect());
   await h.connect(ws);
   const ch = ws.channel('room:gone');
   const presence = new h.Presence(ch);
   await h.join(ch);
-  // (a poll is held meanwhile, so the window does not run out under the join)
+  // (a poll is held under the join, so the window does not run out before it)
   const s = await session(srv.port, { query: 'vsn=2.0.0&user=ghost' });
+  const held = s.poll();
   assert.deepEqual((await s.post([JOIN('room:gone')])).json, { status: 200 });
-  const got = await s.messages(1);
-  assert.equal(got[0], okReply('room:gone'));
+  const hr = (await held).json;
+  assert.deepEqual([hr.status, hr.token, hr.messages[0]], [200, s.token, okReply('room:gone')], JSON.stringify(hr));
+  // (then presence_state, in that answer or the next; not polled for)
   await synced(presence, ['ghost', 'watcher']);
   // Nobody polls any more: the session expires and ghost leaves.
   await synced(presence, ['watcher']);
@@ -505,12 +537,12 @@ test('config: a bad mount table or longpoll section names the setting', { timeou
 const AUTH = `
 return {
   authenticate = function(req)
-    if req.token == "let-me-in" then return { id = req.params.user } end
+    if req.token == "let-me-in" then return { id = req.params.user, assigns = { role = req.params.role or "guest" } } end
     return nil, "bad token"
   end,
   message = function(socket, topic, event, payload)
     if event == "kick" then return { closed = herald.disconnect(payload.id) } end
-    if event == "whoami" then return { id = socket.id } end
+    if event == "whoami" then return { id = socket.id, role = socket.assigns.role } end
   end,
 }`;
 
@@ -529,9 +561,11 @@ test('authenticate over LongPoll: X-Phoenix-AuthToken refused (403) or allowed; 
   assert.equal(metric(await h.metrics(srv.port), 'herald_longpoll_sessions'), 0);
 
   // Allowed: the identity is alice's.
-  const alice = await session(srv.port, { query: 'vsn=2.0.0&user=alice', headers: { 'x-phoenix-authtoken': 'let-me-in', origin: 'http://good.example' } });
+  const alice = await session(srv.port, { query: 'vsn=2.0.0&user=alice&role=admin', headers: { 'x-phoenix-authtoken': 'let-me-in', origin: 'http://good.example' } });
   assert.deepEqual((await alice.post([JOIN('room:k'), ['1', '2', 'room:k', 'whoami', {}]])).json, { status: 200 });
-  assert.deepEqual(await alice.messages(2), [okReply('room:k'), okReply('room:k', '2', { id: 'alice' }, '1')]);
+  // (the identity and the assigns reach the hook; the reply's object is a Lua table: compared parsed)
+  assert.deepEqual((await alice.messages(2)).map((x) => JSON.parse(x)),
+    [JSON.parse(okReply('room:k')), ['1', '2', 'room:k', 'phx_reply', { status: 'ok', response: { id: 'alice', role: 'admin' } }]]);
 
   // bob (phoenix.js over a WebSocket, authToken) kicks alice by identity.
   const bob = h.phoenixSocket(srv.port, { ...QUIET, params: { user: 'bob' }, authToken: 'let-me-in' });
@@ -789,7 +823,7 @@ test('phoenix.js LongPoll in Node with authToken: sent as X-Phoenix-AuthToken; a
   await h.connect(good);
   const ch = good.channel('room:auth');
   await h.join(ch);
-  assert.deepEqual(await pushAndReply(ch, 'whoami', {}), { id: 'carol' });
+  assert.deepEqual(await pushAndReply(ch, 'whoami', {}), { id: 'carol', role: 'guest' });
   good.disconnect();
 
   const bad = lpSocket(srv.port, { ...QUIET, params: { user: 'mallory' }, authToken: 'nope' });
