@@ -320,6 +320,9 @@ test('POST: ndjson lines and base64 binary lines, a plain body, max_batch, bad b
   r = await s.post([['1', '10', 'room:a', 'say', { pad: 'x'.repeat(2000) }]]);
   assert.equal(r.status, 413, `over max_message_bytes: ${r.status} ${r.body}`);
   assert.equal(r.json && r.json.status, 413, r.body);
+  r = await s.post(JSON.stringify(['1', '11', 'room:a', 'say', { pad: 'x'.repeat(2000) }]), 'application/json');
+  assert.equal(r.status, 413, `a plain body over max_message_bytes: ${r.status} ${r.body}`);
+  assert.equal(r.json && r.json.status, 413, r.body);
   const m = await h.metrics(srv.port);
   assert.ok(m.herald_longpoll_posts_total >= 3, `posts_total ${m.herald_longpoll_posts_total}`);
 
@@ -330,6 +333,20 @@ test('POST: ndjson lines and base64 binary lines, a plain body, max_batch, bad b
   const after = await bad.poll();
   assert.equal(after.status, 200);
   assert.deepEqual(after.json, { status: 410 });
+
+  // A malformed binary message (valid base64, a truncated header) closes it too (1007 on a WebSocket).
+  const badBin = await session(srv.port);
+  r = await badBin.post([Buffer.from([0, 1]).toString('base64')]);
+  assert.equal(r.status, 200, r.body);
+  assert.equal(r.json.status, 410, r.body);
+  assert.equal(typeof r.json.error, 'string', r.body);
+  assert.deepEqual((await badBin.poll()).json, { status: 410 });
+  // Binary on a V1 session (1003 on a WebSocket): closed as well.
+  const v1 = await session(srv.port, { query: 'vsn=1.0.0' });
+  r = await v1.post([B(0, 0, 0, 1, 1, 't', 'e').toString('base64')]);
+  assert.equal(r.status, 200, r.body);
+  assert.equal(r.json.status, 410, r.body);
+  assert.deepEqual((await v1.poll()).json, { status: 410 });
 });
 
 test('tokens: a forged one and a session expired after window_ms get 410, counted by reason', { timeout: 30000 }, async (t) => {
@@ -446,6 +463,8 @@ test('OPTIONS preflight, other methods 405, vsn', { timeout: 30000 }, async (t) 
   for (const x of ['content-type', 'x-phoenix-authtoken', 'x-phoenix-longpoll-token', 'x-requested-with'])
     assert.ok(allowed.includes(x), `allow-headers lacks ${x}: ${o.headers['access-control-allow-headers']}`);
 
+  const head = await req(srv.port, 'HEAD', '/socket/longpoll?vsn=2.0.0');
+  assert.equal(head.status, 405, `HEAD: ${head.status}`);
   for (const method of ['PUT', 'DELETE', 'PATCH']) {
     const r = await req(srv.port, method, '/socket/longpoll?vsn=2.0.0', { body: method === 'DELETE' ? undefined : '{}' });
     assert.equal(r.status, 405, `${method}: ${r.status} ${r.body}`);
