@@ -857,6 +857,25 @@ test('phoenix.js LongPoll in Node with authToken: sent as X-Phoenix-AuthToken; a
   bad.disconnect();
 });
 
+test('phoenix.js LongPoll at its address\'s max_connections_per_ip is told so (an error, then a retry), never stuck', { timeout: 30000 }, async (t) => {
+  // 127.0.0.1 counted like any client address (not a trusted proxy here).
+  const srv = await h.serve(t, 'listen = { host = "127.0.0.1", port = 0, trusted_proxies = { "10.9.9.9" } }\n' +
+    'limits = { max_connections_per_ip = 2 }\n');
+  const socket = lpSocket(srv.port, QUIET);
+  t.after(() => socket.disconnect());
+  const errors = [];
+  const outcome = h.within(new Promise((resolve) => {
+    socket.onError((e) => { errors.push(e); resolve('error'); });
+    socket.connect();
+    socket.channel('room:ip').join().receive('ok', () => resolve('joined'));
+  }), 15000, 'the join, or an error telling the client it was refused (a refusal answered {"status":500} makes phoenix.js retry)');
+  const how = await outcome;
+  // A refusal is {"status":500,...}: phoenix.js's error is 500 (an answer without a status leaves
+  // its poll loop stopped: nothing more until its join times out).
+  assert.ok(how === 'joined' || errors[0] === 500, `${how}: errors ${JSON.stringify(errors)}`);
+  socket.disconnect();
+});
+
 test('phoenix.js 1.2.1 (V1) LongPoll in Node', {
   skip: 'phoenix 1.2.1\'s LongPoll cannot run in Node: it reaches for window (ReferenceError: window is not defined; its Ajax is window.XMLHttpRequest only), ' +
     'and it expects each message of a poll as a JSON object (it JSON.stringify()s it), not the frame text the spec sends; ' +
