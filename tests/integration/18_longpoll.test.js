@@ -253,8 +253,8 @@ test('window_ms starts again when a held poll is answered by a message: a client
   await h.push(srv.port, { channel: 'room:w', event: 'e', data: 1 });
   assert.deepEqual((await held).json, { status: 200, token: s.token, messages: ['[null,null,"room:w","msg",{"data":1,"event":"e"}]'] });
   // No poll from now on: the session is abandoned window_ms later (not when the answered poll's poll_ms would have run out).
-  await h.eventually(async () => metric(await h.metrics(srv.port), 'herald_longpoll_sessions_expired_total') === 1, 10000,
-    'the session to expire window_ms after its poll was answered');
+  await h.eventually(async () => metric(await h.metrics(srv.port), 'herald_longpoll_sessions_expired_total') === 1, 5000,
+    'the session to expire window_ms (300 ms) after its poll was answered');
   assert.deepEqual((await s.poll()).json, { status: 410 });
 });
 
@@ -266,8 +266,8 @@ test('window_ms starts when the client drops its held poll (a closed tab): the s
   c.write(`GET ${s.url()} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n`);
   await h.eventually(async () => metric(await h.metrics(srv.port), 'herald_longpoll_polls_total') > polls, 10000, 'the poll to be held');
   c.end(); // the client goes away with its poll
-  await h.eventually(async () => metric(await h.metrics(srv.port), 'herald_longpoll_sessions_expired_total') === 1, 10000,
-    'the session to expire window_ms after its held poll\'s connection closed');
+  await h.eventually(async () => metric(await h.metrics(srv.port), 'herald_longpoll_sessions_expired_total') === 1, 5000,
+    'the session to expire window_ms (300 ms) after its held poll\'s connection closed');
   assert.deepEqual((await s.poll()).json, { status: 410 });
 });
 
@@ -426,7 +426,8 @@ test('draining: an open on a kept-alive connection after stop_accepting gets 503
 });
 
 test('an abandoned session (no poll for window_ms) leaves presence', { timeout: 30000 }, async (t) => {
-  const srv = await h.serve(t, 'longpoll = { window_ms = 1000 }\n' + APP_CONFIG, { 'app.lua': APP });
+  // (drain.flush_ms: a session left over by a failure would hold the stop for 5 s)
+  const srv = await h.serve(t, 'longpoll = { window_ms = 1000 }\ndrain = { flush_ms = 500 }\n' + APP_CONFIG, { 'app.lua': APP });
   const ws = h.phoenixSocket(srv.port, { ...QUIET, params: { user: 'watcher' } });
   t.after(() => ws.disconnect());
   await h.connect(ws);
@@ -441,8 +442,8 @@ test('an abandoned session (no poll for window_ms) leaves presence', { timeout: 
   assert.deepEqual([hr.status, hr.token, hr.messages[0]], [200, s.token, okReply('room:gone')], JSON.stringify(hr));
   // (then presence_state, in that answer or the next; not polled for)
   await synced(presence, ['ghost', 'watcher']);
-  // Nobody polls any more: the session expires and ghost leaves.
-  await synced(presence, ['watcher']);
+  // Nobody polls any more: the session expires (window_ms, 1 s) and ghost leaves.
+  await synced(presence, ['watcher'], 6000);
   const m = await h.metrics(srv.port);
   assert.equal(m.herald_longpoll_sessions_expired_total, 1);
   assert.equal(m.herald_longpoll_sessions, 0);
@@ -738,12 +739,12 @@ function pushAndReply(ch, event, payload) {
     .receive('timeout', () => reject(new Error(`${event}: no reply`))));
 }
 
-function synced(presence, keys) {
+function synced(presence, keys, ms = 10000) {
   return h.within(new Promise((resolve) => {
     const check = () => { if (JSON.stringify(presence.list((k) => k).sort()) === JSON.stringify(keys)) resolve(); };
     presence.onSync(check);
     check();
-  }), 10000, `presence ${keys}`);
+  }), ms, `presence ${keys}`);
 }
 
 const APP = `
@@ -860,15 +861,15 @@ test('phoenix.js LongPoll in Node with authToken: sent as X-Phoenix-AuthToken; a
 test('phoenix.js LongPoll at its address\'s max_connections_per_ip is told so (an error, then a retry), never stuck', { timeout: 30000 }, async (t) => {
   // 127.0.0.1 counted like any client address (not a trusted proxy here).
   const srv = await h.serve(t, 'listen = { host = "127.0.0.1", port = 0, trusted_proxies = { "10.9.9.9" } }\n' +
-    'limits = { max_connections_per_ip = 2 }\n');
-  const socket = lpSocket(srv.port, QUIET);
+    'limits = { max_connections_per_ip = 2 }\ndrain = { flush_ms = 500 }\n');
+  const socket = lpSocket(srv.port, { ...QUIET, timeout: 3000 });
   t.after(() => socket.disconnect());
   const errors = [];
   const outcome = h.within(new Promise((resolve) => {
     socket.onError((e) => { errors.push(e); resolve('error'); });
     socket.connect();
     socket.channel('room:ip').join().receive('ok', () => resolve('joined'));
-  }), 15000, 'the join, or an error telling the client it was refused (a refusal answered {"status":500} makes phoenix.js retry)');
+  }), 8000, 'the join, or an error telling the client it was refused (a refusal answered {"status":500} makes phoenix.js retry)');
   const how = await outcome;
   // A refusal is {"status":500,...}: phoenix.js's error is 500 (an answer without a status leaves
   // its poll loop stopped: nothing more until its join times out).
