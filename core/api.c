@@ -77,7 +77,8 @@ static void authorize(hd_api *api, const hd_route *rt, hd_conn *c, hd_http_req *
     a->rt = rt;
     hd_hook_req view;
     hd_http_hook_req(r, &view);
-    if (hd_hook_api_auth_start(api->sc, c, &view, api_auth_done, a)) hd_http_wait_later(&a->w);
+    hd_hook_run *run = hd_hook_api_auth_start(api->sc, c, &view, api_auth_done, a);
+    if (run) hd_http_wait_hook(&a->w, run);
 }
 
 size_t hd_api_publish(hd_api *api, const char *topic, size_t tlen, const char *event,
@@ -496,9 +497,9 @@ static void answer_push(hd_conn *c, hd_http_req *r, pushing *w, hd_str *out)
 }
 
 /* A binary push (Content-Type: application/octet-stream): channel (or
- * channel[]) and event in the query, the body the bytes, published on
- * this node as a V2 binary broadcast (hd_publish_binary: no publish hook,
- * no shaping, no history, no other node). */
+ * channel[]) and event in the query, the body the bytes, published as a
+ * V2 binary broadcast on every node (hd_publish_binary: no publish hook,
+ * no shaping, no history). */
 static void handle_binary_push(hd_api *api, hd_conn *c, hd_http_req *r)
 {
     json_t *q = form_to_object(r->query, r->query_len);

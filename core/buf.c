@@ -79,42 +79,23 @@ int hd_str_printf(hd_str *s, const char *fmt, ...)
 
 int hd_str_add_json(hd_str *s, const char *p, size_t len)
 {
-    static const char hex[] = "0123456789abcdef";
     if (grow(s, len + 2)) return HD_ENOMEM;
     s->p[s->len++] = '"';
-    size_t run = 0; /* start of the pending run of bytes that need no escape */
-    for (size_t i = 0; i < len; i++) {
+    size_t run = 0; /* start of the pending run of bytes that go as they are */
+    for (size_t i = 0; i < len;) {
         unsigned char c = (unsigned char)p[i];
-        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') continue;
-        if (c >= 0x80) {
-            /* Well-formed UTF-8 passes; any other byte becomes U+FFFD, so
-             * that the result is JSON whatever the input was. */
-            size_t n = hd_utf8_seq((const uint8_t *)p + i, len - i);
-            if (n) {
-                i += n - 1;
-                continue;
-            }
-            if (hd_str_add(s, p + run, i - run) || hd_str_adds(s, "\\ufffd")) return HD_ENOMEM;
-            run = i + 1;
+        if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') { /* (most bytes: no call) */
+            i++;
             continue;
         }
-        if (hd_str_add(s, p + run, i - run)) return HD_ENOMEM;
-        char esc[6] = {'\\', 0};
-        size_t n = 2;
-        switch (c) {
-        case '"': esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
-        case '\b': esc[1] = 'b'; break;
-        case '\f': esc[1] = 'f'; break;
-        default:
-            esc[1] = 'u', esc[2] = '0', esc[3] = '0', esc[4] = hex[c >> 4], esc[5] = hex[c & 15];
-            n = 6;
+        char esc[8];
+        size_t wl = 0, step;
+        const char *w = hd_json_escape((const uint8_t *)p + i, len - i, esc, &wl, &step);
+        if (w) {
+            if (hd_str_add(s, p + run, i - run) || hd_str_add(s, w, wl)) return HD_ENOMEM;
+            run = i + step;
         }
-        if (hd_str_add(s, esc, n)) return HD_ENOMEM;
-        run = i + 1;
+        i += step;
     }
     if (hd_str_add(s, p + run, len - run)) return HD_ENOMEM;
     return hd_str_addc(s, '"');

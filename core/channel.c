@@ -311,7 +311,7 @@ static void rechecked(void *ud, hd_hook_result *res)
 size_t hd_channel_recheck(hd_channel_ctx *ch, hd_conn *c)
 {
     size_t before = ch->rechecks_closed;
-    hd_sub *s = c->kind == HD_CONN_WS ? c->subs : NULL;
+    hd_sub *s = c->kind != HD_CONN_HTTP ? c->subs : NULL;
     while (s && hd_conn_open(c)) {
         hd_sub *next = s->cnext;
         const char *jr = hd_sub_join_ref(s);
@@ -681,9 +681,12 @@ static void join_done(void *ud, hd_hook_result *res)
 static void on_join(hd_channel_ctx *ch, hd_conn *c, const char *jr, const char *ref,
                     const char *topic, size_t tlen, json_t *payload)
 {
-    if (tlen == 0 || tlen > HD_TOPIC_MAX_BYTES) {
+    const char *why = tlen == 0 || tlen > HD_TOPIC_MAX_BYTES ? "invalid topic"
+                      : ch->join_gate ? ch->join_gate(ch->gate_ud, c, topic, tlen, payload)
+                                      : NULL;
+    if (why) {
         ch->st->joins_refused++;
-        reply_error(c, jr, ref, topic, "invalid topic");
+        reply_error(c, jr, ref, topic, why);
         return;
     }
     if (!hd_script_has(ch->sc, HD_HOOK_JOIN)) { /* (no context to keep) */
@@ -1067,7 +1070,7 @@ static void authenticate(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int lon
     char *token = token_of(r, longpoll);
     hd_hook_run *run = hd_hook_authenticate_start(ch->sc, c, &view, token, auth_done, u);
     free(token);
-    if (run) hd_http_wait_later(&u->w);
+    if (run) hd_http_wait_hook(&u->w, run);
 }
 
 /* ws.allowed_origins: a browser's Origin must be one of them (cross-site

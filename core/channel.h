@@ -14,6 +14,15 @@
 
 #define HD_TOPIC_MAX_BYTES 255
 
+struct json_t;
+
+/* A check of every join before its hooks, registered at start-up (the
+ * node's rule for herald:status): NULL lets the join go on, else the
+ * reason it is refused with. It may change payload (take out what the
+ * hooks must not see). */
+typedef const char *(*hd_join_gate)(void *ud, hd_conn *c, const char *topic, size_t tlen,
+                                    struct json_t *payload);
+
 typedef struct hd_channel_ctx {
     hd_ws_ctx ws;                /* first: the sessions' context, with this as handler */
     hd_lp_ctx lp;                /* the long-poll sessions' (the same handler) */
@@ -27,6 +36,8 @@ typedef struct hd_channel_ctx {
     struct park **parked;        /* sockets whose hook waits, by id (chained; power of two) */
     size_t parked_cap, nparked;
     size_t rechecks_closed;      /* channels a recheck closed (hd_channel_recheck) */
+    hd_join_gate join_gate;      /* or NULL */
+    void *gate_ud;
 } hd_channel_ctx;
 
 void hd_channel_init(hd_channel_ctx *ch, const hd_config *cfg, hd_stats *st, hd_net *net,

@@ -3,6 +3,7 @@
  * reading; the answer read by llhttp. */
 #include "cli.h"
 #include "buf.h"
+#include "util.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -103,33 +104,10 @@ static int url_parse(const char *url, cli_url *u, char *err, size_t errlen)
         snprintf(err, errlen, "credentials in the URL are not supported: use HERALD_API_TOKEN");
         return -1;
     }
-    const char *h = a, *he, *colon;
-    if (*a == '[') {
-        h = a + 1;
-        he = memchr(h, ']', (size_t)(end - h));
-        if (!he) goto bad;
-        colon = he + 1 < end ? he + 1 : NULL;
-        if (colon && *colon != ':') goto bad;
-    } else {
-        colon = memchr(a, ':', (size_t)(end - a));
-        he = colon ? colon : end;
-    }
-    size_t hl = (size_t)(he - h);
-    if (!hl || hl >= sizeof u->host) goto bad;
-    memcpy(u->host, h, hl);
-    if (colon) {
-        size_t pl = (size_t)(end - colon - 1);
-        long port = 0;
-        for (size_t i = 0; i < pl; i++) {
-            if (colon[1 + i] < '0' || colon[1 + i] > '9') goto bad;
-            port = port * 10 + (colon[1 + i] - '0');
-            if (port > 65535) goto bad;
-        }
-        if (!pl || port < 1) goto bad;
-        snprintf(u->port, sizeof u->port, "%ld", port);
-    } else {
-        snprintf(u->port, sizeof u->port, "80");
-    }
+    hd_authority au;
+    if (hd_authority_parse(a, (size_t)(end - a), &au) || au.host_len >= sizeof u->host) goto bad;
+    memcpy(u->host, au.host, au.host_len);
+    snprintf(u->port, sizeof u->port, "%u", (au.port ? au.port : 80) & 0xFFFF);
     if (*end == '?' || *end == '#') {
         snprintf(err, errlen, "the URL may not have a query or a fragment");
         return -1;

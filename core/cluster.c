@@ -274,9 +274,8 @@ static char *channel_of(const char *topic, size_t tlen, size_t *len)
 /* The payload of a frame (past its WebSocket header). */
 static const uint8_t *frame_payload(const hd_buf *f, size_t *len)
 {
-    size_t n = f->data[1] & 0x7F, h = n == 126 ? 4 : n == 127 ? 10 : 2;
-    *len = f->len - h;
-    return f->data + h;
+    int op;
+    return hd_ws_frame_payload(f, &op, len);
 }
 
 /* ---- commands -------------------------------------------------------------------------- */

@@ -284,6 +284,7 @@ static int read_normalized(lua_State *L, hd_config *c, const char *dir)
     c->max_conns_per_ip = (size_t)num_field(L, -1, "max_connections_per_ip");
     c->connect_rate = (uint32_t)num_field(L, -1, "connect_rate");
     c->connect_rate_per_ip = (uint32_t)num_field(L, -1, "connect_rate_per_ip");
+    c->ipv6_prefix = (unsigned)num_field(L, -1, "ipv6_prefix");
     c->max_message_bytes = (size_t)num_field(L, -1, "max_message_bytes");
     c->max_inbound_bytes = (size_t)num_field(L, -1, "max_inbound_bytes");
     c->send_queue_bytes = (size_t)num_field(L, -1, "send_queue_bytes");

@@ -89,6 +89,7 @@ typedef struct hd_config {
     size_t max_conns_per_ip; /* connections from one client address (0: no limit) */
     uint32_t connect_rate;   /* new connections per second for the node (0: no limit) */
     uint32_t connect_rate_per_ip; /* the same for one client address */
+    unsigned ipv6_prefix;    /* an IPv6 client is counted by this network (bits; 128: the address) */
     size_t max_message_bytes;
     size_t max_inbound_bytes; /* all connections' partial inbound messages together */
     size_t send_queue_bytes;

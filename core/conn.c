@@ -518,6 +518,7 @@ static int admit_peer(hd_net *net, hd_peer *p, int counted, int *reason, unsigne
     const hd_config *cfg = net->cfg;
     *retry_s = 0;
     if (p->trusted) return 1; /* a trusted proxy's own connections */
+    p = hd_peer_limited(p); /* (an IPv6 address: its network) */
     if (cfg->max_conns_per_ip && p->conns + (counted ? 0 : 1) > cfg->max_conns_per_ip) {
         *reason = HD_REFUSE_PER_IP;
         return 0;
@@ -533,7 +534,7 @@ static int admit_peer(hd_net *net, hd_peer *p, int counted, int *reason, unsigne
 static void attach(hd_conn *c, hd_peer *p)
 {
     c->peer = p;
-    p->conns++;
+    hd_peer_hold(p);
 }
 
 static void detach(hd_conn *c)
@@ -546,7 +547,7 @@ static void detach(hd_conn *c)
 /* Frees p if no connection came to use it (and its bucket is full). */
 static void forget(hd_net *net, hd_peer *p)
 {
-    p->conns++;
+    hd_peer_hold(p);
     hd_peer_release(&net->peers, p, net->cfg->connect_rate_per_ip, uv_now(net->loop));
 }
 
@@ -557,7 +558,7 @@ static hd_peer *peer_of_fd(hd_net *net, int fd)
     hd_addr a;
     if (getpeername(fd, (struct sockaddr *)&ss, &sl) != 0 || hd_addr_from_sockaddr(&a, (struct sockaddr *)&ss))
         return NULL;
-    return hd_peer_get(&net->peers, &a, net->cfg->trusted, net->cfg->ntrusted);
+    return hd_peer_get(&net->peers, &a, net->cfg->trusted, net->cfg->ntrusted, net->cfg->ipv6_prefix);
 }
 
 /* The admin listener is full: one of its connections goes, so that
@@ -698,7 +699,7 @@ int hd_conn_set_client(hd_conn *c, const hd_addr *a, int xff)
     hd_net *net = c->net;
     hd_peer *p;
     if (a) {
-        p = hd_peer_get(&net->peers, a, net->cfg->trusted, net->cfg->ntrusted);
+        p = hd_peer_get(&net->peers, a, net->cfg->trusted, net->cfg->ntrusted, net->cfg->ipv6_prefix);
     } else {
         uv_os_fd_t fd;
         p = uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 ? peer_of_fd(net, fd) : NULL;
@@ -708,10 +709,9 @@ int hd_conn_set_client(hd_conn *c, const hd_addr *a, int xff)
         if (!xff) c->flags &= ~HD_CF_XFF;
         return 0;
     }
-    p->conns++; /* held while the old one is released (it may be freed) */
+    hd_peer_hold(p); /* (held while the old one is released: it may be freed) */
     detach(c);
-    p->conns--;
-    attach(c, p);
+    c->peer = p;
     c->flags &= ~HD_CF_XFF;
     if (a && xff) c->flags |= HD_CF_XFF;
     return 0;
@@ -917,7 +917,8 @@ static void on_write_turn(uv_check_t *h)
     hd_net_reap(net);
     for (int n = 0; n < FLUSH_SLICE && net->pend_head; n++) {
         hd_conn *c = net->pend_head;
-        if (net->fanout_hot && c->kind == HD_CONN_HTTP) hold(c);
+        /* (a long poll's answer is a delivery, not a publisher's answer) */
+        if (net->fanout_hot && c->kind == HD_CONN_HTTP && !(c->flags & HD_CF_POLL)) hold(c);
         else {
             unpend(c);
             hd_conn_flush(c);

@@ -18,7 +18,8 @@ static void shutdown_done(void *ud, hd_hook_result *res)
 {
     (void)res;
     hd_drain *dr = ud;
-    dr->hooks_waiting--;
+    /* The phase's own work, and its budget, start once its hooks are done. */
+    if (--dr->hooks_waiting == 0) dr->stats.work_started_ms = uv_now(dr->loop);
 }
 
 static void enter(hd_drain *dr, hd_phase p)
@@ -31,7 +32,7 @@ static void enter(hd_drain *dr, hd_phase p)
                 (unsigned long long)d->duration_ms[dr->phase]);
     }
     dr->phase = p;
-    d->phase_started_ms = now;
+    d->phase_started_ms = d->work_started_ms = now;
     /* The phase's work waits for its shutdown hooks (bounded by
      * scripts.io_timeout_ms and the drain's budget). */
     dr->hooks_waiting++;
@@ -72,17 +73,49 @@ static void force_all(hd_drain *dr)
     }
 }
 
+/* The stopped phase: its hooks may wait (within the drain's budget),
+ * then the node stops (step). */
 static void finish(hd_drain *dr)
 {
     enter(dr, HD_PHASE_STOPPED);
-    uv_timer_stop(&dr->timer);
     hd_drain_stats *d = &dr->stats;
     hd_info("drain: complete in %llu ms (%llu HTTP and %llu WebSocket connections and %llu "
             "long-poll sessions closed, %llu forced)",
             (unsigned long long)(uv_now(dr->loop) - d->started_ms),
             (unsigned long long)d->http_closed, (unsigned long long)d->ws_closed,
             (unsigned long long)d->lp_closed, (unsigned long long)d->forced);
-    dr->stop(dr->ud);
+}
+
+/* One tick of the disconnect phase: WebSockets close with 1012 and
+ * long-poll sessions end, at most drain.disconnect_rate a second, but fast
+ * enough to finish within 80% of what is left of the budget; once the
+ * sessions are gone, the connections their polls came on close too (as
+ * the http phase closed the API's). */
+static void disconnect(hd_drain *dr, uint64_t elapsed)
+{
+    const hd_config *cfg = dr->cfg;
+    hd_drain_stats *d = &dr->stats;
+    double left_s = (double)(cfg->drain_timeout_ms - elapsed) / 1000.0 * 0.8;
+    size_t open = 0;
+    for (hd_conn *c = dr->net->conns; c; c = c->next)
+        if (c->kind != HD_CONN_HTTP && hd_conn_open(c)) open++;
+    double rate = (double)cfg->drain_disconnect_rate;
+    if (left_s > 0 && open / left_s > rate) rate = open / left_s;
+    d->allowance += rate * TICK_MS / 1000.0;
+    if (d->allowance > rate * TICK_MS / 1000.0 + 1) d->allowance = rate * TICK_MS / 1000.0 + 1;
+    for (hd_conn *c = dr->net->conns, *next; c && d->allowance >= 1; c = next) {
+        next = c->next; /* (a connection is unlinked only by its close callback) */
+        if (c->kind == HD_CONN_HTTP || !hd_conn_open(c)) continue;
+        if (c->kind == HD_CONN_LP) d->lp_closed++;
+        else d->ws_closed++;
+        hd_conn_shut(c, 1012, "server restart");
+        d->allowance -= 1;
+    }
+    for (hd_conn *c = dr->net->conns; !dr->net->nlp && c; c = c->next)
+        if ((c->flags & HD_CF_POLL) && hd_conn_open(c) && !hd_http_busy(c) && !c->wq_bytes) {
+            c->flags |= HD_CF_NO_INPUT;
+            hd_conn_finish(c, 1000);
+        }
 }
 
 static void step(uv_timer_t *t)
@@ -91,7 +124,7 @@ static void step(uv_timer_t *t)
     const hd_config *cfg = dr->cfg;
     hd_drain_stats *d = &dr->stats;
     uint64_t now = uv_now(dr->loop);
-    uint64_t elapsed = now - d->started_ms, in_phase = now - d->phase_started_ms;
+    uint64_t elapsed = now - d->started_ms;
 
     if (elapsed >= cfg->drain_timeout_ms && dr->phase < HD_PHASE_PRESENCE) {
         d->overran = 1;
@@ -102,104 +135,86 @@ static void step(uv_timer_t *t)
         force_all(dr);
         enter(dr, HD_PHASE_PRESENCE);
         finish(dr);
-        return;
     }
 
-    if (dr->hooks_waiting) return;
-    switch (dr->phase) {
-    case HD_PHASE_ANNOUNCE:
-        if (in_phase < cfg->drain_announce_ms) return;
-        enter(dr, HD_PHASE_STOP_ACCEPTING);
-        dr->close_listener(dr->ud);
-        if (dr->hooks_waiting) return;
-        /* fall through */
-    case HD_PHASE_STOP_ACCEPTING:
-        enter(dr, HD_PHASE_HTTP);
-        if (dr->hooks_waiting) return;
-        /* fall through */
-    case HD_PHASE_HTTP:
-        for (hd_conn *c = dr->net->conns; c; c = c->next) {
-            if (!api_conn(c) || !hd_conn_open(c)) continue;
-            int idle = !hd_http_busy(c) && c->wq_bytes == 0 &&
-                       now - c->last_active >= cfg->drain_http_idle_ms;
-            if (idle) {
-                c->flags |= HD_CF_NO_INPUT;
-                hd_conn_finish(c, 1000);
-                d->http_closed++;
-            }
-        }
-        if (count_api(dr) > 0) {
-            if (in_phase < cfg->drain_http_ms) return;
-            /* The phase's own budget ran out: what is left is cut. */
-            size_t left = count_api(dr);
-            hd_warn("drain: phase http overran its %llu ms budget: closing %zu HTTP connection(s)",
-                    (unsigned long long)cfg->drain_http_ms, left);
-            for (hd_conn *c = dr->net->conns; c; c = c->next)
-                if (api_conn(c)) {
-                    d->forced++;
-                    hd_conn_close(c);
-                }
-        }
-        enter(dr, HD_PHASE_FLUSH);
-        /* Held messages go out early, never dropped; so do presence diffs. */
-        hd_shaper_release_all(&dr->eng->shapers);
-        hd_presence_flush(&dr->eng->pres);
-        if (dr->hooks_waiting) return;
-        /* fall through */
-    case HD_PHASE_FLUSH:
-        if (queued_anywhere(dr) && in_phase < cfg->drain_flush_ms) return;
-        if (queued_anywhere(dr))
-            hd_warn("drain: phase flush overran its %llu ms budget: disconnecting with frames "
-                    "still queued", (unsigned long long)cfg->drain_flush_ms);
-        enter(dr, HD_PHASE_DISCONNECT);
-        d->allowance = 1;
-        return;
-    case HD_PHASE_DISCONNECT: {
-        if (cfg->drain_disconnect_sockets) {
-            /* Pace: at most drain.disconnect_rate closes per second, but fast
-             * enough to finish within 80% of what is left of the budget. */
-            double left_s = (double)(cfg->drain_timeout_ms - elapsed) / 1000.0 * 0.8;
-            size_t open = 0;
-            for (hd_conn *c = dr->net->conns; c; c = c->next)
-                if (c->kind != HD_CONN_HTTP && hd_conn_open(c)) open++;
-            double rate = (double)cfg->drain_disconnect_rate;
-            if (left_s > 0 && open / left_s > rate) rate = open / left_s;
-            d->allowance += rate * TICK_MS / 1000.0;
-            if (d->allowance > rate * TICK_MS / 1000.0 + 1) d->allowance = rate * TICK_MS / 1000.0 + 1;
-            for (hd_conn *c = dr->net->conns, *next; c && d->allowance >= 1; c = next) {
-                next = c->next; /* (a session is unlinked only by its close callback) */
-                if (c->kind == HD_CONN_HTTP || !hd_conn_open(c)) continue;
-                if (c->kind == HD_CONN_LP) d->lp_closed++;
-                else d->ws_closed++;
-                hd_conn_shut(c, 1012, "server restart");
-                d->allowance -= 1;
-            }
-            /* Once the sessions are gone, the connections their polls came
-             * on close too (as the http phase closed the API's). */
-            for (hd_conn *c = dr->net->conns; !dr->net->nlp && c; c = c->next)
-                if ((c->flags & HD_CF_POLL) && hd_conn_open(c) && !hd_http_busy(c) && !c->wq_bytes) {
+    /* Each turn of the loop is one phase's check: it returns to wait (the
+     * next tick), or enters the next phase and goes on with it. A phase's
+     * work waits for its shutdown hooks, and its own budget counts from
+     * when they are done; the stopped phase's hooks wait within what is
+     * left of the drain's budget. */
+    for (;;) {
+        if (dr->hooks_waiting && (dr->phase != HD_PHASE_STOPPED || elapsed < cfg->drain_timeout_ms))
+            return;
+        uint64_t in_phase = now - d->work_started_ms;
+        switch (dr->phase) {
+        case HD_PHASE_ANNOUNCE:
+            if (in_phase < cfg->drain_announce_ms) return;
+            enter(dr, HD_PHASE_STOP_ACCEPTING);
+            dr->close_listener(dr->ud);
+            continue;
+        case HD_PHASE_STOP_ACCEPTING:
+            enter(dr, HD_PHASE_HTTP);
+            continue;
+        case HD_PHASE_HTTP:
+            for (hd_conn *c = dr->net->conns; c; c = c->next) {
+                if (!api_conn(c) || !hd_conn_open(c)) continue;
+                int idle = !hd_http_busy(c) && c->wq_bytes == 0 &&
+                           now - c->last_active >= cfg->drain_http_idle_ms;
+                if (idle) {
                     c->flags |= HD_CF_NO_INPUT;
                     hd_conn_finish(c, 1000);
+                    d->http_closed++;
                 }
-        }
-        if (cfg->drain_disconnect_sockets && dr->net->nconns + dr->net->nlp > 0) return;
-        enter(dr, HD_PHASE_PRESENCE);
-        /* The peers drop this node's presence now, not after a timeout. */
-        if (dr->cluster) hd_cluster_withdraw(dr->cluster);
-        if (dr->hooks_waiting) return;
-        in_phase = 0;
-    }
-    /* fall through */
-    case HD_PHASE_PRESENCE:
-        /* Until Redis has taken the withdrawal (bounded by what is left of
-         * the budget, and by PRESENCE_MS). */
-        if (dr->cluster && hd_cluster_pending(dr->cluster) && hd_cluster_up(dr->cluster) &&
-            in_phase < PRESENCE_MS && elapsed < cfg->drain_timeout_ms)
+            }
+            if (count_api(dr) > 0) {
+                if (in_phase < cfg->drain_http_ms) return;
+                /* The phase's own budget ran out: what is left is cut. */
+                size_t left = count_api(dr);
+                hd_warn("drain: phase http overran its %llu ms budget: closing %zu HTTP connection(s)",
+                        (unsigned long long)cfg->drain_http_ms, left);
+                for (hd_conn *c = dr->net->conns; c; c = c->next)
+                    if (api_conn(c)) {
+                        d->forced++;
+                        hd_conn_close(c);
+                    }
+            }
+            enter(dr, HD_PHASE_FLUSH);
+            /* Held messages go out early, never dropped; so do presence diffs. */
+            hd_shaper_release_all(&dr->eng->shapers);
+            hd_presence_flush(&dr->eng->pres);
+            continue;
+        case HD_PHASE_FLUSH:
+            if (queued_anywhere(dr) && in_phase < cfg->drain_flush_ms) return;
+            if (queued_anywhere(dr))
+                hd_warn("drain: phase flush overran its %llu ms budget: disconnecting with frames "
+                        "still queued", (unsigned long long)cfg->drain_flush_ms);
+            enter(dr, HD_PHASE_DISCONNECT);
+            d->allowance = 1;
+            return; /* (the closes are paced from the next tick) */
+        case HD_PHASE_DISCONNECT:
+            if (cfg->drain_disconnect_sockets) {
+                disconnect(dr, elapsed);
+                if (dr->net->nconns + dr->net->nlp > 0) return;
+            }
+            enter(dr, HD_PHASE_PRESENCE);
+            /* The peers drop this node's presence now, not after a timeout. */
+            if (dr->cluster) hd_cluster_withdraw(dr->cluster);
+            continue;
+        case HD_PHASE_PRESENCE:
+            /* Until Redis has taken the withdrawal (bounded by what is left of
+             * the budget, and by PRESENCE_MS). */
+            if (dr->cluster && hd_cluster_pending(dr->cluster) && hd_cluster_up(dr->cluster) &&
+                in_phase < PRESENCE_MS && elapsed < cfg->drain_timeout_ms)
+                return;
+            finish(dr);
+            continue;
+        case HD_PHASE_STOPPED:
+            uv_timer_stop(&dr->timer);
+            dr->stop(dr->ud);
             return;
-        finish(dr);
-        return;
-    default:
-        return;
+        default:
+            return;
+        }
     }
 }
 

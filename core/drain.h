@@ -42,6 +42,7 @@ typedef enum {
 typedef struct hd_drain_stats {
     uint64_t started_ms;              /* loop time the drain began */
     uint64_t phase_started_ms;
+    uint64_t work_started_ms;         /* ... and its work, once its shutdown hooks were done */
     uint64_t duration_ms[HD_PHASE_COUNT];
     uint64_t http_closed;             /* idle keep-alive connections closed */
     uint64_t ws_closed;               /* WebSockets closed with 1012 */

@@ -288,11 +288,13 @@ static int socket_index(lua_State *L)
     return 1;
 }
 
-/* [-0, +1] The socket table hooks see: {id, conn_id, assigns, remote_addr},
- * assigns decoded at its first read (socket_index). */
+/* [-0, +1] The socket table hooks see: {id, conn_id, assigns, remote_addr,
+ * transport}, assigns decoded at its first read (socket_index). */
 static void push_socket(hd_scripts *sc, lua_State *L, hd_conn *c)
 {
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, c->kind == HD_CONN_LP ? "longpoll" : "websocket");
+    lua_setfield(L, -2, "transport");
     const char *id = hd_conn_identity(c);
     if (id) lua_pushstring(L, id);
     else lua_pushfstring(L, "%d", (int)c->id);

@@ -1,4 +1,5 @@
 #include "http.h"
+#include "hooks.h"
 #include "err.h"
 #include "log.h"
 #include "util.h"
@@ -22,7 +23,13 @@ typedef struct hd_http_conn {
     uint64_t body_since;         /* loop time the current body began; 0: none pending */
     size_t held;                 /* bytes of a partial body, counted in net->inbound_bytes */
     hd_str stash;                /* bytes after a deferred request, read already */
+    void (*gone)(void *ud, hd_conn *c); /* a watched deferral: its connection closed */
+    void *gone_ud;
 } hd_http_conn;
+
+/* What a watched deferral keeps of what arrives meanwhile; past it the
+ * connection is not read until the answer. */
+#define WATCH_STASH_MAX 65536
 
 static hd_http_conn *state_of(llhttp_t *p) { return p->data; }
 static hd_conn *conn_of(llhttp_t *p) { return state_of(p)->c; }
@@ -355,8 +362,9 @@ static void on_read(hd_conn *c, uint8_t *data, size_t len)
 static void parse(hd_conn *c, hd_http_conn *h, uint8_t *data, size_t len)
 {
     hd_http_ctx *ctx = ctx_of(c);
-    if (h->deferred) { /* (read in the same turn as the deferred request) */
+    if (h->deferred) { /* (read in the same turn as the deferred request, or watched) */
         hd_str_add(&h->stash, data, len);
+        if (h->stash.len > WATCH_STASH_MAX) hd_conn_read_stop(c);
         return;
     }
     /* Any byte between requests starts the head's clock, even an empty line
@@ -369,7 +377,7 @@ static void parse(hd_conn *c, hd_http_conn *h, uint8_t *data, size_t len)
         /* The rest waits for the answer: kept, and no more is read. */
         size_t used = (size_t)((const uint8_t *)llhttp_get_error_pos(&h->parser) - data);
         if (used < len) hd_str_add(&h->stash, data + used, len - used);
-        hd_conn_read_stop(c);
+        if (!h->gone || h->stash.len > WATCH_STASH_MAX) hd_conn_read_stop(c);
         return;
     }
     while (e == HPE_PAUSED_UPGRADE && c->ops == &ctx->ops && hd_conn_open(c)) {
@@ -525,7 +533,15 @@ static void http_close(hd_conn *c, uint16_t code, const char *reason)
     hd_conn_finish(c, HTTP_CLOSE_GRACE_MS);
 }
 
-static void http_on_closed(hd_conn *c) { (void)c; }
+/* A watched deferral hears of its connection's end. */
+static void http_on_closed(hd_conn *c)
+{
+    hd_http_conn *h = c->proto;
+    if (!h || !h->deferred || !h->gone) return;
+    void (*gone)(void *, hd_conn *) = h->gone;
+    h->gone = NULL;
+    gone(h->gone_ud, c);
+}
 
 static void http_free(hd_conn *c)
 {
@@ -586,6 +602,15 @@ void hd_http_defer(hd_conn *c)
     if (h) h->deferred = 1;
 }
 
+void hd_http_defer_watch(hd_conn *c, void (*gone)(void *ud, hd_conn *c), void *ud)
+{
+    hd_http_conn *h = c->kind == HD_CONN_HTTP ? c->proto : NULL;
+    if (!h) return;
+    h->deferred = 1;
+    h->gone = gone;
+    h->gone_ud = ud;
+}
+
 hd_http_req *hd_http_deferred(hd_conn *c)
 {
     hd_http_conn *h = c->kind == HD_CONN_HTTP && !(c->flags & HD_CF_CLOSED) ? c->proto : NULL;
@@ -597,6 +622,7 @@ void hd_http_resume(hd_conn *c)
     hd_http_conn *h = c->kind == HD_CONN_HTTP ? c->proto : NULL;
     if (!h || !h->deferred) return;
     h->deferred = 0;
+    h->gone = NULL;
     release_body(h); /* (answered) */
     hd_str rest = h->stash; /* on_read may defer (and stash) again */
     h->stash = (hd_str)HD_STR_INIT;
@@ -618,6 +644,7 @@ void hd_http_continue(hd_conn *c, hd_http_request_cont *fn, void *ud)
     if (!h || !h->deferred) return;
     hd_http_ctx *ctx = ctx_of(c); /* (c->ops may change in fn) */
     h->deferred = 0;
+    h->gone = NULL;
     fn(ud, c, &h->req);
     if (c->ops == &ctx->ops) {
         if (h->deferred) return; /* deferred anew: fn's own callback resumes */
@@ -638,7 +665,25 @@ void hd_http_continue(hd_conn *c, hd_http_request_cont *fn, void *ud)
 
 void hd_http_wait_init(hd_http_wait *w, hd_conn *c, hd_http_req *r)
 {
-    *w = (hd_http_wait){c->net, c->id, c, r, 1};
+    *w = (hd_http_wait){c->net, c->id, c, r, 1, NULL};
+}
+
+/* The connection of a request whose hook waits closed: the hook goes. */
+static void wait_gone(void *ud, hd_conn *c)
+{
+    (void)c;
+    hd_http_wait *w = ud;
+    hd_hook_cancel(w->run);
+    free(w); /* (the context it begins) */
+}
+
+void hd_http_wait_hook(hd_http_wait *w, struct hd_hook_run *run)
+{
+    hd_http_defer_watch(w->c, wait_gone, w);
+    w->run = run;
+    w->now = 0;
+    w->c = NULL;
+    w->r = NULL;
 }
 
 void hd_http_wait_later(hd_http_wait *w)

@@ -61,6 +61,12 @@ int hd_http_busy(const hd_conn *c);
  * the request stays valid, until hd_http_resume. Pipelined requests stay
  * in order behind it. */
 void hd_http_defer(hd_conn *c);
+/* As hd_http_defer, for an answer that may wait long (a held long poll):
+ * the connection is still read (what arrives is kept for after the
+ * answer, 64 KiB at most), so that its end is seen: when it closes while
+ * the answer is deferred, gone(ud, c) is called (from its close; the
+ * answer is not given then). */
+void hd_http_defer_watch(hd_conn *c, void (*gone)(void *ud, hd_conn *c), void *ud);
 /* The request whose answer c defers, or NULL (the connection is no longer
  * HTTP, or nothing is deferred). */
 hd_http_req *hd_http_deferred(hd_conn *c);
@@ -86,12 +92,18 @@ typedef struct hd_http_wait {
     hd_conn *c;                  /* while now */
     hd_http_req *r;
     int now;                     /* still inside the request callback */
+    struct hd_hook_run *run;     /* the hook it waits for (hd_http_wait_hook), or NULL */
 } hd_http_wait;
 
 /* At the start, in the request callback. */
 void hd_http_wait_init(hd_http_wait *w, hd_conn *c, hd_http_req *r);
 /* The answer will come later: defers the request. */
 void hd_http_wait_later(hd_http_wait *w);
+/* The answer will come later, from run: defers the request and watches
+ * its connection; if that closes first, run is cancelled (its done is not
+ * called; counted as discarded) and w freed, w being the first member of
+ * run's malloc'd context. */
+void hd_http_wait_hook(hd_http_wait *w, struct hd_hook_run *run);
 /* The answer is in: calls fn(ud, c, r) now or as hd_http_continue does.
  * Returns 0, or -1 when the request has gone (closed meanwhile). */
 int hd_http_wait_end(hd_http_wait *w, hd_http_request_cont *fn, void *ud);

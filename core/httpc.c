@@ -982,16 +982,9 @@ typedef struct url {
     size_t host_len;
     int v6;                      /* host is an IPv6 address */
     uint16_t port;
-    int port_given;
     const char *target;          /* path and query: "" or from '/' or '?' on */
     size_t target_len;
 } url;
-
-static int host_char(char ch)
-{
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-           ch == '-' || ch == '.' || ch == '_';
-}
 
 /* Parses "http://host[:port][/path][?query][#fragment]" into u. Returns 0,
  * or -1 with the reason in err. */
@@ -1013,44 +1006,13 @@ static int parse_url(const char *s, size_t n, url *u, char *err, size_t errlen)
     if (memchr(p, '@', (size_t)(ae - p)))
         return say(err, errlen, "malformed URL: user info is not supported");
     memset(u, 0, sizeof *u);
-    if (p < ae && *p == '[') {
-        const char *rb = memchr(p, ']', (size_t)(ae - p));
-        char tmp[64];
-        unsigned char a6[16];
-        size_t len = rb ? (size_t)(rb - p - 1) : 0;
-        if (!rb || !len || len >= sizeof tmp)
-            return say(err, errlen, "malformed URL: bad IPv6 address");
-        memcpy(tmp, p + 1, len);
-        tmp[len] = 0;
-        if (uv_inet_pton(AF_INET6, tmp, a6))
-            return say(err, errlen, "malformed URL: bad IPv6 address");
-        u->host = p + 1;
-        u->host_len = len;
-        u->v6 = 1;
-        p = rb + 1;
-    } else {
-        u->host = p;
-        while (p < ae && *p != ':') {
-            if (!host_char(*p)) return say(err, errlen, "malformed URL: bad character in the host");
-            p++;
-        }
-        u->host_len = (size_t)(p - u->host);
-        if (!u->host_len) return say(err, errlen, "malformed URL: no host");
-        if (u->host_len > MAX_HOST)
-            return say(err, errlen, "malformed URL: host over %d bytes", MAX_HOST);
-    }
-    u->port = 80;
-    if (p < ae) {
-        if (*p != ':') return say(err, errlen, "malformed URL: bad host");
-        unsigned long port = 0;
-        const char *d = ++p;
-        while (p < ae && *p >= '0' && *p <= '9' && p - d < 6)
-            port = port * 10 + (unsigned long)(*p++ - '0');
-        if (p == d || p != ae || port < 1 || port > 65535)
-            return say(err, errlen, "malformed URL: bad port");
-        u->port = (uint16_t)port;
-        u->port_given = 1;
-    }
+    hd_authority au;
+    const char *why = hd_authority_parse(p, (size_t)(ae - p), &au);
+    if (why) return say(err, errlen, "malformed URL: %s", why);
+    u->host = au.host;
+    u->host_len = au.host_len;
+    u->v6 = au.v6;
+    u->port = au.port ? (uint16_t)au.port : 80;
     u->target = ae;
     u->target_len = (size_t)(end - ae);
     return 0;

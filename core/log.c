@@ -44,35 +44,18 @@ static size_t conn_prefix(const char *msg, size_t len, unsigned long long *id)
     return i + 2;
 }
 
-/* Appends msg as the body of a JSON string to out[*n..cap - reserve). */
+/* Appends msg as the body of a JSON string to out[*n..cap), cut at a
+ * character when it does not fit. */
 static void add_json_text(char *out, size_t *n, size_t cap, const char *msg, size_t len)
 {
-    static const char hex[] = "0123456789abcdef";
     const uint8_t *p = (const uint8_t *)msg;
     size_t o = *n;
     for (size_t i = 0; i < len;) {
         char esc[8];
-        const char *w = esc;
-        size_t wl = 2, step = 1;
-        uint8_t c = p[i];
-        esc[0] = '\\';
-        if (c == '"' || c == '\\') esc[1] = (char)c;
-        else if (c == '\n') esc[1] = 'n';
-        else if (c == '\r') esc[1] = 'r';
-        else if (c == '\t') esc[1] = 't';
-        else if (c < 0x20 || c == 0x7f) {
-            memcpy(esc + 1, "u00", 3);
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            wl = 6;
-        } else if (c < 0x80) {
-            w = (const char *)p + i, wl = 1;
-        } else if ((step = hd_utf8_seq(p + i, len - i))) {
-            w = (const char *)p + i, wl = step;
-        } else {
-            w = "\xef\xbf\xbd", wl = 3, step = 1; /* U+FFFD */
-        }
-        if (o + wl > cap) break; /* cut at a character */
+        size_t wl = 0, step;
+        const char *w = hd_json_escape(p + i, len - i, esc, &wl, &step);
+        if (!w) w = msg + i, wl = step;
+        if (o + wl > cap) break;
         memcpy(out + o, w, wl);
         o += wl;
         i += step;

@@ -205,7 +205,10 @@ static void answer_poll(hd_lp_ctx *lp, lp_session *s, hd_conn *c, const hd_http_
         }
         if (!first) hd_str_addc(&b, ',');
         first = 0;
-        hd_str_add_json(&b, (const char *)p, len);
+        /* V2 clients take each message as text; V1 ones (phoenix.js 1.2)
+         * as the JSON value itself. */
+        if (sc->flags & HD_CF_V1) hd_str_add(&b, p, len);
+        else hd_str_add_json(&b, (const char *)p, len);
     }
     hd_str_adds(&b, "]}");
     if (!b.oom) hd_conn_written(sc, taken);
@@ -220,16 +223,32 @@ static void held_answer(void *ud, hd_conn *c, hd_http_req *r)
     answer_poll(ctx_of(s->c), s, c, r);
 }
 
-/* Answers the poll s holds, if its connection is still there. */
-static void answer_held(hd_lp_ctx *lp, lp_session *s)
+/* An older poll a new one of the session replaces: 204, and what is
+ * queued stays for the new one (its client gave up on the old). */
+static void superseded_answer(void *ud, hd_conn *c, hd_http_req *r)
+{
+    lp_session *s = ud;
+    char tok[HD_LP_TOKEN_LEN + 1], body[96];
+    hd_lp_token(ctx_of(s->c)->secret, s->c->id, tok);
+    int n = snprintf(body, sizeof body, "{\"status\":204,\"token\":\"%s\",\"messages\":[]}", tok);
+    hd_http_respond(c, r, 200, "application/json", body, (size_t)n, CORS, HD_HTTP_KEEP);
+}
+
+/* Answers the poll s holds with fn, if its connection is still there. */
+static void answer_held_with(hd_lp_ctx *lp, lp_session *s, hd_http_request_cont *fn)
 {
     uint64_t id = s->poll_id;
     s->poll_id = 0;
     hd_conn *pc = hd_net_find(lp->net, id);
-    if (pc && hd_http_deferred(pc)) hd_http_continue(pc, held_answer, s);
+    if (pc && hd_http_deferred(pc)) hd_http_continue(pc, fn, s);
 }
 
-/* s has no poll held now: its window runs (unless it ended or closes). */
+/* Answers the poll s holds (with what is queued), if its connection is
+ * still there. */
+static void answer_held(hd_lp_ctx *lp, lp_session *s) { answer_held_with(lp, s, held_answer); }
+
+/* s has no poll held now: its window runs from now (unless it ended or
+ * closes, or a poll came again meanwhile). */
 static void idle(hd_lp_ctx *lp, lp_session *s)
 {
     if (!s->ended && !s->poll_id && hd_conn_open(s->c))
@@ -245,7 +264,7 @@ static void on_timer(uv_timer_t *t)
         unlist(lp, s);
         if (s->poll_id) {
             answer_held(lp, s); /* 204 (or what came meanwhile) */
-            if (!s->listed) idle(lp, s);
+            idle(lp, s);
         } else {
             lp->st->lp_expired++;
             s->expired = 1;
@@ -272,7 +291,7 @@ static void lp_write(hd_conn *c)
     if (!s->poll_id || !c->wq_head) return;
     hd_lp_ctx *lp = ctx_of(c);
     answer_held(lp, s);
-    if (!s->listed) idle(lp, s);
+    idle(lp, s);
 }
 
 /* Closes the session at the protocol level: the channels are left now,
@@ -507,16 +526,26 @@ static void post(hd_lp_ctx *lp, lp_session *s, hd_conn *c, hd_http_req *r)
 
 /* ---- polls --------------------------------------------------------------------------------- */
 
+/* The client dropped the poll s holds (its connection closed): the
+ * window runs from now. */
+static void poll_gone(void *ud, hd_conn *c)
+{
+    lp_session *s = ud;
+    if (s->poll_id != c->id) return;
+    s->poll_id = 0;
+    idle(ctx_of(s->c), s);
+}
+
 static void poll(hd_lp_ctx *lp, lp_session *s, hd_conn *c, hd_http_req *r)
 {
     lp->st->lp_polls++;
-    if (s->poll_id) answer_held(lp, s); /* an older poll (its client gave up on it) */
+    if (s->poll_id) answer_held_with(lp, s, superseded_answer);
     if (s->c->wq_head || !hd_conn_open(s->c)) {
         answer_poll(lp, s, c, r);
         idle(lp, s);
         return;
     }
-    hd_http_defer(c);
+    hd_http_defer_watch(c, poll_gone, s);
     s->poll_id = c->id;
     list_at(lp, s, uv_now(lp->net->loop) + lp->cfg->lp_poll_ms);
 }

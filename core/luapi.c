@@ -314,20 +314,25 @@ static int l_monotonic_ms(lua_State *L)
  * pcall and xpcall, which a coroutine can be suspended across: a hook may
  * wait (herald.http.request) inside them. */
 static const char safe_calls[] =
-    "local vm, spent, error = {}, nil, nil\n"
-    "vm.pcall, vm.xpcall, spent, error = ...\n"
+    "local vm, spent, error, select, type = {}, nil, nil, nil, nil\n"
+    "vm.pcall, vm.xpcall, spent, error, select, type = ...\n"
     "local function pass(ok, ...)\n"
     "  if spent() then error((...), 0) end\n"
     "  return ok, ...\n"
     "end\n"
-    "local function pcall(f, ...)\n"
-    "  return pass(vm.pcall(f, ...))\n"
+    "local function pcall(...)\n"
+    "  if select('#', ...) == 0 then error(\"bad argument #1 to 'pcall' (value expected)\", 2) end\n"
+    "  return pass(vm.pcall(...))\n"
     "end\n"
-    "local function xpcall(f, handler)\n"
+    "local function xpcall(f, handler, ...)\n"
+    "  if type(handler) ~= 'function' then\n"
+    "    error(\"bad argument #2 to 'xpcall' (function expected, got \" ..\n"
+    "          (handler == nil and 'no value' or type(handler)) .. ')', 2)\n"
+    "  end\n"
     "  return pass(vm.xpcall(f, function(e)\n"
     "    if spent() then return e end\n"
     "    return handler(e)\n"
-    "  end))\n"
+    "  end, ...))\n"
     "end\n"
     "return pcall, xpcall\n";
 
@@ -387,7 +392,9 @@ void hd_luapi_fill_sandbox(lua_State *L, const char *const *names, const int *ex
     lua_pushlightuserdata(L, (void *)exceeded);
     lua_pushcclosure(L, l_spent, 1);
     lua_getglobal(L, "error");
-    lua_call(L, 4, 2);
+    lua_getglobal(L, "select");
+    lua_getglobal(L, "type");
+    lua_call(L, 6, 2);
     lua_setfield(L, -3, "xpcall");
     lua_setfield(L, -2, "pcall");
 }

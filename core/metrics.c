@@ -186,6 +186,12 @@ void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd
     const hd_httpc_stats *hs = sc->httpc ? hd_httpc_stats_of(sc->httpc) : NULL;
     hd_metrics_gauge(o, "herald_lua_http_connections",
             "Connections herald.http.request keeps open to backends.", hs ? hs->open_conns : 0);
+    hd_metrics_gauge(o, "herald_lua_http_in_flight", "herald.http.request calls waiting for their answer.",
+            hs ? hs->in_flight : 0);
+    hd_metrics_counter(o, "herald_lua_http_timeouts_total",
+            "herald.http.request calls whose timeout_ms passed.", hs ? hs->timeouts : 0);
+    hd_metrics_counter(o, "herald_lua_http_reused_total",
+            "herald.http.request calls sent on a kept-alive connection.", hs ? hs->reused : 0);
     hd_str_adds(o, "# HELP herald_ws_closes_sent_total WebSocket close frames sent, by code.\n"
                    "# TYPE herald_ws_closes_sent_total counter\n");
     for (int i = 0; i < 16; i++)

@@ -30,7 +30,9 @@ typedef struct hd_peer {
     uint32_t conns;              /* connections attributed to it */
     uint8_t trusted;             /* in listen.trusted_proxies */
     uint8_t loopback;
+    uint8_t is_net;              /* the entry of an IPv6 network (limits.ipv6_prefix) */
     hd_bucket bucket;            /* limits.connect_rate_per_ip */
+    struct hd_peer *net;         /* an IPv6 address's network, which the limits count; or NULL */
 } hd_peer;
 
 typedef struct hd_peers {
@@ -39,10 +41,19 @@ typedef struct hd_peers {
 } hd_peers;
 
 /* The entry of a, created (with conns 0) when missing; NULL without
- * memory. trusted is set from the ranges when created. */
-hd_peer *hd_peer_get(hd_peers *t, const hd_addr *a, const hd_cidr *trusted, size_t ntrusted);
+ * memory. trusted is set from the ranges when created. An IPv6 address
+ * (not IPv4-mapped) is counted with its network too, its first prefix
+ * bits (limits.ipv6_prefix; 128: the address alone): one client may hold
+ * a whole /64. */
+hd_peer *hd_peer_get(hd_peers *t, const hd_addr *a, const hd_cidr *trusted, size_t ntrusted,
+                     unsigned prefix);
+/* What the per-address limits count for p: its network, or p. */
+static inline hd_peer *hd_peer_limited(hd_peer *p) { return p->net ? p->net : p; }
+/* Counts one more connection of p (and of its network). */
+void hd_peer_hold(hd_peer *p);
 /* Drops one connection of p; frees p once it has none and its bucket
- * (of rate) is full, else leaves it for hd_peers_sweep. */
+ * (of rate) is full, else leaves it for hd_peers_sweep (its network
+ * likewise). */
 void hd_peer_release(hd_peers *t, hd_peer *p, uint32_t rate, uint64_t now);
 /* Frees entries with no connection whose bucket has refilled. */
 void hd_peers_sweep(hd_peers *t, uint32_t rate, uint64_t now);

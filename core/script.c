@@ -941,7 +941,7 @@ static int l_presence_update(lua_State *L)
     const char *topic = luaL_checklstring(L, 2, &tl);
     luaL_checktype(L, 3, LUA_TTABLE);
     hd_conn *c = hd_net_find(s->sc->net, id);
-    if (!c || !hd_conn_open(c) || c->kind != HD_CONN_WS)
+    if (!c || !hd_conn_open(c) || c->kind == HD_CONN_HTTP)
         return luaL_error(L, "attempt to use a closed socket");
     hd_sub *sub = hd_topics_sub_of(c, topic, tl);
     if (!sub) {
@@ -977,7 +977,7 @@ static int l_assign(lua_State *L)
     const char *key = luaL_checklstring(L, 2, &kl);
     if (strlen(key) != kl) return luaL_argerror(L, 2, "key holds a NUL byte");
     hd_conn *c = hd_net_find(s->sc->net, id);
-    if (!c || !hd_conn_open(c) || c->kind != HD_CONN_WS)
+    if (!c || !hd_conn_open(c) || c->kind == HD_CONN_HTTP)
         return luaL_error(L, "attempt to use a closed socket");
     hd_str js = HD_STR_INIT;
     const char *e = lua_isnil(L, 3) ? NULL : hd_luapi_to_json(L, 3, &js);

@@ -137,8 +137,8 @@ static void status_fields(hd_server *srv, hd_str *out)
     hd_str_printf(out, "\"state\":\"%s\",\"phase\":\"%s\",\"node\":", state_names[srv->state],
                   hd_phase_name(srv->drain.phase));
     hd_str_add_json(out, srv->node_id, strlen(srv->node_id));
-    hd_str_printf(out, ",\"connections\":%zu,\"topics\":%zu,\"scripts\":", srv->net.nws,
-                  srv->eng.topics.count);
+    hd_str_printf(out, ",\"connections\":%zu,\"longpoll_sessions\":%zu,\"topics\":%zu,\"scripts\":",
+                  srv->net.nws, srv->net.nlp, srv->eng.topics.count);
     hd_script_status_json(&srv->sc, out);
     hd_str_adds(out, ",\"cluster\":");
     if (srv->clustered) hd_cluster_status_json(&srv->cluster, out);
@@ -265,84 +265,26 @@ static int status_may_join(hd_server *srv, hd_conn *c, json_t *payload)
            hd_ct_equal(json_string_value(t), json_string_length(t), tok, strlen(tok));
 }
 
-/* A JSON string or null (NULL); *ok cleared for anything else, or a
- * string with a NUL in it (channel.c refuses those messages itself). */
-static const char *ref_of(json_t *v, int *ok)
+/* The join gate of channel.c (hd_join_gate): a join of herald:status
+ * needs status_may_join, and goes on without its token. */
+static const char *status_gate(void *ud, hd_conn *c, const char *topic, size_t tlen,
+                               json_t *payload)
 {
-    if (json_is_string(v) && strlen(json_string_value(v)) == json_string_length(v))
-        return json_string_value(v);
-    if (v && !json_is_null(v)) *ok = 0; /* (a V1 message may leave its ref out) */
+    hd_server *srv = ud;
+    if (tlen != STATUS_TOPIC_LEN || memcmp(topic, STATUS_TOPIC, tlen) != 0) return NULL;
+    if (!status_may_join(srv, c, payload)) return "unauthorized";
+    json_object_del(payload, "token");
     return NULL;
 }
 
-/* The sessions' message callback (hd_ws_handler.on_message): a join of
- * herald:status is checked here, at its arrival (also when the socket's
- * messages queue behind a waiting hook), and goes on to channel.c without
- * its token; anything else goes on untouched. Only a message that may
- * name the topic is parsed: one holding its name as such, or any escape
- * (JSON may spell the name with \u escapes). */
-static int status_on_message(void *ud, hd_conn *c, int opcode, uint8_t *data, size_t len,
-                             int refused)
-{
-    hd_server *srv = ud;
-    const hd_ws_handler *h = srv->channel_handler;
-    if (opcode != HD_WS_TEXT || refused ||
-        (!memchr(data, '\\', len) && !memmem(data, len, STATUS_TOPIC, STATUS_TOPIC_LEN)))
-        return h->on_message(&srv->ch, c, opcode, data, len, refused);
-    json_error_t jerr;
-    json_t *msg = json_loadb((const char *)data, len, JSON_ALLOW_NUL, &jerr);
-    /* (V1: an object with no join_ref; V2: an array; as channel.c reads them) */
-    int v1 = (c->flags & HD_CF_V1) != 0;
-    json_t *topic = v1 ? json_object_get(msg, "topic") : json_array_get(msg, 2),
-           *event = v1 ? json_object_get(msg, "event") : json_array_get(msg, 3),
-           *payload = v1 ? json_object_get(msg, "payload") : json_array_get(msg, 4);
-    int ok = 1;
-    const char *jr = v1 ? NULL : ref_of(json_array_get(msg, 0), &ok),
-               *ref = ref_of(v1 ? json_object_get(msg, "ref") : json_array_get(msg, 1), &ok);
-    int join = ok && json_is_string(topic) && json_string_length(topic) == STATUS_TOPIC_LEN &&
-               memcmp(json_string_value(topic), STATUS_TOPIC, STATUS_TOPIC_LEN) == 0 &&
-               json_is_string(event) && strcmp(json_string_value(event), "phx_join") == 0 &&
-               json_is_object(payload);
-    int rc = 0;
-    if (!join) {
-        rc = h->on_message(&srv->ch, c, opcode, data, len, refused);
-    } else if (!status_may_join(srv, c, payload)) {
-        srv->st.joins_refused++;
-        hd_buf *f = hd_phx_reply_error(jr, ref, STATUS_TOPIC, "unauthorized");
-        if (f) hd_topics_send(c, f);
-        hd_buf_unref(f);
-    } else {
-        json_object_del(payload, "token");
-        char *text = json_dumps(msg, JSON_COMPACT);
-        if (text) {
-            rc = h->on_message(&srv->ch, c, opcode, (uint8_t *)text, strlen(text), refused);
-        } else {
-            hd_buf *f = hd_phx_reply_error(jr, ref, STATUS_TOPIC, "join crashed");
-            if (f) hd_topics_send(c, f);
-            hd_buf_unref(f);
-        }
-        free(text);
-    }
-    json_decref(msg);
-    return rc;
-}
-
-static void status_on_close(void *ud, hd_conn *c, const char *reason)
-{
-    hd_server *srv = ud;
-    srv->channel_handler->on_close(&srv->ch, c, reason);
-}
-
-/* Puts the join check in front of channel.c's handler and watches for the
- * topic's first subscriber. */
+/* Puts the join check in channel.c's joins and watches for the topic's
+ * first subscriber. */
 static void status_feed_init(hd_server *srv)
 {
     uv_timer_init(srv->loop, &srv->status_timer);
     srv->status_timer.data = srv;
-    srv->channel_handler = srv->ch.ws.h;
-    srv->status_guard = (hd_ws_handler){status_on_message, status_on_close};
-    srv->ch.ws.h = &srv->status_guard;
-    srv->ch.ws.ud = srv;
+    srv->ch.join_gate = status_gate;
+    srv->ch.gate_ud = srv;
     const hd_topic_observer o = {status_first, NULL, srv};
     if (hd_engine_observe_topics(&srv->eng, &o))
         hd_warn("status feed: no room for its topic observer");
@@ -559,7 +501,7 @@ int hd_server_reload(hd_server *srv, char *err, size_t errlen)
     if (rc || !srv->cfg->recheck_joins) return rc;
     size_t closed = 0;
     for (hd_conn *c = srv->net.conns; c; c = c->next)
-        if (c->kind == HD_CONN_WS && hd_conn_open(c)) closed += hd_channel_recheck(&srv->ch, c);
+        if (c->kind != HD_CONN_HTTP && hd_conn_open(c)) closed += hd_channel_recheck(&srv->ch, c);
     hd_info("reload: re-checked joins, closed %zu channel(s)", closed);
     return 0;
 }

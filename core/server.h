@@ -58,9 +58,6 @@ typedef struct hd_server {
     uv_timer_t status_timer;       /* a push a second while the topic has subscribers */
     uint64_t status_at;            /* loop ms of the last push (0: none since the start) */
     uint64_t status_joins, status_publishes; /* the counters then */
-    hd_ws_handler status_guard;    /* the sessions' handler: channel.c's behind the topic's
-                                    * join check */
-    const hd_ws_handler *channel_handler; /* channel.c's */
 } hd_server;
 
 /* Prepares srv on loop with cfg and wires its layers. Returns 0 or a

@@ -1,6 +1,7 @@
 #include "util.h"
 #include "err.h"
 
+#include <arpa/inet.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -133,6 +134,40 @@ int hd_utf8_valid(const uint8_t *p, size_t len)
         i += n;
     }
     return 1;
+}
+
+const char *hd_json_escape(const uint8_t *p, size_t len, char esc[8], size_t *wl, size_t *step)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t c = p[0];
+    *step = 1;
+    if (c >= 0x20 && c < 0x7f && c != '"' && c != '\\') return NULL;
+    if (c >= 0x80) {
+        size_t n = hd_utf8_seq(p, len);
+        if (n) {
+            *step = n;
+            return NULL;
+        }
+        *wl = 6;
+        return "\\ufffd";
+    }
+    esc[0] = '\\';
+    *wl = 2;
+    switch (c) {
+    case '"': esc[1] = '"'; break;
+    case '\\': esc[1] = '\\'; break;
+    case '\b': esc[1] = 'b'; break;
+    case '\f': esc[1] = 'f'; break;
+    case '\n': esc[1] = 'n'; break;
+    case '\r': esc[1] = 'r'; break;
+    case '\t': esc[1] = 't'; break;
+    default:
+        memcpy(esc + 1, "u00", 3);
+        esc[4] = hex[c >> 4];
+        esc[5] = hex[c & 15];
+        *wl = 6;
+    }
+    return esc;
 }
 
 /* ---- URL, headers --------------------------------------------------------- */
@@ -403,6 +438,49 @@ static int host_char(char c, int bracketed)
     if (bracketed) return hexval(c) >= 0 || c == ':' || c == '.';
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
            c == '.' || c == '-' || c == '_';
+}
+
+static int name_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '-' || c == '_';
+}
+
+const char *hd_authority_parse(const char *p, size_t n, hd_authority *a)
+{
+    const char *end = p + n;
+    memset(a, 0, sizeof *a);
+    if (p < end && *p == '[') {
+        const char *rb = memchr(p, ']', n);
+        char tmp[64];
+        unsigned char a6[16];
+        size_t len = rb ? (size_t)(rb - p - 1) : 0;
+        if (!rb || !len || len >= sizeof tmp) return "bad IPv6 address";
+        memcpy(tmp, p + 1, len);
+        tmp[len] = 0;
+        if (inet_pton(AF_INET6, tmp, a6) != 1) return "bad IPv6 address";
+        a->host = p + 1;
+        a->host_len = len;
+        a->v6 = 1;
+        p = rb + 1;
+    } else {
+        a->host = p;
+        while (p < end && *p != ':') {
+            if (!name_char(*p)) return "bad character in the host";
+            p++;
+        }
+        a->host_len = (size_t)(p - a->host);
+        if (!a->host_len) return "no host";
+        if (a->host_len > 253) return "host over 253 bytes";
+    }
+    if (p == end) return NULL;
+    if (*p != ':') return "bad host";
+    unsigned long port = 0;
+    const char *d = ++p;
+    while (p < end && *p >= '0' && *p <= '9' && p - d < 6) port = port * 10 + (unsigned long)(*p++ - '0');
+    if (p == d || p != end || port < 1 || port > 65535) return "bad port";
+    a->port = (unsigned)port;
+    return NULL;
 }
 
 int hd_redis_url_parse(const char *url, hd_redis_url *out, char *err, size_t errlen)

@@ -21,6 +21,12 @@ long hd_base64_decode(const char *in, size_t len, uint8_t *out);
 /* Returns 1 when len bytes at p are well-formed UTF-8 (no overlongs, no
  * surrogates, nothing above U+10FFFF), else 0. */
 int hd_utf8_valid(const uint8_t *p, size_t len);
+/* The JSON string form of the character at p (len > 0 bytes left): NULL
+ * when it goes as it is (*step bytes: printable ASCII, or a well-formed
+ * UTF-8 sequence), else its escape, *wl bytes (in esc, or static), for
+ * *step bytes of input: \" \\ \b \f \n \r \t, \u00XX for the other
+ * control characters and DEL, \ufffd for a byte that is not UTF-8. */
+const char *hd_json_escape(const uint8_t *p, size_t len, char esc[8], size_t *wl, size_t *step);
 /* The length (1-4) of the well-formed UTF-8 character at p (len > 0), or 0
  * when the bytes there are not one. */
 size_t hd_utf8_seq(const uint8_t *p, size_t len);
@@ -86,6 +92,20 @@ typedef struct hd_redis_url {
     char user[HD_REDIS_URL_MAX + 1];     /* "" when none (then AUTH password alone) */
     int db;                              /* 0-15; 0 when the URL has none */
 } hd_redis_url;
+/* The authority of a URL: host[:port] or [IPv6][:port]. */
+typedef struct hd_authority {
+    const char *host;            /* into the input, without brackets */
+    size_t host_len;             /* at most 253 (a DNS name) */
+    int v6;                      /* host is an IPv6 address (bracketed) */
+    unsigned port;               /* 1..65535, or 0 when none was given */
+} hd_authority;
+
+/* Parses [p, p+n) as an authority (no user info: the caller refuses '@').
+ * Host names are letters, digits, '-', '.', '_'. Returns NULL, or the
+ * reason it is not one: "no host", "bad IPv6 address", "bad character in
+ * the host", "host over 253 bytes", "bad host", "bad port". */
+const char *hd_authority_parse(const char *p, size_t n, hd_authority *a);
+
 /* Parses url, one of
  *   redis://host   redis://host:port   redis://[::1]:port
  *   redis://:password@host:port/db   redis://user:password@host:port/db

@@ -94,7 +94,7 @@
     badge($('state'), s.state, s.state === 'ready' ? 'ok' : s.state === 'draining' ? 'warn' : 'bad');
     $('phase').textContent = s.phase && s.phase !== 'none' ? 'drain phase: ' + s.phase : '';
     $('phase').hidden = !$('phase').textContent;
-    $('connections').textContent = s.connections;
+    $('connections').textContent = s.longpoll_sessions ? `${s.connections} + ${s.longpoll_sessions} long-poll` : s.connections;
     $('topics').textContent = s.topics;
     const sc = s.scripts || {};
     $('generation').textContent = sc.generation;

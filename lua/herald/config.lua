@@ -565,6 +565,7 @@ M.schema = {
     max_connections_per_ip = { 1000, int_range(0, 2^40) },
     connect_rate = { 0, int_range(0, 10000000) },
     connect_rate_per_ip = { 0, int_range(0, 10000000) },
+    ipv6_prefix = { 64, int_range(32, 128) },
     max_message_bytes = { 65536, int_range(128, 64 * 1024 * 1024) },
     max_inbound_bytes = { 67108864, int_range(1024, 2^40) },
     send_queue_bytes = { 1048576, int_range(1024, 1024 * 1024 * 1024) },

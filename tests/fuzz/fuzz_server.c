@@ -9,6 +9,12 @@
  *   4  POST /api/push as a form (application/x-www-form-urlencoded)
  *   5  GET <the rest, up to a blank> (paths: /api/topics/..., query strings)
  *   6, 7  as 2 over a handshake with no vsn: the V1 serializer's objects
+ *   8  POST <a live long-poll session's token>, the rest as an ndjson body
+ *      (JSON lines, base64 lines: the batch splitter, binary messages)
+ *   9  the same with Content-Type: text/plain (the whole body one message)
+ *   10 GET /socket/longpoll?vsn=2.0.0&token=<the rest, up to a blank>
+ *      (forged tokens; an empty one opens a session)
+ * (the mode is the first byte % 16; 11..15 are 3..7.)
  * The client half-closes and reads to EOF. A subscriber that stays
  * connected has joined a few topics (plain, presence, shaped, drop_oldest),
  * so pushes fan out and presence diffs are built.
@@ -23,12 +29,16 @@
  *    after a close);
  *  - the server ends with no connection but the subscriber's (bounded
  *    wait): no leak, no connection left hanging;
+ *  - a long-poll session the harness keeps (joined to a few topics) is
+ *    polled whenever it has frames queued: the answer is 200 with a JSON
+ *    body whose messages are Phoenix messages as text;
  *  - nothing was logged at warn or error: bad client input logs at info or
  *    below (core/log.h).
  * An input that drains the server (POST /admin/drain) restarts it. */
 #define _GNU_SOURCE /* memmem, open_memstream */
 #include "config.h"
 #include "log.h"
+#include "longpoll.h"
 #include "script.h"
 #include "server.h"
 #include "util.h"
@@ -56,6 +66,7 @@ static const char config_text[] =
     "drain = { timeout_ms = 500, http_idle_ms = 10, http_ms = 50, flush_ms = 50,\n"
     "          disconnect_rate = 1000000 }\n"
     "presence = { batch_ms = 1 }\n"
+    "longpoll = { poll_ms = 100, window_ms = 1000, max_batch = 20 }\n"
     "topics = { { match = 'p:*', presence = true },\n"
     "           { match = 'c:*', coalesce = 'latest', throttle_ms = 1 },\n"
     "           { match = 'd:*', on_overflow = 'drop_oldest', max_queue_bytes = 2048 },\n"
@@ -361,6 +372,93 @@ static void sub_drop(void)
     sub = NULL;
 }
 
+/* ---- the long-poll session the harness keeps ---------------------------------------------------- */
+
+static client *cur;
+static int client_done(void) { return cur->closed && srv.net.nconns == (sub ? 1u : 0u); }
+
+/* Connects a client that sends bytes (borrowed until it is done). */
+static client *client_start(const char *bytes, size_t len)
+{
+    client *c = calloc(1, sizeof *c);
+    hd_str_add(&c->in, "", 0);
+    c->out = uv_buf_init((char *)bytes, (unsigned)len);
+    uv_tcp_init(&loop, &c->tcp);
+    c->tcp.data = c->conn.data = c;
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", srv.port, &a);
+    uv_tcp_connect(&c->conn, &c->tcp, (struct sockaddr *)&a, on_connect);
+    return cur = c;
+}
+
+static uint64_t lp_id;
+static char lp_tok[HD_LP_TOKEN_LEN + 1];
+
+/* One request of the harness's: the answer's body as JSON (the status
+ * line must say 200), or NULL with the server's output in *out. */
+static json_t *exchange(const char *req, hd_str *out)
+{
+    client *c = client_start(req, strlen(req));
+    run_until_or_die(client_done, "a long-poll exchange is answered");
+    *out = c->in;
+    free(c);
+    const char *body = out->p ? memmem(out->p, out->len, "\r\n\r\n", 4) : NULL;
+    if (!body || strncmp(out->p, "HTTP/1.1 200 ", 13) != 0) return NULL;
+    json_error_t e;
+    return json_loadb(body + 4, out->len - (size_t)(body + 4 - out->p), JSON_ALLOW_NUL, &e);
+}
+
+/* A text of a poll's messages: one Phoenix message, V2 or V1. */
+static int phoenix_text(json_t *m)
+{
+    json_error_t e;
+    json_t *j = json_is_string(m) ? json_loadb(json_string_value(m), json_string_length(m), JSON_ALLOW_NUL, &e) : NULL;
+    int ok = json_is_array(j) ? json_array_size(j) == 5 : json_is_object(j) && json_object_get(j, "topic");
+    json_decref(j);
+    return ok;
+}
+
+/* The session is polled whenever it has frames queued (it would be
+ * closed as a slow consumer otherwise); opened (and joined) when gone. */
+static void lp_keep(void)
+{
+    hd_conn *lc = lp_id ? hd_net_find(&srv.net, lp_id) : NULL;
+    hd_str out = HD_STR_INIT;
+    json_t *j = NULL;
+    if (lc && lc->wq_bytes) {
+        char req[256];
+        snprintf(req, sizeof req, "GET /socket/longpoll?vsn=2.0.0&token=%s HTTP/1.1\r\nHost: f\r\n\r\n", lp_tok);
+        j = exchange(req, &out);
+        json_t *st = json_object_get(j, "status"), *ms = json_object_get(j, "messages");
+        if (!j || (json_integer_value(st) == 200 && !json_is_array(ms)))
+            die("a poll's answer that is not JSON", (uint8_t *)out.p, out.len);
+        for (size_t i = 0; i < json_array_size(ms); i++)
+            if (!phoenix_text(json_array_get(ms, i)))
+                die("a poll's message that is not a Phoenix message", (uint8_t *)out.p, out.len);
+    } else if (!lc) {
+        j = exchange("GET /socket/longpoll?vsn=2.0.0&token=null HTTP/1.1\r\nHost: f\r\n\r\n", &out);
+        json_t *t = json_object_get(j, "token");
+        if (json_integer_value(json_object_get(j, "status")) != 410 || !json_is_string(t) ||
+            !hd_lp_token_verify(srv.ch.lp.secret, json_string_value(t), json_string_length(t), &lp_id))
+            die("a long-poll session that did not open", (uint8_t *)out.p, out.len);
+        memcpy(lp_tok, json_string_value(t), HD_LP_TOKEN_LEN + 1);
+        hd_str_free(&out);
+        json_decref(j);
+        char req[512];
+        static const char joins[] = "[\"1\",\"1\",\"room:1\",\"phx_join\",{}]\n"
+                                    "[\"2\",\"2\",\"p:1\",\"phx_join\",{}]";
+        snprintf(req, sizeof req,
+                 "POST /socket/longpoll?token=%s HTTP/1.1\r\nHost: f\r\nContent-Type: "
+                 "application/x-ndjson\r\nContent-Length: %zu\r\n\r\n%s",
+                 lp_tok, sizeof joins - 1, joins);
+        j = exchange(req, &out);
+        if (json_integer_value(json_object_get(j, "status")) != 200)
+            die("the harness's joins over a long poll were refused", (uint8_t *)out.p, out.len);
+    }
+    json_decref(j);
+    hd_str_free(&out);
+}
+
 /* ---- the server's life ------------------------------------------------------------------------ */
 
 static void on_stopped(hd_server *s)
@@ -387,6 +485,7 @@ static int is_stopped(void) { return srv_stopped; }
 static void server_restart(void)
 {
     sub_drop();
+    lp_id = 0;
     hd_server_stop(&srv);
     run_until_or_die(is_stopped, "the server has stopped");
     hd_server_free(&srv);
@@ -421,7 +520,8 @@ static void setup(void)
 
 static void build(const uint8_t *d, size_t n, hd_str *out)
 {
-    int mode = d[0] % 8; /* (the seeds' mode bytes are the digits '0'..'6') */
+    int mode = d[0] % 16; /* (the seeds' mode bytes are '0'..':') */
+    if (mode > 10) mode -= 8;
     d++, n--;
     char head[256];
     switch (mode) {
@@ -464,6 +564,20 @@ static void build(const uint8_t *d, size_t n, hd_str *out)
         hd_str_adds(out, head);
         hd_str_add(out, d, n);
         break;
+    case 8:
+    case 9:
+        snprintf(head, sizeof head,
+                 "POST /socket/longpoll?token=%s HTTP/1.1\r\nHost: f\r\nContent-Type: %s\r\n"
+                 "Content-Length: %zu\r\n\r\n",
+                 lp_tok, mode == 8 ? "application/x-ndjson" : "text/plain", n);
+        hd_str_adds(out, head);
+        hd_str_add(out, d, n);
+        break;
+    case 10:
+        hd_str_adds(out, "GET /socket/longpoll?vsn=2.0.0&token=");
+        for (size_t i = 0; i < n && d[i] > ' ' && d[i] != 0x7F; i++) hd_str_addc(out, (char)d[i]);
+        hd_str_adds(out, " HTTP/1.1\r\nHost: f\r\n\r\n");
+        break;
     default: {
         hd_str_adds(out, "GET ");
         for (size_t i = 0; i < n && d[i] > ' ' && d[i] != 0x7F; i++) hd_str_addc(out, (char)d[i]);
@@ -472,9 +586,6 @@ static void build(const uint8_t *d, size_t n, hd_str *out)
     }
     }
 }
-
-static client *cur;
-static int input_done(void) { return cur->closed && srv.net.nconns == (sub ? 1u : 0u); }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -492,19 +603,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FILE *mem = open_memstream(&logbuf, &loglen);
     if (mem) stderr = mem;
 
+    lp_keep();
     hd_str bytes = HD_STR_INIT;
     build(data, size, &bytes);
-    client *c = calloc(1, sizeof *c);
-    hd_str_add(&c->in, "", 0);
-    c->out = uv_buf_init(bytes.p, (unsigned)bytes.len);
-    uv_tcp_init(&loop, &c->tcp);
-    c->tcp.data = c->conn.data = c;
-    struct sockaddr_in a;
-    uv_ip4_addr("127.0.0.1", srv.port, &a);
-    uv_tcp_connect(&c->conn, &c->tcp, (struct sockaddr *)&a, on_connect);
-    cur = c;
+    client *c = client_start(bytes.p, bytes.len);
     uint64_t end = uv_now(&loop) + 10000;
-    while (!input_done()) {
+    while (!client_done()) {
         if (sub && sub->closed) sub_drop(); /* a drain closed it */
         if (uv_now(&loop) > end) {
             fflush(stderr);

@@ -7,6 +7,7 @@ Seeds are small valid (and a few invalid) inputs for every route and
 message kind, in the input formats the targets document at their top.
 Files whose names start with "crash-" or "regress-" are kept: they are
 inputs that once failed, kept as regression seeds."""
+import base64
 import os
 import struct
 
@@ -172,6 +173,32 @@ server = {
     "5-presence": b"/api/presence/p:1",
     "5-query": b"/socket/websocket?vsn=2.0.0&token=abc&vsn=1",
     "5-healthz": b"/healthz?x=%41",
+    # LongPoll: raw requests (open, preflight, methods, the push_socket mount without it)
+    "0-lp-open": get(b"/socket/longpoll?vsn=2.0.0&token=null"),
+    "0-lp-open-v1": get(b"/socket/longpoll?token=undefined", b"X-Phoenix-AuthToken: abc\r\n"),
+    "0-lp-options": b"OPTIONS /socket/longpoll HTTP/1.1\r\nHost: x\r\nOrigin: http://a\r\n\r\n",
+    "0-lp-put": b"PUT /socket/longpoll HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    "0-lp-post-no-token": post(b"/socket/longpoll", JOIN.encode(), b"application/x-ndjson"),
+    "0-lp-header-token": get(b"/socket/longpoll", b"X-Phoenix-Longpoll-Token: 00000000000000ff" +
+                             b"0" * 32 + b"\r\n"),
+    "0-lp-push-socket": get(b"/push_socket/longpoll?vsn=2.0.0"),
+    # mode 8: ndjson POSTs to the harness's session (mode byte '8')
+    "8-lp-join-push": (JOIN + '\n["1","2","room:1","ev",{"a":1}]\n["1","3","room:1","phx_leave",{}]\n').encode(),
+    "8-lp-heartbeat": b'[null,"9","phoenix","heartbeat",{}]\r\n\r\n[null,"10","phoenix","heartbeat",{}]',
+    "8-lp-binary": JOIN.encode() + b"\n" + base64.b64encode(b"\x00\x01\x01\x06\x02" + b"11room:1ev" + b"\xff\x00"),
+    "8-lp-binary-bad": JOIN.encode() + b"\nAAEBBgJ=\n!!!!\n",
+    "8-lp-bad-json": b'["1","1","room:1","phx_join",{}\n{"topic":"x"}',
+    "8-lp-many": "\n".join(['[null,"%d","phoenix","heartbeat",{}]' % i for i in range(25)]).encode(),
+    "8-lp-v1-object": b'{"topic":"room:1","event":"phx_join","payload":{},"ref":"1"}',
+    # mode 9: the body is one text message
+    "9-lp-text": JOIN.encode(),
+    "9-lp-text-two-lines": (JOIN + "\n" + JOIN).encode(),
+    # mode 10 (mode byte 'J'): the token of a poll
+    "J-lp-forged": b"0000000000000001" + b"ab" * 16,
+    "J-lp-short": b"abc",
+    "J-lp-empty": b"",
+    "J-lp-upper": b"0000000000000001" + b"AB" * 16,
+    "J-lp-encoded": b"%30%30" + b"0" * 46,
 }
 
 ws = {
@@ -263,7 +290,7 @@ def write(target, seeds):
             os.remove(os.path.join(d, name))
     for name, data in seeds.items():
         if target == "fuzz_server":
-            data = name[0].encode() + data  # the mode byte: '0'..'6' % 8
+            data = name[0].encode() + data  # the mode byte: '0'..'9', 'J' (% 16)
         with open(os.path.join(d, name), "wb") as f:
             f.write(data)
 

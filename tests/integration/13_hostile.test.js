@@ -714,3 +714,31 @@ test('hostile clients lock no one out, pin no memory, hijack no socket', { timeo
   for (const s of sockets) s.disconnect();
   pub.close();
 });
+
+// IPv6: one client may hold a whole /64, so the per-address limits count
+// an IPv6 client's network (limits.ipv6_prefix, 64 by default); 128 counts
+// each address alone. The clients are named by the trusted proxy
+// (127.0.0.1) with X-Forwarded-For, checked at the upgrade.
+test('IPv6 clients count by their network for the per-address limits (limits.ipv6_prefix)', async (t) => {
+  const open = [];
+  t.after(() => open.forEach((c) => c.end()));
+  const upgrade = async (port, client) => {
+    const c = await h.rawWs(port, WS, `X-Forwarded-For: ${client}\r\n`);
+    open.push(c);
+    return c.status;
+  };
+  const srv = await h.serve(t, 'limits = { max_connections_per_ip = 2 }\n');
+  assert.equal(await upgrade(srv.port, '2001:db8::1'), 101);
+  assert.equal(await upgrade(srv.port, '2001:db8::2'), 101);
+  assert.equal(await upgrade(srv.port, '2001:db8::ffff:3'), 503, 'a third address of the same /64');
+  assert.equal(await upgrade(srv.port, '2001:db8:0:1::1'), 101, 'another /64');
+  assert.equal(await upgrade(srv.port, '192.0.2.1'), 101);
+  assert.equal(await upgrade(srv.port, '192.0.2.2'), 101, 'IPv4 addresses count alone');
+  assert.equal(h.metricSum(await h.metrics(srv.port), 'herald_tcp_refused_total{reason="per_ip"}'), 1);
+  // Once one of the /64 leaves, another of it may come.
+  open[0].end();
+  await h.eventually(async () => (await upgrade(srv.port, '2001:db8::4')) === 101, 10000, 'room in the /64 again');
+
+  const each = await h.serve(t, 'limits = { max_connections_per_ip = 2, ipv6_prefix = 128 }\n');
+  for (let i = 1; i <= 4; i++) assert.equal(await upgrade(each.port, `2001:db8::${i}`), 101, `address ${i} alone`);
+});

@@ -260,6 +260,9 @@ test('failures: a dead backend, garbage, an oversized answer, 5xx, timeouts: on_
       `herald_lua_http_errors_total: ${h.metricSum(m, 'herald_lua_http_errors_total')}`);
     assert.ok(h.metricSum(m, 'herald_lua_http_requests_total') >= 2 * MODES.length + 2);
     assert.equal(h.metricSum(m, 'herald_hooks_waiting'), 0);
+    assert.ok(h.metricSum(m, 'herald_lua_http_timeouts_total') >= 2, 'the "hang" mode timed out at timeout_ms');
+    assert.equal(h.metricSum(m, 'herald_lua_http_in_flight'), 0);
+    assert.ok(h.metricSum(m, 'herald_lua_http_reused_total') >= 1, 'no call went on a kept-alive connection');
     const origin = `http://127\\.0\\.0\\.1:${b.port}`;
     for (const [what, said] of [['answered HTTP 503', '5xx'], ['not a JSON object', 'garbage'],
       ['without a boolean "allow"', 'notbool'], ['timeout', 'hang'], ['too large', 'big'], ['malformed', 'badhttp']]) {
@@ -310,6 +313,39 @@ test('a socket that closes while its join waits: the late answer is discarded, n
   const after = raw(await h.rawWs(srv.port));
   after.sendText(joinFrame('1', 'room'));
   assert.equal((await after.nextJson())[4].status, 'ok');
+});
+
+test('an upgrade or an API request whose client leaves while its hook waits: the hook is cancelled at once', async (t) => {
+  const held = deferred();
+  const b = await Backend.start(t, () => held.promise.then(() => ({ json: { allow: true } })));
+  t.after(() => held.resolve());
+  const script = `return {
+    authenticate = function(req) herald.http.request{ url = "${b.url('/auth')}" } return true end,
+    api_auth = function(req) herald.http.request{ url = "${b.url('/api')}" } return true end }`;
+  const srv = await h.serve(t, 'scripts = { "wait.lua" }\n', { 'wait.lua': script });
+  const net = require('node:net');
+  const send = async (text, path) => {
+    const sock = net.connect(srv.port, '127.0.0.1');
+    await new Promise((r) => sock.once('connect', r));
+    sock.write(text);
+    await b.waitFor(1, (r) => r.path === path);
+    assert.equal(await metric(srv.port, 'herald_hooks_waiting'), 1);
+    sock.destroy(); // the client leaves; the backend has not answered
+    return sock;
+  };
+  await send('GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n' +
+    'Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n', '/auth');
+  await metricReaches(srv.port, 'herald_hooks_waiting', 0);
+  assert.equal(await metric(srv.port, 'herald_hooks_discarded_total'), 1);
+  await send('POST /api/push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 37\r\n\r\n' +
+    '{"channel":"a","event":"e","data":{}}', '/api');
+  await metricReaches(srv.port, 'herald_hooks_waiting', 0);
+  assert.equal(await metric(srv.port, 'herald_hooks_discarded_total'), 2);
+  // Later clients are served as usual.
+  held.resolve();
+  const s = sock(srv.port, {});
+  t.after(() => s.disconnect());
+  await h.connect(s);
 });
 
 test('reload while 50 hooks wait: they finish on the old scripts, new joins use the new ones', async (t) => {

@@ -121,7 +121,7 @@ static void test_json_escape(void **st)
     json_of("a\"b\\c\n\x01\x1f\xc3\xa9", 10, "\"a\\\"b\\\\c\\n\\u0001\\u001f\xc3\xa9\"");
     json_of("\b\f\n\r\t", 5, "\"\\b\\f\\n\\r\\t\"");
     json_of("\0", 1, "\"\\u0000\"");
-    json_of("\x7f", 1, "\"\x7f\"");                       /* DEL needs no escape */
+    json_of("\x7f", 1, "\"\\u007f\"");                   /* DEL is escaped (as in log lines) */
     json_of("/", 1, "\"/\"");
     json_of("\xf0\x9f\x98\x80", 4, "\"\xf0\x9f\x98\x80\""); /* UTF-8 passes through */
     json_of("\"\"", 2, "\"\\\"\\\"\"");

@@ -559,11 +559,41 @@ static void test_budget_stops_loops(void **st)
     snprintf(want_swallow, sizeof want_swallow,
              "[error] conn %llu: join hook (%s) failed: %s:3: join hook exceeded its budget of 20 ms; "
              "stack traceback: %s:3: in function <%s:3> | [C]: in function 'pcall' | "
-             "[herald sandbox]:8: in function 'pcall' | %s:3: in function <%s:1>\n",
+             "[herald sandbox]:9: in function 'pcall' | %s:3: in function <%s:1>\n",
              id, path_a, path_a, path_a, path_a, path_a, path_a);
     assert_int_equal(count_of(log, want_spin), 2);
     assert_int_equal(count_of(log, want_swallow), 1);
     free(log);
+    cli_free(client);
+}
+
+/* The sandbox's pcall and xpcall behave as the VM's: pcall() with no
+ * argument and xpcall without a handler raise; xpcall passes its extra
+ * arguments on. */
+static void test_sandbox_calls(void **st)
+{
+    (void)st;
+    start("return { join = function(socket, topic)\n"
+          "  local _, e1 = pcall(pcall)\n"
+          "  local _, e2 = pcall(xpcall, function() end)\n"
+          "  local ok, sum = xpcall(function(a, b) return a + b end, tostring, 1, 2)\n"
+          "  local _, e3 = pcall(nil)\n"
+          "  return true, { reply = { e1 = e1, e2 = e2, ok = ok, sum = sum, e3 = e3 } }\n"
+          "end }\n",
+          NULL, 1000);
+    cli *client;
+    hd_conn *c = server_conn(&client);
+    hd_str r = HD_STR_INIT, m = HD_STR_INIT;
+    char reason[128] = "";
+    assert_int_equal(hd_hook_join(&srv.sc, c, "t", 1, NULL, &r, &m, reason, 128), 1);
+    assert_non_null(r.p);
+    assert_non_null(strstr(r.p, "\"e1\":\"bad argument #1 to 'pcall' (value expected)\""));
+    assert_non_null(strstr(r.p, "\"e2\":\"bad argument #2 to 'xpcall' (function expected, got no value)\""));
+    assert_non_null(strstr(r.p, "\"ok\":true"));
+    assert_non_null(strstr(r.p, "\"sum\":3"));
+    assert_non_null(strstr(r.p, "\"e3\":\"attempt to call a nil value\""));
+    hd_str_free(&r);
+    hd_str_free(&m);
     cli_free(client);
 }
 
@@ -973,6 +1003,7 @@ int main(void)
         cmocka_unit_test_teardown(test_other_hooks, teardown_hooks),
         cmocka_unit_test_teardown(test_error_traceback, teardown_hooks),
         cmocka_unit_test_teardown(test_budget_stops_loops, teardown_hooks),
+        cmocka_unit_test_teardown(test_sandbox_calls, teardown_hooks),
         cmocka_unit_test_teardown(test_nil_and_metatables, teardown_hooks),
         cmocka_unit_test_teardown(test_one_rule_for_nil, teardown_hooks),
         cmocka_unit_test_teardown(test_leave_and_disconnect, teardown_hooks),

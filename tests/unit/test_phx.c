@@ -138,7 +138,7 @@ static void test_msg_escapes(void **st)
     static const char event[] = "\xc3\xa9\xff\xc0\xaf\xe2\x82\xed\xa0\x80\xf0\x9f\x98\x80";
     json_t *a = expect_frame(
         hd_phx_msg(topic, sizeof topic - 1, event, sizeof event - 1, "null", 4),
-        "[null,null,\"a\\\"b\\\\c\\n\\r\\t\\b\\f\\u0001\\u001f\x7f\\u0000z\",\"msg\","
+        "[null,null,\"a\\\"b\\\\c\\n\\r\\t\\b\\f\\u0001\\u001f\\u007f\\u0000z\",\"msg\","
         "{\"data\":null,\"event\":\"\xc3\xa9\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd"
         "\\ufffd\xf0\x9f\x98\x80\"}]");
     /* jansson reads back the raw topic, NUL and all... */

@@ -584,10 +584,48 @@ static void test_origin_match(void **st)
             fail_msg("%s against %s: expected %d", cases[i].origin, cases[i].allowed, cases[i].ok);
 }
 
+/* The authority of a URL: names, IPv6 literals, ports, and every refusal. */
+static void test_authority(void **st)
+{
+    (void)st;
+    hd_authority a;
+    assert_null(hd_authority_parse("example.com", 11, &a));
+    assert_int_equal(a.host_len, 11);
+    assert_int_equal(a.port, 0);
+    assert_int_equal(a.v6, 0);
+    assert_null(hd_authority_parse("h_1-x.y:65535", 13, &a));
+    assert_memory_equal(a.host, "h_1-x.y", 7);
+    assert_int_equal(a.port, 65535);
+    assert_null(hd_authority_parse("[::1]:80", 8, &a));
+    assert_int_equal(a.v6, 1);
+    assert_int_equal(a.host_len, 3);
+    assert_memory_equal(a.host, "::1", 3);
+    assert_int_equal(a.port, 80);
+    static const struct {
+        const char *in, *why;
+    } bad[] = {
+        {"", "no host"}, {":80", "no host"}, {"h:", "bad port"}, {"h:0", "bad port"},
+        {"h:65536", "bad port"}, {"h:8o", "bad port"}, {"h:1234567", "bad port"},
+        {"[::1", "bad IPv6 address"}, {"[zz]", "bad IPv6 address"}, {"[]", "bad IPv6 address"},
+        {"[::1]x", "bad host"}, {"ex%41mple", "bad character in the host"},
+        {"a b", "bad character in the host"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *why = hd_authority_parse(bad[i].in, strlen(bad[i].in), &a);
+        assert_non_null(why);
+        assert_string_equal(why, bad[i].why);
+    }
+    char big[300];
+    memset(big, 'a', sizeof big);
+    assert_string_equal(hd_authority_parse(big, 254, &a), "host over 253 bytes");
+    assert_null(hd_authority_parse(big, 253, &a));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_origin_match),
+        cmocka_unit_test(test_authority),
         cmocka_unit_test(test_sha1),
         cmocka_unit_test(test_accept_key),
         cmocka_unit_test(test_sha256_hmac),
