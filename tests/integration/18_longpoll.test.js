@@ -878,9 +878,9 @@ test('phoenix.js LongPoll at its address\'s max_connections_per_ip is told so (a
 });
 
 test('phoenix.js 1.2.1 (V1) LongPoll in Node', {
-  skip: 'phoenix 1.2.1\'s LongPoll cannot run in Node: it reaches for window (ReferenceError: window is not defined; its Ajax is window.XMLHttpRequest only), ' +
-    'and it expects each message of a poll as a JSON object (it JSON.stringify()s it), not the frame text the spec sends; ' +
-    'V1 over LongPoll is covered by the raw V1 test above',
+  skip: 'phoenix 1.2.1\'s LongPoll cannot run in Node: it reaches for window (ReferenceError: window is not defined; ' +
+    'its Ajax is window.XMLHttpRequest only). (It also JSON.stringify()s each message of a poll, so it needs JSON objects ' +
+    'there, not the frame text the spec sends.) V1 over LongPoll is covered by the raw V1 test above',
 }, () => {});
 
 test('drain: a phoenix.js LongPoll client is ended (3410), counted, and reconnects by itself to the next process on the port', { timeout: 40000 }, async (t) => {
