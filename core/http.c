@@ -94,6 +94,13 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     }
     if (!r->in_field) {
         if (r->nh >= HD_HTTP_MAX_HEADERS) return fail(p, 431);
+        if (r->nh >= r->hcap) { /* (most requests have a dozen: 16, then 32, 64) */
+            uint32_t cap = r->hcap ? r->hcap * 2 : 16;
+            hd_http_hdr *h = realloc(r->h, cap * sizeof *h);
+            if (!h) return fail(p, 503);
+            r->h = h;
+            r->hcap = cap;
+        }
         r->in_field = 1;
         r->h[r->nh].name_off = (uint32_t)r->hbuf.len;
     }
@@ -292,6 +299,7 @@ static void state_free(hd_http_conn *h)
     hd_str_free(&h->req.url);
     hd_str_free(&h->req.hbuf);
     hd_str_free(&h->req.body);
+    free(h->req.h);
     free(h);
 }
 

@@ -22,8 +22,8 @@ typedef struct hd_http_req {
     int method;                  /* llhttp_method_t */
     hd_str url;                  /* request target as received */
     hd_str hbuf;                 /* header names and values, NUL-separated */
-    hd_http_hdr h[HD_HTTP_MAX_HEADERS];
-    uint32_t nh;
+    hd_http_hdr *h;              /* nh of them (room for hcap: grown, HD_HTTP_MAX_HEADERS at most) */
+    uint32_t nh, hcap;
     hd_str body;                 /* decoded body (chunked bodies joined) */
     size_t header_bytes;         /* request line + headers so far */
     const char *path;            /* into url: up to '?' */
