@@ -5,7 +5,7 @@ BUILD_FUZZ ?= build-fuzz
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build install run test test-asan fuzz bench bench-compare bench-cluster bench-cluster-large bench-history bench-recovery bench-recovery-cluster clean
+.PHONY: all deps build install run test test-asan fuzz bench bench-compare bench-cluster bench-cluster-large bench-history bench-v1 bench-recovery bench-recovery-cluster clean
 
 all: build
 
@@ -71,6 +71,11 @@ bench-cluster: build
 # Fan-out on a topic with a history (1,000 messages kept) against one without.
 bench-history: build
 	BENCH_RUNS=$${BENCH_RUNS:-3} bash scripts/bench.sh fanout fanout-history
+
+# Fan-out with every other subscriber on Phoenix's V1 serializer against all on V2
+# (alternating, 3 runs each unless BENCH_RUNS says otherwise).
+bench-v1: build
+	BENCH_RUNS=$${BENCH_RUNS:-3} bash scripts/bench.sh fanout fanout-v1half
 
 # A recovery storm: 10,000 clients of a topic with history drop at once, 10
 # messages are published, all rejoin at once with since (BENCH_RUNS applies).

@@ -2,8 +2,17 @@
 # make bench: measures herald with tests/load/herald-bench and prints each
 # result as one JSON line, then a summary table.
 #
-#   scripts/bench.sh [SCENARIO...]     default: idle fanout fanout-paced fanout-burst many-topics connect api
+#   scripts/bench.sh [SCENARIO...]     default: idle idle-longpoll fanout fanout-v1half fanout-paced fanout-burst many-topics connect api
 #
+# idle-longpoll is two runs against fresh heralds with the same config
+# (longpoll.poll_ms = 120000): BENCH_LP_CLIENTS (10,000) idle WebSockets
+# (shown as idle-longpoll-ws), then as many idle LongPoll sessions, each
+# holding a poll, each joined to its own topic as in idle: bytes of herald's
+# RSS per session next to bytes per WebSocket.
+#
+# fanout-v1half is fanout with every other subscriber on Phoenix's V1
+# serializer (herald-bench -V 50): herald encodes each message twice, the V2
+# frame and, at the first V1 subscriber, its V1 copy.
 # fanout-history (fanout on a topic keeping a history of 1,000 messages) is
 # known but not in the default list: make bench-history runs it next to fanout.
 # recovery-storm (10,000 clients of a topic with history drop at once, miss 10
@@ -28,8 +37,8 @@ BUILD=${BUILD:-$ROOT/build}
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 RUNS=${BENCH_RUNS:-1}
 BENCH_ARGS=${BENCH_ARGS:-}
-ALL=(idle fanout fanout-paced fanout-burst many-topics connect api)
-EXTRA=(cluster-fanout fanout-history recovery-storm) # known, not run by default
+ALL=(idle idle-longpoll fanout fanout-v1half fanout-paced fanout-burst many-topics connect api)
+EXTRA=(cluster-fanout fanout-history recovery-storm idle-longpoll-ws) # known, not run by default
 
 scenarios=("$@")
 [ ${#scenarios[@]} -eq 0 ] && scenarios=("${ALL[@]}")
@@ -55,6 +64,8 @@ for ((run = 1; run <= RUNS; run++)); do
   for s in "${scenarios[@]}"; do
     [ "$s" = cluster-fanout ] && continue
     echo "-- $s (run $run/$RUNS)" >&2
+    # idle-longpoll: its WebSocket baseline first, at the same N and config
+    [ "$s" = idle-longpoll ] && hb_run idle-longpoll-ws herald "$OUT"
     hb_run "$s" herald "$OUT"
   done
 done

@@ -21,6 +21,9 @@ REDIS_LOG=
 # a history of 1,000 messages, up to 1,000 replayed to a join
 HB_STORM_TOPICS='topics = { { match = "*", history_size = 1000, recover_max = 1000 } }'
 
+# idle-longpoll's config (both runs): a poll is held longer than the run
+HB_LP_CONFIG='longpoll = { poll_ms = 120000, window_ms = 120000 }'
+
 hb_log() { printf '%s\n' "$*" >&2; }
 
 # Configures the build tree if it has none, then builds herald and herald-bench.
@@ -306,13 +309,25 @@ hb_check_nodes() {
 # hb_run SCENARIO SERVER RESULTS_FILE: one herald-bench run against a fresh
 # server; prints its JSON line and appends it to RESULTS_FILE.
 hb_run() {
-  local scenario=$1 server=$2 out=$3 line rc others shown=$1
+  local scenario=$1 server=$2 out=$3 line rc others shown=$1 flags=
   # fanout-history: fanout on a topic whose policy keeps a history;
+  # fanout-v1half: fanout with every other client on the V1 serializer;
+  # idle-longpoll: idle with BENCH_LP_CLIENTS LongPoll sessions, each holding
+  # a poll (held 120 s, longer than the run); idle-longpoll-ws: as many idle
+  # WebSockets against the same config, its baseline;
   # recovery-storm: its clients rejoin with since, up to 1,000 missed
   case $scenario in
     fanout-history)
       scenario=fanout
       HB_EXTRA='topics = { { match = "*", history_size = 1000 } }' ;;
+    fanout-v1half)
+      scenario=fanout flags="-V 50"
+      HB_EXTRA= ;;
+    idle-longpoll | idle-longpoll-ws)
+      flags="-n ${BENCH_LP_CLIENTS:-10000}"
+      [ "$scenario" = idle-longpoll ] && flags="$flags --longpoll"
+      scenario=idle
+      HB_EXTRA=$HB_LP_CONFIG ;;
     recovery-storm)
       HB_EXTRA=$HB_STORM_TOPICS ;;
     *) HB_EXTRA= ;;
@@ -326,7 +341,7 @@ hb_run() {
     return 1
   }
   # shellcheck disable=SC2086
-  line=$(timeout 150 "$BENCH_BIN" -s "$scenario" -S "$server" -p "$SRV_PORT" -P "$SRV_MEASURE_PID" $BENCH_ARGS)
+  line=$(timeout 150 "$BENCH_BIN" -s "$scenario" -S "$server" -p "$SRV_PORT" -P "$SRV_MEASURE_PID" $flags $BENCH_ARGS)
   rc=$?
   if [ -z "$line" ]; then
     line=$(printf '{"scenario":"%s","server":"%s","error":"herald-bench exited %s with no result"}' "$scenario" "$server" "$rc")

@@ -11,7 +11,7 @@ import json
 import statistics
 import sys
 
-ORDER = ["idle", "fanout", "fanout-paced", "fanout-burst", "many-topics", "connect", "api",
+ORDER = ["idle", "idle-longpoll-ws", "idle-longpoll", "fanout", "fanout-v1half", "fanout-paced", "fanout-burst", "many-topics", "connect", "api",
          "fanout-history", "recovery-storm"]
 SERVERS = ["herald", "nchan", "node"]
 
@@ -120,6 +120,89 @@ def summary(merged):
     storms = [k for k in sorted(merged, key=order_key) if "storm_s" in merged[k]]
     if storms:
         storm_table(merged, storms)
+    lp = [k for k in sorted(merged, key=order_key) if k[0] == "idle-longpoll"]
+    if lp:
+        longpoll_table(merged, lp)
+    mixed = [k for k in sorted(merged, key=order_key) if merged[k].get("v1_percent")]
+    if mixed:
+        # the V2-only runs of the same scenarios beside them (fanout for fanout-v1half)
+        base = {k[0].split("-v1")[0] for k in mixed}
+        keys = [k for k in sorted(merged, key=order_key)
+                if k in mixed or (k[0] in base and not merged[k].get("v1_percent"))]
+        serializer_table(merged, keys)
+
+
+def longpoll_table(merged, keys):
+    """idle-longpoll: bytes of herald's RSS per idle LongPoll session (a poll held)
+    beside bytes per idle WebSocket (idle-longpoll-ws: the same N and config)."""
+    headers = ["server", "runs", "sessions", "B/session", "WebSockets", "B/WebSocket",
+               "session/ws", "RSS MB lp/ws", "fds lp/ws", "polls", "errors"]
+    rows = []
+    for key in keys:
+        m, w = merged[key], merged.get(("idle-longpoll-ws", key[1]), {})
+        b_lp, b_ws = m.get("rss_per_conn_bytes"), w.get("rss_per_conn_bytes")
+        ratio = f"{b_lp / b_ws:.2f}x" if isinstance(b_lp, (int, float)) and \
+            isinstance(b_ws, (int, float)) and b_ws else "-"
+
+        def mb(r):
+            held, base = r.get("rss_held_kb"), r.get("rss_base_kb")
+            return fmt((held - base) / 1024, 1) if isinstance(held, (int, float)) and \
+                isinstance(base, (int, float)) else "-"
+
+        def fds(r):
+            held, base = r.get("server_fds_held"), r.get("server_fds_base")
+            return fmt(held - base) if isinstance(held, (int, float)) and \
+                isinstance(base, (int, float)) else "-"
+        err = "; ".join(e for e in (m.get("error", ""), w.get("error", "")) if e)
+        if m.get("server_alive") is False or w.get("server_alive") is False:
+            err = "SERVER DIED; " + err
+        rows.append([key[1] or "?", fmt(m.get("runs")),
+                     f"{fmt(m.get('ready'))}/{fmt(m.get('clients'))}", fmt(b_lp),
+                     f"{fmt(w.get('ready'))}/{fmt(w.get('clients'))}" if w else "-", fmt(b_ws),
+                     ratio, f"{mb(m)}/{mb(w)}", f"{fds(m)}/{fds(w)}", fmt(m.get("lp_polls")),
+                     (err[:60] if err else "")])
+    print("\nidle-longpoll: idle LongPoll sessions against idle WebSockets")
+    table(headers, rows)
+    print("\nB/session, B/WebSocket: herald's RSS after the joins and the hold, less its RSS"
+          " before, per client ready (each its own topic, as idle); a session holds one poll,"
+          " one TCP connection (fds: herald's open files held, less before); RSS MB: that"
+          " growth; polls: sent in all (the one that fetched the join reply, then the one held).")
+
+
+def serializer_table(merged, keys):
+    """-V runs (some clients on V1) beside the all-V2 runs of the same scenario."""
+    headers = ["scenario", "server", "runs", "V1 %", "V1 ready", "deliv/s", "p50 ms", "p99 ms",
+               "V1 p50", "V1 p99", "V2 p50", "V2 p99", "srv CPU pub s", "us/deliv",
+               "RSS peak MB", "missing", "V1 missing", "wrong vsn", "errors"]
+    rows = []
+    for key in keys:
+        m = merged[key]
+        v1 = bool(m.get("v1_percent"))
+        cpu, deliv = m.get("server_cpu_publish_s"), m.get("deliveries")
+        per = fmt(cpu * 1e6 / deliv, 2) if isinstance(cpu, (int, float)) and deliv else "-"
+        peak = m.get("rss_peak_kb")
+        err = m.get("error", "")
+        if m.get("server_alive") is False:
+            err = "SERVER DIED; " + err
+
+        def lat(k):
+            return fmt(m.get(k), 2) if v1 and m.get("deliveries") else "-"
+        rows.append([key[0] or "?", key[1] or "?", fmt(m.get("runs")), fmt(m.get("v1_percent", 0)),
+                     f"{fmt(m.get('v1_ready'))}/{fmt(m.get('v1_clients'))}" if v1 else "-",
+                     fmt(m.get("deliveries_per_s")) if deliv else "-",
+                     fmt(m.get("lat_p50_ms"), 2) if deliv else "-",
+                     fmt(m.get("lat_p99_ms"), 2) if deliv else "-",
+                     lat("v1_lat_p50_ms"), lat("v1_lat_p99_ms"), lat("v2_lat_p50_ms"),
+                     lat("v2_lat_p99_ms"), fmt(cpu, 2), per,
+                     fmt(peak / 1024, 1) if isinstance(peak, (int, float)) and peak > 0 else "-",
+                     fmt(m.get("missing")), fmt(m.get("v1_missing")) if v1 else "-",
+                     fmt(m.get("wrong_serializer")), (err[:60] if err else "")])
+    print()
+    table(headers, rows)
+    print("\nV1 %: share of the clients on Phoenix's V1 serializer (herald-bench -V); V1/V2 p50,"
+          " p99: the latency of each group apart; srv CPU pub s: herald's CPU from the first"
+          " publish to the last delivery, us/deliv: that per delivery; wrong vsn: frames of the"
+          " other serializer than the client's (must be 0).")
 
 
 def storm_table(merged, keys):
@@ -175,6 +258,7 @@ METRICS = {
             ("lat_p99_ms", "delivery latency p99 ms", "low")],
 }
 METRICS["fanout-burst"] = METRICS["fanout"]
+METRICS["fanout-v1half"] = METRICS["fanout"]
 METRICS["fanout-paced"] = METRICS["fanout"]
 METRICS["many-topics"] = METRICS["fanout"] + [("rss_per_conn_bytes", "RSS bytes per connection", "low")]
 

@@ -59,6 +59,7 @@
 #define STORM_MAXMSG 10000 /* recovery-storm: most --messages (missed while away) */
 #define HB_N 4608         /* latency histogram buckets (see hbucket) */
 #define RBUF_MAX (16u << 20)
+#define LP_TOKEN_MAX 64 /* --longpoll: a session's token (herald's are 48 hex digits) */
 #define WS_KEY "dGhlIHNhbXBsZSBub25jZQ=="
 #define WS_ACCEPT "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" /* the RFC 6455 example answer */
 
@@ -93,6 +94,10 @@ typedef struct {
     int storm;  /* recovery-storm: join, drop all, publish, rejoin all with since */
     int rejoin_other; /* recovery-storm with --sub-ports: rejoin on the next server (default) */
     const char *ws_path, *pub_path;
+    int v1_pct;             /* -V: percent of the herald clients on the V1 serializer */
+    const char *ws_path_v1; /* their WebSocket path (vsn=1.0.0; --v1-path) */
+    int longpoll;           /* --longpoll: the clients are Phoenix LongPoll sessions */
+    const char *lp_path, *lp_path_v1; /* their endpoint (--lp-path), and the V1 clients' */
     int verbose;
 } opts_t;
 
@@ -119,12 +124,16 @@ typedef struct {
     uint64_t started, ready, failed, closed, deliveries, bad_frames, other_frames;
     uint64_t first_start_ns, last_ready_ns, first_deliv_ns, last_deliv_ns;
     uint64_t cpu_us, max_lat_us, max_conn_us;
+    uint64_t v1_ready, v1_deliveries, v1_max_lat_us, v1_last_deliv_ns; /* -V: the V1 clients' */
+    uint64_t wrong_vsn; /* frames of the other serializer than the client's */
+    uint64_t lp_polls, lp_empty, lp_msgs; /* --longpoll: polls sent; answered 204; 200 once ready */
     int32_t close_code, http_status, done, pad_;
     char err[192];
     uint64_t hist[HB_N];  /* delivery latency, us */
     uint64_t chist[HB_N]; /* connect + upgrade + join time per client, us */
     sstat_t storm;        /* recovery-storm (all zero otherwise) */
     uint64_t lhist[HB_N]; /* recovery-storm: reconnect start to live, us */
+    uint64_t hist_v1[HB_N]; /* -V: the V1 clients' share of hist */
 } wstat_t;
 
 enum { SC_NONE, SC_DROP, SC_RECONNECT }; /* recovery-storm: the coordinator's command */
@@ -261,6 +270,16 @@ static int find_seq(const char *p, size_t n)
 
 static void topic_name(char *out, size_t cap, uint32_t idx) { snprintf(out, cap, "t%u", idx); }
 
+/* -V PCT: whether client idx speaks V1. Spread evenly (client idx is V1 when
+ * floor((idx + 1) * PCT / 100) steps up: at 50 every other one), so every
+ * worker, every source address and any stretch of the server's subscriber
+ * lists hold the same share; of N clients floor(N * PCT / 100) are V1. */
+static int is_v1(uint32_t idx)
+{
+    uint64_t p = (uint64_t)O.v1_pct;
+    return O.server == SRV_HERALD && ((uint64_t)idx + 1) * p / 100 > (uint64_t)idx * p / 100;
+}
+
 /* ------------------------------------------------------------------- worker */
 
 enum { CS_IDLE, CS_CONNECTING, CS_HANDSHAKE, CS_JOINING, CS_READY, CS_CLOSING, CS_CLOSED };
@@ -270,6 +289,8 @@ typedef struct client {
     uint32_t idx;
     uint8_t state, joins_pending, in_frag, frag_has_t;
     uint8_t gen; /* recovery-storm: 0 the first connection, 1 the reconnect */
+    uint8_t v1;  /* -V: this client speaks Phoenix's V1 serializer (JSON objects) */
+    uint8_t lp_step; /* --longpoll: LP_OPEN, LP_POST, LP_JOIN (polls for the join replies), LP_HELD */
     int32_t frag_seq;
     uint64_t frag_t;
     uint64_t t_start;
@@ -310,6 +331,7 @@ typedef struct {
     struct sockaddr_in dst;
     int rport; /* recovery-storm: the server they reconnect to (--rejoin) */
     struct sockaddr_in rdst;
+    char (*tokens)[LP_TOKEN_MAX + 1]; /* --longpoll: per client, its session's token */
     char buf[65536];
 } worker_t;
 
@@ -373,6 +395,7 @@ static void client_ready(client_t *c)
     c->state = CS_READY;
     JOINED[c->idx] = 1;
     INC(st->ready);
+    if (c->v1) INC(st->v1_ready);
     ST(st->last_ready_ns, now);
     st->chist[hbucket(us)]++;
     if (us > LD(st->max_conn_us)) ST(st->max_conn_us, us);
@@ -432,17 +455,25 @@ static void send_frame(client_t *c, int opcode, const char *p, size_t n)
 
 static void send_text(client_t *c, const char *s) { send_frame(c, 1, s, strlen(s)); }
 
-static void record_delivery(int have_t, uint64_t t, int seq)
+static void record_delivery(const client_t *c, int have_t, uint64_t t, int seq)
 {
     wstat_t *st = WK->st;
     uint64_t now = now_ns();
     if (!LD(st->first_deliv_ns)) ST(st->first_deliv_ns, now);
     ST(st->last_deliv_ns, now);
     INC(st->deliveries);
+    if (c->v1) {
+        INC(st->v1_deliveries);
+        ST(st->v1_last_deliv_ns, now);
+    }
     if (have_t) {
         uint64_t us = now > t ? (now - t) / 1000 : 0;
         st->hist[hbucket(us)]++;
         if (us > LD(st->max_lat_us)) ST(st->max_lat_us, us);
+        if (c->v1) {
+            st->hist_v1[hbucket(us)]++;
+            if (us > LD(st->v1_max_lat_us)) ST(st->v1_max_lat_us, us);
+        }
         if (seq >= 0 && seq < NSEQ) {
             seqstat_t *q = &SEQS[(size_t)WK->id * (size_t)NSEQ + (size_t)seq];
             q->hist[hbucket(us)]++;
@@ -518,12 +549,12 @@ static void storm_message(client_t *c, const char *p, size_t n, int have_t, uint
     sclient_t *s = sclient(c);
     uint64_t o;
     if (!find_offset(p, n, &o)) {
-        record_delivery(have_t, t, seq);
+        record_delivery(c, have_t, t, seq);
         INC(st->storm.unexpected);
         return;
     }
     int replay = c->gen && (c->state != CS_READY || o <= s->top);
-    record_delivery(have_t && !replay, t, seq);
+    record_delivery(c, have_t && !replay, t, seq);
     if (o <= s->base || o - s->base > WK->nbits) {
         INC(st->storm.unexpected);
         return;
@@ -643,22 +674,41 @@ static void storm_final(void)
     ST(st->storm.live_ok, live_ok);
 }
 
+/* A broadcast in V2, [null,null,<topic>,...] (no join_ref, no ref), or in V1
+ * {"topic":<topic>,"event":..,"payload":..,"ref":null} (herald writes the
+ * keys in this order: core/phx.c hd_phx_v1). 1 V2, 2 V1, 0 neither. */
+static int broadcast_kind(const char *p, size_t n)
+{
+    static const char v1_head[] = "{\"topic\":", v1_tail[] = ",\"ref\":null}";
+    if (n >= 11 && memcmp(p, "[null,null,", 11) == 0) return 1;
+    if (n >= sizeof v1_head - 1 + sizeof v1_tail - 1 && memcmp(p, v1_head, sizeof v1_head - 1) == 0 &&
+        memcmp(p + n - (sizeof v1_tail - 1), v1_tail, sizeof v1_tail - 1) == 0)
+        return 2;
+    return 0;
+}
+
 /* A complete text or binary message (or the first fragment's timestamp). */
 static void on_message(client_t *c, const char *p, size_t n, int have_t, uint64_t t)
 {
     wstat_t *st = WK->st;
     int seq = NSEQ && have_t ? find_seq(p, n) : -1;
     if (O.server != SRV_HERALD) {
-        record_delivery(have_t, t, seq);
+        record_delivery(c, have_t, t, seq);
         return;
     }
-    if (n >= 11 && memcmp(p, "[null,null,", 11) == 0) {
+    int kind = broadcast_kind(p, n);
+    if (kind == (c->v1 ? 2 : 1)) {
         if (WK->storm) storm_message(c, p, n, have_t, t, seq);
-        else record_delivery(have_t, t, seq);
+        else record_delivery(c, have_t, t, seq);
         return;
     }
-    if (c->state == CS_JOINING && n > 2 && p[0] == '[' && p[1] == '"' &&
-        memmem(p, n, "\"phx_reply\"", 11)) {
+    if (kind || (n > 0 && p[0] != (c->v1 ? '{' : '['))) { /* the other serializer's frame */
+        INC(st->wrong_vsn);
+        return;
+    }
+    if (c->state == CS_JOINING && n > 2 &&
+        (c->v1 ? memmem(p, n, "\"event\":\"phx_reply\"", 19) != NULL
+               : p[1] == '"' && memmem(p, n, "\"phx_reply\"", 11) != NULL)) {
         if (memmem(p, n, "\"status\":\"ok\"", 13)) {
             if (WK->storm) storm_join_reply(c, p, n);
             else if (c->joins_pending && --c->joins_pending == 0) client_ready(c);
@@ -702,7 +752,7 @@ static void on_frame(client_t *c, int fin, int opcode, const char *p, size_t n)
         if (c->frag_seq < 0 && NSEQ) c->frag_seq = find_seq(p, n);
         if (fin) {
             c->in_frag = 0;
-            record_delivery(c->frag_has_t, c->frag_t, c->frag_seq);
+            record_delivery(c, c->frag_has_t, c->frag_t, c->frag_seq);
             if (WK->storm) INC(WK->st->storm.unexpected); /* herald does not fragment these */
         }
         return;
@@ -726,43 +776,226 @@ static void on_frame(client_t *c, int fin, int opcode, const char *p, size_t n)
     }
 }
 
+/* A Phoenix message of the client's serializer: V2 [ref,ref,topic,event,payload]
+ * (the join's ref as join_ref), V1 {"topic","event","payload","ref"}. */
+static int phx_text(const client_t *c, char *out, size_t cap, const char *ref, const char *topic,
+                    const char *event, const char *payload)
+{
+    if (c->v1)
+        return snprintf(out, cap, "{\"topic\":\"%s\",\"event\":\"%s\",\"payload\":%s,\"ref\":\"%s\"}",
+                        topic, event, payload, ref);
+    return snprintf(out, cap, "[\"%s\",\"%s\",\"%s\",\"%s\",%s]", ref, ref, topic, event, payload);
+}
+
+static void send_phx(client_t *c, const char *ref, const char *topic, const char *event,
+                     const char *payload)
+{
+    char msg[400];
+    phx_text(c, msg, sizeof msg, ref, topic, event, payload);
+    send_text(c, msg);
+}
+
 static void handshake_done(client_t *c)
 {
     if (O.server != SRV_HERALD) {
         client_ready(c);
         return;
     }
-    char msg[400], topic[32];
+    char since[160], topic[32];
     c->state = CS_JOINING;
     if (WK->storm && c->gen) { /* the rejoin asks for what was missed */
         const sclient_t *s = sclient(c);
         c->joins_pending = 1;
-        snprintf(msg, sizeof msg,
-                 "[\"1\",\"1\",\"fan\",\"phx_join\","
-                 "{\"since\":{\"epoch\":\"%s\",\"offset\":%" PRIu64 "}}]",
+        snprintf(since, sizeof since, "{\"since\":{\"epoch\":\"%s\",\"offset\":%" PRIu64 "}}",
                  s->epoch, s->at_drop);
-        send_text(c, msg);
+        send_phx(c, "1", "fan", "phx_join", since);
         return;
     }
     if (O.topic_mode == TM_ONE) {
         c->joins_pending = 1;
-        send_text(c, "[\"1\",\"1\",\"fan\",\"phx_join\",{}]");
+        send_phx(c, "1", "fan", "phx_join", "{}");
         return;
     }
     topic_name(topic, sizeof topic, c->idx);
     c->joins_pending = 1;
-    snprintf(msg, sizeof msg, "[\"1\",\"1\",\"%s\",\"phx_join\",{}]", topic);
-    send_text(c, msg);
+    send_phx(c, "1", topic, "phx_join", "{}");
     if (O.topic_mode == TM_OWN_SHARED) {
         c->joins_pending = 2;
-        send_text(c, "[\"2\",\"2\",\"all\",\"phx_join\",{}]");
+        send_phx(c, "2", "all", "phx_join", "{}");
     }
+}
+
+/* ---- --longpoll: a Phoenix LongPoll session over one keep-alive connection.
+ * GET <lp-path> opens it ({"status":410,"token":T}), one POST of ndjson
+ * carries its joins, polls (GET ?token=T) fetch the join replies; once every
+ * join is answered ok the client is ready and holds a poll, sent again
+ * whenever one is answered (204 after longpoll.poll_ms). */
+
+enum { LP_OPEN, LP_POST, LP_JOIN, LP_HELD };
+
+static const char *lp_path_of(const client_t *c) { return c->v1 ? O.lp_path_v1 : O.lp_path; }
+
+/* Sends GET (body NULL: the open, or a poll once the token is known) or a POST of body. */
+static void lp_request(client_t *c, const char *body)
+{
+    char req[2048];
+    const char *path = lp_path_of(c), *tok = WK->tokens[c->idx - WK->first];
+    const char *sep = !tok[0] ? "" : strchr(path, '?') ? "&token=" : "?token=";
+    int n;
+    if (body)
+        n = snprintf(req, sizeof req,
+                     "POST %s%s%s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/x-ndjson\r\n"
+                     "Content-Length: %zu\r\n\r\n%s",
+                     path, sep, tok, O.host, WK->port, strlen(body), body);
+    else
+        n = snprintf(req, sizeof req, "GET %s%s%s HTTP/1.1\r\nHost: %s:%d\r\n\r\n", path, sep, tok,
+                     O.host, WK->port);
+    if (n <= 0 || (size_t)n >= sizeof req) {
+        client_end(c, "long-poll request too long");
+        return;
+    }
+    if (!body && tok[0]) INC(WK->st->lp_polls);
+    int rc = write_raw((uv_stream_t *)&c->tcp, req, (size_t)n);
+    if (rc) client_end(c, "long-poll write: %s", uv_strerror(rc));
+}
+
+/* The POST of the client's joins: one ndjson line each, as handshake_done sends them. */
+static void lp_post_joins(client_t *c)
+{
+    char body[1024], topic[32];
+    size_t n = 0;
+    c->joins_pending = 1;
+    if (O.topic_mode == TM_ONE) {
+        n += (size_t)phx_text(c, body, sizeof body, "1", "fan", "phx_join", "{}");
+    } else {
+        topic_name(topic, sizeof topic, c->idx);
+        n += (size_t)phx_text(c, body, sizeof body, "1", topic, "phx_join", "{}");
+        if (O.topic_mode == TM_OWN_SHARED) {
+            c->joins_pending = 2;
+            body[n++] = '\n';
+            phx_text(c, body + n, sizeof body - n, "2", "all", "phx_join", "{}");
+        }
+    }
+    c->lp_step = LP_POST;
+    lp_request(c, body);
+}
+
+/* One complete HTTP answer at p[0..len): its length, with its status and
+ * body; 0 while incomplete, -1 if it is not one (herald always sends a
+ * Content-Length). */
+static long http_answer(const char *p, size_t len, int *status, const char **body, size_t *blen)
+{
+    const char *e = memmem(p, len, "\r\n\r\n", 4);
+    if (!e) return len > 16384 ? -1 : 0;
+    size_t hl = (size_t)(e - p) + 4;
+    if (hl < 12 || memcmp(p, "HTTP/1.", 7) != 0) return -1;
+    *status = atoi(p + 9);
+    long clen = -1;
+    for (const char *l = memchr(p, '\n', hl); l && l < e; l = memchr(l, '\n', (size_t)(e - l))) {
+        l++;
+        if (!strncasecmp(l, "content-length:", 15)) clen = strtol(l + 15, NULL, 10);
+    }
+    if (clen < 0 || clen > (long)RBUF_MAX) return -1;
+    if (len < hl + (size_t)clen) return 0;
+    *body = p + hl;
+    *blen = (size_t)clen;
+    return (long)(hl + (size_t)clen);
+}
+
+/* How often needle occurs in p[0..n). */
+static int count_of(const char *p, size_t n, const char *needle)
+{
+    size_t k = strlen(needle);
+    int count = 0;
+    for (const char *q = p; (q = memmem(q, n - (size_t)(q - p), needle, k)); q += k) count++;
+    return count;
+}
+
+/* One answer of the session's: the next step. */
+static void lp_answer(client_t *c, int status, const char *b, size_t n)
+{
+    char *tok = WK->tokens[c->idx - WK->first];
+    int lp = 0;
+    const char *sk = memmem(b, n, "\"status\":", 9);
+    if (sk) lp = atoi(sk + 9);
+    if (status != 200) {
+        ST(WK->st->http_status, status);
+        client_end(c, "long poll answered HTTP %d: %.*s", status, (int)(n > 80 ? 80 : n), b);
+        return;
+    }
+    if (lp == 410 && c->lp_step != LP_OPEN) {
+        client_end(c, "long-poll session gone (410): %.*s", (int)(n > 80 ? 80 : n), b);
+        return;
+    }
+    switch (c->lp_step) {
+    case LP_OPEN: {
+        const char *t = memmem(b, n, "\"token\":\"", 9);
+        const char *q = t ? memchr(t + 9, '"', n - (size_t)(t + 9 - b)) : NULL;
+        if (lp != 410 || !q || q - (t + 9) > LP_TOKEN_MAX || q == t + 9) {
+            client_end(c, "long-poll open answered %.*s", (int)(n > 80 ? 80 : n), b);
+            return;
+        }
+        memcpy(tok, t + 9, (size_t)(q - (t + 9)));
+        tok[q - (t + 9)] = 0;
+        lp_post_joins(c);
+        return;
+    }
+    case LP_POST:
+        if (lp != 200) {
+            client_end(c, "long-poll POST answered %.*s", (int)(n > 80 ? 80 : n), b);
+            return;
+        }
+        c->lp_step = LP_JOIN;
+        break;
+    case LP_JOIN: {
+        /* the frames are JSON strings here: {\"status\":\"ok\",...} */
+        if (memmem(b, n, "\\\"status\\\":\\\"error\\\"", 20)) {
+            client_end(c, "join refused: %.*s", (int)(n > 120 ? 120 : n), b);
+            return;
+        }
+        if (lp == 204) INC(WK->st->lp_empty);
+        int ok = count_of(b, n, "\\\"status\\\":\\\"ok\\\"");
+        if (ok >= c->joins_pending) {
+            c->joins_pending = 0;
+            c->lp_step = LP_HELD;
+            client_ready(c);
+            if (c->state != CS_READY) return;
+        } else {
+            c->joins_pending = (uint8_t)(c->joins_pending - ok);
+        }
+        break;
+    }
+    default: /* LP_HELD: 204 after poll_ms, or messages */
+        if (lp == 204) INC(WK->st->lp_empty);
+        else INC(WK->st->lp_msgs);
+    }
+    lp_request(c, NULL); /* the next poll */
+}
+
+static size_t lp_process(client_t *c, const char *p, size_t len)
+{
+    size_t off = 0;
+    while (c->state < CS_CLOSING && off < len) {
+        int status = 0;
+        const char *body = NULL;
+        size_t blen = 0;
+        long used = http_answer(p + off, len - off, &status, &body, &blen);
+        if (used < 0) {
+            client_end(c, "not an HTTP answer with a Content-Length");
+            return len;
+        }
+        if (!used) break;
+        off += (size_t)used;
+        lp_answer(c, status, body, blen);
+    }
+    return off;
 }
 
 /* Parses what arrived; returns the bytes consumed (the rest is kept). */
 static size_t process(client_t *c, const char *p, size_t len)
 {
     size_t off = 0;
+    if (O.longpoll) return lp_process(c, p, len);
     if (c->state == CS_HANDSHAKE) {
         const char *e = memmem(p, len, "\r\n\r\n", 4);
         if (!e) {
@@ -893,6 +1126,15 @@ static void on_connect(uv_connect_t *req, int status)
         client_end(c, "connect: %s", uv_strerror(status));
         return;
     }
+    if (O.longpoll) {
+        c->state = CS_HANDSHAKE;
+        c->lp_step = LP_OPEN;
+        WK->tokens[c->idx - WK->first][0] = 0;
+        int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        if (rc) client_end(c, "read: %s", uv_strerror(rc));
+        else lp_request(c, NULL);
+        return;
+    }
     char path[512], reqbuf[1024];
     char topic[32];
     topic_name(topic, sizeof topic, c->idx);
@@ -907,7 +1149,7 @@ static void on_connect(uv_connect_t *req, int status)
         snprintf(path, sizeof path, "%stopic=%s%s", O.ws_path, own, shared ? "&topic=all" : "");
         break;
     default:
-        snprintf(path, sizeof path, "%s", O.ws_path);
+        snprintf(path, sizeof path, "%s", c->v1 ? O.ws_path_v1 : O.ws_path);
     }
     int n = snprintf(reqbuf, sizeof reqbuf,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
@@ -924,6 +1166,7 @@ static void start_client(client_t *c, uint32_t idx)
 {
     wstat_t *st = WK->st;
     c->idx = idx;
+    c->v1 = (uint8_t)is_v1(idx);
     c->state = CS_CONNECTING;
     c->in_frag = 0;
     WK->inflight++;
@@ -1006,14 +1249,15 @@ static void on_poll(uv_timer_t *t)
 static void on_heartbeat(uv_timer_t *t)
 {
     (void)t;
-    if (O.server != SRV_HERALD || O.heartbeat_ms <= 0) return;
+    if (O.server != SRV_HERALD || O.heartbeat_ms <= 0 || O.longpoll) return; /* (none in LongPoll) */
     uint64_t slots = (uint64_t)(O.heartbeat_ms / 1000);
     if (slots < 1) slots = 1;
     uint64_t k = WK->tick++ % slots;
     for (uint32_t i = 0; i < WK->count; i++) {
         client_t *c = &WK->clients[i];
         if (c->state == CS_READY && (c->idx % slots) == k)
-            send_text(c, "[null,\"hb\",\"phoenix\",\"heartbeat\",{}]");
+            send_text(c, c->v1 ? "{\"topic\":\"phoenix\",\"event\":\"heartbeat\",\"payload\":{},\"ref\":\"hb\"}"
+                               : "[null,\"hb\",\"phoenix\",\"heartbeat\",{}]");
     }
 }
 
@@ -1053,6 +1297,10 @@ static void worker_main(int id, uint32_t first, uint32_t count)
             free(w->clients);
             w->clients = NULL;
         }
+    }
+    if (O.longpoll && w->clients && !(w->tokens = calloc(count ? count : 1, sizeof *w->tokens))) {
+        free(w->clients);
+        w->clients = NULL;
     }
     if (!w->clients || uv_loop_init(&w->loop)) {
         set_err(w->st->err, sizeof w->st->err, "worker %d: out of memory", id);
@@ -1209,6 +1457,7 @@ static struct {
     int round, nrounds;
     uint64_t sent, done, errors, reconnects, target;
     uint64_t expected, own_rr, n_joined;
+    uint64_t expected_v1, n_joined_v1; /* -V: the V1 clients' share (not in recovery-storm) */
     uint64_t node_joined[MAXPORT]; /* --sub-ports: joined clients of each server */
     int marked;                    /* --mark: 1 after "start", 2 after "end" */
     /* rounds: api 2 (no subscriber, one); recovery-storm 3 (before the drop,
@@ -1323,11 +1572,25 @@ static void finish(const char *why)
 
 /* ---- publishers */
 
-static const char *round_topic(char *buf, size_t cap, uint64_t i, uint64_t *expect)
+/* The clients joined now (JOINED), and of them those on V1. */
+static void count_joined(void)
 {
+    P.n_joined = P.n_joined_v1 = 0;
+    for (int i = 0; i < O.clients; i++) {
+        P.n_joined += JOINED[i];
+        if (JOINED[i] && is_v1((uint32_t)i)) P.n_joined_v1++;
+    }
+}
+
+/* Publish i's topic and the deliveries due: to all clients (expect), to the
+ * V1 ones among them (expect_v1). */
+static const char *round_topic(char *buf, size_t cap, uint64_t i, uint64_t *expect,
+                               uint64_t *expect_v1)
+{
+    *expect_v1 = P.n_joined_v1;
     if (O.api) {
         if (P.round == 0) {
-            *expect = 0;
+            *expect = *expect_v1 = 0;
             return "void";
         }
         *expect = P.n_joined;
@@ -1344,6 +1607,7 @@ static const char *round_topic(char *buf, size_t cap, uint64_t i, uint64_t *expe
     }
     uint32_t k = (uint32_t)(P.own_rr++ % (uint64_t)O.clients);
     *expect = JOINED[k] ? 1 : 0;
+    *expect_v1 = JOINED[k] && is_v1(k) ? 1 : 0;
     topic_name(buf, cap, k);
     return buf;
 }
@@ -1517,9 +1781,10 @@ static void pub_next(pubconn_t *pc)
     }
     uint64_t i = P.sent++;
     char tbuf[32], data[256], head[512];
-    uint64_t expect = 0;
-    const char *topic = round_topic(tbuf, sizeof tbuf, i, &expect);
+    uint64_t expect = 0, expect_v1 = 0;
+    const char *topic = round_topic(tbuf, sizeof tbuf, i, &expect, &expect_v1);
     P.expected += expect;
+    P.expected_v1 += expect_v1;
     uint64_t t = now_ns();
     int dl;
     if (O.await_ && i < MAXSEQ) {
@@ -1861,8 +2126,7 @@ static void storm_tick_reconnect(uint64_t now)
         run_mark("end");
         P.marked = 2;
     }
-    P.n_joined = 0;
-    for (int i = 0; i < O.clients; i++) P.n_joined += JOINED[i];
+    count_joined();
     P.round = 2;
     P.stage = ST_PUBLISH;
     round_begin();
@@ -1916,8 +2180,7 @@ static void on_tick(uv_timer_t *tm)
             P.scpu_conn = servers_cpu();
             sample_procs('c');
             P.ccpu_conn = client_cpu_now();
-            P.n_joined = 0;
-            for (int i = 0; i < O.clients; i++) P.n_joined += JOINED[i];
+            count_joined();
             P.stage = ST_HOLD;
             P.t_hold_end = now + (uint64_t)(O.hold_ms > O.settle_ms ? O.hold_ms : O.settle_ms) *
                                      1000000ull;
@@ -1927,8 +2190,7 @@ static void on_tick(uv_timer_t *tm)
         if (now >= P.t_hold_end) {
             P.rss_hold = servers_kb("VmRSS");
             sample_procs('h');
-            P.n_joined = 0;
-            for (int i = 0; i < O.clients; i++) P.n_joined += JOINED[i];
+            count_joined();
             for (int w = 0; w < P.nw && O.nsub_ports; w++)
                 for (uint32_t i = P.wfirst[w]; i < P.wfirst[w] + P.wcount[w]; i++)
                     P.node_joined[w % O.nsub_ports] += JOINED[i];
@@ -2226,6 +2488,49 @@ static void report_nodes(void)
     printf("]");
 }
 
+/* -V: the V1 clients apart, and the V2 ones (all but them); hist is every
+ * client's latency histogram, t0 when the deliveries' window starts. */
+static void report_v1(const uint64_t *hist, uint64_t t0)
+{
+    static uint64_t h1[HB_N], h2[HB_N];
+    uint64_t ready = 0, deliv = 0, maxlat = 0, last = 0, wrong = 0, n1 = 0, n2 = 0, clients = 0;
+    for (int w = 0; w < P.nw; w++) {
+        wstat_t *st = &SH->w[w];
+        ready += LD(st->v1_ready);
+        deliv += LD(st->v1_deliveries);
+        wrong += LD(st->wrong_vsn);
+        if (LD(st->v1_max_lat_us) > maxlat) maxlat = LD(st->v1_max_lat_us);
+        if (LD(st->v1_last_deliv_ns) > last) last = LD(st->v1_last_deliv_ns);
+        for (int i = 0; i < HB_N; i++) h1[i] += st->hist_v1[i];
+    }
+    for (int i = 0; i < HB_N; i++) {
+        h2[i] = hist[i] - h1[i];
+        n1 += h1[i];
+        n2 += h2[i];
+    }
+    for (int i = 0; i < O.clients; i++) clients += (uint64_t)is_v1((uint32_t)i);
+    jint("v1_percent", O.v1_pct);
+    jint("wrong_serializer", (long long)wrong);
+    if (!O.v1_pct) return;
+    jstr("v1_path", O.ws_path_v1);
+    jint("v1_clients", (long long)clients);
+    jint("v1_ready", (long long)ready);
+    if (!O.storm) { /* recovery-storm counts what is due per client by offset */
+        jint("v1_expected", (long long)P.expected_v1);
+        jint("v1_missing", P.expected_v1 > deliv ? (long long)(P.expected_v1 - deliv) : 0);
+    }
+    jint("v1_deliveries", (long long)deliv);
+    double ds = deliv && t0 && last > t0 ? (double)(last - t0) / 1e9 : 0;
+    jnum("v1_deliver_s", ds, 3);
+    jnum("v1_lat_p50_ms", hpercentile(h1, n1, 0.50) / 1000, 3);
+    jnum("v1_lat_p90_ms", hpercentile(h1, n1, 0.90) / 1000, 3);
+    jnum("v1_lat_p99_ms", hpercentile(h1, n1, 0.99) / 1000, 3);
+    jnum("v1_lat_max_ms", (double)maxlat / 1000, 3);
+    jnum("v2_lat_p50_ms", hpercentile(h2, n2, 0.50) / 1000, 3);
+    jnum("v2_lat_p90_ms", hpercentile(h2, n2, 0.90) / 1000, 3);
+    jnum("v2_lat_p99_ms", hpercentile(h2, n2, 0.99) / 1000, 3);
+}
+
 static void jnum(const char *k, double v, int prec)
 {
     if (v != v || v < -1e300 || v > 1e300) printf(",\"%s\":null", k);
@@ -2281,6 +2586,19 @@ static void report(void)
     jint("src_addrs", O.addrs);
     jint("concurrency", O.concurrency);
     jstr("topics", topic_mode_names[O.topic_mode]);
+    jstr("transport", O.longpoll ? "longpoll" : O.server == SRV_HERALD ? "websocket" : "ws");
+    if (O.longpoll) {
+        uint64_t polls = 0, empty = 0, msgs = 0;
+        for (int w = 0; w < P.nw; w++) {
+            polls += LD(SH->w[w].lp_polls);
+            empty += LD(SH->w[w].lp_empty);
+            msgs += LD(SH->w[w].lp_msgs);
+        }
+        jstr("lp_path", O.lp_path);
+        jint("lp_polls", (long long)polls);
+        jint("lp_polls_empty", (long long)empty);
+        jint("lp_polls_msgs", (long long)msgs);
+    }
     jnum("connect_s", connect_s, 3);
     jnum("connect_rate", connect_s > 0 ? (double)t.ready / connect_s : 0, 1);
     jnum("conn_p50_ms", hpercentile(chist, ncon, 0.50) / 1000, 3);
@@ -2328,11 +2646,21 @@ static void report(void)
     jnum("lat_p90_ms", hpercentile(hist, nlat, 0.90) / 1000, 3);
     jnum("lat_p99_ms", hpercentile(hist, nlat, 0.99) / 1000, 3);
     jnum("lat_max_ms", (double)t.max_lat_us / 1000, 3);
+    report_v1(hist, deliv_start);
     if (O.nsub_ports) report_nodes();
     if (NSEQ) report_messages();
     if (O.storm) report_storm();
     if (O.npids > 1) report_procs();
 
+    long fds_base = 0, fds_held = 0;
+    for (int i = 0; i < O.npids; i++) {
+        fds_base += P.pfds_base[i];
+        fds_held += P.pfds_hold[i];
+    }
+    if (O.npids) {
+        jint("server_fds_base", fds_base);
+        jint("server_fds_held", fds_held);
+    }
     jint("rss_base_kb", P.rss_base);
     jint("rss_connected_kb", P.rss_conn);
     jint("rss_held_kb", P.rss_hold);
@@ -2435,6 +2763,18 @@ static void usage(FILE *f)
         "      --ws-path PATH     herald: WebSocket path (default /socket/websocket?vsn=2.0.0);\n"
         "                         nchan/node: path prefix (default /sub/ or /sub?)\n"
         "      --pub-path PATH    herald: /api/push; nchan/node: prefix (/pub/ or /pub?topic=)\n"
+        "  -V, --v1 PCT           herald: PCT %% of the clients (every (100/PCT)-th, spread evenly)\n"
+        "                         speak Phoenix's V1 serializer: upgrade at --v1-path, join\n"
+        "                         and heartbeat with V1 objects, deliveries are V1 objects\n"
+        "                         (default 0: all V2); figures apart in v1_* and v2_lat_*\n"
+        "      --v1-path PATH     the V1 clients' WebSocket path (default: --ws-path with\n"
+        "                         vsn=1.0.0; a path without vsn is V1 as well)\n"
+        "      --longpoll         herald: the clients are Phoenix LongPoll sessions, each on one\n"
+        "                         keep-alive connection: open, POST the joins (ndjson), poll\n"
+        "                         for the replies, then hold a poll (again when answered); no\n"
+        "                         publishing (idle, connect)\n"
+        "      --lp-path PATH     their endpoint (default /socket/longpoll?vsn=2.0.0; -V\n"
+        "                         clients: with vsn=1.0.0)\n"
         "      --mark CMD         run 'CMD start' (sh) before the first publish and 'CMD end'\n"
         "                         after the last delivery, clients still connected (at most\n"
         "                         10 s); recovery-storm: before the reconnects, once all live\n"
@@ -2520,6 +2860,23 @@ static int apply_scenario(const char *s)
     return 0;
 }
 
+/* The V1 clients' WebSocket path: ws_path with its vsn set to 1.0.0 (a path
+ * without vsn is V1 already: Phoenix defaults to 1.0.0). Never freed. */
+static const char *v1_path(const char *ws)
+{
+    const char *q = strchr(ws, '?'), *v = NULL;
+    for (const char *p = q; p && !v; p = strchr(p + 1, '&'))
+        if (!strncmp(p + 1, "vsn=", 4)) v = p + 5;
+    if (!v) return ws;
+    size_t head = (size_t)(v - ws), tail_at = head + strcspn(v, "&");
+    char *out = malloc(strlen(ws) + 8);
+    if (!out) return ws;
+    memcpy(out, ws, head);
+    strcpy(out + head, "1.0.0");
+    strcat(out, ws + tail_at);
+    return out;
+}
+
 static int parse_int(const char *s, const char *what, long lo, long hi)
 {
     char *e;
@@ -2535,7 +2892,8 @@ static int parse_int(const char *s, const char *what, long lo, long hi)
 int main(int argc, char **argv)
 {
     enum { O_PUBS = 1000, O_SIZE, O_RATE, O_TOPICS, O_SHARED, O_HOLD, O_SETTLE, O_HB, O_CTO,
-           O_QUIET, O_WSPATH, O_PUBPATH, O_SUBPORTS, O_MARK, O_AWAIT, O_REJOIN };
+           O_QUIET, O_WSPATH, O_PUBPATH, O_SUBPORTS, O_MARK, O_AWAIT, O_REJOIN, O_V1PATH, O_LONGPOLL,
+           O_LPPATH };
     static const struct option lo[] = {
         {"scenario", 1, 0, 's'},   {"server", 1, 0, 'S'},      {"host", 1, 0, 'H'},
         {"port", 1, 0, 'p'},       {"pid", 1, 0, 'P'},         {"clients", 1, 0, 'n'},
@@ -2546,7 +2904,9 @@ int main(int argc, char **argv)
         {"connect-timeout", 1, 0, O_CTO}, {"quiet", 1, 0, O_QUIET}, {"timeout", 1, 0, 't'},
         {"ws-path", 1, 0, O_WSPATH}, {"pub-path", 1, 0, O_PUBPATH}, {"verbose", 0, 0, 'v'},
         {"sub-ports", 1, 0, O_SUBPORTS}, {"mark", 1, 0, O_MARK}, {"await", 0, 0, O_AWAIT},
-        {"rejoin", 1, 0, O_REJOIN}, {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
+        {"rejoin", 1, 0, O_REJOIN}, {"v1", 1, 0, 'V'},         {"v1-path", 1, 0, O_V1PATH},
+        {"longpoll", 0, 0, O_LONGPOLL}, {"lp-path", 1, 0, O_LPPATH},
+        {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
 
     O.server = SRV_HERALD;
     O.host = "127.0.0.1";
@@ -2575,7 +2935,7 @@ int main(int argc, char **argv)
         return 2;
     }
     int workers = 0, workers_given = 0, opt;
-    while ((opt = getopt_long(argc, argv, "s:S:H:p:P:n:w:a:c:m:t:vh", lo, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "s:S:H:p:P:n:w:a:c:m:t:V:vh", lo, NULL)) != -1) {
         switch (opt) {
         case 's': break;
         case 'S':
@@ -2643,6 +3003,10 @@ int main(int argc, char **argv)
             break;
         }
         case O_MARK: O.mark_cmd = optarg; break;
+        case 'V': O.v1_pct = parse_int(optarg, "v1 percent", 0, 100); break;
+        case O_V1PATH: O.ws_path_v1 = optarg; break;
+        case O_LONGPOLL: O.longpoll = 1; break;
+        case O_LPPATH: O.lp_path = optarg; break;
         case O_AWAIT: O.await_ = 1; break;
         case O_REJOIN:
             if (!strcmp(optarg, "other")) O.rejoin_other = 1;
@@ -2670,6 +3034,18 @@ int main(int argc, char **argv)
         O.ws_path = O.server == SRV_HERALD  ? "/socket/websocket?vsn=2.0.0"
                     : O.server == SRV_NCHAN ? "/sub/"
                                             : "/sub?";
+    if (O.v1_pct && O.server != SRV_HERALD) {
+        fprintf(stderr, "herald-bench: -V (V1 clients) is for herald only\n");
+        return 2;
+    }
+    if (!O.ws_path_v1) O.ws_path_v1 = v1_path(O.ws_path);
+    if (!O.lp_path) O.lp_path = "/socket/longpoll?vsn=2.0.0";
+    O.lp_path_v1 = v1_path(O.lp_path);
+    if (O.longpoll && (O.server != SRV_HERALD || O.messages > 0 || O.storm || O.nsub_ports)) {
+        fprintf(stderr, "herald-bench: --longpoll is for herald, without publishing (idle, "
+                        "connect; -m 0), recovery-storm or --sub-ports\n");
+        return 2;
+    }
     if (!O.pub_path)
         O.pub_path = O.server == SRV_HERALD  ? "/api/push"
                      : O.server == SRV_NCHAN ? "/pub/"
