@@ -27,9 +27,10 @@ typedef struct hd_http_conn {
     void *gone_ud;
 } hd_http_conn;
 
-/* What a watched deferral keeps of what arrives meanwhile; past it the
- * connection is not read until the answer. */
-#define WATCH_STASH_MAX 65536
+/* What a watched deferral keeps of what arrives meanwhile (a client does
+ * not pipeline behind a held poll: little is needed, and 10,000 held polls
+ * must not pin much); past it the connection is not read until the answer. */
+#define WATCH_STASH_MAX 4096
 
 static hd_http_conn *state_of(llhttp_t *p) { return p->data; }
 static hd_conn *conn_of(llhttp_t *p) { return state_of(p)->c; }

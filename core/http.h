@@ -63,7 +63,7 @@ int hd_http_busy(const hd_conn *c);
 void hd_http_defer(hd_conn *c);
 /* As hd_http_defer, for an answer that may wait long (a held long poll):
  * the connection is still read (what arrives is kept for after the
- * answer, 64 KiB at most), so that its end is seen: when it closes while
+ * answer, 4 KiB at most), so that its end is seen: when it closes while
  * the answer is deferred, gone(ud, c) is called (from its close; the
  * answer is not given then). */
 void hd_http_defer_watch(hd_conn *c, void (*gone)(void *ud, hd_conn *c), void *ud);
