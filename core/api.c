@@ -772,9 +772,10 @@ void hd_api_init(hd_api *api, const hd_config *cfg, hd_stats *st, hd_engine *eng
     api->sc = sc;
     api->ch = ch;
     hd_api_route(api, "/api/push", HD_ROUTE_POST | HD_ROUTE_AUTH, handle_push, api);
-    hd_api_route(api, "/api/topics/", HD_ROUTE_GET | HD_ROUTE_PREFIX | HD_ROUTE_AUTH,
+    /* (the two questions are also the admin listener's: its status page asks them) */
+    hd_api_route(api, "/api/topics/", HD_ROUTE_GET | HD_ROUTE_PREFIX | HD_ROUTE_AUTH | HD_ROUTE_NODE,
                  handle_topic, api);
-    hd_api_route(api, "/api/presence/", HD_ROUTE_GET | HD_ROUTE_PREFIX | HD_ROUTE_AUTH,
+    hd_api_route(api, "/api/presence/", HD_ROUTE_GET | HD_ROUTE_PREFIX | HD_ROUTE_AUTH | HD_ROUTE_NODE,
                  handle_presence, api);
 }
 

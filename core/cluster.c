@@ -738,7 +738,9 @@ static void sync_pending(hd_shard *s)
             int have = set_has(s, n->name, n->len), loading = 0;
             if (tp && !have && set_add(s, n->name, n->len) == 0) {
                 batch_add(s, &sub, "SUBSCRIBE", n->name, n->len);
-                if (presence_topic(s->c, tp)) loading = load_presence(s->c, tp);
+                /* (the hash is loaded once the subscription is confirmed:
+                 * a peer's change announced in between would be lost) */
+                loading = presence_topic(s->c, tp);
             } else if (!tp && have) {
                 set_del(s, n->name, n->len);
                 batch_add(s, &unsub, "UNSUBSCRIBE", n->name, n->len);
@@ -918,6 +920,11 @@ static void on_message(redisAsyncContext *ac, void *reply, void *privdata)
         else if (s->up && ch->type == REDIS_REPLY_STRING && ch->len > pl) {
             struct hread *hr = find_read(s->c, ch->str + pl, ch->len - pl - 1);
             if (hr) issue_read(hr);
+            /* The peers' presence entries, now that none of their changes
+             * can pass unseen (the joiners waiting get them). */
+            hd_topic *tp = hd_topics_find(&s->c->eng->topics, ch->str + pl, ch->len - pl - 1);
+            if (tp && presence_topic(s->c, tp) && !load_presence(s->c, tp) && tp->pres_loading)
+                hd_presence_loaded(&s->c->eng->pres, tp);
         }
         return;
     }

@@ -505,8 +505,8 @@ void hd_net_refuse_fd(hd_net *net, int fd, int reason, unsigned retry_s)
     int n = snprintf(answer, sizeof answer,
                      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\nCache-Control: no-store\r\nConnection: close\r\n%s\r\n"
-                     "{\"error\":\"%s\"}",
-                     strlen(msg) + 12, retry, msg);
+                     "{\"error\":\"%s\",\"status\":500}",
+                     strlen(msg) + 25, retry, msg);
     if (send(fd, answer, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) hd_debug("refuse: %s", strerror(errno));
     close(fd);
 }
@@ -917,7 +917,8 @@ static void on_write_turn(uv_check_t *h)
     hd_net_reap(net);
     for (int n = 0; n < FLUSH_SLICE && net->pend_head; n++) {
         hd_conn *c = net->pend_head;
-        if (net->fanout_hot && c->kind == HD_CONN_HTTP) hold(c);
+        /* (a long poll's answer is a delivery, not a publisher's answer) */
+        if (net->fanout_hot && c->kind == HD_CONN_HTTP && !(c->flags & HD_CF_POLL)) hold(c);
         else {
             unpend(c);
             hd_conn_flush(c);

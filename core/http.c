@@ -27,9 +27,10 @@ typedef struct hd_http_conn {
     void *gone_ud;
 } hd_http_conn;
 
-/* What a watched deferral keeps of what arrives meanwhile; past it the
- * connection is not read until the answer. */
-#define WATCH_STASH_MAX 65536
+/* What a watched deferral keeps of what arrives meanwhile (a client does
+ * not pipeline behind a held poll: little is needed, and 10,000 held polls
+ * must not pin much); past it the connection is not read until the answer. */
+#define WATCH_STASH_MAX 4096
 
 static hd_http_conn *state_of(llhttp_t *p) { return p->data; }
 static hd_conn *conn_of(llhttp_t *p) { return state_of(p)->c; }
@@ -94,6 +95,13 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     }
     if (!r->in_field) {
         if (r->nh >= HD_HTTP_MAX_HEADERS) return fail(p, 431);
+        if (r->nh >= r->hcap) { /* (most requests have a dozen: 16, then 32, 64) */
+            uint32_t cap = r->hcap ? r->hcap * 2 : 16;
+            hd_http_hdr *h = realloc(r->h, cap * sizeof *h);
+            if (!h) return fail(p, 503);
+            r->h = h;
+            r->hcap = cap;
+        }
         r->in_field = 1;
         r->h[r->nh].name_off = (uint32_t)r->hbuf.len;
     }
@@ -292,6 +300,7 @@ static void state_free(hd_http_conn *h)
     hd_str_free(&h->req.url);
     hd_str_free(&h->req.hbuf);
     hd_str_free(&h->req.body);
+    free(h->req.h);
     free(h);
 }
 
@@ -520,7 +529,9 @@ void hd_http_error(hd_conn *c, const hd_http_req *r, int status, const char *msg
     hd_str b = HD_STR_INIT;
     hd_str_adds(&b, "{\"error\":");
     hd_str_add_json(&b, msg, strlen(msg));
-    hd_str_adds(&b, "}");
+    /* A 503 says "status":500 too, as a long poll's answers do: phoenix.js's
+     * LongPoll retries on it (any answer without a status stops it). */
+    hd_str_adds(&b, status == 503 ? ",\"status\":500}" : "}");
     hd_http_respond(c, r, status, "application/json", b.p ? b.p : "", b.len, extra_headers,
                     close);
     hd_str_free(&b);

@@ -22,8 +22,8 @@ typedef struct hd_http_req {
     int method;                  /* llhttp_method_t */
     hd_str url;                  /* request target as received */
     hd_str hbuf;                 /* header names and values, NUL-separated */
-    hd_http_hdr h[HD_HTTP_MAX_HEADERS];
-    uint32_t nh;
+    hd_http_hdr *h;              /* nh of them (room for hcap: grown, HD_HTTP_MAX_HEADERS at most) */
+    uint32_t nh, hcap;
     hd_str body;                 /* decoded body (chunked bodies joined) */
     size_t header_bytes;         /* request line + headers so far */
     const char *path;            /* into url: up to '?' */
@@ -63,7 +63,7 @@ int hd_http_busy(const hd_conn *c);
 void hd_http_defer(hd_conn *c);
 /* As hd_http_defer, for an answer that may wait long (a held long poll):
  * the connection is still read (what arrives is kept for after the
- * answer, 64 KiB at most), so that its end is seen: when it closes while
+ * answer, 4 KiB at most), so that its end is seen: when it closes while
  * the answer is deferred, gone(ud, c) is called (from its close; the
  * answer is not given then). */
 void hd_http_defer_watch(hd_conn *c, void (*gone)(void *ud, hd_conn *c), void *ud);
@@ -135,7 +135,8 @@ int hd_http_query_param(const hd_http_req *r, const char *key, char *out, size_t
 void hd_http_respond(hd_conn *c, const hd_http_req *r, int status,
                      const char *content_type, const char *body, size_t len,
                      const char *extra_headers, int close);
-/* Queues {"error": msg} with status. */
+/* Queues {"error": msg} with status ({"error": msg, "status": 500} for
+ * a 503: what phoenix.js's LongPoll retries on). */
 void hd_http_error(hd_conn *c, const hd_http_req *r, int status, const char *msg,
                    const char *extra_headers, int close);
 

@@ -223,14 +223,29 @@ static void held_answer(void *ud, hd_conn *c, hd_http_req *r)
     answer_poll(ctx_of(s->c), s, c, r);
 }
 
-/* Answers the poll s holds, if its connection is still there. */
-static void answer_held(hd_lp_ctx *lp, lp_session *s)
+/* An older poll a new one of the session replaces: 204, and what is
+ * queued stays for the new one (its client gave up on the old). */
+static void superseded_answer(void *ud, hd_conn *c, hd_http_req *r)
+{
+    lp_session *s = ud;
+    char tok[HD_LP_TOKEN_LEN + 1], body[96];
+    hd_lp_token(ctx_of(s->c)->secret, s->c->id, tok);
+    int n = snprintf(body, sizeof body, "{\"status\":204,\"token\":\"%s\",\"messages\":[]}", tok);
+    hd_http_respond(c, r, 200, "application/json", body, (size_t)n, CORS, HD_HTTP_KEEP);
+}
+
+/* Answers the poll s holds with fn, if its connection is still there. */
+static void answer_held_with(hd_lp_ctx *lp, lp_session *s, hd_http_request_cont *fn)
 {
     uint64_t id = s->poll_id;
     s->poll_id = 0;
     hd_conn *pc = hd_net_find(lp->net, id);
-    if (pc && hd_http_deferred(pc)) hd_http_continue(pc, held_answer, s);
+    if (pc && hd_http_deferred(pc)) hd_http_continue(pc, fn, s);
 }
+
+/* Answers the poll s holds (with what is queued), if its connection is
+ * still there. */
+static void answer_held(hd_lp_ctx *lp, lp_session *s) { answer_held_with(lp, s, held_answer); }
 
 /* s has no poll held now: its window runs from now (unless it ended or
  * closes, or a poll came again meanwhile). */
@@ -524,7 +539,7 @@ static void poll_gone(void *ud, hd_conn *c)
 static void poll(hd_lp_ctx *lp, lp_session *s, hd_conn *c, hd_http_req *r)
 {
     lp->st->lp_polls++;
-    if (s->poll_id) answer_held(lp, s); /* an older poll (its client gave up on it) */
+    if (s->poll_id) answer_held_with(lp, s, superseded_answer);
     if (s->c->wq_head || !hd_conn_open(s->c)) {
         answer_poll(lp, s, c, r);
         idle(lp, s);

@@ -226,9 +226,7 @@
     if (r.status !== 200) {
       const p = document.createElement('p');
       p.className = 'error';
-      p.textContent = r.status === 404 && adminPort !== null
-        ? 'presence is served on the public port only (/api/presence), not by the admin listener'
-        : 'GET /api/presence: ' + errorOf(r);
+      p.textContent = 'GET /api/presence: ' + errorOf(r);
       out.appendChild(p);
       return;
     }

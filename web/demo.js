@@ -11,7 +11,9 @@
 
   const ws = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/socket';
   $('ws-url').textContent = ws + '/websocket';
-  const socket = new Phoenix.Socket(ws, {});
+  // (LongPoll after 2.5 s without a WebSocket: proxies that break upgrades)
+  const socket = new Phoenix.Socket(ws, { longPollFallbackMs: 2500 });
+  socket.onOpen(() => { $('ws-url').textContent = ws + '/' + (socket.transport === Phoenix.LongPoll ? 'longpoll' : 'websocket'); });
   socket.onError(() => { $('state').textContent = 'connection lost: reconnecting'; $('state').className = 'badge warn'; });
   socket.connect();
   const channel = socket.channel(TOPIC, {});

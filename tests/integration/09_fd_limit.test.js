@@ -47,7 +47,7 @@ test('connections beyond RLIMIT_NOFILE are refused with 503, and the server reco
   // The next one gets a 503 with a JSON body before any upgrade.
   const over = await h.rawWs(srv.port);
   assert.equal(over.status, 503);
-  assert.deepEqual(JSON.parse(over.response.body.toString()), { error: 'server at capacity' });
+  assert.deepEqual(JSON.parse(over.response.body.toString()), { error: 'server at capacity', status: 500 });
   over.end();
 
   // Connections that keep descriptors busy without a request: those over
@@ -58,7 +58,7 @@ test('connections beyond RLIMIT_NOFILE are refused with 503, and the server reco
   t.after(() => { for (const c of idle) c.socket.destroy(); });
   for (let i = 0; i < FILES; i++) idle.push(await silent(srv.port));
   const answers = await Promise.all(idle.slice(-40).map((c) => h.within(c.closed, 20000, 'the server to close an over-limit connection')));
-  assert.ok(answers.some((a) => a.startsWith('HTTP/1.1 503 Service Unavailable\r\n') && a.endsWith('{"error":"server at capacity"}')),
+  assert.ok(answers.some((a) => a.startsWith('HTTP/1.1 503 Service Unavailable\r\n') && a.endsWith('{"error":"server at capacity","status":500}')),
     `no 503 among the last connections: ${JSON.stringify(answers.slice(0, 3))}`);
   for (const a of answers) assert.ok(a === '' || a.startsWith('HTTP/1.1 503 '), `unexpected answer ${JSON.stringify(a)}`);
   for (const c of idle) c.socket.destroy();

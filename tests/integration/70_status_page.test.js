@@ -170,3 +170,21 @@ test('herald:status without api.token: loopback clients join without a token', {
   // With a config file, / stays 404.
   assert.equal((await h.request(srv.port, 'GET', '/')).status, 404);
 });
+
+test('the admin listener answers the status page\'s questions too: /api/presence and /api/topics', async (t) => {
+  const srv = await h.serve(t, 'admin = { host = "127.0.0.1", port = 0 }\ntopics = { { match = "p:*", presence = true } }\n');
+  const ADMIN = /admin listening on http:\/\/127\.0\.0\.1:(\d+)/;
+  await srv.waitLog(ADMIN);
+  const adminPort = Number(ADMIN.exec(srv.log)[1]);
+  const socket = h.phoenixSocket(srv.port, { params: {} });
+  t.after(() => socket.disconnect());
+  await h.connect(socket);
+  await h.join(socket.channel('p:1', {}));
+  const pres = await h.request(adminPort, 'GET', '/api/presence/p%3A1');
+  assert.equal(pres.status, 200, pres.body);
+  assert.equal(Object.keys(JSON.parse(pres.body)).length, 1);
+  const top = await h.request(adminPort, 'GET', '/api/topics/p%3A1');
+  assert.equal(top.status, 200, top.body);
+  // The push stays the public port's.
+  assert.equal((await h.request(adminPort, 'POST', '/api/push', { body: '{}' })).status, 404);
+});

@@ -204,10 +204,10 @@ static void test_handshake_refusals(void **st)
          "{\"error\":\"unsupported vsn\"}"},
         /* (accepting is turned off for this one) */
         {"GET", "vsn=2.0.0&deny=x", ws_headers, 503, "Service Unavailable", "close", "",
-         "{\"error\":\"server is shutting down\"}"},
+         "{\"error\":\"server is shutting down\",\"status\":500}"},
         /* (one socket is open for this one: max_connections = 1) */
         {"GET", "vsn=2.0.0&deny=x", ws_headers, 503, "Service Unavailable", "close", "",
-         "{\"error\":\"server at capacity\"}"},
+         "{\"error\":\"server at capacity\",\"status\":500}"},
         {"GET", "vsn=2.0.0&deny=x", ws_headers, 403, "Forbidden", "close", "",
          "{\"error\":\"denied: x\"}"},
         /* A hook that raises denies with the safe reason. */

@@ -733,10 +733,9 @@ static void test_header_lookup(void **state)
     static const char hb[] = "X-One\0" "1\0" "x-two\0" "two\0" "X-ONE\0" "again";
     r.hbuf.p = (char *)hb;
     r.hbuf.len = sizeof hb;
+    hd_hdr hs[3] = {{0, 5, 6, 1}, {8, 5, 14, 3}, {18, 5, 24, 5}};
     r.nh = 3;
-    r.h[0] = (hd_hdr){0, 5, 6, 1};
-    r.h[1] = (hd_hdr){8, 5, 14, 3};
-    r.h[2] = (hd_hdr){18, 5, 24, 5};
+    r.h = hs;
     size_t len = 99;
     const char *v = hd_http_header(&r, "x-one", &len);
     assert_non_null(v);

@@ -11,9 +11,9 @@
 
 #include <fcntl.h>
 
-static const char at_capacity[] = "{\"error\":\"server at capacity\"}";
-static const char per_ip[] = "{\"error\":\"too many connections from this address\"}";
-static const char rate[] = "{\"error\":\"connection rate exceeded\"}";
+static const char at_capacity[] = "{\"error\":\"server at capacity\",\"status\":500}";
+static const char per_ip[] = "{\"error\":\"too many connections from this address\",\"status\":500}";
+static const char rate[] = "{\"error\":\"connection rate exceeded\",\"status\":500}";
 
 static const char healthz[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
 static const char ok_body[] = "{\"status\":\"ok\"}";

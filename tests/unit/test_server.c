@@ -697,7 +697,7 @@ static void begin_body(cli *c, size_t total, size_t sent)
 static void test_body_limits(void **st)
 {
     (void)st;
-    static const char shed[] = "{\"error\":\"inbound memory limit\"}";
+    static const char shed[] = "{\"error\":\"inbound memory limit\",\"status\":500}";
     cli *ws = ws_client();
     begin_padded(ws, 1000); /* 1005 bytes of a WebSocket message */
     RUN_UNTIL(srv.net.inbound_bytes == 1005);
