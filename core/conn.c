@@ -215,6 +215,22 @@ static void drop_queued(hd_conn *c, int any_topic, uint64_t topic_id, size_t nee
     if (!c->wq_head) c->wq_tail = NULL;
 }
 
+/* The bytes drop_queued could drop of topic_id's frames: not what libuv
+ * is writing, nor a partly written head. */
+static size_t droppable(const hd_conn *c, uint64_t topic_id)
+{
+    size_t keep = c->inflight, n = 0;
+    for (const hd_wq_item *it = c->wq_head; it; it = it->next) {
+        size_t rest = it->buf->len - it->off;
+        if (keep > 0 || it->off > 0) {
+            keep = keep > rest ? keep - rest : 0;
+            continue;
+        }
+        if (it->topic_id == topic_id) n += rest;
+    }
+    return n;
+}
+
 int hd_conn_send_topic(hd_conn *c, hd_buf *b, uint64_t topic_id, size_t limit, int drop_oldest)
 {
     hd_net *net = c->net;
@@ -225,11 +241,14 @@ int hd_conn_send_topic(hd_conn *c, hd_buf *b, uint64_t topic_id, size_t limit, i
     if (!limit) limit = net->cfg->send_queue_bytes;
     if (c->kind != HD_CONN_HTTP && c->wq_bytes + b->len > limit) {
         if (drop_oldest && topic_id) {
-            drop_queued(c, 0, topic_id, b->len, limit, &net->st->dropped_oldest);
-            if (c->wq_bytes + b->len > limit) {
-                net->st->dropped_oldest++; /* nothing of this topic left to drop */
+            /* Only when dropping this topic's older frames makes room:
+             * else the new one goes alone (dropping them too would lose
+             * them for nothing). */
+            if (c->wq_bytes - droppable(c, topic_id) + b->len > limit) {
+                net->st->dropped_oldest++;
                 return HD_EFULL;
             }
+            drop_queued(c, 0, topic_id, b->len, limit, &net->st->dropped_oldest);
         } else {
             net->st->dropped_slow++;
             mark_reap(c);
