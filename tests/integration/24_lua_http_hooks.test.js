@@ -202,3 +202,47 @@ test('reload.recheck_joins with a join hook that asks the backend: the channels 
   assert.equal((await h.request(srv.port, 'GET', '/api/topics/drop')).json.subscribers, 0);
   c.end();
 });
+
+// A long-poll POST whose first message's join hook waits: the socket's
+// later messages queue behind it (64 at most), the rest of the batch waits
+// in the session, and the POST is answered once all were handed on; the
+// replies then come in order.
+test('long poll: a batch behind a waiting join hook is held, then handled in order, then answered', async (t) => {
+  const held = deferred();
+  const b = await Backend.start(t, () => held.promise.then(() => ({ json: {} })));
+  t.after(() => held.resolve());
+  const script = `return { join = function(socket, topic)
+    if topic == "held" then herald.http.request{ url = "${b.url('/join')}" } end
+    return true
+  end }`;
+  const srv = await h.serve(t, 'limits = { client_messages_per_s = 0 }\nscripts = { "j.lua" }\n', { 'j.lua': script });
+  const http = require('node:http');
+  const call = (method, p, body, headers = {}) => new Promise((resolve, reject) => {
+    const r = http.request({ host: '127.0.0.1', port: srv.port, method, path: p, headers, agent: false }, (res) => {
+      let data = '';
+      res.on('data', (d) => (data += d));
+      res.on('end', () => resolve({ status: res.statusCode, json: JSON.parse(data) }));
+    });
+    r.on('error', reject);
+    r.end(body);
+  });
+  const open = await call('GET', '/socket/longpoll?vsn=2.0.0');
+  assert.equal(open.json.status, 410);
+  const url = `/socket/longpoll?vsn=2.0.0&token=${open.json.token}`;
+  const lines = [JSON.stringify(['1', '1', 'held', 'phx_join', {}])];
+  for (let i = 2; i <= 100; i++) lines.push(JSON.stringify([null, String(i), 'phoenix', 'heartbeat', {}]));
+  let answered = false;
+  const post = call('POST', url, lines.join('\n'), { 'content-type': 'application/x-ndjson' })
+    .then((r) => { answered = true; return r; });
+  await b.waitFor(1, (r) => r.path === '/join');
+  await h.eventually(async () => h.metricSum(await h.metrics(srv.port), 'herald_hooks_waiting') === 1, 10000, 'the join waits');
+  assert.equal(answered, false, 'the POST was answered while its batch waited');
+  held.resolve();
+  assert.deepEqual((await post).json, { status: 200 });
+  const refs = [];
+  for (let i = 0; i < 20 && refs.length < 100; i++) {
+    const r = await call('GET', url);
+    for (const m of r.json.messages || []) refs.push(JSON.parse(m)[1]);
+  }
+  assert.deepEqual(refs, Array.from({ length: 100 }, (_, i) => String(i + 1)), 'every reply, in order');
+});
