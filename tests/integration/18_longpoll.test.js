@@ -14,7 +14,6 @@
 // the same port.
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const http = require('node:http');
 const net = require('node:net');
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -27,24 +26,9 @@ const QUIET = { reconnectAfterMs: () => 600000, rejoinAfterMs: () => 600000 };
 
 // ---- raw HTTP ---------------------------------------------------------------------
 
-// One request on a fresh connection (localAddress: the client address,
-// any 127.x.y.z); resolves {status, headers, body, json}.
-function req(port, method, p, { body, headers = {}, localAddress, ms = 20000 } = {}) {
-  return h.within(new Promise((resolve, reject) => {
-    const r = http.request({ host: '127.0.0.1', port, method, path: p, headers, agent: false, localAddress }, (res) => {
-      let data = '';
-      res.setEncoding('utf8');
-      res.on('data', (d) => (data += d));
-      res.on('end', () => {
-        let json;
-        try { json = JSON.parse(data); } catch { json = undefined; }
-        resolve({ status: res.statusCode, headers: res.headers, body: data, json });
-      });
-    });
-    r.on('error', reject);
-    r.end(body);
-  }), ms, `${method} ${p}`);
-}
+// One request on a fresh connection (h.request, with a longer deadline:
+// some wait for a held poll).
+function req(port, method, p, opts = {}) { return h.request(port, method, p, { ms: 20000, ...opts }); }
 
 const lpPath = (mount) => (mount === '/' ? '/longpoll' : `${mount}/longpoll`);
 

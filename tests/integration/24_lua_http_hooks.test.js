@@ -216,16 +216,7 @@ test('long poll: a batch behind a waiting join hook is held, then handled in ord
     return true
   end }`;
   const srv = await h.serve(t, 'limits = { client_messages_per_s = 0 }\nscripts = { "j.lua" }\n', { 'j.lua': script });
-  const http = require('node:http');
-  const call = (method, p, body, headers = {}) => new Promise((resolve, reject) => {
-    const r = http.request({ host: '127.0.0.1', port: srv.port, method, path: p, headers, agent: false }, (res) => {
-      let data = '';
-      res.on('data', (d) => (data += d));
-      res.on('end', () => resolve({ status: res.statusCode, json: JSON.parse(data) }));
-    });
-    r.on('error', reject);
-    r.end(body);
-  });
+  const call = (method, p, body, headers = {}) => h.request(srv.port, method, p, { body, headers });
   const open = await call('GET', '/socket/longpoll?vsn=2.0.0');
   assert.equal(open.json.status, 410);
   const url = `/socket/longpoll?vsn=2.0.0&token=${open.json.token}`;

@@ -161,10 +161,12 @@ function badLogLines(log) {
   return log.split('\n').filter((l, i, all) => !(l === '' && i === all.length - 1) && !LOG_LINE.test(l) && !jsonLogLine(l));
 }
 
-// One HTTP request on a fresh connection; resolves {status, headers, body, json}.
-function request(port, method, p, { body, headers = {} } = {}) {
+// One HTTP request on a fresh connection (localAddress: the client
+// address, any 127.x.y.z; ms: the deadline); resolves {status, headers,
+// body, json}.
+function request(port, method, p, { body, headers = {}, localAddress, ms = 15000 } = {}) {
   return within(new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, method, path: p, headers, agent: false }, (res) => {
+    const req = http.request({ host: '127.0.0.1', port, method, path: p, headers, agent: false, localAddress }, (res) => {
       let data = '';
       res.setEncoding('utf8');
       res.on('data', (d) => (data += d));
@@ -177,7 +179,7 @@ function request(port, method, p, { body, headers = {} } = {}) {
     req.on('error', reject);
     if (body !== undefined) req.end(typeof body === 'string' || Buffer.isBuffer(body) ? body : JSON.stringify(body));
     else req.end();
-  }), 15000, `${method} ${p}`);
+  }), ms, `${method} ${p}`);
 }
 
 function push(port, msg, headers = { 'content-type': 'application/json' }) {
