@@ -419,6 +419,14 @@ static void keep_assigns(hd_scripts *sc, hd_hook h, lua_State *L, int sock, hd_c
     lua_pop(L, 2);
 }
 
+/* keep_assigns for a run, whose socket (stack slot sock of its hold
+ * thread) is found again by id: it may have closed while the run waited. */
+static void keep_run_assigns(hook_run *r, hd_hook h, int sock)
+{
+    hd_conn *c = hd_net_find(r->sc->net, r->task.conn_id);
+    if (c) keep_assigns(r->sc, h, r->task.hold, sock, c);
+}
+
 /* ---- results --------------------------------------------------------------------- */
 
 /* [-0, +0] No opinion: nothing returned, or nil with no reason after it
@@ -649,8 +657,7 @@ typedef struct {
 static void join_finish(hook_run *r)
 {
     join_run *x = (join_run *)r;
-    hd_conn *c = hd_net_find(r->sc->net, x->j.conn_id);
-    if (c) keep_assigns(r->sc, HD_HOOK_JOIN, r->task.hold, 1, c);
+    keep_run_assigns(r, HD_HOOK_JOIN, 1);
     if (x->j.ok && !x->j.have_reply) {
         hd_str_reset(&r->res.reply);
         hd_str_adds(&r->res.reply, "{}");
@@ -1028,12 +1035,7 @@ typedef struct {
     message_call m;
 } message_run;
 
-static void message_finish(hook_run *r)
-{
-    message_run *x = (message_run *)r;
-    hd_conn *c = hd_net_find(r->sc->net, x->m.conn_id);
-    if (c) keep_assigns(r->sc, HD_HOOK_MESSAGE, r->task.hold, MSG_SOCKET, c);
-}
+static void message_finish(hook_run *r) { keep_run_assigns(r, HD_HOOK_MESSAGE, MSG_SOCKET); }
 
 static hd_hook_run *message(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
                             const char *event, json_t *payload, int binary, int nowait,
@@ -1091,25 +1093,24 @@ int hd_hook_message(hd_scripts *sc, hd_conn *c, const char *topic, size_t tlen,
 
 /* ---- shutdown ---------------------------------------------------------------------- */
 
-hd_hook_run *hd_hook_shutdown_start(hd_scripts *sc, const char *phase, hd_hook_done *done,
-                                    void *ud)
+static hd_hook_run *shutdown_run(hd_scripts *sc, const char *phase, int nowait,
+                                 hd_hook_done *done, void *ud)
 {
     hd_hook_result res = {0};
-    hook_run *r = begin(sc, HD_HOOK_SHUTDOWN, sizeof *r, 0, done, ud, &res, 0, "");
+    hook_run *r = begin(sc, HD_HOOK_SHUTDOWN, sizeof *r, nowait, done, ud, &res, 0, "");
     if (!r) return NULL;
     lua_pushstring(r->task.hold, phase);
     return go(r, 1, NULL, NULL, NULL, NULL);
 }
 
-/* [-0, +0] Runs every shutdown hook with phase. */
-void hd_hook_shutdown(hd_scripts *sc, const char *phase)
+hd_hook_run *hd_hook_shutdown_start(hd_scripts *sc, const char *phase, hd_hook_done *done,
+                                    void *ud)
 {
-    hd_hook_result res = {0};
-    hook_run *r = begin(sc, HD_HOOK_SHUTDOWN, sizeof *r, 1, NULL, NULL, &res, 0, "");
-    if (!r) return;
-    lua_pushstring(r->task.hold, phase);
-    go(r, 1, NULL, NULL, NULL, NULL);
+    return shutdown_run(sc, phase, 0, done, ud);
 }
+
+/* [-0, +0] Runs every shutdown hook with phase. */
+void hd_hook_shutdown(hd_scripts *sc, const char *phase) { shutdown_run(sc, phase, 1, NULL, NULL); }
 
 /* ---- leave, disconnect ------------------------------------------------------------- */
 
