@@ -223,15 +223,23 @@ static void held_answer(void *ud, hd_conn *c, hd_http_req *r)
     answer_poll(ctx_of(s->c), s, c, r);
 }
 
+/* {"status":status,"token":<sc's>,"messages":[]} on c, kept alive. */
+static void answer_empty(hd_lp_ctx *lp, const hd_conn *sc, hd_conn *c, const hd_http_req *r,
+                         int status)
+{
+    char tok[HD_LP_TOKEN_LEN + 1], body[96];
+    hd_lp_token(lp->secret, sc->id, tok);
+    int n = snprintf(body, sizeof body, "{\"status\":%d,\"token\":\"%s\",\"messages\":[]}", status,
+                     tok);
+    hd_http_respond(c, r, 200, "application/json", body, (size_t)n, CORS, HD_HTTP_KEEP);
+}
+
 /* An older poll a new one of the session replaces: 204, and what is
  * queued stays for the new one (its client gave up on the old). */
 static void superseded_answer(void *ud, hd_conn *c, hd_http_req *r)
 {
     lp_session *s = ud;
-    char tok[HD_LP_TOKEN_LEN + 1], body[96];
-    hd_lp_token(ctx_of(s->c)->secret, s->c->id, tok);
-    int n = snprintf(body, sizeof body, "{\"status\":204,\"token\":\"%s\",\"messages\":[]}", tok);
-    hd_http_respond(c, r, 200, "application/json", body, (size_t)n, CORS, HD_HTTP_KEEP);
+    answer_empty(ctx_of(s->c), s->c, c, r, 204);
 }
 
 /* Answers the poll s holds with fn, if its connection is still there. */
@@ -617,11 +625,7 @@ hd_conn *hd_lp_open(hd_lp_ctx *lp, hd_conn *c, hd_http_req *r, int v1)
     idle(lp, s);
     lp->st->lp_opened++;
     c->flags |= HD_CF_POLL;
-    char tok[HD_LP_TOKEN_LEN + 1];
-    hd_lp_token(lp->secret, sc->id, tok);
-    char body[96];
-    int n = snprintf(body, sizeof body, "{\"status\":410,\"token\":\"%s\",\"messages\":[]}", tok);
-    hd_http_respond(c, r, 200, "application/json", body, (size_t)n, CORS, HD_HTTP_KEEP);
+    answer_empty(lp, sc, c, r, 410); /* (phoenix.js reads 410 with a token as "open") */
     hd_debug("conn %llu: long-poll session %llu opened", (unsigned long long)c->id,
              (unsigned long long)sc->id);
     return sc;

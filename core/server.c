@@ -38,8 +38,8 @@ static void on_sweep(uv_timer_t *t)
         }
         if (c->kind == HD_CONN_LP) {
             continue; /* (its deadlines are longpoll.c's) */
-        } else if ((c->flags & HD_CF_POLL) && hd_http_busy(c)) {
-            continue; /* a held poll (longpoll.poll_ms) */
+        } else if (c->kind == HD_CONN_HTTP && hd_http_deferred(c)) {
+            continue; /* its answer is ours to give (a held poll, a hook that waits) */
         } else if (c->kind == HD_CONN_WS) {
             if (hd_wsconn_check_message(c, now)) {
                 continue;
