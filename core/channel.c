@@ -949,6 +949,7 @@ typedef struct upgrading {
     hd_channel_ctx *ch;
     hd_hook_result *res;
     int longpoll, v1;
+    int phoenix;                 /* a WebSocket client offered the "phoenix" subprotocol */
 } upgrading;
 
 /* A refusal of an opening: the HTTP status and message, or a refusal
@@ -1009,19 +1010,13 @@ static void opening_answered(upgrading *u, hd_conn *c, hd_http_req *r)
         }
         return;
     }
-    int phoenix = 0;
-    char *token = NULL;
-    size_t pl = 0;
-    const char *proto = hd_http_header(r, "sec-websocket-protocol", &pl);
-    if (proto) parse_protocols(proto, pl, &phoenix, &token);
-    free(token);
     if (hd_conn_set_identity(c, res->id)) {
         hd_http_error(c, r, 403, "out of memory", NULL, 1);
     } else if (hd_wsconn_check(c, r, 1, accept) == 0) {
         free(c->assigns);
         c->assigns = res->assigns;
         res->assigns = NULL;
-        if (hd_wsconn_accept(&ch->ws, c, r, accept, phoenix ? "phoenix" : NULL) == 0) return;
+        if (hd_wsconn_accept(&ch->ws, c, r, accept, u->phoenix ? "phoenix" : NULL) == 0) return;
     }
     ch->st->ws_rejected++;
 }
@@ -1036,19 +1031,20 @@ static void auth_done(void *ud, hd_hook_result *res)
     free(u);
 }
 
-/* The client's token: a WebSocket offers it as a subprotocol, a long
- * poll in X-Phoenix-AuthToken (phoenix.js's authToken). Malloc'd, or NULL. */
-static char *token_of(const hd_http_req *r, int longpoll)
+/* The client's token: a WebSocket offers it as a subprotocol (*phoenix
+ * set when it offers "phoenix" too), a long poll in X-Phoenix-AuthToken
+ * (phoenix.js's authToken). Malloc'd, or NULL. */
+static char *token_of(const hd_http_req *r, int longpoll, int *phoenix)
 {
     size_t len = 0;
+    *phoenix = 0;
     if (longpoll) {
         const char *t = hd_http_header(r, "x-phoenix-authtoken", &len);
         return t ? strndup(t, len) : NULL;
     }
-    int phoenix = 0;
     char *token = NULL;
     const char *proto = hd_http_header(r, "sec-websocket-protocol", &len);
-    if (proto) parse_protocols(proto, len, &phoenix, &token);
+    if (proto) parse_protocols(proto, len, phoenix, &token);
     return token;
 }
 
@@ -1067,7 +1063,7 @@ static void authenticate(hd_channel_ctx *ch, hd_conn *c, hd_http_req *r, int lon
     u->v1 = v1;
     hd_hook_req view;
     hd_http_hook_req(r, &view);
-    char *token = token_of(r, longpoll);
+    char *token = token_of(r, longpoll, &u->phoenix);
     hd_hook_run *run = hd_hook_authenticate_start(ch->sc, c, &view, token, auth_done, u);
     free(token);
     if (run) hd_http_wait_hook(&u->w, run);
