@@ -166,10 +166,10 @@ static void step(uv_timer_t *t)
                     d->http_closed++;
                 }
             }
-            if (count_api(dr) > 0) {
+            size_t left = count_api(dr);
+            if (left > 0) {
                 if (in_phase < cfg->drain_http_ms) return;
                 /* The phase's own budget ran out: what is left is cut. */
-                size_t left = count_api(dr);
                 hd_warn("drain: phase http overran its %llu ms budget: closing %zu HTTP connection(s)",
                         (unsigned long long)cfg->drain_http_ms, left);
                 for (hd_conn *c = dr->net->conns; c; c = c->next)
