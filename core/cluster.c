@@ -1,3 +1,4 @@
+#define _GNU_SOURCE /* memmem */
 #include "cluster.h"
 #include "err.h"
 #include "log.h"
@@ -465,12 +466,68 @@ static void on_local(void *ud, hd_topic *tp, const hd_pres *e, int joined)
     if (!c->closing) announce(c, tp, e, joined);
 }
 
+/* A presence hash being loaded. The HGETALL runs on the command link and
+ * the peers' announcements come on the other one, in either order, so what
+ * is announced for the topic while the load is out is written down
+ * ("\n+<node> <ref>", "\n-<node> <ref>", "\n!<node>") and wins over the
+ * hash: an entry announced after the hash was read is kept, one that left
+ * is not brought back. */
+typedef struct load_req {
+    struct load_req *prev, *next; /* c->loads */
+    hd_cluster *c;
+    hd_str journal;
+    size_t len;
+    char topic[];
+} load_req;
+
+/* Notes an announcement (sign '+', '-' or '!' with ref NULL) on the loads
+ * of tp that are out. */
+static void journal_note(hd_cluster *c, const hd_topic *tp, char sign, const char *node,
+                         const char *ref)
+{
+    for (load_req *q = c->loads; q; q = q->next)
+        if (q->len == tp->len && memcmp(q->topic, tp->name, tp->len) == 0)
+            hd_str_printf(&q->journal, "\n%c%s%s%s", sign, node, ref ? " " : "", ref ? ref : "");
+}
+
+/* Whether the journal has sign for (node, ref), or a '!' for node. */
+static int journal_has(const load_req *q, char sign, const char *node, const char *ref,
+                       size_t rl)
+{
+    if (!q->journal.p) return 0;
+    hd_str pat = HD_STR_INIT;
+    hd_str_printf(&pat, "\n%c%s %.*s", sign, node, (int)rl, ref);
+    int has = 0;
+    for (int pass = 0; pass < 2 && !has && !pat.oom; pass++) {
+        const char *j = q->journal.p, *end = j + q->journal.len;
+        while (!has && (j = memmem(j, (size_t)(end - j), pat.p, pat.len))) {
+            j += pat.len;
+            has = j == end || *j == '\n'; /* the whole entry, not a prefix */
+        }
+        if (sign == '+') break;
+        hd_str_reset(&pat);
+        hd_str_printf(&pat, "\n!%s", node);
+    }
+    hd_str_free(&pat);
+    return has;
+}
+
+static void load_free(load_req *q)
+{
+    if (q->prev) q->prev->next = q->next;
+    else q->c->loads = q->next;
+    if (q->next) q->next->prev = q->prev;
+    hd_str_free(&q->journal);
+    free(q);
+}
+
 /* What a peer's presence message says; *p is past "p1 <node>\n". */
 static void presence_message(hd_cluster *c, hd_topic *tp, const char *node, const char *p,
                              size_t n)
 {
     hd_presence *pr = &c->eng->pres;
     if (n == 1 && p[0] == '!') {
+        journal_note(c, tp, '!', node, NULL);
         hd_presence_withdraw(pr, tp, node);
         return;
     }
@@ -483,6 +540,7 @@ static void presence_message(hd_cluster *c, hd_topic *tp, const char *node, cons
     char *k = strndup(key, (size_t)((nl2 ? nl2 : end) - key));
     char *meta = nl2 ? strndup(nl2 + 1, (size_t)(end - nl2 - 1)) : NULL;
     if (ref && k) {
+        journal_note(c, tp, p[0], node, ref);
         if (p[0] == '-') hd_presence_remove(pr, tp, node, k, ref);
         else if (meta && hd_presence_add(pr, tp, node, k, meta) == HD_EJSON) c->cs.bad++;
     }
@@ -510,14 +568,9 @@ static int parse_entry(const redisReply *f, const redisReply *v, char **node, ch
     return *node && *ref && *key && *meta ? 0 : -1;
 }
 
-typedef struct load_req {
-    hd_cluster *c;
-    size_t len;
-    char topic[];
-} load_req;
-
 /* HGETALL of a topic's hash: the other nodes' entries become ours to
- * show; what we held of theirs that the hash no longer has goes. */
+ * show; what we held of theirs that the hash no longer has goes (unless
+ * announced since the load went out). */
 static void on_loaded(redisAsyncContext *ac, void *reply, void *privdata)
 {
     (void)ac;
@@ -530,7 +583,7 @@ static void on_loaded(redisAsyncContext *ac, void *reply, void *privdata)
         for (size_t i = 0; i + 1 < r->elements; i += 2) {
             char *node, *ref, *key, *meta;
             if (parse_entry(r->element[i], r->element[i + 1], &node, &ref, &key, &meta) == 0 &&
-                strcmp(node, c->node) != 0)
+                strcmp(node, c->node) != 0 && !journal_has(q, '-', node, ref, strlen(ref)))
                 hd_presence_add(pr, tp, node, key, meta);
             free(node), free(ref), free(key), free(meta);
         }
@@ -539,7 +592,7 @@ static void on_loaded(redisAsyncContext *ac, void *reply, void *privdata)
             if (e->sub) continue;
             size_t rl;
             const char *ref = hd_pres_ref(e, &rl);
-            int found = 0;
+            int found = journal_has(q, '+', e->node, ref, rl);
             for (size_t i = 0; !found && i + 1 < r->elements; i += 2) {
                 const redisReply *f = r->element[i];
                 size_t nl = strlen(e->node);
@@ -558,7 +611,7 @@ static void on_loaded(redisAsyncContext *ac, void *reply, void *privdata)
      * link broke: then with this node's view). The diff of the joins
      * above repeats part of it: phoenix.js dedupes by phx_ref. */
     if (tp) hd_presence_loaded(&c->eng->pres, tp);
-    free(q);
+    load_free(q);
 }
 
 /* Issues HGETALL of the topic's hash; returns 1 when sent. */
@@ -567,18 +620,24 @@ static int load_presence(hd_cluster *c, hd_topic *tp)
     hd_shard *s = shard_for(c, tp->name, tp->len);
     size_t hl;
     char *hash = pres_key(tp->name, tp->len, &hl);
-    load_req *q = malloc(sizeof *q + tp->len);
-    if (hash && q) {
+    load_req *q = calloc(1, sizeof *q + tp->len);
+    int sent = 0;
+    if (hash && q && s->linked) {
         q->c = c;
         q->len = tp->len;
         memcpy(q->topic, tp->name, tp->len);
         const char *argv[2] = {"HGETALL", hash};
         size_t lens[2] = {7, hl};
-        if (s->linked && redisAsyncCommandArgv(s->cmd.ac, on_loaded, q, 2, argv, lens) == REDIS_OK)
-            q = NULL;
+        /* (linked first: the callback may run before this returns when the
+         * command cannot be sent) */
+        q->next = c->loads;
+        if (c->loads) c->loads->prev = q;
+        c->loads = q;
+        sent = redisAsyncCommandArgv(s->cmd.ac, on_loaded, q, 2, argv, lens) == REDIS_OK;
+        if (!sent) load_free(q);
+    } else {
+        free(q);
     }
-    int sent = hash && !q;
-    free(q);
     free(hash);
     return sent;
 }
@@ -620,6 +679,7 @@ static void bury(hd_cluster *c, const char *node, const char *why)
                 hd_str_free(&field);
             }
             free(hash);
+            journal_note(c, tp, '!', node, NULL);
             n += hd_presence_withdraw(&c->eng->pres, tp, node);
         }
     if (n) hd_info("cluster: node %s %s: %zu presence entr%s withdrawn", node, why, n,

@@ -70,6 +70,7 @@ typedef struct hd_cluster {
     uint64_t last_beat;           /* loop time the liveness key was last set */
     char *seen[64];               /* node ids heard from (a ring): supersede once each */
     struct hread *reads;          /* topics with joins waiting for a history read */
+    struct load_req *loads;       /* presence hashes being loaded (HGETALL out) */
     char append_sha[41], read_sha[41]; /* the history scripts' SHA-1 (EVALSHA) */
     size_t nseen;
     hd_cluster_stats cs;
