@@ -542,7 +542,7 @@ static void presence_message(hd_cluster *c, hd_topic *tp, const char *node, cons
     if (ref && k) {
         journal_note(c, tp, p[0], node, ref);
         if (p[0] == '-') hd_presence_remove(pr, tp, node, k, ref);
-        else if (meta && hd_presence_add(pr, tp, node, k, meta) == HD_EJSON) c->cs.bad++;
+        else if (meta && hd_presence_add(pr, tp, node, k, meta, ref) == HD_EJSON) c->cs.bad++;
     }
     free(ref);
     free(k);
@@ -584,7 +584,7 @@ static void on_loaded(redisAsyncContext *ac, void *reply, void *privdata)
             char *node, *ref, *key, *meta;
             if (parse_entry(r->element[i], r->element[i + 1], &node, &ref, &key, &meta) == 0 &&
                 strcmp(node, c->node) != 0 && !journal_has(q, '-', node, ref, strlen(ref)))
-                hd_presence_add(pr, tp, node, key, meta);
+                hd_presence_add(pr, tp, node, key, meta, ref);
             free(node), free(ref), free(key), free(meta);
         }
         for (hd_pres *e = tp->pres, *next; e; e = next) {
@@ -614,30 +614,31 @@ static void on_loaded(redisAsyncContext *ac, void *reply, void *privdata)
     load_free(q);
 }
 
+/* A load of tp's hash, linked on c->loads (NULL: out of memory). */
+static load_req *load_new(hd_cluster *c, const char *topic, size_t len)
+{
+    load_req *q = calloc(1, sizeof *q + len);
+    if (!q) return NULL;
+    q->c = c;
+    q->len = len;
+    memcpy(q->topic, topic, len);
+    q->next = c->loads;
+    if (c->loads) c->loads->prev = q;
+    c->loads = q;
+    return q;
+}
+
 /* Issues HGETALL of the topic's hash; returns 1 when sent. */
 static int load_presence(hd_cluster *c, hd_topic *tp)
 {
     hd_shard *s = shard_for(c, tp->name, tp->len);
-    size_t hl;
-    char *hash = pres_key(tp->name, tp->len, &hl);
-    load_req *q = calloc(1, sizeof *q + tp->len);
-    int sent = 0;
-    if (hash && q && s->linked) {
-        q->c = c;
-        q->len = tp->len;
-        memcpy(q->topic, tp->name, tp->len);
-        const char *argv[2] = {"HGETALL", hash};
-        size_t lens[2] = {7, hl};
-        /* (linked first: the callback may run before this returns when the
-         * command cannot be sent) */
-        q->next = c->loads;
-        if (c->loads) c->loads->prev = q;
-        c->loads = q;
-        sent = redisAsyncCommandArgv(s->cmd.ac, on_loaded, q, 2, argv, lens) == REDIS_OK;
-        if (!sent) load_free(q);
-    } else {
-        free(q);
-    }
+    size_t hl = 0;
+    char *hash = s->linked ? pres_key(tp->name, tp->len, &hl) : NULL;
+    load_req *q = hash ? load_new(c, tp->name, tp->len) : NULL;
+    const char *argv[2] = {"HGETALL", hash};
+    size_t lens[2] = {7, hl};
+    int sent = q && redisAsyncCommandArgv(s->cmd.ac, on_loaded, q, 2, argv, lens) == REDIS_OK;
+    if (q && !sent) load_free(q);
     free(hash);
     return sent;
 }

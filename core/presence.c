@@ -288,12 +288,12 @@ static hd_pres *find_remote(hd_topic *tp, const char *node, const char *key, con
 }
 
 int hd_presence_add(hd_presence *pr, hd_topic *tp, const char *node, const char *key,
-                    const char *meta_json)
+                    const char *meta_json, const char *want_ref)
 {
     if (!tp || !hd_topic_policy_of(pr->topics, tp)->tracked) return HD_ELIMIT;
     json_t *m = json_loads(meta_json, 0, NULL);
     const char *ref = json_string_value(json_object_get(m, "phx_ref"));
-    if (!json_is_object(m) || !ref) {
+    if (!json_is_object(m) || !ref || (want_ref && strcmp(ref, want_ref) != 0)) {
         json_decref(m);
         return HD_EJSON;
     }

@@ -82,10 +82,12 @@ int hd_presence_update(hd_presence *pr, hd_sub *sub, const char *meta_json);
 
 /* Adds (or replaces) another node's entry (node, key, meta's phx_ref) on a
  * topic with subscribers here. meta_json is the whole meta object; it must
- * hold a string phx_ref. Returns 0, HD_ELIMIT (topic unknown here or not
- * tracked), HD_EJSON (meta not an object with a phx_ref) or HD_ENOMEM. */
+ * hold a string phx_ref, equal to ref unless ref is NULL (what the entry
+ * was announced or stored under). Returns 0, HD_ELIMIT (topic unknown here
+ * or not tracked), HD_EJSON (meta not an object with that phx_ref) or
+ * HD_ENOMEM. */
 int hd_presence_add(hd_presence *pr, hd_topic *topic, const char *node, const char *key,
-                    const char *meta_json);
+                    const char *meta_json, const char *ref);
 /* Removes another node's entry; records the leave. Returns 1 if found. */
 int hd_presence_remove(hd_presence *pr, hd_topic *topic, const char *node, const char *key,
                        const char *phx_ref);

@@ -8,7 +8,9 @@
  *   0  a payload on the channel of topic "room:1" (a subscribed, tracked
  *      topic with presence events) or, with bit 1 of byte 0, "plain:1"
  *   1  a channel name up to the first '\n', then a payload
- *   2  HGETALL's reply for room:1: fields and values, '\n'-separated pairs
+ *   2  HGETALL's reply for room:1: fields and values, '\n'-separated pairs;
+ *      what comes before a NUL byte, if any, is a payload on room:1's
+ *      channel that arrives while the load is out (the journal)
  * A WebSocket connection of this node is subscribed to both topics.
  *
  * Oracles: no crash or sanitizer report; every frame queued on the
@@ -17,7 +19,7 @@
  * (kind 2, its lengths within the frame) of room:1 or plain:1 (checked
  * here by hand, not with phx.c's parser); presence_state of room:1 stays
  * valid JSON; the node's own entry is never replaced or removed by what
- * Redis says. */
+ * Redis says; an entry announced while a load was out outlives the load. */
 #include "cluster.c"
 
 #include <jansson.h>
@@ -138,9 +140,25 @@ static void check_presence(void)
     }
 }
 
-/* HGETALL's reply built from '\n'-separated lines. */
+static size_t remote_entries(void)
+{
+    size_t n = 0;
+    for (hd_pres *e = hd_topics_find(&eng.topics, "room:1", 6)->pres; e; e = e->next) n += !e->sub;
+    return n;
+}
+
+/* HGETALL's reply built from '\n'-separated lines, after what comes
+ * before a NUL was announced on the channel. */
 static void load(const uint8_t *d, size_t n)
 {
+    load_req *q = load_new(&cl, "room:1", 6);
+    const uint8_t *nul = memchr(d, 0, n);
+    if (nul) {
+        static const char ch[] = "herald:t:{room:1}";
+        deliver(&cl.shards[0], ch, sizeof ch - 1, (const char *)d, (size_t)(nul - d));
+        n -= (size_t)(nul - d) + 1;
+        d = nul + 1;
+    }
     redisReply *el[64];
     size_t ne = 0;
     const char *p = (const char *)d, *end = p + n;
@@ -158,11 +176,9 @@ static void load(const uint8_t *d, size_t n)
         p = nl + 1;
     }
     redisReply arr = {.type = REDIS_REPLY_ARRAY, .elements = ne, .element = el};
-    load_req *q = malloc(sizeof *q + 6);
-    q->c = &cl;
-    q->len = 6;
-    memcpy(q->topic, "room:1", 6);
+    size_t before = remote_entries();
     on_loaded(NULL, &arr, q);
+    if (remote_entries() < before) die("a load dropped an entry announced while it was out");
     for (size_t i = 0; i < ne; i++) {
         free(el[i]->str);
         free(el[i]);

@@ -470,7 +470,7 @@ static const char b1_tablet[] = "{\"phx_ref\":\"b1\",\"online_at\":5,\"dev\":\"t
 /* node's entry under key on room:1. */
 static int add(fx *f, const char *node, const char *key, const char *meta)
 {
-    return hd_presence_add(&f->pr, topic(f, "room:1"), node, key, meta);
+    return hd_presence_add(&f->pr, topic(f, "room:1"), node, key, meta, NULL);
 }
 
 /* How many metas room:1 has under key. */
@@ -582,10 +582,10 @@ static void test_withdraw_node(void **state)
     join(f, a, "room:1", NULL);
     join(f, a, "room:2", NULL);
     hd_topic *t1 = topic(f, "room:1"), *t2 = topic(f, "room:2");
-    assert_int_equal(hd_presence_add(&f->pr, t1, "B", "alice", b1), 0);
-    assert_int_equal(hd_presence_add(&f->pr, t1, "B", "bob", "{\"phx_ref\":\"b2\"}"), 0);
-    assert_int_equal(hd_presence_add(&f->pr, t2, "B", "carol", "{\"phx_ref\":\"b3\"}"), 0);
-    assert_int_equal(hd_presence_add(&f->pr, t1, "C", "dave", "{\"phx_ref\":\"c1\"}"), 0);
+    assert_int_equal(hd_presence_add(&f->pr, t1, "B", "alice", b1, NULL), 0);
+    assert_int_equal(hd_presence_add(&f->pr, t1, "B", "bob", "{\"phx_ref\":\"b2\"}", NULL), 0);
+    assert_int_equal(hd_presence_add(&f->pr, t2, "B", "carol", "{\"phx_ref\":\"b3\"}", NULL), 0);
+    assert_int_equal(hd_presence_add(&f->pr, t1, "C", "dave", "{\"phx_ref\":\"c1\"}", NULL), 0);
     flush(f, &w1);
     flush(f, &w2);
 
@@ -629,8 +629,8 @@ static void test_add_refused(void **state)
     join(f, a, "public:1", NULL);
     join(f, a, "room:1", NULL);
     hd_topic *tp = topic(f, "room:1");
-    assert_int_equal(hd_presence_add(&f->pr, topic(f, "public:1"), "B", "bob", b1), HD_ELIMIT);
-    assert_int_equal(hd_presence_add(&f->pr, NULL, "B", "bob", b1), HD_ELIMIT);
+    assert_int_equal(hd_presence_add(&f->pr, topic(f, "public:1"), "B", "bob", b1, NULL), HD_ELIMIT);
+    assert_int_equal(hd_presence_add(&f->pr, NULL, "B", "bob", b1, NULL), HD_ELIMIT);
     static const char *bad[] = {"{\"online_at\":1}",
                                 "{\"phx_ref\":7}",
                                 "{\"phx_ref\":null}",
@@ -639,8 +639,10 @@ static void test_add_refused(void **state)
                                 "{\"phx_ref\":\"b1\"",
                                 ""};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
-        if (hd_presence_add(&f->pr, tp, "B", "bob", bad[i]) != HD_EJSON)
+        if (hd_presence_add(&f->pr, tp, "B", "bob", bad[i], NULL) != HD_EJSON)
             fail_msg("meta %s: not refused as HD_EJSON", bad[i]);
+    /* A meta whose phx_ref is not the one it was announced under. */
+    assert_int_equal(hd_presence_add(&f->pr, tp, "B", "bob", b1, "b9"), HD_EJSON);
     json_t *s = state_of(f, "room:1");
     assert_int_equal(json_object_size(s), 1);
     assert_int_equal(json_array_size(metas(s, "alice")), 1);
@@ -659,8 +661,8 @@ static void test_forget_with_the_topic(void **state)
     hd_conn *a = conn_new(f, "alice");
     hd_sub *s = join(f, a, "room:1", NULL);
     hd_topic *tp = topic(f, "room:1");
-    assert_int_equal(hd_presence_add(&f->pr, tp, "B", "bob", b1), 0);
-    assert_int_equal(hd_presence_add(&f->pr, tp, "B", "carol", "{\"phx_ref\":\"b2\"}"), 0);
+    assert_int_equal(hd_presence_add(&f->pr, tp, "B", "bob", b1, NULL), 0);
+    assert_int_equal(hd_presence_add(&f->pr, tp, "B", "carol", "{\"phx_ref\":\"b2\"}", NULL), 0);
     leave(f, s);
     assert_null(topic(f, "room:1"));
     hd_presence_flush(&f->pr);
@@ -756,7 +758,7 @@ static void test_batch_window(void **state)
     c->flags |= HD_CF_WS_CLOSE_SENT;
     join(f, dv, "room:1", NULL);
     leave(f, sb);
-    assert_int_equal(hd_presence_add(&f->pr, topic(f, "room:1"), "B", "erin", b1), 0);
+    assert_int_equal(hd_presence_add(&f->pr, topic(f, "room:1"), "B", "erin", b1, NULL), 0);
     run_until_diffs(f, 2);
     assert_int_equal(f->st.presence_diffs, 2);
     assert_ptr_equal(a->wq_head->buf, dv->wq_head->buf);

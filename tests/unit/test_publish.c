@@ -192,7 +192,7 @@ static void test_engine_frees_topic_state(void **state)
     hd_conn *c = subscriber(f, "thr:1");
     assert_int_equal(hd_presence_track(&f->e.pres, c->subs, "{\"a\":1}"), 0);
     hd_topic *tp = hd_topics_find(&f->e.topics, "thr:1", 5);
-    assert_int_equal(hd_presence_add(&f->e.pres, tp, "B", "bob", "{\"phx_ref\":\"b1\"}"), 0);
+    assert_int_equal(hd_presence_add(&f->e.pres, tp, "B", "bob", "{\"phx_ref\":\"b1\"}", NULL), 0);
     publish(f, "thr:1", "m1");
     publish(f, "thr:1", "m2");
     publish(f, "thr:1", "m3");
