@@ -387,13 +387,27 @@ static json_t *multipart_to_object(const char *ct, size_t ctl, const char *body,
 }
 
 /* A push whose publish hooks may wait: answered once every publish went
- * out (the answer is deferred meanwhile). */
+ * out (the answer is deferred meanwhile). Its publishes go out in the
+ * push's order whichever hook answers first: a result waits for those
+ * before it. */
+typedef struct publishing publishing;
+
 typedef struct pushing {
     hd_http_wait w;              /* (w.now: the request is still being handled) */
     hd_api *api;
-    size_t pending;              /* publishes whose hooks have not answered */
+    size_t pending;              /* publishes not yet out (or dropped) */
+    publishing *head, *tail;     /* those, in the push's order */
     hd_str out;                  /* the answer */
 } pushing;
+
+struct publishing {
+    publishing *next;
+    pushing *w;
+    int answered, verdict;       /* the hook's result, once answered */
+    char *event, *data;          /* (taken from the result) */
+    size_t tlen;
+    char topic[];
+};
 
 static void push_answered(void *ud, hd_conn *c, hd_http_req *r)
 {
@@ -401,26 +415,31 @@ static void push_answered(void *ud, hd_conn *c, hd_http_req *r)
     hd_api_respond_json(c, r, 200, &w->out);
 }
 
-typedef struct publishing {
-    pushing *w;
-    size_t tlen;
-    char topic[];
-} publishing;
-
-/* A publish hook answered (hd_hook_done): the message goes out, or was
- * dropped; the last one answers the push. */
+/* A publish hook answered (hd_hook_done): its message, and those after it
+ * that were answered already, go out (or are dropped); the last one
+ * answers the push. */
 static void published(void *ud, hd_hook_result *res)
 {
     publishing *q = ud;
     pushing *w = q->w;
     hd_api *api = w->api;
-    if (res->verdict)
-        hd_publish(api->eng, q->topic, q->tlen, res->event, strlen(res->event), res->data,
-                   strlen(res->data));
-    else
-        api->st->publishes++;
-    free(q);
-    if (--w->pending || w->w.now) return;
+    q->answered = 1;
+    q->verdict = res->verdict;
+    q->event = res->event, q->data = res->data;
+    res->event = res->data = NULL;
+    while ((q = w->head) && q->answered) {
+        if (!(w->head = q->next)) w->tail = NULL;
+        if (q->verdict && q->event && q->data)
+            hd_publish(api->eng, q->topic, q->tlen, q->event, strlen(q->event), q->data,
+                       strlen(q->data));
+        else
+            api->st->publishes++;
+        free(q->event);
+        free(q->data);
+        free(q);
+        w->pending--;
+    }
+    if (w->pending || w->w.now) return;
     hd_http_wait_end(&w->w, push_answered, w); /* (a client gone meanwhile gets nothing) */
     hd_str_free(&w->out);
     free(w);
@@ -430,7 +449,7 @@ static void published(void *ud, hd_hook_result *res)
 static void publish_one(hd_api *api, pushing *w, const char *t, size_t tl, const char *ev,
                         size_t elen, const char *data, size_t dlen)
 {
-    publishing *q = w ? malloc(sizeof *q + tl + 1) : NULL;
+    publishing *q = w ? calloc(1, sizeof *q + tl + 1) : NULL;
     if (!q) { /* (without w, or memory: the hooks that cannot wait) */
         hd_api_publish(api, t, tl, ev, elen, data, dlen);
         return;
@@ -438,7 +457,9 @@ static void publish_one(hd_api *api, pushing *w, const char *t, size_t tl, const
     q->w = w;
     q->tlen = tl;
     memcpy(q->topic, t, tl);
-    q->topic[tl] = 0;
+    if (w->tail) w->tail->next = q;
+    else w->head = q;
+    w->tail = q;
     w->pending++;
     hd_hook_publish_start(api->sc, t, tl, ev, data, published, q);
 }

@@ -20,6 +20,19 @@ async function stillPending(p, b, n, pred) {
   return settled ? 'settled' : 'pending';
 }
 
+// The data.text of each msg pushed to topic, as a phoenix.js client that
+// joined it receives them (PushEx's envelope: { event, data }).
+async function texts(t, port, topic) {
+  const s = h.phoenixSocket(port);
+  t.after(() => s.disconnect());
+  await h.connect(s);
+  const ch = s.channel(topic, {});
+  await h.join(ch);
+  const events = [];
+  ch.on('msg', (m) => events.push(m.data.text));
+  return events;
+}
+
 test('api_auth waits for the backend: the push is answered after it, allowed or refused', async (t) => {
   const held = deferred();
   const b = await Backend.start(t, (r) => held.promise.then(() => ({ json: { ok: r.json.token === 'good' } })));
@@ -65,13 +78,7 @@ test('publish waits for the backend: the message goes out as it answered, the 20
     return msg
   end }`;
   const srv = await h.serve(t, 'scripts = { "mod.lua" }\n', { 'mod.lua': script });
-  const s = h.phoenixSocket(srv.port);
-  t.after(() => s.disconnect());
-  await h.connect(s);
-  const ch = s.channel('room:mod', {});
-  await h.join(ch);
-  const events = [];
-  ch.on('msg', (m) => events.push(m.data.text)); // (PushEx's envelope: { event, data })
+  const events = await texts(t, srv.port, 'room:mod');
 
   const batch = h.push(srv.port, [
     { channel: 'room:mod', event: 'said', data: { text: 'hello' } },
@@ -88,6 +95,32 @@ test('publish waits for the backend: the message goes out as it answered, the 20
   const m = await h.metrics(srv.port);
   assert.equal(h.metricSum(m, 'herald_hooks_waiting'), 0);
   assert.equal(h.metricSum(m, 'herald_lua_http_requests_total'), 3);
+});
+
+test('a push\'s publishes go out in its order, whichever hook answers first', async (t) => {
+  // w1's answer is held; "fast" asks nobody; w3 is answered at once. Each
+  // waits for those before it: W1, fast, W3 (not fast, W3, W1).
+  const held = deferred();
+  const b = await Backend.start(t, (r) => (r.json.data.text === 'w1' ? held.promise : Promise.resolve())
+    .then(() => ({ json: { text: r.json.data.text.toUpperCase() } })));
+  const script = `return { publish = function(msg)
+    if msg.data.text:sub(1, 1) ~= "w" then return msg end
+    local res, err = herald.http.request{ method = "POST", url = "${b.url('/moderate')}",
+      body = herald.json.encode(msg) }
+    if not res then return false, err end
+    msg.data.text = herald.json.decode(res.body).text
+    return msg
+  end }`;
+  const srv = await h.serve(t, 'scripts = { "order.lua" }\n', { 'order.lua': script });
+  const events = await texts(t, srv.port, 'room:order');
+
+  const batch = h.push(srv.port, ['w1', 'fast', 'w3'].map((text) => ({ channel: 'room:order', event: 'said', data: { text } })));
+  assert.equal(await stillPending(batch, b, 2), 'pending', 'the push was answered before its publishes went out');
+  held.resolve();
+  assert.equal((await batch).status, 200);
+  await h.eventually(() => events.length === 3, 10000, 'three deliveries');
+  assert.deepEqual(events, ['W1', 'fast', 'W3']);
+  assert.equal(h.metricSum(await h.metrics(srv.port), 'herald_hooks_waiting'), 0);
 });
 
 test('shutdown waits for the backend: the drain goes on to the next phase only after it answered', async (t) => {
