@@ -73,8 +73,12 @@ async function startHerald(config = '', files = {}, { expectFail = false, args, 
     if (process.env.HERALD_TEST_LOG) process.stderr.write(d.replace(/^(?=.)/gm, `[herald ${proc.pid}] `));
     for (const w of waiters.slice()) if (w.re.test(log.slice(w.from))) { waiters.splice(waiters.indexOf(w), 1); w.resolve(); }
   });
-  const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
-  proc.on('error', () => {}); // a missing binary shows up as an exit
+  // A binary that cannot be started (missing, or being rebuilt: ETXTBSY)
+  // gives 'error' and maybe no 'exit': either one ends the process here.
+  const exited = new Promise((resolve) => {
+    proc.on('exit', (code, signal) => resolve({ code, signal }));
+    proc.on('error', (e) => resolve({ code: null, signal: null, error: e.message }));
+  });
   const srv = {
     dir, file, proc, exited,
     get log() { return log; },
