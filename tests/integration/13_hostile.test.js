@@ -58,7 +58,10 @@ const VALGRIND = process.env.HERALD_VALGRIND === '1';
 const SLOW = VALGRIND ? 5 : 1; // valgrind runs herald some 20x slower
 
 const HEAD_MS = 1000 * SLOW;   // timeouts.http_head_ms
-const MSG_MS = 1000 * SLOW;    // timeouts.ws_message_ms
+// timeouts.ws_message_ms: every trickler's fragment must still be held when
+// the large body arrives, after the last trickler got ready, and on a
+// loaded machine that can be a second after the first did.
+const MSG_MS = 3000 * SLOW;
 const BODY_MS = 1000 * SLOW;   // timeouts.http_body_ms
 const PER_IP = 20;             // limits.max_connections_per_ip
 const CONNECT_RATE = 400;      // limits.connect_rate (per second, this node)
