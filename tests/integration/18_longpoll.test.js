@@ -868,11 +868,8 @@ test('phoenix.js LongPoll at its address\'s max_connections_per_ip is told so (a
   socket.disconnect();
 });
 
-test('phoenix.js 1.2.1 (V1) LongPoll in Node', {
-  skip: 'phoenix 1.2.1\'s LongPoll cannot run in Node: it reaches for window (ReferenceError: window is not defined; ' +
-    'its Ajax is window.XMLHttpRequest only). (It also JSON.stringify()s each message of a poll, so it needs JSON objects ' +
-    'there, not the frame text the spec sends.) V1 over LongPoll is covered by the raw V1 test above',
-}, () => {});
+// (phoenix.js 1.2.1's LongPoll needs window and XMLHttpRequest: it runs in
+// Chromium, in 19_longpoll_browser.)
 
 test('drain: a phoenix.js LongPoll client is ended (3410), counted, and reconnects by itself to the next process on the port', { timeout: 40000 }, async (t) => {
   const port = await freePort();

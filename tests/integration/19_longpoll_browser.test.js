@@ -8,9 +8,13 @@
 // to herald cross-origin, every POST after a CORS preflight: one survives a
 // drain by reconnecting to the next process on the same port; one with
 // longPollFallbackMs against a mount without WebSocket falls back to
-// LongPoll.
+// LongPoll; and phoenix.js 1.2.1 (the last release on the V1 serializer,
+// which cannot run its LongPoll in Node) joins over LongPoll beside a
+// current WebSocket client, heartbeats, gets pushes and presence, and leaves.
 const test = require('node:test');
 const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const path = require('node:path');
 const net = require('node:net');
 const h = require('./lib/harness');
 const { SKIP, webServer, openPage } = require('./lib/browser');
@@ -155,4 +159,82 @@ test('longPollFallbackMs: against a mount without WebSocket the page falls back 
   await tab.waitForFunction(() => window.lp.msgs.length >= 1, null, { timeout: 15000 });
   assert.deepEqual((await lpState(tab)).msgs, ['hello: {"text":"via LongPoll"}']);
   assert.deepEqual(pageErrors, []);
+});
+
+// phoenix.js 1.2.1's page: V1 over LongPoll (vsn=1.0.0, JSON objects both
+// ways; its Presence is syncState/syncDiff). Over LongPoll it sends no
+// heartbeats of its own (skipHeartbeat): window.beat() sends one as its
+// WebSocket transport would, and the page counts the replies.
+const PHOENIX_V1_JS = path.join(h.ROOT, 'tests', 'node_modules', 'phoenix-v1', 'priv', 'static', 'phoenix.js');
+function v1Page(port) {
+  return `<!doctype html><meta charset="utf-8"><title>herald V1 longpoll test</title>
+<script src="/phoenix-v1.js"></script>
+<script>
+  window.lp = { state: "connecting", joins: 0, msgs: [], presence: [], closes: [], heartbeats: 0 };
+  const socket = new Phoenix.Socket("http://127.0.0.1:${port}/socket", { transport: Phoenix.LongPoll,
+    params: { user: "v1page" }, reconnectAfterMs: () => 100 });
+  window.socket = socket;
+  socket.onClose((e) => lp.closes.push(e && e.code));
+  socket.onMessage((m) => { if (m.topic === "phoenix" && m.event === "phx_reply" && m.payload.status === "ok") lp.heartbeats++; });
+  socket.connect();
+  const ch = socket.channel("room:v1", {});
+  let state = {};
+  const list = () => { lp.presence = Object.keys(state).sort(); };
+  ch.on("presence_state", (s) => { state = Phoenix.Presence.syncState(state, s); list(); });
+  ch.on("presence_diff", (d) => { state = Phoenix.Presence.syncDiff(state, d); list(); });
+  ch.on("msg", ({ event, data }) => lp.msgs.push(event + ": " + JSON.stringify(data)));
+  ch.join()
+    .receive("ok", () => { lp.joins++; lp.state = "joined"; })
+    .receive("error", (r) => { lp.state = "error " + JSON.stringify(r); });
+  window.ping = (n) => new Promise((resolve, reject) => ch.push("ping", { n })
+    .receive("ok", resolve).receive("error", (r) => reject(new Error(JSON.stringify(r))))
+    .receive("timeout", () => reject(new Error("ping timed out"))));
+  window.leave = () => new Promise((resolve) => ch.leave().receive("ok", () => resolve("left")));
+  window.beat = () => socket.sendHeartbeat();
+</script>`;
+}
+
+test('phoenix.js 1.2.1 (V1) LongPoll in Chromium beside a current WebSocket client: join, heartbeat, pushes, presence, a hook reply, leave', { timeout: 60000, skip: SKIP }, async (t) => {
+  const srv = await h.serve(t, APP_CONFIG, { 'app.lua': APP });
+  const url = await webServer(t, { '/': v1Page(srv.port), '/phoenix-v1.js': fs.readFileSync(PHOENIX_V1_JS, 'utf8') });
+  const { tab, pageErrors } = await openPage(t, `${url}/`);
+  assert.equal(await tab.evaluate(() => window.socket.endPointURL()), `http://127.0.0.1:${srv.port}/socket/websocket?user=v1page&vsn=1.0.0`); // (its LongPoll: /socket/longpoll)
+  await joined(tab);
+  assert.equal((await h.metrics(srv.port)).herald_longpoll_sessions, 1);
+
+  const ws = h.phoenixSocket(srv.port, { params: { user: 'alice' }, reconnectAfterMs: () => 600000, rejoinAfterMs: () => 600000 });
+  t.after(() => ws.disconnect());
+  await h.connect(ws);
+  const wch = ws.channel('room:v1');
+  const wsMsgs = new h.Inbox();
+  wch.on('msg', (p) => wsMsgs.push(p));
+  await h.join(wch);
+  await tab.waitForFunction(() => window.lp.presence.join(',') === 'alice,v1page', null, { timeout: 15000 });
+
+  // Heartbeats are answered.
+  await tab.evaluate(() => { window.beat(); window.beat(); });
+  await tab.waitForFunction(() => window.lp.heartbeats >= 2, null, { timeout: 15000 });
+
+  // One push reaches both, each in its own serializer.
+  assert.equal((await h.push(srv.port, { channel: 'room:v1', event: 'hello', data: { text: 'ünï ✓' } })).status, 200);
+  assert.deepEqual(await wsMsgs.next(), { event: 'hello', data: { text: 'ünï ✓' } });
+  await tab.waitForFunction(() => window.lp.msgs.length >= 1, null, { timeout: 15000 });
+  assert.deepEqual((await lpState(tab)).msgs, ['hello: {"text":"ünï ✓"}']);
+
+  assert.deepEqual(await tab.evaluate(() => window.ping(5)), { pong: 5, id: 'v1page' });
+
+  // Leave: the topic has the WebSocket client only; a push reaches it and not the page.
+  assert.equal(await tab.evaluate(() => window.leave()), 'left');
+  assert.equal((await h.request(srv.port, 'GET', '/api/topics/room:v1')).json.subscribers, 1);
+  await h.push(srv.port, { channel: 'room:v1', event: 'after', data: 2 });
+  assert.deepEqual(await wsMsgs.next(), { event: 'after', data: 2 });
+  // A heartbeat sent after that push is answered after it would have come.
+  await tab.evaluate(() => window.beat());
+  await tab.waitForFunction(() => window.lp.heartbeats >= 3, null, { timeout: 15000 });
+  const st = await lpState(tab);
+  assert.deepEqual(st.msgs, ['hello: {"text":"ünï ✓"}']);
+  assert.deepEqual(st.closes, []);
+  assert.deepEqual(pageErrors, []);
+  assert.equal(h.metricSum(await h.metrics(srv.port), 'herald_longpoll_tokens_rejected_total'), 0);
+  ws.disconnect();
 });
