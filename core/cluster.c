@@ -582,9 +582,11 @@ static void on_loaded(redisAsyncContext *ac, void *reply, void *privdata)
         hd_presence *pr = &c->eng->pres;
         for (size_t i = 0; i + 1 < r->elements; i += 2) {
             char *node, *ref, *key, *meta;
-            if (parse_entry(r->element[i], r->element[i + 1], &node, &ref, &key, &meta) == 0 &&
-                strcmp(node, c->node) != 0 && !journal_has(q, '-', node, ref, strlen(ref)))
-                hd_presence_add(pr, tp, node, key, meta, ref);
+            if (parse_entry(r->element[i], r->element[i + 1], &node, &ref, &key, &meta) != 0)
+                c->cs.bad++;
+            else if (strcmp(node, c->node) != 0 && !journal_has(q, '-', node, ref, strlen(ref)) &&
+                     hd_presence_add(pr, tp, node, key, meta, ref) == HD_EJSON)
+                c->cs.bad++;
             free(node), free(ref), free(key), free(meta);
         }
         for (hd_pres *e = tp->pres, *next; e; e = next) {
