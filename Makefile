@@ -5,7 +5,7 @@ BUILD_FUZZ ?= build-fuzz
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build install run test test-asan fuzz bench bench-compare bench-cluster bench-cluster-large bench-history bench-v1 bench-recovery bench-recovery-cluster clean
+.PHONY: all deps build install run test test-asan fuzz bench bench-compare bench-cluster bench-cluster-large bench-history bench-v1 bench-longpoll bench-recovery bench-recovery-cluster clean
 
 all: build
 
@@ -76,6 +76,11 @@ bench-history: build
 # (alternating, 3 runs each unless BENCH_RUNS says otherwise).
 bench-v1: build
 	BENCH_RUNS=$${BENCH_RUNS:-3} bash scripts/bench.sh fanout fanout-v1half
+
+# Fan-out to LongPoll sessions (each holding a poll) against the same fan-out to
+# WebSockets (alternating, 3 runs each unless BENCH_RUNS says otherwise).
+bench-longpoll: build
+	BENCH_RUNS=$${BENCH_RUNS:-3} bash scripts/bench.sh fanout fanout-longpoll
 
 # A recovery storm: 10,000 clients of a topic with history drop at once, 10
 # messages are published, all rejoin at once with since (BENCH_RUNS applies).

@@ -15,6 +15,10 @@
 # frame and, at the first V1 subscriber, its V1 copy.
 # fanout-history (fanout on a topic keeping a history of 1,000 messages) is
 # known but not in the default list: make bench-history runs it next to fanout.
+# fanout-longpoll (fanout's 10,000 subscribers as Phoenix LongPoll sessions,
+# herald-bench --longpoll: each holds a poll, re-sent whenever answered, and an
+# answer carries every message queued meanwhile) is known but not in the
+# default list: make bench-longpoll runs it next to fanout.
 # recovery-storm (10,000 clients of a topic with history drop at once, miss 10
 # messages, rejoin at once with since) is known but not in the default list:
 # make bench-recovery runs it.
@@ -38,7 +42,7 @@ case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 RUNS=${BENCH_RUNS:-1}
 BENCH_ARGS=${BENCH_ARGS:-}
 ALL=(idle idle-longpoll fanout fanout-v1half fanout-paced fanout-burst many-topics connect api)
-EXTRA=(cluster-fanout fanout-history recovery-storm idle-longpoll-ws) # known, not run by default
+EXTRA=(cluster-fanout fanout-history fanout-longpoll recovery-storm idle-longpoll-ws) # known, not run by default
 
 scenarios=("$@")
 [ ${#scenarios[@]} -eq 0 ] && scenarios=("${ALL[@]}")

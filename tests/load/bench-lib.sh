@@ -312,6 +312,8 @@ hb_run() {
   local scenario=$1 server=$2 out=$3 line rc others shown=$1 flags=
   # fanout-history: fanout on a topic whose policy keeps a history;
   # fanout-v1half: fanout with every other client on the V1 serializer;
+  # fanout-longpoll: fanout (10,000 clients, 200 messages) to LongPoll sessions,
+  # each one keep-alive connection holding a poll;
   # idle-longpoll: idle with BENCH_LP_CLIENTS LongPoll sessions, each holding
   # a poll (held 120 s, longer than the run); idle-longpoll-ws: as many idle
   # WebSockets against the same config, its baseline;
@@ -322,6 +324,9 @@ hb_run() {
       HB_EXTRA='topics = { { match = "*", history_size = 1000 } }' ;;
     fanout-v1half)
       scenario=fanout flags="-V 50"
+      HB_EXTRA= ;;
+    fanout-longpoll)
+      scenario=fanout flags="--longpoll"
       HB_EXTRA= ;;
     idle-longpoll | idle-longpoll-ws)
       flags="-n ${BENCH_LP_CLIENTS:-10000}"

@@ -11,7 +11,7 @@ import json
 import statistics
 import sys
 
-ORDER = ["idle", "idle-longpoll-ws", "idle-longpoll", "fanout", "fanout-v1half", "fanout-paced", "fanout-burst", "many-topics", "connect", "api",
+ORDER = ["idle", "idle-longpoll-ws", "idle-longpoll", "fanout", "fanout-v1half", "fanout-longpoll", "fanout-paced", "fanout-burst", "many-topics", "connect", "api",
          "fanout-history", "recovery-storm"]
 SERVERS = ["herald", "nchan", "node"]
 

@@ -332,6 +332,8 @@ typedef struct {
     int rport; /* recovery-storm: the server they reconnect to (--rejoin) */
     struct sockaddr_in rdst;
     char (*tokens)[LP_TOKEN_MAX + 1]; /* --longpoll: per client, its session's token */
+    char *lpbuf;                      /* --longpoll: one message unescaped (lp_messages) */
+    size_t lpcap;
     char buf[65536];
 } worker_t;
 
@@ -877,6 +879,7 @@ static void lp_post_joins(client_t *c)
         }
     }
     c->lp_step = LP_POST;
+    c->state = CS_JOINING; /* (on_message takes the join replies) */
     lp_request(c, body);
 }
 
@@ -902,12 +905,203 @@ static long http_answer(const char *p, size_t len, int *status, const char **bod
     return (long)(hl + (size_t)clen);
 }
 
-/* How often needle occurs in p[0..n). */
-static int count_of(const char *p, size_t n, const char *needle)
+/* ---- a long-poll answer's JSON: {"status":S,"token":"T","messages":[M,...]},
+ * each M a JSON string holding one Phoenix frame's text (V2), or the frame's
+ * JSON object itself (V1). Every scan stops at the body's end. */
+
+#define LP_DEPTH 64 /* nesting held to this in a message */
+
+static const char *json_ws(const char *p, const char *e)
 {
-    size_t k = strlen(needle);
+    while (p < e && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')) p++;
+    return p;
+}
+
+static int hex4(const char *p, const char *e, unsigned *v)
+{
+    if (e - p < 4) return 0;
+    unsigned x = 0;
+    for (int i = 0; i < 4; i++) {
+        int ch = p[i], d = ch >= '0' && ch <= '9'   ? ch - '0'
+                           : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                           : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                                    : -1;
+        if (d < 0) return 0;
+        x = x << 4 | (unsigned)d;
+    }
+    *v = x;
+    return 1;
+}
+
+/* The JSON string whose opening quote is at p: unescaped into out (when
+ * not NULL; it takes at most the string's length in bytes, as no escape
+ * is shorter than what it stands for: \uXXXX is 6 for at most 3, a
+ * surrogate pair 12 for 4), its length in *outlen. Returns the byte after
+ * the closing quote, or NULL if the string is malformed or unterminated. */
+static const char *json_string(const char *p, const char *e, char *out, size_t *outlen)
+{
+    size_t k = 0;
+    for (p++; p < e; p++) {
+        unsigned char ch = (unsigned char)*p;
+        if (ch == '"') {
+            if (outlen) *outlen = k;
+            return p + 1;
+        }
+        if (ch < 0x20) return NULL;
+        if (ch != '\\') {
+            if (out) out[k] = (char)ch;
+            k++;
+            continue;
+        }
+        if (++p >= e) return NULL;
+        char r;
+        switch (*p) {
+        case '"': r = '"'; break;
+        case '\\': r = '\\'; break;
+        case '/': r = '/'; break;
+        case 'b': r = '\b'; break;
+        case 'f': r = '\f'; break;
+        case 'n': r = '\n'; break;
+        case 'r': r = '\r'; break;
+        case 't': r = '\t'; break;
+        case 'u': {
+            unsigned u, lo;
+            if (!hex4(p + 1, e, &u)) return NULL;
+            p += 4;
+            if (u >= 0xD800 && u < 0xDC00 && e - p >= 7 && p[1] == '\\' && p[2] == 'u' &&
+                hex4(p + 3, e, &lo) && lo >= 0xDC00 && lo < 0xE000) {
+                u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
+                p += 6;
+            } else if (u >= 0xD800 && u < 0xE000) {
+                u = 0xFFFD; /* a lone surrogate */
+            }
+            char b[4];
+            int nb;
+            if (u < 0x80) b[0] = (char)u, nb = 1;
+            else if (u < 0x800) b[0] = (char)(0xC0 | u >> 6), b[1] = (char)(0x80 | (u & 63)), nb = 2;
+            else if (u < 0x10000)
+                b[0] = (char)(0xE0 | u >> 12), b[1] = (char)(0x80 | (u >> 6 & 63)),
+                b[2] = (char)(0x80 | (u & 63)), nb = 3;
+            else
+                b[0] = (char)(0xF0 | u >> 18), b[1] = (char)(0x80 | (u >> 12 & 63)),
+                b[2] = (char)(0x80 | (u >> 6 & 63)), b[3] = (char)(0x80 | (u & 63)), nb = 4;
+            if (out) memcpy(out + k, b, (size_t)nb);
+            k += (size_t)nb;
+            continue;
+        }
+        default: return NULL;
+        }
+        if (out) out[k] = r;
+        k++;
+    }
+    return NULL;
+}
+
+/* The byte after the JSON value at p (strings checked, nesting counted to
+ * LP_DEPTH; the rest taken as it comes), or NULL. */
+static const char *json_skip(const char *p, const char *e)
+{
+    int depth = 0;
+    p = json_ws(p, e);
+    do {
+        if (p >= e) return NULL;
+        if (*p == '"') {
+            if (!(p = json_string(p, e, NULL, NULL))) return NULL;
+        } else if (*p == '{' || *p == '[') {
+            if (++depth > LP_DEPTH) return NULL;
+            p++;
+        } else if (*p == '}' || *p == ']') {
+            if (--depth < 0) return NULL;
+            p++;
+        } else if (*p == ',' || *p == ':' || *p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') {
+            if (!depth) return NULL;
+            p++;
+        } else { /* a number, true, false, null */
+            const char *q = p;
+            while (p < e && (isalnum((unsigned char)*p) || *p == '-' || *p == '+' || *p == '.')) p++;
+            if (p == q) return NULL;
+        }
+    } while (depth);
+    return p;
+}
+
+typedef struct {
+    int status;
+    const char *tok, *msgs; /* the token's text; the messages array's '[' (or NULL) */
+    size_t toklen;
+} lp_ans_t;
+
+/* Reads the top-level object of answer b[0..n): NULL, or why it is not one. */
+static const char *lp_parse(const char *b, size_t n, lp_ans_t *a)
+{
+    const char *p = json_ws(b, b + n), *e = b + n;
+    memset(a, 0, sizeof *a);
+    if (p >= e || *p != '{') return "not a JSON object";
+    p = json_ws(p + 1, e);
+    if (p < e && *p == '}') return NULL;
+    for (;;) {
+        if (p >= e || *p != '"') return "a key is not a string";
+        const char *k = p + 1, *v;
+        if (!(p = json_string(p, e, NULL, NULL))) return "a malformed key";
+        size_t kl = (size_t)(p - 1 - k);
+        p = json_ws(p, e);
+        if (p >= e || *p != ':') return "no ':' after a key";
+        v = json_ws(p + 1, e);
+        if (!(p = json_skip(v, e))) return "a malformed value";
+        if (kl == 6 && !memcmp(k, "status", 6)) {
+            a->status = atoi(v);
+        } else if (kl == 5 && !memcmp(k, "token", 5) && *v == '"') {
+            a->tok = v + 1;
+            a->toklen = (size_t)(p - 1 - a->tok);
+        } else if (kl == 8 && !memcmp(k, "messages", 8)) {
+            if (*v != '[') return "messages is not an array";
+            a->msgs = v;
+        }
+        p = json_ws(p, e);
+        if (p < e && *p == '}') return json_ws(p + 1, e) == e ? NULL : "bytes after the object";
+        if (p >= e || *p != ',') return "no ',' or '}' after a value";
+        p = json_ws(p + 1, e);
+    }
+}
+
+/* Hands each message of the answer (lp_parse checked the array) to
+ * on_message, as a WebSocket text frame: a string unescaped first (one
+ * that is not a JSON frame is a binary message's base64: other_frames),
+ * an object or array as it is. Returns the messages, or -1. */
+static int lp_messages(client_t *c, const lp_ans_t *a, const char *b, size_t n)
+{
+    const char *e = b + n, *p = a->msgs ? json_ws(a->msgs + 1, e) : e;
     int count = 0;
-    for (const char *q = p; (q = memmem(q, n - (size_t)(q - p), needle, k)); q += k) count++;
+    while (p < e && *p != ']' && c->state < CS_CLOSING) {
+        const char *q = json_skip(p, e), *m = p;
+        size_t len = 0;
+        if (!q) return -1;
+        if (*p == '"') {
+            size_t need = (size_t)(q - p);
+            if (need > WK->lpcap) {
+                char *nb = realloc(WK->lpbuf, need);
+                if (!nb) return -1;
+                WK->lpbuf = nb;
+                WK->lpcap = need;
+            }
+            if (!json_string(p, e, WK->lpbuf, &len)) return -1;
+            m = WK->lpbuf;
+        } else if (*p == '{' || *p == '[') {
+            len = (size_t)(q - p);
+        } else {
+            return -1;
+        }
+        count++;
+        if (*p == '"' && (!len || (m[0] != '[' && m[0] != '{'))) {
+            INC(WK->st->other_frames);
+        } else {
+            uint64_t t = 0;
+            int have = find_t(m, len, &t);
+            on_message(c, m, len, have, t);
+        }
+        p = json_ws(q, e);
+        if (p < e && *p == ',') p = json_ws(p + 1, e);
+    }
     return count;
 }
 
@@ -915,59 +1109,50 @@ static int count_of(const char *p, size_t n, const char *needle)
 static void lp_answer(client_t *c, int status, const char *b, size_t n)
 {
     char *tok = WK->tokens[c->idx - WK->first];
-    int lp = 0;
-    const char *sk = memmem(b, n, "\"status\":", 9);
-    if (sk) lp = atoi(sk + 9);
+    lp_ans_t a;
+    int show = (int)(n > 80 ? 80 : n);
     if (status != 200) {
         ST(WK->st->http_status, status);
-        client_end(c, "long poll answered HTTP %d: %.*s", status, (int)(n > 80 ? 80 : n), b);
+        client_end(c, "long poll answered HTTP %d: %.*s", status, show, b);
         return;
     }
+    const char *why = lp_parse(b, n, &a);
+    if (why) {
+        client_end(c, "long-poll answer malformed (%s): %.*s", why, show, b);
+        return;
+    }
+    int lp = a.status;
     if (lp == 410 && c->lp_step != LP_OPEN) {
-        client_end(c, "long-poll session gone (410): %.*s", (int)(n > 80 ? 80 : n), b);
+        client_end(c, "long-poll session gone (410): %.*s", show, b);
         return;
     }
     switch (c->lp_step) {
-    case LP_OPEN: {
-        const char *t = memmem(b, n, "\"token\":\"", 9);
-        const char *q = t ? memchr(t + 9, '"', n - (size_t)(t + 9 - b)) : NULL;
-        if (lp != 410 || !q || q - (t + 9) > LP_TOKEN_MAX || q == t + 9) {
-            client_end(c, "long-poll open answered %.*s", (int)(n > 80 ? 80 : n), b);
+    case LP_OPEN:
+        if (lp != 410 || !a.tok || a.toklen > LP_TOKEN_MAX || !a.toklen) {
+            client_end(c, "long-poll open answered %.*s", show, b);
             return;
         }
-        memcpy(tok, t + 9, (size_t)(q - (t + 9)));
-        tok[q - (t + 9)] = 0;
+        memcpy(tok, a.tok, a.toklen);
+        tok[a.toklen] = 0;
         lp_post_joins(c);
         return;
-    }
     case LP_POST:
         if (lp != 200) {
-            client_end(c, "long-poll POST answered %.*s", (int)(n > 80 ? 80 : n), b);
+            client_end(c, "long-poll POST answered %.*s", show, b);
             return;
         }
         c->lp_step = LP_JOIN;
         break;
-    case LP_JOIN: {
-        /* the frames are JSON strings here: {\"status\":\"ok\",...} */
-        if (memmem(b, n, "\\\"status\\\":\\\"error\\\"", 20)) {
-            client_end(c, "join refused: %.*s", (int)(n > 120 ? 120 : n), b);
+    default: /* LP_JOIN (the join replies, maybe messages after them), LP_HELD:
+              * 204 after poll_ms, or messages */
+        if (lp == 204) INC(WK->st->lp_empty);
+        else if (c->lp_step == LP_HELD) INC(WK->st->lp_msgs);
+        if (lp_messages(c, &a, b, n) < 0) {
+            client_end(c, "long-poll answer with a malformed message: %.*s", show, b);
             return;
         }
-        if (lp == 204) INC(WK->st->lp_empty);
-        int ok = count_of(b, n, "\\\"status\\\":\\\"ok\\\"");
-        if (ok >= c->joins_pending) {
-            c->joins_pending = 0;
-            c->lp_step = LP_HELD;
-            client_ready(c);
-            if (c->state != CS_READY) return;
-        } else {
-            c->joins_pending = (uint8_t)(c->joins_pending - ok);
-        }
-        break;
-    }
-    default: /* LP_HELD: 204 after poll_ms, or messages */
-        if (lp == 204) INC(WK->st->lp_empty);
-        else INC(WK->st->lp_msgs);
+        if (c->state >= CS_CLOSING) return; /* (a join refused) */
+        if (c->state == CS_READY) c->lp_step = LP_HELD;
     }
     lp_request(c, NULL); /* the next poll */
 }
@@ -2771,8 +2956,9 @@ static void usage(FILE *f)
         "                         vsn=1.0.0; a path without vsn is V1 as well)\n"
         "      --longpoll         herald: the clients are Phoenix LongPoll sessions, each on one\n"
         "                         keep-alive connection: open, POST the joins (ndjson), poll\n"
-        "                         for the replies, then hold a poll (again when answered); no\n"
-        "                         publishing (idle, connect)\n"
+        "                         for the replies, then hold a poll (again when answered);\n"
+        "                         each message of an answer counts as a WebSocket frame would\n"
+        "                         (idle, connect, fanout, fanout-paced, fanout-burst)\n"
         "      --lp-path PATH     their endpoint (default /socket/longpoll?vsn=2.0.0; -V\n"
         "                         clients: with vsn=1.0.0)\n"
         "      --mark CMD         run 'CMD start' (sh) before the first publish and 'CMD end'\n"
@@ -3041,9 +3227,20 @@ int main(int argc, char **argv)
     if (!O.ws_path_v1) O.ws_path_v1 = v1_path(O.ws_path);
     if (!O.lp_path) O.lp_path = "/socket/longpoll?vsn=2.0.0";
     O.lp_path_v1 = v1_path(O.lp_path);
-    if (O.longpoll && (O.server != SRV_HERALD || O.messages > 0 || O.storm || O.nsub_ports)) {
-        fprintf(stderr, "herald-bench: --longpoll is for herald, without publishing (idle, "
-                        "connect; -m 0), recovery-storm or --sub-ports\n");
+    /* LongPoll: one herald, the scenarios whose clients only join and
+     * receive (recovery-storm drops and rejoins WebSockets; the cluster
+     * ones spread over --sub-ports) */
+    static const char *const lp_scenarios[] = {"idle", "connect", "fanout", "fanout-paced",
+                                               "fanout-burst", NULL};
+    int lp_ok = 0;
+    for (int i = 0; lp_scenarios[i]; i++) lp_ok |= !strcmp(O.scenario, lp_scenarios[i]);
+    if (O.longpoll && (O.server != SRV_HERALD || !lp_ok || O.storm || O.nsub_ports)) {
+        if (O.server != SRV_HERALD || O.nsub_ports)
+            fprintf(stderr, "herald-bench: --longpoll is for one herald (-S herald, no "
+                            "--sub-ports)\n");
+        else
+            fprintf(stderr, "herald-bench: --longpoll runs idle, connect, fanout, fanout-paced "
+                            "and fanout-burst, not %s\n", O.scenario);
         return 2;
     }
     if (!O.pub_path)
