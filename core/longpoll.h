@@ -17,9 +17,11 @@
  *                    in order as a WebSocket's would be: {"status":200}
  *
  * A token is the session's id and an HMAC of it under a secret drawn at
- * start: it cannot be forged, and a token of another process or node
- * fails. A token whose session is gone is answered {"status":410}: the
- * client reconnects. A session without a held poll for longpoll.window_ms
+ * start: it cannot be forged, and a token of an earlier process fails. In
+ * a cluster the node's id follows, and a request for a session of another
+ * node is forwarded there through Redis and answered from there (longpoll.c,
+ * "across nodes"). A token whose session is gone is answered
+ * {"status":410}: the client reconnects. A session without a held poll for longpoll.window_ms
  * is closed (abandoned). Closing a session answers its held poll with
  * what is left, or 410; frames still queued wait for the next poll for
  * timeouts.ws_close_ms at most.
