@@ -645,6 +645,23 @@ static int load_presence(hd_cluster *c, hd_topic *tp)
     return sent;
 }
 
+int hd_cluster_reaches(const hd_cluster *c, const char *node)
+{
+    return !c->closing && c->shards[hd_cluster_shard_of(node, strlen(node), c->nshards)].up;
+}
+
+int hd_cluster_to_node(hd_cluster *c, const char *node, const char *msg, size_t len)
+{
+    hd_shard *s = shard_for(c, node, strlen(node));
+    char ch[320];
+    int cl = snprintf(ch, sizeof ch, NODE_PREFIX "%s}", node);
+    if (!s->up || c->closing || cl <= 0 || (size_t)cl >= sizeof ch) return HD_ECLOSED;
+    const char *argv[3] = {"PUBLISH", ch, msg};
+    size_t lens[3] = {7, (size_t)cl, len};
+    command(s, NULL, NULL, 3, argv, lens);
+    return 0;
+}
+
 /* This node's liveness key: set now, for node_timeout_ms. */
 static void beat(hd_cluster *c)
 {
@@ -993,8 +1010,13 @@ static void on_message(redisAsyncContext *ac, void *reply, void *privdata)
     }
     if (strcmp(kind->str, "message") != 0) return;
     if (ch->type != REDIS_REPLY_STRING || msg->type != REDIS_REPLY_STRING) return;
-    if (ch->len > sizeof NODE_PREFIX - 1 && memcmp(ch->str, NODE_PREFIX, sizeof NODE_PREFIX - 1) == 0)
-        return; /* a probe came back */
+    if (ch->len > sizeof NODE_PREFIX - 1 && memcmp(ch->str, NODE_PREFIX, sizeof NODE_PREFIX - 1) == 0) {
+        /* our own channel: a probe come back, or another node's message */
+        hd_cluster *c = s->c;
+        if (!(msg->len == 5 && memcmp(msg->str, "probe", 5) == 0) && c->on_node_message && !c->closing)
+            c->on_node_message(c->node_message_ud, msg->str, msg->len);
+        return;
+    }
     deliver(s, ch->str, ch->len, msg->str, msg->len);
 }
 

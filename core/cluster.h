@@ -71,6 +71,10 @@ typedef struct hd_cluster {
     char *seen[64];               /* node ids heard from (a ring): supersede once each */
     struct hread *reads;          /* topics with joins waiting for a history read */
     struct load_req *loads;       /* presence hashes being loaded (HGETALL out) */
+    /* Told of a message another node sent this one (hd_cluster_to_node):
+     * registered at start-up by whoever speaks it (the long polls). */
+    void (*on_node_message)(void *ud, const char *msg, size_t len);
+    void *node_message_ud;
     char append_sha[41], read_sha[41]; /* the history scripts' SHA-1 (EVALSHA) */
     size_t nseen;
     hd_cluster_stats cs;
@@ -109,6 +113,13 @@ int hd_cluster_init(hd_cluster *c, uv_loop_t *loop, const hd_config *cfg, hd_eng
  * not called then. */
 int hd_cluster_recover(hd_cluster *c, const char *topic, size_t tlen, const hd_topic_policy *p,
                        uint64_t since, hd_recover_fn fn, void *ud);
+
+/* Sends msg (len bytes, any) to the node named node, on its own channel:
+ * it reaches that node's on_node_message once, if it is there and the
+ * link holds. Returns 0 when sent, HD_ECLOSED when the link is down. */
+int hd_cluster_to_node(hd_cluster *c, const char *node, const char *msg, size_t len);
+/* Whether hd_cluster_to_node would send to node now. */
+int hd_cluster_reaches(const hd_cluster *c, const char *node);
 
 /* Starts connecting (returns at once). */
 void hd_cluster_start(hd_cluster *c);

@@ -111,6 +111,9 @@ static void disconnect(hd_drain *dr, uint64_t elapsed)
         hd_conn_shut(c, 1012, "server restart");
         d->allowance -= 1;
     }
+    /* Polls this node holds for sessions of others: their clients poll
+     * again through another node. */
+    if (dr->lp) hd_lp_drain_forwards(dr->lp);
     for (hd_conn *c = dr->net->conns; !dr->net->nlp && c; c = c->next)
         if ((c->flags & HD_CF_POLL) && hd_conn_open(c) && !hd_http_busy(c) && !c->wq_bytes) {
             c->flags |= HD_CF_NO_INPUT;

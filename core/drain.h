@@ -21,6 +21,7 @@
 #include "cluster.h"
 #include "conn.h"
 #include "http.h"
+#include "longpoll.h"
 #include "publish.h"
 #include "script.h"
 
@@ -60,6 +61,7 @@ typedef struct hd_drain {
     hd_engine *eng;
     hd_scripts *sc;              /* shutdown(phase) */
     hd_cluster *cluster;         /* flushed too; NULL when single node */
+    hd_lp_ctx *lp;               /* the long polls (forwarded ones are answered at disconnect) */
     /* The node's part, registered at start-up: close the listener; stop
      * (everything is done, or the budget ran out). */
     void (*close_listener)(void *ud);

@@ -628,6 +628,12 @@ hd_http_req *hd_http_deferred(hd_conn *c)
     return h && h->deferred ? &h->req : NULL;
 }
 
+void *hd_http_watch_ud(hd_conn *c, void (*gone)(void *ud, hd_conn *c))
+{
+    hd_http_conn *h = hd_http_deferred(c) ? c->proto : NULL;
+    return h && h->gone == gone ? h->gone_ud : NULL;
+}
+
 void hd_http_resume(hd_conn *c)
 {
     hd_http_conn *h = c->kind == HD_CONN_HTTP ? c->proto : NULL;

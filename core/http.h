@@ -70,6 +70,9 @@ void hd_http_defer_watch(hd_conn *c, void (*gone)(void *ud, hd_conn *c), void *u
 /* The request whose answer c defers, or NULL (the connection is no longer
  * HTTP, or nothing is deferred). */
 hd_http_req *hd_http_deferred(hd_conn *c);
+/* The ud of c's watched deferral when its gone callback is gone, else
+ * NULL. */
+void *hd_http_watch_ud(hd_conn *c, void (*gone)(void *ud, hd_conn *c));
 /* After the deferred answer was queued: parses what had arrived meanwhile
  * and reads again. */
 void hd_http_resume(hd_conn *c);

@@ -17,9 +17,11 @@
  *                    in order as a WebSocket's would be: {"status":200}
  *
  * A token is the session's id and an HMAC of it under a secret drawn at
- * start: it cannot be forged, and a token of another process or node
- * fails. A token whose session is gone is answered {"status":410}: the
- * client reconnects. A session without a held poll for longpoll.window_ms
+ * start: it cannot be forged, and a token of an earlier process fails. In
+ * a cluster the node's id follows, and a request for a session of another
+ * node is forwarded there through Redis and answered from there (longpoll.c,
+ * "across nodes"). A token whose session is gone is answered
+ * {"status":410}: the client reconnects. A session without a held poll for longpoll.window_ms
  * is closed (abandoned). Closing a session answers its held poll with
  * what is left, or 410; frames still queued wait for the next poll for
  * timeouts.ws_close_ms at most.
@@ -37,8 +39,11 @@
 #include <uv.h>
 
 #define HD_LP_TOKEN_LEN 48 /* hex: 16 of the id, 32 of the HMAC */
+#define HD_LP_TOKEN_MAX (HD_LP_TOKEN_LEN + 63) /* in a cluster, the node's id follows */
 
 struct lp_session;
+struct lp_due;
+struct hd_cluster;
 
 typedef struct hd_lp_ctx {
     hd_conn_ops ops;             /* first: c->ops of a session points here */
@@ -48,10 +53,16 @@ typedef struct hd_lp_ctx {
     const hd_ws_handler *h;      /* the sessions' handler (channel.c's, as for WebSocket) */
     void *ud;
     uint8_t secret[32];          /* signs tokens: drawn at start */
-    struct lp_session *head, *tail; /* sessions with a deadline, earliest first */
+    struct lp_due *head, *tail;  /* sessions and forwarded requests with a deadline, earliest first */
     uv_timer_t timer;            /* at the head's deadline */
     struct lp_session *feeding;  /* the session whose POST is being handed on */
     char why[128];               /* ... and why it closed meanwhile */
+    /* In a cluster (set at start-up, else NULL): a request for a session
+     * of another node goes there (hd_cluster_to_node), and its answer
+     * comes back to hd_lp_node_message. */
+    struct hd_cluster *cluster;
+    const char *node;            /* this node's id */
+    uint64_t fwd_seq;            /* numbers the requests sent away */
 } hd_lp_ctx;
 
 void hd_lp_init(hd_lp_ctx *lp, uv_loop_t *loop, const hd_config *cfg, hd_stats *st,
@@ -75,6 +86,15 @@ hd_conn *hd_lp_open(hd_lp_ctx *lp, hd_conn *c, hd_http_req *r, int v1);
  * hd_http_respond. */
 void hd_lp_error(hd_conn *c, const hd_http_req *r, int http_status, int status, const char *msg,
                  int close);
+
+/* Another node's message to this one's long polls (the cluster's
+ * on_node_message): a request forwarded to one of its sessions, or the
+ * answer to one it forwarded. */
+void hd_lp_node_message(void *ud, const char *msg, size_t len);
+/* The drain: polls this node forwarded to other nodes are answered 204
+ * (their sessions go on there; the client's next poll comes through a
+ * new connection). Returns how many. */
+size_t hd_lp_drain_forwards(hd_lp_ctx *lp);
 
 /* A session id's token under secret, into out (NUL-terminated). */
 void hd_lp_token(const uint8_t secret[32], uint64_t id, char out[HD_LP_TOKEN_LEN + 1]);

@@ -36,6 +36,21 @@ void hd_metrics_render(hd_str *o, const hd_stats *m, const hd_net *net, const hd
                   "herald_longpoll_tokens_rejected_total{reason=\"forged\"} %" PRIu64 "\n"
                   "herald_longpoll_tokens_rejected_total{reason=\"gone\"} %" PRIu64 "\n",
                   m->lp_forged, m->lp_gone);
+    hd_str_printf(o,
+                  "# HELP herald_longpoll_forwarded_total Long-poll requests for a session of another "
+                  "node, sent there (out) or taken from there (in).\n"
+                  "# TYPE herald_longpoll_forwarded_total counter\n"
+                  "herald_longpoll_forwarded_total{direction=\"out\"} %" PRIu64 "\n"
+                  "herald_longpoll_forwarded_total{direction=\"in\"} %" PRIu64 "\n",
+                  m->lp_fwd_out, m->lp_fwd_in);
+    hd_metrics_counter(o, "herald_longpoll_forward_timeouts_total",
+            "Forwarded long-poll requests whose answer did not come back in time (answered 410).",
+            m->lp_fwd_timeouts);
+    hd_metrics_counter(o, "herald_longpoll_forward_cancels_total",
+            "Polls forwarded here from another node that it gave up (its client left, or it "
+            "drained): what comes for the session waits for the next poll.", m->lp_fwd_cancels);
+    hd_metrics_counter(o, "herald_longpoll_forward_bad_total",
+            "Other nodes' long-poll messages that could not be read.", m->lp_fwd_bad);
     hd_metrics_gauge(o, "herald_topics", "Topics with at least one subscriber on this node.",
           eng->topics.count);
     hd_metrics_counter(o, "herald_tcp_accepted_total", "TCP connections accepted.", m->tcp_accepted);

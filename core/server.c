@@ -412,6 +412,12 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     srv->api.net = &srv->net;
     srv->api.cluster = srv->clustered ? &srv->cluster : NULL;
     srv->ch.cluster = srv->clustered ? &srv->cluster : NULL;
+    if (srv->clustered) { /* (a long poll may reach a session of another node) */
+        srv->ch.lp.cluster = &srv->cluster;
+        srv->ch.lp.node = srv->node_id;
+        srv->cluster.on_node_message = hd_lp_node_message;
+        srv->cluster.node_message_ud = &srv->ch.lp;
+    }
     hd_http_init(&srv->http, cfg, &srv->st, hd_api_dispatch, &srv->api);
     srv->net.accept_ops = &srv->http.ops;
     stop_taking(srv); /* until READY */
@@ -432,6 +438,7 @@ int hd_server_init(hd_server *srv, uv_loop_t *loop, const hd_config *cfg)
     srv->sweeper.data = srv;
     srv->listener.fd = srv->admin.fd = -1;
     srv->drain.cluster = srv->clustered ? &srv->cluster : NULL;
+    srv->drain.lp = &srv->ch.lp;
     /* sweeper, status timer, drain timer, presence timer, writer, spinner,
      * the long polls' timer (and the cluster's ticker and sync); each
      * listener once open */

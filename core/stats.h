@@ -50,6 +50,10 @@ typedef struct hd_stats {
     uint64_t lp_posts;            /* POSTs of messages with a session's token */
     uint64_t lp_forged;           /* tokens that did not verify */
     uint64_t lp_gone;             /* tokens of sessions that are gone */
+    uint64_t lp_fwd_out, lp_fwd_in; /* long-poll requests forwarded to, and from, other nodes */
+    uint64_t lp_fwd_timeouts;     /* ... whose answer did not come back in time */
+    uint64_t lp_fwd_cancels;      /* polls forwarded here that their node gave up (lc1) */
+    uint64_t lp_fwd_bad;          /* other nodes' long-poll messages that could not be read */
     uint64_t dropped_no_v1;       /* frames a V1 subscriber missed: no V1 copy could be built */
     uint64_t slow_closes;         /* connections closed with 1013 */
     uint64_t idle_closes;         /* connections closed for idleness */

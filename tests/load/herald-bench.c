@@ -59,7 +59,7 @@
 #define STORM_MAXMSG 10000 /* recovery-storm: most --messages (missed while away) */
 #define HB_N 4608         /* latency histogram buckets (see hbucket) */
 #define RBUF_MAX (16u << 20)
-#define LP_TOKEN_MAX 64 /* --longpoll: a session's token (herald's are 48 hex digits) */
+#define LP_TOKEN_MAX 128 /* --longpoll: a session's token (48 hex digits, then in a cluster the node's id) */
 #define WS_KEY "dGhlIHNhbXBsZSBub25jZQ=="
 #define WS_ACCEPT "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" /* the RFC 6455 example answer */
 
