@@ -828,6 +828,15 @@ static const char *num(const char *p, const char *e, uint64_t *v)
     return q + 1;
 }
 
+/* Whether p[0..n) can be a node's id: 1 to 255 visible ASCII bytes. */
+static int node_name(const char *p, size_t n)
+{
+    if (!n || n > 255) return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)p[i] <= ' ' || (unsigned char)p[i] >= 0x7f) return 0;
+    return 1;
+}
+
 /* "lq1 ...": a request forwarded to a session of this node's. */
 static void forwarded_request(hd_lp_ctx *lp, const char *p, const char *e)
 {
@@ -838,7 +847,7 @@ static void forwarded_request(hd_lp_ctx *lp, const char *p, const char *e)
     const char *tok = q && e - q >= 2 && q[1] == '\n' ? q + 2 : NULL;
     const char *nl = tok ? memchr(tok, '\n', (size_t)(e - tok)) : NULL;
     size_t fl = sp ? (size_t)(sp - p) : 0;
-    if (!nl || !fl || fl > 255 || !id || (*q != 'G' && *q != 'N' && *q != 'T')) {
+    if (!nl || !node_name(p, fl) || !id || (*q != 'G' && *q != 'N' && *q != 'T')) {
         lp->st->lp_fwd_bad++;
         return;
     }
