@@ -78,9 +78,11 @@ bench-v1: build
 	BENCH_RUNS=$${BENCH_RUNS:-3} bash scripts/bench.sh fanout fanout-v1half
 
 # Fan-out to LongPoll sessions (each holding a poll) against the same fan-out to
-# WebSockets (alternating, 3 runs each unless BENCH_RUNS says otherwise).
+# WebSockets (alternating, 3 runs each unless BENCH_RUNS says otherwise); then
+# what a poll forwarded to the session's node through Redis adds (two nodes).
 bench-longpoll: build
 	BENCH_RUNS=$${BENCH_RUNS:-3} bash scripts/bench.sh fanout fanout-longpoll
+	HERALD_BIN=$(BUILD)/herald node tests/load/lp-forward-bench.js 1000
 
 # A recovery storm: 10,000 clients of a topic with history drop at once, 10
 # messages are published, all rejoin at once with since (BENCH_RUNS applies).
