@@ -427,26 +427,26 @@ static int presence_topic(hd_cluster *c, hd_topic *tp)
     return hd_topic_policy_of(&c->eng->topics, tp)->presence;
 }
 
-/* HSET or HDEL of a local entry, and its announcement. */
-static void announce(hd_cluster *c, hd_topic *tp, const hd_pres *e, int joined)
+/* HSET (meta given) or HDEL (meta NULL) of an entry of this node's, and
+ * its announcement to the peers. */
+static void tell(hd_cluster *c, hd_topic *tp, const char *ref, size_t rl, const char *key,
+                 const char *meta)
 {
     hd_shard *s = shard_for(c, tp->name, tp->len);
     if (!s->linked) return;
-    size_t rl, hl, cl;
-    const char *ref = hd_pres_ref(e, &rl);
-    const char *key = hd_pres_key(e), *meta = hd_pres_meta(e);
+    size_t hl, cl;
     char *hash = pres_key(tp->name, tp->len, &hl), *ch = channel_of(tp->name, tp->len, &cl);
     hd_str field = HD_STR_INIT, value = HD_STR_INIT, msg = HD_STR_INIT;
     hd_str_printf(&field, "%s %.*s", c->node, (int)rl, ref);
-    hd_str_printf(&msg, "p1 %s\n%c%.*s\n%s", c->node, joined ? '+' : '-', (int)rl, ref, key);
-    if (joined) {
+    hd_str_printf(&msg, "p1 %s\n%c%.*s\n%s", c->node, meta ? '+' : '-', (int)rl, ref, key);
+    if (meta) {
         hd_str_printf(&value, "%s\n%s", key, meta);
         hd_str_printf(&msg, "\n%s", meta);
     }
     if (hash && ch && !field.oom && !value.oom && !msg.oom) {
-        const char *argv[4] = {joined ? "HSET" : "HDEL", hash, field.p, value.p};
+        const char *argv[4] = {meta ? "HSET" : "HDEL", hash, field.p, value.p};
         size_t lens[4] = {4, hl, field.len, value.len};
-        command(s, NULL, NULL, joined ? 4 : 3, argv, lens);
+        command(s, NULL, NULL, meta ? 4 : 3, argv, lens);
         const char *pargv[3] = {"PUBLISH", ch, msg.p};
         size_t plens[3] = {7, cl, msg.len};
         command(s, NULL, NULL, 3, pargv, plens);
@@ -458,6 +458,14 @@ static void announce(hd_cluster *c, hd_topic *tp, const hd_pres *e, int joined)
     hd_str_free(&field);
     hd_str_free(&value);
     hd_str_free(&msg);
+}
+
+/* A local entry joined or left. */
+static void announce(hd_cluster *c, hd_topic *tp, const hd_pres *e, int joined)
+{
+    size_t rl;
+    const char *ref = hd_pres_ref(e, &rl);
+    tell(c, tp, ref, rl, hd_pres_key(e), joined ? hd_pres_meta(e) : NULL);
 }
 
 static void on_local(void *ud, hd_topic *tp, const hd_pres *e, int joined)
@@ -568,8 +576,25 @@ static int parse_entry(const redisReply *f, const redisReply *v, char **node, ch
     return *node && *ref && *key && *meta ? 0 : -1;
 }
 
+/* An entry of this node's (ref, key) in the topic's hash that it no
+ * longer has: its leave was not stored or told (the link was down then),
+ * so it is now (HDEL, and "-" to the peers). An entry added after the HGETALL
+ * was sent is not in its reply; one removed since was told already, and
+ * telling it again changes nothing. */
+static void drop_if_stale(hd_cluster *c, hd_topic *tp, const char *ref, const char *key)
+{
+    size_t want = strlen(ref);
+    for (hd_pres *e = tp->pres; e; e = e->next) {
+        size_t rl;
+        const char *er = e->sub ? hd_pres_ref(e, &rl) : NULL;
+        if (er && rl == want && memcmp(er, ref, rl) == 0) return; /* ours still */
+    }
+    c->cs.stale++;
+    tell(c, tp, ref, want, key, NULL);
+}
+
 /* HGETALL of a topic's hash: the other nodes' entries become ours to
- * show; what we held of theirs that the hash no longer has goes (unless
+ * show; this node's that it no longer has are dropped; what we held of theirs that the hash no longer has goes (unless
  * announced since the load went out). */
 static void on_loaded(redisAsyncContext *ac, void *reply, void *privdata)
 {
@@ -584,7 +609,9 @@ static void on_loaded(redisAsyncContext *ac, void *reply, void *privdata)
             char *node, *ref, *key, *meta;
             if (parse_entry(r->element[i], r->element[i + 1], &node, &ref, &key, &meta) != 0)
                 c->cs.bad++;
-            else if (strcmp(node, c->node) != 0 && !journal_has(q, '-', node, ref, strlen(ref)) &&
+            else if (strcmp(node, c->node) == 0)
+                drop_if_stale(c, tp, ref, key);
+            else if (!journal_has(q, '-', node, ref, strlen(ref)) &&
                      hd_presence_add(pr, tp, node, key, meta, ref) == HD_EJSON)
                 c->cs.bad++;
             free(node), free(ref), free(key), free(meta);
@@ -1929,6 +1956,11 @@ void hd_cluster_metrics(const hd_cluster *c, hd_str *o)
                   "# HELP herald_cluster_bad_messages_total Messages on Herald's channels that "
                   "were not Herald's.\n# TYPE herald_cluster_bad_messages_total counter\n"
                   "herald_cluster_bad_messages_total %llu\n"
+                  "# HELP herald_cluster_presence_stale_total This node's presence entries "
+                  "found in Redis after it had dropped them (their leave was not stored while "
+                  "the link was down): deleted and told to the peers then.\n"
+                  "# TYPE herald_cluster_presence_stale_total counter\n"
+                  "herald_cluster_presence_stale_total %llu\n"
                   "# HELP herald_cluster_history_reads_total History reads sent to Redis for "
                   "joins of topics with history (one serves every join waiting).\n"
                   "# TYPE herald_cluster_history_reads_total counter\n"
@@ -1936,5 +1968,5 @@ void hd_cluster_metrics(const hd_cluster *c, hd_str *o)
                   (unsigned long long)c->cs.reconnects, (unsigned long long)c->cs.out,
                   (unsigned long long)c->cs.in, (unsigned long long)c->cs.lost,
                   queued_of(c), (double)oldest_ms(c) / 1000.0, (unsigned long long)c->cs.bad,
-                  (unsigned long long)c->cs.history_reads);
+                  (unsigned long long)c->cs.stale, (unsigned long long)c->cs.history_reads);
 }

@@ -1,8 +1,8 @@
 'use strict';
 // The cluster (issue 12), second part: presence across nodes as phoenix.js
 // `Presence` sees it (joins and leaves on another node, a user on two nodes
-// as one key with two metas, a node killed with kill -9 and a node
-// drained), topics spread over two Redis shards, and two herald processes
+// as one key with two metas, a leave while the user's node was cut off from
+// Redis, a node killed with kill -9 and a node drained), topics spread over two Redis shards, and two herald processes
 // sharing one port with SO_REUSEPORT. Every Redis is a real redis-server
 // the test starts on a free 127.0.0.1 port and stops by its PID.
 //
@@ -128,6 +128,58 @@ test('presence across nodes through phoenix.js Presence', async (t) => {
   await alice.close();
   await dave.until({ carol: 1, dave: 1 }, 'alice gone after her socket on A closed');
   await c.waitFor(async () => (await fieldsOf(redis, topic, idB)).length === 1, 'B\'s hash fields: dave\'s only');
+});
+
+// A TCP proxy in front of Redis for one node: cut() ends every connection
+// through it and refuses new ones (the node's network to Redis is gone),
+// restore() lets them through again.
+async function redisProxy(t, redisPort) {
+  const net = require('node:net');
+  let open = true;
+  const socks = new Set();
+  const server = net.createServer((down) => {
+    if (!open) { down.destroy(); return; }
+    const up = net.connect(redisPort, '127.0.0.1');
+    for (const x of [down, up]) { socks.add(x); x.on('close', () => socks.delete(x)); x.on('error', () => {}); }
+    down.pipe(up).pipe(down);
+    down.on('close', () => up.destroy());
+    up.on('close', () => down.destroy());
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  c.defer(t, () => new Promise((r) => { for (const x of socks) x.destroy(); server.close(r); }));
+  return {
+    port: server.address().port,
+    cut() { open = false; for (const x of socks) x.destroy(); },
+    restore() { open = true; },
+  };
+}
+
+test('a user who leaves while her node is cut off from Redis leaves the peers\' Presence once it is back', async (t) => {
+  const redis = await c.startRedis(t);
+  const proxy = await redisProxy(t, redis.port);
+  const [a] = await c.startNodes(t, 1, { redis: `redis://127.0.0.1:${proxy.port}`, config: PRESENCE_CONFIG, files: FILES });
+  const [b] = await c.startNodes(t, 1, { redis, config: PRESENCE_CONFIG, files: FILES });
+  await linkUp([a, b]);
+  const topic = 'room:cut';
+  const idA = (await a.status()).cluster.node;
+  const alice = await presenceClient(t, a.port, 'alice', topic);
+  const carol = await presenceClient(t, a.port, 'carol', topic);
+  const bob = await presenceClient(t, b.port, 'bob', topic);
+  await bob.until({ alice: 1, bob: 1, carol: 1 });
+  await carol.until({ alice: 1, bob: 1, carol: 1 });
+
+  proxy.cut();
+  await c.waitFor(async () => (await a.metrics())[upKey(0)] === 0, 'A\'s link down');
+  await alice.close(); // A drops her; nothing reaches Redis or B
+  await carol.until({ bob: 1, carol: 1 }, 'alice gone on A');
+  assert.deepEqual(bob.view(), { alice: 1, bob: 1, carol: 1 }, 'B cannot know yet');
+
+  proxy.restore();
+  await linkUp([a]);
+  await bob.until({ bob: 1, carol: 1 }, 'alice gone on B once A is back');
+  assert.equal(h.metricSum(await a.metrics(), 'herald_cluster_presence_stale_total'), 1);
+  assert.equal((await fieldsOf(redis, topic, idA)).length, 1, 'A\'s fields in the hash: carol\'s only');
+  assert.deepEqual(carol.view(), { bob: 1, carol: 1 });
 });
 
 test('kill -9 of a node: its users leave the peers\' Presence after node_timeout_ms', async (t) => {
