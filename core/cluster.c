@@ -147,7 +147,9 @@ typedef struct hd_shard {
     uint64_t retry_at;         /* loop time of the next connect, 0: now */
     qmsg *qhead, *qtail;
     size_t queued;
-    size_t inflight;           /* PUBLISHes awaiting their reply */
+    size_t inflight;           /* PUBLISHes (and presence commands) awaiting their reply */
+    int resync;                /* presence changes were not sent (too many in flight): all
+                                * of this node's entries go again once there is room */
     cname **set;               /* topics subscribed on the current link */
     size_t nset, setcap;
     cname *pending;            /* topics whose subscription may have to change */
@@ -284,12 +286,14 @@ static const uint8_t *frame_payload(const hd_buf *f, size_t *len)
 static void link_down(hd_shard *s, const char *why);
 static void flush_queue(hd_shard *s);
 
+static void replied(hd_shard *s);
+
 static void on_publish_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     (void)ac;
     hd_shard *s = privdata;
     redisReply *r = reply;
-    if (s->inflight) s->inflight--;
+    replied(s);
     if (!r || r->type == REDIS_REPLY_ERROR) s->c->cs.lost++;
     else if (s->qhead) flush_queue(s); /* room in flight again */
 }
@@ -394,8 +398,7 @@ static void batch_add(hd_shard *s, batch *b, const char *verb, const char *topic
 static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     (void)ac, (void)reply;
-    hd_shard *s = privdata;
-    if (s->inflight) s->inflight--;
+    replied(privdata);
 }
 
 /* A command on the shard's link when it is up (else dropped: the next
@@ -428,12 +431,24 @@ static int presence_topic(hd_cluster *c, hd_topic *tp)
 }
 
 /* HSET (meta given) or HDEL (meta NULL) of an entry of this node's, and
- * its announcement to the peers. */
+ * its announcement to the peers. A change (not resync) while
+ * cluster.queue_max commands are in flight on the link is not sent: the
+ * shard resyncs instead once half of them are answered (republish: every
+ * entry again, and the stale ones dropped), so that a Redis that falls
+ * behind holds at most that many, and one copy of the node's presence. */
 static void tell(hd_cluster *c, hd_topic *tp, const char *ref, size_t rl, const char *key,
-                 const char *meta)
+                 const char *meta, int resync)
 {
     hd_shard *s = shard_for(c, tp->name, tp->len);
     if (!s->linked) return;
+    if (!resync && s->inflight >= c->cfg->cluster_queue_max) {
+        if (!s->resync)
+            hd_warn("cluster: %s: %zu commands in flight: presence changes wait for a resync",
+                    s->shown, s->inflight);
+        s->resync = 1;
+        c->cs.pres_deferred++;
+        return;
+    }
     size_t hl, cl;
     char *hash = pres_key(tp->name, tp->len, &hl), *ch = channel_of(tp->name, tp->len, &cl);
     hd_str field = HD_STR_INIT, value = HD_STR_INIT, msg = HD_STR_INIT;
@@ -460,18 +475,18 @@ static void tell(hd_cluster *c, hd_topic *tp, const char *ref, size_t rl, const 
     hd_str_free(&msg);
 }
 
-/* A local entry joined or left. */
-static void announce(hd_cluster *c, hd_topic *tp, const hd_pres *e, int joined)
+/* A local entry joined or left (resync: it is told again). */
+static void announce(hd_cluster *c, hd_topic *tp, const hd_pres *e, int joined, int resync)
 {
     size_t rl;
     const char *ref = hd_pres_ref(e, &rl);
-    tell(c, tp, ref, rl, hd_pres_key(e), joined ? hd_pres_meta(e) : NULL);
+    tell(c, tp, ref, rl, hd_pres_key(e), joined ? hd_pres_meta(e) : NULL, resync);
 }
 
 static void on_local(void *ud, hd_topic *tp, const hd_pres *e, int joined)
 {
     hd_cluster *c = ud;
-    if (!c->closing) announce(c, tp, e, joined);
+    if (!c->closing) announce(c, tp, e, joined, 0);
 }
 
 /* A presence hash being loaded. The HGETALL runs on the command link and
@@ -590,7 +605,7 @@ static void drop_if_stale(hd_cluster *c, hd_topic *tp, const char *ref, const ch
         if (er && rl == want && memcmp(er, ref, rl) == 0) return; /* ours still */
     }
     c->cs.stale++;
-    tell(c, tp, ref, want, key, NULL);
+    tell(c, tp, ref, want, key, NULL, 1);
 }
 
 /* HGETALL of a topic's hash: the other nodes' entries become ours to
@@ -818,6 +833,7 @@ static void check_peers(hd_cluster *c)
 static void republish(hd_shard *s)
 {
     hd_cluster *c = s->c;
+    s->resync = 0;
     if (s->index == 0 && !c->withdrawn) beat(c);
     hd_topics *t = &c->eng->topics;
     for (size_t i = 0; i < t->nslots; i++)
@@ -825,9 +841,18 @@ static void republish(hd_shard *s)
             if (hd_cluster_shard_of(tp->name, tp->len, c->nshards) != s->index) continue;
             if (!presence_topic(c, tp)) continue;
             for (hd_pres *e = tp->pres; e; e = e->next)
-                if (e->sub) announce(c, tp, e, 1);
+                if (e->sub && !c->withdrawn) announce(c, tp, e, 1, 1);
             load_presence(c, tp);
         }
+}
+
+/* A command of the link was answered: room in flight, and a resync that
+ * waited for it. */
+static void replied(hd_shard *s)
+{
+    if (s->inflight) s->inflight--;
+    if (s->resync && s->up && !s->c->withdrawn && s->inflight <= s->c->cfg->cluster_queue_max / 2)
+        republish(s);
 }
 
 /* Applies what changed since the last turn: a topic now with local
@@ -1756,7 +1781,7 @@ void hd_cluster_withdraw(hd_cluster *c)
             int mine = 0;
             for (hd_pres *e = tp->pres; e; e = e->next)
                 if (e->sub) {
-                    announce(c, tp, e, 0);
+                    announce(c, tp, e, 0, 1);
                     mine = 1;
                 }
             if (!mine) continue;
@@ -1961,6 +1986,11 @@ void hd_cluster_metrics(const hd_cluster *c, hd_str *o)
                   "the link was down): deleted and told to the peers then.\n"
                   "# TYPE herald_cluster_presence_stale_total counter\n"
                   "herald_cluster_presence_stale_total %llu\n"
+                  "# HELP herald_cluster_presence_deferred_total Presence changes not sent while "
+                  "cluster.queue_max commands were in flight (Redis falling behind): the node's "
+                  "presence is sent again once half of them are answered.\n"
+                  "# TYPE herald_cluster_presence_deferred_total counter\n"
+                  "herald_cluster_presence_deferred_total %llu\n"
                   "# HELP herald_cluster_history_reads_total History reads sent to Redis for "
                   "joins of topics with history (one serves every join waiting).\n"
                   "# TYPE herald_cluster_history_reads_total counter\n"
@@ -1968,5 +1998,6 @@ void hd_cluster_metrics(const hd_cluster *c, hd_str *o)
                   (unsigned long long)c->cs.reconnects, (unsigned long long)c->cs.out,
                   (unsigned long long)c->cs.in, (unsigned long long)c->cs.lost,
                   queued_of(c), (double)oldest_ms(c) / 1000.0, (unsigned long long)c->cs.bad,
-                  (unsigned long long)c->cs.stale, (unsigned long long)c->cs.history_reads);
+                  (unsigned long long)c->cs.stale, (unsigned long long)c->cs.pres_deferred,
+                  (unsigned long long)c->cs.history_reads);
 }

@@ -53,6 +53,7 @@ typedef struct hd_cluster_stats {
     uint64_t lost;                /* cross-node publishes dropped (queue full, broken link) */
     uint64_t bad;                 /* messages from Redis that could not be read */
     uint64_t stale;               /* own presence entries found left behind in Redis, dropped */
+    uint64_t pres_deferred;       /* presence changes not sent (too much in flight): resynced */
     uint64_t attempts;            /* connects started (each shard's pair counts once) */
     uint64_t history_reads;       /* history reads sent (one serves every join waiting) */
 } hd_cluster_stats;

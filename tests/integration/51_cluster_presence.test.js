@@ -182,6 +182,27 @@ test('a user who leaves while her node is cut off from Redis leaves the peers\' 
   assert.deepEqual(carol.view(), { bob: 1, carol: 1 });
 });
 
+test('joins while Redis does not answer (over cluster.queue_max in flight): not sent then, resynced after, every user on the peer', async (t) => {
+  const redis = await c.startRedis(t);
+  const [a] = await c.startNodes(t, 1, { redis, cluster: 'queue_max = 4', config: PRESENCE_CONFIG, files: FILES });
+  const [b] = await c.startNodes(t, 1, { redis, config: PRESENCE_CONFIG, files: FILES });
+  await linkUp([a, b]);
+  const topic = 'room:busy';
+  const bob = await presenceClient(t, b.port, 'bob', topic);
+  const alice = await presenceClient(t, a.port, 'alice', topic);
+  await bob.until({ alice: 1, bob: 1 });
+  // Writes wait in Redis (PUBLISH and HSET among them) while 10 users join on A.
+  await redis.cli('CLIENT', 'PAUSE', '3000', 'WRITE');
+  const users = Array.from({ length: 10 }, (_, i) => `u${i}`);
+  await Promise.all(users.map((u) => presenceClient(t, a.port, u, topic)));
+  const deferred = h.metricSum(await a.metrics(), 'herald_cluster_presence_deferred_total');
+  assert.ok(deferred >= 1, `presence changes held back: ${deferred}`);
+  // Once Redis answers again, A sends its presence again: B sees everyone.
+  const all = Object.fromEntries(['alice', 'bob', ...users].sort().map((k) => [k, 1]));
+  await bob.until(all, 'every user of A on B after the resync', 15000);
+  assert.equal(h.metricSum(await a.metrics(), 'herald_cluster_publishes_lost_total'), 0);
+});
+
 test('kill -9 of a node: its users leave the peers\' Presence after node_timeout_ms', async (t) => {
   const redis = await c.startRedis(t);
   const TIMEOUT = 2000;
