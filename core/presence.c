@@ -41,6 +41,13 @@ void hd_presence_close(hd_presence *pr, uv_close_cb cb, void *data)
     uv_close((uv_handle_t *)&pr->timer, cb);
 }
 
+void hd_presence_free(hd_presence *pr)
+{
+    free(pr->idx);
+    pr->idx = NULL;
+    pr->idx_mask = pr->idx_n = 0;
+}
+
 /* A unique phx_ref: URL-safe base64 of a 64-bit timestamp and a counter. */
 static void new_ref(hd_presence *pr, char out[24])
 {
@@ -278,11 +285,60 @@ int hd_presence_update(hd_presence *pr, hd_sub *sub, const char *meta_json)
     return 0;
 }
 
-static hd_pres *find_remote(hd_topic *tp, const char *node, const char *key, const char *ref)
+/* ---- the index of other nodes' entries -------------------------------------------------- */
+
+static size_t idx_hash(const hd_topic *tp, const char *node, const char *ref, size_t rl)
 {
-    for (hd_pres *e = tp->pres; e; e = e->next)
-        if (!e->sub && strcmp(e->node, node) == 0 && strcmp(key_of(e), key) == 0 &&
-            ref_is(e, ref))
+    uint64_t t = (uint64_t)(uintptr_t)tp;
+    uint32_t h = hd_fnv1a(ref, rl) ^ (hd_fnv1a(node, strlen(node)) * 0x9e3779b1u);
+    return (size_t)(h ^ (uint32_t)(t >> 4) ^ (uint32_t)(t >> 36));
+}
+
+static hd_pres **idx_head(hd_presence *pr, const hd_pres *e)
+{
+    return &pr->idx[idx_hash(e->topic, e->node, ref_of(e), ref_len(e)) & pr->idx_mask];
+}
+
+/* Room for one more (doubling at a load of 1). Returns 0, or HD_ENOMEM
+ * when there is no table at all (a table that cannot grow is kept). */
+static int idx_room(hd_presence *pr)
+{
+    size_t cap = pr->idx ? pr->idx_mask + 1 : 0;
+    if (pr->idx_n < cap) return 0;
+    size_t ncap = cap ? cap * 2 : 64;
+    hd_pres **old = pr->idx, **nt = calloc(ncap, sizeof *nt);
+    if (!nt) return old ? 0 : HD_ENOMEM;
+    pr->idx = nt;
+    pr->idx_mask = ncap - 1;
+    for (size_t i = 0; i < cap; i++)
+        for (hd_pres *e = old[i], *next; e; e = next) {
+            next = e->hnext;
+            hd_pres **h = idx_head(pr, e);
+            e->hnext = *h;
+            *h = e;
+        }
+    free(old);
+    return 0;
+}
+
+static void idx_del(hd_presence *pr, hd_pres *e)
+{
+    if (!pr->idx) return;
+    for (hd_pres **pp = idx_head(pr, e); *pp; pp = &(*pp)->hnext)
+        if (*pp == e) {
+            *pp = e->hnext;
+            pr->idx_n--;
+            return;
+        }
+}
+
+static hd_pres *find_remote(hd_presence *pr, hd_topic *tp, const char *node, const char *key,
+                            const char *ref)
+{
+    if (!pr->idx) return NULL;
+    for (hd_pres *e = pr->idx[idx_hash(tp, node, ref, strlen(ref)) & pr->idx_mask]; e; e = e->hnext)
+        if (e->topic == tp && strcmp(e->node, node) == 0 && ref_is(e, ref) &&
+            strcmp(key_of(e), key) == 0)
             return e;
     return NULL;
 }
@@ -300,21 +356,31 @@ int hd_presence_add(hd_presence *pr, hd_topic *tp, const char *node, const char 
     char *meta = json_dumps(m, JSON_COMPACT);
     hd_pres *n = meta ? entry_new(pr, key, meta, ref, node) : NULL;
     free(meta);
-    hd_pres *o = n ? find_remote(tp, node, key, ref) : NULL;
+    hd_pres *o = n ? find_remote(pr, tp, node, key, ref) : NULL;
     json_decref(m); /* ref points into m */
     if (!n) return HD_ENOMEM;
+    n->topic = tp;
     int tell = hd_topic_policy_of(pr->topics, tp)->presence;
     if (o && strcmp(meta_of(o), meta_of(n)) == 0) { /* known already: no news */
         free(n);
         return 0;
     }
+    if (!o && idx_room(pr)) {
+        free(n);
+        return HD_ENOMEM;
+    }
     if (o) {
         if (tell) record(pr, tp, key_of(o), meta_of(o), 0);
+        idx_del(pr, o);
         replace_entry(tp, o, n);
         free(o);
     } else {
         link_head(tp, n);
     }
+    hd_pres **h = idx_head(pr, n);
+    n->hnext = *h;
+    *h = n;
+    pr->idx_n++;
     if (tell) record(pr, tp, key_of(n), meta_of(n), 1);
     return 0;
 }
@@ -323,6 +389,7 @@ int hd_presence_add(hd_presence *pr, hd_topic *tp, const char *node, const char 
 static void drop_remote(hd_presence *pr, hd_topic *tp, hd_pres *e)
 {
     if (hd_topic_policy_of(pr->topics, tp)->presence) record(pr, tp, key_of(e), meta_of(e), 0);
+    idx_del(pr, e);
     unlink_entry(tp, e);
     free(e);
 }
@@ -330,7 +397,7 @@ static void drop_remote(hd_presence *pr, hd_topic *tp, hd_pres *e)
 int hd_presence_remove(hd_presence *pr, hd_topic *tp, const char *node, const char *key,
                        const char *phx_ref)
 {
-    hd_pres *e = tp ? find_remote(tp, node, key, phx_ref) : NULL;
+    hd_pres *e = tp ? find_remote(pr, tp, node, key, phx_ref) : NULL;
     if (!e) return 0;
     drop_remote(pr, tp, e);
     return 1;
@@ -510,6 +577,7 @@ void hd_presence_forget(hd_presence *pr, hd_topic *tp)
     for (hd_pres *e = tp->pres, *next; e; e = next) {
         next = e->next;
         if (e->sub) e->sub->pres = NULL;
+        else idx_del(pr, e);
         free(e);
     }
     tp->pres = NULL;

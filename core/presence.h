@@ -25,6 +25,8 @@
 typedef struct hd_pres {
     struct hd_pres *prev, *next;  /* the topic's entries, newest first */
     hd_sub *sub;                  /* this node's subscription, or NULL */
+    struct hd_pres *hnext;        /* another node's entry: its chain in the index */
+    const struct hd_topic *topic; /* ... and its topic (the index's key with node, ref) */
     const char *node;             /* the owning node's id */
     uint32_t meta_off;            /* offset of the meta in text */
     uint32_t ref_off;             /* offset of the phx_ref's bytes in text */
@@ -54,6 +56,10 @@ typedef struct hd_presence {
     void (*on_local)(void *ud, hd_topic *topic, const hd_pres *e, int joined);
     void *on_local_ud;
     int qualify_keys;             /* anonymous keys carry the node (a cluster) */
+    /* Other nodes' entries by (topic, node, phx_ref): a peer's join or
+     * leave finds its entry at once, not by a scan of the topic's. */
+    hd_pres **idx;
+    size_t idx_mask, idx_n;
 } hd_presence;
 
 /* An entry's key, meta (JSON object text) and phx_ref (*len bytes, not
@@ -67,6 +73,8 @@ void hd_presence_init(hd_presence *pr, uv_loop_t *loop, const hd_config *cfg, hd
                       hd_topics *topics, const char *node);
 /* Closes the timer (cb gets it, its data then being data). */
 void hd_presence_close(hd_presence *pr, uv_close_cb cb, void *data);
+/* Frees the index (every topic forgotten already). */
+void hd_presence_free(hd_presence *pr);
 
 /* Starts tracking sub (when its topic's policy is tracked) with the extra
  * meta fields in meta_json (an object, or NULL). Records the join in the

@@ -61,6 +61,7 @@ void hd_engine_free(hd_engine *e)
 {
     hd_history_free(&e->hist);
     hd_topics_free(&e->topics);
+    hd_presence_free(&e->pres);
     hd_policy_free(&e->pol);
 }
 

@@ -123,6 +123,8 @@ static int teardown(void **state)
     assert_int_equal(f->net.nconns, 0);
     hd_net_free(&f->net);
     hd_topics_free(&f->topics);
+    assert_int_equal(f->pr.idx_n, 0); /* (every entry left the index) */
+    hd_presence_free(&f->pr);
     hd_policy_free(&f->pol);
     assert_int_equal(uv_loop_close(&f->loop), 0);
     free(f);
@@ -620,6 +622,54 @@ static void test_withdraw_node(void **state)
     unwatch(&w2);
 }
 
+/* Many entries of other nodes on two topics, the same phx_refs on both and
+ * the same keys from two nodes (the index's key is topic, node and ref):
+ * each removal finds exactly its entry, on its topic, and the index
+ * empties with the entries. */
+static void test_many_remote_entries(void **state)
+{
+    fx *f = *state;
+    hd_conn *a = conn_new(f, "alice");
+    join(f, a, "room:1", NULL);
+    join(f, a, "room:2", NULL);
+    hd_topic *t1 = topic(f, "room:1"), *t2 = topic(f, "room:2");
+    enum { N = 600 };
+    char key[32], meta[64], ref[16];
+    for (int i = 0; i < N; i++) {
+        snprintf(key, sizeof key, "u%d", i);
+        snprintf(ref, sizeof ref, "r%d", i);
+        snprintf(meta, sizeof meta, "{\"phx_ref\":\"%s\"}", ref);
+        assert_int_equal(hd_presence_add(&f->pr, t1, "B", key, meta, ref), 0);
+        assert_int_equal(hd_presence_add(&f->pr, t2, "B", key, meta, ref), 0);
+        assert_int_equal(hd_presence_add(&f->pr, t1, "C", key, meta, ref), 0);
+    }
+    assert_int_equal(f->pr.idx_n, 3 * N);
+    /* Again: known already, nothing new. */
+    assert_int_equal(hd_presence_add(&f->pr, t1, "B", "u7", "{\"phx_ref\":\"r7\"}", NULL), 0);
+    assert_int_equal(f->pr.idx_n, 3 * N);
+    /* B's even users leave room:1 only. */
+    for (int i = 0; i < N; i += 2) {
+        snprintf(key, sizeof key, "u%d", i);
+        snprintf(ref, sizeof ref, "r%d", i);
+        assert_int_equal(hd_presence_remove(&f->pr, t1, "B", key, ref), 1);
+        assert_int_equal(hd_presence_remove(&f->pr, t1, "B", key, ref), 0); /* once */
+    }
+    assert_int_equal(hd_presence_remove(&f->pr, t1, "B", "u1", "r2"), 0); /* another's ref */
+    assert_int_equal(f->pr.idx_n, 3 * N - N / 2);
+    json_t *s1 = state_of(f, "room:1"), *s2 = state_of(f, "room:2");
+    assert_int_equal(json_object_size(s1), N + 1); /* every user (C's) and alice */
+    assert_int_equal(json_array_size(metas(s1, "u0")), 1);
+    assert_int_equal(json_array_size(metas(s1, "u1")), 2);
+    assert_int_equal(json_array_size(metas(s2, "u0")), 1);
+    json_decref(s1);
+    json_decref(s2);
+    /* B goes: only C's entries are left, on room:1. */
+    assert_int_equal(hd_presence_withdraw_node(&f->pr, "B"), N / 2 + N);
+    assert_int_equal(f->pr.idx_n, N);
+    assert_int_equal(hd_presence_remove(&f->pr, t1, "C", "u599", "r599"), 1);
+    assert_int_equal(f->pr.idx_n, N - 1);
+}
+
 /* Entries for topics not tracked here are refused, and so are metas
  * without a string phx_ref; nothing changes. */
 static void test_add_refused(void **state)
@@ -787,6 +837,7 @@ int main(void)
         T(test_remote_entry_back_in_one_window),
         T(test_remote_remove),
         T(test_withdraw_node),
+        T(test_many_remote_entries),
         T(test_add_refused),
         T(test_forget_with_the_topic),
         T(test_last_leaver_tells_nobody),
