@@ -5,6 +5,7 @@
 #include "util.h"
 
 #include <jansson.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,6 +91,14 @@ static const char *meta_of(const hd_pres *e) { return e->text + e->meta_off; }
 /* ref_off's top bit: the ref was copied after the meta (NUL-terminated);
  * else it is the bytes of the meta's "phx_ref" value, ended by a quote. */
 #define REF_COPIED 0x80000000u
+
+/* Another node's entry in the index: its chain, and its topic (the key is
+ * topic, node, phx_ref). */
+typedef struct pres_links {
+    hd_pres *hnext;
+    const hd_topic *topic;
+} pres_links;
+_Static_assert(offsetof(hd_pres, text) % sizeof(void *) == 0, "an entry's text starts aligned");
 static const char *ref_of(const hd_pres *e) { return e->text + (e->ref_off & ~REF_COPIED); }
 static size_t ref_len(const hd_pres *e)
 {
@@ -134,9 +143,13 @@ static hd_pres *entry_new(hd_presence *pr, const char *key, const char *meta, co
         const char *v = p + 11;
         if (strncmp(v, ref, rl) == 0 && v[rl] == '"') at = v;
     }
-    size_t extra = at ? 0 : rl + 1;
-    if (kl + ml + extra + nl >= REF_COPIED) return NULL;
-    hd_pres *e = malloc(sizeof *e + kl + ml + extra + nl);
+    size_t extra = at ? 0 : rl + 1, text = kl + ml + extra + nl;
+    if (text >= REF_COPIED) return NULL;
+    /* (another node's: its index links after the text, aligned) */
+    size_t links = node ? (text + sizeof(void *) - 1) / sizeof(void *) * sizeof(void *) - text +
+                              sizeof(pres_links)
+                        : 0;
+    hd_pres *e = malloc(sizeof *e + text + links);
     if (!e) return NULL;
     e->prev = e->next = NULL;
     e->sub = NULL;
@@ -157,6 +170,13 @@ static hd_pres *entry_new(hd_presence *pr, const char *key, const char *meta, co
         e->node = pr->node;
     }
     return e;
+}
+
+/* Another node's entry's links in the index, after its text. */
+static pres_links *links_of(const hd_pres *e)
+{
+    uintptr_t end = (uintptr_t)(e->node + strlen(e->node) + 1);
+    return (pres_links *)((end + sizeof(void *) - 1) & ~(uintptr_t)(sizeof(void *) - 1));
 }
 
 static void link_head(hd_topic *tp, hd_pres *e)
@@ -296,7 +316,7 @@ static size_t idx_hash(const hd_topic *tp, const char *node, const char *ref, si
 
 static hd_pres **idx_head(hd_presence *pr, const hd_pres *e)
 {
-    return &pr->idx[idx_hash(e->topic, e->node, ref_of(e), ref_len(e)) & pr->idx_mask];
+    return &pr->idx[idx_hash(links_of(e)->topic, e->node, ref_of(e), ref_len(e)) & pr->idx_mask];
 }
 
 /* Room for one more (doubling at a load of 1). Returns 0, or HD_ENOMEM
@@ -312,9 +332,9 @@ static int idx_room(hd_presence *pr)
     pr->idx_mask = ncap - 1;
     for (size_t i = 0; i < cap; i++)
         for (hd_pres *e = old[i], *next; e; e = next) {
-            next = e->hnext;
+            next = links_of(e)->hnext;
             hd_pres **h = idx_head(pr, e);
-            e->hnext = *h;
+            links_of(e)->hnext = *h;
             *h = e;
         }
     free(old);
@@ -324,9 +344,9 @@ static int idx_room(hd_presence *pr)
 static void idx_del(hd_presence *pr, hd_pres *e)
 {
     if (!pr->idx) return;
-    for (hd_pres **pp = idx_head(pr, e); *pp; pp = &(*pp)->hnext)
+    for (hd_pres **pp = idx_head(pr, e); *pp; pp = &links_of(*pp)->hnext)
         if (*pp == e) {
-            *pp = e->hnext;
+            *pp = links_of(e)->hnext;
             pr->idx_n--;
             return;
         }
@@ -336,8 +356,9 @@ static hd_pres *find_remote(hd_presence *pr, hd_topic *tp, const char *node, con
                             const char *ref)
 {
     if (!pr->idx) return NULL;
-    for (hd_pres *e = pr->idx[idx_hash(tp, node, ref, strlen(ref)) & pr->idx_mask]; e; e = e->hnext)
-        if (e->topic == tp && strcmp(e->node, node) == 0 && ref_is(e, ref) &&
+    for (hd_pres *e = pr->idx[idx_hash(tp, node, ref, strlen(ref)) & pr->idx_mask]; e;
+         e = links_of(e)->hnext)
+        if (links_of(e)->topic == tp && strcmp(e->node, node) == 0 && ref_is(e, ref) &&
             strcmp(key_of(e), key) == 0)
             return e;
     return NULL;
@@ -359,7 +380,7 @@ int hd_presence_add(hd_presence *pr, hd_topic *tp, const char *node, const char 
     hd_pres *o = n ? find_remote(pr, tp, node, key, ref) : NULL;
     json_decref(m); /* ref points into m */
     if (!n) return HD_ENOMEM;
-    n->topic = tp;
+    links_of(n)->topic = tp;
     int tell = hd_topic_policy_of(pr->topics, tp)->presence;
     if (o && strcmp(meta_of(o), meta_of(n)) == 0) { /* known already: no news */
         free(n);
@@ -378,7 +399,7 @@ int hd_presence_add(hd_presence *pr, hd_topic *tp, const char *node, const char 
         link_head(tp, n);
     }
     hd_pres **h = idx_head(pr, n);
-    n->hnext = *h;
+    links_of(n)->hnext = *h;
     *h = n;
     pr->idx_n++;
     if (tell) record(pr, tp, key_of(n), meta_of(n), 1);

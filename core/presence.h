@@ -21,12 +21,12 @@
 
 /* One entry. text holds "<key>\0<meta>\0"; the phx_ref's bytes are found
  * inside the meta (ref_off, ref_len), else copied after it. For another
- * node's entry "<node>\0" comes last (node then points there). */
+ * node's entry "<node>\0" comes next (node then points there), and last,
+ * aligned, its links in the index (presence.c): this node's entries, one
+ * per subscription, do not carry them. */
 typedef struct hd_pres {
     struct hd_pres *prev, *next;  /* the topic's entries, newest first */
     hd_sub *sub;                  /* this node's subscription, or NULL */
-    struct hd_pres *hnext;        /* another node's entry: its chain in the index */
-    const struct hd_topic *topic; /* ... and its topic (the index's key with node, ref) */
     const char *node;             /* the owning node's id */
     uint32_t meta_off;            /* offset of the meta in text */
     uint32_t ref_off;             /* offset of the phx_ref's bytes in text */
