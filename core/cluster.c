@@ -498,6 +498,7 @@ static void on_local(void *ud, hd_topic *tp, const hd_pres *e, int joined)
 typedef struct load_req {
     struct load_req *prev, *next; /* c->loads */
     hd_cluster *c;
+    uint32_t mark;               /* marks the entries its reply holds (never 0) */
     hd_str journal;
     size_t len;
     char topic[];
@@ -626,9 +627,12 @@ static void on_loaded(redisAsyncContext *ac, void *reply, void *privdata)
                 c->cs.bad++;
             else if (strcmp(node, c->node) == 0)
                 drop_if_stale(c, tp, ref, key);
-            else if (!journal_has(q, '-', node, ref, strlen(ref)) &&
-                     hd_presence_add(pr, tp, node, key, meta, ref) == HD_EJSON)
+            else if (journal_has(q, '-', node, ref, strlen(ref)))
+                ; /* (it left since) */
+            else if (hd_presence_add(pr, tp, node, key, meta, ref) == HD_EJSON)
                 c->cs.bad++;
+            else
+                hd_presence_mark(pr, tp, node, key, ref, q->mark);
             free(node), free(ref), free(key), free(meta);
         }
         for (hd_pres *e = tp->pres, *next; e; e = next) {
@@ -636,15 +640,7 @@ static void on_loaded(redisAsyncContext *ac, void *reply, void *privdata)
             if (e->sub) continue;
             size_t rl;
             const char *ref = hd_pres_ref(e, &rl);
-            int found = journal_has(q, '+', e->node, ref, rl);
-            for (size_t i = 0; !found && i + 1 < r->elements; i += 2) {
-                const redisReply *f = r->element[i];
-                size_t nl = strlen(e->node);
-                found = f->type == REDIS_REPLY_STRING && f->len == nl + 1 + rl &&
-                        memcmp(f->str, e->node, nl) == 0 && f->str[nl] == ' ' &&
-                        memcmp(f->str + nl + 1, ref, rl) == 0;
-            }
-            if (!found) {
+            if (hd_pres_mark(e) != q->mark && !journal_has(q, '+', e->node, ref, rl)) {
                 char *rs = strndup(ref, rl);
                 if (rs) hd_presence_remove(pr, tp, e->node, hd_pres_key(e), rs);
                 free(rs);
@@ -665,6 +661,8 @@ static load_req *load_new(hd_cluster *c, const char *topic, size_t len)
     if (!q) return NULL;
     q->c = c;
     q->len = len;
+    if (!++c->load_marks) c->load_marks++; /* (0 is "never marked") */
+    q->mark = c->load_marks;
     memcpy(q->topic, topic, len);
     q->next = c->loads;
     if (c->loads) c->loads->prev = q;

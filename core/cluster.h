@@ -73,6 +73,7 @@ typedef struct hd_cluster {
     char *seen[64];               /* node ids heard from (a ring): supersede once each */
     struct hread *reads;          /* topics with joins waiting for a history read */
     struct load_req *loads;       /* presence hashes being loaded (HGETALL out) */
+    uint32_t load_marks;          /* the last load's mark (hd_presence_mark) */
     /* Told of a message another node sent this one (hd_cluster_to_node):
      * registered at start-up by whoever speaks it (the long polls). */
     void (*on_node_message)(void *ud, const char *msg, size_t len);

@@ -97,6 +97,7 @@ static const char *meta_of(const hd_pres *e) { return e->text + e->meta_off; }
 typedef struct pres_links {
     hd_pres *hnext;
     const hd_topic *topic;
+    uint32_t mark;               /* hd_presence_mark's (a load seeing it) */
 } pres_links;
 _Static_assert(offsetof(hd_pres, text) % sizeof(void *) == 0, "an entry's text starts aligned");
 static const char *ref_of(const hd_pres *e) { return e->text + (e->ref_off & ~REF_COPIED); }
@@ -414,6 +415,15 @@ static void drop_remote(hd_presence *pr, hd_topic *tp, hd_pres *e)
     unlink_entry(tp, e);
     free(e);
 }
+
+void hd_presence_mark(hd_presence *pr, hd_topic *tp, const char *node, const char *key,
+                      const char *phx_ref, uint32_t mark)
+{
+    hd_pres *e = tp ? find_remote(pr, tp, node, key, phx_ref) : NULL;
+    if (e) links_of(e)->mark = mark;
+}
+
+uint32_t hd_pres_mark(const hd_pres *e) { return e->sub ? 0 : links_of(e)->mark; }
 
 int hd_presence_remove(hd_presence *pr, hd_topic *tp, const char *node, const char *key,
                        const char *phx_ref)

@@ -96,6 +96,12 @@ int hd_presence_update(hd_presence *pr, hd_sub *sub, const char *meta_json);
  * HD_ENOMEM. */
 int hd_presence_add(hd_presence *pr, hd_topic *topic, const char *node, const char *key,
                     const char *meta_json, const char *ref);
+/* Marks another node's entry (if there) with mark, which hd_pres_mark
+ * reads back (0 until marked): a load tells the entries it saw from the
+ * others in one pass. */
+void hd_presence_mark(hd_presence *pr, hd_topic *topic, const char *node, const char *key,
+                      const char *phx_ref, uint32_t mark);
+uint32_t hd_pres_mark(const hd_pres *e);
 /* Removes another node's entry; records the leave. Returns 1 if found. */
 int hd_presence_remove(hd_presence *pr, hd_topic *topic, const char *node, const char *key,
                        const char *phx_ref);

@@ -154,7 +154,7 @@ async function redisProxy(t, redisPort) {
   };
 }
 
-test('a user who leaves while her node is cut off from Redis leaves the peers\' Presence once it is back', async (t) => {
+test('users who leave while one node is cut off from Redis: they leave the others\' Presence once it is back, both ways', async (t) => {
   const redis = await c.startRedis(t);
   const proxy = await redisProxy(t, redis.port);
   const [a] = await c.startNodes(t, 1, { redis: `redis://127.0.0.1:${proxy.port}`, config: PRESENCE_CONFIG, files: FILES });
@@ -165,18 +165,22 @@ test('a user who leaves while her node is cut off from Redis leaves the peers\' 
   const alice = await presenceClient(t, a.port, 'alice', topic);
   const carol = await presenceClient(t, a.port, 'carol', topic);
   const bob = await presenceClient(t, b.port, 'bob', topic);
-  await bob.until({ alice: 1, bob: 1, carol: 1 });
-  await carol.until({ alice: 1, bob: 1, carol: 1 });
+  const dave = await presenceClient(t, b.port, 'dave', topic);
+  const everyone = { alice: 1, bob: 1, carol: 1, dave: 1 };
+  await bob.until(everyone);
+  await carol.until(everyone);
 
   proxy.cut();
   await c.waitFor(async () => (await a.metrics())[upKey(0)] === 0, 'A\'s link down');
   await alice.close(); // A drops her; nothing reaches Redis or B
-  await carol.until({ bob: 1, carol: 1 }, 'alice gone on A');
-  assert.deepEqual(bob.view(), { alice: 1, bob: 1, carol: 1 }, 'B cannot know yet');
+  await dave.close(); // B drops him and tells Redis; A does not hear it
+  await carol.until({ bob: 1, carol: 1, dave: 1 }, 'alice gone on A');
+  await bob.until({ alice: 1, bob: 1, carol: 1 }, 'dave gone on B (B cannot know of alice yet)');
 
   proxy.restore();
   await linkUp([a]);
   await bob.until({ bob: 1, carol: 1 }, 'alice gone on B once A is back');
+  await carol.until({ bob: 1, carol: 1 }, 'dave gone on A once A loaded the hash again');
   assert.equal(h.metricSum(await a.metrics(), 'herald_cluster_presence_stale_total'), 1);
   assert.equal((await fieldsOf(redis, topic, idA)).length, 1, 'A\'s fields in the hash: carol\'s only');
   assert.deepEqual(carol.view(), { bob: 1, carol: 1 });
