@@ -718,6 +718,14 @@ static lp_session *session_of(hd_lp_ctx *lp, const char *tok, size_t tl)
     return sc->proto;
 }
 
+/* Whether a POST's body is ndjson (one message a line). */
+static int is_ndjson(const hd_http_req *r)
+{
+    size_t ctl = 0;
+    const char *ct = hd_http_header(r, "content-type", &ctl);
+    return ct && ctl >= 20 && hd_strieq(ct, 20, "application/x-ndjson");
+}
+
 /* ---- across nodes ----------------------------------------------------------------------------
  *
  * A session lives on the node that opened it; its token names that node.
@@ -781,10 +789,7 @@ static void forward_expired(hd_lp_ctx *lp, lp_fwd *f)
 static void forward(hd_lp_ctx *lp, hd_conn *c, hd_http_req *r, const char *tok, size_t tl,
                     const char *node)
 {
-    int get = r->method == HTTP_GET;
-    size_t ctl = 0;
-    const char *ct = get ? NULL : hd_http_header(r, "content-type", &ctl);
-    int ndjson = ct && ctl >= 20 && hd_strieq(ct, 20, "application/x-ndjson");
+    int get = r->method == HTTP_GET, ndjson = !get && is_ndjson(r);
     lp_fwd *f = calloc(1, sizeof *f);
     hd_str m = HD_STR_INIT;
     if (f) {
@@ -837,6 +842,15 @@ static int node_name(const char *p, size_t n)
     return 1;
 }
 
+/* The session that tok[0..tl), another node sent, names on this node
+ * (NULL: none, or it names another node). */
+static lp_session *own_session(hd_lp_ctx *lp, const char *tok, size_t tl)
+{
+    size_t own = strlen(lp->node);
+    if (tl != HD_LP_TOKEN_LEN + own || memcmp(tok + HD_LP_TOKEN_LEN, lp->node, own) != 0) return NULL;
+    return session_of(lp, tok, HD_LP_TOKEN_LEN);
+}
+
 /* "lq1 ...": a request forwarded to a session of this node's. */
 static void forwarded_request(hd_lp_ctx *lp, const char *p, const char *e)
 {
@@ -857,10 +871,7 @@ static void forwarded_request(hd_lp_ctx *lp, const char *p, const char *e)
     lp_to to = {id, seq, from};
     lp_req rq = {NULL, NULL, &to};
     lp->st->lp_fwd_in++;
-    size_t tl = (size_t)(nl - tok), own = strlen(lp->node);
-    lp_session *s = tl == HD_LP_TOKEN_LEN + own && memcmp(tok + HD_LP_TOKEN_LEN, lp->node, own) == 0
-                        ? session_of(lp, tok, HD_LP_TOKEN_LEN)
-                        : NULL;
+    lp_session *s = own_session(lp, tok, (size_t)(nl - tok));
     if (!s) {
         reply_status(lp, &rq, 200, 410, NULL, 0);
         return;
@@ -887,14 +898,12 @@ static void forwarded_cancel(hd_lp_ctx *lp, const char *p, const char *e)
     uint64_t id = 0, seq = 0;
     const char *q = sp ? num(sp + 1, e, &id) : NULL;
     q = q && q[-1] == ' ' ? num(q, e, &seq) : NULL;
-    size_t fl = sp ? (size_t)(sp - p) : 0, tl = q ? (size_t)(e - q) : 0, own = strlen(lp->node);
+    size_t fl = sp ? (size_t)(sp - p) : 0;
     if (!q || q[-1] != '\n' || !fl) {
         lp->st->lp_fwd_bad++;
         return;
     }
-    lp_session *s = tl == HD_LP_TOKEN_LEN + own && memcmp(q + HD_LP_TOKEN_LEN, lp->node, own) == 0
-                        ? session_of(lp, q, HD_LP_TOKEN_LEN)
-                        : NULL;
+    lp_session *s = own_session(lp, q, (size_t)(e - q));
     if (!s || !s->poll.node || s->poll.id != id || s->poll.seq != seq ||
         strlen(s->poll.node) != fl || memcmp(s->poll.node, p, fl) != 0)
         return; /* (answered already, or another poll came) */
@@ -1005,10 +1014,7 @@ int hd_lp_request(hd_lp_ctx *lp, hd_conn *c, hd_http_req *r)
         poll(lp, s, &q);
         return 1;
     }
-    size_t ctl = 0;
-    const char *ct = hd_http_header(r, "content-type", &ctl);
-    int ndjson = ct && ctl >= 20 && hd_strieq(ct, 20, "application/x-ndjson");
-    post(lp, s, &q, r->body.p, r->body.len, ndjson);
+    post(lp, s, &q, r->body.p, r->body.len, is_ndjson(r));
     return 1;
 }
 
