@@ -29,11 +29,7 @@ function binaryPush(port, query, body, type = 'application/octet-stream') {
 
 test('an octet-stream push reaches phoenix.js as an ArrayBuffer of its bytes; V1 sockets skip it', { timeout: 30000 }, async (t) => {
   const srv = await h.serve(t, '');
-  const socket = h.phoenixSocket(srv.port, QUIET);
-  t.after(() => socket.disconnect());
-  await h.connect(socket);
-  const ch = socket.channel('room:bin');
-  await h.join(ch);
+  const { ch } = await h.joined(t, srv.port, 'room:bin', QUIET);
   const v1 = await h.rawWs(srv.port, '/socket/websocket');
   v1.sendText({ topic: 'room:bin', event: 'phx_join', payload: {}, ref: '1' });
   assert.equal((await v1.nextJson()).payload.status, 'ok');
@@ -74,11 +70,7 @@ test('an octet-stream push reaches phoenix.js as an ArrayBuffer of its bytes; V1
 
 test('a binary client push reaches the message hook as a string with meta.binary', { timeout: 30000 }, async (t) => {
   const srv = await h.serve(t, CONFIG, { 'm.lua': HOOKS });
-  const socket = h.phoenixSocket(srv.port, QUIET);
-  t.after(() => socket.disconnect());
-  await h.connect(socket);
-  const ch = socket.channel('room:up');
-  await h.join(ch);
+  const { ch } = await h.joined(t, srv.port, 'room:up', QUIET);
   const buf = new Uint8Array([0, 1, 2, 0xfe, 0xff, 0x22, 0x5d]).buffer;
   const reply = await new Promise((resolve, reject) => {
     ch.push('upload', buf).receive('ok', resolve).receive('error', reject).receive('timeout', () => reject(new Error('timeout')));

@@ -673,11 +673,7 @@ test('POSTed messages meet the channel layer as a WebSocket\'s do: max_topics_pe
 
 test('a binary push reaches a WebSocket subscriber but not a long-poll one (counted)', { timeout: 30000 }, async (t) => {
   const srv = await h.serve(t, '');
-  const socket = h.phoenixSocket(srv.port, QUIET);
-  t.after(() => socket.disconnect());
-  await h.connect(socket);
-  const ch = socket.channel('room:bin');
-  await h.join(ch);
+  const { socket, ch } = await h.joined(t, srv.port, 'room:bin', QUIET);
   const s = await session(srv.port);
   assert.deepEqual((await s.post([JOIN('room:bin')])).json, { status: 200 });
   assert.deepEqual(await s.messages(1), [okReply('room:bin')]);

@@ -23,11 +23,7 @@ async function stillPending(p, b, n, pred) {
 // The data.text of each msg pushed to topic, as a phoenix.js client that
 // joined it receives them (PushEx's envelope: { event, data }).
 async function texts(t, port, topic) {
-  const s = h.phoenixSocket(port);
-  t.after(() => s.disconnect());
-  await h.connect(s);
-  const ch = s.channel(topic, {});
-  await h.join(ch);
+  const { ch } = await h.joined(t, port, topic);
   const events = [];
   ch.on('msg', (m) => events.push(m.data.text));
   return events;

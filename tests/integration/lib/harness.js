@@ -489,6 +489,18 @@ function join(channel) {
   });
 }
 
+// A phoenix.js socket on port (opts as phoenixSocket's), connected and
+// joined to topic; disconnected when the test ends. Resolves with
+// { socket, ch, reply }.
+async function joined(t, port, topic, opts = {}, params = {}) {
+  const socket = phoenixSocket(port, opts);
+  t.after(() => socket.disconnect());
+  await connect(socket);
+  const ch = socket.channel(topic, params);
+  const reply = await join(ch);
+  return { socket, ch, reply };
+}
+
 function leave(channel) {
   return new Promise((resolve, reject) => {
     channel.leave().receive('ok', resolve).receive('timeout', () => reject(new Error('leave timed out')));
@@ -558,6 +570,6 @@ async function eventually(fn, ms = 10000, what = 'condition') {
 
 module.exports = {
   ROOT, BIN, WS_GUID, startHerald, serve, finish, badLogLines, jsonLogLine, request, push, parseResponses, httpConn, rawExchange, frame,
-  closePayload, acceptFor, upgradeRequest, rawWs, wsClient, phoenixSocket, connect, join, leave, nextEvent,
+  closePayload, acceptFor, upgradeRequest, rawWs, wsClient, phoenixSocket, connect, join, joined, leave, nextEvent,
   nextSocketMessage, parseMetrics, metricSum, metrics, eventually, within, deadline, Inbox, Socket, Presence, WebSocket, jwt,
 };
