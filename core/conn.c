@@ -601,6 +601,32 @@ static void evict_admin(hd_net *net)
     hd_conn_close(oldest);
 }
 
+/* A connection of kind with protocol ops, its handle initialised (a TCP
+ * one; a session's stays without a descriptor), not yet listed. */
+static hd_conn *conn_new(hd_net *net, const hd_conn_ops *ops, uint8_t kind)
+{
+    hd_conn *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    uv_tcp_init(net->loop, &c->tcp);
+    c->tcp.data = c;
+    c->net = net;
+    c->ops = ops;
+    c->id = ++net->next_conn_id;
+    c->last_active = uv_now(net->loop);
+    c->kind = kind;
+    return c;
+}
+
+/* Lists c in net->conns, counted as a TCP connection or a session. */
+static void conn_link(hd_net *net, hd_conn *c)
+{
+    c->next = net->conns;
+    if (net->conns) net->conns->prev = c;
+    net->conns = c;
+    if (c->kind == HD_CONN_LP) net->nlp++;
+    else net->nconns++;
+}
+
 void hd_net_take(hd_net *net, int fd, int admin)
 {
     const hd_config *cfg = net->cfg;
@@ -622,24 +648,14 @@ void hd_net_take(hd_net *net, int fd, int admin)
         forget(net, p);
         return;
     }
-    hd_conn *c = calloc(1, sizeof *c);
+    hd_conn *c = conn_new(net, net->accept_ops, HD_CONN_HTTP);
     if (!c) {
         hd_error("accept: out of memory");
         forget(net, p);
         close(fd);
         return;
     }
-    uv_tcp_init(net->loop, &c->tcp);
-    c->tcp.data = c;
-    c->net = net;
-    c->ops = net->accept_ops;
-    c->id = ++net->next_conn_id;
-    c->last_active = uv_now(net->loop);
-    c->kind = HD_CONN_HTTP;
-    c->next = net->conns;
-    if (net->conns) net->conns->prev = c;
-    net->conns = c;
-    net->nconns++;
+    conn_link(net, c);
     attach(c, p);
     if (p->trusted) c->flags |= HD_CF_TRUSTED_PEER;
     if (admin) {
@@ -664,26 +680,16 @@ static void free_unlisted(uv_handle_t *h) { free(h->data); }
 
 hd_conn *hd_net_add_session(hd_net *net, const hd_conn_ops *ops, void *proto, hd_conn *from)
 {
-    hd_conn *c = calloc(1, sizeof *c);
+    /* (a handle without a descriptor: uv_close and its callback end the
+     * session as they end a socket) */
+    hd_conn *c = conn_new(net, ops, HD_CONN_LP);
     if (!c) return NULL;
-    /* A handle without a descriptor: uv_close and its callback end the
-     * session as they end a socket. */
-    uv_tcp_init(net->loop, &c->tcp);
-    c->tcp.data = c;
-    c->net = net;
-    c->ops = ops;
     c->proto = proto;
-    c->id = ++net->next_conn_id;
-    c->last_active = uv_now(net->loop);
-    c->kind = HD_CONN_LP;
     if (ids_put(net, c)) {
         uv_close((uv_handle_t *)&c->tcp, free_unlisted);
         return NULL;
     }
-    c->next = net->conns;
-    if (net->conns) net->conns->prev = c;
-    net->conns = c;
-    net->nlp++;
+    conn_link(net, c);
     if (from->peer) attach(c, from->peer);
     return c;
 }
